@@ -1,0 +1,357 @@
+//! Decoding one 30 s window: the token loop, openai-whisper's logit rules (blank and token
+//! suppression, timestamp pairing), and temperature fallback.
+
+use std::io::Write;
+
+use anyhow::Result;
+use candle_core::{IndexOp, Tensor};
+use rand::{Rng, SeedableRng};
+
+use super::model::Whisper;
+use super::tokens::SpecialTokens;
+
+/// Thresholds that decide whether a window's decode is trusted, as openai-whisper's defaults.
+#[derive(Debug, Clone)]
+pub struct FallbackPolicy {
+    pub temperatures: Vec<f32>,
+    /// Text this repetitive (gzip ratio) is a loop, not speech.
+    pub compression_ratio_threshold: Option<f32>,
+    pub logprob_threshold: Option<f32>,
+    pub no_speech_threshold: Option<f32>,
+}
+
+impl Default for FallbackPolicy {
+    fn default() -> Self {
+        Self {
+            temperatures: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            compression_ratio_threshold: Some(2.4),
+            logprob_threshold: Some(-1.0),
+            no_speech_threshold: Some(0.6),
+        }
+    }
+}
+
+/// What one window's decode produced.
+#[derive(Debug, Clone)]
+pub struct WindowResult {
+    /// Sampled tokens, without the prompt and without the final end-of-text.
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub avg_logprob: f32,
+    pub no_speech_prob: f32,
+    pub temperature: f32,
+    pub compression_ratio: f32,
+}
+
+pub struct WindowDecoder<'a> {
+    pub model: &'a Whisper,
+    pub tokenizer: &'a tokenizers::Tokenizer,
+    pub rules: LogitRules<'a>,
+}
+
+/// The constraints on which token may come next.
+pub struct LogitRules<'a> {
+    pub special: &'a SpecialTokens,
+    /// Always-suppressed token ids.
+    pub suppress: &'a [u32],
+    pub with_timestamps: bool,
+    /// Latest first timestamp allowed, in 20 ms steps (openai-whisper: 1.0 s).
+    pub max_initial_timestamp_steps: Option<u32>,
+}
+
+pub fn compression_ratio(text: &str) -> f32 {
+    if text.is_empty() {
+        return 0.0;
+    }
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = enc.write_all(text.as_bytes());
+    let compressed = enc.finish().map(|v| v.len()).unwrap_or(text.len());
+    text.len() as f32 / compressed.max(1) as f32
+}
+
+impl WindowDecoder<'_> {
+    /// Decodes with fallback: each temperature in turn until the result passes the policy.
+    pub fn decode_with_fallback(
+        &self,
+        audio: &Tensor,
+        prompt: &[u32],
+        sample_begin_tokens: &[u32],
+        policy: &FallbackPolicy,
+        seed: u64,
+    ) -> Result<WindowResult> {
+        let mut last = None;
+        for &t in &policy.temperatures {
+            let r = self.decode(audio, prompt, sample_begin_tokens, t, seed)?;
+            let too_repetitive = policy
+                .compression_ratio_threshold
+                .is_some_and(|th| r.compression_ratio > th);
+            let too_unlikely = policy
+                .logprob_threshold
+                .is_some_and(|th| r.avg_logprob < th);
+            let is_silence = policy
+                .no_speech_threshold
+                .is_some_and(|th| r.no_speech_prob > th)
+                && policy
+                    .logprob_threshold
+                    .is_some_and(|th| r.avg_logprob < th);
+            let accept = is_silence || !(too_repetitive || too_unlikely);
+            if !accept {
+                tracing::debug!(
+                    temperature = t,
+                    compression_ratio = r.compression_ratio,
+                    avg_logprob = r.avg_logprob,
+                    "window rejected, falling back"
+                );
+            }
+            last = Some(r);
+            if accept {
+                break;
+            }
+        }
+        Ok(last.expect("the policy has at least one temperature"))
+    }
+
+    /// One decode at one temperature (0 = greedy).
+    pub fn decode(
+        &self,
+        audio: &Tensor,
+        prompt: &[u32],
+        sot_sequence: &[u32],
+        temperature: f32,
+        seed: u64,
+    ) -> Result<WindowResult> {
+        let sp = self.rules.special;
+        let dec = &self.model.decoder;
+        let mut initial: Vec<u32> = Vec::new();
+        if !prompt.is_empty() {
+            let keep = dec.max_len() / 2 - 1;
+            initial.push(sp.sot_prev);
+            initial.extend_from_slice(&prompt[prompt.len().saturating_sub(keep)..]);
+        }
+        let sot_index = initial.len();
+        initial.extend_from_slice(sot_sequence);
+        let sample_begin = initial.len();
+        let sample_len = dec.max_len() / 2;
+
+        let mut state = dec.start(audio)?;
+        let input = Tensor::new(initial.as_slice(), audio.device())?.unsqueeze(0)?;
+        let hidden = dec.forward(&input, &mut state)?;
+        let no_speech_prob = {
+            let l = dec.logits(&hidden.i((.., sot_index..sot_index + 1))?)?;
+            let p = candle_nn::ops::softmax_last_dim(&l.to_dtype(candle_core::DType::F32)?)?;
+            p.i((0, 0, sp.no_speech as usize))?.to_scalar::<f32>()?
+        };
+        let mut logits: Vec<f32> = dec
+            .logits(&hidden.i((.., sample_begin - 1..sample_begin))?)?
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ temperature.to_bits() as u64);
+        let mut sampled: Vec<u32> = Vec::new();
+        let mut sum_logprob = 0f64;
+        loop {
+            self.rules.apply(&mut logits, &sampled);
+            let logprobs = log_softmax_vec(&logits);
+            let next = if temperature <= 0.0 {
+                argmax(&logits)
+            } else {
+                sample(&logits, temperature, &mut rng)
+            };
+            if next == sp.eot {
+                break;
+            }
+            sum_logprob += logprobs[next as usize] as f64;
+            sampled.push(next);
+            if sampled.len() >= sample_len || state.len >= dec.max_len() {
+                break;
+            }
+            let input = Tensor::new(&[next], audio.device())?.unsqueeze(0)?;
+            let hidden = dec.forward(&input, &mut state)?;
+            logits = dec
+                .logits(&hidden)?
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?;
+        }
+        let text_tokens: Vec<u32> = sampled.iter().copied().filter(|&t| t < sp.eot).collect();
+        let text = self
+            .tokenizer
+            .decode(&text_tokens, true)
+            .map_err(|e| anyhow::anyhow!("cannot decode tokens: {e}"))?;
+        Ok(WindowResult {
+            avg_logprob: (sum_logprob / (sampled.len() + 1) as f64) as f32,
+            compression_ratio: compression_ratio(&text),
+            tokens: sampled,
+            text,
+            no_speech_prob,
+            temperature,
+        })
+    }
+
+    /// The most likely language token for `audio`, among `candidates` (all when empty).
+    pub fn detect_language(&self, audio: &Tensor, candidates: &[u32]) -> Result<(u32, f32)> {
+        let dec = &self.model.decoder;
+        let mut state = dec.start(audio)?;
+        let input = Tensor::new(&[self.rules.special.sot], audio.device())?.unsqueeze(0)?;
+        let hidden = dec.forward(&input, &mut state)?;
+        let logits: Vec<f32> = dec
+            .logits(&hidden)?
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?;
+        let all: Vec<u32> = self
+            .rules
+            .special
+            .languages
+            .iter()
+            .map(|(_, id)| *id)
+            .collect();
+        let pool = if candidates.is_empty() {
+            &all[..]
+        } else {
+            candidates
+        };
+        let lang_logits: Vec<f32> = pool.iter().map(|&t| logits[t as usize]).collect();
+        let probs = log_softmax_vec(&lang_logits);
+        let best = argmax(&lang_logits) as usize;
+        Ok((pool[best], probs[best].exp()))
+    }
+}
+
+impl LogitRules<'_> {
+    /// openai-whisper's logit filters, in its order: blank suppression at the first step,
+    /// token suppression, then the timestamp rules.
+    pub fn apply(&self, logits: &mut [f32], sampled: &[u32]) {
+        let sp = self.special;
+        let ninf = f32::NEG_INFINITY;
+        let ts = sp.timestamp_begin as usize;
+        if sampled.is_empty() {
+            for &t in sp.space.iter().chain([&sp.eot]) {
+                logits[t as usize] = ninf;
+            }
+        }
+        for &t in self.suppress {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = ninf;
+            }
+        }
+        if !self.with_timestamps {
+            for l in &mut logits[ts..] {
+                *l = ninf;
+            }
+            return;
+        }
+        logits[sp.no_timestamps as usize] = ninf;
+        let last_ts = sampled.last().is_some_and(|&t| sp.is_timestamp(t));
+        let penultimate_ts = sampled.len() < 2 || sp.is_timestamp(sampled[sampled.len() - 2]);
+        if last_ts {
+            if penultimate_ts {
+                for l in &mut logits[ts..] {
+                    *l = ninf;
+                }
+            } else {
+                for l in &mut logits[..sp.eot as usize] {
+                    *l = ninf;
+                }
+            }
+        }
+        // Timestamps never go backwards (and a closing one may equal its opening one).
+        if let Some(&last) = sampled.iter().rev().find(|&&t| sp.is_timestamp(t)) {
+            let floor = if last_ts && !penultimate_ts {
+                last
+            } else {
+                last + 1
+            };
+            let end = (floor as usize).min(logits.len());
+            for l in &mut logits[ts..end] {
+                *l = ninf;
+            }
+        }
+        if sampled.is_empty() {
+            for l in &mut logits[..ts] {
+                *l = ninf;
+            }
+            if let Some(max_steps) = self.max_initial_timestamp_steps {
+                let last_allowed = ts + max_steps as usize;
+                for l in logits.iter_mut().skip(last_allowed + 1) {
+                    *l = ninf;
+                }
+            }
+        }
+        // If all timestamps together are likelier than any single text token, take a timestamp.
+        let logprobs = log_softmax_vec(logits);
+        let ts_mass = log_sum_exp(&logprobs[ts..]);
+        let best_text = logprobs[..ts].iter().cloned().fold(ninf, f32::max);
+        if ts_mass > best_text {
+            for l in &mut logits[..ts] {
+                *l = ninf;
+            }
+        }
+    }
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn log_sum_exp(v: &[f32]) -> f32 {
+    let m = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    if m == f32::NEG_INFINITY {
+        return m;
+    }
+    m + v.iter().map(|x| (x - m).exp()).sum::<f32>().ln()
+}
+
+pub fn log_softmax_vec(v: &[f32]) -> Vec<f32> {
+    let lse = log_sum_exp(v);
+    v.iter().map(|x| x - lse).collect()
+}
+
+fn sample(logits: &[f32], temperature: f32, rng: &mut impl Rng) -> u32 {
+    let scaled: Vec<f32> = logits.iter().map(|l| l / temperature).collect();
+    let lp = log_softmax_vec(&scaled);
+    let mut u: f32 = rng.random();
+    for (i, l) in lp.iter().enumerate() {
+        u -= l.exp();
+        if u <= 0.0 {
+            return i as u32;
+        }
+    }
+    argmax(logits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_ratio_flags_loops_not_speech() {
+        let normal =
+            "Hello, this is the pharmacy calling to remind you that your prescription is ready.";
+        let looped = "I'm sorry. ".repeat(30);
+        assert!(compression_ratio(normal) < 2.0);
+        assert!(compression_ratio(&looped) > 2.4);
+        assert_eq!(compression_ratio(""), 0.0);
+    }
+
+    #[test]
+    fn log_softmax_sums_to_one_and_survives_minus_infinity() {
+        let lp = log_softmax_vec(&[1.0, 2.0, f32::NEG_INFINITY, 0.5]);
+        let total: f32 = lp.iter().map(|x| x.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        assert_eq!(lp[2], f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn sampling_at_low_temperature_picks_the_peak() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let logits = [0.0, 5.0, 1.0];
+        assert!((0..50).all(|_| sample(&logits, 0.05, &mut rng) == 1));
+    }
+}

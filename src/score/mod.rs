@@ -1,0 +1,3 @@
+//! Measures of quality: word error rate now; detector metrics later.
+
+pub mod wer;

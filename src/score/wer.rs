@@ -1,0 +1,73 @@
+//! Word error rate, after the normalisation speech-recognition papers use (case, punctuation,
+//! spelled-out hesitations removed), so that formatting does not count as an error.
+
+/// Lower-cases, drops punctuation except in-word apostrophes, and splits into words.
+pub fn normalize_words(text: &str) -> Vec<String> {
+    let cleaned: String = text
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c.to_lowercase().next().unwrap_or(c)
+            } else {
+                ' '
+            }
+        })
+        .collect();
+    const FILLERS: &[&str] = &["um", "uh", "hmm", "mm", "ah", "er", "erm"];
+    cleaned
+        .split_whitespace()
+        .map(|w| w.trim_matches('\'').to_owned())
+        .filter(|w| !w.is_empty() && !FILLERS.contains(&w.as_str()))
+        .collect()
+}
+
+/// Edit distance between word sequences (substitutions, insertions, deletions).
+pub fn edit_distance<T: PartialEq>(a: &[T], b: &[T]) -> usize {
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, x) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, y) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(x != y);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+/// Word error rate of `hypothesis` against `reference`; 0 when both are empty.
+pub fn wer(reference: &str, hypothesis: &str) -> f64 {
+    let r = normalize_words(reference);
+    let h = normalize_words(hypothesis);
+    if r.is_empty() {
+        return if h.is_empty() { 0.0 } else { 1.0 };
+    }
+    edit_distance(&r, &h) as f64 / r.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wer_counts_substitutions_insertions_and_deletions() {
+        assert_eq!(wer("the cat sat", "the cat sat"), 0.0);
+        assert!((wer("the cat sat", "the bat sat") - 1.0 / 3.0).abs() < 1e-9);
+        assert!((wer("the cat sat", "the cat sat down") - 1.0 / 3.0).abs() < 1e-9);
+        assert!((wer("the cat sat", "cat") - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(wer("", ""), 0.0);
+        assert_eq!(wer("", "noise"), 1.0);
+    }
+
+    #[test]
+    fn formatting_and_fillers_are_not_errors() {
+        assert_eq!(
+            wer(
+                "Hello, Sheila. Um, I didn't know!",
+                "hello sheila i didn't know"
+            ),
+            0.0
+        );
+    }
+}
