@@ -18,6 +18,9 @@ pub struct FallbackPolicy {
     pub compression_ratio_threshold: Option<f32>,
     pub logprob_threshold: Option<f32>,
     pub no_speech_threshold: Option<f32>,
+    /// Above this no-speech probability a window is silence however confident its text:
+    /// Whisper's famous "you" in digital silence scores well on log-probability alone.
+    pub certain_no_speech_threshold: Option<f32>,
 }
 
 impl Default for FallbackPolicy {
@@ -27,6 +30,7 @@ impl Default for FallbackPolicy {
             compression_ratio_threshold: Some(2.4),
             logprob_threshold: Some(-1.0),
             no_speech_threshold: Some(0.6),
+            certain_no_speech_threshold: Some(0.9),
         }
     }
 }
@@ -329,6 +333,7 @@ fn sample(logits: &[f32], temperature: f32, rng: &mut impl Rng) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::asr::tokens::SpecialTokens;
 
     #[test]
     fn compression_ratio_flags_loops_not_speech() {
@@ -346,6 +351,97 @@ mod tests {
         let total: f32 = lp.iter().map(|x| x.exp()).sum();
         assert!((total - 1.0).abs() < 1e-5);
         assert_eq!(lp[2], f32::NEG_INFINITY);
+    }
+
+    /// A toy vocabulary laid out like Whisper's: text 0..10, eot 10, sot 11, languages 12..14,
+    /// translate 14, transcribe 15, sot_lm 16, sot_prev 17, no_speech 18, no_timestamps 19,
+    /// timestamps from 20.
+    fn toy() -> SpecialTokens {
+        SpecialTokens {
+            eot: 10,
+            sot: 11,
+            translate: 14,
+            transcribe: 15,
+            sot_lm: 16,
+            sot_prev: 17,
+            no_speech: 18,
+            no_timestamps: 19,
+            timestamp_begin: 20,
+            languages: vec![("en".into(), 12), ("zh".into(), 13)],
+            space: vec![3],
+        }
+    }
+
+    fn allowed(rules: &LogitRules, logits: &[f32], sampled: &[u32]) -> Vec<u32> {
+        let mut l = logits.to_vec();
+        rules.apply(&mut l, sampled);
+        (0..l.len() as u32)
+            .filter(|&i| l[i as usize] > f32::NEG_INFINITY)
+            .collect()
+    }
+
+    #[test]
+    fn timestamp_rules_cover_each_decoder_edge_case() {
+        let sp = toy();
+        let rules = LogitRules {
+            special: &sp,
+            suppress: &[7],
+            with_timestamps: true,
+            max_initial_timestamp_steps: Some(2),
+        };
+        let flat = vec![0.0f32; 30];
+        // First token: a timestamp no later than the initial maximum.
+        assert_eq!(allowed(&rules, &flat, &[]), vec![20, 21, 22]);
+        // After the opening timestamp: text, never a suppressed token or another timestamp.
+        let after_open = allowed(&rules, &flat, &[21]);
+        assert!(
+            after_open.contains(&0) && after_open.iter().all(|&t| t < 20),
+            "{after_open:?}"
+        );
+        assert!(!after_open.contains(&7) && !after_open.contains(&19));
+        // Inside a segment: text, or a closing timestamp after the opening one.
+        let mut text_likely = flat.clone();
+        text_likely[..10].fill(3.0);
+        let inside = allowed(&rules, &text_likely, &[21, 0]);
+        assert!(
+            inside.contains(&0) && inside.contains(&22) && !inside.contains(&21),
+            "{inside:?}"
+        );
+        // After text and a closing timestamp: eot, or the next opening timestamp, which may
+        // equal the closing one but not go back.
+        let after_pair = allowed(&rules, &flat, &[21, 0, 23]);
+        assert!(after_pair.iter().all(|&t| t >= 10), "{after_pair:?}");
+        assert!(after_pair.contains(&23) && !after_pair.contains(&22));
+        // Two timestamps in a row: the next must be text or end.
+        let after_two = allowed(&rules, &flat, &[21, 0, 23, 23]);
+        assert!(after_two.iter().all(|&t| t < 20), "{after_two:?}");
+        // Blank and eot are suppressed at the very start only.
+        let no_ts = LogitRules {
+            with_timestamps: false,
+            ..rules
+        };
+        let first = allowed(&no_ts, &flat, &[]);
+        assert!(!first.contains(&3) && !first.contains(&10) && !first.contains(&20));
+        assert!(allowed(&no_ts, &flat, &[1]).contains(&10));
+    }
+
+    #[test]
+    fn a_likely_timestamp_mass_forces_a_timestamp() {
+        let sp = toy();
+        let rules = LogitRules {
+            special: &sp,
+            suppress: &[],
+            with_timestamps: true,
+            max_initial_timestamp_steps: None,
+        };
+        // Text token 0 is the single best, but the timestamps together outweigh it.
+        let mut logits = vec![-10.0f32; 30];
+        logits[0] = 1.0;
+        for l in &mut logits[22..30] {
+            *l = 0.5;
+        }
+        let ok = allowed(&rules, &logits, &[21, 5]);
+        assert!(ok.iter().all(|&t| t >= 20), "{ok:?}");
     }
 
     #[test]

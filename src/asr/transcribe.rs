@@ -11,6 +11,7 @@ use super::decode::{FallbackPolicy, LogitRules, WindowDecoder};
 use super::mel::{LogMel, MelSpectrogram, HOP, SAMPLE_RATE, WINDOW_FRAMES};
 use super::model::{Config, Whisper};
 use super::tokens::{SpecialTokens, TIME_PRECISION};
+use crate::audio::vad::{speech_regions, SpeechOnly, VadConfig};
 use crate::model_store::ModelFiles;
 
 /// One stretch of speech with its text.
@@ -54,6 +55,8 @@ pub struct TranscribeOptions {
     pub with_timestamps: bool,
     pub policy: FallbackPolicy,
     pub seed: u64,
+    /// Transcribe only what voice activity detection calls speech (`None`: everything).
+    pub vad: Option<VadConfig>,
 }
 
 impl Default for TranscribeOptions {
@@ -66,6 +69,7 @@ impl Default for TranscribeOptions {
             with_timestamps: true,
             policy: FallbackPolicy::default(),
             seed: 0,
+            vad: Some(VadConfig::default()),
         }
     }
 }
@@ -226,6 +230,34 @@ impl Transcriber {
 
     /// Transcribes 16 kHz mono samples.
     pub fn transcribe(&self, samples: &[f32], opts: &TranscribeOptions) -> Result<Transcript> {
+        let Some(vad) = &opts.vad else {
+            return self.transcribe_continuous(samples, opts);
+        };
+        let duration_s = samples.len() as f64 / SAMPLE_RATE as f64;
+        let regions = speech_regions(samples, vad);
+        if regions.is_empty() {
+            return Ok(Transcript {
+                language: opts.language.clone(),
+                duration_s,
+                segments: Vec::new(),
+            });
+        }
+        let speech = SpeechOnly::new(samples, &regions);
+        let mut t = self.transcribe_continuous(&speech.samples, opts)?;
+        for s in &mut t.segments {
+            s.start_s = round_ms(speech.original_time(s.start_s));
+            s.end_s = round_ms(speech.original_time(s.end_s).max(s.start_s));
+        }
+        t.duration_s = duration_s;
+        Ok(t)
+    }
+
+    /// Transcribes every sample, silence included.
+    fn transcribe_continuous(
+        &self,
+        samples: &[f32],
+        opts: &TranscribeOptions,
+    ) -> Result<Transcript> {
         let mel = self.mel.log_mel(samples);
         let duration_s = samples.len() as f64 / SAMPLE_RATE as f64;
         let frame_s = HOP as f64 / SAMPLE_RATE as f64;
@@ -267,11 +299,15 @@ impl Transcriber {
                 opts.seed.wrapping_add(seek as u64),
             )?;
             if let Some(th) = opts.policy.no_speech_threshold {
-                let silent = result.no_speech_prob > th
-                    && !opts
-                        .policy
-                        .logprob_threshold
-                        .is_some_and(|lt| result.avg_logprob > lt);
+                let unlikely_text = !opts
+                    .policy
+                    .logprob_threshold
+                    .is_some_and(|lt| result.avg_logprob > lt);
+                let certain = opts
+                    .policy
+                    .certain_no_speech_threshold
+                    .is_some_and(|c| result.no_speech_prob > c);
+                let silent = result.no_speech_prob > th && (unlikely_text || certain);
                 if silent {
                     seek += segment_frames;
                     continue;
@@ -331,6 +367,10 @@ impl Transcriber {
             if !opts.condition_on_previous_text || result.temperature > 0.5 {
                 prompt_reset_since = prompt_tokens.len();
             }
+        }
+        if segments.is_empty() && opts.language.is_none() {
+            // A language guessed from silence means nothing.
+            language = None;
         }
         Ok(Transcript {
             language,

@@ -2,6 +2,7 @@
 
 pub mod decode;
 pub mod resample;
+pub mod vad;
 
 use std::path::Path;
 

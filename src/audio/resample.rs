@@ -44,7 +44,9 @@ pub fn to_16k(samples: &[f32], rate: u32) -> Result<Vec<f32>, ResampleError> {
         let avail = (samples.len() - start).min(chunk);
         block[..avail].copy_from_slice(&samples[start..start + avail]);
         pos += chunk;
-        let o = resampler.process(&[&block[..]], None).map_err(|e| err(&e))?;
+        let o = resampler
+            .process(&[&block[..]], None)
+            .map_err(|e| err(&e))?;
         out.extend_from_slice(&o[0]);
     }
     let end = (delay + expected as usize).min(out.len());

@@ -29,6 +29,9 @@ pub struct AsrArgs {
     /// Text that conditions the first window (names, vocabulary).
     #[arg(long)]
     pub initial_prompt: Option<String>,
+    /// Transcribe silence and noise too, instead of only what voice activity detection keeps.
+    #[arg(long)]
+    pub no_vad: bool,
 }
 
 impl AsrArgs {
@@ -45,6 +48,11 @@ impl AsrArgs {
             language: self.language.clone(),
             candidate_languages: self.languages.clone(),
             initial_prompt: self.initial_prompt.clone(),
+            vad: if self.no_vad {
+                None
+            } else {
+                TranscribeOptions::default().vad
+            },
             ..Default::default()
         }
     }

@@ -466,3 +466,130 @@ fn split_rows(v: &Ct2Variable, parts: usize, rows: usize) -> Result<Vec<HfTensor
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend(((s.len() + 1) as u16).to_le_bytes());
+        out.extend(s.as_bytes());
+        out.push(0);
+    }
+
+    fn var(out: &mut Vec<u8>, name: &str, dims: &[u32], dtype: u8, data: &[u8]) {
+        string(out, name);
+        out.push(dims.len() as u8);
+        for d in dims {
+            out.extend(d.to_le_bytes());
+        }
+        out.push(dtype);
+        out.extend((data.len() as u32).to_le_bytes());
+        out.extend(data);
+    }
+
+    /// A well-formed file with a fused QKV weight, a scalar and one alias.
+    fn sample() -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend(6u32.to_le_bytes());
+        string(&mut b, "WhisperSpec");
+        b.extend(3u32.to_le_bytes());
+        b.extend(3u32.to_le_bytes());
+        let qkv: Vec<u8> = (0..6u16).flat_map(|v| half_bits(v as f32)).collect();
+        var(
+            &mut b,
+            "decoder/layer_0/self_attention/linear_0/weight",
+            &[3, 2],
+            4,
+            &qkv,
+        );
+        var(&mut b, "decoder/num_heads", &[], 2, &6i16.to_le_bytes());
+        var(&mut b, "decoder/embeddings/weight", &[2, 1], 0, &[0; 8]);
+        b.extend(1u32.to_le_bytes());
+        string(&mut b, "decoder/projection/weight");
+        string(&mut b, "decoder/embeddings/weight");
+        b
+    }
+
+    fn half_bits(v: f32) -> [u8; 2] {
+        // Small integers only: exact in f16.
+        let bits: u16 = if v == 0.0 {
+            0
+        } else {
+            let e = v.log2().floor() as i32;
+            let m = ((v / 2f32.powi(e) - 1.0) * 1024.0) as u16;
+            (((e + 15) as u16) << 10) | m
+        };
+        bits.to_le_bytes()
+    }
+
+    #[test]
+    fn parses_variables_scalars_and_aliases() {
+        let m = parse(Path::new("model.bin"), &sample()).unwrap();
+        assert_eq!(m.spec, "WhisperSpec");
+        assert_eq!(m.revision, 3);
+        assert_eq!(m.variables.len(), 3);
+        assert_eq!(m.variables["decoder/num_heads"].scalar_i64(), Some(6));
+        let qkv = &m.variables["decoder/layer_0/self_attention/linear_0/weight"];
+        assert_eq!(
+            (qkv.dims.as_slice(), qkv.dtype),
+            (&[3usize, 2][..], Ct2Dtype::F16)
+        );
+        assert_eq!(m.var("decoder/projection/weight").unwrap().dims, vec![2, 1]);
+        let parts = split_rows(qkv, 3, 1).unwrap();
+        assert_eq!(parts[2].dims, vec![1, 2]);
+        assert_eq!(parts[2].data, [half_bits(4.0), half_bits(5.0)].concat());
+    }
+
+    #[test]
+    fn truncation_anywhere_is_an_error_that_names_the_file() {
+        let full = sample();
+        for cut in [0, 3, 10, 40, full.len() - 1] {
+            let err = parse(Path::new("/models/x/model.bin"), &full[..cut]).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("/models/x/model.bin") && msg.contains("truncated"),
+                "cut {cut}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_headers_and_sizes_are_named() {
+        let mut bad_version = sample();
+        bad_version[0] = 5;
+        assert!(parse(Path::new("m"), &bad_version)
+            .unwrap_err()
+            .to_string()
+            .contains("binary version 5"));
+
+        let mut trailing = sample();
+        trailing.push(0);
+        assert!(parse(Path::new("m"), &trailing)
+            .unwrap_err()
+            .to_string()
+            .contains("trailing"));
+
+        let mut bad_dtype = sample();
+        // The dtype byte of the first variable sits after its name and two dims.
+        let pos = 4 + 2 + 12 + 4 + 4 + 2 + 47 + 1 + 8;
+        assert_eq!(bad_dtype[pos], 4);
+        bad_dtype[pos] = 9;
+        let msg = parse(Path::new("m"), &bad_dtype).unwrap_err().to_string();
+        assert!(msg.contains("unknown dtype code 9"), "{msg}");
+    }
+
+    #[test]
+    fn a_non_whisper_spec_is_refused_for_conversion() {
+        let m = parse(Path::new("m"), &sample()).unwrap();
+        assert!(m.whisper_shape().is_err());
+        let other = Ct2Model {
+            spec: "TransformerSpec".into(),
+            ..m
+        };
+        assert!(other
+            .whisper_shape()
+            .unwrap_err()
+            .contains("TransformerSpec"));
+    }
+}

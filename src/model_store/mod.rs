@@ -168,7 +168,8 @@ impl ModelStore {
             Some(n) => n.to_owned(),
             None => first
                 .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
+                .map(|s| s.to_string_lossy().trim_start_matches('.').to_owned())
+                .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "imported".into()),
         };
         if name.contains(['/', '\\']) || name.starts_with('.') {

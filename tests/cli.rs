@@ -1,0 +1,86 @@
+//! The command line as users run it: batches with bad files, corrupt models.
+
+mod support;
+
+use std::process::Command;
+
+fn vishguard() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vishguard"))
+}
+
+#[test]
+fn a_bad_file_is_reported_and_the_batch_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("corrupt.wav");
+    std::fs::write(&corrupt, b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk").unwrap();
+    let missing = dir.path().join("missing.flac");
+    // A WAV cut off in the middle of its data still yields what was recorded.
+    let full = std::fs::read(support::fixture("asr/pharmacy_phone.wav")).unwrap();
+    let truncated = dir.path().join("truncated.wav");
+    std::fs::write(&truncated, &full[..full.len() * 2 / 3]).unwrap();
+    let good = support::fixture("asr/gift_cards.flac");
+    let out = vishguard()
+        .args(["transcribe", "--model", "tiny.en", "--format", "json"])
+        .arg(&corrupt)
+        .arg(&missing)
+        .arg(&truncated)
+        .arg(&good)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("corrupt.wav") && stderr.contains("missing.flac"),
+        "{stderr}"
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0]["segments"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("pharmacy"));
+    assert!(lines[1]["segments"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_lowercase()
+        .contains("gift cards"));
+}
+
+#[test]
+fn a_corrupt_model_folder_is_named_on_import() {
+    let home = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("model.bin"), [6u8, 0, 0, 0, 12, 0]).unwrap();
+    std::fs::write(src.path().join("config.json"), "{}").unwrap();
+    std::fs::write(src.path().join("tokenizer.json"), "{}").unwrap();
+    let out = vishguard()
+        .env("VISHGUARD_HOME", home.path())
+        .args(["models", "import"])
+        .arg(src.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("model.bin") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_model_names_list_the_catalog() {
+    let out = vishguard()
+        .args(["transcribe", "--model", "huge-v9", "x.wav"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("tiny.en") && stderr.contains("base"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,161 @@
+//! Transcription with the real tiny.en and base models on real and synthetic speech.
+
+mod support;
+
+use support::*;
+use vishguard::asr::{TranscribeOptions, Transcriber};
+use vishguard::audio::{load_16k, ChannelMode};
+use vishguard::score::wer::wer;
+
+fn transcribe_file(m: &Transcriber, path: &std::path::Path, opts: &TranscribeOptions) -> String {
+    let parties = load_16k(path, ChannelMode::Mix).unwrap();
+    m.transcribe(&parties[0].samples, opts).unwrap().text()
+}
+
+fn check_real_call(m: &Transcriber, bound: f64) {
+    let (wav, reference) = pyannote_call();
+    let text = transcribe_file(m, &wav, &TranscribeOptions::default());
+    let w = wer(&reference, &text);
+    eprintln!("{}: real call WER {w:.3}: {text}", m.name);
+    assert!(
+        w <= bound,
+        "{}: WER {w:.3} > {bound} on the real call: {text}",
+        m.name
+    );
+}
+
+#[test]
+fn real_phone_call_tiny_en_wer_at_most_25_percent() {
+    check_real_call(tiny_en(), 0.25);
+}
+
+#[test]
+fn real_phone_call_base_wer_at_most_25_percent() {
+    check_real_call(base(), 0.25);
+}
+
+/// Mean WER over the synthetic clips, clean (16 kHz FLAC) or through a telephone channel
+/// (noise, 300-3400 Hz, 8 kHz mu-law WAV).
+fn mean_clip_wer(m: &Transcriber, phone: bool) -> f64 {
+    let opts = TranscribeOptions {
+        language: Some("en".into()),
+        ..Default::default()
+    };
+    let refs = clip_refs();
+    let total: f64 = refs
+        .iter()
+        .map(|(name, reference)| {
+            let file = if phone {
+                format!("asr/{name}_phone.wav")
+            } else {
+                format!("asr/{name}.flac")
+            };
+            let text = transcribe_file(m, &fixture(&file), &opts);
+            let w = wer(reference, &text);
+            eprintln!("{} {file}: WER {w:.3}: {text}", m.name);
+            w
+        })
+        .sum();
+    total / refs.len() as f64
+}
+
+#[test]
+fn clean_tts_clips_are_nearly_word_perfect() {
+    for m in [tiny_en(), base()] {
+        let w = mean_clip_wer(m, false);
+        eprintln!("{} clean mean WER {w:.3}", m.name);
+        assert!(w <= 0.12, "{}: clean mean WER {w:.3}", m.name);
+    }
+}
+
+#[test]
+fn telephone_band_tts_clips_stay_within_bounds() {
+    // Robotic TTS through a noisy 8 kHz channel is hard (see the notes); these bounds are what
+    // the models reach with margin, so a regression in the audio path or decoder shows.
+    for (m, bound) in [(tiny_en(), 0.45), (base(), 0.55)] {
+        let w = mean_clip_wer(m, true);
+        eprintln!("{} telephone mean WER {w:.3}", m.name);
+        assert!(
+            w <= bound,
+            "{}: telephone mean WER {w:.3} > {bound}",
+            m.name
+        );
+    }
+}
+
+fn white_noise(seconds: usize, amplitude: f32) -> Vec<f32> {
+    let mut state = 0x2545F4914F6CDD1Du64;
+    (0..seconds * 16_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amplitude
+        })
+        .collect()
+}
+
+#[test]
+fn silence_and_noise_give_no_text_with_or_without_vad() {
+    let with_vad = TranscribeOptions::default();
+    let without_vad = TranscribeOptions {
+        vad: None,
+        ..Default::default()
+    };
+    let inputs = [
+        ("silence", vec![0.0f32; 12 * 16_000]),
+        ("noise", white_noise(12, 0.01)),
+    ];
+    for m in [tiny_en(), base()] {
+        for (what, samples) in &inputs {
+            for (mode, opts) in [("vad", &with_vad), ("no vad", &without_vad)] {
+                let t = m.transcribe(samples, opts).unwrap();
+                assert!(
+                    t.text().trim().is_empty(),
+                    "{} invented text in {what} ({mode}): {:?}",
+                    m.name,
+                    t.text()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn stereo_mu_law_call_gives_one_transcript_per_party() {
+    let parties = load_16k(&fixture("asr/stereo_call_ulaw.wav"), ChannelMode::Split).unwrap();
+    assert_eq!(parties.len(), 2);
+    let m = tiny_en();
+    let opts = TranscribeOptions::default();
+    let caller = m.transcribe(&parties[0].samples, &opts).unwrap();
+    let callee = m.transcribe(&parties[1].samples, &opts).unwrap();
+    assert_eq!(parties[0].channel, Some(0));
+    let (a, b) = (caller.text().to_lowercase(), callee.text().to_lowercase());
+    assert!(a.contains("revenue") && a.contains("arrest"), "caller: {a}");
+    assert!(
+        b.contains("pharmacy") && b.contains("pickup"),
+        "callee: {b}"
+    );
+    assert!(
+        !a.contains("pharmacy") && !b.contains("revenue"),
+        "channels leaked: {a} | {b}"
+    );
+    // The callee starts speaking 3 s in; the segment times say so.
+    let first = callee.segments[0].start_s;
+    assert!((2.5..3.6).contains(&first), "callee starts at {first}");
+}
+
+#[test]
+fn multilingual_model_detects_english_and_english_only_model_refuses_mandarin() {
+    let parties = load_16k(&fixture("asr/pharmacy.flac"), ChannelMode::Mix).unwrap();
+    let t = base()
+        .transcribe(&parties[0].samples, &TranscribeOptions::default())
+        .unwrap();
+    assert_eq!(t.language.as_deref(), Some("en"));
+    let zh = TranscribeOptions {
+        language: Some("zh".into()),
+        ..Default::default()
+    };
+    let err = tiny_en().transcribe(&parties[0].samples, &zh).unwrap_err();
+    assert!(err.to_string().contains("English-only"), "{err}");
+}
