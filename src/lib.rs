@@ -7,6 +7,7 @@
 pub mod asr;
 pub mod audio;
 pub mod cli;
+pub mod detect;
 pub mod model_store;
 pub mod score;
 pub mod sinks;

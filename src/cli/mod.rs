@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand. Each returns the process exit code.
 
+pub mod classify;
 pub mod models;
 pub mod transcribe;
 
@@ -28,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Print what was said in audio files, with segment times.
     Transcribe(transcribe::TranscribeArgs),
+    /// Score transcripts (JSON lines) for scam scripts.
+    Classify(classify::ClassifyArgs),
     /// List, fetch and import Whisper models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -41,6 +44,7 @@ pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Transcribe(args) => transcribe::run(args),
         Command::Models(cmd) => models::run(cmd),
+        Command::Classify(args) => classify::run(args),
     };
     match result {
         Ok(code) => code,

@@ -67,6 +67,9 @@ pub struct TranscribeArgs {
     pub asr: AsrArgs,
     #[arg(long, value_enum, default_value_t = TranscriptFormat::Text)]
     pub format: TranscriptFormat,
+    /// Print per-file timing (decode, transcription, real-time factor) as JSON on stderr.
+    #[arg(long)]
+    pub timing: bool,
 }
 
 pub fn run(args: TranscribeArgs) -> Result<i32> {
@@ -76,13 +79,25 @@ pub fn run(args: TranscribeArgs) -> Result<i32> {
     let stdout = std::io::stdout();
     for path in &args.files {
         let name = path.display().to_string();
+        let started = std::time::Instant::now();
         let outcome = audio::load_16k(path, args.asr.channels).and_then(|parties| {
+            let loaded = started.elapsed().as_secs_f64();
             let mut out = String::new();
+            let mut audio_s = 0.0;
             for party in parties {
+                audio_s += party.samples.len() as f64 / audio::TARGET_RATE as f64;
                 let t = transcriber.transcribe(&party.samples, &opts)?;
                 out += &render(
                     &ChannelTranscript::new(&name, party.channel, &t),
                     args.format,
+                );
+            }
+            if args.timing {
+                let total = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"file": name, "model": transcriber.name, "audio_s": audio_s,
+                        "decode_audio_s": loaded, "total_s": total, "rtf": total / audio_s.max(1e-9)})
                 );
             }
             Ok(out)

