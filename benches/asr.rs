@@ -5,7 +5,7 @@
 
 use candle_core::Tensor;
 use criterion::{criterion_group, criterion_main, Criterion};
-use vishguard::asr::mel::{MelSpectrogram, WINDOW_FRAMES};
+use vishguard::asr::mel::MelSpectrogram;
 use vishguard::asr::{DeviceChoice, Transcriber};
 use vishguard::model_store::ModelStore;
 

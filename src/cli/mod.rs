@@ -2,6 +2,7 @@
 
 pub mod classify;
 pub mod models;
+pub mod scan;
 pub mod transcribe;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Scan recordings for scam scripts: per file and party, the risk and its evidence.
+    Scan(scan::ScanArgs),
     /// Print what was said in audio files, with segment times.
     Transcribe(transcribe::TranscribeArgs),
     /// Score transcripts (JSON lines) for scam scripts.
@@ -45,6 +48,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Transcribe(args) => transcribe::run(args),
         Command::Models(cmd) => models::run(cmd),
         Command::Classify(args) => classify::run(args),
+        Command::Scan(args) => scan::run(args),
     };
     match result {
         Ok(code) => code,

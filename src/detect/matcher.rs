@@ -37,7 +37,7 @@ fn split_slots(source: &str) -> Result<Vec<String>, String> {
             ')' => depth -= 1,
             _ => {}
         }
-        if depth > 1 || depth < 0 {
+        if !(0..=1).contains(&depth) {
             return Err("nested or unbalanced parentheses".into());
         }
         if c.is_whitespace() && depth == 0 {

@@ -4,6 +4,7 @@ pub mod classifier;
 pub mod matcher;
 pub mod normalize;
 pub mod pack;
+pub mod timeline;
 
 pub use classifier::{Classifier, Evidence, Risk, Verdict};
 pub use pack::PhrasePack;

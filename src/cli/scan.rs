@@ -1,0 +1,207 @@
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+
+use super::classify::classifier_from;
+use super::transcribe::AsrArgs;
+use crate::asr::Segment;
+use crate::audio;
+use crate::detect::classifier::Risk;
+use crate::detect::timeline::{score_call, Alert};
+use crate::detect::Classifier;
+
+const AUDIO_EXTENSIONS: &[&str] = &["wav", "wave", "flac", "mp3", "ogg", "oga"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScanFormat {
+    Table,
+    Jsonl,
+}
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    /// Audio files or folders (searched recursively).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub asr: AsrArgs,
+    #[arg(long, value_enum, default_value_t = ScanFormat::Table)]
+    pub format: ScanFormat,
+    /// Phrase packs to use instead of the built-in ones.
+    #[arg(long = "pack")]
+    pub packs: Vec<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct ScanResult<'a> {
+    file: String,
+    channel: Option<usize>,
+    language: Option<String>,
+    risk: Risk,
+    score: f32,
+    first_alert_s: Option<f64>,
+    alerts: Vec<Alert>,
+    transcript: &'a [Segment],
+}
+
+/// Audio files under the given paths, in a stable order.
+pub fn collect_audio(paths: &[PathBuf]) -> Vec<PathBuf> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            entries.sort();
+            for e in entries {
+                if e.is_dir() {
+                    walk(&e, out);
+                } else if e
+                    .extension()
+                    .and_then(|x| x.to_str())
+                    .is_some_and(|x| AUDIO_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
+                {
+                    out.push(e);
+                }
+            }
+        } else {
+            // Named explicitly: tried whatever its extension, so a bad file gets its error.
+            out.push(p.to_path_buf());
+        }
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        walk(p, &mut out);
+    }
+    out
+}
+
+pub fn run(args: ScanArgs) -> Result<i32> {
+    let files = collect_audio(&args.paths);
+    if files.is_empty() {
+        anyhow::bail!("no audio files found under the given paths");
+    }
+    let classifier = classifier_from(&args.packs)?;
+    let transcriber = args.asr.load()?;
+    let mut opts = args.asr.options();
+    if transcriber.is_multilingual()
+        && opts.language.is_none()
+        && opts.candidate_languages.is_empty()
+    {
+        // The phrase packs cover English and Mandarin: detection picks between those.
+        opts.candidate_languages = classifier
+            .languages()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    }
+    let bar = indicatif::ProgressBar::new(files.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed}<{eta} {wide_msg}")
+            .expect("valid template"),
+    );
+    let stdout = std::io::stdout();
+    let (mut errors, mut flagged) = (0, 0);
+    if args.format == ScanFormat::Table {
+        println!(
+            "{:<40} {:>3} {:>4} {:>9} {:>6} {:>8}  evidence",
+            "file", "ch", "lang", "risk", "score", "alert_s"
+        );
+    }
+    for path in &files {
+        bar.set_message(path.display().to_string());
+        let name = path.display().to_string();
+        let outcome = audio::load_16k(path, args.asr.channels).and_then(|parties| {
+            let mut lines = String::new();
+            for party in parties {
+                let t = transcriber.transcribe(&party.samples, &opts)?;
+                let lang = t
+                    .language
+                    .clone()
+                    .filter(|l| classifier.pack(l).is_some())
+                    .unwrap_or_else(|| Classifier::guess_language(&t.text()).to_owned());
+                let pack = classifier
+                    .pack(&lang)
+                    .or_else(|| classifier.pack("en"))
+                    .ok_or_else(|| anyhow::anyhow!("no phrase pack for {lang}"))?;
+                let call = score_call(&classifier, pack, &t.segments);
+                if call.risk.is_flagged() {
+                    flagged += 1;
+                }
+                let result = ScanResult {
+                    file: name.clone(),
+                    channel: party.channel,
+                    language: t.language.clone(),
+                    risk: call.risk,
+                    score: call.score,
+                    first_alert_s: call.first_alert_s,
+                    alerts: call.alerts,
+                    transcript: &t.segments,
+                };
+                lines += &match args.format {
+                    ScanFormat::Jsonl => serde_json::to_string(&result)? + "\n",
+                    ScanFormat::Table => table_row(&result),
+                };
+            }
+            Ok(lines)
+        });
+        bar.inc(1);
+        match outcome {
+            Ok(lines) => bar.suspend(|| -> Result<()> {
+                let mut out = stdout.lock();
+                out.write_all(lines.as_bytes())?;
+                Ok(out.flush()?)
+            })?,
+            Err(e) => {
+                errors += 1;
+                bar.suspend(|| eprintln!("error: {name}: {e:#}"));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok(if errors > 0 {
+        2
+    } else if flagged > 0 {
+        1
+    } else {
+        0
+    })
+}
+
+fn table_row(r: &ScanResult) -> String {
+    let mut file = r.file.clone();
+    if file.chars().count() > 40 {
+        file = format!(
+            "…{}",
+            file.chars()
+                .rev()
+                .take(39)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<String>()
+        );
+    }
+    let mut cats: Vec<&str> = Vec::new();
+    for a in &r.alerts {
+        if !cats.contains(&a.category.as_str()) {
+            cats.push(&a.category);
+        }
+    }
+    let risk = match r.risk {
+        Risk::None => "none",
+        Risk::Suspected => "SUSPECTED",
+        Risk::High => "HIGH",
+    };
+    format!(
+        "{:<40} {:>3} {:>4} {:>9} {:>6.2} {:>8}  {}\n",
+        file,
+        r.channel.map_or("-".into(), |c| c.to_string()),
+        r.language.as_deref().unwrap_or("-"),
+        risk,
+        r.score,
+        r.first_alert_s.map_or("-".into(), |t| format!("{t:.1}")),
+        cats.join(", ")
+    )
+}

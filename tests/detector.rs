@@ -1,0 +1,191 @@
+//! The classifier against labelled transcripts: the dev set (tuned on half of it, judged on
+//! the other half), hard legitimate calls written apart from tuning, and hostile input.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+use vishguard::detect::Classifier;
+
+struct Counts {
+    tp: usize,
+    fp: usize,
+    fn_: usize,
+    tn: usize,
+}
+
+impl Counts {
+    fn f1(&self) -> f64 {
+        let p = self.tp as f64 / (self.tp + self.fp).max(1) as f64;
+        let r = self.tp as f64 / (self.tp + self.fn_).max(1) as f64;
+        2.0 * p * r / (p + r).max(1e-9)
+    }
+    fn fpr(&self) -> f64 {
+        self.fp as f64 / (self.fp + self.tn).max(1) as f64
+    }
+}
+
+/// Half 0 was used to tune the packs; half 1 was not. The split is by a hash of the id.
+fn half_of(id: &str) -> u8 {
+    let d = Sha256::digest(id.as_bytes());
+    // The same split as the tuning script: the whole digest as a big number, mod 2.
+    d[31] & 1
+}
+
+fn dev_counts(lang: &str, half: u8) -> Counts {
+    let path = support::repo().join(format!("../shared/eval/dev/{lang}.jsonl"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let c = Classifier::builtin();
+    let mut k = Counts {
+        tp: 0,
+        fp: 0,
+        fn_: 0,
+        tn: 0,
+    };
+    for line in text.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let label = row["label"].as_str().unwrap();
+        if label == "unwanted" || half_of(row["id"].as_str().unwrap()) != half {
+            continue;
+        }
+        let flagged = c
+            .classify(row["text"].as_str().unwrap(), row["lang"].as_str())
+            .unwrap()
+            .risk
+            .is_flagged();
+        match (label == "scam", flagged) {
+            (true, true) => k.tp += 1,
+            (true, false) => k.fn_ += 1,
+            (false, true) => k.fp += 1,
+            (false, false) => k.tn += 1,
+        }
+    }
+    k
+}
+
+#[test]
+fn dev_set_quality_holds_on_the_half_not_tuned_on() {
+    // Floors a little under what was measured (see the README), so a pack change that makes
+    // things worse fails here.
+    for (lang, half, min_f1, max_fpr) in [
+        ("en", 0, 0.90, 0.05),
+        ("en", 1, 0.84, 0.10),
+        ("zh", 0, 0.95, 0.06),
+        ("zh", 1, 0.89, 0.10),
+    ] {
+        let k = dev_counts(lang, half);
+        eprintln!(
+            "{lang} half {half}: F1 {:.3} FPR {:.3} (tp {} fp {} fn {} tn {})",
+            k.f1(),
+            k.fpr(),
+            k.tp,
+            k.fp,
+            k.fn_,
+            k.tn
+        );
+        assert!(
+            k.f1() >= min_f1,
+            "{lang} half {half}: F1 {:.3} < {min_f1}",
+            k.f1()
+        );
+        assert!(
+            k.fpr() <= max_fpr,
+            "{lang} half {half}: FPR {:.3} > {max_fpr}",
+            k.fpr()
+        );
+    }
+}
+
+#[test]
+fn hard_legitimate_calls_are_not_flagged() {
+    let c = Classifier::builtin();
+    let text = std::fs::read_to_string(support::fixture("hard_legit.jsonl")).unwrap();
+    for line in text.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let v = c
+            .classify(row["text"].as_str().unwrap(), row["lang"].as_str())
+            .unwrap();
+        assert!(
+            !v.risk.is_flagged(),
+            "{} flagged at {}: {:?}",
+            row["id"],
+            v.score,
+            v.evidence
+        );
+    }
+}
+
+#[test]
+fn classic_scripts_are_flagged_high_with_evidence() {
+    let c = Classifier::builtin();
+    let v = c
+        .classify("This is the IRS. There is a warrant for your arrest. Pay today with gift cards and do not tell anyone.", None)
+        .unwrap();
+    assert_eq!(v.risk, vishguard::detect::Risk::High);
+    let cats: Vec<&str> = v.evidence.iter().map(|e| e.category.as_str()).collect();
+    for want in [
+        "authority_impersonation",
+        "arrest_threat",
+        "unusual_payment",
+        "secrecy",
+    ] {
+        assert!(cats.contains(&want), "{want} missing from {cats:?}");
+    }
+    let quoted: Vec<&str> = v
+        .evidence
+        .iter()
+        .filter(|e| e.category == "unusual_payment")
+        .map(|e| e.matched_text.as_str())
+        .collect();
+    assert!(quoted.contains(&"gift cards"), "{quoted:?}");
+    let zh = c
+        .classify(
+            "我是公安局的警官，你的账户涉嫌洗钱，必须马上转到安全账户，不要告诉任何人。",
+            None,
+        )
+        .unwrap();
+    assert_eq!(zh.risk, vishguard::detect::Risk::High);
+}
+
+#[test]
+fn bad_input_lines_get_their_own_errors_and_the_batch_goes_on() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vishguard"))
+        .arg("classify")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let huge = format!(
+        "{{\"id\": \"huge\", \"text\": \"{}\"}}",
+        "a".repeat(2 << 20)
+    );
+    let input = [
+        r#"{"id": 1, "text": "Buy Google Play gift cards now and read me the numbers on the back."}"#.to_owned(),
+        "this is not json".to_owned(),
+        r#"{"id": 3, "text": "   "}"#.to_owned(),
+        r#"{"id": 4, "text": "bonjour", "lang": "fr"}"#.to_owned(),
+        huge,
+        r#"{"id": 6, "text": "See you at dinner on Sunday."}"#.to_owned(),
+    ]
+    .join("\n");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    assert_ne!(lines[0]["risk"], "none");
+    assert!(lines[1]["error"].as_str().unwrap().contains("invalid JSON"));
+    assert!(lines[2]["error"].as_str().unwrap().contains("empty"));
+    assert!(lines[3]["error"].as_str().unwrap().contains("fr"));
+    assert!(lines[4]["error"].as_str().unwrap().contains("limit"));
+    assert_eq!(lines[5]["risk"], "none");
+    assert_eq!(lines[5]["id"], 6);
+}

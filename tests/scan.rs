@@ -1,0 +1,63 @@
+//! `vishguard scan` end to end on the bundled samples, with the real default model.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+#[test]
+fn scan_flags_every_scam_sample_and_no_legitimate_one() {
+    let samples = support::repo().join("audio-samples");
+    let labels: HashMap<String, String> = std::fs::read_to_string(samples.join("labels.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut f = l.split(',');
+            (f.next().unwrap().to_owned(), f.next().unwrap().to_owned())
+        })
+        .collect();
+    assert!(labels.len() >= 12);
+    let out = Command::new(env!("CARGO_BIN_EXE_vishguard"))
+        .args(["scan", "--format", "jsonl"])
+        .arg(&samples)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit 1 means a scam was found: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut seen = 0;
+    let mut alert_times = Vec::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let file = std::path::Path::new(v["file"].as_str().unwrap())
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let flagged = v["risk"] != "none";
+        let label = &labels[&file];
+        assert_eq!(
+            flagged,
+            label == "scam",
+            "{file} ({label}) scored {} with {:?}",
+            v["score"],
+            v["alerts"]
+        );
+        let lang = if file.starts_with("zh") { "zh" } else { "en" };
+        assert_eq!(v["language"], lang, "{file}");
+        if flagged {
+            let t = v["first_alert_s"].as_f64().unwrap();
+            assert!(!v["alerts"].as_array().unwrap().is_empty());
+            alert_times.push(t);
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, labels.len());
+    alert_times.sort_by(f64::total_cmp);
+    let median = alert_times[alert_times.len() / 2];
+    assert!(median <= 15.0, "median first alert at {median} s");
+}
