@@ -41,7 +41,7 @@ speak() { # engine:voice text out.wav
   sox "$tmp/raw.wav" -r 16000 -c 1 -b 16 "$3" rate -v 16k gain -n -20 pad 0.5 0.5
 }
 
-echo "file,label,lang,type,voice,text" > labels.csv
+echo "path,label,lang,type,voice,script" > labels.csv
 for call in "${calls[@]}"; do
   IFS='|' read -r name label lang type voice text <<<"$call"
   speak "$voice" "$text" "$tmp/clean.wav"

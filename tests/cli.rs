@@ -84,3 +84,37 @@ fn unknown_model_names_list_the_catalog() {
         "{stderr}"
     );
 }
+
+#[test]
+fn scan_saves_one_transcript_per_party_for_researchers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = vishguard()
+        .args([
+            "scan",
+            "--model",
+            "tiny.en",
+            "--format",
+            "jsonl",
+            "--save-transcripts",
+        ])
+        .arg(dir.path())
+        .arg(support::fixture("asr/stereo_call_ulaw.wav"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.code() == Some(0) || out.status.code() == Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for ch in [0, 1] {
+        let vtt = std::fs::read_to_string(dir.path().join(format!("stereo_call_ulaw.ch{ch}.vtt")))
+            .unwrap();
+        assert!(vtt.starts_with("WEBVTT\n\n00:00:"), "{vtt}");
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(format!("stereo_call_ulaw.ch{ch}.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["channel"], ch);
+    }
+}

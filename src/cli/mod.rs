@@ -3,6 +3,7 @@
 pub mod classify;
 pub mod models;
 pub mod scan;
+pub mod score;
 pub mod transcribe;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Scan recordings for scam scripts: per file and party, the risk and its evidence.
     Scan(scan::ScanArgs),
+    /// Score a labelled manifest of recordings or transcripts: results, metrics, HTML report.
+    Score(score::ScoreArgs),
     /// Print what was said in audio files, with segment times.
     Transcribe(transcribe::TranscribeArgs),
     /// Score transcripts (JSON lines) for scam scripts.
@@ -49,6 +52,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Models(cmd) => models::run(cmd),
         Command::Classify(args) => classify::run(args),
         Command::Scan(args) => scan::run(args),
+        Command::Score(args) => score::run(args),
     };
     match result {
         Ok(code) => code,

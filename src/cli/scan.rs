@@ -12,6 +12,7 @@ use crate::audio;
 use crate::detect::classifier::Risk;
 use crate::detect::timeline::{score_call, Alert};
 use crate::detect::Classifier;
+use crate::sinks::transcript_format::{render, ChannelTranscript, TranscriptFormat};
 
 const AUDIO_EXTENSIONS: &[&str] = &["wav", "wave", "flac", "mp3", "ogg", "oga"];
 
@@ -33,6 +34,9 @@ pub struct ScanArgs {
     /// Phrase packs to use instead of the built-in ones.
     #[arg(long = "pack")]
     pub packs: Vec<PathBuf>,
+    /// Also write each transcript as JSON and WebVTT into this folder.
+    #[arg(long)]
+    pub save_transcripts: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -126,6 +130,9 @@ pub fn run(args: ScanArgs) -> Result<i32> {
                     .or_else(|| classifier.pack("en"))
                     .ok_or_else(|| anyhow::anyhow!("no phrase pack for {lang}"))?;
                 let call = score_call(&classifier, pack, &t.segments);
+                if let Some(dir) = &args.save_transcripts {
+                    save_transcript(dir, path, party.channel, &t)?;
+                }
                 if call.risk.is_flagged() {
                     flagged += 1;
                 }
@@ -167,6 +174,34 @@ pub fn run(args: ScanArgs) -> Result<i32> {
     } else {
         0
     })
+}
+
+/// Writes `<stem>[.chN].json` and `.vtt` for one party's transcript.
+fn save_transcript(
+    dir: &Path,
+    audio: &Path,
+    channel: Option<usize>,
+    t: &crate::asr::Transcript,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let stem = audio
+        .file_stem()
+        .map_or("call".into(), |s| s.to_string_lossy().into_owned());
+    let base = match channel {
+        Some(c) => format!("{stem}.ch{c}"),
+        None => stem,
+    };
+    let name = audio.display().to_string();
+    let ct = ChannelTranscript::new(&name, channel, t);
+    std::fs::write(
+        dir.join(format!("{base}.json")),
+        render(&ct, TranscriptFormat::Json),
+    )?;
+    std::fs::write(
+        dir.join(format!("{base}.vtt")),
+        render(&ct, TranscriptFormat::Vtt),
+    )?;
+    Ok(())
 }
 
 fn table_row(r: &ScanResult) -> String {

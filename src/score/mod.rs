@@ -1,3 +1,488 @@
-//! Measures of quality: word error rate now; detector metrics later.
+//! Research scoring: run the detector over a labelled manifest (resumably, in parallel),
+//! measure it against the labels, and write `results.jsonl`, `metrics.json`, `report.html`.
 
+pub mod manifest;
+pub mod metrics;
+pub mod report;
 pub mod wer;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use crate::asr::{TranscribeOptions, Transcriber};
+use crate::audio::{self, ChannelMode};
+use crate::detect::timeline::score_call;
+use crate::detect::{Classifier, Risk};
+use manifest::ManifestRow;
+use metrics::Scored;
+
+/// Everything a worker needs to score one row.
+pub struct Scorer<'a> {
+    pub classifier: &'a Classifier,
+    /// Loaded only when the manifest has audio rows.
+    pub transcriber: Option<&'a Transcriber>,
+    pub options: TranscribeOptions,
+    pub channels: ChannelMode,
+}
+
+impl Scorer<'_> {
+    pub fn score_row(&self, row: &ManifestRow) -> Value {
+        let mut v = match (&row.text, &row.path) {
+            (Some(text), _) => self.score_text(text, row.lang.as_deref()),
+            (None, Some(path)) => self.score_audio(path, row),
+            (None, None) => Err(anyhow::anyhow!("row has neither text nor path")),
+        }
+        .unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
+        let obj = v.as_object_mut().expect("results are objects");
+        obj.insert("id".into(), json!(row.id));
+        obj.insert("label".into(), json!(row.label));
+        obj.insert("type".into(), json!(row.kind));
+        if !obj.contains_key("lang") {
+            obj.insert("lang".into(), json!(row.lang));
+        }
+        v
+    }
+
+    fn score_text(&self, text: &str, lang: Option<&str>) -> Result<Value> {
+        if text.trim().is_empty() {
+            anyhow::bail!("empty text");
+        }
+        let lang = lang.unwrap_or_else(|| Classifier::guess_language(text));
+        let verdict = self
+            .classifier
+            .classify(text, Some(lang))
+            .map_err(anyhow::Error::msg)?;
+        let mut v = serde_json::to_value(&verdict)?;
+        v.as_object_mut()
+            .expect("object")
+            .insert("lang".into(), json!(lang));
+        Ok(v)
+    }
+
+    fn score_audio(&self, path: &Path, row: &ManifestRow) -> Result<Value> {
+        let transcriber = self.transcriber.context("no model loaded for audio rows")?;
+        let started = std::time::Instant::now();
+        let parties = audio::load_16k(path, self.channels)?;
+        let mut channels = Vec::new();
+        let mut texts = Vec::new();
+        let mut audio_s = 0.0;
+        let (mut best_score, mut best_risk, mut first_alert, mut lang_seen) =
+            (0f32, Risk::None, None::<f64>, None);
+        let mut alerts = Vec::new();
+        for party in parties {
+            audio_s += party.samples.len() as f64 / audio::TARGET_RATE as f64;
+            let t = transcriber.transcribe(&party.samples, &self.options)?;
+            let lang = row
+                .lang
+                .clone()
+                .or_else(|| t.language.clone())
+                .filter(|l| self.classifier.pack(l).is_some())
+                .unwrap_or_else(|| Classifier::guess_language(&t.text()).to_owned());
+            let pack = self.classifier.pack(&lang).context("no phrase pack")?;
+            let call = score_call(self.classifier, pack, &t.segments);
+            if call.score > best_score {
+                best_score = call.score;
+            }
+            if call.risk > best_risk {
+                best_risk = call.risk;
+            }
+            if let Some(f) = call.first_alert_s {
+                first_alert = Some(first_alert.map_or(f, |x: f64| x.min(f)));
+            }
+            lang_seen.get_or_insert(lang.clone());
+            texts.push(t.text());
+            alerts.extend(
+                call.alerts
+                    .iter()
+                    .map(|a| json!({"channel": party.channel, "alert": a})),
+            );
+            channels.push(
+                json!({"channel": party.channel, "language": t.language, "risk": call.risk,
+                "score": call.score, "first_alert_s": call.first_alert_s, "transcript": t.text()}),
+            );
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut v = json!({"file": path.display().to_string(), "risk": best_risk, "score": best_score,
+            "first_alert_s": first_alert, "alerts": alerts, "channels": channels, "lang": lang_seen,
+            "audio_s": audio_s, "elapsed_s": elapsed, "rtf": elapsed / audio_s.max(1e-9)});
+        if let Some(reference) = &row.reference {
+            v.as_object_mut()
+                .expect("object")
+                .insert("wer".into(), json!(wer::wer(reference, &texts.join(" "))));
+        }
+        Ok(v)
+    }
+}
+
+/// Ids already in `results.jsonl`. A torn last line (an interrupted write) is cut off so the
+/// file stays valid JSON lines.
+pub fn finished_ids(results: &Path) -> Result<HashSet<String>> {
+    let mut done = HashSet::new();
+    let Ok(bytes) = std::fs::read(results) else {
+        return Ok(done);
+    };
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if keep < bytes.len() {
+        tracing::warn!("{}: dropping an unfinished last line", results.display());
+        let f = std::fs::OpenOptions::new().write(true).open(results)?;
+        f.set_len(keep as u64)?;
+    }
+    for line in bytes[..keep].lines() {
+        let line = line?;
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if let Some(id) = v["id"].as_str() {
+                done.insert(id.to_owned());
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Scores every row of the manifest not yet in `out/results.jsonl`, `jobs` at a time.
+pub fn run(rows: &[ManifestRow], out: &Path, scorer: &Scorer, jobs: usize) -> Result<usize> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let results_path = out.join("results.jsonl");
+    let done = finished_ids(&results_path)?;
+    let pending: Vec<&ManifestRow> = rows
+        .iter()
+        .filter(|r| !done.contains(r.id.as_deref().unwrap_or_default()))
+        .collect();
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&results_path)
+        .with_context(|| format!("opening {}", results_path.display()))?;
+    let sink = Mutex::new(file);
+    let bar = indicatif::ProgressBar::new(pending.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} calls {elapsed}<{eta} {per_sec}",
+        )
+        .expect("valid template"),
+    );
+    let next = AtomicUsize::new(0);
+    let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(row) = pending.get(i) else { break };
+                let line = scorer.score_row(row).to_string() + "\n";
+                let written = sink
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("writer poisoned"))
+                    .and_then(|mut f| {
+                        f.write_all(line.as_bytes())?;
+                        Ok(f.flush()?)
+                    });
+                if let Err(e) = written {
+                    *failure.lock().expect("failure lock") = Some(e);
+                    break;
+                }
+                bar.inc(1);
+            });
+        }
+    });
+    bar.finish_and_clear();
+    if let Some(e) = failure.into_inner().expect("failure lock") {
+        return Err(e.context(format!("writing {}", results_path.display())));
+    }
+    Ok(pending.len())
+}
+
+pub fn read_results(path: &Path) -> Result<Vec<Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+fn scored(results: &[Value]) -> Vec<Scored> {
+    results
+        .iter()
+        .filter(|v| v.get("error").is_none())
+        .filter(|v| matches!(v["label"].as_str(), Some("scam") | Some("legit")))
+        .map(|v| Scored {
+            is_scam: v["label"] == "scam",
+            score: v["score"].as_f64().unwrap_or(0.0),
+            level: match v["risk"].as_str() {
+                Some("high") => 2,
+                Some("suspected") => 1,
+                _ => 0,
+            },
+            kind: v["type"].as_str().map(str::to_owned),
+            lang: v["lang"].as_str().map(str::to_owned),
+            first_alert_s: v["first_alert_s"].as_f64(),
+        })
+        .collect()
+}
+
+/// All the numbers of `metrics.json`.
+pub fn compute_metrics(results: &[Value]) -> Value {
+    let rows = scored(results);
+    let suspected = metrics::binary(&rows, 1);
+    let high = metrics::binary(&rows, 2);
+    let mut labels: BTreeMap<String, usize> = BTreeMap::new();
+    for v in results {
+        *labels
+            .entry(v["label"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    let mut confusion: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+    for r in &rows {
+        let label = if r.is_scam { "scam" } else { "legit" };
+        let lvl = ["none", "suspected", "high"][r.level as usize];
+        *confusion.entry(label).or_default().entry(lvl).or_default() += 1;
+    }
+    let times = metrics::alert_times(&rows);
+    let audio_s: f64 = results.iter().filter_map(|v| v["audio_s"].as_f64()).sum();
+    let elapsed_s: f64 = results.iter().filter_map(|v| v["elapsed_s"].as_f64()).sum();
+    let wers: Vec<f64> = results.iter().filter_map(|v| v["wer"].as_f64()).collect();
+    json!({
+        "n": results.len(),
+        "n_scored": rows.len(),
+        "n_errors": results.iter().filter(|v| v.get("error").is_some()).count(),
+        "labels": labels,
+        "precision": suspected.precision,
+        "recall": suspected.recall,
+        "f1": suspected.f1,
+        "accuracy": suspected.accuracy,
+        "fpr": suspected.fpr,
+        "roc_auc": metrics::roc_auc(&rows),
+        "pr_auc": metrics::pr_auc(&rows),
+        "f1_ci95": metrics::bootstrap(&rows, 1000, |r| metrics::binary(r, 1).f1),
+        "roc_auc_ci95": metrics::bootstrap(&rows, 1000, metrics::roc_auc),
+        "levels": {"suspected": suspected, "high": high},
+        "confusion": confusion,
+        "by_type": metrics::group_by(&rows, |r| r.kind.clone().unwrap_or_else(|| "(none)".into())),
+        "by_language": metrics::group_by(&rows, |r| r.lang.clone().unwrap_or_else(|| "(none)".into())),
+        "time_to_first_alert": times,
+        "speed": {"audio_s": audio_s, "elapsed_s": elapsed_s,
+                  "rtf": if audio_s > 0.0 { Some(elapsed_s / audio_s) } else { None }},
+        "wer": {"n": wers.len(), "mean": if wers.is_empty() { None } else { Some(wers.iter().sum::<f64>() / wers.len() as f64) }},
+    })
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let head: String = headers
+        .iter()
+        .map(|h| format!("<th>{}</th>", report::html_escape(h)))
+        .collect();
+    let body: String = rows
+        .into_iter()
+        .map(|r| {
+            format!(
+                "<tr>{}</tr>",
+                r.iter()
+                    .map(|c| format!("<td>{}</td>", report::html_escape(c)))
+                    .collect::<String>()
+            )
+        })
+        .collect();
+    format!("<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+}
+
+fn fmt(v: &Value) -> String {
+    match v {
+        Value::Null => "–".to_owned(),
+        Value::Number(n) if n.is_f64() => format!("{:.3}", n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Writes `metrics.json` and `report.html` for the results in `out`.
+pub fn write_report(out: &Path, manifest: &Path) -> Result<Value> {
+    let results = read_results(&out.join("results.jsonl"))?;
+    let m = compute_metrics(&results);
+    std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(&m)?)?;
+    let rows = scored(&results);
+    let level_rows = ["suspected", "high"]
+        .iter()
+        .map(|l| {
+            let b = &m["levels"][l];
+            vec![
+                format!("{l} or above"),
+                fmt(&b["precision"]),
+                fmt(&b["recall"]),
+                fmt(&b["f1"]),
+                fmt(&b["accuracy"]),
+                fmt(&b["fpr"]),
+            ]
+        })
+        .collect();
+    let group_rows = |key: &str| -> Vec<Vec<String>> {
+        m[key]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, b)| {
+                        vec![
+                            k.clone(),
+                            fmt(&b["n"]),
+                            fmt(&b["scam"]),
+                            fmt(&b["legit"]),
+                            fmt(&b["flagged"]),
+                            fmt(&b["recall"]),
+                            fmt(&b["fpr"]),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut types: Vec<(String, f64, bool)> = m["by_type"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, b)| {
+                    let n = b["n"].as_f64().unwrap_or(1.0).max(1.0);
+                    (
+                        k.clone(),
+                        b["flagged"].as_f64().unwrap_or(0.0) / n,
+                        b["scam"].as_u64().unwrap_or(0) > 0,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    types.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    let conf = &m["confusion"];
+    let confusion_rows = ["scam", "legit"]
+        .iter()
+        .map(|l| {
+            vec![
+                l.to_string(),
+                fmt(&conf[l]["none"]),
+                fmt(&conf[l]["suspected"]),
+                fmt(&conf[l]["high"]),
+            ]
+        })
+        .map(|r| {
+            r.into_iter()
+                .map(|c| if c == "–" { "0".into() } else { c })
+                .collect()
+        })
+        .collect();
+    let times: Vec<f64> = m["time_to_first_alert"]["sorted_s"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    let scam_calls = rows.iter().filter(|r| r.is_scam).count();
+    let errors: Vec<Vec<String>> = results
+        .iter()
+        .filter(|v| v.get("error").is_some())
+        .map(|v| vec![fmt(&v["id"]), fmt(&v["error"])])
+        .collect();
+    let html = format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>vishguard report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+.plots{{display:flex;flex-wrap:wrap;gap:12px}}h1{{margin-bottom:0}}.sub{{color:#666}}</style></head><body>
+<h1>vishguard detector report</h1><p class="sub">manifest {manifest}; {n} calls, {nerr} errors; generated by vishguard {version}</p>
+<h2>Overall (flagged = suspected or high)</h2>
+<p>F1 {f1} (95% CI {f1lo}–{f1hi}), ROC-AUC {auc} (95% CI {auclo}–{auchi}), PR-AUC {prauc}</p>
+{levels}
+<h2>Confusion matrix</h2>{confusion}
+<div class="plots">{roc}{pr}{hist}{cdf}</div>
+<h2>By type</h2>{bytype}<div class="plots">{bars}</div>
+<h2>By language</h2>{bylang}
+<h2>Time to first alert</h2><p>{nt} alerted scam calls; median {med} s, 90th percentile {p90} s</p>
+<h2>Speed and accuracy of transcription</h2><p>audio {audio} s, processing {elapsed} s, real-time factor {rtf}; mean WER {wer} over {nwer} calls with a reference</p>
+<h2>Errors</h2>{errors}
+</body></html>"#,
+        manifest = report::html_escape(&manifest.display().to_string()),
+        n = m["n"],
+        nerr = m["n_errors"],
+        version = env!("CARGO_PKG_VERSION"),
+        f1 = fmt(&m["f1"]),
+        f1lo = fmt(&m["f1_ci95"]["low"]),
+        f1hi = fmt(&m["f1_ci95"]["high"]),
+        auc = fmt(&m["roc_auc"]),
+        auclo = fmt(&m["roc_auc_ci95"]["low"]),
+        auchi = fmt(&m["roc_auc_ci95"]["high"]),
+        prauc = fmt(&m["pr_auc"]),
+        levels = table(
+            &["level", "precision", "recall", "F1", "accuracy", "FPR"],
+            level_rows
+        ),
+        confusion = table(
+            &["label \\ risk", "none", "suspected", "high"],
+            confusion_rows
+        ),
+        roc = report::roc_svg(&rows),
+        pr = report::pr_svg(&rows),
+        hist = report::histogram_svg(&rows),
+        cdf = report::alert_cdf_svg(&times, scam_calls),
+        bytype = table(
+            &["type", "n", "scam", "legit", "flagged", "recall", "FPR"],
+            group_rows("by_type")
+        ),
+        bars = report::type_bars_svg(&types),
+        bylang = table(
+            &["language", "n", "scam", "legit", "flagged", "recall", "FPR"],
+            group_rows("by_language")
+        ),
+        nt = m["time_to_first_alert"]["n"],
+        med = fmt(&m["time_to_first_alert"]["median_s"]),
+        p90 = fmt(&m["time_to_first_alert"]["p90_s"]),
+        audio = fmt(&m["speed"]["audio_s"]),
+        elapsed = fmt(&m["speed"]["elapsed_s"]),
+        rtf = fmt(&m["speed"]["rtf"]),
+        wer = fmt(&m["wer"]["mean"]),
+        nwer = m["wer"]["n"],
+        errors = if errors.is_empty() {
+            "<p>none</p>".to_owned()
+        } else {
+            table(&["id", "error"], errors)
+        },
+    );
+    std::fs::write(out.join("report.html"), html)?;
+    Ok(m)
+}
+
+/// What changed between two runs: metrics side by side and the calls whose verdict flipped.
+pub fn compare(a: &Path, b: &Path) -> Result<Value> {
+    let (ra, rb) = (read_results(a)?, read_results(b)?);
+    let index = |r: &[Value]| -> BTreeMap<String, Value> {
+        r.iter()
+            .filter_map(|v| Some((v["id"].as_str()?.to_owned(), v.clone())))
+            .collect()
+    };
+    let (ia, ib) = (index(&ra), index(&rb));
+    let flagged = |v: &Value| matches!(v["risk"].as_str(), Some("suspected") | Some("high"));
+    let mut flips = Vec::new();
+    for (id, va) in &ia {
+        if let Some(vb) = ib.get(id) {
+            if flagged(va) != flagged(vb) {
+                let fixed = flagged(vb) == (vb["label"] == "scam");
+                flips.push(json!({"id": id, "label": va["label"], "type": va["type"],
+                    "before": {"risk": va["risk"], "score": va["score"]},
+                    "after": {"risk": vb["risk"], "score": vb["score"]},
+                    "change": if fixed { "fixed" } else { "broken" }}));
+            }
+        }
+    }
+    let (ma, mb) = (compute_metrics(&ra), compute_metrics(&rb));
+    let keys = ["precision", "recall", "f1", "fpr", "roc_auc", "pr_auc"];
+    let delta: BTreeMap<&str, Value> = keys
+        .iter()
+        .map(|k| (*k, json!({"a": ma[k], "b": mb[k], "delta": mb[k].as_f64().unwrap_or(0.0) - ma[k].as_f64().unwrap_or(0.0)})))
+        .collect();
+    Ok(
+        json!({"a": a.display().to_string(), "b": b.display().to_string(),
+        "only_in_a": ia.keys().filter(|k| !ib.contains_key(*k)).count(),
+        "only_in_b": ib.keys().filter(|k| !ia.contains_key(*k)).count(),
+        "metrics": delta, "flipped": flips}),
+    )
+}

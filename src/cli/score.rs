@@ -1,0 +1,80 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use super::classify::classifier_from;
+use super::transcribe::AsrArgs;
+use crate::score::{self, manifest::read_manifest, Scorer};
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// Manifest (CSV or JSON lines) with `path` or `text`, `label`, and optional `id`, `type`,
+    /// `lang`, `reference`.
+    #[arg(required_unless_present = "compare")]
+    pub manifest: Option<PathBuf>,
+    /// Output folder: results.jsonl (appended, so a rerun resumes), metrics.json, report.html.
+    #[arg(long, required_unless_present = "compare")]
+    pub out: Option<PathBuf>,
+    /// Compare two results.jsonl files instead: metric deltas and the calls that flipped.
+    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    pub compare: Option<Vec<PathBuf>>,
+    /// Calls scored at once (default: the number of CPU cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub asr: AsrArgs,
+    /// Phrase packs to use instead of the built-in ones.
+    #[arg(long = "pack")]
+    pub packs: Vec<PathBuf>,
+}
+
+pub fn run(args: ScoreArgs) -> Result<i32> {
+    if let Some(pair) = &args.compare {
+        let diff = score::compare(&pair[0], &pair[1])?;
+        println!("{}", serde_json::to_string_pretty(&diff)?);
+        return Ok(0);
+    }
+    let (Some(manifest), Some(out)) = (&args.manifest, &args.out) else {
+        bail!("score needs MANIFEST and --out DIR (or --compare A B)");
+    };
+    let rows = read_manifest(manifest)?;
+    let classifier = classifier_from(&args.packs)?;
+    let needs_model = rows.iter().any(|r| r.text.is_none());
+    let transcriber = if needs_model {
+        Some(args.asr.load()?)
+    } else {
+        None
+    };
+    let mut options = args.asr.options();
+    if transcriber.as_ref().is_some_and(|t| t.is_multilingual())
+        && options.language.is_none()
+        && options.candidate_languages.is_empty()
+    {
+        options.candidate_languages = classifier
+            .languages()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    }
+    let scorer = Scorer {
+        classifier: &classifier,
+        transcriber: transcriber.as_ref(),
+        options,
+        channels: args.asr.channels,
+    };
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let done = score::run(&rows, out, &scorer, args.jobs.unwrap_or(cores))?;
+    let m = score::write_report(out, manifest)?;
+    eprintln!(
+        "scored {done} new calls; {} in all. F1 {:.3}, precision {:.3}, recall {:.3}, FPR {:.3}, ROC-AUC {:.3}. Report: {}",
+        m["n"],
+        m["f1"].as_f64().unwrap_or(0.0),
+        m["precision"].as_f64().unwrap_or(0.0),
+        m["recall"].as_f64().unwrap_or(0.0),
+        m["fpr"].as_f64().unwrap_or(0.0),
+        m["roc_auc"].as_f64().unwrap_or(0.0),
+        out.join("report.html").display()
+    );
+    Ok(0)
+}
