@@ -8,6 +8,8 @@ pub mod asr;
 pub mod audio;
 pub mod cli;
 pub mod detect;
+pub mod live;
 pub mod model_store;
 pub mod score;
 pub mod sinks;
+pub mod sources;

@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand. Each returns the process exit code.
 
 pub mod classify;
+pub mod listen;
 pub mod models;
 pub mod scan;
 pub mod score;
@@ -31,6 +32,8 @@ pub struct Cli {
 pub enum Command {
     /// Scan recordings for scam scripts: per file and party, the risk and its evidence.
     Scan(scan::ScanArgs),
+    /// Watch live calls (a sound device, or a file at real speed) and raise alerts as they happen.
+    Listen(listen::ListenArgs),
     /// Score a labelled manifest of recordings or transcripts: results, metrics, HTML report.
     Score(score::ScoreArgs),
     /// Print what was said in audio files, with segment times.
@@ -53,6 +56,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Classify(args) => classify::run(args),
         Command::Scan(args) => scan::run(args),
         Command::Score(args) => score::run(args),
+        Command::Listen(args) => listen::run(args),
     };
     match result {
         Ok(code) => code,
@@ -60,5 +64,14 @@ pub fn run(cli: Cli) -> i32 {
             eprintln!("error: {e:#}");
             2
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

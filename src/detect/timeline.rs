@@ -11,6 +11,8 @@ use crate::asr::Segment;
 pub struct Alert {
     /// Seconds into the audio where the matched words were spoken.
     pub t_s: f64,
+    /// Where they ended: the earliest moment an alert could have been raised.
+    pub end_s: f64,
     pub category: String,
     pub pattern: String,
     pub matched_text: String,
@@ -59,41 +61,73 @@ fn time_of(map: &[(usize, usize, f64, f64)], ch: usize) -> f64 {
     map.last().map_or(0.0, |m| m.3)
 }
 
-pub fn score_call(classifier: &Classifier, pack: &PhrasePack, segments: &[Segment]) -> CallScore {
-    let mut alerts: Vec<Alert> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut first_alert_s = None;
-    let mut verdict = classifier.classify_with(pack, "");
-    for k in 1..=segments.len() {
-        let (text, map) = joined(&segments[..k]);
-        verdict = classifier.classify_with(pack, &text);
-        for e in &verdict.evidence {
-            if seen.insert((e.category.clone(), e.pattern.clone())) {
-                alerts.push(Alert {
+/// A call's evidence as it grows: push each new segment, get the alerts it raised.
+pub struct Timeline<'a> {
+    classifier: &'a Classifier,
+    pack: &'a PhrasePack,
+    segments: Vec<Segment>,
+    seen: std::collections::HashSet<(String, String)>,
+    pub alerts: Vec<Alert>,
+    pub first_alert_s: Option<f64>,
+    pub verdict: Verdict,
+}
+
+impl<'a> Timeline<'a> {
+    pub fn new(classifier: &'a Classifier, pack: &'a PhrasePack) -> Self {
+        Self {
+            classifier,
+            pack,
+            segments: Vec::new(),
+            seen: Default::default(),
+            alerts: Vec::new(),
+            first_alert_s: None,
+            verdict: classifier.classify_with(pack, ""),
+        }
+    }
+
+    /// Adds a segment; returns the alerts it raised (new evidence, with the score by then).
+    pub fn push(&mut self, segment: Segment) -> &[Alert] {
+        self.segments.push(segment);
+        let (text, map) = joined(&self.segments);
+        self.verdict = self.classifier.classify_with(self.pack, &text);
+        let before = self.alerts.len();
+        for e in &self.verdict.evidence {
+            if self.seen.insert((e.category.clone(), e.pattern.clone())) {
+                self.alerts.push(Alert {
                     t_s: time_of(&map, e.start_char),
+                    end_s: time_of(&map, e.end_char.saturating_sub(1)),
                     category: e.category.clone(),
                     pattern: e.pattern.clone(),
                     matched_text: e.matched_text.clone(),
-                    score: verdict.score,
-                    risk: verdict.risk,
+                    score: self.verdict.score,
+                    risk: self.verdict.risk,
                 });
             }
         }
-        if first_alert_s.is_none() && verdict.risk.is_flagged() {
+        if self.first_alert_s.is_none() && self.verdict.risk.is_flagged() {
             // The alert fires when the words that tipped the score have been spoken.
-            first_alert_s = verdict
+            self.first_alert_s = self
+                .verdict
                 .evidence
                 .iter()
                 .map(|e| time_of(&map, e.end_char.saturating_sub(1)))
                 .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
         }
+        &self.alerts[before..]
+    }
+}
+
+pub fn score_call(classifier: &Classifier, pack: &PhrasePack, segments: &[Segment]) -> CallScore {
+    let mut timeline = Timeline::new(classifier, pack);
+    for s in segments {
+        timeline.push(s.clone());
     }
     CallScore {
-        risk: verdict.risk,
-        score: verdict.score,
-        first_alert_s,
-        alerts,
-        verdict,
+        risk: timeline.verdict.risk,
+        score: timeline.verdict.score,
+        first_alert_s: timeline.first_alert_s,
+        alerts: timeline.alerts,
+        verdict: timeline.verdict,
     }
 }
 

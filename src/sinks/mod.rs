@@ -1,3 +1,4 @@
-//! Where results go. For now: transcripts rendered as text, JSON, SRT or WebVTT.
+//! Where results go: live alerts (stdout, file, webhook, terminal view) and transcripts.
 
+pub mod alerts;
 pub mod transcript_format;
