@@ -1,0 +1,263 @@
+//! The live engine: files at real speed raise alerts on scams only; a webhook that is down
+//! at first still gets every alert exactly once; overload drops audio, counted, with bounded
+//! queues.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vishguard::live::{Engine, EngineConfig, EventSink, LiveEvent};
+
+fn vishguard() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vishguard"))
+}
+
+fn listen_jsonl(sample: &str, realtime: bool) -> Vec<serde_json::Value> {
+    let mut cmd = vishguard();
+    cmd.args([
+        "listen",
+        "--model",
+        "tiny.en",
+        "--format",
+        "jsonl",
+        "--from-file",
+    ])
+    .arg(support::repo().join("audio-samples").join(sample));
+    if realtime {
+        cmd.arg("--realtime");
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn real_speed_playback_alerts_on_scams_only() {
+    for (sample, scam) in [
+        ("en_scam_tech_support.wav", true),
+        ("en_legit_pharmacy.wav", false),
+        ("en_legit_bank_fraud_check.wav", false),
+    ] {
+        let events = listen_jsonl(sample, scam);
+        let alerts: Vec<_> = events
+            .iter()
+            .filter(|e| e.get("alert_id").is_some())
+            .collect();
+        let summary = events
+            .iter()
+            .find(|e| e["event"] == "call_ended")
+            .expect("summary");
+        assert_eq!(!alerts.is_empty(), scam, "{sample}: {events:?}");
+        assert_eq!(summary["risk"] != "none", scam, "{sample}: {summary}");
+        for a in &alerts {
+            // Alerts come while the call plays, a few seconds after the words at most.
+            assert!(a["latency_s"].as_f64().unwrap() < 10.0, "{a}");
+            assert!(a["wall_time"].as_str().unwrap().ends_with('Z'));
+        }
+        let ids: std::collections::HashSet<&str> = alerts
+            .iter()
+            .map(|a| a["alert_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), alerts.len(), "one alert per piece of evidence");
+    }
+}
+
+/// A tiny HTTP receiver: answers 503 to the first `refuse` requests, then 200.
+fn receiver(
+    listener: TcpListener,
+    refuse: usize,
+    got: Arc<Mutex<Vec<String>>>,
+    hits: Arc<AtomicUsize>,
+) {
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; len];
+        let _ = reader.read_exact(&mut body);
+        let n = hits.fetch_add(1, Ordering::SeqCst);
+        let status = if n < refuse {
+            "503 Service Unavailable"
+        } else {
+            got.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&body).into_owned());
+            "200 OK"
+        };
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+    }
+}
+
+#[test]
+fn a_webhook_that_is_down_at_first_gets_every_alert_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let hits = Arc::new(AtomicUsize::new(0));
+    {
+        let (got, hits) = (got.clone(), hits.clone());
+        std::thread::spawn(move || receiver(listener, 3, got, hits));
+    }
+    let alerts_file = dir.path().join("alerts.jsonl");
+    let out = vishguard()
+        .args([
+            "listen",
+            "--model",
+            "tiny.en",
+            "--format",
+            "jsonl",
+            "--webhook",
+            &url,
+            "--webhook-outbox",
+        ])
+        .arg(dir.path().join("outbox"))
+        .arg("--alerts-file")
+        .arg(&alerts_file)
+        .arg("--from-file")
+        .arg(support::repo().join("audio-samples/en_scam_safe_account.wav"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written: Vec<serde_json::Value> = std::fs::read_to_string(&alerts_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!written.is_empty());
+    let received: Vec<serde_json::Value> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in &received {
+        *counts
+            .entry(r["alert_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    for w in &written {
+        let id = w["alert_id"].as_str().unwrap();
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "{id} delivered {:?} times",
+            counts.get(id)
+        );
+    }
+    assert_eq!(counts.len(), written.len());
+    assert!(
+        hits.load(Ordering::SeqCst) >= 3 + written.len(),
+        "the refusals were retried"
+    );
+}
+
+struct Count(Arc<Mutex<Vec<LiveEvent>>>);
+
+impl EventSink for Count {
+    fn handle(&mut self, event: &LiveEvent) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+#[test]
+fn overload_drops_audio_counted_with_bounded_queues() {
+    let transcriber: &'static _ = Box::leak(Box::new({
+        let store = vishguard::model_store::ModelStore::open().unwrap();
+        let files = store.resolve(Some("tiny.en")).unwrap();
+        vishguard::asr::Transcriber::load(&files, candle_core::Device::Cpu).unwrap()
+    }));
+    let classifier: &'static _ = Box::leak(Box::new(vishguard::detect::Classifier::builtin()));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let config = EngineConfig {
+        call_queue_chunks: 8,
+        asr_queue: 1,
+        ..Default::default()
+    };
+    let engine = Engine::start(
+        transcriber,
+        classifier,
+        config,
+        vec![Box::new(Count(events.clone()))],
+    );
+    let speech = vishguard::audio::load_16k(
+        &support::fixture("asr/pharmacy.flac"),
+        vishguard::audio::ChannelMode::Mix,
+    )
+    .unwrap()
+    .remove(0)
+    .samples;
+    // Six calls, each pushing 40 s of speech as fast as it can: far more than one recogniser
+    // on two cores transcribes in that time.
+    let calls: Vec<_> = (0..6)
+        .map(|i| engine.open_call(&format!("c{i}"), 1, 16_000).unwrap())
+        .collect();
+    let mut refused = 0;
+    for _ in 0..6 {
+        for chunk in speech.chunks(320) {
+            for c in &calls {
+                if !c.push(0, chunk.to_vec()) {
+                    refused += 1;
+                }
+            }
+        }
+    }
+    let dropped_audio: f64 = calls
+        .iter()
+        .map(|c| c.dropped_audio.load(Ordering::Relaxed) as f64 / 16_000.0)
+        .sum();
+    for c in calls {
+        c.close();
+    }
+    let dropped_utterances = engine.dropped_utterances();
+    engine.shutdown();
+    assert!(
+        refused > 0 || dropped_utterances > 0,
+        "nothing was dropped under overload"
+    );
+    let summaries: Vec<_> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            LiveEvent::CallEnded(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(summaries.len(), 6, "every call reports, overloaded or not");
+    let reported: f64 = summaries.iter().map(|s| s.dropped_audio_s).sum();
+    assert!((reported - dropped_audio).abs() < 1e-6);
+    eprintln!("overload: {refused} chunks refused ({dropped_audio:.1} s audio), {dropped_utterances} utterances dropped");
+}
