@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 
 use super::classify::classifier_from;
@@ -137,7 +137,7 @@ fn list_devices() -> Result<i32> {
 
 #[cfg(not(feature = "capture"))]
 fn list_devices() -> Result<i32> {
-    bail!("this build has no sound-device capture: build with `--features capture` (needs libasound2-dev)")
+    anyhow::bail!("this build has no sound-device capture: build with `--features capture` (needs libasound2-dev)")
 }
 
 #[cfg(feature = "capture")]
@@ -153,5 +153,5 @@ fn capture(engine: &Engine, args: &ListenArgs, stop: &AtomicBool) -> Result<()> 
 
 #[cfg(not(feature = "capture"))]
 fn capture(_: &Engine, _: &ListenArgs, _: &AtomicBool) -> Result<()> {
-    bail!("this build has no sound-device capture: use --from-file, or build with `--features capture` (needs libasound2-dev)")
+    anyhow::bail!("this build has no sound-device capture: use --from-file, or build with `--features capture` (needs libasound2-dev)")
 }
