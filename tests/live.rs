@@ -10,7 +10,6 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use vishguard::live::{Engine, EngineConfig, EventSink, LiveEvent};
 
