@@ -11,7 +11,6 @@ use crate::asr::Segment;
 use crate::audio;
 use crate::detect::classifier::Risk;
 use crate::detect::timeline::{score_call, Alert};
-use crate::detect::Classifier;
 use crate::sinks::transcript_format::{render, ChannelTranscript, TranscriptFormat};
 
 const AUDIO_EXTENSIONS: &[&str] = &["wav", "wave", "flac", "mp3", "ogg", "oga"];
@@ -90,17 +89,8 @@ pub fn run(args: ScanArgs) -> Result<i32> {
     let classifier = classifier_from(&args.packs)?;
     let transcriber = args.asr.load()?;
     let mut opts = args.asr.options();
-    if transcriber.is_multilingual()
-        && opts.language.is_none()
-        && opts.candidate_languages.is_empty()
-    {
-        // The phrase packs cover English and Mandarin: detection picks between those.
-        opts.candidate_languages = classifier
-            .languages()
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    }
+    // The phrase packs cover English and Mandarin: detection picks between those.
+    classifier.restrict_languages(&mut opts, transcriber.is_multilingual());
     let bar = indicatif::ProgressBar::new(files.len() as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed}<{eta} {wide_msg}")
             .expect("valid template"),
@@ -120,15 +110,7 @@ pub fn run(args: ScanArgs) -> Result<i32> {
             let mut lines = String::new();
             for party in parties {
                 let t = transcriber.transcribe(&party.samples, &opts)?;
-                let lang = t
-                    .language
-                    .clone()
-                    .filter(|l| classifier.pack(l).is_some())
-                    .unwrap_or_else(|| Classifier::guess_language(&t.text()).to_owned());
-                let pack = classifier
-                    .pack(&lang)
-                    .or_else(|| classifier.pack("en"))
-                    .ok_or_else(|| anyhow::anyhow!("no phrase pack for {lang}"))?;
+                let pack = classifier.pack_for_transcript(t.language.as_deref(), &t.text());
                 let call = score_call(&classifier, pack, &t.segments);
                 if let Some(dir) = &args.save_transcripts {
                     save_transcript(dir, path, party.channel, &t)?;

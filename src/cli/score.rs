@@ -47,16 +47,10 @@ pub fn run(args: ScoreArgs) -> Result<i32> {
         None
     };
     let mut options = args.asr.options();
-    if transcriber.as_ref().is_some_and(|t| t.is_multilingual())
-        && options.language.is_none()
-        && options.candidate_languages.is_empty()
-    {
-        options.candidate_languages = classifier
-            .languages()
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    }
+    classifier.restrict_languages(
+        &mut options,
+        transcriber.as_ref().is_some_and(|t| t.is_multilingual()),
+    );
     let scorer = Scorer {
         classifier: &classifier,
         transcriber: transcriber.as_ref(),

@@ -63,7 +63,12 @@ impl Classifier {
         )
     }
 
+    /// A classifier over the given packs, one per language (at least one).
     pub fn with_packs(packs: Vec<PhrasePack>) -> Self {
+        assert!(
+            !packs.is_empty(),
+            "a classifier needs at least one phrase pack"
+        );
         Self {
             packs: packs.into_iter().map(|p| (p.language.clone(), p)).collect(),
             fuzziness: Fuzziness::default(),
@@ -93,6 +98,29 @@ impl Classifier {
             "zh"
         } else {
             "en"
+        }
+    }
+
+    /// The pack for a transcript: the recogniser's language where a pack exists for it, else
+    /// the language the text looks like, else English.
+    pub fn pack_for_transcript(&self, detected: Option<&str>, text: &str) -> &PhrasePack {
+        detected
+            .and_then(|l| self.packs.get(l))
+            .or_else(|| self.packs.get(Self::guess_language(text)))
+            .or_else(|| self.packs.get("en"))
+            .or_else(|| self.packs.values().next())
+            .expect("a classifier has at least one pack")
+    }
+
+    /// Limits a multilingual recogniser's language detection to the languages that have packs
+    /// (English and Mandarin), unless the user chose languages.
+    pub fn restrict_languages(
+        &self,
+        options: &mut crate::asr::TranscribeOptions,
+        multilingual: bool,
+    ) {
+        if multilingual && options.language.is_none() && options.candidate_languages.is_empty() {
+            options.candidate_languages = self.packs.keys().cloned().collect();
         }
     }
 

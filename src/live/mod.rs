@@ -309,16 +309,7 @@ fn recogniser(
     events: SyncSender<LiveEvent>,
     dropped_utterances: Arc<AtomicU64>,
 ) {
-    if transcriber.is_multilingual()
-        && options.language.is_none()
-        && options.candidate_languages.is_empty()
-    {
-        options.candidate_languages = classifier
-            .languages()
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    }
+    classifier.restrict_languages(&mut options, transcriber.is_multilingual());
     let mut calls: HashMap<String, HashMap<usize, PartyState>> = HashMap::new();
     let mut utterance_counts: HashMap<String, usize> = HashMap::new();
     for job in jobs {
@@ -340,23 +331,14 @@ fn recogniser(
                 if text.trim().is_empty() {
                     continue;
                 }
-                let lang = t
-                    .language
-                    .clone()
-                    .filter(|l| classifier.pack(l).is_some())
-                    .unwrap_or_else(|| Classifier::guess_language(&text).to_owned());
+                let pack = classifier.pack_for_transcript(t.language.as_deref(), &text);
+                let lang = pack.language.clone();
                 let party = calls
                     .entry(call_id.clone())
                     .or_default()
                     .entry(utterance.party)
                     .or_insert_with(|| PartyState {
-                        timeline: Timeline::new(
-                            classifier,
-                            classifier
-                                .pack(&lang)
-                                .or_else(|| classifier.pack("en"))
-                                .expect("an English pack"),
-                        ),
+                        timeline: Timeline::new(classifier, pack),
                         reported: 0,
                     });
                 let segment = Segment {

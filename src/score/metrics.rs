@@ -62,13 +62,11 @@ pub fn binary(rows: &[Scored], min_level: u8) -> Binary {
     }
 }
 
-/// ROC curve points (fpr, tpr), from the highest threshold down, ties taken together.
-pub fn roc_curve(rows: &[Scored]) -> Vec<(f64, f64)> {
-    let pos = rows.iter().filter(|r| r.is_scam).count() as f64;
-    let neg = rows.len() as f64 - pos;
+/// Cumulative (true, false) positives as the threshold falls through each distinct score.
+fn sweep(rows: &[Scored]) -> Vec<(f64, f64)> {
     let mut sorted: Vec<&Scored> = rows.iter().collect();
     sorted.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut pts = vec![(0.0, 0.0)];
+    let mut out = Vec::new();
     let (mut tp, mut fp) = (0.0, 0.0);
     let mut i = 0;
     while i < sorted.len() {
@@ -81,12 +79,23 @@ pub fn roc_curve(rows: &[Scored]) -> Vec<(f64, f64)> {
             }
             i += 1;
         }
-        pts.push((
-            if neg > 0.0 { fp / neg } else { 0.0 },
-            if pos > 0.0 { tp / pos } else { 0.0 },
-        ));
+        out.push((tp, fp));
     }
-    pts
+    out
+}
+
+/// ROC curve points (fpr, tpr), from the highest threshold down, ties taken together.
+pub fn roc_curve(rows: &[Scored]) -> Vec<(f64, f64)> {
+    let pos = rows.iter().filter(|r| r.is_scam).count() as f64;
+    let neg = rows.len() as f64 - pos;
+    let rate = |x: f64, n: f64| if n > 0.0 { x / n } else { 0.0 };
+    std::iter::once((0.0, 0.0))
+        .chain(
+            sweep(rows)
+                .into_iter()
+                .map(|(tp, fp)| (rate(fp, neg), rate(tp, pos))),
+        )
+        .collect()
 }
 
 /// Trapezoidal area under the ROC curve (equals the Mann-Whitney probability, ties half).
@@ -100,26 +109,13 @@ pub fn roc_auc(rows: &[Scored]) -> f64 {
 /// Precision-recall points (recall, precision) at each distinct threshold.
 pub fn pr_curve(rows: &[Scored]) -> Vec<(f64, f64)> {
     let pos = rows.iter().filter(|r| r.is_scam).count() as f64;
-    let mut sorted: Vec<&Scored> = rows.iter().collect();
-    sorted.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut pts = Vec::new();
-    let (mut tp, mut fp) = (0.0, 0.0);
-    let mut i = 0;
-    while i < sorted.len() {
-        let s = sorted[i].score;
-        while i < sorted.len() && sorted[i].score == s {
-            if sorted[i].is_scam {
-                tp += 1.0
-            } else {
-                fp += 1.0
-            }
-            i += 1;
-        }
-        if pos > 0.0 {
-            pts.push((tp / pos, tp / (tp + fp)));
-        }
+    if pos == 0.0 {
+        return Vec::new();
     }
-    pts
+    sweep(rows)
+        .into_iter()
+        .map(|(tp, fp)| (tp / pos, tp / (tp + fp)))
+        .collect()
 }
 
 /// Average precision: sum over thresholds of (recall step) x precision.
@@ -268,7 +264,7 @@ mod tests {
         assert_eq!((b.tp, b.fp, b.fn_, b.tn), (2, 1, 0, 1));
         assert!((b.f1 - 0.8).abs() < 1e-12);
         let h = binary(&rows, 2);
-        assert_eq!((h.tp, h.fp, h.fn_, h.tn), (1, 0, 1, 1));
+        assert_eq!((h.tp, h.fp, h.fn_, h.tn), (1, 0, 1, 2));
         let ci = bootstrap(&rows, 200, |r| binary(r, 1).f1);
         assert!(ci.low <= 0.8 && 0.8 <= ci.high, "{ci:?}");
     }

@@ -78,13 +78,16 @@ impl Scorer<'_> {
         for party in parties {
             audio_s += party.samples.len() as f64 / audio::TARGET_RATE as f64;
             let t = transcriber.transcribe(&party.samples, &self.options)?;
-            let lang = row
-                .lang
-                .clone()
-                .or_else(|| t.language.clone())
-                .filter(|l| self.classifier.pack(l).is_some())
-                .unwrap_or_else(|| Classifier::guess_language(&t.text()).to_owned());
-            let pack = self.classifier.pack(&lang).context("no phrase pack")?;
+            let pack = match &row.lang {
+                Some(l) => self
+                    .classifier
+                    .pack(l)
+                    .with_context(|| format!("no phrase pack for language {l:?}"))?,
+                None => self
+                    .classifier
+                    .pack_for_transcript(t.language.as_deref(), &t.text()),
+            };
+            let lang = pack.language.clone();
             let call = score_call(self.classifier, pack, &t.segments);
             if call.score > best_score {
                 best_score = call.score;

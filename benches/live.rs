@@ -1,0 +1,189 @@
+//! Live-engine benchmark: alert latency (from the end of the words that tipped a call over
+//! the line to the alert) and how many real-time calls two cores sustain before drops start.
+//!
+//! `cargo bench --bench live` (release build; takes a few minutes: calls play at real speed).
+//! Env: VISHGUARD_BENCH_MODELS (default "tiny.en,base"), VISHGUARD_BENCH_MAX_CALLS (default 10).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vishguard::asr::{DeviceChoice, Transcriber};
+use vishguard::audio::{load_16k, ChannelMode};
+use vishguard::detect::Classifier;
+use vishguard::live::{Engine, EngineConfig, EventSink, LiveEvent};
+use vishguard::model_store::ModelStore;
+
+#[derive(Default)]
+struct Record {
+    /// call id -> (time the first alert arrived, since the call started)
+    first_alert_wall: std::collections::HashMap<String, f64>,
+    /// call id -> first_alert_s from the summary
+    first_alert_audio: std::collections::HashMap<String, f64>,
+    dropped_audio_s: f64,
+    dropped_utterances: u64,
+}
+
+struct Recorder {
+    record: Arc<Mutex<Record>>,
+    starts: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
+}
+
+impl EventSink for Recorder {
+    fn handle(&mut self, event: &LiveEvent) {
+        let mut r = self.record.lock().unwrap();
+        match event {
+            LiveEvent::Alert(a) => {
+                let start = self.starts.lock().unwrap()[&a.call_id];
+                r.first_alert_wall
+                    .entry(a.call_id.clone())
+                    .or_insert(start.elapsed().as_secs_f64());
+            }
+            LiveEvent::CallEnded(s) => {
+                if let Some(t) = s.first_alert_s {
+                    r.first_alert_audio.insert(s.call_id.clone(), t);
+                }
+                r.dropped_audio_s += s.dropped_audio_s;
+                r.dropped_utterances = r.dropped_utterances.max(s.dropped_utterances);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn play(
+    engine: &Engine,
+    id: &str,
+    samples: &[f32],
+    starts: &Arc<Mutex<std::collections::HashMap<String, Instant>>>,
+) {
+    let call = engine.open_call(id, 1, 16_000).unwrap();
+    let start = Instant::now();
+    starts.lock().unwrap().insert(id.to_owned(), start);
+    for (i, chunk) in samples.chunks(320).enumerate() {
+        let due = start + Duration::from_secs_f64((i + 1) as f64 * 0.02);
+        if let Some(w) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(w);
+        }
+        call.push(0, chunk.to_vec());
+    }
+    call.close();
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // cargo test --benches asks benches to list themselves.
+    }
+    let samples_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("audio-samples");
+    let scams: Vec<(String, Vec<f32>)> = std::fs::read_dir(&samples_dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains("_scam_"))
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            (
+                name,
+                load_16k(&p, ChannelMode::Mix).unwrap().remove(0).samples,
+            )
+        })
+        .collect();
+    let classifier: &'static Classifier = Box::leak(Box::new(Classifier::builtin()));
+    let models = std::env::var("VISHGUARD_BENCH_MODELS").unwrap_or_else(|_| "tiny.en,base".into());
+    let max_calls: usize = std::env::var("VISHGUARD_BENCH_MAX_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let store = ModelStore::open().unwrap();
+    for name in models.split(',') {
+        let files = store.resolve(Some(name)).unwrap();
+        let m: &'static Transcriber = Box::leak(Box::new(
+            Transcriber::load(&files, DeviceChoice::Cpu.open().unwrap()).unwrap(),
+        ));
+        // Latency: one call at a time.
+        let record = Arc::new(Mutex::new(Record::default()));
+        let starts = Arc::new(Mutex::new(Default::default()));
+        let engine = Engine::start(
+            m,
+            classifier,
+            EngineConfig::default(),
+            vec![Box::new(Recorder {
+                record: record.clone(),
+                starts: starts.clone(),
+            })],
+        );
+        for (id, samples) in scams
+            .iter()
+            .filter(|(id, _)| m.is_multilingual() || id.starts_with("en"))
+        {
+            play(&engine, id, samples, &starts);
+        }
+        engine.shutdown();
+        let r = record.lock().unwrap();
+        let mut lat: Vec<f64> = r
+            .first_alert_wall
+            .iter()
+            .filter_map(|(id, wall)| r.first_alert_audio.get(id).map(|audio| wall - audio))
+            .collect();
+        if lat.is_empty() {
+            println!("{name}: no alerts raised");
+        } else {
+            println!(
+                "{name}: alert latency over {} scam calls: p50 {:.2} s, p95 {:.2} s, max {:.2} s",
+                lat.len(),
+                percentile(&mut lat, 0.5),
+                percentile(&mut lat, 0.95),
+                lat.iter().cloned().fold(0.0, f64::max)
+            );
+        }
+        drop(r);
+        // Concurrency: N calls at real speed, each ~36 s of speech, until drops start.
+        let long: Vec<f32> = scams
+            .iter()
+            .filter(|(id, _)| id.starts_with("en"))
+            .take(3)
+            .flat_map(|(_, s)| s.clone())
+            .collect();
+        let mut sustained = 0;
+        for n in [1, 2, 4, 6, 8, 10, 12]
+            .into_iter()
+            .filter(|&n| n <= max_calls)
+        {
+            let record = Arc::new(Mutex::new(Record::default()));
+            let starts = Arc::new(Mutex::new(Default::default()));
+            let engine = Engine::start(
+                m,
+                classifier,
+                EngineConfig::default(),
+                vec![Box::new(Recorder {
+                    record: record.clone(),
+                    starts: starts.clone(),
+                })],
+            );
+            std::thread::scope(|s| {
+                for i in 0..n {
+                    let (engine, long, starts) = (&engine, &long, &starts);
+                    s.spawn(move || play(engine, &format!("c{i}"), long, starts));
+                }
+            });
+            let dropped_now = engine.dropped_utterances();
+            engine.shutdown();
+            let r = record.lock().unwrap();
+            let drops = r.dropped_audio_s > 0.0 || dropped_now > 0;
+            println!(
+                "{name}: {n} concurrent real-time calls: {:.1} s audio and {} utterances dropped",
+                r.dropped_audio_s, dropped_now
+            );
+            if drops {
+                break;
+            }
+            sustained = n;
+        }
+        println!(
+            "{name}: sustained {sustained} concurrent real-time calls without drops (2 cores)"
+        );
+    }
+}
