@@ -25,7 +25,7 @@ struct Record {
 
 struct Recorder {
     record: Arc<Mutex<Record>>,
-    starts: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
+    starts: Starts,
 }
 
 impl EventSink for Recorder {
@@ -69,6 +69,23 @@ fn play(
     call.close();
 }
 
+type Starts = Arc<Mutex<std::collections::HashMap<String, Instant>>>;
+
+/// An engine whose events are recorded for the measurements.
+fn recorded_engine(
+    m: &'static Transcriber,
+    classifier: &'static Classifier,
+) -> (Engine, Arc<Mutex<Record>>, Starts) {
+    let record = Arc::new(Mutex::new(Record::default()));
+    let starts: Starts = Arc::new(Mutex::new(Default::default()));
+    let sink = Recorder {
+        record: record.clone(),
+        starts: starts.clone(),
+    };
+    let engine = Engine::start(m, classifier, EngineConfig::default(), vec![Box::new(sink)]);
+    (engine, record, starts)
+}
+
 fn percentile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * q).round() as usize]
@@ -104,17 +121,7 @@ fn main() {
             Transcriber::load(&files, DeviceChoice::Cpu.open().unwrap()).unwrap(),
         ));
         // Latency: one call at a time.
-        let record = Arc::new(Mutex::new(Record::default()));
-        let starts = Arc::new(Mutex::new(Default::default()));
-        let engine = Engine::start(
-            m,
-            classifier,
-            EngineConfig::default(),
-            vec![Box::new(Recorder {
-                record: record.clone(),
-                starts: starts.clone(),
-            })],
-        );
+        let (engine, record, starts) = recorded_engine(m, classifier);
         for (id, samples) in scams
             .iter()
             .filter(|(id, _)| m.is_multilingual() || id.starts_with("en"))
@@ -152,17 +159,7 @@ fn main() {
             .into_iter()
             .filter(|&n| n <= max_calls)
         {
-            let record = Arc::new(Mutex::new(Record::default()));
-            let starts = Arc::new(Mutex::new(Default::default()));
-            let engine = Engine::start(
-                m,
-                classifier,
-                EngineConfig::default(),
-                vec![Box::new(Recorder {
-                    record: record.clone(),
-                    starts: starts.clone(),
-                })],
-            );
+            let (engine, record, starts) = recorded_engine(m, classifier);
             std::thread::scope(|s| {
                 for i in 0..n {
                     let (engine, long, starts) = (&engine, &long, &starts);
