@@ -50,12 +50,7 @@ impl EventSink for Recorder {
     }
 }
 
-fn play(
-    engine: &Engine,
-    id: &str,
-    samples: &[f32],
-    starts: &Arc<Mutex<std::collections::HashMap<String, Instant>>>,
-) {
+fn play(engine: &Engine, id: &str, samples: &[f32], starts: &Starts) {
     let call = engine.open_call(id, 1, 16_000).unwrap();
     let start = Instant::now();
     starts.lock().unwrap().insert(id.to_owned(), start);
