@@ -159,3 +159,18 @@ fn multilingual_model_detects_english_and_english_only_model_refuses_mandarin() 
     let err = tiny_en().transcribe(&parties[0].samples, &zh).unwrap_err();
     assert!(err.to_string().contains("English-only"), "{err}");
 }
+
+#[test]
+fn a_short_encoder_window_keeps_short_clips_accurate() {
+    // The live engine encodes utterances in 15 s windows instead of 30 s.
+    let opts = TranscribeOptions {
+        language: Some("en".into()),
+        short_context_frames: Some(1500),
+        ..Default::default()
+    };
+    for (name, reference) in clip_refs() {
+        let text = transcribe_file(tiny_en(), &fixture(&format!("asr/{name}.flac")), &opts);
+        let w = wer(&reference, &text);
+        assert!(w <= 0.15, "{name}: WER {w:.3} with a 15 s window: {text}");
+    }
+}

@@ -189,12 +189,17 @@ impl LogMel {
     /// `WINDOW_FRAMES` frames starting at `start`, padded with the silence value where the
     /// spectrogram ends: `[n_mels * WINDOW_FRAMES]`.
     pub fn window(&self, start: usize) -> Vec<f32> {
+        self.window_of(start, WINDOW_FRAMES)
+    }
+
+    /// `len` frames starting at `start`, padded likewise: `[n_mels * len]`.
+    pub fn window_of(&self, start: usize, len: usize) -> Vec<f32> {
         let pad_value = self.data.last().copied().unwrap_or(-1.5);
-        let mut out = vec![pad_value; self.n_mels * WINDOW_FRAMES];
-        let avail = self.frames.saturating_sub(start).min(WINDOW_FRAMES);
+        let mut out = vec![pad_value; self.n_mels * len];
+        let avail = self.frames.saturating_sub(start).min(len);
         for m in 0..self.n_mels {
             let src = &self.data[m * self.frames + start..m * self.frames + start + avail];
-            out[m * WINDOW_FRAMES..m * WINDOW_FRAMES + avail].copy_from_slice(src);
+            out[m * len..m * len + avail].copy_from_slice(src);
         }
         out
     }

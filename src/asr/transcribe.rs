@@ -57,6 +57,10 @@ pub struct TranscribeOptions {
     pub seed: u64,
     /// Transcribe only what voice activity detection calls speech (`None`: everything).
     pub vad: Option<VadConfig>,
+    /// Audio this short (in mel frames, 100 per second) is encoded in a window of this many
+    /// frames instead of the full 30 s: the encoder's cost falls with its input. For the
+    /// short utterances of live calls; `None` always encodes 30 s, as Whisper was trained.
+    pub short_context_frames: Option<usize>,
 }
 
 impl Default for TranscribeOptions {
@@ -70,6 +74,7 @@ impl Default for TranscribeOptions {
             policy: FallbackPolicy::default(),
             seed: 0,
             vad: Some(VadConfig::default()),
+            short_context_frames: None,
         }
     }
 }
@@ -173,8 +178,13 @@ impl Transcriber {
 
     /// Runs the encoder on one window of `WINDOW_FRAMES` frames starting at `start`.
     pub fn encode_window(&self, mel: &LogMel, start: usize) -> Result<Tensor> {
-        let data = mel.window(start);
-        let x = Tensor::from_vec(data, (1, mel.n_mels, WINDOW_FRAMES), &self.device)?
+        self.encode_frames(mel, start, WINDOW_FRAMES)
+    }
+
+    /// Runs the encoder on `frames` (even, at most `WINDOW_FRAMES`) frames from `start`.
+    pub fn encode_frames(&self, mel: &LogMel, start: usize, frames: usize) -> Result<Tensor> {
+        let data = mel.window_of(start, frames);
+        let x = Tensor::from_vec(data, (1, mel.n_mels, frames), &self.device)?
             .to_dtype(self.model_dtype())?;
         Ok(self.model.encoder.forward(&x)?)
     }
@@ -273,11 +283,16 @@ impl Transcriber {
         let mut segments = Vec::new();
         let mut seek = 0usize;
         let mut first = true;
+        // A shortened window only where the whole recording fits in it with a second to spare.
+        let window = match opts.short_context_frames {
+            Some(f) if f % 2 == 0 && f < WINDOW_FRAMES && mel.content_frames + 100 <= f => f,
+            _ => WINDOW_FRAMES,
+        };
         while seek < mel.content_frames {
-            let segment_frames = WINDOW_FRAMES.min(mel.content_frames - seek);
+            let segment_frames = window.min(mel.content_frames - seek);
             let time_offset = seek as f64 * frame_s;
             let segment_duration = segment_frames as f64 * frame_s;
-            let audio = self.encode_window(&mel, seek)?;
+            let audio = self.encode_frames(&mel, seek, window)?;
             if first {
                 if let Some(lang) = self.choose_language(&audio, opts)? {
                     language = sp.language_code(lang).map(str::to_owned);
