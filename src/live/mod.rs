@@ -112,6 +112,29 @@ enum Job {
     },
 }
 
+/// What the recogniser carries from one utterance of a party to the next.
+#[derive(Default)]
+struct PartyContext {
+    language: Option<String>,
+    /// The end of what they said so far, given to Whisper as its prompt.
+    recent: String,
+}
+
+impl PartyContext {
+    const KEEP_CHARS: usize = 200;
+
+    fn remember(&mut self, text: &str) {
+        if !self.recent.is_empty() {
+            self.recent.push(' ');
+        }
+        self.recent.push_str(text.trim());
+        let n = self.recent.chars().count();
+        if n > Self::KEEP_CHARS {
+            self.recent = self.recent.chars().skip(n - Self::KEEP_CHARS).collect();
+        }
+    }
+}
+
 struct PartyState {
     timeline: Timeline<'static>,
     /// Alerts of the timeline already sent to the sinks.
@@ -315,6 +338,7 @@ fn recogniser(
 ) {
     classifier.restrict_languages(&mut options, transcriber.is_multilingual());
     let mut calls: HashMap<String, HashMap<usize, PartyState>> = HashMap::new();
+    let mut contexts: HashMap<(String, usize), PartyContext> = HashMap::new();
     let mut utterance_counts: HashMap<String, usize> = HashMap::new();
     for job in jobs {
         match job {
@@ -323,7 +347,18 @@ fn recogniser(
                 started,
                 utterance,
             } => {
-                let t = match transcriber.transcribe(&utterance.samples, &options) {
+                // Each utterance is heard in the light of what this party said before, and in
+                // the language first detected for them: a lone utterance loses both.
+                let key = (call_id.clone(), utterance.party);
+                let context = contexts.entry(key.clone()).or_default();
+                let mut heard = options.clone();
+                if heard.language.is_none() {
+                    heard.language = context.language.clone();
+                }
+                if !context.recent.is_empty() {
+                    heard.initial_prompt = Some(context.recent.clone());
+                }
+                let t = match transcriber.transcribe(&utterance.samples, &heard) {
                     Ok(t) => t,
                     Err(e) => {
                         tracing::error!(call = %call_id, "transcription failed: {e:#}");
@@ -335,6 +370,10 @@ fn recogniser(
                 if text.trim().is_empty() {
                     continue;
                 }
+                if context.language.is_none() && transcriber.is_multilingual() {
+                    context.language = t.language.clone();
+                }
+                context.remember(&text);
                 let pack = classifier.pack_for_transcript(t.language.as_deref(), &text);
                 let lang = pack.language.clone();
                 let party = calls
@@ -396,6 +435,7 @@ fn recogniser(
                 dropped_audio,
             } => {
                 let parties = calls.remove(&call_id).unwrap_or_default();
+                contexts.retain(|(id, _), _| *id != call_id);
                 let best = parties.values().max_by(|a, b| {
                     a.timeline
                         .verdict
