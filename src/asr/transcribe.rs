@@ -370,7 +370,7 @@ impl Transcriber {
                 seek += segment_frames;
             }
             for s in new_segments {
-                if s.text.trim().is_empty() || s.end_s <= s.start_s && s.text.trim().is_empty() {
+                if s.text.trim().is_empty() {
                     continue;
                 }
                 segments.push(Segment {

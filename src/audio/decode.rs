@@ -19,6 +19,15 @@ pub struct DecodedAudio {
 }
 
 impl DecodedAudio {
+    /// All channels averaged into one, as long as the shortest channel.
+    pub fn mixed(&self) -> Vec<f32> {
+        let n = self.channels.len().max(1) as f32;
+        let len = self.channels.iter().map(Vec::len).min().unwrap_or(0);
+        (0..len)
+            .map(|i| self.channels.iter().map(|c| c[i]).sum::<f32>() / n)
+            .collect()
+    }
+
     pub fn duration_s(&self) -> f64 {
         self.channels.first().map_or(0.0, |c| c.len() as f64) / self.sample_rate as f64
     }

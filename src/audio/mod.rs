@@ -42,16 +42,10 @@ pub fn prepare(decoded: &DecodedAudio, mode: ChannelMode) -> anyhow::Result<Vec<
             channel: None,
             samples: resample::to_16k(&decoded.channels[0], rate)?,
         }]),
-        (ChannelMode::Mix, n) => {
-            let len = decoded.channels.iter().map(Vec::len).min().unwrap_or(0);
-            let mixed: Vec<f32> = (0..len)
-                .map(|i| decoded.channels.iter().map(|c| c[i]).sum::<f32>() / n as f32)
-                .collect();
-            Ok(vec![ChannelAudio {
-                channel: None,
-                samples: resample::to_16k(&mixed, rate)?,
-            }])
-        }
+        (ChannelMode::Mix, _) => Ok(vec![ChannelAudio {
+            channel: None,
+            samples: resample::to_16k(&decoded.mixed(), rate)?,
+        }]),
         (ChannelMode::Split, _) => decoded
             .channels
             .iter()

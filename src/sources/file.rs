@@ -22,13 +22,7 @@ pub fn play(
     let rate = decoded.sample_rate;
     let parties: Vec<Vec<f32>> = match channels {
         ChannelMode::Split => decoded.channels,
-        ChannelMode::Mix => {
-            let n = decoded.channels.len() as f32;
-            let len = decoded.channels.iter().map(Vec::len).min().unwrap_or(0);
-            vec![(0..len)
-                .map(|i| decoded.channels.iter().map(|c| c[i]).sum::<f32>() / n)
-                .collect()]
-        }
+        ChannelMode::Mix => vec![decoded.mixed()],
     };
     let call = engine.open_call(call_id, parties.len(), rate)?;
     let chunk = (rate as usize / 50).max(1);
