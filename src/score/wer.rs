@@ -1,18 +1,26 @@
 //! Word error rate, after the normalisation speech-recognition papers use (case, punctuation,
 //! spelled-out hesitations removed), so that formatting does not count as an error.
 
-/// Lower-cases, drops punctuation except in-word apostrophes, and splits into words.
+/// Chinese is written without spaces: each ideograph counts as a word, so the same measure
+/// is a character error rate there (as Mandarin ASR papers report) and a word error rate in
+/// English.
+fn is_ideograph(c: char) -> bool {
+    matches!(c, '\u{3400}'..='\u{4DBF}' | '\u{4E00}'..='\u{9FFF}' | '\u{F900}'..='\u{FAFF}')
+}
+
+/// Lower-cases, drops punctuation except in-word apostrophes, and splits into words
+/// (ideographs one by one).
 pub fn normalize_words(text: &str) -> Vec<String> {
-    let cleaned: String = text
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c == '\'' {
-                c.to_lowercase().next().unwrap_or(c)
-            } else {
-                ' '
-            }
-        })
-        .collect();
+    let mut cleaned = String::with_capacity(text.len());
+    for c in text.chars() {
+        if is_ideograph(c) {
+            cleaned.extend([' ', c, ' ']);
+        } else if c.is_alphanumeric() || c == '\'' {
+            cleaned.extend(c.to_lowercase());
+        } else {
+            cleaned.push(' ');
+        }
+    }
     const FILLERS: &[&str] = &["um", "uh", "hmm", "mm", "ah", "er", "erm"];
     cleaned
         .split_whitespace()
@@ -58,6 +66,9 @@ mod tests {
         assert!((wer("the cat sat", "cat") - 2.0 / 3.0).abs() < 1e-9);
         assert_eq!(wer("", ""), 0.0);
         assert_eq!(wer("", "noise"), 1.0);
+        // Mandarin counts characters: one wrong character of four.
+        assert!((wer("安全账户", "安全帐户") - 0.25).abs() < 1e-9);
+        assert!((wer("转到安全账户。", "转到 安全账户") - 0.0).abs() < 1e-9);
     }
 
     #[test]
