@@ -51,7 +51,9 @@ fn real_speed_playback_alerts_on_scams_only() {
         ("en_legit_pharmacy.wav", false),
         ("en_legit_bank_fraud_check.wav", false),
     ] {
-        let events = listen_jsonl(sample, scam);
+        // Real speed for the legitimate calls too: that is when partial hypotheses (words cut
+        // mid-utterance) are heard, and they must not raise alerts of their own.
+        let events = listen_jsonl(sample, true);
         let alerts: Vec<_> = events
             .iter()
             .filter(|e| e.get("alert_id").is_some())
@@ -191,13 +193,86 @@ impl EventSink for Count {
     }
 }
 
-#[test]
-fn overload_drops_audio_counted_with_bounded_queues() {
-    let transcriber: &'static _ = Box::leak(Box::new({
+fn tiny_en() -> &'static vishguard::asr::Transcriber {
+    static MODEL: std::sync::OnceLock<vishguard::asr::Transcriber> = std::sync::OnceLock::new();
+    MODEL.get_or_init(|| {
         let store = vishguard::model_store::ModelStore::open().unwrap();
         let files = store.resolve(Some("tiny.en")).unwrap();
         vishguard::asr::Transcriber::load(&files, candle_core::Device::Cpu).unwrap()
-    }));
+    })
+}
+
+#[test]
+fn words_still_being_spoken_raise_the_alert_before_the_utterance_ends() {
+    let classifier: &'static _ = Box::leak(Box::new(vishguard::detect::Classifier::builtin()));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut config = EngineConfig::default();
+    // The utterance cannot end while the call is open: only a partial can find the words.
+    config.segmenter.end_silence_s = 60.0;
+    config.segmenter.max_utterance_s = 60.0;
+    let engine = Engine::start(
+        tiny_en(),
+        classifier,
+        config,
+        vec![Box::new(Count(events.clone()))],
+    );
+    let speech = vishguard::audio::load_16k(
+        &support::fixture("asr/gift_cards.flac"),
+        vishguard::audio::ChannelMode::Mix,
+    )
+    .unwrap()
+    .remove(0)
+    .samples;
+    let call = engine.open_call("open", 1, 16_000).unwrap();
+    for chunk in speech.chunks(320) {
+        call.push_waiting(0, chunk.to_vec());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let early = loop {
+        let found = events.lock().unwrap().iter().find_map(|e| match e {
+            LiveEvent::Alert(a) => Some(a.clone()),
+            _ => None,
+        });
+        if let Some(a) = found {
+            break a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no alert while the utterance was open"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(early.partial, "{early:?}");
+    assert_eq!(early.category, "unusual_payment", "{early:?}");
+    call.close();
+    engine.shutdown();
+    let events = events.lock().unwrap();
+    let transcripts = events
+        .iter()
+        .filter(|e| matches!(e, LiveEvent::Transcript { .. }))
+        .count();
+    assert_eq!(
+        transcripts, 1,
+        "the finished utterance is still transcribed once"
+    );
+    let alerts: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            LiveEvent::Alert(a) => Some(&a.alert_id),
+            _ => None,
+        })
+        .collect();
+    let unique: std::collections::HashSet<_> = alerts.iter().collect();
+    assert_eq!(
+        unique.len(),
+        alerts.len(),
+        "the final text does not repeat the early alert"
+    );
+}
+
+#[test]
+fn overload_drops_audio_counted_with_bounded_queues() {
+    let transcriber = tiny_en();
     let classifier: &'static _ = Box::leak(Box::new(vishguard::detect::Classifier::builtin()));
     let events = Arc::new(Mutex::new(Vec::new()));
     let config = EngineConfig {

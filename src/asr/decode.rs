@@ -21,6 +21,9 @@ pub struct FallbackPolicy {
     /// Above this no-speech probability a window is silence however confident its text:
     /// Whisper's famous "you" in digital silence scores well on log-probability alone.
     pub certain_no_speech_threshold: Option<f32>,
+    /// At most this many tokens per window (`None`: half the decoder's context, as Whisper).
+    /// A caller that knows how little audio there is can stop a hallucination loop early.
+    pub max_tokens: Option<usize>,
 }
 
 impl Default for FallbackPolicy {
@@ -31,6 +34,7 @@ impl Default for FallbackPolicy {
             logprob_threshold: Some(-1.0),
             no_speech_threshold: Some(0.6),
             certain_no_speech_threshold: Some(0.9),
+            max_tokens: None,
         }
     }
 }
@@ -85,7 +89,14 @@ impl WindowDecoder<'_> {
     ) -> Result<WindowResult> {
         let mut last = None;
         for &t in &policy.temperatures {
-            let r = self.decode(audio, prompt, sample_begin_tokens, t, seed)?;
+            let r = self.decode(
+                audio,
+                prompt,
+                sample_begin_tokens,
+                t,
+                seed,
+                policy.max_tokens,
+            )?;
             let too_repetitive = policy
                 .compression_ratio_threshold
                 .is_some_and(|th| r.compression_ratio > th);
@@ -123,6 +134,7 @@ impl WindowDecoder<'_> {
         sot_sequence: &[u32],
         temperature: f32,
         seed: u64,
+        max_tokens: Option<usize>,
     ) -> Result<WindowResult> {
         let sp = self.rules.special;
         let dec = &self.model.decoder;
@@ -135,7 +147,7 @@ impl WindowDecoder<'_> {
         let sot_index = initial.len();
         initial.extend_from_slice(sot_sequence);
         let sample_begin = initial.len();
-        let sample_len = dec.max_len() / 2;
+        let sample_len = max_tokens.unwrap_or(usize::MAX).min(dec.max_len() / 2);
 
         let mut state = dec.start(audio)?;
         let input = Tensor::new(initial.as_slice(), audio.device())?.unsqueeze(0)?;

@@ -62,6 +62,7 @@ fn time_of(map: &[(usize, usize, f64, f64)], ch: usize) -> f64 {
 }
 
 /// A call's evidence as it grows: push each new segment, get the alerts it raised.
+#[derive(Clone)]
 pub struct Timeline<'a> {
     classifier: &'a Classifier,
     pack: &'a PhrasePack,
@@ -83,6 +84,11 @@ impl<'a> Timeline<'a> {
             first_alert_s: None,
             verdict: classifier.classify_with(pack, ""),
         }
+    }
+
+    /// The language of the phrase pack this call is scored with.
+    pub fn language(&self) -> &str {
+        &self.pack.language
     }
 
     /// Adds a segment; returns the alerts it raised (new evidence, with the score by then).

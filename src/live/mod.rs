@@ -5,9 +5,10 @@
 //! Back-pressure is explicit at both queues: when the machine cannot keep up, audio (or whole
 //! utterances) are dropped, counted and logged, so memory stays bounded and nothing is silent.
 
+mod recogniser;
 pub mod segmenter;
+mod work_queue;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -15,10 +16,11 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::asr::{Segment, TranscribeOptions, Transcriber};
-use crate::detect::timeline::Timeline;
+use crate::asr::{TranscribeOptions, Transcriber};
 use crate::detect::{Classifier, Risk};
+use recogniser::Recogniser;
 use segmenter::{Segmenter, SegmenterConfig, StreamResampler, Utterance};
+use work_queue::{Job, Partial, WorkQueue};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -26,8 +28,14 @@ pub struct EngineConfig {
     pub call_queue_chunks: usize,
     /// Utterances (all calls together) waiting for the recogniser before new ones are dropped.
     pub asr_queue: usize,
+    /// Recogniser threads sharing the one model (each call is heard by one at a time).
+    pub asr_workers: usize,
     pub segmenter: SegmenterConfig,
     pub options: TranscribeOptions,
+    /// While an utterance is still being spoken, its audio so far is offered to an idle
+    /// recogniser each time it has grown this much (`None`: only finished utterances are
+    /// heard, and an alert waits for the speaker's pause).
+    pub partial_every_s: Option<f64>,
 }
 
 impl Default for EngineConfig {
@@ -35,6 +43,7 @@ impl Default for EngineConfig {
         Self {
             call_queue_chunks: 200,
             asr_queue: 16,
+            asr_workers: 2,
             segmenter: SegmenterConfig::default(),
             options: TranscribeOptions {
                 vad: None,
@@ -44,9 +53,13 @@ impl Default for EngineConfig {
                 short_context_frames: Some(1500),
                 ..Default::default()
             },
+            partial_every_s: Some(0.25),
         }
     }
 }
+
+/// Quiet after speech for this long makes the words so far worth hearing at once.
+const PAUSE_PARTIAL_S: f64 = 0.15;
 
 /// What the engine reports to its sinks.
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +94,9 @@ pub struct LiveAlert {
     pub matched_text: String,
     pub score: f32,
     pub risk: Risk,
+    /// Raised while the utterance was still being spoken (from its words so far).
+    #[serde(default)]
+    pub partial: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,50 +116,9 @@ pub trait EventSink: Send {
     fn handle(&mut self, event: &LiveEvent);
 }
 
-enum Job {
-    Utterance {
-        call_id: String,
-        started: Instant,
-        utterance: Utterance,
-    },
-    Close {
-        call_id: String,
-        dropped_audio: Arc<AtomicU64>,
-    },
-}
-
-/// What the recogniser carries from one utterance of a party to the next.
-#[derive(Default)]
-struct PartyContext {
-    language: Option<String>,
-    /// The end of what they said so far, given to Whisper as its prompt.
-    recent: String,
-}
-
-impl PartyContext {
-    const KEEP_CHARS: usize = 200;
-
-    fn remember(&mut self, text: &str) {
-        if !self.recent.is_empty() {
-            self.recent.push(' ');
-        }
-        self.recent.push_str(text.trim());
-        let n = self.recent.chars().count();
-        if n > Self::KEEP_CHARS {
-            self.recent = self.recent.chars().skip(n - Self::KEEP_CHARS).collect();
-        }
-    }
-}
-
-struct PartyState {
-    timeline: Timeline<'static>,
-    /// Alerts of the timeline already sent to the sinks.
-    reported: usize,
-}
-
 /// Runs the shared recogniser and the sinks; hands out call handles.
 pub struct Engine {
-    asr_tx: SyncSender<Job>,
+    queue: Arc<WorkQueue>,
     config: EngineConfig,
     dropped_utterances: Arc<AtomicU64>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -217,7 +192,6 @@ impl Engine {
         config: EngineConfig,
         mut sinks: Vec<Box<dyn EventSink>>,
     ) -> Self {
-        let (asr_tx, asr_rx) = sync_channel::<Job>(config.asr_queue);
         let (event_tx, event_rx) = sync_channel::<LiveEvent>(1024);
         let dropped_utterances = Arc::new(AtomicU64::new(0));
         let sink_thread = std::thread::Builder::new()
@@ -230,17 +204,30 @@ impl Engine {
                 }
             })
             .expect("spawn sink thread");
-        let options = config.options.clone();
-        let dropped = dropped_utterances.clone();
-        let asr_thread = std::thread::Builder::new()
-            .name("recogniser".into())
-            .spawn(move || recogniser(transcriber, classifier, options, asr_rx, event_tx, dropped))
-            .expect("spawn recogniser thread");
+        let queue = Arc::new(WorkQueue::new(config.asr_queue));
+        let recogniser = Arc::new(Recogniser::new(
+            transcriber,
+            classifier,
+            config.options.clone(),
+            dropped_utterances.clone(),
+            queue.clone(),
+        ));
+        let mut workers: Vec<_> = (0..config.asr_workers.max(1))
+            .map(|i| {
+                let (recogniser, events) = (recogniser.clone(), event_tx.clone());
+                std::thread::Builder::new()
+                    .name(format!("recogniser-{i}"))
+                    .spawn(move || recogniser.work(events))
+                    .expect("spawn recogniser thread")
+            })
+            .collect();
+        drop(event_tx);
+        workers.push(sink_thread);
         Self {
-            asr_tx,
+            queue,
             config,
             dropped_utterances,
-            workers: vec![asr_thread, sink_thread],
+            workers,
         }
     }
 
@@ -259,12 +246,18 @@ impl Engine {
             .collect();
         let (tx, rx): (SyncSender<(usize, Vec<f32>)>, Receiver<_>) =
             sync_channel(self.config.call_queue_chunks);
-        let asr = self.asr_tx.clone();
+        let queue = self.queue.clone();
+        queue.call_opened();
         let dropped_audio = Arc::new(AtomicU64::new(0));
         let dropped_utt = self.dropped_utterances.clone();
         let id = call_id.to_owned();
         let dropped_for_close = dropped_audio.clone();
         let started = Instant::now();
+        let partial_step = self.config.partial_every_s.map(|s| (s * 16_000.0) as usize);
+        // Partials shorter than this are too little to be worth the recogniser's time.
+        let partial_min = 16_000;
+        let mut offered = vec![0usize; parties];
+        let mut pause_offered = vec![false; parties];
         let front = std::thread::Builder::new()
             .name(format!("call-{id}"))
             .spawn(move || {
@@ -274,9 +267,7 @@ impl Engine {
                         started,
                         utterance: u,
                     };
-                    if let Err(TrySendError::Full(Job::Utterance { utterance, .. })) =
-                        asr.try_send(job)
-                    {
+                    if let Err(Job::Utterance { utterance, .. }) = queue.push_utterance(job) {
                         let n = dropped_utt.fetch_add(1, Ordering::Relaxed) + 1;
                         tracing::warn!(
                             call = %id,
@@ -293,7 +284,33 @@ impl Engine {
                     };
                     let audio = r.push(&samples);
                     for u in segmenters[party].push(&audio) {
+                        offered[party] = 0;
+                        pause_offered[party] = false;
                         send(u);
+                    }
+                    if let Some(step) = partial_step {
+                        let seg = &segmenters[party];
+                        let open = seg.open_len();
+                        // A pause that may end the utterance is offered at once: the last
+                        // words, where the phrase that matters often ends, are heard before
+                        // the utterance closes.
+                        let pausing = seg.open_quiet_s() >= PAUSE_PARTIAL_S;
+                        let due = if pausing {
+                            !std::mem::replace(&mut pause_offered[party], true)
+                        } else {
+                            pause_offered[party] = false;
+                            open >= offered[party] + step
+                        };
+                        if due && open >= partial_min {
+                            if let Some(u) = seg.open_utterance() {
+                                offered[party] = open;
+                                queue.offer_partial(Partial {
+                                    call_id: id.clone(),
+                                    started,
+                                    utterance: u,
+                                });
+                            }
+                        }
                     }
                 }
                 for s in &mut segmenters {
@@ -301,8 +318,7 @@ impl Engine {
                         send(u);
                     }
                 }
-                // The close waits for room: a summary is never dropped.
-                let _ = asr.send(Job::Close {
+                queue.push_close(Job::Close {
                     call_id: id,
                     dropped_audio: dropped_for_close,
                 });
@@ -320,143 +336,17 @@ impl Engine {
     }
 
     /// Waits until every call's audio has been processed and every event delivered.
-    pub fn shutdown(self) {
-        drop(self.asr_tx);
-        for w in self.workers {
+    pub fn shutdown(mut self) {
+        self.queue.shut_down();
+        for w in self.workers.drain(..) {
             let _ = w.join();
         }
     }
 }
 
-fn recogniser(
-    transcriber: &'static Transcriber,
-    classifier: &'static Classifier,
-    mut options: TranscribeOptions,
-    jobs: Receiver<Job>,
-    events: SyncSender<LiveEvent>,
-    dropped_utterances: Arc<AtomicU64>,
-) {
-    classifier.restrict_languages(&mut options, transcriber.is_multilingual());
-    let mut calls: HashMap<String, HashMap<usize, PartyState>> = HashMap::new();
-    let mut contexts: HashMap<(String, usize), PartyContext> = HashMap::new();
-    let mut utterance_counts: HashMap<String, usize> = HashMap::new();
-    for job in jobs {
-        match job {
-            Job::Utterance {
-                call_id,
-                started,
-                utterance,
-            } => {
-                // Each utterance is heard in the light of what this party said before, and in
-                // the language first detected for them: a lone utterance loses both.
-                let key = (call_id.clone(), utterance.party);
-                let context = contexts.entry(key.clone()).or_default();
-                let mut heard = options.clone();
-                if heard.language.is_none() {
-                    heard.language = context.language.clone();
-                }
-                if !context.recent.is_empty() {
-                    heard.initial_prompt = Some(context.recent.clone());
-                }
-                let t = match transcriber.transcribe(&utterance.samples, &heard) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::error!(call = %call_id, "transcription failed: {e:#}");
-                        continue;
-                    }
-                };
-                *utterance_counts.entry(call_id.clone()).or_default() += 1;
-                let text = t.text();
-                if text.trim().is_empty() {
-                    continue;
-                }
-                if context.language.is_none() && transcriber.is_multilingual() {
-                    context.language = t.language.clone();
-                }
-                context.remember(&text);
-                let pack = classifier.pack_for_transcript(t.language.as_deref(), &text);
-                let lang = pack.language.clone();
-                let party = calls
-                    .entry(call_id.clone())
-                    .or_default()
-                    .entry(utterance.party)
-                    .or_insert_with(|| PartyState {
-                        timeline: Timeline::new(classifier, pack),
-                        reported: 0,
-                    });
-                let segment = Segment {
-                    start_s: utterance.start_s,
-                    end_s: utterance.end_s(),
-                    text: text.clone(),
-                    avg_logprob: t.segments.first().map_or(0.0, |s| s.avg_logprob),
-                    no_speech_prob: t.segments.first().map_or(0.0, |s| s.no_speech_prob),
-                    temperature: 0.0,
-                };
-                party.timeline.push(segment);
-                let verdict = &party.timeline.verdict;
-                let _ = events.send(LiveEvent::Transcript {
-                    call_id: call_id.clone(),
-                    party: utterance.party,
-                    start_s: utterance.start_s,
-                    end_s: utterance.end_s(),
-                    text,
-                    language: Some(lang),
-                    risk: verdict.risk,
-                    score: verdict.score,
-                });
-                if verdict.risk.is_flagged() {
-                    // Evidence gathered before the call crossed the line is reported now too;
-                    // after that, each new piece of evidence once.
-                    for a in &party.timeline.alerts[party.reported..] {
-                        let elapsed = started.elapsed().as_secs_f64();
-                        let alert = LiveAlert {
-                            alert_id: format!(
-                                "{call_id}/{}/{}/{}",
-                                utterance.party, a.category, a.pattern
-                            ),
-                            call_id: call_id.clone(),
-                            party: utterance.party,
-                            wall_time: now_rfc3339(),
-                            latency_s: ((elapsed - a.end_s) * 1000.0).round() / 1000.0,
-                            t_s: a.t_s,
-                            category: a.category.clone(),
-                            pattern: a.pattern.clone(),
-                            matched_text: a.matched_text.clone(),
-                            score: verdict.score,
-                            risk: verdict.risk,
-                        };
-                        let _ = events.send(LiveEvent::Alert(alert));
-                    }
-                    party.reported = party.timeline.alerts.len();
-                }
-            }
-            Job::Close {
-                call_id,
-                dropped_audio,
-            } => {
-                let parties = calls.remove(&call_id).unwrap_or_default();
-                contexts.retain(|(id, _), _| *id != call_id);
-                let best = parties.values().max_by(|a, b| {
-                    a.timeline
-                        .verdict
-                        .score
-                        .total_cmp(&b.timeline.verdict.score)
-                });
-                let summary = CallSummary {
-                    risk: best.map_or(Risk::None, |p| p.timeline.verdict.risk),
-                    score: best.map_or(0.0, |p| p.timeline.verdict.score),
-                    first_alert_s: parties
-                        .values()
-                        .filter_map(|p| p.timeline.first_alert_s)
-                        .reduce(f64::min),
-                    alerts: parties.values().map(|p| p.timeline.alerts.len()).sum(),
-                    utterances: utterance_counts.remove(&call_id).unwrap_or(0),
-                    dropped_audio_s: dropped_audio.load(Ordering::Relaxed) as f64 / 16_000.0,
-                    dropped_utterances: dropped_utterances.load(Ordering::Relaxed),
-                    call_id,
-                };
-                let _ = events.send(LiveEvent::CallEnded(summary));
-            }
-        }
+impl Drop for Engine {
+    /// Without a shutdown the workers still stop once the open calls end.
+    fn drop(&mut self) {
+        self.queue.shut_down();
     }
 }

@@ -185,6 +185,26 @@ impl Segmenter {
         })
     }
 
+    /// Samples of the utterance being spoken now (0 when there is none).
+    pub fn open_len(&self) -> usize {
+        self.current.as_ref().map_or(0, |(_, s)| s.len())
+    }
+
+    /// Seconds of quiet at the end of the utterance being spoken now: the speaker may have
+    /// finished, though the utterance is not closed until `end_silence_s`.
+    pub fn open_quiet_s(&self) -> f64 {
+        if self.current.is_none() {
+            return 0.0;
+        }
+        (self.quiet_frames * FRAME) as f64 / 16_000.0
+    }
+
+    /// A copy of the utterance being spoken now, as far as it has got.
+    pub fn open_utterance(&self) -> Option<Utterance> {
+        let (begin, samples) = self.current.as_ref()?;
+        self.finish(*begin, samples.clone())
+    }
+
     /// Ends the stream: whatever speech is open becomes a last utterance.
     pub fn flush(&mut self) -> Option<Utterance> {
         let (begin, mut samples) = self.current.take()?;
