@@ -70,10 +70,10 @@ fn dev_set_quality_holds_on_the_half_not_tuned_on() {
     // Floors a little under what was measured (see the README), so a pack change that makes
     // things worse fails here.
     for (lang, half, min_f1, max_fpr) in [
-        ("en", 0, 0.90, 0.05),
-        ("en", 1, 0.84, 0.10),
-        ("zh", 0, 0.95, 0.06),
-        ("zh", 1, 0.89, 0.10),
+        ("en", 0, 0.94, 0.02),
+        ("en", 1, 0.88, 0.05),
+        ("zh", 0, 0.98, 0.02),
+        ("zh", 1, 0.92, 0.03),
     ] {
         let k = dev_counts(lang, half);
         eprintln!(
@@ -100,9 +100,15 @@ fn dev_set_quality_holds_on_the_half_not_tuned_on() {
 
 #[test]
 fn hard_legitimate_calls_are_not_flagged() {
+    // hard_legit_unseen.jsonl was written after the packs were tuned and measured once before
+    // any change (4 of 18 flagged: a bank's "we will never ask for your PIN", rent "transferred
+    // to" a landlord, a court's "litigation service centre"); the fixes it led to are in the
+    // packs as general rules (negation, weak everyday words), so it is no longer unseen.
     let c = Classifier::builtin();
-    let text = std::fs::read_to_string(support::fixture("hard_legit.jsonl")).unwrap();
-    for line in text.lines() {
+    let text = ["hard_legit.jsonl", "hard_legit_unseen.jsonl"]
+        .map(|f| std::fs::read_to_string(support::fixture(f)).unwrap())
+        .join("\n");
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let row: serde_json::Value = serde_json::from_str(line).unwrap();
         let v = c
             .classify(row["text"].as_str().unwrap(), row["lang"].as_str())
@@ -115,6 +121,60 @@ fn hard_legitimate_calls_are_not_flagged() {
             v.evidence
         );
     }
+}
+
+#[test]
+fn a_warning_about_codes_is_not_a_request_for_one() {
+    let c = Classifier::builtin();
+    let asks = c
+        .classify(
+            "This is your bank's security team. Read me the verification code we just sent you.",
+            None,
+        )
+        .unwrap();
+    assert!(
+        asks.evidence
+            .iter()
+            .any(|e| e.category == "credentials_and_control"),
+        "{asks:?}"
+    );
+    let warns = c
+        .classify("This is your bank's security team. We will never ask you for the verification code we sent.", None)
+        .unwrap();
+    assert!(
+        !warns
+            .evidence
+            .iter()
+            .any(|e| e.category == "credentials_and_control"),
+        "{warns:?}"
+    );
+    let zh = c
+        .classify("我们不会向您索要验证码和密码。", Some("zh"))
+        .unwrap();
+    assert!(
+        !zh.risk.is_flagged()
+            && zh
+                .evidence
+                .iter()
+                .all(|e| e.category != "credentials_and_control"),
+        "{zh:?}"
+    );
+}
+
+#[test]
+fn crime_talk_about_others_counts_less_than_a_threat_aimed_at_the_listener() {
+    let c = Classifier::builtin();
+    let chat = c
+        .classify("I think there should be stiffer penalties, and the judge in that trial let the guy off with no jail at all.", None)
+        .unwrap();
+    let aimed = c
+        .classify(
+            "The judge has signed it: you face penalties and jail unless you call us back.",
+            None,
+        )
+        .unwrap();
+    assert!(!chat.risk.is_flagged(), "{chat:?}");
+    assert!(aimed.score > chat.score, "{aimed:?} vs {chat:?}");
 }
 
 #[test]

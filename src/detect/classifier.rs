@@ -147,17 +147,51 @@ impl Classifier {
         let mut strength: BTreeMap<&str, f32> = BTreeMap::new();
         let mut negative = 0f32;
         let mut standalone_hit = false;
+        let negations: Vec<Vec<String>> = pack.negation.as_ref().map_or(Vec::new(), |n| {
+            n.words
+                .iter()
+                .map(|w| tokenize(w).into_iter().map(|t| t.text).collect())
+                .collect()
+        });
+        let negated = |first: usize| {
+            let Some(n) = &pack.negation else {
+                return false;
+            };
+            let before = &tokens[first.saturating_sub(n.window)..first];
+            negations.iter().any(|neg| {
+                !neg.is_empty()
+                    && before
+                        .windows(neg.len())
+                        .any(|w| w.iter().zip(neg).all(|(t, n)| t.text == *n))
+            })
+        };
         for cat in &pack.categories {
             let mut miss_all = 1f32;
             for p in &cat.patterns {
                 let Some(f) = find(&tokens, p, gap, self.fuzziness) else {
                     continue;
                 };
-                let w = if f.closeness == Closeness::Exact {
+                if cat.negatable && negated(f.first) {
+                    continue;
+                }
+                let mut w = if f.closeness == Closeness::Exact {
                     p.weight
                 } else {
                     p.weight * FUZZY_DISCOUNT
                 };
+                // Standalone categories are acts only a scam asks for ("buy gift cards"): they need
+                // no "you" to count.
+                if let Some(a) = pack
+                    .addressee
+                    .as_ref()
+                    .filter(|_| cat.weight > 0.0 && !cat.standalone)
+                {
+                    let near = &tokens
+                        [f.first.saturating_sub(a.window)..(f.end + a.window).min(tokens.len())];
+                    if !near.iter().any(|t| a.words.iter().any(|w| *w == t.text)) {
+                        w *= a.discount;
+                    }
+                }
                 let (start, end) = (tokens[f.first].span.start, tokens[f.end - 1].span.end);
                 evidence.push(Evidence {
                     category: cat.name.clone(),
@@ -169,7 +203,7 @@ impl Classifier {
                 });
                 miss_all *= 1.0 - w.abs();
             }
-            let s = 1.0 - miss_all;
+            let s = (1.0 - miss_all).min(cat.max_strength);
             if s <= 0.0 {
                 continue;
             }

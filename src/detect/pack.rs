@@ -17,8 +17,38 @@ struct PackFile {
     /// Score ceiling when all evidence is from one category not marked `standalone`: one
     /// kind of cue alone ("your account") is what honest calls say too.
     single_category_cap: f32,
+    #[serde(default)]
+    addressee: Option<Addressee>,
+    #[serde(default)]
+    negation: Option<Negation>,
     #[serde(rename = "category")]
     categories: Vec<CategoryFile>,
+}
+
+/// Honest callers name the things scammers ask for in order to warn: "we will never ask for
+/// your PIN", "不要把验证码告诉任何人". In a `negatable` category, a match with a negation
+/// word shortly before it is such a warning, not evidence.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Negation {
+    /// Normalised tokens (Chinese: single characters or words of them) that negate.
+    pub words: Vec<String>,
+    /// How many tokens before a match are searched (Chinese: characters).
+    pub window: usize,
+}
+
+/// Scam scripts speak to the listener ("your account will be suspended"); people chatting
+/// about crime or taxes talk about others ("there should be penalties"). Evidence of a
+/// category that is not `standalone` with no word for "you" near it counts for less.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Addressee {
+    /// Normalised tokens that address the listener.
+    pub words: Vec<String>,
+    /// How many tokens either side of a match are searched for one.
+    pub window: usize,
+    /// Weight factor for evidence with none (0..1).
+    pub discount: f32,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -37,6 +67,10 @@ struct CategoryFile {
     weight: f32,
     #[serde(default)]
     standalone: bool,
+    #[serde(default)]
+    negatable: bool,
+    #[serde(default)]
+    max_strength: Option<f32>,
     patterns: Vec<PatternEntry>,
 }
 
@@ -53,6 +87,11 @@ pub struct Category {
     pub description: String,
     pub weight: f32,
     pub standalone: bool,
+    /// A match right after a negation ("never ... your PIN") is a warning, not evidence.
+    pub negatable: bool,
+    /// However many of its patterns match, the category counts for at most this much:
+    /// for words that pile up in honest talk ("penalties", "jail", "judge").
+    pub max_strength: f32,
     pub patterns: Vec<Pattern>,
 }
 
@@ -62,6 +101,8 @@ pub struct PhrasePack {
     pub max_gap: usize,
     pub levels: Levels,
     pub single_category_cap: f32,
+    pub addressee: Option<Addressee>,
+    pub negation: Option<Negation>,
     pub categories: Vec<Category>,
     pub source: String,
 }
@@ -124,6 +165,22 @@ impl PhrasePack {
                 "single_category_cap must be in 0..1 and max_gap at most 20".into(),
             ));
         }
+        if let Some(a) = &raw.addressee {
+            if !(0.0..=1.0).contains(&a.discount) || a.words.is_empty() || a.window > 50 {
+                return Err(fail(
+                    line_of("[addressee]"),
+                    "addressee needs words, a window of at most 50 and a discount in 0..1".into(),
+                ));
+            }
+        }
+        if let Some(n) = &raw.negation {
+            if n.words.is_empty() || n.window > 50 {
+                return Err(fail(
+                    line_of("[negation]"),
+                    "negation needs words and a window of at most 50".into(),
+                ));
+            }
+        }
         let mut categories = Vec::new();
         let mut names = std::collections::HashSet::new();
         for c in raw.categories {
@@ -137,6 +194,12 @@ impl PhrasePack {
                 return Err(fail(
                     line_of(&c.name),
                     format!("category {}: weight must be in -1..1 and not 0", c.name),
+                ));
+            }
+            if c.max_strength.is_some_and(|m| !(0.0..=1.0).contains(&m)) {
+                return Err(fail(
+                    line_of(&c.name),
+                    format!("category {}: max_strength must be in 0..1", c.name),
                 ));
             }
             if c.patterns.is_empty() {
@@ -163,6 +226,8 @@ impl PhrasePack {
                 description: c.description,
                 weight: c.weight,
                 standalone: c.standalone,
+                negatable: c.negatable,
+                max_strength: c.max_strength.unwrap_or(1.0),
                 patterns,
             });
         }
@@ -171,6 +236,8 @@ impl PhrasePack {
             max_gap: raw.max_gap,
             levels: raw.levels,
             single_category_cap: raw.single_category_cap,
+            addressee: raw.addressee,
+            negation: raw.negation,
             categories,
             source: file.to_owned(),
         })
