@@ -25,35 +25,19 @@ calls=(
   "zh_legit_checkup|legit|zh|预约服务|espeak:cmn+f3|您好，这里是社区医院，提醒您明天上午九点有体检预约，请按时到达。"
 )
 
-speak() { # engine:voice text out.wav
-  local engine=${1%%:*} voice=${1#*:}
-  case $engine in
-    espeak)
-      if [[ $voice == cmn* ]]; then
-        local pinyin
-        pinyin=$(python3 -c 'import sys; from pypinyin import lazy_pinyin, Style; print(" ".join(lazy_pinyin(sys.argv[1], style=Style.TONE3, neutral_tone_with_five=True)).replace(" ，", ",").replace(" 。", "."))' "$2")
-        espeak-ng -v "cmn-latn-pinyin${voice#cmn}" -s 130 -w "$tmp/raw.wav" "$pinyin"
-      else
-        espeak-ng -v "$voice" -s 155 -w "$tmp/raw.wav" "$2"
-      fi ;;
-    flite) flite -voice "$voice" -t "$2" -o "$tmp/raw.wav" ;;
-  esac
-  sox "$tmp/raw.wav" -r 16000 -c 1 -b 16 "$3" rate -v 16k gain -n -20 pad 0.5 0.5
-}
+source ./speech_tools.sh
 
 echo "path,label,lang,type,voice,script" > labels.csv
 for call in "${calls[@]}"; do
   IFS='|' read -r name label lang type voice text <<<"$call"
   speak "$voice" "$text" "$tmp/clean.wav"
-  dur=$(soxi -D "$tmp/clean.wav")
-  sox -R -n -r 16000 -c 1 -b 16 "$tmp/noise.wav" synth "$dur" pinknoise gain -n -35
-  sox -m -v 1 "$tmp/clean.wav" -v 1 "$tmp/noise.wav" "$tmp/mix.wav"
+  noisy "$tmp/clean.wav" "$tmp/mix.wav"
   if [[ $lang == zh ]]; then
     # espeak-ng's Mandarin through the 8 kHz channel is past what Whisper base recognises
     # (measured: not one key phrase survives), so the Mandarin calls stay wideband, noisy.
     sox "$tmp/mix.wav" -r 16000 -c 1 -e signed-integer -b 16 "$name.wav" gain -n -3
   else
-    sox "$tmp/mix.wav" -r 8000 -c 1 -e mu-law -b 8 "$name.wav" rate -v 8k sinc 300-3400 gain -n -3
+    telephone "$tmp/mix.wav" "$name.wav"
   fi
   printf '%s.wav,%s,%s,%s,%s,"%s"\n' "$name" "$label" "$lang" "$type" "$voice" "$text" >> labels.csv
 done
