@@ -7,7 +7,6 @@
 use std::time::Instant;
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use vishguard::asr::{DeviceChoice, TranscribeOptions, Transcriber};

@@ -188,7 +188,7 @@ impl Classifier {
                 {
                     let near = &tokens
                         [f.first.saturating_sub(a.window)..(f.end + a.window).min(tokens.len())];
-                    if !near.iter().any(|t| a.words.iter().any(|w| *w == t.text)) {
+                    if !near.iter().any(|t| a.words.contains(&t.text)) {
                         w *= a.discount;
                     }
                 }
