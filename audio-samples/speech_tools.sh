@@ -2,8 +2,10 @@
 # folder). Needs: espeak-ng, flite, sox; festival + festvox-us-slt-hts for the `festival`
 # engine; pip install pypinyin for Mandarin (espeak-ng's cmn voice reads Han characters'
 # tone marks aloud, so Mandarin is spoken from pinyin with tone digits).
+# SPEAK_RATE (espeak words per minute, default 155) and SPEAK_PAD (silence before and after,
+# default "0.5 0.5") let a script keep the audio it made before.
 
-speak() { # engine:voice text out.wav  -> 16 kHz mono, levelled, half a second of silence around
+speak() { # engine:voice text out.wav  -> 16 kHz mono, levelled to about -28 dBFS, padded
   local engine=${1%%:*} voice=${1#*:}
   case $engine in
     espeak)
@@ -12,13 +14,14 @@ speak() { # engine:voice text out.wav  -> 16 kHz mono, levelled, half a second o
         pinyin=$(python3 -c 'import sys; from pypinyin import lazy_pinyin, Style; print(" ".join(lazy_pinyin(sys.argv[1], style=Style.TONE3, neutral_tone_with_five=True)).replace(" ，", ",").replace(" 。", "."))' "$2")
         espeak-ng -v "cmn-latn-pinyin${voice#cmn}" -s 130 -w "$tmp/raw.wav" "$pinyin"
       else
-        espeak-ng -v "$voice" -s 155 -w "$tmp/raw.wav" "$2"
+        espeak-ng -v "$voice" -s "${SPEAK_RATE:-155}" -w "$tmp/raw.wav" "$2"
       fi ;;
     flite) flite -voice "$voice" -t "$2" -o "$tmp/raw.wav" ;;
     festival) echo "$2" | text2wave -eval "(voice_$voice)" -o "$tmp/raw.wav" ;;
     *) echo "unknown speech engine $engine" >&2; return 1 ;;
   esac
-  sox "$tmp/raw.wav" -r 16000 -c 1 -b 16 "$3" rate -v 16k gain -n -20 pad 0.5 0.5
+  # shellcheck disable=SC2086 # the pad is two numbers
+  sox "$tmp/raw.wav" -r 16000 -c 1 -b 16 "$3" rate -v 16k gain -n -20 pad ${SPEAK_PAD:-0.5 0.5}
 }
 
 noisy() { # in16k.wav out16k.wav : pink noise at about 15 dB SNR
