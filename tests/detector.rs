@@ -124,6 +124,20 @@ fn hard_legitimate_calls_are_not_flagged() {
 }
 
 #[test]
+fn han_text_gets_the_mandarin_pack_whatever_language_was_detected() {
+    // Whisper sometimes detects English on a few seconds of Mandarin and still writes Han.
+    let c = Classifier::builtin();
+    let text = "你的银行账户涉嫌洗钱，马上把钱转到安全账户。";
+    assert_eq!(c.pack_for_transcript(Some("en"), text).language, "zh");
+    assert_eq!(c.pack_for_transcript(Some("zh"), text).language, "zh");
+    assert_eq!(
+        c.pack_for_transcript(Some("en"), "your account").language,
+        "en"
+    );
+    assert_eq!(c.pack_for_transcript(Some("zh"), "").language, "zh");
+}
+
+#[test]
 fn a_warning_about_codes_is_not_a_request_for_one() {
     let c = Classifier::builtin();
     let asks = c

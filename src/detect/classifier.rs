@@ -101,10 +101,14 @@ impl Classifier {
         }
     }
 
-    /// The pack for a transcript: the recogniser's language where a pack exists for it, else
-    /// the language the text looks like, else English.
+    /// The pack for a transcript: the recogniser's language where a pack exists for it and
+    /// the text is written in it, else the language the text looks like, else English.
     pub fn pack_for_transcript(&self, detected: Option<&str>, text: &str) -> &PhrasePack {
+        let written = Self::guess_language(text);
         detected
+            .filter(|l| {
+                text.trim().is_empty() || *l == written || !self.packs.contains_key(written)
+            })
             .and_then(|l| self.packs.get(l))
             .or_else(|| self.packs.get(Self::guess_language(text)))
             .or_else(|| self.packs.get("en"))

@@ -169,13 +169,28 @@ impl Recogniser {
         if partial {
             heard.policy.temperatures.truncate(1);
         }
-        let t = match self.transcriber.transcribe(&utterance.samples, &heard) {
+        let mut t = match self.transcriber.transcribe(&utterance.samples, &heard) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(call = %call_id, "transcription failed: {e:#}");
                 return None;
             }
         };
+        // On a few seconds of audio Whisper's language guess can contradict the script it then
+        // writes (English detected, Han characters out). The script is the better witness:
+        // hear the utterance again in that language.
+        let written = Classifier::guess_language(&t.text());
+        if heard.language.is_none()
+            && self.transcriber.is_multilingual()
+            && t.language.as_deref().is_some_and(|l| l != written)
+            && self.classifier.pack(written).is_some()
+        {
+            heard.language = Some(written.to_owned());
+            match self.transcriber.transcribe(&utterance.samples, &heard) {
+                Ok(again) => t = again,
+                Err(e) => tracing::warn!(call = %call_id, "second hearing failed: {e:#}"),
+            }
+        }
         let text = t.text();
         if text.trim().is_empty() {
             return None;
@@ -216,7 +231,13 @@ impl Recogniser {
         let Some((text, language, segment)) = self.hear(party, call_id, &utterance, false) else {
             return;
         };
-        if party.context.language.is_none() && self.transcriber.is_multilingual() {
+        // Lock the party's language only when the words agree with it: a first utterance
+        // detected as English but written in Han characters is a misdetection, and locking it
+        // would make every later utterance garbage.
+        let agrees = language
+            .as_deref()
+            .is_some_and(|l| l == Classifier::guess_language(&text));
+        if party.context.language.is_none() && self.transcriber.is_multilingual() && agrees {
             party.context.language = language.clone();
         }
         party.context.remember(&text);
@@ -259,7 +280,16 @@ impl Recogniser {
         let Some((text, language, segment)) = self.hear(party, call_id, utterance, true) else {
             return;
         };
-        let mut trial = self.timeline(party, language.as_deref(), &text).clone();
+        // A partial's few words do not choose the party's phrase pack: the first finished
+        // utterance does.
+        let mut trial = match &party.timeline {
+            Some(t) => t.clone(),
+            None => Timeline::new(
+                self.classifier,
+                self.classifier
+                    .pack_for_transcript(language.as_deref(), &text),
+            ),
+        };
         trial.push(segment);
         alerts(party, call_id, utterance.party, started, &trial, true, out);
     }
