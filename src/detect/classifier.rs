@@ -110,7 +110,7 @@ impl Classifier {
                 text.trim().is_empty() || *l == written || !self.packs.contains_key(written)
             })
             .and_then(|l| self.packs.get(l))
-            .or_else(|| self.packs.get(Self::guess_language(text)))
+            .or_else(|| self.packs.get(written))
             .or_else(|| self.packs.get("en"))
             .or_else(|| self.packs.values().next())
             .expect("a classifier has at least one pack")
@@ -151,22 +151,15 @@ impl Classifier {
         let mut strength: BTreeMap<&str, f32> = BTreeMap::new();
         let mut negative = 0f32;
         let mut standalone_hit = false;
-        let negations: Vec<Vec<String>> = pack.negation.as_ref().map_or(Vec::new(), |n| {
-            n.words
-                .iter()
-                .map(|w| tokenize(w).into_iter().map(|t| t.text).collect())
-                .collect()
-        });
         let negated = |first: usize| {
             let Some(n) = &pack.negation else {
                 return false;
             };
             let before = &tokens[first.saturating_sub(n.window)..first];
-            negations.iter().any(|neg| {
-                !neg.is_empty()
-                    && before
-                        .windows(neg.len())
-                        .any(|w| w.iter().zip(neg).all(|(t, n)| t.text == *n))
+            n.tokens.iter().any(|neg| {
+                before
+                    .windows(neg.len())
+                    .any(|w| w.iter().zip(neg).all(|(t, n)| t.text == *n))
             })
         };
         for cat in &pack.categories {

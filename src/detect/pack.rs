@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::matcher::{compile_pattern, Pattern};
+use super::normalize::tokenize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +36,9 @@ pub struct Negation {
     pub words: Vec<String>,
     /// How many tokens before a match are searched (Chinese: characters).
     pub window: usize,
+    /// `words` normalised as transcripts are, once at load.
+    #[serde(skip)]
+    pub tokens: Vec<Vec<String>>,
 }
 
 /// Scam scripts speak to the listener ("your account will be suspended"); people chatting
@@ -140,7 +144,7 @@ impl PhrasePack {
             line,
             problem,
         };
-        let raw: PackFile = toml::from_str(text).map_err(|e| {
+        let mut raw: PackFile = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(0, |s| {
                 text[..s.start.min(text.len())].lines().count().max(1)
             });
@@ -173,11 +177,16 @@ impl PhrasePack {
                 ));
             }
         }
-        if let Some(n) = &raw.negation {
-            if n.words.is_empty() || n.window > 50 {
+        if let Some(n) = &mut raw.negation {
+            n.tokens = n
+                .words
+                .iter()
+                .map(|w| tokenize(w).into_iter().map(|t| t.text).collect::<Vec<_>>())
+                .collect();
+            if n.words.is_empty() || n.window > 50 || n.tokens.iter().any(Vec::is_empty) {
                 return Err(fail(
                     line_of("[negation]"),
-                    "negation needs words and a window of at most 50".into(),
+                    "negation needs words (each with a letter or character) and a window of at most 50".into(),
                 ));
             }
         }
