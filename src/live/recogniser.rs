@@ -206,16 +206,12 @@ impl Recogniser {
         Some((text, t.language, segment))
     }
 
-    fn timeline<'p>(
-        &self,
-        party: &'p mut PartyState,
-        language: Option<&str>,
-        text: &str,
-    ) -> &'p mut Timeline<'static> {
-        let classifier = self.classifier;
-        party.timeline.get_or_insert_with(|| {
-            Timeline::new(classifier, classifier.pack_for_transcript(language, text))
-        })
+    /// A party's timeline, scored with the pack their words choose.
+    fn fresh_timeline(&self, language: Option<&str>, text: &str) -> Timeline<'static> {
+        Timeline::new(
+            self.classifier,
+            self.classifier.pack_for_transcript(language, text),
+        )
     }
 
     fn utterance(
@@ -241,9 +237,10 @@ impl Recogniser {
             party.context.language = language.clone();
         }
         party.context.remember(&text);
-        let timeline = self.timeline(party, language.as_deref(), &text);
+        let timeline = party
+            .timeline
+            .get_or_insert_with(|| self.fresh_timeline(language.as_deref(), &text));
         timeline.push(segment);
-        let timeline = timeline.clone();
         out.push(LiveEvent::Transcript {
             call_id: call_id.to_owned(),
             party: utterance.party,
@@ -255,11 +252,11 @@ impl Recogniser {
             score: timeline.verdict.score,
         });
         alerts(
-            party,
+            &mut party.sent,
             call_id,
             utterance.party,
             started,
-            &timeline,
+            timeline,
             false,
             out,
         );
@@ -284,14 +281,18 @@ impl Recogniser {
         // utterance does.
         let mut trial = match &party.timeline {
             Some(t) => t.clone(),
-            None => Timeline::new(
-                self.classifier,
-                self.classifier
-                    .pack_for_transcript(language.as_deref(), &text),
-            ),
+            None => self.fresh_timeline(language.as_deref(), &text),
         };
         trial.push(segment);
-        alerts(party, call_id, utterance.party, started, &trial, true, out);
+        alerts(
+            &mut party.sent,
+            call_id,
+            utterance.party,
+            started,
+            &trial,
+            true,
+            out,
+        );
     }
 
     fn summary(&self, call_id: String, call: &CallState, dropped_audio: &AtomicU64) -> LiveEvent {
@@ -313,7 +314,7 @@ impl Recogniser {
 /// Once the party's call is flagged, every piece of its evidence not yet sent, gathered before
 /// the call crossed the line or since, goes out once.
 fn alerts(
-    party: &mut PartyState,
+    sent: &mut HashSet<(String, String)>,
     call_id: &str,
     party_index: usize,
     started: Instant,
@@ -326,7 +327,7 @@ fn alerts(
         return;
     }
     for a in &timeline.alerts {
-        if !party.sent.insert((a.category.clone(), a.pattern.clone())) {
+        if !sent.insert((a.category.clone(), a.pattern.clone())) {
             continue;
         }
         let elapsed = started.elapsed().as_secs_f64();
