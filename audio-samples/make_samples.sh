@@ -30,15 +30,7 @@ source ./speech_tools.sh
 echo "path,label,lang,type,voice,script" > labels.csv
 for call in "${calls[@]}"; do
   IFS='|' read -r name label lang type voice text <<<"$call"
-  speak "$voice" "$text" "$tmp/clean.wav"
-  noisy "$tmp/clean.wav" "$tmp/mix.wav"
-  if [[ $lang == zh ]]; then
-    # espeak-ng's Mandarin through the 8 kHz channel is past what Whisper base recognises
-    # (measured: not one key phrase survives), so the Mandarin calls stay wideband, noisy.
-    sox "$tmp/mix.wav" -r 16000 -c 1 -e signed-integer -b 16 "$name.wav" gain -n -3
-  else
-    telephone "$tmp/mix.wav" "$name.wav"
-  fi
+  sample_call "$voice" "$lang" "$text" "$name.wav"
   printf '%s.wav,%s,%s,%s,%s,"%s"\n' "$name" "$label" "$lang" "$type" "$voice" "$text" >> labels.csv
 done
 du -sh .

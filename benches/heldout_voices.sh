@@ -31,13 +31,7 @@ calls=(
 echo "path,label,lang,type,voice" > "$out/labels.csv"
 for call in "${calls[@]}"; do
   IFS='|' read -r name label lang type voice text <<<"$call"
-  speak "$voice" "$text" "$tmp/clean.wav"
-  noisy "$tmp/clean.wav" "$tmp/mix.wav"
-  if [[ $lang == zh ]]; then
-    sox "$tmp/mix.wav" -r 16000 -c 1 -e signed-integer -b 16 "$out/$name.wav" gain -n -3
-  else
-    telephone "$tmp/mix.wav" "$out/$name.wav"
-  fi
+  sample_call "$voice" "$lang" "$text" "$out/$name.wav"
   printf '%s.wav,%s,%s,%s,%s\n' "$name" "$label" "$lang" "$type" "$voice" >> "$out/labels.csv"
 done
 cd "$root"
@@ -46,5 +40,5 @@ cargo run --release -q -- score "$out/labels.csv" --out "$out/score" --model "$m
 python3 - "$out/score" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1] + "/metrics.json"))
-print(json.dumps({k: m[k] for k in m if k in ("suspected", "high", "time_to_first_alert_s", "calls")}, indent=1)[:3000])
+print(json.dumps({k: m[k] for k in ("by_language", "time_to_first_alert")}, indent=1))
 PY
