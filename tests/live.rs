@@ -202,6 +202,14 @@ fn tiny_en() -> &'static vishguard::asr::Transcriber {
     })
 }
 
+/// A test clip as the engine takes it: 16 kHz mono samples.
+fn fixture_speech(name: &str) -> Vec<f32> {
+    vishguard::audio::load_16k(&support::fixture(name), vishguard::audio::ChannelMode::Mix)
+        .unwrap()
+        .remove(0)
+        .samples
+}
+
 #[test]
 fn words_still_being_spoken_raise_the_alert_before_the_utterance_ends() {
     let classifier: &'static _ = Box::leak(Box::new(vishguard::detect::Classifier::builtin()));
@@ -216,13 +224,7 @@ fn words_still_being_spoken_raise_the_alert_before_the_utterance_ends() {
         config,
         vec![Box::new(Count(events.clone()))],
     );
-    let speech = vishguard::audio::load_16k(
-        &support::fixture("asr/gift_cards.flac"),
-        vishguard::audio::ChannelMode::Mix,
-    )
-    .unwrap()
-    .remove(0)
-    .samples;
+    let speech = fixture_speech("asr/gift_cards.flac");
     let call = engine.open_call("open", 1, 16_000).unwrap();
     for chunk in speech.chunks(320) {
         call.push_waiting(0, chunk.to_vec());
@@ -286,15 +288,9 @@ fn overload_drops_audio_counted_with_bounded_queues() {
         config,
         vec![Box::new(Count(events.clone()))],
     );
-    let speech = vishguard::audio::load_16k(
-        &support::fixture("asr/pharmacy.flac"),
-        vishguard::audio::ChannelMode::Mix,
-    )
-    .unwrap()
-    .remove(0)
-    .samples;
-    // Six calls, each pushing 40 s of speech as fast as it can: far more than one recogniser
-    // on two cores transcribes in that time.
+    let speech = fixture_speech("asr/pharmacy.flac");
+    // Six calls, each pushing 40 s of speech as fast as it can: far more than the recognisers
+    // on two cores transcribe in that time.
     let calls: Vec<_> = (0..6)
         .map(|i| engine.open_call(&format!("c{i}"), 1, 16_000).unwrap())
         .collect();
