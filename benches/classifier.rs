@@ -2,6 +2,9 @@
 //! (`../shared/eval/dev/`), English and Mandarin apart. `cargo bench --bench classifier`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::sync::Arc;
+
+use vishguard::detect::script_context::ContextCheck;
 use vishguard::detect::Classifier;
 
 fn texts(lang: &str) -> Vec<String> {
@@ -31,6 +34,23 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // With the context check: each new evidence window is embedded once (the cache is
+    // emptied before every pass, as every window of a new call is new). Fewer calls: each
+    // pass embeds a few thousand windows.
+    let mut checked = Classifier::builtin();
+    let check = Arc::new(ContextCheck::load(None).expect("sentence encoder (models fetch minilm)"));
+    checked.context_check = Some(check.clone());
+    let texts: Vec<String> = texts("en").into_iter().take(100).collect();
+    let chars: usize = texts.iter().map(|t| t.chars().count()).sum();
+    group.throughput(Throughput::Elements(chars as u64));
+    group.bench_function(format!("en-context-check/{}-calls", texts.len()), |b| {
+        b.iter(|| {
+            check.clear_cache();
+            for t in &texts {
+                std::hint::black_box(checked.classify(t, Some("en")).unwrap());
+            }
+        })
+    });
     group.finish();
 }
 

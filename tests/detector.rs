@@ -34,10 +34,9 @@ fn half_of(id: &str) -> u8 {
     d[31] & 1
 }
 
-fn dev_counts(lang: &str, half: u8) -> Counts {
+fn dev_counts(c: &Classifier, lang: &str, half: u8) -> Counts {
     let path = support::repo().join(format!("../shared/eval/dev/{lang}.jsonl"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let c = Classifier::builtin();
     let mut k = Counts {
         tp: 0,
         fp: 0,
@@ -65,26 +64,30 @@ fn dev_counts(lang: &str, half: u8) -> Counts {
     k
 }
 
+fn report(what: &str, k: &Counts) {
+    eprintln!(
+        "{what}: F1 {:.3} FPR {:.3} (tp {} fp {} fn {} tn {})",
+        k.f1(),
+        k.fpr(),
+        k.tp,
+        k.fp,
+        k.fn_,
+        k.tn
+    );
+}
+
 #[test]
 fn dev_set_quality_holds_on_the_half_not_tuned_on() {
-    // Floors a little under what was measured (see the README), so a pack change that makes
-    // things worse fails here.
+    // The detector as the CLI runs it (keywords and the context check). Floors a little under
+    // what was measured (see the README), so a pack change that makes things worse fails here.
     for (lang, half, min_f1, max_fpr) in [
-        ("en", 0, 0.94, 0.02),
-        ("en", 1, 0.88, 0.05),
+        ("en", 0, 0.95, 0.01),
+        ("en", 1, 0.88, 0.03),
         ("zh", 0, 0.98, 0.02),
         ("zh", 1, 0.92, 0.03),
     ] {
-        let k = dev_counts(lang, half);
-        eprintln!(
-            "{lang} half {half}: F1 {:.3} FPR {:.3} (tp {} fp {} fn {} tn {})",
-            k.f1(),
-            k.fpr(),
-            k.tp,
-            k.fp,
-            k.fn_,
-            k.tn
-        );
+        let k = dev_counts(support::detector(), lang, half);
+        report(&format!("{lang} half {half}"), &k);
         assert!(
             k.f1() >= min_f1,
             "{lang} half {half}: F1 {:.3} < {min_f1}",
@@ -99,12 +102,80 @@ fn dev_set_quality_holds_on_the_half_not_tuned_on() {
 }
 
 #[test]
+fn the_context_check_earns_its_place_on_the_half_not_tuned_on() {
+    // It was kept because, on rows never tuned on, it halved the false alarms (6 -> 3 of 139)
+    // at no cost in F1. If a change to the canonical sentences or the packs undoes that,
+    // the encoder is dead weight and this fails.
+    let keywords = dev_counts(&Classifier::builtin(), "en", 1);
+    let checked = dev_counts(support::detector(), "en", 1);
+    report("en half 1, keywords only", &keywords);
+    report("en half 1, with context check", &checked);
+    assert!(
+        checked.fp < keywords.fp,
+        "false alarms {} with the check, {} without",
+        checked.fp,
+        keywords.fp
+    );
+    assert!(
+        checked.f1() >= keywords.f1() - 0.005,
+        "F1 {:.3} with the check, {:.3} without",
+        checked.f1(),
+        keywords.f1()
+    );
+}
+
+#[test]
+fn the_context_check_discounts_talk_about_crime_but_not_a_threat() {
+    let c = support::detector();
+    let talk = c
+        .classify(
+            "Well I think there should be stiffer penalties for people who commit violent crimes, don't you think so?",
+            Some("en"),
+        )
+        .unwrap();
+    let threat = c
+        .classify(
+            "Ma'am, you will pay the penalties today, or the officers will come to your house and arrest you.",
+            Some("en"),
+        )
+        .unwrap();
+    let weight_of = |v: &vishguard::detect::Verdict, word: &str| {
+        v.evidence
+            .iter()
+            .find(|e| e.matched_text.to_lowercase().contains(word))
+            .unwrap_or_else(|| panic!("no evidence for {word:?}: {:?}", v.evidence))
+            .clone()
+    };
+    let (t, h) = (
+        weight_of(&talk, "penalties"),
+        weight_of(&threat, "penalties"),
+    );
+    eprintln!("talk {t:?}\nthreat {h:?}");
+    let (ts, hs) = (t.context_similarity.unwrap(), h.context_similarity.unwrap());
+    assert!(
+        ts < hs,
+        "talk {ts} should sound less like a scam than the threat {hs}"
+    );
+    assert!(t.weight < h.weight, "talk {} threat {}", t.weight, h.weight);
+    // Keywords alone cannot tell them apart: same word, same weight.
+    let plain = Classifier::builtin();
+    let (pt, ph) = (
+        plain.classify("Well I think there should be stiffer penalties for people who commit violent crimes, don't you think so?", Some("en")).unwrap(),
+        plain.classify("Ma'am, you will pay the penalties today, or the officers will come to your house and arrest you.", Some("en")).unwrap(),
+    );
+    assert_eq!(
+        weight_of(&pt, "penalties").weight,
+        weight_of(&ph, "penalties").weight
+    );
+}
+
+#[test]
 fn hard_legitimate_calls_are_not_flagged() {
     // hard_legit_unseen.jsonl was written after the packs were tuned and measured once before
     // any change (4 of 18 flagged: a bank's "we will never ask for your PIN", rent "transferred
     // to" a landlord, a court's "litigation service centre"); the fixes it led to are in the
     // packs as general rules (negation, weak everyday words), so it is no longer unseen.
-    let c = Classifier::builtin();
+    let c = support::detector();
     let text = ["hard_legit.jsonl", "hard_legit_unseen.jsonl"]
         .map(|f| std::fs::read_to_string(support::fixture(f)).unwrap())
         .join("\n");

@@ -5,21 +5,49 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize;
 
+use std::sync::Arc;
+
+use crate::detect::script_context::ContextCheck;
 use crate::detect::{Classifier, PhrasePack};
 
 #[derive(Args, Debug)]
 pub struct ClassifyArgs {
     /// JSON lines `{"id", "text", "lang"?}`; `-` or nothing reads standard input.
     pub input: Option<PathBuf>,
-    /// Phrase packs to use instead of the built-in ones (one per language).
-    #[arg(long = "pack")]
-    pub packs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
     /// Turn off a fuzzy-matching layer (to measure what each one buys).
     #[arg(long, value_delimiter = ',', value_parser = ["edit", "pinyin"])]
     pub without: Vec<String>,
     /// Turn on the phonetic (Double Metaphone) layer, off by default.
     #[arg(long)]
     pub phonetic: bool,
+}
+
+/// How the detector is built: phrase packs and the sentence encoder of the context check.
+#[derive(Args, Debug, Clone)]
+pub struct DetectorArgs {
+    /// Phrase packs to use instead of the built-in ones (one per language).
+    #[arg(long = "pack")]
+    pub packs: Vec<PathBuf>,
+    /// Sentence encoder of the context check: a catalog name (fetched on first use) or a
+    /// model folder.
+    #[arg(long, default_value = "minilm")]
+    pub encoder: String,
+    /// Keywords only: skip the context check (no encoder is loaded; about 2x more false
+    /// alarms on casual talk about crime or money).
+    #[arg(long)]
+    pub no_context_check: bool,
+}
+
+impl DetectorArgs {
+    pub fn load(&self) -> Result<Classifier> {
+        let mut classifier = classifier_from(&self.packs)?;
+        if !self.no_context_check {
+            classifier.context_check = Some(Arc::new(ContextCheck::load(Some(&self.encoder))?));
+        }
+        Ok(classifier)
+    }
 }
 
 /// Lines longer than this are refused rather than matched: no transcript of a call is this long.
@@ -45,7 +73,7 @@ pub fn classifier_from(packs: &[PathBuf]) -> Result<Classifier> {
 }
 
 pub fn run(args: ClassifyArgs) -> Result<i32> {
-    let mut classifier = classifier_from(&args.packs)?;
+    let mut classifier = args.detector.load()?;
     classifier.fuzziness.phonetic = args.phonetic;
     for layer in &args.without {
         match layer.as_str() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::Args;
 
-use super::classify::classifier_from;
+use super::classify::DetectorArgs;
 use super::transcribe::AsrArgs;
 use crate::live::{CallSummary, Engine, EngineConfig, EventSink, LiveEvent};
 use crate::sinks::alerts::{AlertFileSink, JsonLinesSink, TerminalView, WebhookSink};
@@ -61,9 +61,8 @@ pub struct ListenArgs {
     pub no_partials: bool,
     #[command(flatten)]
     pub asr: AsrArgs,
-    /// Phrase packs to use instead of the built-in ones.
-    #[arg(long = "pack")]
-    pub packs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
 }
 
 /// Keeps the call summaries for the exit code.
@@ -82,7 +81,7 @@ pub fn run(args: ListenArgs) -> Result<i32> {
         return list_devices();
     }
     // The model and classifier serve every call for the life of the process.
-    let classifier: &'static _ = Box::leak(Box::new(classifier_from(&args.packs)?));
+    let classifier: &'static _ = Box::leak(Box::new(args.detector.load()?));
     let transcriber: &'static _ = Box::leak(Box::new(args.asr.load()?));
     let format = args.format.unwrap_or(if std::io::stdout().is_terminal() {
         ListenFormat::View

@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use super::classify::classifier_from;
+use super::classify::DetectorArgs;
 use super::transcribe::AsrArgs;
 use crate::asr::Segment;
 use crate::audio;
@@ -30,9 +30,8 @@ pub struct ScanArgs {
     pub asr: AsrArgs,
     #[arg(long, value_enum, default_value_t = ScanFormat::Table)]
     pub format: ScanFormat,
-    /// Phrase packs to use instead of the built-in ones.
-    #[arg(long = "pack")]
-    pub packs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
     /// Also write each transcript as JSON and WebVTT into this folder.
     #[arg(long)]
     pub save_transcripts: Option<PathBuf>,
@@ -86,7 +85,7 @@ pub fn run(args: ScanArgs) -> Result<i32> {
     if files.is_empty() {
         anyhow::bail!("no audio files found under the given paths");
     }
-    let classifier = classifier_from(&args.packs)?;
+    let classifier = args.detector.load()?;
     let transcriber = args.asr.load()?;
     let mut opts = args.asr.options();
     // The phrase packs cover English and Mandarin: detection picks between those.

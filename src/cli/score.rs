@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::classify::classifier_from;
+use super::classify::DetectorArgs;
 use super::transcribe::AsrArgs;
 use crate::score::{self, manifest::read_manifest, Scorer};
 
@@ -24,9 +24,8 @@ pub struct ScoreArgs {
     pub jobs: Option<usize>,
     #[command(flatten)]
     pub asr: AsrArgs,
-    /// Phrase packs to use instead of the built-in ones.
-    #[arg(long = "pack")]
-    pub packs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
 }
 
 pub fn run(args: ScoreArgs) -> Result<i32> {
@@ -39,7 +38,7 @@ pub fn run(args: ScoreArgs) -> Result<i32> {
         bail!("score needs MANIFEST and --out DIR (or --compare A B)");
     };
     let rows = read_manifest(manifest)?;
-    let classifier = classifier_from(&args.packs)?;
+    let classifier = args.detector.load()?;
     let needs_model = rows.iter().any(|r| r.text.is_none());
     let transcriber = if needs_model {
         Some(args.asr.load()?)

@@ -3,12 +3,14 @@
 //! banks, pharmacies and police say "account", "payment" and "officer" too.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::matcher::{find, Closeness, Fuzziness};
 use super::normalize::tokenize;
 use super::pack::PhrasePack;
+use super::script_context::ContextCheck;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -33,6 +35,10 @@ pub struct Evidence {
     pub start_char: usize,
     pub end_char: usize,
     pub weight: f32,
+    /// How much the words around the match sound like a scam script's line (cosine similarity
+    /// to the closest canonical sentence); present when the context check ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_similarity: Option<f32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +57,8 @@ const HAN_GAP_FACTOR: usize = 3;
 pub struct Classifier {
     packs: BTreeMap<String, PhrasePack>,
     pub fuzziness: Fuzziness,
+    /// Sentence-embedding check of the words around each match (packs with `[context]`).
+    pub context_check: Option<Arc<ContextCheck>>,
 }
 
 impl Classifier {
@@ -72,6 +80,7 @@ impl Classifier {
         Self {
             packs: packs.into_iter().map(|p| (p.language.clone(), p)).collect(),
             fuzziness: Fuzziness::default(),
+            context_check: None,
         }
     }
 
@@ -162,8 +171,15 @@ impl Classifier {
                     .any(|w| w.iter().zip(neg).all(|(t, n)| t.text == *n))
             })
         };
-        for cat in &pack.categories {
-            let mut miss_all = 1f32;
+        struct Hit<'p> {
+            category: usize,
+            pattern: &'p str,
+            first: usize,
+            end: usize,
+            weight: f32,
+        }
+        let mut hits = Vec::new();
+        for (ci, cat) in pack.categories.iter().enumerate() {
             for p in &cat.patterns {
                 let Some(f) = find(&tokens, p, gap, self.fuzziness) else {
                     continue;
@@ -189,17 +205,54 @@ impl Classifier {
                         w *= a.discount;
                     }
                 }
-                let (start, end) = (tokens[f.first].span.start, tokens[f.end - 1].span.end);
-                evidence.push(Evidence {
-                    category: cat.name.clone(),
-                    pattern: p.source.clone(),
-                    matched_text: text[start..end].to_owned(),
-                    start_char: char_of(start),
-                    end_char: char_of(end),
-                    weight: (w * 1000.0).round() / 1000.0,
+                hits.push(Hit {
+                    category: ci,
+                    pattern: &p.source,
+                    first: f.first,
+                    end: f.end,
+                    weight: w,
                 });
-                miss_all *= 1.0 - w.abs();
             }
+        }
+        let mut context_similarity = vec![None; hits.len()];
+        if let (Some(check), Some(ctx)) = (&self.context_check, &pack.context) {
+            let scam_cues: Vec<usize> = (0..hits.len()).filter(|&i| hits[i].weight > 0.0).collect();
+            let windows: Vec<String> = scam_cues
+                .iter()
+                .map(|&i| {
+                    let from = hits[i].first.saturating_sub(ctx.window);
+                    let to = (hits[i].end + ctx.window).min(tokens.len());
+                    text[tokens[from].span.start..tokens[to - 1].span.end].to_owned()
+                })
+                .collect();
+            match check.best_similarities(pack, &windows) {
+                Ok(Some(sims)) => {
+                    for (&i, sim) in scam_cues.iter().zip(sims) {
+                        context_similarity[i] = Some((sim * 1000.0).round() / 1000.0);
+                        if sim < ctx.min_similarity {
+                            hits[i].weight *= ctx.discount;
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("context check skipped: {e:#}"),
+            }
+        }
+        let mut miss_by_category = vec![1f32; pack.categories.len()];
+        for (hit, similarity) in hits.iter().zip(context_similarity) {
+            let (start, end) = (tokens[hit.first].span.start, tokens[hit.end - 1].span.end);
+            evidence.push(Evidence {
+                category: pack.categories[hit.category].name.clone(),
+                pattern: hit.pattern.to_owned(),
+                matched_text: text[start..end].to_owned(),
+                start_char: char_of(start),
+                end_char: char_of(end),
+                weight: (hit.weight * 1000.0).round() / 1000.0,
+                context_similarity: similarity,
+            });
+            miss_by_category[hit.category] *= 1.0 - hit.weight.abs();
+        }
+        for (cat, miss_all) in pack.categories.iter().zip(miss_by_category) {
             let s = (1.0 - miss_all).min(cat.max_strength);
             if s <= 0.0 {
                 continue;

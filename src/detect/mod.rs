@@ -4,6 +4,8 @@ pub mod classifier;
 pub mod matcher;
 pub mod normalize;
 pub mod pack;
+pub mod script_context;
+pub mod sentence_encoder;
 pub mod timeline;
 
 pub use classifier::{Classifier, Evidence, Risk, Verdict};

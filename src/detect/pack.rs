@@ -22,6 +22,8 @@ struct PackFile {
     addressee: Option<Addressee>,
     #[serde(default)]
     negation: Option<Negation>,
+    #[serde(default)]
+    context: Option<ScriptContext>,
     #[serde(rename = "category")]
     categories: Vec<CategoryFile>,
 }
@@ -52,6 +54,23 @@ pub struct Addressee {
     /// How many tokens either side of a match are searched for one.
     pub window: usize,
     /// Weight factor for evidence with none (0..1).
+    pub discount: f32,
+}
+
+/// Keywords are shared by scams and honest talk; the sentence around them is not. "Penalties"
+/// in "there should be stiffer penalties for criminals" reads nothing like any scam script
+/// line. With a sentence encoder loaded, the words around each match are compared with these
+/// canonical scam sentences, and evidence whose surroundings resemble none of them counts less.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptContext {
+    /// Canonical lines of scam scripts, written as a scammer would say them.
+    pub sentences: Vec<String>,
+    /// Words taken either side of a match to form its context.
+    pub window: usize,
+    /// Cosine similarity to the closest canonical sentence below which evidence is discounted.
+    pub min_similarity: f32,
+    /// Weight factor for such evidence (0..1).
     pub discount: f32,
 }
 
@@ -107,6 +126,7 @@ pub struct PhrasePack {
     pub single_category_cap: f32,
     pub addressee: Option<Addressee>,
     pub negation: Option<Negation>,
+    pub context: Option<ScriptContext>,
     pub categories: Vec<Category>,
     pub source: String,
 }
@@ -190,6 +210,18 @@ impl PhrasePack {
                 ));
             }
         }
+        if let Some(c) = &raw.context {
+            if c.sentences.iter().all(|s| s.trim().is_empty())
+                || !(1..=50).contains(&c.window)
+                || !(-1.0..=1.0).contains(&c.min_similarity)
+                || !(0.0..=1.0).contains(&c.discount)
+            {
+                return Err(fail(
+                    line_of("[context]"),
+                    "context needs sentences, a window of 1..50 words, min_similarity in -1..1 and a discount in 0..1".into(),
+                ));
+            }
+        }
         let mut categories = Vec::new();
         let mut names = std::collections::HashSet::new();
         for c in raw.categories {
@@ -247,6 +279,7 @@ impl PhrasePack {
             single_category_cap: raw.single_category_cap,
             addressee: raw.addressee,
             negation: raw.negation,
+            context: raw.context,
             categories,
             source: file.to_owned(),
         })
@@ -298,5 +331,11 @@ mod tests {
             .unwrap_err()
             .problem
             .contains("levels"));
+
+        let bad_context = BUILTIN_EN.replacen("min_similarity = ", "min_similarity = 4", 1);
+        let err = PhrasePack::parse("en.toml", &bad_context).unwrap_err();
+        let line = bad_context.lines().position(|l| l == "[context]").unwrap() + 1;
+        assert_eq!(err.line, line, "{err}");
+        assert!(err.problem.contains("min_similarity"), "{err}");
     }
 }

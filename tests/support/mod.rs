@@ -4,9 +4,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use vishguard::asr::{DeviceChoice, Transcriber};
+use vishguard::detect::script_context::ContextCheck;
+use vishguard::detect::Classifier;
 use vishguard::model_store::ModelStore;
 
 pub fn repo() -> PathBuf {
@@ -31,6 +33,18 @@ pub fn tiny_en() -> &'static Transcriber {
 pub fn base() -> &'static Transcriber {
     static M: OnceLock<Transcriber> = OnceLock::new();
     M.get_or_init(|| load("base"))
+}
+
+/// The built-in packs with the context check's sentence encoder, as the CLI runs by default.
+pub fn detector() -> &'static Classifier {
+    static C: OnceLock<Classifier> = OnceLock::new();
+    C.get_or_init(|| {
+        let mut c = Classifier::builtin();
+        c.context_check = Some(Arc::new(
+            ContextCheck::load(None).expect("sentence encoder"),
+        ));
+        c
+    })
 }
 
 /// The reference texts of the synthetic clips (`tests/fixtures/asr/refs.tsv`).
