@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end check on calls the detector was never tuned on: new wording, spoken by voices
 # the bundled samples do not use (festival HTS, espeak-ng accents and variants not in
-# audio-samples/), English through the 8 kHz mu-law telephone channel with noise, Mandarin
-# wideband with noise. Makes them in a scratch folder, then scores them with `vishguard score`
+# audio-samples/; Mandarin from a man's recorded syllables, gcin-voice), all through the 8 kHz
+# mu-law telephone channel with noise. Makes them in a scratch folder, then scores them with `vishguard score`
 # (F1, false-positive rate, time to first alert). Usage: benches/heldout_voices.sh [MODEL]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,10 +22,10 @@ calls=(
   "en_legit_court_jury|legit|en|court_notice|espeak:en-gb-scotland+m4|This is the county court with a reminder that your jury service begins on Monday morning. Please bring your summons and photo identification. Parking is available behind the courthouse."
   "en_legit_doctor|legit|en|appointment_reminder|espeak:en-029+f4|Hello, this is the dental office calling to confirm your cleaning appointment on Friday at ten. Please call us if you need to reschedule. Thank you."
   "en_legit_internet|legit|en|customer_service|espeak:en-us-nyc+f2|Hi, this is your internet provider. We finished the repair on the line in your street this morning, so your service should be back to normal. Restart your router if anything is slow."
-  "zh_scam_prosecutor|scam|zh|公检法诈骗|espeak:cmn+m5|我是检察院的工作人员。你名下的银行卡涉嫌一起诈骗案，现在要对你的资金进行核查，请把钱转到国家监管账户，这件事必须保密。"
-  "zh_scam_refund_code|scam|zh|退款诈骗|espeak:cmn+f4|您好，我是淘宝客服，您购买的商品有质量问题，我们要给您办理双倍退款，请打开支付宝，把收到的验证码告诉我。"
-  "zh_legit_bank_notice|legit|zh|银行通知|espeak:cmn+m5|您好，这里是建设银行，您的信用卡账单已经出来了，本月还款日是二十号，可以通过手机银行还款。"
-  "zh_legit_parcel|legit|zh|快递通知|espeak:cmn+f4|您好，我是快递员，您的快递放在小区门口的快递柜里了，取件码已经发到您手机上。"
+  "zh_scam_prosecutor|scam|zh|公检法诈骗|gcin:3|我是检察院的工作人员。你名下的银行卡涉嫌一起诈骗案，现在要对你的资金进行核查，请把钱转到国家监管账户，这件事必须保密。"
+  "zh_scam_refund_code|scam|zh|退款诈骗|gcin:3|您好，我是淘宝客服，您购买的商品有质量问题，我们要给您办理双倍退款，请打开支付宝，把收到的验证码告诉我。"
+  "zh_legit_bank_notice|legit|zh|银行通知|gcin:3|您好，这里是建设银行，您的信用卡账单已经出来了，本月还款日是二十号，可以通过手机银行还款。"
+  "zh_legit_parcel|legit|zh|快递通知|gcin:3|您好，我是快递员，您的快递放在小区门口的快递柜里了，取件码已经发到您手机上。"
 )
 
 echo "path,label,lang,type,voice" > "$out/labels.csv"
