@@ -1,5 +1,6 @@
 # Shared by the scripts that make test calls offline (source it; needs $tmp set to a scratch
-# folder). Needs: espeak-ng, flite, sox; festival + festvox-us-slt-hts for the `festival`
+# folder). Needs: espeak-ng, flite, sox; gcin-voice for the `gcin` engine (recorded Mandarin
+# syllables); festival + festvox-us-slt-hts for the `festival`
 # engine; pip install pypinyin for Mandarin (espeak-ng's cmn voice reads Han characters'
 # tone marks aloud, so Mandarin is spoken from pinyin with tone digits).
 # SPEAK_RATE (espeak words per minute, default 155) and SPEAK_PAD (silence before and after,

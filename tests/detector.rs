@@ -195,6 +195,28 @@ fn hard_legitimate_calls_are_not_flagged() {
 }
 
 #[test]
+fn casual_talk_about_money_and_crime_is_mostly_left_alone() {
+    // Two friends chatting about credit cards, a burglary, taxes, a scam call their mother
+    // got, bitcoin, holiday gift cards, a court case... written after the context check was
+    // tuned and measured once, changing nothing after: 4 of 12 flagged with the check (a
+    // retold scam call, bitcoin and "guaranteed returns", gift cards as presents, a locked work
+    // account), 5 of 12 by keywords alone. A floor, so that it can only get better.
+    let text = std::fs::read_to_string(support::fixture("casual_talk_unseen.jsonl")).unwrap();
+    let mut flagged = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let v = support::detector()
+            .classify(row["text"].as_str().unwrap(), Some("en"))
+            .unwrap();
+        if v.risk.is_flagged() {
+            flagged.push(format!("{} ({})", row["id"], v.score));
+        }
+    }
+    eprintln!("flagged: {flagged:?}");
+    assert!(flagged.len() <= 4, "{} of 12 flagged: {flagged:?}", flagged.len());
+}
+
+#[test]
 fn han_text_gets_the_mandarin_pack_whatever_language_was_detected() {
     // Whisper sometimes detects English on a few seconds of Mandarin and still writes Han.
     let c = Classifier::builtin();
