@@ -213,7 +213,11 @@ fn casual_talk_about_money_and_crime_is_mostly_left_alone() {
         }
     }
     eprintln!("flagged: {flagged:?}");
-    assert!(flagged.len() <= 4, "{} of 12 flagged: {flagged:?}", flagged.len());
+    assert!(
+        flagged.len() <= 4,
+        "{} of 12 flagged: {flagged:?}",
+        flagged.len()
+    );
 }
 
 #[test]
