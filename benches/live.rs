@@ -2,13 +2,15 @@
 //! the line to the alert) and how many real-time calls two cores sustain before drops start.
 //!
 //! `cargo bench --bench live` (release build; takes a few minutes: calls play at real speed).
-//! Env: VISHGUARD_BENCH_MODELS (default "tiny.en,base"), VISHGUARD_BENCH_MAX_CALLS (default 10).
+//! Env: VISHGUARD_BENCH_MODELS (default "tiny.en,base"), VISHGUARD_BENCH_MAX_CALLS (default 10),
+//! VISHGUARD_BENCH_CONTEXT_CHECK=0 (keywords only, as `listen --no-context-check`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vishguard::asr::{DeviceChoice, Transcriber};
 use vishguard::audio::{load_16k, ChannelMode};
+use vishguard::detect::script_context::ContextCheck;
 use vishguard::detect::Classifier;
 use vishguard::live::{Engine, EngineConfig, EventSink, LiveEvent};
 use vishguard::model_store::ModelStore;
@@ -109,7 +111,14 @@ fn main() {
             )
         })
         .collect();
-    let classifier: &'static Classifier = Box::leak(Box::new(Classifier::builtin()));
+    // As `vishguard listen` runs by default: keywords and the context check.
+    let mut classifier = Classifier::builtin();
+    if std::env::var("VISHGUARD_BENCH_CONTEXT_CHECK").as_deref() != Ok("0") {
+        classifier.context_check = Some(Arc::new(
+            ContextCheck::load(None).expect("sentence encoder (models fetch minilm)"),
+        ));
+    }
+    let classifier: &'static Classifier = Box::leak(Box::new(classifier));
     let models = std::env::var("VISHGUARD_BENCH_MODELS").unwrap_or_else(|_| "tiny.en,base".into());
     let max_calls: usize = std::env::var("VISHGUARD_BENCH_MAX_CALLS")
         .ok()
