@@ -2,7 +2,11 @@
 //! utterances exactly as the live engine cuts them, then each window size is timed and scored
 //! (word error rate in English, character error rate in Mandarin) in the same run.
 //!
-//! `cargo bench --bench utterance_window` (env VISHGUARD_BENCH_MODELS, default "tiny.en,base").
+//! Speech that reaches the maximum utterance length is cut either exactly there or in its
+//! quietest gap near it; both are scored with the 15 s window.
+//!
+//! `cargo bench --bench utterance_window` (env VISHGUARD_BENCH_MODELS, default "tiny.en,base";
+//! VISHGUARD_BENCH_ONLY_CUTS=1 compares the two cuts with the 15 s window only).
 
 use std::time::Instant;
 
@@ -34,19 +38,36 @@ impl Window {
     }
 }
 
+/// How speech that reaches the maximum length is cut: `cut_search_s` of the segmenter.
+const CUTS: [(&str, f64); 2] = [
+    ("cut at the maximum", 0.0),
+    ("cut in the quietest gap", 1.5),
+];
+
 struct Sample {
     name: String,
     lang: String,
     script: String,
-    utterances: Vec<Utterance>,
+    /// One cutting per entry of `CUTS`.
+    utterances: Vec<Vec<Utterance>>,
 }
 
-fn cut(path: &std::path::Path) -> Vec<Utterance> {
+fn cut(path: &std::path::Path) -> Vec<Vec<Utterance>> {
     let audio = load_16k(path, ChannelMode::Mix).unwrap().remove(0);
-    let mut seg = Segmenter::new(0, SegmenterConfig::default());
-    let mut utterances = seg.push(&audio.samples);
-    utterances.extend(seg.flush());
-    utterances
+    CUTS.iter()
+        .map(|&(_, cut_search_s)| {
+            let mut seg = Segmenter::new(
+                0,
+                SegmenterConfig {
+                    cut_search_s,
+                    ..SegmenterConfig::default()
+                },
+            );
+            let mut utterances = seg.push(&audio.samples);
+            utterances.extend(seg.flush());
+            utterances
+        })
+        .collect()
 }
 
 /// The real two-speaker call of pyannote.audio, as recorded and through a noisy 8 kHz mu-law
@@ -102,11 +123,11 @@ fn samples() -> Vec<Sample> {
 
 /// Transcribes a call's utterances one by one as the live engine does (the party's earlier
 /// words as prompt, the first detected language kept); returns the text and seconds spent.
-fn hear(m: &Transcriber, s: &Sample, window: Window) -> (String, f64) {
+fn hear(m: &Transcriber, s: &Sample, cut: usize, window: Window) -> (String, f64) {
     let mut text = String::new();
     let mut language = None;
     let started = Instant::now();
-    for u in &s.utterances {
+    for u in &s.utterances[cut] {
         let opts = TranscribeOptions {
             vad: None,
             language: language.clone(),
@@ -136,6 +157,7 @@ fn main() {
     let real_calls = real_call();
     let store = ModelStore::open().unwrap();
     let models = std::env::var("VISHGUARD_BENCH_MODELS").unwrap_or_else(|_| "tiny.en,base".into());
+    let only_cuts = std::env::var_os("VISHGUARD_BENCH_ONLY_CUTS").is_some();
     let windows = [
         Window::Fixed(1500),
         Window::Fixed(1000),
@@ -156,10 +178,10 @@ fn main() {
             .iter()
             .filter(|s| m.is_multilingual() || s.lang == "en")
             .collect();
-        let utterances: usize = chosen.iter().map(|s| s.utterances.len()).sum();
+        let utterances: usize = chosen.iter().map(|s| s.utterances[0].len()).sum();
         let audio_s: f64 = chosen
             .iter()
-            .flat_map(|s| &s.utterances)
+            .flat_map(|s| &s.utterances[0])
             .map(|u| u.samples.len() as f64 / 16_000.0)
             .sum();
         println!(
@@ -167,22 +189,29 @@ fn main() {
             chosen.len()
         );
         let mut reference_time = None;
-        for w in windows {
+        let runs = CUTS.iter().enumerate().flat_map(|(c, _)| {
+            windows
+                .iter()
+                .filter(move |w| (c == 0 && !only_cuts) || matches!(w, Window::Fixed(1500)))
+                .map(move |&w| (c, w))
+        });
+        for (c, w) in runs {
+            let cut_name = CUTS[c].0;
             let (mut en, mut zh, mut real, mut secs) = (Vec::new(), Vec::new(), Vec::new(), 0.0);
             for s in &real_calls {
-                let (text, _) = hear(&m, s, w);
+                let (text, _) = hear(&m, s, c, w);
                 let e = wer(&s.script, &text);
                 if std::env::var_os("VISHGUARD_BENCH_VERBOSE").is_some() {
-                    println!("  {w:?} {} {e:.3} {text}", s.name);
+                    println!("  {cut_name} {w:?} {} {e:.3} {text}", s.name);
                 }
                 real.push(e);
             }
             for s in &chosen {
-                let (text, t) = hear(&m, s, w);
+                let (text, t) = hear(&m, s, c, w);
                 secs += t;
                 let e = wer(&s.script, &text);
                 if std::env::var_os("VISHGUARD_BENCH_VERBOSE").is_some() {
-                    println!("  {w:?} {} {e:.3} {text}", s.name);
+                    println!("  {cut_name} {w:?} {} {e:.3} {text}", s.name);
                 }
                 if s.lang == "zh" {
                     zh.push(e)
@@ -199,7 +228,7 @@ fn main() {
             };
             let base = *reference_time.get_or_insert(secs);
             println!(
-                "{name}: {w:?}: {secs:.2} s ({:.2}x the 15 s window), RTF {:.3}, samples en WER {:.3} zh CER {:.3}, real call WER {:.3} clean {:.3} phone",
+                "{name}: {cut_name}, {w:?}: {secs:.2} s ({:.2}x the first line), RTF {:.3}, samples en WER {:.3} zh CER {:.3}, real call WER {:.3} clean {:.3} phone",
                 secs / base,
                 secs / audio_s,
                 mean(&en),
