@@ -34,6 +34,25 @@ pub enum ModelTask {
     SentenceEmbedding,
 }
 
+impl ModelTask {
+    /// The command-line option that takes models of this kind.
+    pub fn option(self) -> &'static str {
+        match self {
+            Self::Transcribe => "--model",
+            Self::SentenceEmbedding => "--encoder",
+        }
+    }
+}
+
+impl std::fmt::Display for ModelTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Transcribe => "transcription",
+            Self::SentenceEmbedding => "sentence-embedding",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ModelSource {

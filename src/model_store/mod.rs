@@ -97,7 +97,8 @@ impl ModelStore {
         if let Some(model) = self.catalog.get(spec) {
             if model.task != task {
                 bail!(
-                    "catalog model {spec:?} is a {:?} model, not a {task:?} one: {}",
+                    "{} {spec:?}: that catalog model is a {} model, not a {task} one ({})",
+                    task.option(),
                     model.task,
                     model.description
                 );
@@ -113,10 +114,12 @@ impl ModelStore {
                 .catalog
                 .models
                 .iter()
+                .filter(|m| m.task == task)
                 .map(|m| m.name.as_str())
                 .collect();
             bail!(
-                "--model {spec:?} is neither a catalog model ({}) nor an existing path",
+                "{} {spec:?} is neither a catalog model ({}) nor an existing path",
+                task.option(),
                 names.join(", ")
             );
         }
@@ -251,11 +254,22 @@ mod tests {
         let store = ModelStore::at(dir.clone(), Catalog::builtin());
         let err = store.resolve(Some("minilm")).unwrap_err().to_string();
         assert!(
-            err.contains("minilm") && err.contains("SentenceEmbedding"),
+            err.starts_with("--model \"minilm\"") && err.contains("sentence-embedding"),
             "{err}"
         );
         let err = store.resolve_encoder(Some("base")).unwrap_err().to_string();
-        assert!(err.contains("base") && err.contains("Transcribe"), "{err}");
+        assert!(
+            err.starts_with("--encoder \"base\"") && err.contains("transcription"),
+            "{err}"
+        );
+        let err = store
+            .resolve_encoder(Some("/no/such/encoder"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--encoder") && err.contains("(minilm)"),
+            "{err}"
+        );
         assert!(!dir.join("models").exists(), "nothing may be fetched");
     }
 }
