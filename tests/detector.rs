@@ -195,6 +195,42 @@ fn hard_legitimate_calls_are_not_flagged() {
 }
 
 #[test]
+fn a_bare_payment_or_password_word_in_small_talk_does_not_flag_a_call() {
+    // A second set of chats, written after the first one was measured. At its first
+    // measurement 5 of 10 were flagged, 3 of them by one bare word of a standalone category
+    // ("a gift card for secret santa", "crypto", "set up the password"). That led to the
+    // rule that bare nouns weigh under the alert line (no change on either dev half, the
+    // samples or the hard calls), so this set is not unseen for that rule; its other two
+    // (a retold grandparent scam, Amazon plus a refund) stay flagged.
+    let text = std::fs::read_to_string(support::fixture("casual_talk_unseen_b.jsonl")).unwrap();
+    let mut flagged = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let v = support::detector()
+            .classify(row["text"].as_str().unwrap(), Some("en"))
+            .unwrap();
+        let by_one_word = v.risk.is_flagged() && v.evidence.len() == 1;
+        assert!(
+            !by_one_word,
+            "{} flagged by one word: {:?}",
+            row["id"], v.evidence
+        );
+        if v.risk.is_flagged() {
+            flagged.push(row["id"].to_string());
+        }
+    }
+    assert!(flagged.len() <= 2, "{flagged:?}");
+    // The acts still flag alone.
+    for act in [
+        "You need to pay the fee with gift cards, then read me the numbers on the back.",
+        "Tell me the password we just texted you so I can verify your identity.",
+    ] {
+        let v = support::detector().classify(act, Some("en")).unwrap();
+        assert!(v.risk.is_flagged(), "{act}: {:?}", v.evidence);
+    }
+}
+
+#[test]
 fn casual_talk_about_money_and_crime_is_mostly_left_alone() {
     // Two friends chatting about credit cards, a burglary, taxes, a scam call their mother
     // got, bitcoin, holiday gift cards, a court case... written after the context check was
