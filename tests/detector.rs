@@ -220,14 +220,28 @@ fn a_bare_payment_or_password_word_in_small_talk_does_not_flag_a_call() {
         }
     }
     assert!(flagged.len() <= 2, "{flagged:?}");
-    // The acts still flag alone.
-    for act in [
-        "You need to pay the fee with gift cards, then read me the numbers on the back.",
-        "Tell me the password we just texted you so I can verify your identity.",
+    // The acts still flag alone, in both languages; the bare Mandarin noun does not.
+    for (act, lang) in [
+        (
+            "You need to pay the fee with gift cards, then read me the numbers on the back.",
+            "en",
+        ),
+        (
+            "Tell me the password we just texted you so I can verify your identity.",
+            "en",
+        ),
+        ("请把手机收到的验证码告诉我。", "zh"),
     ] {
-        let v = support::detector().classify(act, Some("en")).unwrap();
+        let v = support::detector().classify(act, Some(lang)).unwrap();
         assert!(v.risk.is_flagged(), "{act}: {:?}", v.evidence);
     }
+    let own_code = support::detector()
+        .classify(
+            "我刚才收到一个验证码，应该是我自己登录的时候发的。",
+            Some("zh"),
+        )
+        .unwrap();
+    assert!(!own_code.risk.is_flagged(), "{:?}", own_code.evidence);
 }
 
 #[test]
