@@ -11,14 +11,15 @@ use anyhow::{Context, Result};
 use super::pack::PhrasePack;
 use super::sentence_encoder::{cosine, SentenceEncoder};
 
-/// Windows remembered before the cache starts over: a few hours of live calls.
+/// Windows remembered per pack before its cache starts over: a few hours of live calls.
 const CACHE_LIMIT: usize = 50_000;
 
 pub struct ContextCheck {
     encoder: SentenceEncoder,
     /// Canonical sentence vectors per pack (keyed by the pack's source).
     canon: Mutex<HashMap<String, Arc<Vec<Vec<f32>>>>>,
-    best_by_window: Mutex<HashMap<(String, String), f32>>,
+    /// Per pack (keyed by its source), the best similarity of each window seen.
+    best_by_window: Mutex<HashMap<String, HashMap<String, f32>>>,
 }
 
 impl ContextCheck {
@@ -76,12 +77,12 @@ impl ContextCheck {
         let Some(canon) = self.canonical(pack)? else {
             return Ok(None);
         };
-        let key = |w: &String| (pack.source.clone(), w.clone());
         let mut known: Vec<Option<f32>> = {
             let cache = lock(&self.best_by_window);
+            let seen = cache.get(&pack.source);
             windows
                 .iter()
-                .map(|w| cache.get(&key(w)).copied())
+                .map(|w| seen.and_then(|m| m.get(w)).copied())
                 .collect()
         };
         let missing: Vec<usize> = (0..windows.len()).filter(|&i| known[i].is_none()).collect();
@@ -89,8 +90,9 @@ impl ContextCheck {
             let texts: Vec<&str> = missing.iter().map(|&i| windows[i].as_str()).collect();
             let vectors = self.encoder.embed(&texts)?;
             let mut cache = lock(&self.best_by_window);
-            if cache.len() + missing.len() > CACHE_LIMIT {
-                cache.clear();
+            let seen = cache.entry(pack.source.clone()).or_default();
+            if seen.len() + missing.len() > CACHE_LIMIT {
+                seen.clear();
             }
             for (&i, v) in missing.iter().zip(&vectors) {
                 let best = canon
@@ -98,7 +100,7 @@ impl ContextCheck {
                     .map(|c| cosine(v, c))
                     .fold(f32::NEG_INFINITY, f32::max);
                 known[i] = Some(best);
-                cache.insert(key(&windows[i]), best);
+                seen.insert(windows[i].clone(), best);
             }
         }
         Ok(Some(
