@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
-use vishguard::detect::Classifier;
+use vishguard::detect::{Classifier, Verdict};
 
 struct Counts {
     tp: usize,
@@ -126,20 +126,12 @@ fn the_context_check_earns_its_place_on_the_half_not_tuned_on() {
 
 #[test]
 fn the_context_check_discounts_talk_about_crime_but_not_a_threat() {
+    const TALK: &str = "Well I think there should be stiffer penalties for people who commit violent crimes, don't you think so?";
+    const THREAT: &str = "Ma'am, you will pay the penalties today, or the officers will come to your house and arrest you.";
     let c = support::detector();
-    let talk = c
-        .classify(
-            "Well I think there should be stiffer penalties for people who commit violent crimes, don't you think so?",
-            Some("en"),
-        )
-        .unwrap();
-    let threat = c
-        .classify(
-            "Ma'am, you will pay the penalties today, or the officers will come to your house and arrest you.",
-            Some("en"),
-        )
-        .unwrap();
-    let weight_of = |v: &vishguard::detect::Verdict, word: &str| {
+    let talk = c.classify(TALK, Some("en")).unwrap();
+    let threat = c.classify(THREAT, Some("en")).unwrap();
+    let weight_of = |v: &Verdict, word: &str| {
         v.evidence
             .iter()
             .find(|e| e.matched_text.to_lowercase().contains(word))
@@ -160,13 +152,33 @@ fn the_context_check_discounts_talk_about_crime_but_not_a_threat() {
     // Keywords alone cannot tell them apart: same word, same weight.
     let plain = Classifier::builtin();
     let (pt, ph) = (
-        plain.classify("Well I think there should be stiffer penalties for people who commit violent crimes, don't you think so?", Some("en")).unwrap(),
-        plain.classify("Ma'am, you will pay the penalties today, or the officers will come to your house and arrest you.", Some("en")).unwrap(),
+        plain.classify(TALK, Some("en")).unwrap(),
+        plain.classify(THREAT, Some("en")).unwrap(),
     );
     assert_eq!(
         weight_of(&pt, "penalties").weight,
         weight_of(&ph, "penalties").weight
     );
+}
+
+/// Every row of the named fixture files (JSON lines with `id`, `text`, `lang`) with its verdict.
+fn fixture_verdicts(c: &Classifier, files: &[&str]) -> Vec<(String, Verdict)> {
+    files
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(support::fixture(f)).unwrap();
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|line| {
+                    let row: serde_json::Value = serde_json::from_str(line).unwrap();
+                    let v = c
+                        .classify(row["text"].as_str().unwrap(), row["lang"].as_str())
+                        .unwrap();
+                    (row["id"].to_string(), v)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[test]
@@ -175,19 +187,13 @@ fn hard_legitimate_calls_are_not_flagged() {
     // any change (4 of 18 flagged: a bank's "we will never ask for your PIN", rent "transferred
     // to" a landlord, a court's "litigation service centre"); the fixes it led to are in the
     // packs as general rules (negation, weak everyday words), so it is no longer unseen.
-    let c = support::detector();
-    let text = ["hard_legit.jsonl", "hard_legit_unseen.jsonl"]
-        .map(|f| std::fs::read_to_string(support::fixture(f)).unwrap())
-        .join("\n");
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let row: serde_json::Value = serde_json::from_str(line).unwrap();
-        let v = c
-            .classify(row["text"].as_str().unwrap(), row["lang"].as_str())
-            .unwrap();
+    for (id, v) in fixture_verdicts(
+        support::detector(),
+        &["hard_legit.jsonl", "hard_legit_unseen.jsonl"],
+    ) {
         assert!(
             !v.risk.is_flagged(),
-            "{} flagged at {}: {:?}",
-            row["id"],
+            "{id} flagged at {}: {:?}",
             v.score,
             v.evidence
         );
@@ -202,21 +208,12 @@ fn a_bare_payment_or_password_word_in_small_talk_does_not_flag_a_call() {
     // rule that bare nouns weigh under the alert line (no change on either dev half, the
     // samples or the hard calls), so this set is not unseen for that rule; its other two
     // (a retold grandparent scam, Amazon plus a refund) stay flagged.
-    let text = std::fs::read_to_string(support::fixture("casual_talk_unseen_b.jsonl")).unwrap();
     let mut flagged = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let row: serde_json::Value = serde_json::from_str(line).unwrap();
-        let v = support::detector()
-            .classify(row["text"].as_str().unwrap(), Some("en"))
-            .unwrap();
+    for (id, v) in fixture_verdicts(support::detector(), &["casual_talk_unseen_b.jsonl"]) {
         let by_one_word = v.risk.is_flagged() && v.evidence.len() == 1;
-        assert!(
-            !by_one_word,
-            "{} flagged by one word: {:?}",
-            row["id"], v.evidence
-        );
+        assert!(!by_one_word, "{id} flagged by one word: {:?}", v.evidence);
         if v.risk.is_flagged() {
-            flagged.push(row["id"].to_string());
+            flagged.push(id);
         }
     }
     assert!(flagged.len() <= 2, "{flagged:?}");
@@ -251,17 +248,11 @@ fn casual_talk_about_money_and_crime_is_mostly_left_alone() {
     // tuned and measured once, changing nothing after: 4 of 12 flagged with the check (a
     // retold scam call, bitcoin and "guaranteed returns", gift cards as presents, a locked work
     // account), 5 of 12 by keywords alone. A floor, so that it can only get better.
-    let text = std::fs::read_to_string(support::fixture("casual_talk_unseen.jsonl")).unwrap();
-    let mut flagged = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let row: serde_json::Value = serde_json::from_str(line).unwrap();
-        let v = support::detector()
-            .classify(row["text"].as_str().unwrap(), Some("en"))
-            .unwrap();
-        if v.risk.is_flagged() {
-            flagged.push(format!("{} ({})", row["id"], v.score));
-        }
-    }
+    let flagged: Vec<String> = fixture_verdicts(support::detector(), &["casual_talk_unseen.jsonl"])
+        .into_iter()
+        .filter(|(_, v)| v.risk.is_flagged())
+        .map(|(id, v)| format!("{id} ({})", v.score))
+        .collect();
     eprintln!("flagged: {flagged:?}");
     assert!(
         flagged.len() <= 4,
