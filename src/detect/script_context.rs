@@ -40,10 +40,6 @@ impl ContextCheck {
         Ok(Self::new(encoder))
     }
 
-    pub fn encoder_name(&self) -> &str {
-        &self.encoder.name
-    }
-
     fn canonical(&self, pack: &PhrasePack) -> Result<Option<Arc<Vec<Vec<f32>>>>> {
         let Some(ctx) = &pack.context else {
             return Ok(None);

@@ -20,7 +20,6 @@ pub struct SentenceEncoder {
     model: BertModel,
     tokenizer: Tokenizer,
     device: Device,
-    pub name: String,
 }
 
 impl SentenceEncoder {
@@ -61,7 +60,6 @@ impl SentenceEncoder {
             model,
             tokenizer,
             device: device.clone(),
-            name: files.name.clone(),
         })
     }
 
