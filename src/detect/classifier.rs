@@ -238,6 +238,24 @@ impl Classifier {
                 Err(e) => tracing::warn!("context check skipped: {e:#}"),
             }
         }
+        // One stretch of words is one cue: "social security number" names an agency and asks for
+        // a credential, but said once it must not count as both. The stronger reading stays.
+        let said_by_stronger = |i: usize| {
+            let a = &hits[i];
+            a.weight > 0.0
+                && hits.iter().enumerate().any(|(j, b)| {
+                    b.category != a.category
+                        && (b.first, b.end) == (a.first, a.end)
+                        && (b.weight > a.weight || (b.weight == a.weight && j < i))
+                })
+        };
+        let keep: Vec<bool> = (0..hits.len()).map(|i| !said_by_stronger(i)).collect();
+        let (hits, context_similarity): (Vec<_>, Vec<_>) = hits
+            .into_iter()
+            .zip(context_similarity)
+            .zip(keep)
+            .filter_map(|(pair, keep)| keep.then_some(pair))
+            .unzip();
         let mut miss_by_category = vec![1f32; pack.categories.len()];
         for (hit, similarity) in hits.iter().zip(context_similarity) {
             let (start, end) = (tokens[hit.first].span.start, tokens[hit.end - 1].span.end);
