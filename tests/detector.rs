@@ -354,6 +354,8 @@ fn scripts_outside_the_classic_four_are_flagged_and_their_honest_twins_are_not()
     for (script, lang) in [
         // The fake technician answering a scam-baiter's call about a renewal invoice.
         ("Thank you for calling Norton support. Your subscription was renewed for 399 dollars. Open your browser and type the address I give you, so I can process the refund.", "en"),
+        // The grandchild in trouble, whose "don't tell Mom" is the scam's isolation.
+        ("Hi Grandpa, it's me. I got into a car accident and the police are holding me. Please don't tell Mom. My lawyer says I need two thousand dollars for bail.", "en"),
         // The Mandarin parcel robocall: last notice, delivered twice, nobody signed, press 2.
         ("这里是国际快递最后一次通知您，您有一个包裹已派送两次无人签收，中文服务请按2。", "zh"),
     ] {
