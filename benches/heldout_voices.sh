@@ -3,7 +3,10 @@
 # the bundled samples do not use (festival HTS, espeak-ng accents and variants not in
 # audio-samples/; Mandarin from a man's recorded syllables, gcin-voice), all through the 8 kHz
 # mu-law telephone channel with noise. Makes them in a scratch folder, then scores them with `vishguard score`
-# (F1, false-positive rate, time to first alert). Usage: benches/heldout_voices.sh [MODEL]
+# (F1, false-positive rate, time to first alert). sox dithers at random, so each rendering of the
+# same calls sounds a little different and the recogniser's errors move with it: RENDERINGS=N
+# (default 3) makes and scores N of them and reports each and their mean.
+# Usage: [RENDERINGS=N] benches/heldout_voices.sh [MODEL]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${HELDOUT_DIR:-$root/target/heldout_voices}
@@ -28,17 +31,28 @@ calls=(
   "zh_legit_parcel|legit|zh|快递通知|gcin:3|您好，我是快递员，您的快递放在小区门口的快递柜里了，取件码已经发到您手机上。"
 )
 
-echo "path,label,lang,type,voice" > "$out/labels.csv"
-for call in "${calls[@]}"; do
-  IFS='|' read -r name label lang type voice text <<<"$call"
-  sample_call "$voice" "$lang" "$text" "$out/$name.wav"
-  printf '%s.wav,%s,%s,%s,%s\n' "$name" "$label" "$lang" "$type" "$voice" >> "$out/labels.csv"
-done
+renderings=${RENDERINGS:-3}
 cd "$root"
-rm -rf "$out/score"
-cargo run --release -q -- score "$out/labels.csv" --out "$out/score" --model "$model"
-python3 - "$out/score" <<'PY'
-import json, sys
-m = json.load(open(sys.argv[1] + "/metrics.json"))
-print(json.dumps({k: m[k] for k in ("by_language", "time_to_first_alert")}, indent=1))
+for r in $(seq 1 "$renderings"); do
+  dir=$out/rendering$r
+  rm -rf "$dir"; mkdir -p "$dir"
+  echo "path,label,lang,type,voice" > "$dir/labels.csv"
+  for call in "${calls[@]}"; do
+    IFS='|' read -r name label lang type voice text <<<"$call"
+    sample_call "$voice" "$lang" "$text" "$dir/$name.wav"
+    printf '%s.wav,%s,%s,%s,%s\n' "$name" "$label" "$lang" "$type" "$voice" >> "$dir/labels.csv"
+  done
+  cargo run --release -q -- score "$dir/labels.csv" --out "$dir/score" --model "$model"
+done
+python3 - "$out" "$renderings" <<'PY'
+import json, statistics, sys
+out, n = sys.argv[1], int(sys.argv[2])
+rows = []
+for r in range(1, n + 1):
+    m = json.load(open(f"{out}/rendering{r}/score/metrics.json"))
+    lang = {k: f"{v['flagged']} flagged, recall {v['recall']:.2f}, FPR {v['fpr']:.2f}" for k, v in m["by_language"].items()}
+    rows.append((m["f1"], m["fpr"], m["roc_auc"], m["time_to_first_alert"]["median_s"]))
+    print(f"rendering {r}: F1 {m['f1']:.3f} FPR {m['fpr']:.3f} ROC-AUC {m['roc_auc']:.3f} median first alert {m['time_to_first_alert']['median_s']} s; {lang}")
+mean = lambda i: statistics.mean(x[i] for x in rows if x[i] is not None)
+print(f"mean of {n}: F1 {mean(0):.3f} FPR {mean(1):.3f} ROC-AUC {mean(2):.3f} median first alert {mean(3):.1f} s")
 PY
