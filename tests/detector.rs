@@ -265,6 +265,28 @@ fn casual_talk_about_money_and_crime_is_mostly_left_alone() {
 }
 
 #[test]
+fn casual_mandarin_talk_about_money_and_police_is_mostly_left_alone() {
+    // Ten Mandarin chats (splitting a bill, a login code for mum, stocks, a Taobao refund, a
+    // parcel, a cousin in the police, an anti-fraud talk at work...), written after the
+    // fourth round's other changes and measured once: 3 flagged (the anti-fraud talk and the
+    // cousin both retell a scam; a new bank card "needs the ID number and the password"). The
+    // kidnap-call change after it left it at 3. The Mandarin pack has no context check,
+    // MiniLM being English-only. A floor.
+    let flagged: Vec<String> =
+        fixture_verdicts(support::detector(), &["casual_talk_zh_unseen.jsonl"])
+            .into_iter()
+            .filter(|(_, v)| v.risk.is_flagged())
+            .map(|(id, v)| format!("{id} ({})", v.score))
+            .collect();
+    eprintln!("flagged: {flagged:?}");
+    assert!(
+        flagged.len() <= 3,
+        "{} of 10 flagged: {flagged:?}",
+        flagged.len()
+    );
+}
+
+#[test]
 fn han_text_gets_the_mandarin_pack_whatever_language_was_detected() {
     // Whisper sometimes detects English on a few seconds of Mandarin and still writes Han.
     let c = Classifier::builtin();
@@ -356,6 +378,8 @@ fn scripts_outside_the_classic_four_are_flagged_and_their_honest_twins_are_not()
         ("Thank you for calling Norton support. Your subscription was renewed for 399 dollars. Open your browser and type the address I give you, so I can process the refund.", "en"),
         // The grandchild in trouble, whose "don't tell Mom" is the scam's isolation.
         ("Hi Grandpa, it's me. I got into a car accident and the police are holding me. Please don't tell Mom. My lawyer says I need two thousand dollars for bail.", "en"),
+        // The kidnap call: the child is "in our hands", and "don't call the police" isolates.
+        ("你儿子在我们手上，马上准备二十万，不许报警，否则你就见不到他了。", "zh"),
         // The Mandarin parcel robocall: last notice, delivered twice, nobody signed, press 2.
         ("这里是国际快递最后一次通知您，您有一个包裹已派送两次无人签收，中文服务请按2。", "zh"),
     ] {
