@@ -210,7 +210,7 @@ fn table_row(r: &ScanResult) -> String {
         Risk::Suspected => "SUSPECTED",
         Risk::High => "HIGH",
     };
-    format!(
+    let mut row = format!(
         "{:<40} {:>3} {:>4} {:>9} {:>6.2} {:>8}  {}\n",
         file,
         r.channel.map_or("-".into(), |c| c.to_string()),
@@ -219,5 +219,66 @@ fn table_row(r: &ScanResult) -> String {
         r.score,
         r.first_alert_s.map_or("-".into(), |t| format!("{t:.1}")),
         cats.join(", ")
-    )
+    );
+    // A flagged call is read by someone who must decide what to do with it: the words that
+    // raised it, and when they were said, are the reason, so they go under its row.
+    if r.risk.is_flagged() {
+        for a in &r.alerts {
+            row += &format!(
+                "{:>49.1} s  {:<24} \"{}\"\n",
+                a.t_s, a.category, a.matched_text
+            );
+        }
+    }
+    row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(t_s: f64, category: &str, matched_text: &str) -> Alert {
+        Alert {
+            t_s,
+            end_s: t_s + 1.0,
+            category: category.into(),
+            pattern: String::new(),
+            matched_text: matched_text.into(),
+            score: 0.9,
+            risk: Risk::High,
+        }
+    }
+
+    #[test]
+    fn a_flagged_row_shows_the_words_that_raised_it_and_when() {
+        let flagged = ScanResult {
+            file: "calls/irs.wav".into(),
+            channel: Some(1),
+            language: Some("en".into()),
+            risk: Risk::High,
+            score: 0.91,
+            first_alert_s: Some(11.0),
+            alerts: vec![
+                alert(2.5, "authority_impersonation", "Internal Revenue Service"),
+                alert(11.0, "arrest_threat", "warrant for your arrest"),
+            ],
+            transcript: &[],
+        };
+        let text = table_row(&flagged);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("calls/irs.wav") && lines[0].contains("HIGH"));
+        assert!(lines[1]
+            .trim_start()
+            .starts_with("2.5 s  authority_impersonation"));
+        assert!(lines[2].ends_with("\"warrant for your arrest\""), "{text}");
+        let quiet = ScanResult {
+            risk: Risk::None,
+            score: 0.0,
+            first_alert_s: None,
+            alerts: vec![alert(3.0, "honest_caller", "no action is needed")],
+            ..flagged
+        };
+        assert_eq!(table_row(&quiet).lines().count(), 1);
+    }
 }
