@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
-use vishguard::detect::{Classifier, Verdict};
+use vishguard::detect::{Classifier, PhrasePack, Verdict};
 
 struct Counts {
     tp: usize,
@@ -368,6 +368,30 @@ fn one_stretch_of_words_counts_as_one_cue() {
         .classify("This is the Social Security Administration. Please confirm your social security number so we can verify your identity.", None)
         .unwrap();
     assert!(ask.risk.is_flagged(), "{ask:?}");
+    // Within one kind too: two patterns that read the same words ("press 1" and "press one"
+    // after numbers are normalised) are one cue, shown once.
+    let pack = PhrasePack::parse(
+        "twice.toml",
+        r#"
+language = "en"
+max_gap = 2
+single_category_cap = 0.45
+[levels]
+suspected = 0.5
+high = 0.8
+[[category]]
+name = "robocall_prompt"
+description = "press 1"
+weight = 0.35
+patterns = ["press (1|9)", "press (one|nine)"]
+"#,
+    )
+    .unwrap();
+    let v = Classifier::with_packs(vec![pack])
+        .classify("Press one now.", None)
+        .unwrap();
+    assert_eq!(v.evidence.len(), 1, "{:?}", v.evidence);
+    assert!((v.score - 0.35).abs() < 1e-6, "{v:?}");
 }
 
 #[test]

@@ -239,12 +239,13 @@ impl Classifier {
             }
         }
         // One stretch of words is one cue: "social security number" names an agency and asks for
-        // a credential, but said once it must not count as both. The stronger reading stays.
+        // a credential, and "press 1" is read by "press (1|9)" and "press (one|nine)" alike, but
+        // said once it must count once. The stronger reading stays.
         let said_by_stronger = |i: usize| {
             let a = &hits[i];
             a.weight > 0.0
                 && hits.iter().enumerate().any(|(j, b)| {
-                    b.category != a.category
+                    j != i
                         && (b.first, b.end) == (a.first, a.end)
                         && (b.weight > a.weight || (b.weight == a.weight && j < i))
                 })
