@@ -171,6 +171,7 @@ impl Classifier {
                     .any(|w| w.iter().zip(neg).all(|(t, n)| t.text == *n))
             })
         };
+        #[derive(Clone, Copy)]
         struct Hit<'p> {
             category: usize,
             pattern: &'p str,
@@ -214,6 +215,24 @@ impl Classifier {
                 });
             }
         }
+        // One stretch of words is one cue: "social security number" names an agency and asks for
+        // a credential, and "press 1" is read by "press (1|9)" and "press (one|nine)" alike, but
+        // said once it must count once. The stronger reading stays. Done before the context
+        // check, which would give both readings the same window and so the same discount.
+        let mut hits: Vec<Hit> = hits
+            .iter()
+            .enumerate()
+            .filter(|&(i, a)| {
+                let said_by_stronger = a.weight > 0.0
+                    && hits.iter().enumerate().any(|(j, b)| {
+                        j != i
+                            && (b.first, b.end) == (a.first, a.end)
+                            && (b.weight > a.weight || (b.weight == a.weight && j < i))
+                    });
+                !said_by_stronger
+            })
+            .map(|(_, &h)| h)
+            .collect();
         let mut context_similarity = vec![None; hits.len()];
         if let (Some(check), Some(ctx)) = (&self.context_check, &pack.context) {
             let scam_cues: Vec<usize> = (0..hits.len()).filter(|&i| hits[i].weight > 0.0).collect();
@@ -238,25 +257,6 @@ impl Classifier {
                 Err(e) => tracing::warn!("context check skipped: {e:#}"),
             }
         }
-        // One stretch of words is one cue: "social security number" names an agency and asks for
-        // a credential, and "press 1" is read by "press (1|9)" and "press (one|nine)" alike, but
-        // said once it must count once. The stronger reading stays.
-        let said_by_stronger = |i: usize| {
-            let a = &hits[i];
-            a.weight > 0.0
-                && hits.iter().enumerate().any(|(j, b)| {
-                    j != i
-                        && (b.first, b.end) == (a.first, a.end)
-                        && (b.weight > a.weight || (b.weight == a.weight && j < i))
-                })
-        };
-        let keep: Vec<bool> = (0..hits.len()).map(|i| !said_by_stronger(i)).collect();
-        let (hits, context_similarity): (Vec<_>, Vec<_>) = hits
-            .into_iter()
-            .zip(context_similarity)
-            .zip(keep)
-            .filter_map(|(pair, keep)| keep.then_some(pair))
-            .unzip();
         let mut miss_by_category = vec![1f32; pack.categories.len()];
         for (hit, similarity) in hits.iter().zip(context_similarity) {
             let (start, end) = (tokens[hit.first].span.start, tokens[hit.end - 1].span.end);
