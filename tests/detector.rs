@@ -184,6 +184,23 @@ fn fixture_verdicts(c: &Classifier, files: &[&str]) -> Vec<(String, Verdict)> {
         .collect()
 }
 
+/// A floor for a set of chats: no more than `max` of the fixture file's rows flagged.
+fn assert_at_most_flagged(file: &str, max: usize) {
+    let verdicts = fixture_verdicts(support::detector(), &[file]);
+    let total = verdicts.len();
+    let flagged: Vec<String> = verdicts
+        .into_iter()
+        .filter(|(_, v)| v.risk.is_flagged())
+        .map(|(id, v)| format!("{id} ({})", v.score))
+        .collect();
+    eprintln!("{file} flagged: {flagged:?}");
+    assert!(
+        flagged.len() <= max,
+        "{} of {total} flagged in {file}: {flagged:?}",
+        flagged.len()
+    );
+}
+
 #[test]
 fn hard_legitimate_calls_are_not_flagged() {
     // hard_legit_unseen.jsonl was written after the packs were tuned and measured once before
@@ -251,17 +268,7 @@ fn casual_talk_about_money_and_crime_is_mostly_left_alone() {
     // tuned and measured once, changing nothing after: 4 of 12 flagged with the check (a
     // retold scam call, bitcoin and "guaranteed returns", gift cards as presents, a locked work
     // account), 5 of 12 by keywords alone. A floor, so that it can only get better.
-    let flagged: Vec<String> = fixture_verdicts(support::detector(), &["casual_talk_unseen.jsonl"])
-        .into_iter()
-        .filter(|(_, v)| v.risk.is_flagged())
-        .map(|(id, v)| format!("{id} ({})", v.score))
-        .collect();
-    eprintln!("flagged: {flagged:?}");
-    assert!(
-        flagged.len() <= 4,
-        "{} of 12 flagged: {flagged:?}",
-        flagged.len()
-    );
+    assert_at_most_flagged("casual_talk_unseen.jsonl", 4);
 }
 
 #[test]
@@ -272,18 +279,7 @@ fn casual_mandarin_talk_about_money_and_police_is_mostly_left_alone() {
     // cousin both retell a scam; a new bank card "needs the ID number and the password"). The
     // kidnap-call change after it left it at 3. The Mandarin pack has no context check,
     // MiniLM being English-only. A floor.
-    let flagged: Vec<String> =
-        fixture_verdicts(support::detector(), &["casual_talk_zh_unseen.jsonl"])
-            .into_iter()
-            .filter(|(_, v)| v.risk.is_flagged())
-            .map(|(id, v)| format!("{id} ({})", v.score))
-            .collect();
-    eprintln!("flagged: {flagged:?}");
-    assert!(
-        flagged.len() <= 3,
-        "{} of 10 flagged: {flagged:?}",
-        flagged.len()
-    );
+    assert_at_most_flagged("casual_talk_zh_unseen.jsonl", 3);
 }
 
 #[test]
