@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 
 use vishguard::asr::{DeviceChoice, Transcriber};
 use vishguard::audio::{load_16k, ChannelMode};
+use vishguard::call::{AudioChunk, Call, CallId, Event, Party};
 use vishguard::detect::script_context::ContextCheck;
 use vishguard::detect::Classifier;
-use vishguard::live::{Engine, EngineConfig, EventSink, LiveEvent};
+use vishguard::engine::{Engine, EngineConfig, SinkSpec, WhisperRecogniser};
 use vishguard::model_store::ModelStore;
+use vishguard::sinks::{QueueConfig, Sink};
+use vishguard::sources::Ingress;
 
 #[derive(Default)]
 struct Record {
@@ -32,51 +35,77 @@ struct Recorder {
     starts: Starts,
 }
 
-impl EventSink for Recorder {
-    fn handle(&mut self, event: &LiveEvent) {
+impl Sink for Recorder {
+    fn describe(&self) -> String {
+        "bench recorder".into()
+    }
+
+    fn write(&mut self, event: &Event) -> anyhow::Result<()> {
         let mut r = self.record.lock().unwrap();
+        let id = event.call_id().to_string();
         match event {
-            LiveEvent::Alert(a) => {
-                let start = self.starts.lock().unwrap()[&a.call_id];
+            Event::CallStarted(_) => {}
+            Event::Alert(_) => {
+                let start = self.starts.lock().unwrap()[&id];
                 r.first_alert_wall
-                    .entry(a.call_id.clone())
+                    .entry(id)
                     .or_insert(start.elapsed().as_secs_f64());
             }
-            LiveEvent::Transcript { call_id, end_s, .. } => {
-                let start = self.starts.lock().unwrap()[call_id];
-                r.transcript_lag.push(start.elapsed().as_secs_f64() - end_s);
+            Event::Transcript(u) => {
+                let start = self.starts.lock().unwrap()[&id];
+                r.transcript_lag
+                    .push(start.elapsed().as_secs_f64() - u.end_s);
             }
-            LiveEvent::CallEnded(s) => {
+            Event::CallEnded(s) => {
                 if let Some(t) = s.first_alert_s {
-                    r.first_alert_audio.insert(s.call_id.clone(), t);
+                    r.first_alert_audio.insert(id, t);
                 }
-                r.dropped_audio_s += s.dropped_audio_s;
-                r.dropped_utterances = r.dropped_utterances.max(s.dropped_utterances);
+                let stream = s.stream.clone().unwrap_or_default();
+                r.dropped_audio_s += stream.dropped_audio_s;
+                r.dropped_utterances += stream.dropped_utterances;
             }
         }
+        Ok(())
     }
 }
 
+/// One call at real speed, as a live source sends it (a full queue drops the chunk).
 fn play(engine: &Engine, id: &str, samples: &[f32], starts: &Starts) {
-    let call = engine.open_call(id, 1, 16_000).unwrap();
+    let ingest = engine.ingest();
+    let call = CallId::new(id);
     let start = Instant::now();
     starts.lock().unwrap().insert(id.to_owned(), start);
+    ingest
+        .send(Ingress::Open(Call {
+            id: call.clone(),
+            parties: vec![Party {
+                label: "caller".into(),
+                sample_rate: 16_000,
+            }],
+            metadata: Default::default(),
+        }))
+        .unwrap();
     for (i, chunk) in samples.chunks(320).enumerate() {
         let due = start + Duration::from_secs_f64((i + 1) as f64 * 0.02);
         if let Some(w) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(w);
         }
-        call.push(0, chunk.to_vec());
+        let _ = ingest.send(Ingress::Audio(AudioChunk {
+            call: call.clone(),
+            party: 0,
+            offset_s: i as f64 * 0.02,
+            samples: chunk.to_vec(),
+        }));
     }
-    call.close();
+    ingest.send(Ingress::Close(call)).unwrap();
 }
 
 type Starts = Arc<Mutex<std::collections::HashMap<String, Instant>>>;
 
 /// An engine whose events are recorded for the measurements.
 fn recorded_engine(
-    m: &'static Transcriber,
-    classifier: &'static Classifier,
+    m: &Arc<Transcriber>,
+    classifier: &Arc<Classifier>,
     config: EngineConfig,
 ) -> (Engine, Arc<Mutex<Record>>, Starts) {
     let record = Arc::new(Mutex::new(Record::default()));
@@ -85,7 +114,28 @@ fn recorded_engine(
         record: record.clone(),
         starts: starts.clone(),
     };
-    let engine = Engine::start(m, classifier, config, vec![Box::new(sink)]);
+    // As `listen` runs it: detection limited to the languages with packs.
+    let languages: Vec<String> = if m.is_multilingual() {
+        classifier
+            .languages()
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let options = vishguard::asr::TranscribeOptions {
+        candidate_languages: languages,
+        ..Default::default()
+    };
+    let recogniser = Arc::new(WhisperRecogniser::new(m.clone(), options));
+    let engine = Engine::start(
+        recogniser,
+        classifier.clone(),
+        config,
+        vec![SinkSpec::new(sink, QueueConfig::default())],
+    )
+    .unwrap();
     (engine, record, starts)
 }
 
@@ -118,7 +168,7 @@ fn main() {
             ContextCheck::load(None).expect("sentence encoder (models fetch minilm)"),
         ));
     }
-    let classifier: &'static Classifier = Box::leak(Box::new(classifier));
+    let classifier = Arc::new(classifier);
     let models = std::env::var("VISHGUARD_BENCH_MODELS").unwrap_or_else(|_| "tiny.en,base".into());
     let max_calls: usize = std::env::var("VISHGUARD_BENCH_MAX_CALLS")
         .ok()
@@ -127,9 +177,7 @@ fn main() {
     let store = ModelStore::open().unwrap();
     for name in models.split(',') {
         let files = store.resolve(Some(name)).unwrap();
-        let m: &'static Transcriber = Box::leak(Box::new(
-            Transcriber::load(&files, DeviceChoice::Cpu.open().unwrap()).unwrap(),
-        ));
+        let m = Arc::new(Transcriber::load(&files, DeviceChoice::Cpu.open().unwrap()).unwrap());
         // Latency: one call at a time, each scam sample played twice, without and with
         // partial hypotheses (the words of an utterance still being spoken).
         for (variant, partial_every_s) in [
@@ -137,10 +185,11 @@ fn main() {
             ("with partials", Some(0.25)),
         ] {
             let config = EngineConfig {
-                partial_every_s,
+                partials: partial_every_s.is_some(),
+                partial_every_s: partial_every_s.unwrap_or(0.25),
                 ..EngineConfig::default()
             };
-            let (engine, record, starts) = recorded_engine(m, classifier, config);
+            let (engine, record, starts) = recorded_engine(&m, &classifier, config);
             for round in 0..2 {
                 for (id, samples) in scams
                     .iter()
@@ -191,16 +240,17 @@ fn main() {
             .into_iter()
             .filter(|&n| n <= max_calls)
         {
-            let (engine, record, starts) = recorded_engine(m, classifier, EngineConfig::default());
+            let (engine, record, starts) =
+                recorded_engine(&m, &classifier, EngineConfig::default());
             std::thread::scope(|s| {
                 for i in 0..n {
                     let (engine, long, starts) = (&engine, &long, &starts);
                     s.spawn(move || play(engine, &format!("c{i}"), long, starts));
                 }
             });
-            let dropped_now = engine.dropped_utterances();
             engine.shutdown();
             let mut r = record.lock().unwrap();
+            let dropped_now = r.dropped_utterances;
             let drops = r.dropped_audio_s > 0.0 || dropped_now > 0;
             // Keeping up means more than no drops: the transcripts must not fall behind.
             let lag_p95 = percentile(&mut r.transcript_lag, 0.95);

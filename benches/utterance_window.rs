@@ -14,8 +14,8 @@ use std::time::Instant;
 mod support;
 
 use vishguard::asr::{DeviceChoice, TranscribeOptions, Transcriber};
+use vishguard::audio::utterance::{UtteranceAudio as Utterance, UtteranceConfig, UtteranceCutter};
 use vishguard::audio::{load_16k, ChannelMode};
-use vishguard::live::segmenter::{Segmenter, SegmenterConfig, Utterance};
 use vishguard::model_store::ModelStore;
 use vishguard::score::wer::wer;
 
@@ -56,13 +56,10 @@ fn cut(path: &std::path::Path) -> Vec<Vec<Utterance>> {
     let audio = load_16k(path, ChannelMode::Mix).unwrap().remove(0);
     CUTS.iter()
         .map(|&(_, cut_search_s)| {
-            let mut seg = Segmenter::new(
-                0,
-                SegmenterConfig {
-                    cut_search_s,
-                    ..SegmenterConfig::default()
-                },
-            );
+            let mut seg = UtteranceCutter::new(UtteranceConfig {
+                cut_search_s,
+                ..UtteranceConfig::default()
+            });
             let mut utterances = seg.push(&audio.samples);
             utterances.extend(seg.flush());
             utterances

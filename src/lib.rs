@@ -1,15 +1,24 @@
 //! vishguard: listens to phone-call audio and raises an alert, with evidence, when a caller
 //! follows a scam script.
 //!
-//! Audio flows one way: sources -> [`audio`] stages -> [`asr`] -> detector -> [`sinks`].
-//! [`model_store`] provides the models; [`score`] measures quality.
+//! Audio flows one way: [`sources`] -> [`engine`] (per-call front end over [`audio`] stages,
+//! a scheduler, the recogniser over [`asr`], the detector in [`detect`], a fan-out) ->
+//! [`sinks`]. The records that cross these rooms, and leave the process, are in [`call`];
+//! [`config`] describes a whole run. [`model_store`] provides the models; [`score`] measures
+//! quality; [`render`] writes transcripts; [`cli`] is the command line.
+//!
+//! Each room imports only rooms below it: cli > config, score > engine > sources, sinks,
+//! render > detect > asr > audio, model_store > call.
 
 pub mod asr;
 pub mod audio;
+pub mod call;
 pub mod cli;
+pub mod config;
 pub mod detect;
-pub mod live;
+pub mod engine;
 pub mod model_store;
+pub mod render;
 pub mod score;
 pub mod sinks;
 pub mod sources;

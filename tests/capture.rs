@@ -13,7 +13,7 @@ fn listen_captures_a_played_scam_call_and_raises_the_alert() {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         panic!("no sound server: run through .ci/run, which starts PulseAudio with a null sink");
     }
-    let devices = Command::new(env!("CARGO_BIN_EXE_vishguard"))
+    let devices = support::vishguard()
         .args(["listen", "--list-devices"])
         .output()
         .unwrap();
@@ -22,7 +22,7 @@ fn listen_captures_a_played_scam_call_and_raises_the_alert() {
         "{}",
         String::from_utf8_lossy(&devices.stderr)
     );
-    let listen = Command::new(env!("CARGO_BIN_EXE_vishguard"))
+    let listen = support::vishguard()
         .args([
             "listen",
             "--model",

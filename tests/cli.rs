@@ -2,11 +2,7 @@
 
 mod support;
 
-use std::process::Command;
-
-fn vishguard() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vishguard"))
-}
+use support::vishguard;
 
 #[test]
 fn a_bad_file_is_reported_and_the_batch_goes_on() {

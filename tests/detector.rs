@@ -4,7 +4,7 @@
 mod support;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
 use vishguard::detect::{Classifier, PhrasePack, Verdict};
@@ -450,7 +450,7 @@ fn classic_scripts_are_flagged_high_with_evidence() {
 
 #[test]
 fn bad_input_lines_get_their_own_errors_and_the_batch_goes_on() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vishguard"))
+    let mut child = support::vishguard()
         .arg("classify")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -486,5 +486,9 @@ fn bad_input_lines_get_their_own_errors_and_the_batch_goes_on() {
     assert!(lines[3]["error"].as_str().unwrap().contains("fr"));
     assert!(lines[4]["error"].as_str().unwrap().contains("limit"));
     assert_eq!(lines[5]["risk"], "none");
-    assert_eq!(lines[5]["id"], 6);
+    // Every line is the per-call record (or an error naming its line), with the input's id.
+    assert_eq!(lines[5]["call_id"], "6");
+    assert_eq!(lines[2]["call_id"], "3");
+    assert_eq!(lines[1]["line"], 2);
+    assert!(lines.iter().all(|l| l["schema_version"] == 1));
 }

@@ -3,7 +3,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::Command;
 
 #[test]
 fn scan_flags_every_scam_sample_and_no_legitimate_one() {
@@ -18,7 +17,7 @@ fn scan_flags_every_scam_sample_and_no_legitimate_one() {
         })
         .collect();
     assert!(labels.len() >= 12);
-    let out = Command::new(env!("CARGO_BIN_EXE_vishguard"))
+    let out = support::vishguard()
         .args(["scan", "--format", "jsonl"])
         .arg(&samples)
         .output()
@@ -33,7 +32,8 @@ fn scan_flags_every_scam_sample_and_no_legitimate_one() {
     let mut alert_times = Vec::new();
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let file = std::path::Path::new(v["file"].as_str().unwrap())
+        assert_eq!(v["schema_version"], vishguard::call::SCHEMA_VERSION);
+        let file = std::path::Path::new(v["metadata"]["file"].as_str().unwrap())
             .file_name()
             .unwrap()
             .to_string_lossy()
@@ -45,13 +45,21 @@ fn scan_flags_every_scam_sample_and_no_legitimate_one() {
             label == "scam",
             "{file} ({label}) scored {} with {:?}",
             v["score"],
-            v["alerts"]
+            v["evidence"]
         );
         let lang = if file.starts_with("zh") { "zh" } else { "en" };
         assert_eq!(v["language"], lang, "{file}");
+        assert_eq!(v["parties"][0]["language"], lang, "{file}");
+        assert!(!v["parties"][0]["transcript"].as_array().unwrap().is_empty());
         if flagged {
             let t = v["first_alert_s"].as_f64().unwrap();
-            assert!(!v["alerts"].as_array().unwrap().is_empty());
+            let evidence = v["evidence"].as_array().unwrap();
+            assert!(!evidence.is_empty());
+            // Evidence carries the second its words were said, inside the call.
+            for e in evidence {
+                let at = e["t_s"].as_f64().unwrap();
+                assert!(at >= 0.0 && at <= v["audio_s"].as_f64().unwrap(), "{e}");
+            }
             alert_times.push(t);
         }
         seen += 1;

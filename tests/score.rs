@@ -3,15 +3,13 @@
 
 mod support;
 
+use support::vishguard;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-
-fn vishguard() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vishguard"))
-}
 
 fn dev_manifest(dir: &Path, with_missing_file: bool) -> std::path::PathBuf {
     let src = support::repo().join("../shared/eval/dev/en.jsonl");

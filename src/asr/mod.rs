@@ -2,9 +2,11 @@
 //! transcription.
 
 pub mod decode;
+pub mod language;
 pub mod mel;
 pub mod model;
 pub mod tokens;
 pub mod transcribe;
 
+pub use language::written_language;
 pub use transcribe::{DeviceChoice, Segment, TranscribeOptions, Transcriber, Transcript};

@@ -12,19 +12,8 @@ use super::mel::{LogMel, MelSpectrogram, HOP, SAMPLE_RATE, WINDOW_FRAMES};
 use super::model::{Config, Whisper};
 use super::tokens::{SpecialTokens, TIME_PRECISION};
 use crate::audio::vad::{speech_regions, SpeechOnly, VadConfig};
+pub use crate::call::Segment;
 use crate::model_store::ModelFiles;
-
-/// One stretch of speech with its text.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct Segment {
-    pub start_s: f64,
-    pub end_s: f64,
-    pub text: String,
-    pub avg_logprob: f32,
-    pub no_speech_prob: f32,
-    #[serde(skip)]
-    pub temperature: f32,
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Transcript {
@@ -91,7 +80,8 @@ pub struct Transcriber {
 }
 
 /// Which device to run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     #[default]
     Cpu,
@@ -100,6 +90,9 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
+    /// The names it is written as (in configs and on the command line).
+    pub const NAMES: [&'static str; 3] = ["cpu", "cuda", "metal"];
+
     pub fn open(self) -> Result<Device> {
         match self {
             Self::Cpu => Ok(Device::Cpu),

@@ -1,24 +1,30 @@
-//! Audio stages: decoding files, resampling to 16 kHz, choosing channels.
+//! Audio stages: decoding files, resampling to 16 kHz (whole files and live streams), choosing
+//! channels, voice activity, and cutting live streams into utterances.
 
 pub mod decode;
 pub mod resample;
+pub mod utterance;
 pub mod vad;
 
 use std::path::Path;
 
 pub use decode::{decode_file, DecodeError, DecodedAudio};
-pub use resample::TARGET_RATE;
+pub use resample::{StreamResampler, TARGET_RATE};
 
 /// How stereo call recordings are treated.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelMode {
     /// Each channel is its own party (agent and customer), transcribed apart.
+    #[default]
     Split,
     /// All channels are averaged into one.
     Mix,
+}
+
+impl ChannelMode {
+    /// The names it is written as (in configs and on the command line).
+    pub const NAMES: [&'static str; 2] = ["split", "mix"];
 }
 
 /// One party's audio at 16 kHz.
@@ -27,6 +33,22 @@ pub struct ChannelAudio {
     /// Channel index in the file; `None` for a mix of all channels.
     pub channel: Option<usize>,
     pub samples: Vec<f32>,
+}
+
+impl ChannelAudio {
+    /// The party's label in call records: "channel N", or "all channels" for a mono file or
+    /// a mix.
+    pub fn label(&self) -> String {
+        party_label(self.channel)
+    }
+}
+
+/// The label of a party taken from a file or device: "channel N", or "all channels".
+pub fn party_label(channel: Option<usize>) -> String {
+    match channel {
+        Some(c) => format!("channel {c}"),
+        None => "all channels".to_owned(),
+    }
 }
 
 /// Decodes a file and returns its parties at 16 kHz mono.

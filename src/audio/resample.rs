@@ -1,4 +1,5 @@
-//! Conversion of whole recordings to the 16 kHz the recogniser expects.
+//! Conversion to the 16 kHz the recogniser expects: whole recordings ([`to_16k`]) and live
+//! streams in small pieces ([`StreamResampler`]).
 
 use rubato::{FftFixedIn, Resampler};
 
@@ -51,6 +52,78 @@ pub fn to_16k(samples: &[f32], rate: u32) -> Result<Vec<f32>, ResampleError> {
     }
     let end = (delay + expected as usize).min(out.len());
     Ok(out[delay.min(end)..end].to_vec())
+}
+
+/// Resamples a live stream to 16 kHz as its pieces arrive, in 20 ms blocks of input.
+///
+/// Unlike [`to_16k`] it keeps the resampler's delay (a few milliseconds, the filter's), since
+/// a stream cannot wait for the samples after it.
+pub struct StreamResampler {
+    rate: u32,
+    inner: Option<FftFixedIn<f32>>,
+    pending: Vec<f32>,
+    block: usize,
+}
+
+impl StreamResampler {
+    /// A resampler from `rate` Hz; errors for rates outside 1 kHz..384 kHz.
+    pub fn new(rate: u32) -> Result<Self, ResampleError> {
+        if !(1_000..=384_000).contains(&rate) {
+            return Err(ResampleError {
+                from: rate,
+                problem: "sample rate outside 1 kHz..384 kHz".into(),
+            });
+        }
+        let block = (rate as usize / 50).max(64); // 20 ms
+        let inner = if rate == TARGET_RATE {
+            None
+        } else {
+            Some(
+                FftFixedIn::<f32>::new(rate as usize, TARGET_RATE as usize, block, 1, 1).map_err(
+                    |e| ResampleError {
+                        from: rate,
+                        problem: e.to_string(),
+                    },
+                )?,
+            )
+        };
+        Ok(Self {
+            rate,
+            inner,
+            pending: Vec::new(),
+            block,
+        })
+    }
+
+    /// The input rate (Hz).
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// Feeds samples at the input rate; appends what is ready at 16 kHz to `out`.
+    pub fn push(&mut self, samples: &[f32], out: &mut Vec<f32>) {
+        let Some(r) = &mut self.inner else {
+            out.extend_from_slice(samples);
+            return;
+        };
+        self.pending.extend_from_slice(samples);
+        let mut pos = 0;
+        while self.pending.len() - pos >= self.block {
+            if let Ok(o) = r.process(&[&self.pending[pos..pos + self.block]], None) {
+                out.extend_from_slice(&o[0]);
+            }
+            pos += self.block;
+        }
+        self.pending.drain(..pos);
+    }
+
+    /// Forgets the samples in flight: the stream starts afresh (after a gap).
+    pub fn reset(&mut self) {
+        self.pending.clear();
+        if let Some(r) = &mut self.inner {
+            r.reset();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -115,5 +188,16 @@ mod tests {
         assert!(to_16k(&[0.0; 10], 10).is_err());
         assert_eq!(to_16k(&[0.1; 5], 8000).unwrap().len(), 10);
         assert!(to_16k(&[], 8000).unwrap().is_empty());
+    }
+    #[test]
+    fn streaming_in_small_pieces_keeps_the_length() {
+        let mut r = StreamResampler::new(8_000).unwrap();
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            r.push(&[0.1; 80], &mut out);
+        }
+        // 1 s in; all but the last (< 20 ms) block and the filter delay come out.
+        assert!((15_000..=16_000).contains(&out.len()), "{}", out.len());
+        assert!(StreamResampler::new(10).is_err());
     }
 }

@@ -51,6 +51,89 @@ pub fn speech_regions(samples: &[f32], cfg: &VadConfig) -> Vec<std::ops::Range<u
     regions_from_scores(&scores, samples.len(), cfg)
 }
 
+/// Speech starts at a frame scoring at least `onset` and continues while frames score at least
+/// `offset`; it ends after `end_after` quiet frames in a row. Both the file path
+/// ([`speech_regions`]) and the live utterance cutter (`audio::utterance`) use this one
+/// state machine.
+#[derive(Debug, Clone)]
+pub struct Hysteresis {
+    onset: f32,
+    offset: f32,
+    end_after: usize,
+    speaking: bool,
+    quiet: usize,
+}
+
+/// What one frame's score did to the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VadStep {
+    /// Not speaking, and this frame did not start speech.
+    Silence,
+    /// This frame starts speech.
+    Started,
+    /// Still speaking (the frame may be quiet, but not yet for long enough).
+    Speaking,
+    /// This frame ends speech: the last `quiet` frames (this one included) were quiet.
+    Ended { quiet: usize },
+}
+
+impl Hysteresis {
+    pub fn new(onset: f32, offset: f32, end_after: usize) -> Self {
+        Self {
+            onset,
+            offset,
+            end_after,
+            speaking: false,
+            quiet: 0,
+        }
+    }
+
+    pub fn step(&mut self, score: f32) -> VadStep {
+        if !self.speaking {
+            if score >= self.onset {
+                self.speaking = true;
+                self.quiet = 0;
+                return VadStep::Started;
+            }
+            return VadStep::Silence;
+        }
+        if score < self.offset {
+            self.quiet += 1;
+            if self.quiet >= self.end_after {
+                self.speaking = false;
+                return VadStep::Ended { quiet: self.quiet };
+            }
+        } else {
+            self.quiet = 0;
+        }
+        VadStep::Speaking
+    }
+
+    pub fn is_speaking(&self) -> bool {
+        self.speaking
+    }
+
+    /// Quiet frames in a row at the end of the speech so far (0 when not speaking).
+    pub fn quiet_frames(&self) -> usize {
+        if self.speaking {
+            self.quiet
+        } else {
+            0
+        }
+    }
+
+    /// Speech goes on, but its quiet run starts again (after a cut at the maximum length).
+    pub fn restart_quiet(&mut self) {
+        self.quiet = 0;
+    }
+
+    /// Back to silence (a gap in the audio ends whatever was being said).
+    pub fn reset(&mut self) {
+        self.speaking = false;
+        self.quiet = 0;
+    }
+}
+
 /// The hysteresis and clean-up, apart from the detector so it can be tested on its own.
 pub fn regions_from_scores(
     scores: &[f32],
@@ -60,30 +143,17 @@ pub fn regions_from_scores(
     let frames_of = |s: f32| (s * 16_000.0 / FRAME as f32).round() as usize;
     let (min_speech, min_silence) = (frames_of(cfg.min_speech_s), frames_of(cfg.min_silence_s));
     let mut raw: Vec<(usize, usize)> = Vec::new();
-    let mut start: Option<usize> = None;
-    let mut quiet = 0;
+    let mut hysteresis = Hysteresis::new(cfg.onset, cfg.offset, min_silence);
+    let mut start = 0;
     for (i, &s) in scores.iter().enumerate() {
-        match start {
-            None if s >= cfg.onset => {
-                start = Some(i);
-                quiet = 0;
-            }
-            Some(st) => {
-                if s < cfg.offset {
-                    quiet += 1;
-                    if quiet >= min_silence {
-                        raw.push((st, i + 1 - quiet));
-                        start = None;
-                    }
-                } else {
-                    quiet = 0;
-                }
-            }
-            None => {}
+        match hysteresis.step(s) {
+            VadStep::Started => start = i,
+            VadStep::Ended { quiet } => raw.push((start, i + 1 - quiet)),
+            VadStep::Silence | VadStep::Speaking => {}
         }
     }
-    if let Some(st) = start {
-        raw.push((st, scores.len() - quiet));
+    if hysteresis.is_speaking() {
+        raw.push((start, scores.len() - hysteresis.quiet_frames()));
     }
     let pad = (cfg.pad_s * 16_000.0) as usize;
     let mut out: Vec<std::ops::Range<usize>> = Vec::new();

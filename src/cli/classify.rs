@@ -3,16 +3,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use std::sync::Arc;
-
-use crate::detect::script_context::ContextCheck;
-use crate::detect::{Classifier, PhrasePack};
+use super::args::DetectorArgs;
+use crate::call::{json_line, CallId, CallSummary};
+use crate::detect::{summarise_text, Classifier};
 
 #[derive(Args, Debug)]
 pub struct ClassifyArgs {
-    /// JSON lines `{"id", "text", "lang"?}`; `-` or nothing reads standard input.
+    /// JSON lines `{"id", "text", "lang"?}`; `-` or nothing reads standard input. Each line's
+    /// verdict is printed as the per-call record (`call_id` is the line's id).
     pub input: Option<PathBuf>,
     #[command(flatten)]
     pub detector: DetectorArgs,
@@ -22,32 +22,6 @@ pub struct ClassifyArgs {
     /// Turn on the phonetic (Double Metaphone) layer, off by default.
     #[arg(long)]
     pub phonetic: bool,
-}
-
-/// How the detector is built: phrase packs and the sentence encoder of the context check.
-#[derive(Args, Debug, Clone)]
-pub struct DetectorArgs {
-    /// Phrase packs to use instead of the built-in ones (one per language).
-    #[arg(long = "pack")]
-    pub packs: Vec<PathBuf>,
-    /// Sentence encoder of the context check: a catalog name (fetched on first use) or a
-    /// model folder.
-    #[arg(long, default_value = "minilm")]
-    pub encoder: String,
-    /// Keywords only: skip the context check (no encoder is loaded; about 2x more false
-    /// alarms on casual talk about crime or money).
-    #[arg(long)]
-    pub no_context_check: bool,
-}
-
-impl DetectorArgs {
-    pub fn load(&self) -> Result<Classifier> {
-        let mut classifier = classifier_from(&self.packs)?;
-        if !self.no_context_check {
-            classifier.context_check = Some(Arc::new(ContextCheck::load(Some(&self.encoder))?));
-        }
-        Ok(classifier)
-    }
 }
 
 /// Lines longer than this are refused rather than matched: no transcript of a call is this long.
@@ -61,19 +35,26 @@ struct Input {
     lang: Option<String>,
 }
 
-pub fn classifier_from(packs: &[PathBuf]) -> Result<Classifier> {
-    if packs.is_empty() {
-        return Ok(Classifier::builtin());
+/// A line that could not be classified.
+#[derive(Serialize)]
+struct LineError {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call_id: Option<CallId>,
+    line: usize,
+    error: String,
+}
+
+/// An input id as a call id: a string as it is, anything else as its JSON text.
+fn call_id(id: &serde_json::Value) -> Option<CallId> {
+    match id {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(CallId::new(s.clone())),
+        other => Some(CallId::new(other.to_string())),
     }
-    let loaded = packs
-        .iter()
-        .map(|p| PhrasePack::load(p).map_err(anyhow::Error::from))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Classifier::with_packs(loaded))
 }
 
 pub fn run(args: ClassifyArgs) -> Result<i32> {
-    let mut classifier = args.detector.load()?;
+    let mut classifier = args.detector.config().load()?;
     classifier.fuzziness.phonetic = args.phonetic;
     for layer in &args.without {
         match layer.as_str() {
@@ -96,15 +77,18 @@ pub fn run(args: ClassifyArgs) -> Result<i32> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let result = classify_line(&classifier, &line);
-        let value = match result {
-            Ok(v) => v,
-            Err((id, e)) => {
+        let record = match classify_line(&classifier, &line) {
+            Ok(summary) => json_line(&summary),
+            Err((call_id, error)) => {
                 errors += 1;
-                serde_json::json!({"id": id, "line": line_no, "error": e})
+                json_line(&LineError {
+                    call_id,
+                    line: line_no,
+                    error,
+                })
             }
         };
-        writeln!(out, "{value}")?;
+        writeln!(out, "{record}")?;
     }
     out.flush()?;
     Ok(if errors > 0 { 2 } else { 0 })
@@ -113,31 +97,28 @@ pub fn run(args: ClassifyArgs) -> Result<i32> {
 fn classify_line(
     classifier: &Classifier,
     line: &[u8],
-) -> Result<serde_json::Value, (serde_json::Value, String)> {
-    let null = serde_json::Value::Null;
+) -> Result<CallSummary, (Option<CallId>, String)> {
     if line.len() > MAX_LINE_BYTES {
         return Err((
-            null,
+            None,
             format!(
                 "line of {} bytes exceeds the {MAX_LINE_BYTES}-byte limit",
                 line.len()
             ),
         ));
     }
-    let text =
-        std::str::from_utf8(line).map_err(|_| (null.clone(), "line is not UTF-8".to_owned()))?;
+    let text = std::str::from_utf8(line).map_err(|_| (None, "line is not UTF-8".to_owned()))?;
     let input: Input =
-        serde_json::from_str(text).map_err(|e| (null.clone(), format!("invalid JSON: {e}")))?;
+        serde_json::from_str(text).map_err(|e| (None, format!("invalid JSON: {e}")))?;
+    let id = call_id(&input.id);
     if input.text.trim().is_empty() {
-        return Err((input.id, "empty text".into()));
+        return Err((id, "empty text".into()));
     }
-    let verdict = classifier
-        .classify(&input.text, input.lang.as_deref())
-        .map_err(|e| (input.id.clone(), e))?;
-    let mut value = serde_json::to_value(&verdict).expect("verdicts serialise");
-    value
-        .as_object_mut()
-        .expect("object")
-        .insert("id".into(), input.id);
-    Ok(value)
+    summarise_text(
+        classifier,
+        id.clone().unwrap_or_else(|| CallId::new("")),
+        &input.text,
+        input.lang.as_deref(),
+    )
+    .map_err(|e| (id, e))
 }

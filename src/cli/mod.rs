@@ -1,5 +1,7 @@
-//! The command line: one file per subcommand. Each returns the process exit code.
+//! The command line: shared flag groups in `args`, one file per subcommand. Each returns the
+//! process exit code. The library below knows nothing of clap.
 
+pub mod args;
 pub mod classify;
 pub mod listen;
 pub mod models;
@@ -14,7 +16,7 @@ use clap::{Parser, Subcommand};
     name = "vishguard",
     version,
     about = "Detects scam scripts in phone-call audio, in English and Mandarin",
-    after_help = "Exit codes: 0 success, 1 a scam was found (scan), 2 an error.\n\
+    after_help = "Exit codes: 0 success, 1 a scam was found (scan, listen), 2 an error (it wins over 1).\n\
                   Models are cached in $VISHGUARD_HOME (default: the user cache folder)."
 )]
 pub struct Cli {

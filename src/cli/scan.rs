@@ -3,21 +3,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
-use serde::Serialize;
 
-use super::classify::DetectorArgs;
-use super::transcribe::AsrArgs;
-use crate::asr::Segment;
-use crate::audio;
-use crate::detect::classifier::Risk;
-use crate::detect::timeline::{score_call, Alert};
-use crate::sinks::transcript_format::{render, ChannelTranscript, TranscriptFormat};
+use super::args::{AsrArgs, DetectorArgs};
+use crate::call::{json_line, CallId, CallSummary};
+use crate::engine::files::FileJob;
+use crate::render::{render, ChannelTranscript, TranscriptFormat};
 
 const AUDIO_EXTENSIONS: &[&str] = &["wav", "wave", "flac", "mp3", "ogg", "oga"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScanFormat {
+    /// A row per file and party; under a flagged row, each matched phrase and its second.
     Table,
+    /// The per-call record (`call_id` is the path), one line per file, with transcripts.
     Jsonl,
 }
 
@@ -35,18 +33,6 @@ pub struct ScanArgs {
     /// Also write each transcript as JSON and WebVTT into this folder.
     #[arg(long)]
     pub save_transcripts: Option<PathBuf>,
-}
-
-#[derive(Serialize)]
-struct ScanResult<'a> {
-    file: String,
-    channel: Option<usize>,
-    language: Option<String>,
-    risk: Risk,
-    score: f32,
-    first_alert_s: Option<f64>,
-    alerts: Vec<Alert>,
-    transcript: &'a [Segment],
 }
 
 /// Audio files under the given paths, in a stable order.
@@ -85,11 +71,19 @@ pub fn run(args: ScanArgs) -> Result<i32> {
     if files.is_empty() {
         anyhow::bail!("no audio files found under the given paths");
     }
-    let classifier = args.detector.load()?;
-    let transcriber = args.asr.load()?;
-    let mut opts = args.asr.options();
+    let asr = args.asr.config();
+    let classifier = args.detector.config().load()?;
+    let transcriber = asr.load()?;
     // The phrase packs cover English and Mandarin: detection picks between those.
-    classifier.restrict_languages(&mut opts, transcriber.is_multilingual());
+    let options = asr.options(transcriber.is_multilingual(), &classifier.languages());
+    let job = FileJob {
+        transcriber: &transcriber,
+        classifier: &classifier,
+        options: &options,
+        channels: args.asr.channels(),
+        language: None,
+        with_transcript: args.format == ScanFormat::Jsonl,
+    };
     let bar = indicatif::ProgressBar::new(files.len() as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed}<{eta} {wide_msg}")
             .expect("valid template"),
@@ -105,42 +99,30 @@ pub fn run(args: ScanArgs) -> Result<i32> {
     for path in &files {
         bar.set_message(path.display().to_string());
         let name = path.display().to_string();
-        let outcome = audio::load_16k(path, args.asr.channels).and_then(|parties| {
-            let mut lines = String::new();
-            for party in parties {
-                let t = transcriber.transcribe(&party.samples, &opts)?;
-                let pack = classifier.pack_for_transcript(t.language.as_deref(), &t.text());
-                let call = score_call(&classifier, pack, &t.segments);
-                if let Some(dir) = &args.save_transcripts {
-                    save_transcript(dir, path, party.channel, &t)?;
+        let outcome = job.analyse(path, CallId::new(name.clone())).and_then(|a| {
+            if let Some(dir) = &args.save_transcripts {
+                for (channel, t) in &a.transcripts {
+                    save_transcript(dir, path, *channel, t)?;
                 }
-                if call.risk.is_flagged() {
-                    flagged += 1;
-                }
-                let result = ScanResult {
-                    file: name.clone(),
-                    channel: party.channel,
-                    language: t.language.clone(),
-                    risk: call.risk,
-                    score: call.score,
-                    first_alert_s: call.first_alert_s,
-                    alerts: call.alerts,
-                    transcript: &t.segments,
-                };
-                lines += &match args.format {
-                    ScanFormat::Jsonl => serde_json::to_string(&result)? + "\n",
-                    ScanFormat::Table => table_row(&result),
-                };
             }
-            Ok(lines)
+            Ok(a.summary)
         });
         bar.inc(1);
         match outcome {
-            Ok(lines) => bar.suspend(|| -> Result<()> {
-                let mut out = stdout.lock();
-                out.write_all(lines.as_bytes())?;
-                Ok(out.flush()?)
-            })?,
+            Ok(summary) => {
+                if summary.risk.is_flagged() {
+                    flagged += 1;
+                }
+                let lines = match args.format {
+                    ScanFormat::Jsonl => json_line(&summary) + "\n",
+                    ScanFormat::Table => table_rows(&name, &summary),
+                };
+                bar.suspend(|| -> Result<()> {
+                    let mut out = stdout.lock();
+                    out.write_all(lines.as_bytes())?;
+                    Ok(out.flush()?)
+                })?
+            }
             Err(e) => {
                 errors += 1;
                 bar.suspend(|| eprintln!("error: {name}: {e:#}"));
@@ -185,100 +167,124 @@ fn save_transcript(
     Ok(())
 }
 
-fn table_row(r: &ScanResult) -> String {
-    let mut file = r.file.clone();
+/// A row per party: file, channel, language heard, risk, score, first alert, the kinds of
+/// evidence; under a flagged party's row, each matched phrase, its kind and its second.
+fn table_rows(file: &str, call: &CallSummary) -> String {
+    let mut file = file.to_owned();
     if file.chars().count() > 40 {
-        file = format!(
-            "…{}",
-            file.chars()
-                .rev()
-                .take(39)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<String>()
+        let tail: Vec<char> = file.chars().rev().take(39).collect();
+        file = format!("…{}", tail.into_iter().rev().collect::<String>());
+    }
+    let mut rows = String::new();
+    for p in &call.parties {
+        let evidence: Vec<_> = call
+            .evidence
+            .iter()
+            .filter(|e| e.spoken.is_some_and(|s| s.party == p.party))
+            .collect();
+        let mut cats: Vec<&str> = Vec::new();
+        for e in &evidence {
+            if !cats.contains(&e.category.as_str()) {
+                cats.push(&e.category);
+            }
+        }
+        let risk = match p.risk {
+            crate::call::Risk::None => "none".to_owned(),
+            flagged => flagged.as_str().to_uppercase(),
+        };
+        let channel = if call.parties.len() > 1 {
+            p.party.to_string()
+        } else {
+            "-".into()
+        };
+        rows += &format!(
+            "{:<40} {:>3} {:>4} {:>9} {:>6.2} {:>8}  {}\n",
+            file,
+            channel,
+            p.language.as_deref().unwrap_or("-"),
+            risk,
+            p.score,
+            p.first_alert_s.map_or("-".into(), |t| format!("{t:.1}")),
+            cats.join(", ")
         );
-    }
-    let mut cats: Vec<&str> = Vec::new();
-    for a in &r.alerts {
-        if !cats.contains(&a.category.as_str()) {
-            cats.push(&a.category);
+        // A flagged call is read by someone who must decide what to do with it: the words that
+        // raised it, and when they were said, are the reason, so they go under its row.
+        if p.risk.is_flagged() {
+            for e in evidence {
+                rows += &format!(
+                    "{:>49.1} s  {:<24} \"{}\"\n",
+                    e.spoken.map_or(0.0, |s| s.t_s),
+                    e.category,
+                    e.matched_text
+                );
+            }
         }
     }
-    let risk = match r.risk {
-        Risk::None => "none",
-        Risk::Suspected => "SUSPECTED",
-        Risk::High => "HIGH",
-    };
-    let mut row = format!(
-        "{:<40} {:>3} {:>4} {:>9} {:>6.2} {:>8}  {}\n",
-        file,
-        r.channel.map_or("-".into(), |c| c.to_string()),
-        r.language.as_deref().unwrap_or("-"),
-        risk,
-        r.score,
-        r.first_alert_s.map_or("-".into(), |t| format!("{t:.1}")),
-        cats.join(", ")
-    );
-    // A flagged call is read by someone who must decide what to do with it: the words that
-    // raised it, and when they were said, are the reason, so they go under its row.
-    if r.risk.is_flagged() {
-        for a in &r.alerts {
-            row += &format!(
-                "{:>49.1} s  {:<24} \"{}\"\n",
-                a.t_s, a.category, a.matched_text
-            );
-        }
-    }
-    row
+    rows
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::{Evidence, PartySummary, Risk, Spoken};
 
-    fn alert(t_s: f64, category: &str, matched_text: &str) -> Alert {
-        Alert {
-            t_s,
-            end_s: t_s + 1.0,
+    fn evidence(t_s: f64, category: &str, matched_text: &str) -> Evidence {
+        Evidence {
             category: category.into(),
             pattern: String::new(),
             matched_text: matched_text.into(),
-            score: 0.9,
-            risk: Risk::High,
+            start_char: 0,
+            end_char: 0,
+            weight: 0.9,
+            context_similarity: None,
+            spoken: Some(Spoken {
+                party: 1,
+                t_s,
+                end_s: t_s + 1.0,
+            }),
+        }
+    }
+
+    fn party(party: usize, risk: Risk, score: f32) -> PartySummary {
+        PartySummary {
+            party,
+            label: format!("channel {party}"),
+            language: Some("en".into()),
+            risk,
+            score,
+            first_alert_s: risk.is_flagged().then_some(11.0),
+            transcript: Vec::new(),
         }
     }
 
     #[test]
     fn a_flagged_row_shows_the_words_that_raised_it_and_when() {
-        let flagged = ScanResult {
-            file: "calls/irs.wav".into(),
-            channel: Some(1),
-            language: Some("en".into()),
+        let mut call = CallSummary {
+            call_id: "calls/irs.wav".into(),
+            metadata: Default::default(),
             risk: Risk::High,
             score: 0.91,
+            categories: vec![],
+            language: Some("en".into()),
             first_alert_s: Some(11.0),
-            alerts: vec![
-                alert(2.5, "authority_impersonation", "Internal Revenue Service"),
-                alert(11.0, "arrest_threat", "warrant for your arrest"),
+            evidence: vec![
+                evidence(2.5, "authority_impersonation", "Internal Revenue Service"),
+                evidence(11.0, "arrest_threat", "warrant for your arrest"),
             ],
-            transcript: &[],
+            parties: vec![party(0, Risk::None, 0.0), party(1, Risk::High, 0.91)],
+            audio_s: Some(30.0),
+            stream: None,
         };
-        let text = table_row(&flagged);
+        let text = table_rows("calls/irs.wav", &call);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
-        assert!(lines[0].starts_with("calls/irs.wav") && lines[0].contains("HIGH"));
-        assert!(lines[1]
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("calls/irs.wav") && lines[0].contains(" none "));
+        assert!(lines[1].starts_with("calls/irs.wav") && lines[1].contains("HIGH"));
+        assert!(lines[2]
             .trim_start()
             .starts_with("2.5 s  authority_impersonation"));
-        assert!(lines[2].ends_with("\"warrant for your arrest\""), "{text}");
-        let quiet = ScanResult {
-            risk: Risk::None,
-            score: 0.0,
-            first_alert_s: None,
-            alerts: vec![alert(3.0, "honest_caller", "no action is needed")],
-            ..flagged
-        };
-        assert_eq!(table_row(&quiet).lines().count(), 1);
+        assert!(lines[3].ends_with("\"warrant for your arrest\""), "{text}");
+        call.parties[1].risk = Risk::None;
+        assert_eq!(table_rows("calls/irs.wav", &call).lines().count(), 2);
     }
 }

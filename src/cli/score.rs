@@ -3,8 +3,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::classify::DetectorArgs;
-use super::transcribe::AsrArgs;
+use super::args::{AsrArgs, DetectorArgs};
 use crate::score::{self, manifest::read_manifest, Scorer};
 
 #[derive(Args, Debug)]
@@ -38,23 +37,19 @@ pub fn run(args: ScoreArgs) -> Result<i32> {
         bail!("score needs MANIFEST and --out DIR (or --compare A B)");
     };
     let rows = read_manifest(manifest)?;
-    let classifier = args.detector.load()?;
+    let classifier = args.detector.config().load()?;
+    let asr = args.asr.config();
     let needs_model = rows.iter().any(|r| r.text.is_none());
-    let transcriber = if needs_model {
-        Some(args.asr.load()?)
-    } else {
-        None
-    };
-    let mut options = args.asr.options();
-    classifier.restrict_languages(
-        &mut options,
+    let transcriber = if needs_model { Some(asr.load()?) } else { None };
+    let options = asr.options(
         transcriber.as_ref().is_some_and(|t| t.is_multilingual()),
+        &classifier.languages(),
     );
     let scorer = Scorer {
         classifier: &classifier,
         transcriber: transcriber.as_ref(),
         options,
-        channels: args.asr.channels,
+        channels: args.asr.channels(),
     };
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let done = score::run(&rows, out, &scorer, args.jobs.unwrap_or(cores))?;

@@ -4,66 +4,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::asr::{DeviceChoice, TranscribeOptions, Transcriber};
-use crate::audio::{self, ChannelMode};
-use crate::model_store::ModelStore;
-use crate::sinks::transcript_format::{render, ChannelTranscript, TranscriptFormat};
-
-/// Options shared by every command that runs speech recognition.
-#[derive(Args, Debug, Clone)]
-pub struct AsrArgs {
-    /// Catalog model name (see `vishguard models list`) or a path to a model folder or wheel.
-    #[arg(long)]
-    pub model: Option<String>,
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
-    pub device: DeviceChoice,
-    /// Stereo recordings: transcribe each channel as its own party, or mix them.
-    #[arg(long, value_enum, default_value_t = ChannelMode::Split)]
-    pub channels: ChannelMode,
-    /// Spoken language (e.g. en, zh); detected when not given (multilingual models).
-    #[arg(long)]
-    pub language: Option<String>,
-    /// Restrict language detection to these, comma-separated (e.g. en,zh).
-    #[arg(long, value_delimiter = ',')]
-    pub languages: Vec<String>,
-    /// Text that conditions the first window (names, vocabulary).
-    #[arg(long)]
-    pub initial_prompt: Option<String>,
-    /// Transcribe silence and noise too, instead of only what voice activity detection keeps.
-    #[arg(long)]
-    pub no_vad: bool,
-    /// Encode audio shorter than this many seconds in a window this long instead of 30 s
-    /// (faster; Whisper was trained on 30 s windows, so check accuracy on your audio).
-    #[arg(long)]
-    pub short_context_s: Option<f64>,
-}
-
-impl AsrArgs {
-    pub fn load(&self) -> Result<Transcriber> {
-        let store = ModelStore::open()?;
-        let files = store.resolve(self.model.as_deref())?;
-        let device = self.device.open()?;
-        tracing::info!(model = %files.name, dir = %files.dir.display(), "loading model");
-        Transcriber::load(&files, device)
-    }
-
-    pub fn options(&self) -> TranscribeOptions {
-        TranscribeOptions {
-            language: self.language.clone(),
-            candidate_languages: self.languages.clone(),
-            initial_prompt: self.initial_prompt.clone(),
-            short_context_frames: self
-                .short_context_s
-                .map(|s| ((s * 50.0).round() as usize) * 2),
-            vad: if self.no_vad {
-                None
-            } else {
-                TranscribeOptions::default().vad
-            },
-            ..Default::default()
-        }
-    }
-}
+use super::args::{choice, AsrArgs};
+use crate::audio;
+use crate::render::{render, ChannelTranscript, TranscriptFormat};
 
 #[derive(Args, Debug)]
 pub struct TranscribeArgs {
@@ -72,22 +15,25 @@ pub struct TranscribeArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub asr: AsrArgs,
-    #[arg(long, value_enum, default_value_t = TranscriptFormat::Text)]
-    pub format: TranscriptFormat,
+    /// Output format [default: text].
+    #[arg(long, value_parser = choice::<TranscriptFormat>(&TranscriptFormat::NAMES))]
+    pub format: Option<TranscriptFormat>,
     /// Print per-file timing (decode, transcription, real-time factor) as JSON on stderr.
     #[arg(long)]
     pub timing: bool,
 }
 
 pub fn run(args: TranscribeArgs) -> Result<i32> {
-    let transcriber = args.asr.load()?;
-    let opts = args.asr.options();
+    let config = args.asr.config();
+    let transcriber = config.load()?;
+    let opts = config.options(transcriber.is_multilingual(), &[]);
+    let format = args.format.unwrap_or(TranscriptFormat::Text);
     let mut failures = 0;
     let stdout = std::io::stdout();
     for path in &args.files {
         let name = path.display().to_string();
         let started = std::time::Instant::now();
-        let outcome = audio::load_16k(path, args.asr.channels).and_then(|parties| {
+        let outcome = audio::load_16k(path, args.asr.channels()).and_then(|parties| {
             let loaded = started.elapsed().as_secs_f64();
             let mut out = String::new();
             let mut audio_s = 0.0;
@@ -96,7 +42,7 @@ pub fn run(args: TranscribeArgs) -> Result<i32> {
                 let t = transcriber.transcribe(&party.samples, &opts)?;
                 out += &render(
                     &ChannelTranscript::new(&name, party.channel, &t),
-                    args.format,
+                    format,
                 );
             }
             if args.timing {

@@ -12,34 +12,7 @@ use super::normalize::tokenize;
 use super::pack::PhrasePack;
 use super::script_context::ContextCheck;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Risk {
-    None,
-    Suspected,
-    High,
-}
-
-impl Risk {
-    pub fn is_flagged(self) -> bool {
-        self != Risk::None
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Evidence {
-    pub category: String,
-    pub pattern: String,
-    pub matched_text: String,
-    /// Character (not byte) offsets in the classified text.
-    pub start_char: usize,
-    pub end_char: usize,
-    pub weight: f32,
-    /// How much the words around the match sound like a scam script's line (cosine similarity
-    /// to the closest canonical sentence); present when the context check ran.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub context_similarity: Option<f32>,
-}
+pub use crate::call::{Evidence, Risk};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verdict {
@@ -92,22 +65,10 @@ impl Classifier {
         self.packs.get(language)
     }
 
-    /// Chinese when a good share of the letters are Han characters, else English.
+    /// Chinese when a good share of the letters are Han characters, else English
+    /// ([`crate::asr::written_language`]).
     pub fn guess_language(text: &str) -> &'static str {
-        let (mut han, mut letters) = (0usize, 0usize);
-        for c in text.chars() {
-            if c.is_alphabetic() {
-                letters += 1;
-                if (c as u32) >= 0x3400 {
-                    han += 1;
-                }
-            }
-        }
-        if han * 5 > letters {
-            "zh"
-        } else {
-            "en"
-        }
+        crate::asr::written_language(text)
     }
 
     /// The pack for a transcript: the recogniser's language where a pack exists for it and
@@ -123,18 +84,6 @@ impl Classifier {
             .or_else(|| self.packs.get("en"))
             .or_else(|| self.packs.values().next())
             .expect("a classifier has at least one pack")
-    }
-
-    /// Limits a multilingual recogniser's language detection to the languages that have packs
-    /// (English and Mandarin), unless the user chose languages.
-    pub fn restrict_languages(
-        &self,
-        options: &mut crate::asr::TranscribeOptions,
-        multilingual: bool,
-    ) {
-        if multilingual && options.language.is_none() && options.candidate_languages.is_empty() {
-            options.candidate_languages = self.packs.keys().cloned().collect();
-        }
     }
 
     pub fn classify(&self, text: &str, language: Option<&str>) -> Result<Verdict, String> {
@@ -268,6 +217,7 @@ impl Classifier {
                 end_char: char_of(end),
                 weight: (hit.weight * 1000.0).round() / 1000.0,
                 context_similarity: similarity,
+                spoken: None,
             });
             miss_by_category[hit.category] *= 1.0 - hit.weight.abs();
         }

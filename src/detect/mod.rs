@@ -1,4 +1,5 @@
-//! The scam detector: phrase packs, normalisation, fuzzy matching, call-level scoring.
+//! The scam detector: phrase packs, normalisation, fuzzy matching, call-level scoring, the
+//! timeline of a call as it unfolds, and the per-call summary.
 
 pub mod classifier;
 pub mod matcher;
@@ -6,7 +7,10 @@ pub mod normalize;
 pub mod pack;
 pub mod script_context;
 pub mod sentence_encoder;
+pub mod summary;
 pub mod timeline;
 
 pub use classifier::{Classifier, Evidence, Risk, Verdict};
 pub use pack::PhrasePack;
+pub use summary::{summarise, summarise_text, PartyOutcome};
+pub use timeline::Timeline;

@@ -1,34 +1,19 @@
-//! Scoring a call as it unfolds: the transcript grows segment by segment, and an alert is
-//! raised at the moment new evidence appears, with the score the call has reached by then.
+//! Scoring a party as the call unfolds: the transcript grows segment by segment, and new
+//! evidence is raised at the moment it appears, with the score the party has reached by then.
 
-use serde::Serialize;
+use std::collections::HashSet;
 
-use super::classifier::{Classifier, Risk, Verdict};
+use super::classifier::{Classifier, Verdict};
 use super::pack::PhrasePack;
-use crate::asr::Segment;
+use crate::call::{Evidence, Risk, Segment, Spoken};
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Alert {
-    /// Seconds into the audio where the matched words were spoken.
-    pub t_s: f64,
-    /// Where they ended: the earliest moment an alert could have been raised.
-    pub end_s: f64,
-    pub category: String,
-    pub pattern: String,
-    pub matched_text: String,
-    /// The call's score once this evidence counted.
+/// A piece of evidence the moment it first appeared, with the party's score once it counted.
+#[derive(Debug, Clone)]
+pub struct Raised {
+    /// With `spoken` set.
+    pub evidence: Evidence,
     pub score: f32,
     pub risk: Risk,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CallScore {
-    pub risk: Risk,
-    pub score: f32,
-    /// When the call first reached `suspected` (seconds into the audio).
-    pub first_alert_s: Option<f64>,
-    pub alerts: Vec<Alert>,
-    pub verdict: Verdict,
 }
 
 /// Joins segment texts and remembers which characters came from which segment.
@@ -61,50 +46,76 @@ fn time_of(map: &[(usize, usize, f64, f64)], ch: usize) -> f64 {
     map.last().map_or(0.0, |m| m.3)
 }
 
-/// A call's evidence as it grows: push each new segment, get the alerts it raised.
+/// A party's evidence as it grows: push each new segment, get the evidence it raised.
+///
+/// Holds no reference to the classifier (pass it to [`Timeline::push`]), so a live call can keep
+/// one per party for as long as it lasts.
 #[derive(Clone)]
-pub struct Timeline<'a> {
-    classifier: &'a Classifier,
-    pack: &'a PhrasePack,
+pub struct Timeline {
+    /// The party whose words these are.
+    party: usize,
+    /// The phrase pack's language.
+    language: String,
     segments: Vec<Segment>,
-    seen: std::collections::HashSet<(String, String)>,
-    pub alerts: Vec<Alert>,
+    seen: HashSet<(String, String)>,
+    /// Every piece of evidence in the order it appeared.
+    pub raised: Vec<Raised>,
+    /// When the party first reached `suspected` (seconds of audio time).
     pub first_alert_s: Option<f64>,
     pub verdict: Verdict,
 }
 
-impl<'a> Timeline<'a> {
-    pub fn new(classifier: &'a Classifier, pack: &'a PhrasePack) -> Self {
+impl Timeline {
+    pub fn new(classifier: &Classifier, pack: &PhrasePack, party: usize) -> Self {
         Self {
-            classifier,
-            pack,
+            party,
+            language: pack.language.clone(),
             segments: Vec::new(),
             seen: Default::default(),
-            alerts: Vec::new(),
+            raised: Vec::new(),
             first_alert_s: None,
             verdict: classifier.classify_with(pack, ""),
         }
     }
 
-    /// The language of the phrase pack this call is scored with.
-    pub fn language(&self) -> &str {
-        &self.pack.language
+    /// A timeline over a party's finished segments (a file's transcript).
+    pub fn of_segments(
+        classifier: &Classifier,
+        pack: &PhrasePack,
+        party: usize,
+        segments: &[Segment],
+    ) -> Self {
+        let mut timeline = Self::new(classifier, pack, party);
+        for s in segments {
+            timeline.push(classifier, s.clone());
+        }
+        timeline
     }
 
-    /// Adds a segment; returns the alerts it raised (new evidence, with the score by then).
-    pub fn push(&mut self, segment: Segment) -> &[Alert] {
+    /// The language of the phrase pack this party is scored with.
+    pub fn language(&self) -> &str {
+        &self.language
+    }
+
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// Adds a segment; returns the evidence it raised (with the score by then). `classifier`
+    /// must be the one the timeline was made with (its pack is found by language).
+    pub fn push(&mut self, classifier: &Classifier, segment: Segment) -> &[Raised] {
         self.segments.push(segment);
+        let before = self.raised.len();
+        let Some(pack) = classifier.pack(&self.language) else {
+            tracing::error!(language = %self.language, "timeline used with a classifier that lacks its pack");
+            return &[];
+        };
         let (text, map) = joined(&self.segments);
-        self.verdict = self.classifier.classify_with(self.pack, &text);
-        let before = self.alerts.len();
+        self.verdict = classifier.classify_with(pack, &text);
         for e in &self.verdict.evidence {
             if self.seen.insert((e.category.clone(), e.pattern.clone())) {
-                self.alerts.push(Alert {
-                    t_s: time_of(&map, e.start_char),
-                    end_s: time_of(&map, e.end_char.saturating_sub(1)),
-                    category: e.category.clone(),
-                    pattern: e.pattern.clone(),
-                    matched_text: e.matched_text.clone(),
+                self.raised.push(Raised {
+                    evidence: self.timed(e, &map),
                     score: self.verdict.score,
                     risk: self.verdict.risk,
                 });
@@ -119,21 +130,28 @@ impl<'a> Timeline<'a> {
                 .map(|e| time_of(&map, e.end_char.saturating_sub(1)))
                 .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
         }
-        &self.alerts[before..]
+        &self.raised[before..]
     }
-}
 
-pub fn score_call(classifier: &Classifier, pack: &PhrasePack, segments: &[Segment]) -> CallScore {
-    let mut timeline = Timeline::new(classifier, pack);
-    for s in segments {
-        timeline.push(s.clone());
+    /// The evidence of the verdict on everything said so far, with its times.
+    pub fn evidence(&self) -> Vec<Evidence> {
+        let (_, map) = joined(&self.segments);
+        self.verdict
+            .evidence
+            .iter()
+            .map(|e| self.timed(e, &map))
+            .collect()
     }
-    CallScore {
-        risk: timeline.verdict.risk,
-        score: timeline.verdict.score,
-        first_alert_s: timeline.first_alert_s,
-        alerts: timeline.alerts,
-        verdict: timeline.verdict,
+
+    fn timed(&self, e: &Evidence, map: &[(usize, usize, f64, f64)]) -> Evidence {
+        Evidence {
+            spoken: Some(Spoken {
+                party: self.party,
+                t_s: time_of(map, e.start_char),
+                end_s: time_of(map, e.end_char.saturating_sub(1)),
+            }),
+            ..e.clone()
+        }
     }
 }
 
@@ -142,14 +160,7 @@ mod tests {
     use super::*;
 
     fn seg(start: f64, end: f64, text: &str) -> Segment {
-        Segment {
-            start_s: start,
-            end_s: end,
-            text: text.into(),
-            avg_logprob: -0.2,
-            no_speech_prob: 0.0,
-            temperature: 0.0,
-        }
+        Segment::new(start, end, text)
     }
 
     #[test]
@@ -169,19 +180,25 @@ mod tests {
                 "You must pay the fine today with Google Play gift cards.",
             ),
         ];
-        let s = score_call(&c, pack, &segments);
-        assert_eq!(s.risk, Risk::High);
+        let s = Timeline::of_segments(&c, pack, 0, &segments);
+        assert_eq!(s.verdict.risk, Risk::High);
         let first = s.first_alert_s.unwrap();
         assert!((4.0..=8.0).contains(&first), "first alert at {first}");
         let gift = s
-            .alerts
+            .raised
             .iter()
-            .find(|a| a.category == "unusual_payment")
+            .find(|a| a.evidence.category == "unusual_payment")
             .unwrap();
-        assert!((8.0..12.0).contains(&gift.t_s), "{gift:?}");
+        let t = gift.evidence.spoken.unwrap().t_s;
+        assert!((8.0..12.0).contains(&t), "{gift:?}");
+        let at = |r: &Raised| r.evidence.spoken.unwrap().t_s;
         assert!(s
-            .alerts
+            .raised
             .windows(2)
-            .all(|w| w[0].score <= w[1].score || w[0].t_s <= w[1].t_s));
+            .all(|w| w[0].score <= w[1].score || at(&w[0]) <= at(&w[1])));
+        let final_evidence = s.evidence();
+        assert!(final_evidence
+            .iter()
+            .all(|e| e.spoken.is_some_and(|s| s.end_s >= s.t_s)));
     }
 }

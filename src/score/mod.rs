@@ -16,9 +16,10 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::asr::{TranscribeOptions, Transcriber};
-use crate::audio::{self, ChannelMode};
-use crate::detect::timeline::score_call;
-use crate::detect::{Classifier, Risk};
+use crate::audio::ChannelMode;
+use crate::call::{CallId, CallSummary, Versioned};
+use crate::detect::{summarise_text, Classifier};
+use crate::engine::files::FileJob;
 use manifest::ManifestRow;
 use metrics::Scored;
 
@@ -32,94 +33,79 @@ pub struct Scorer<'a> {
 }
 
 impl Scorer<'_> {
+    /// The row's line of `results.jsonl`: the per-call record (or `error`), with the
+    /// manifest's `id`, `label`, `type` and `lang`, and for audio `elapsed_s`, `rtf` and `wer`.
     pub fn score_row(&self, row: &ManifestRow) -> Value {
-        let mut v = match (&row.text, &row.path) {
-            (Some(text), _) => self.score_text(text, row.lang.as_deref()),
-            (None, Some(path)) => self.score_audio(path, row),
+        let call_id = CallId::new(row.id.clone().unwrap_or_default());
+        let started = std::time::Instant::now();
+        let scored = match (&row.text, &row.path) {
+            (Some(text), _) => self.score_text(text, row.lang.as_deref(), call_id),
+            (None, Some(path)) => self.score_audio(path, row, call_id),
             (None, None) => Err(anyhow::anyhow!("row has neither text nor path")),
-        }
-        .unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
+        };
+        let mut v = match scored {
+            Ok((summary, transcript)) => {
+                let elapsed = started.elapsed().as_secs_f64();
+                let mut v = serde_json::to_value(Versioned::new(&summary))
+                    .expect("records serialise to JSON");
+                let obj = v.as_object_mut().expect("records are objects");
+                if let Some(audio_s) = summary.audio_s {
+                    obj.insert("elapsed_s".into(), json!(elapsed));
+                    obj.insert("rtf".into(), json!(elapsed / audio_s.max(1e-9)));
+                }
+                if let (Some(reference), Some(heard)) = (&row.reference, transcript) {
+                    obj.insert("wer".into(), json!(wer::wer(reference, &heard)));
+                }
+                obj.insert("lang".into(), json!(row.lang.clone().or(summary.language)));
+                v
+            }
+            Err(e) => json!({"error": format!("{e:#}"), "lang": row.lang}),
+        };
         let obj = v.as_object_mut().expect("results are objects");
         obj.insert("id".into(), json!(row.id));
         obj.insert("label".into(), json!(row.label));
         obj.insert("type".into(), json!(row.kind));
-        if !obj.contains_key("lang") {
-            obj.insert("lang".into(), json!(row.lang));
-        }
         v
     }
 
-    fn score_text(&self, text: &str, lang: Option<&str>) -> Result<Value> {
+    fn score_text(
+        &self,
+        text: &str,
+        lang: Option<&str>,
+        call_id: CallId,
+    ) -> Result<(CallSummary, Option<String>)> {
         if text.trim().is_empty() {
             anyhow::bail!("empty text");
         }
-        let lang = lang.unwrap_or_else(|| Classifier::guess_language(text));
-        let verdict = self
-            .classifier
-            .classify(text, Some(lang))
-            .map_err(anyhow::Error::msg)?;
-        let mut v = serde_json::to_value(&verdict)?;
-        v.as_object_mut()
-            .expect("object")
-            .insert("lang".into(), json!(lang));
-        Ok(v)
+        let summary =
+            summarise_text(self.classifier, call_id, text, lang).map_err(anyhow::Error::msg)?;
+        Ok((summary, None))
     }
 
-    fn score_audio(&self, path: &Path, row: &ManifestRow) -> Result<Value> {
+    /// The summary and everything that was heard (all parties, for the word error rate).
+    fn score_audio(
+        &self,
+        path: &Path,
+        row: &ManifestRow,
+        call_id: CallId,
+    ) -> Result<(CallSummary, Option<String>)> {
         let transcriber = self.transcriber.context("no model loaded for audio rows")?;
-        let started = std::time::Instant::now();
-        let parties = audio::load_16k(path, self.channels)?;
-        let mut channels = Vec::new();
-        let mut texts = Vec::new();
-        let mut audio_s = 0.0;
-        let (mut best_score, mut best_risk, mut first_alert, mut lang_seen) =
-            (0f32, Risk::None, None::<f64>, None);
-        let mut alerts = Vec::new();
-        for party in parties {
-            audio_s += party.samples.len() as f64 / audio::TARGET_RATE as f64;
-            let t = transcriber.transcribe(&party.samples, &self.options)?;
-            let pack = match &row.lang {
-                Some(l) => self
-                    .classifier
-                    .pack(l)
-                    .with_context(|| format!("no phrase pack for language {l:?}"))?,
-                None => self
-                    .classifier
-                    .pack_for_transcript(t.language.as_deref(), &t.text()),
-            };
-            let lang = pack.language.clone();
-            let call = score_call(self.classifier, pack, &t.segments);
-            if call.score > best_score {
-                best_score = call.score;
-            }
-            if call.risk > best_risk {
-                best_risk = call.risk;
-            }
-            if let Some(f) = call.first_alert_s {
-                first_alert = Some(first_alert.map_or(f, |x: f64| x.min(f)));
-            }
-            lang_seen.get_or_insert(lang.clone());
-            texts.push(t.text());
-            alerts.extend(
-                call.alerts
-                    .iter()
-                    .map(|a| json!({"channel": party.channel, "alert": a})),
-            );
-            channels.push(
-                json!({"channel": party.channel, "language": t.language, "risk": call.risk,
-                "score": call.score, "first_alert_s": call.first_alert_s, "transcript": t.text()}),
-            );
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        let mut v = json!({"file": path.display().to_string(), "risk": best_risk, "score": best_score,
-            "first_alert_s": first_alert, "alerts": alerts, "channels": channels, "lang": lang_seen,
-            "audio_s": audio_s, "elapsed_s": elapsed, "rtf": elapsed / audio_s.max(1e-9)});
-        if let Some(reference) = &row.reference {
-            v.as_object_mut()
-                .expect("object")
-                .insert("wer".into(), json!(wer::wer(reference, &texts.join(" "))));
-        }
-        Ok(v)
+        let job = FileJob {
+            transcriber,
+            classifier: self.classifier,
+            options: &self.options,
+            channels: self.channels,
+            language: row.lang.as_deref(),
+            with_transcript: false,
+        };
+        let analysis = job.analyse(path, call_id)?;
+        let heard = analysis
+            .transcripts
+            .iter()
+            .map(|(_, t)| t.text())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok((analysis.summary, Some(heard)))
     }
 }
 

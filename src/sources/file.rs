@@ -1,53 +1,175 @@
-//! A recording fed to the streaming engine in 20 ms chunks, at real speed or as fast as the
-//! engine takes it.
+//! A recording played as a live call, in 20 ms chunks, at real speed or as fast as the engine
+//! takes it.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 
-use crate::audio::{decode_file, ChannelMode};
-use crate::live::Engine;
+use super::{Ingest, IngestError, Ingress, Source, Stop};
+use crate::audio::{decode_file, party_label, ChannelMode};
+use crate::call::{AudioChunk, Call, CallId, Party};
 
-pub fn play(
-    engine: &Engine,
-    call_id: &str,
-    path: &Path,
-    channels: ChannelMode,
-    realtime: bool,
-    stop: &AtomicBool,
-) -> Result<()> {
-    let decoded = decode_file(path)?;
-    let rate = decoded.sample_rate;
-    let parties: Vec<Vec<f32>> = match channels {
-        ChannelMode::Split => decoded.channels,
-        ChannelMode::Mix => vec![decoded.mixed()],
-    };
-    let call = engine.open_call(call_id, parties.len(), rate)?;
-    let chunk = (rate as usize / 50).max(1);
-    let len = parties.iter().map(Vec::len).max().unwrap_or(0);
-    let start = Instant::now();
-    let mut pos = 0;
-    while pos < len && !stop.load(Ordering::Relaxed) {
-        let end = (pos + chunk).min(len);
-        if realtime {
-            let due = start + Duration::from_secs_f64(end as f64 / rate as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-        for (party, samples) in parties.iter().enumerate() {
-            let piece = samples[pos.min(samples.len())..end.min(samples.len())].to_vec();
-            if realtime {
-                // A live source cannot wait: a full queue drops (and counts) the chunk.
-                call.push(party, piece);
-            } else {
-                call.push_waiting(party, piece);
-            }
-        }
-        pos = end;
+/// `[[sources]] type = "file"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    pub path: PathBuf,
+    /// Play at real speed (a live call's pace: for demos and latency measurements); otherwise
+    /// as fast as the engine takes the audio, with nothing dropped.
+    #[serde(default)]
+    pub realtime: bool,
+    /// The call's id (default: the file's stem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    /// Stereo recordings: each channel a party (`split`), or one mixed party (`mix`).
+    #[serde(default)]
+    pub channels: ChannelMode,
+}
+
+pub struct FileSource {
+    pub config: FileSourceConfig,
+}
+
+impl FileSource {
+    pub fn new(config: FileSourceConfig) -> Self {
+        Self { config }
     }
-    call.close();
-    Ok(())
+
+    fn call_id(&self) -> CallId {
+        CallId::new(self.config.call_id.clone().unwrap_or_else(|| {
+            self.config
+                .path
+                .file_stem()
+                .map_or("call".into(), |s| s.to_string_lossy().into_owned())
+        }))
+    }
+}
+
+impl Source for FileSource {
+    fn describe(&self) -> String {
+        format!("file {}", self.config.path.display())
+    }
+
+    fn run(self: Box<Self>, out: Arc<dyn Ingest>, stop: Stop) -> Result<()> {
+        let decoded = decode_file(&self.config.path)?;
+        let rate = decoded.sample_rate;
+        let multi = decoded.channels.len() > 1 && self.config.channels == ChannelMode::Split;
+        let parties: Vec<Vec<f32>> = match self.config.channels {
+            ChannelMode::Split => decoded.channels,
+            ChannelMode::Mix => vec![decoded.mixed()],
+        };
+        let id = self.call_id();
+        let call = Call {
+            id: id.clone(),
+            parties: (0..parties.len())
+                .map(|i| Party {
+                    label: party_label(multi.then_some(i)),
+                    sample_rate: rate,
+                })
+                .collect(),
+            metadata: BTreeMap::from([("file".to_owned(), self.config.path.display().to_string())]),
+        };
+        out.send(Ingress::Open(call))?;
+        let realtime = self.config.realtime;
+        let chunk = (rate as usize / 50).max(1);
+        let len = parties.iter().map(Vec::len).max().unwrap_or(0);
+        let start = Instant::now();
+        let mut pos = 0;
+        let mut outcome = Ok(());
+        'play: while pos < len && !stop.requested() {
+            let end = (pos + chunk).min(len);
+            if realtime {
+                let due = start + Duration::from_secs_f64(end as f64 / rate as f64);
+                if !stop.sleep_until(due) {
+                    break;
+                }
+            }
+            for (party, samples) in parties.iter().enumerate() {
+                let piece = &samples[pos.min(samples.len())..end.min(samples.len())];
+                if piece.is_empty() {
+                    continue;
+                }
+                let item = Ingress::Audio(AudioChunk {
+                    call: id.clone(),
+                    party,
+                    offset_s: pos as f64 / rate as f64,
+                    samples: piece.to_vec(),
+                });
+                // A live source cannot wait: at real speed a full queue drops (and counts)
+                // the chunk. Faster than real time, the file waits for room.
+                let sent = if realtime {
+                    out.send(item)
+                } else {
+                    out.send_waiting(item)
+                };
+                match sent {
+                    Ok(()) | Err(IngestError::QueueFull(_)) => {}
+                    Err(e) => {
+                        outcome = Err(e.into());
+                        break 'play;
+                    }
+                }
+            }
+            pos = end;
+        }
+        let _ = out.send(Ingress::Close(id));
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::Recorder;
+
+    #[test]
+    fn a_stereo_file_is_one_call_with_two_parties_and_chunks_stamped_with_audio_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("two.wav");
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        for i in 0..8000 {
+            w.write_sample((i % 100) as i16).unwrap();
+            w.write_sample(-((i % 100) as i16)).unwrap();
+        }
+        w.finalize().unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let source = FileSource::new(FileSourceConfig {
+            path: path.clone(),
+            realtime: false,
+            call_id: None,
+            channels: ChannelMode::Split,
+        });
+        Box::new(source).run(recorder.clone(), Stop::new()).unwrap();
+        let items = recorder.items.lock().unwrap();
+        let Ingress::Open(call) = &items[0] else {
+            panic!("first an open: {:?}", items[0])
+        };
+        assert_eq!(call.id.as_str(), "two");
+        assert_eq!(call.parties.len(), 2);
+        assert_eq!(call.parties[1].label, "channel 1");
+        assert_eq!(call.parties[0].sample_rate, 8000);
+        assert_eq!(call.metadata["file"], path.display().to_string());
+        let chunks: Vec<&AudioChunk> = items
+            .iter()
+            .filter_map(|i| match i {
+                Ingress::Audio(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        // 1 s in 20 ms chunks, for each party.
+        assert_eq!(chunks.len(), 100);
+        let last = chunks.iter().rev().find(|c| c.party == 1).unwrap();
+        assert!((last.offset_s - 0.98).abs() < 1e-9, "{}", last.offset_s);
+        assert!(matches!(items.last(), Some(Ingress::Close(id)) if id.as_str() == "two"));
+    }
 }

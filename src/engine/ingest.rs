@@ -1,0 +1,194 @@
+//! The engine's side of the [`Ingest`] port: opens a front end per call, routes each chunk to
+//! its call's bounded queue (dropping and counting what does not fit, unless the source waits),
+//! and closes calls.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::fanout::Fanout;
+use super::scheduler::Scheduler;
+use super::{front_end, CallInfo, EngineConfig};
+use crate::audio::StreamResampler;
+use crate::call::{AudioChunk, Call, CallId, Event};
+use crate::sources::{Ingest, IngestError, Ingress};
+
+struct OpenCall {
+    tx: SyncSender<AudioChunk>,
+    info: Arc<CallInfo>,
+}
+
+pub(super) struct EngineIngest {
+    config: EngineConfig,
+    scheduler: Arc<Scheduler>,
+    fanout: Arc<Fanout>,
+    calls: Mutex<HashMap<CallId, OpenCall>>,
+    fronts: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    stopped: AtomicBool,
+}
+
+impl EngineIngest {
+    pub fn new(config: EngineConfig, scheduler: Arc<Scheduler>, fanout: Arc<Fanout>) -> Self {
+        Self {
+            config,
+            scheduler,
+            fanout,
+            calls: Mutex::default(),
+            fronts: Mutex::default(),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    fn calls(&self) -> MutexGuard<'_, HashMap<CallId, OpenCall>> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open(&self, call: Call) -> Result<(), IngestError> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(IngestError::Stopped);
+        }
+        let bad = |problem: String| IngestError::BadCall {
+            call: call.id.clone(),
+            problem,
+        };
+        if call.parties.is_empty() {
+            return Err(bad("a call needs at least one party".into()));
+        }
+        if call.parties.len() > 16 {
+            return Err(bad(format!(
+                "{} parties; at most 16 are heard",
+                call.parties.len()
+            )));
+        }
+        let resamplers = call
+            .parties
+            .iter()
+            .map(|p| StreamResampler::new(p.sample_rate))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        let mut calls = self.calls();
+        if calls.contains_key(&call.id) {
+            return Err(IngestError::DuplicateCall(call.id));
+        }
+        let (tx, rx) = sync_channel(self.config.call_queue_chunks);
+        let info = Arc::new(CallInfo::new(call.clone()));
+        self.scheduler.call_opened();
+        let front = front_end::FrontEnd::new(
+            info.clone(),
+            resamplers,
+            self.scheduler.clone(),
+            &self.config,
+        );
+        let name: String = format!("call-{}", call.id).chars().take(15).collect();
+        let spawned = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || front.run(rx));
+        match spawned {
+            Ok(handle) => {
+                let mut fronts = self.fronts();
+                // A long-running engine sees many calls: forget the front ends that are done.
+                fronts.retain(|f| !f.is_finished());
+                fronts.push(handle);
+            }
+            Err(e) => {
+                self.scheduler.push_close(info);
+                return Err(bad(format!("no thread for its front end: {e}")));
+            }
+        }
+        // Before the call's first utterance can be heard: its events stay in order.
+        self.fanout.send(Event::CallStarted(call.clone()));
+        calls.insert(call.id, OpenCall { tx, info });
+        Ok(())
+    }
+
+    fn fronts(&self) -> MutexGuard<'_, Vec<std::thread::JoinHandle<()>>> {
+        self.fronts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The call's queue and record, checked against the chunk.
+    fn route(
+        &self,
+        chunk: &AudioChunk,
+    ) -> Result<(SyncSender<AudioChunk>, Arc<CallInfo>), IngestError> {
+        let calls = self.calls();
+        let open = calls
+            .get(&chunk.call)
+            .ok_or_else(|| IngestError::UnknownCall(chunk.call.clone()))?;
+        let parties = open.info.call.parties.len();
+        if chunk.party >= parties {
+            return Err(IngestError::UnknownParty {
+                call: chunk.call.clone(),
+                party: chunk.party,
+                parties,
+            });
+        }
+        if !chunk.offset_s.is_finite() || chunk.offset_s < 0.0 {
+            return Err(IngestError::BadCall {
+                call: chunk.call.clone(),
+                problem: format!("a chunk's offset_s is {}", chunk.offset_s),
+            });
+        }
+        Ok((open.tx.clone(), open.info.clone()))
+    }
+
+    fn close(&self, id: &CallId) -> Result<(), IngestError> {
+        // Dropping the queue's sender lets the front end finish what is queued, then close.
+        match self.calls().remove(id) {
+            Some(_) => Ok(()),
+            None => Err(IngestError::UnknownCall(id.clone())),
+        }
+    }
+
+    /// Closes every open call and waits for their front ends to hand over their last words.
+    pub fn close_all(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.calls().clear();
+        let fronts: Vec<_> = self.fronts().drain(..).collect();
+        for f in fronts {
+            let _ = f.join();
+        }
+    }
+}
+
+fn count_drop(info: &CallInfo, chunk: &AudioChunk) {
+    let rate = info.call.parties[chunk.party].sample_rate.max(1) as u64;
+    let samples_16k = chunk.samples.len() as u64 * 16_000 / rate;
+    let before = info.dropped_audio.fetch_add(samples_16k, Ordering::Relaxed);
+    if before == 0 {
+        tracing::warn!(
+            call = %info.call.id,
+            "call queue full: dropping audio (the machine is not keeping up)"
+        );
+    }
+}
+
+impl Ingest for EngineIngest {
+    fn send(&self, item: Ingress) -> Result<(), IngestError> {
+        match item {
+            Ingress::Open(call) => self.open(call),
+            Ingress::Close(id) => self.close(&id),
+            Ingress::Audio(chunk) => {
+                let (tx, info) = self.route(&chunk)?;
+                match tx.try_send(chunk) {
+                    Ok(()) => Ok(()),
+                    Err(TrySendError::Full(chunk) | TrySendError::Disconnected(chunk)) => {
+                        count_drop(&info, &chunk);
+                        Err(IngestError::QueueFull(chunk.call))
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_waiting(&self, item: Ingress) -> Result<(), IngestError> {
+        match item {
+            Ingress::Audio(chunk) => {
+                let (tx, _) = self.route(&chunk)?;
+                let id = chunk.call.clone();
+                tx.send(chunk).map_err(|_| IngestError::UnknownCall(id))
+            }
+            other => self.send(other),
+        }
+    }
+}

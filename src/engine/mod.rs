@@ -1,0 +1,232 @@
+//! The streaming engine. One chunk of call audio travels one way:
+//!
+//! ```text
+//! source --Ingress--> ingest --AudioChunk--> front end (a thread per call: resample, voice
+//!   activity, utterance cutting) --utterance--> scheduler (one call per worker at a time)
+//!   --> worker (recogniser, then detector) --Event--> fan-out (a queue per sink) --> sinks
+//! ```
+//!
+//! Back-pressure is explicit at every queue: when the machine cannot keep up, audio (or whole
+//! utterances) are dropped, counted in the call's summary and logged, so memory stays bounded
+//! and nothing is silent; a slow sink spills to disk or drops by its own policy and never holds
+//! up the recognisers. Time is audio time: a chunk's `offset_s` places it, so a gap stays a gap.
+//!
+//! `files` is the same pipeline for whole recordings (`scan`, `score`).
+
+pub mod fanout;
+pub mod files;
+mod front_end;
+mod ingest;
+pub mod recogniser;
+mod scheduler;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::audio::utterance::UtteranceConfig;
+use crate::call::Call;
+use crate::detect::Classifier;
+use crate::sinks::{QueueConfig, Sink};
+use crate::sources::Ingest;
+pub use fanout::SinkReport;
+pub use recogniser::{HearRequest, Heard, Recogniser, WhisperRecogniser};
+
+/// `[engine]`: queues, workers, partial hypotheses and how utterances are cut.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Audio chunks a call may have waiting before new ones are dropped.
+    pub call_queue_chunks: usize,
+    /// Utterances (all calls together) waiting for the recogniser before new ones are dropped.
+    pub asr_queue: usize,
+    /// Recogniser threads sharing the one model (each call is heard by one at a time).
+    pub asr_workers: usize,
+    /// While an utterance is still being spoken, its audio so far is offered to an idle
+    /// recogniser, so a phrase can alert before the speaker pauses.
+    pub partials: bool,
+    /// ... each time it has grown this much (seconds of audio).
+    pub partial_every_s: f64,
+    pub utterances: UtteranceConfig,
+    /// Where sinks' queues spill when full (default: the system's temporary folder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            call_queue_chunks: 200,
+            asr_queue: 16,
+            asr_workers: 2,
+            partials: true,
+            partial_every_s: 0.25,
+            utterances: UtteranceConfig::default(),
+            spill_dir: None,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Errors name the key (relative to `[engine]`) and what is wrong with its value.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (key, v) in [
+            ("call_queue_chunks", self.call_queue_chunks),
+            ("asr_queue", self.asr_queue),
+            ("asr_workers", self.asr_workers),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        if self.asr_workers > 64 {
+            return Err(format!(
+                "asr_workers must be at most 64, not {}",
+                self.asr_workers
+            ));
+        }
+        if !(self.partial_every_s.is_finite() && self.partial_every_s > 0.0) {
+            return Err(format!(
+                "partial_every_s must be a positive number of seconds, not {}",
+                self.partial_every_s
+            ));
+        }
+        self.utterances
+            .validate()
+            .map_err(|e| format!("utterances.{e}"))
+    }
+}
+
+/// A sink and its queue, as the engine runs it.
+pub struct SinkSpec {
+    pub sink: Box<dyn Sink>,
+    pub queue: QueueConfig,
+}
+
+impl SinkSpec {
+    pub fn new(sink: impl Sink + 'static, queue: QueueConfig) -> Self {
+        Self {
+            sink: Box::new(sink),
+            queue,
+        }
+    }
+}
+
+/// What the engine knows of an open call, shared by its front end and the workers.
+pub(crate) struct CallInfo {
+    pub call: Call,
+    /// When the call opened: alert latency is measured from here.
+    pub started: Instant,
+    /// 16 kHz samples' worth of audio dropped because the call's queue was full.
+    pub dropped_audio: AtomicU64,
+    /// Utterances dropped because the recognisers' queue was full.
+    pub dropped_utterances: AtomicU64,
+}
+
+impl CallInfo {
+    pub fn new(call: Call) -> Self {
+        Self {
+            call,
+            started: Instant::now(),
+            dropped_audio: AtomicU64::new(0),
+            dropped_utterances: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Runs the recognisers, the call front ends and the sinks.
+pub struct Engine {
+    ingest: Arc<ingest::EngineIngest>,
+    scheduler: Arc<scheduler::Scheduler>,
+    fanout: Arc<fanout::Fanout>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// How the sinks fared, once the engine has stopped.
+#[derive(Debug, Clone)]
+pub struct EngineReport {
+    pub sinks: Vec<SinkReport>,
+}
+
+impl Engine {
+    /// Starts the recogniser workers and the sinks. Errors: an invalid config, or a sink
+    /// queue's spill folder that cannot be made.
+    pub fn start(
+        recogniser: Arc<dyn Recogniser>,
+        classifier: Arc<Classifier>,
+        config: EngineConfig,
+        sinks: Vec<SinkSpec>,
+    ) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("engine.{e}"))?;
+        let spill_dir = config.spill_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("vishguard-spill-{}", std::process::id()))
+        });
+        let fanout = Arc::new(fanout::Fanout::start(sinks, &spill_dir)?);
+        let scheduler = Arc::new(scheduler::Scheduler::new(config.asr_queue));
+        let shared = Arc::new(worker::Workers::new(
+            recogniser,
+            classifier,
+            scheduler.clone(),
+            fanout.clone(),
+        ));
+        let workers = (0..config.asr_workers)
+            .map(|i| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("recogniser-{i}"))
+                    .spawn(move || shared.work())
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let ingest = Arc::new(ingest::EngineIngest::new(
+            config,
+            scheduler.clone(),
+            fanout.clone(),
+        ));
+        Ok(Self {
+            ingest,
+            scheduler,
+            fanout,
+            workers,
+        })
+    }
+
+    /// The port sources deliver calls to.
+    pub fn ingest(&self) -> Arc<dyn Ingest> {
+        self.ingest.clone()
+    }
+
+    /// Closes the calls still open, hears what is queued, delivers every event, and stops.
+    pub fn shutdown(mut self) -> EngineReport {
+        self.ingest.close_all();
+        self.scheduler.shut_down();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        let sinks = self.fanout.close();
+        for s in &sinks {
+            if s.dropped > 0 || s.errors > 0 {
+                tracing::warn!(
+                    sink = %s.sink,
+                    dropped = s.dropped,
+                    errors = s.errors,
+                    "sink lost events (its queue was full, or writes failed)"
+                );
+            }
+        }
+        EngineReport { sinks }
+    }
+}
+
+impl Drop for Engine {
+    /// Without a shutdown the workers still stop once the open calls end.
+    fn drop(&mut self) {
+        self.scheduler.shut_down();
+    }
+}

@@ -1,0 +1,273 @@
+//! The workers: each takes work from the scheduler, has the recogniser hear it, scores the
+//! words with the detector, and sends the events to the fan-out.
+//!
+//! Finished utterances come first. When none is waiting, a worker re-hears the newest audio
+//! of an utterance still being spoken (a "partial"): a phrase that tips a call over the line
+//! is then caught while the caller is still talking, instead of after they pause. Partials
+//! only ever use idle time, so under load they cost nothing but the one being heard.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::fanout::Fanout;
+use super::recogniser::{HearRequest, Heard, Recogniser};
+use super::scheduler::{self, Job, Scheduler, Work};
+use super::CallInfo;
+use crate::call::{Alert, CallId, Event, Segment, StreamStats, Utterance};
+use crate::detect::timeline::Timeline;
+use crate::detect::{summarise, Classifier, PartyOutcome};
+
+/// What is kept of one party between its utterances.
+#[derive(Default)]
+struct PartyState {
+    /// The language settled for this party (the recogniser's word: detected, and written in).
+    language: Option<String>,
+    /// The last language heard, settled or not (for the summary).
+    heard_language: Option<String>,
+    /// The end of what they said so far, given to the recogniser as context.
+    recent: String,
+    /// Created with the first words heard (they choose the phrase pack).
+    timeline: Option<Timeline>,
+    /// (category, pattern) of the alerts already sent: each piece of evidence is sent once,
+    /// whether a partial or the finished utterance found it first.
+    sent: HashSet<(String, String)>,
+}
+
+impl PartyState {
+    const KEEP_CHARS: usize = 200;
+
+    fn remember(&mut self, text: &str) {
+        if !self.recent.is_empty() {
+            self.recent.push(' ');
+        }
+        self.recent.push_str(text.trim());
+        let n = self.recent.chars().count();
+        if n > Self::KEEP_CHARS {
+            self.recent = self.recent.chars().skip(n - Self::KEEP_CHARS).collect();
+        }
+    }
+}
+
+/// One call's state; a worker takes it out of the shared map while it holds the call.
+#[derive(Default)]
+struct CallState {
+    parties: HashMap<usize, PartyState>,
+    utterances: usize,
+}
+
+/// Everything the workers share.
+pub(super) struct Workers {
+    recogniser: Arc<dyn Recogniser>,
+    classifier: Arc<Classifier>,
+    scheduler: Arc<Scheduler>,
+    fanout: Arc<Fanout>,
+    calls: Mutex<HashMap<CallId, CallState>>,
+}
+
+impl Workers {
+    pub fn new(
+        recogniser: Arc<dyn Recogniser>,
+        classifier: Arc<Classifier>,
+        scheduler: Arc<Scheduler>,
+        fanout: Arc<Fanout>,
+    ) -> Self {
+        Self {
+            recogniser,
+            classifier,
+            scheduler,
+            fanout,
+            calls: Mutex::default(),
+        }
+    }
+
+    fn calls(&self) -> MutexGuard<'_, HashMap<CallId, CallState>> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One worker: serves work until the scheduler says stop.
+    pub fn work(&self) {
+        while let Some(work) = self.scheduler.next() {
+            let call_id = work.call_id().clone();
+            let mut call = self.calls().remove(&call_id).unwrap_or_default();
+            let mut out = Vec::new();
+            let keep = match work {
+                Work::Job(Job::Utterance(heard)) => {
+                    self.utterance(&mut call, heard, &mut out);
+                    true
+                }
+                Work::Partial(heard) => {
+                    self.partial(&mut call, heard, &mut out);
+                    true
+                }
+                Work::Job(Job::Close(info)) => {
+                    out.push(summary(&info, &call));
+                    false
+                }
+            };
+            if keep {
+                self.calls().insert(call_id.clone(), call);
+            }
+            // Events leave before the call is released, so a call's events stay in order.
+            for e in out {
+                self.fanout.send(e);
+            }
+            self.scheduler.release(&call_id);
+        }
+    }
+
+    /// Has the recogniser hear the audio in the party's context; `None` when nothing was said
+    /// or it failed (logged).
+    fn hear(&self, party: &PartyState, work: &scheduler::Speech, partial: bool) -> Option<Heard> {
+        let request = HearRequest {
+            call_id: &work.info.call.id,
+            party: work.party,
+            samples: &work.audio.samples,
+            partial,
+            prompt: (!party.recent.is_empty()).then_some(party.recent.as_str()),
+            language: party.language.as_deref(),
+        };
+        let result = self
+            .recogniser
+            .hear(std::slice::from_ref(&request))
+            .pop()
+            .unwrap_or_else(|| Err(anyhow::anyhow!("the recogniser returned nothing")));
+        match result {
+            Ok(heard) => heard.filter(|h| !h.text.trim().is_empty()),
+            Err(e) => {
+                tracing::error!(call = %work.info.call.id, "recognition failed: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// A party's timeline, scored with the pack their words choose.
+    fn fresh_timeline(&self, party: usize, language: Option<&str>, text: &str) -> Timeline {
+        let pack = self.classifier.pack_for_transcript(language, text);
+        Timeline::new(&self.classifier, pack, party)
+    }
+
+    fn utterance(&self, call: &mut CallState, work: scheduler::Speech, out: &mut Vec<Event>) {
+        call.utterances += 1;
+        let party = call.parties.entry(work.party).or_default();
+        let Some(heard) = self.hear(party, &work, false) else {
+            return;
+        };
+        if party.language.is_none() && heard.settled {
+            party.language = heard.language.clone();
+        }
+        party.heard_language = heard.language.clone().or(party.heard_language.take());
+        party.remember(&heard.text);
+        let timeline = party.timeline.get_or_insert_with(|| {
+            self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text)
+        });
+        timeline.push(&self.classifier, segment(&work, &heard));
+        let call_id = &work.info.call.id;
+        out.push(Event::Transcript(Utterance {
+            call_id: call_id.clone(),
+            party: work.party,
+            start_s: work.audio.start_s,
+            end_s: work.audio.end_s(),
+            text: heard.text,
+            language: Some(timeline.language().to_owned()),
+            risk: timeline.verdict.risk,
+            score: timeline.verdict.score,
+        }));
+        alerts(&mut party.sent, &work, timeline, false, out);
+    }
+
+    /// Hears an utterance still being spoken and tries its words on a copy of the party's
+    /// timeline: new evidence that flags the call is alerted now; the text itself is not kept
+    /// (the finished utterance replaces it).
+    fn partial(&self, call: &mut CallState, work: scheduler::Speech, out: &mut Vec<Event>) {
+        let party = call.parties.entry(work.party).or_default();
+        let Some(heard) = self.hear(party, &work, true) else {
+            return;
+        };
+        // A partial's few words do not choose the party's phrase pack: the first finished
+        // utterance does.
+        let mut trial = match &party.timeline {
+            Some(t) => t.clone(),
+            None => self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text),
+        };
+        trial.push(&self.classifier, segment(&work, &heard));
+        alerts(&mut party.sent, &work, &trial, true, out);
+    }
+}
+
+fn segment(work: &scheduler::Speech, heard: &Heard) -> Segment {
+    Segment {
+        start_s: work.audio.start_s,
+        end_s: work.audio.end_s(),
+        text: heard.text.clone(),
+        avg_logprob: heard.avg_logprob,
+        no_speech_prob: heard.no_speech_prob,
+        temperature: 0.0,
+    }
+}
+
+fn summary(info: &CallInfo, call: &CallState) -> Event {
+    let parties = (0..info.call.parties.len())
+        .map(|i| {
+            let state = call.parties.get(&i);
+            PartyOutcome {
+                party: i,
+                label: info.call.parties[i].label.clone(),
+                heard_language: state.and_then(|p| p.heard_language.clone()),
+                timeline: state.and_then(|p| p.timeline.as_ref()),
+                transcript: Vec::new(),
+            }
+        })
+        .collect();
+    let mut summary = summarise(
+        info.call.id.clone(),
+        info.call.metadata.clone(),
+        parties,
+        None,
+    );
+    summary.stream = Some(StreamStats {
+        utterances: call.utterances,
+        alerts: call.parties.values().map(|p| p.sent.len()).sum(),
+        dropped_audio_s: info.dropped_audio.load(Ordering::Relaxed) as f64 / 16_000.0,
+        dropped_utterances: info.dropped_utterances.load(Ordering::Relaxed),
+    });
+    Event::CallEnded(summary)
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// Once the party is flagged, every piece of its evidence not yet sent, gathered before the
+/// party crossed the line or since, goes out once.
+fn alerts(
+    sent: &mut HashSet<(String, String)>,
+    work: &scheduler::Speech,
+    timeline: &Timeline,
+    partial: bool,
+    out: &mut Vec<Event>,
+) {
+    let verdict = &timeline.verdict;
+    if !verdict.risk.is_flagged() {
+        return;
+    }
+    let call_id = &work.info.call.id;
+    for raised in &timeline.raised {
+        let e = &raised.evidence;
+        if !sent.insert((e.category.clone(), e.pattern.clone())) {
+            continue;
+        }
+        let elapsed = work.info.started.elapsed().as_secs_f64();
+        let end_s = e.spoken.map_or(0.0, |s| s.end_s);
+        out.push(Event::Alert(Alert {
+            alert_id: format!("{call_id}/{}/{}/{}", work.party, e.category, e.pattern),
+            call_id: call_id.clone(),
+            evidence: e.clone(),
+            score: verdict.score,
+            risk: verdict.risk,
+            wall_time: now_rfc3339(),
+            latency_s: ((elapsed - end_s) * 1000.0).round() / 1000.0,
+            partial,
+        }));
+    }
+}

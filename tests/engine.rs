@@ -1,0 +1,409 @@
+//! The streaming engine's mechanics with a scripted recogniser (no model weights, real speech
+//! audio for voice activity): calls heard in order, one worker per call at a time; time is
+//! audio time across gaps; a stuck sink holds up neither the recognisers nor another sink;
+//! overload drops are counted; bad ingress is refused with a reason while other calls go on.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{fixture_speech, ScriptedRecogniser};
+use vishguard::call::{AudioChunk, Call, CallId, CallSummary, Event, Party};
+use vishguard::detect::Classifier;
+use vishguard::engine::{Engine, EngineConfig, SinkSpec};
+use vishguard::sinks::memory::Collector;
+use vishguard::sinks::{Overflow, QueueConfig, Sink};
+use vishguard::sources::{Ingest, IngestError, Ingress};
+
+const SCAM_LINE: &str = "This is the fraud department. Your account is compromised, \
+                         move your savings to a safe account and buy gift cards today.";
+
+fn call(id: &str, parties: usize, rate: u32) -> Call {
+    Call {
+        id: id.into(),
+        parties: (0..parties)
+            .map(|p| Party {
+                label: format!("party {p}"),
+                sample_rate: rate,
+            })
+            .collect(),
+        metadata: Default::default(),
+    }
+}
+
+/// Sends samples at `rate` Hz as 20 ms chunks starting at `from_s` seconds of audio time.
+fn play(
+    ingest: &dyn Ingest,
+    id: &CallId,
+    party: usize,
+    (samples, rate): (&[f32], u32),
+    from_s: f64,
+    wait: bool,
+) {
+    let step = rate as usize / 50;
+    for (i, chunk) in samples.chunks(step).enumerate() {
+        let item = Ingress::Audio(AudioChunk {
+            call: id.clone(),
+            party,
+            offset_s: from_s + i as f64 * 0.02,
+            samples: chunk.to_vec(),
+        });
+        let sent = if wait {
+            ingest.send_waiting(item)
+        } else {
+            ingest.send(item)
+        };
+        assert!(
+            matches!(sent, Ok(()) | Err(IngestError::QueueFull(_))),
+            "{sent:?}"
+        );
+    }
+}
+
+fn engine(
+    recogniser: Arc<ScriptedRecogniser>,
+    config: EngineConfig,
+    sinks: Vec<SinkSpec>,
+) -> Engine {
+    Engine::start(recogniser, Arc::new(Classifier::builtin()), config, sinks).unwrap()
+}
+
+/// The pharmacy clip at 8 kHz (every other sample: the clip has little above 4 kHz).
+fn narrowband() -> Vec<f32> {
+    fixture_speech("asr/pharmacy.flac")
+        .iter()
+        .step_by(2)
+        .copied()
+        .collect()
+}
+
+fn summaries(events: &[Event]) -> Vec<&CallSummary> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::CallEnded(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_gap_in_the_audio_stays_a_gap_in_the_times() {
+    let recogniser = ScriptedRecogniser::new(Duration::ZERO, |_| Some("hello there".into()));
+    let events = Collector::new();
+    let config = EngineConfig {
+        partials: false,
+        ..Default::default()
+    };
+    let e = engine(
+        recogniser,
+        config,
+        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
+    );
+    let ingest = e.ingest();
+    // 8 kHz, as a telephone call arrives: the front end resamples and keeps the times.
+    let narrow = narrowband();
+    let len_s = narrow.len() as f64 / 8_000.0;
+    let id = CallId::new("gappy");
+    ingest.send(Ingress::Open(call("gappy", 1, 8_000))).unwrap();
+    play(ingest.as_ref(), &id, 0, (&narrow, 8_000), 0.0, true);
+    // Five seconds never arrive (lost on the network, or dropped under load).
+    let resume_s = len_s + 5.0;
+    play(ingest.as_ref(), &id, 0, (&narrow, 8_000), resume_s, true);
+    ingest.send(Ingress::Close(id)).unwrap();
+    e.shutdown();
+    let starts: Vec<f64> = events
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Transcript(u) => Some(u.start_s),
+            _ => None,
+        })
+        .collect();
+    let after: Vec<f64> = starts.iter().copied().filter(|&s| s > len_s).collect();
+    assert!(!after.is_empty(), "{starts:?}");
+    // The first words after the gap start where they were spoken (less the 0.3 s pre-roll),
+    // not five seconds early.
+    assert!(
+        after[0] >= resume_s - 0.35,
+        "{starts:?} (resumed at {resume_s})"
+    );
+    assert!(after[0] <= resume_s + 2.0, "{starts:?}");
+}
+
+#[test]
+fn each_call_is_heard_in_order_by_one_worker_at_a_time() {
+    let recogniser = ScriptedRecogniser::new(Duration::from_millis(30), |r| {
+        Some(format!("{} party {}", r.call_id, r.party))
+    });
+    let events = Collector::new();
+    let config = EngineConfig {
+        partials: false,
+        asr_workers: 3,
+        asr_queue: 64,
+        ..Default::default()
+    };
+    let e = engine(
+        recogniser.clone(),
+        config,
+        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
+    );
+    let speech = fixture_speech("asr/pharmacy.flac");
+    std::thread::scope(|s| {
+        for c in 0..4 {
+            let ingest = e.ingest();
+            let speech = &speech;
+            s.spawn(move || {
+                let id = CallId::new(format!("c{c}"));
+                ingest
+                    .send(Ingress::Open(call(id.as_str(), 2, 16_000)))
+                    .unwrap();
+                for round in 0..4 {
+                    let at = round as f64 * 10.0;
+                    play(ingest.as_ref(), &id, round % 2, (speech, 16_000), at, true);
+                }
+                ingest.send(Ingress::Close(id)).unwrap();
+            });
+        }
+    });
+    e.shutdown();
+    assert_eq!(*recogniser.most_at_once.lock().unwrap(), 1);
+    let events = events.events();
+    for c in 0..4 {
+        let id = CallId::new(format!("c{c}"));
+        let mine: Vec<&Event> = events.iter().filter(|e| e.call_id() == &id).collect();
+        assert!(
+            matches!(mine.first(), Some(Event::CallStarted(_))),
+            "{mine:?}"
+        );
+        assert!(matches!(mine.last(), Some(Event::CallEnded(_))), "{mine:?}");
+        // Each party's utterances are heard in the order they were spoken (a party's words
+        // only end at its pause, so the parties interleave by when they finished).
+        for party in 0..2 {
+            let starts: Vec<f64> = mine
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Transcript(u) if u.party == party => Some(u.start_s),
+                    _ => None,
+                })
+                .collect();
+            assert!(!starts.is_empty(), "party {party}");
+            assert!(
+                starts.windows(2).all(|w| w[0] < w[1]),
+                "out of order: {starts:?}"
+            );
+        }
+    }
+}
+
+/// Blocks every write until released.
+struct Stuck {
+    open: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Sink for Stuck {
+    fn describe(&self) -> String {
+        "stuck".into()
+    }
+
+    fn write(&mut self, event: &Event) -> anyhow::Result<()> {
+        while !self.open.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.seen.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+#[test]
+fn a_stuck_sink_holds_up_neither_the_recognisers_nor_another_sink() {
+    let recogniser = ScriptedRecogniser::new(Duration::ZERO, |_| Some(SCAM_LINE.into()));
+    let (open, seen) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let fast = Collector::new();
+    let spill = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        spill_dir: Some(spill.path().to_path_buf()),
+        ..Default::default()
+    };
+    let stuck = Stuck {
+        open: open.clone(),
+        seen: seen.clone(),
+    };
+    let e = engine(
+        recogniser,
+        config,
+        vec![
+            SinkSpec::new(
+                stuck,
+                QueueConfig {
+                    capacity: 2,
+                    overflow: Overflow::Spill,
+                },
+            ),
+            SinkSpec::new(fast.clone(), QueueConfig::default()),
+        ],
+    );
+    let ingest = e.ingest();
+    let speech = fixture_speech("asr/pharmacy.flac");
+    for c in 0..3 {
+        let id = CallId::new(format!("s{c}"));
+        ingest
+            .send(Ingress::Open(call(id.as_str(), 1, 16_000)))
+            .unwrap();
+        play(ingest.as_ref(), &id, 0, (&speech, 16_000), 0.0, true);
+        ingest.send(Ingress::Close(id)).unwrap();
+    }
+    // Every call ends, alerts included, while the stuck sink has taken nothing but its first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while summaries(&fast.events()).len() < 3 {
+        assert!(Instant::now() < deadline, "the fast sink was held up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(seen.lock().unwrap().is_empty());
+    let got = fast.events();
+    assert!(got.iter().any(|e| matches!(e, Event::Alert(_))), "{got:?}");
+    open.store(true, Ordering::Relaxed);
+    let report = e.shutdown();
+    // Nothing was lost by the stuck sink: what waited on disk came back, in the same order.
+    assert_eq!(*seen.lock().unwrap(), got);
+    assert!(report.sinks[0].spilled > 0, "{:?}", report.sinks);
+    assert_eq!(report.sinks[0].dropped, 0);
+}
+
+#[test]
+fn overload_drops_audio_and_utterances_counted_and_every_call_reports() {
+    // A recogniser far slower than the calls: 0.3 s per utterance, one worker.
+    let recogniser = ScriptedRecogniser::new(Duration::from_millis(300), |_| Some("words".into()));
+    let events = Collector::new();
+    let config = EngineConfig {
+        call_queue_chunks: 8,
+        asr_queue: 1,
+        asr_workers: 1,
+        partials: false,
+        ..Default::default()
+    };
+    let e = engine(
+        recogniser,
+        config,
+        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
+    );
+    let ingest = e.ingest();
+    let speech = fixture_speech("asr/pharmacy.flac");
+    let mut refused = 0u64;
+    let mut refused_s = 0.0;
+    for c in 0..6 {
+        ingest
+            .send(Ingress::Open(call(&format!("c{c}"), 1, 16_000)))
+            .unwrap();
+    }
+    for round in 0..4 {
+        for (i, chunk) in speech.chunks(320).enumerate() {
+            for c in 0..6 {
+                let sent = ingest.send(Ingress::Audio(AudioChunk {
+                    call: CallId::new(format!("c{c}")),
+                    party: 0,
+                    offset_s: round as f64 * 10.0 + i as f64 * 0.02,
+                    samples: chunk.to_vec(),
+                }));
+                if let Err(IngestError::QueueFull(_)) = sent {
+                    refused += 1;
+                    refused_s += chunk.len() as f64 / 16_000.0;
+                }
+            }
+        }
+    }
+    for c in 0..6 {
+        ingest
+            .send(Ingress::Close(format!("c{c}").as_str().into()))
+            .unwrap();
+    }
+    e.shutdown();
+    let events = events.events();
+    let summaries = summaries(&events);
+    assert_eq!(summaries.len(), 6, "every call reports, overloaded or not");
+    let stats: Vec<_> = summaries
+        .iter()
+        .map(|s| s.stream.clone().unwrap())
+        .collect();
+    let dropped_s: f64 = stats.iter().map(|s| s.dropped_audio_s).sum();
+    let dropped_utterances: u64 = stats.iter().map(|s| s.dropped_utterances).sum();
+    assert!(
+        refused > 0 || dropped_utterances > 0,
+        "nothing was dropped under overload"
+    );
+    assert!(
+        (dropped_s - refused_s).abs() < 1e-3,
+        "{dropped_s} vs {refused_s}"
+    );
+    eprintln!("overload: {refused} chunks refused ({refused_s:.1} s), {dropped_utterances} utterances dropped");
+}
+
+#[test]
+fn bad_ingress_is_refused_with_a_reason_and_other_calls_go_on() {
+    let recogniser = ScriptedRecogniser::new(Duration::ZERO, |_| Some(SCAM_LINE.into()));
+    let events = Collector::new();
+    let e = engine(
+        recogniser,
+        EngineConfig::default(),
+        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
+    );
+    let ingest = e.ingest();
+    let chunk = |id: &str, party, offset_s: f64| {
+        Ingress::Audio(AudioChunk {
+            call: id.into(),
+            party,
+            offset_s,
+            samples: vec![0.0; 160],
+        })
+    };
+    assert_eq!(
+        ingest.send(chunk("nobody", 0, 0.0)),
+        Err(IngestError::UnknownCall("nobody".into()))
+    );
+    assert!(matches!(
+        ingest.send(Ingress::Open(call("none", 0, 8000))),
+        Err(IngestError::BadCall { .. })
+    ));
+    let too_slow = ingest.send(Ingress::Open(call("slow", 1, 10)));
+    assert!(
+        matches!(&too_slow, Err(IngestError::BadCall { problem, .. }) if problem.contains("10 Hz")),
+        "{too_slow:?}"
+    );
+    ingest.send(Ingress::Open(call("good", 1, 8000))).unwrap();
+    assert_eq!(
+        ingest.send(Ingress::Open(call("good", 1, 8000))),
+        Err(IngestError::DuplicateCall("good".into()))
+    );
+    assert!(matches!(
+        ingest.send(chunk("good", 3, 0.0)),
+        Err(IngestError::UnknownParty {
+            party: 3,
+            parties: 1,
+            ..
+        })
+    ));
+    assert!(matches!(
+        ingest.send(chunk("good", 0, f64::NAN)),
+        Err(IngestError::BadCall { .. })
+    ));
+    // The good call is heard all the same.
+    let id = CallId::new("good");
+    play(ingest.as_ref(), &id, 0, (&narrowband(), 8_000), 0.0, true);
+    ingest.send(Ingress::Close(id.clone())).unwrap();
+    assert_eq!(
+        ingest.send(Ingress::Close(id)),
+        Err(IngestError::UnknownCall("good".into()))
+    );
+    e.shutdown();
+    let events = events.events();
+    let ended = summaries(&events);
+    assert_eq!(ended.len(), 1);
+    assert!(ended[0].risk.is_flagged(), "{:?}", ended[0]);
+    assert!(ended[0].stream.as_ref().unwrap().utterances >= 1);
+}
