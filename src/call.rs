@@ -244,9 +244,12 @@ pub struct StreamStats {
     pub utterances: usize,
     /// Alerts sent.
     pub alerts: usize,
-    /// Seconds of audio dropped because the call's queue was full, or lost before it arrived
-    /// (gaps between chunks).
+    /// Seconds of audio dropped because the call's queue was full.
     pub dropped_audio_s: f64,
+    /// Seconds of audio time between chunks that never arrived: lost on the way, or among the
+    /// dropped above. Later words keep their true times across them.
+    #[serde(default)]
+    pub missing_audio_s: f64,
     /// Utterances dropped because the recogniser's queue was full.
     pub dropped_utterances: u64,
 }

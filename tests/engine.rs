@@ -388,13 +388,35 @@ fn bad_ingress_is_refused_with_a_reason_and_other_calls_go_on() {
             ..
         })
     ));
-    assert!(matches!(
-        ingest.send(chunk("good", 0, f64::NAN)),
-        Err(IngestError::BadCall { .. })
-    ));
+    for offset in [f64::NAN, -1.0, 1e12] {
+        let sent = ingest.send(chunk("good", 0, offset));
+        assert!(
+            matches!(&sent, Err(IngestError::BadCall { problem, .. }) if problem.contains("offset_s")),
+            "{offset}: {sent:?}"
+        );
+    }
+    let long = ingest.send(Ingress::Audio(AudioChunk {
+        call: "good".into(),
+        party: 0,
+        offset_s: 0.0,
+        samples: vec![0.0; 8000 * 60],
+    }));
+    assert!(matches!(long, Err(IngestError::BadCall { .. })), "{long:?}");
+    // Samples that are not numbers are heard as silence: the party is not deafened.
+    let mut poisoned = vec![0.0f32; 160];
+    poisoned[3] = f32::NAN;
+    poisoned[7] = f32::INFINITY;
+    ingest
+        .send(Ingress::Audio(AudioChunk {
+            call: "good".into(),
+            party: 0,
+            offset_s: 0.0,
+            samples: poisoned,
+        }))
+        .unwrap();
     // The good call is heard all the same.
     let id = CallId::new("good");
-    play(ingest.as_ref(), &id, 0, (&narrowband(), 8_000), 0.0, true);
+    play(ingest.as_ref(), &id, 0, (&narrowband(), 8_000), 0.02, true);
     ingest.send(Ingress::Close(id.clone())).unwrap();
     assert_eq!(
         ingest.send(Ingress::Close(id)),
@@ -406,4 +428,88 @@ fn bad_ingress_is_refused_with_a_reason_and_other_calls_go_on() {
     assert_eq!(ended.len(), 1);
     assert!(ended[0].risk.is_flagged(), "{:?}", ended[0]);
     assert!(ended[0].stream.as_ref().unwrap().utterances >= 1);
+}
+
+#[test]
+fn a_recogniser_that_panics_on_one_call_leaves_the_others_alone() {
+    let recogniser = ScriptedRecogniser::new(Duration::ZERO, |r| {
+        if r.call_id.as_str() == "cursed" {
+            panic!("the recogniser broke on this call");
+        }
+        Some(SCAM_LINE.into())
+    });
+    let events = Collector::new();
+    let e = engine(
+        recogniser,
+        EngineConfig::default(),
+        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
+    );
+    let ingest = e.ingest();
+    let speech = fixture_speech("asr/pharmacy.flac");
+    for name in ["cursed", "fine"] {
+        let id = CallId::new(name);
+        ingest.send(Ingress::Open(call(name, 1, 16_000))).unwrap();
+        play(ingest.as_ref(), &id, 0, (&speech, 16_000), 0.0, true);
+        ingest.send(Ingress::Close(id)).unwrap();
+    }
+    // Shutdown returns: no call is left held by a worker that died.
+    e.shutdown();
+    let events = events.events();
+    let ended = summaries(&events);
+    assert_eq!(ended.len(), 2, "both calls end with a summary");
+    let fine = ended.iter().find(|s| s.call_id.as_str() == "fine").unwrap();
+    assert!(fine.risk.is_flagged(), "{fine:?}");
+}
+
+#[test]
+fn an_id_is_not_reused_while_its_call_is_heard_and_open_calls_are_bounded() {
+    let recogniser = ScriptedRecogniser::new(Duration::from_millis(300), |_| Some("hi".into()));
+    let events = Collector::new();
+    let config = EngineConfig {
+        max_calls: 2,
+        partials: false,
+        ..Default::default()
+    };
+    let e = engine(
+        recogniser,
+        config,
+        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
+    );
+    let ingest = e.ingest();
+    let speech = fixture_speech("asr/pharmacy.flac");
+    let id = CallId::new("desk");
+    ingest.send(Ingress::Open(call("desk", 1, 16_000))).unwrap();
+    ingest
+        .send(Ingress::Open(call("other", 1, 16_000)))
+        .unwrap();
+    assert_eq!(
+        ingest.send(Ingress::Open(call("third", 1, 16_000))),
+        Err(IngestError::TooManyCalls(2))
+    );
+    play(ingest.as_ref(), &id, 0, (&speech, 16_000), 0.0, true);
+    ingest.send(Ingress::Close(id.clone())).unwrap();
+    // Its utterances are still being heard: the id stays taken until its summary is out.
+    assert_eq!(
+        ingest.send(Ingress::Open(call("desk", 1, 16_000))),
+        Err(IngestError::DuplicateCall(id.clone()))
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while summaries(&events.events()).is_empty() {
+        assert!(Instant::now() < deadline, "the first call never ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ingest.send(Ingress::Open(call("desk", 1, 16_000))).unwrap();
+    e.shutdown();
+    let events = events.events();
+    let desk: Vec<&Event> = events.iter().filter(|e| e.call_id() == &id).collect();
+    // The two calls named "desk" come one after the other, each whole.
+    let kinds: Vec<&str> = desk
+        .iter()
+        .filter_map(|e| match e {
+            Event::CallStarted(_) => Some("started"),
+            Event::CallEnded(_) => Some("ended"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["started", "ended", "started", "ended"]);
 }

@@ -62,8 +62,9 @@ impl Spill {
         Ok(())
     }
 
-    /// Up to `n` of the oldest events.
-    fn read(&mut self, n: usize, into: &mut VecDeque<Arc<Event>>) -> std::io::Result<()> {
+    /// Up to `n` of the oldest events; returns how many lines could not be read back.
+    fn read(&mut self, n: usize, into: &mut VecDeque<Arc<Event>>) -> std::io::Result<u64> {
+        let mut unreadable = 0;
         let mut line = String::new();
         for _ in 0..n.min(self.pending) {
             line.clear();
@@ -75,10 +76,13 @@ impl Spill {
             self.pending -= 1;
             match serde_json::from_str::<Versioned<Event>>(&line) {
                 Ok(v) => into.push_back(Arc::new(v.record)),
-                Err(e) => tracing::error!("{}: unreadable spilled event: {e}", self.path.display()),
+                Err(e) => {
+                    unreadable += 1;
+                    tracing::error!("{}: unreadable spilled event: {e}", self.path.display())
+                }
             }
         }
-        Ok(())
+        Ok(unreadable)
     }
 }
 
@@ -112,6 +116,7 @@ impl SinkQueue {
     fn push(&self, event: &Arc<Event>) {
         let mut s = self.lock();
         if s.closed {
+            s.report.dropped += 1;
             return;
         }
         let spilling = s.spill.is_some();
@@ -161,10 +166,13 @@ impl SinkQueue {
             let capacity = self.config.capacity;
             let state = &mut *s;
             if let Some(spill) = state.spill.as_mut() {
-                if let Err(e) = spill.read(capacity, &mut state.memory) {
-                    tracing::error!(sink = %state.report.sink, "spill file not read: {e}");
-                    state.report.dropped += spill.pending as u64;
-                    spill.pending = 0;
+                match spill.read(capacity, &mut state.memory) {
+                    Ok(unreadable) => state.report.dropped += unreadable,
+                    Err(e) => {
+                        tracing::error!(sink = %state.report.sink, "spill file not read: {e}");
+                        state.report.dropped += spill.pending as u64;
+                        spill.pending = 0;
+                    }
                 }
                 if spill.pending == 0 {
                     // Caught up: the file goes (a new one is made if the sink falls behind again).
@@ -184,26 +192,45 @@ impl SinkQueue {
 pub struct Fanout {
     queues: Vec<Arc<SinkQueue>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// This fan-out's own spill folder (random name, owner-only, removed with it), so two
+    /// engines never share a spill file and no one else can plant events in it.
+    _spill_dir: Option<tempfile::TempDir>,
 }
 
 impl Fanout {
-    /// Starts a thread per sink. Spill files go into `spill_dir` (made when first needed).
-    pub fn start(sinks: Vec<SinkSpec>, spill_dir: &Path) -> Result<Self> {
+    /// Starts a thread per sink. Sinks that spill get files in a private folder made inside
+    /// `spill_parent`.
+    pub fn start(sinks: Vec<SinkSpec>, spill_parent: &Path) -> Result<Self> {
+        let spill_dir = if sinks.iter().any(|s| s.queue.overflow == Overflow::Spill) {
+            std::fs::create_dir_all(spill_parent).with_context(|| {
+                format!("cannot make the spill folder {}", spill_parent.display())
+            })?;
+            Some(
+                tempfile::Builder::new()
+                    .prefix("vishguard-spill-")
+                    .tempdir_in(spill_parent)
+                    .with_context(|| {
+                        format!("cannot make a spill folder in {}", spill_parent.display())
+                    })?,
+            )
+        } else {
+            None
+        };
+        let spill_path = |i: usize| {
+            spill_dir
+                .as_ref()
+                .map_or_else(PathBuf::new, |d| d.path().join(format!("sink-{i}.jsonl")))
+        };
         let mut queues = Vec::new();
         let mut threads = Vec::new();
         for (i, SinkSpec { mut sink, queue }) in sinks.into_iter().enumerate() {
-            if queue.overflow == Overflow::Spill {
-                std::fs::create_dir_all(spill_dir).with_context(|| {
-                    format!("cannot make the spill folder {}", spill_dir.display())
-                })?;
-            }
             let name = sink.describe();
             let q = Arc::new(SinkQueue {
                 config: QueueConfig {
                     capacity: queue.capacity.max(1),
                     ..queue
                 },
-                spill_path: spill_dir.join(format!("sink-{i}.jsonl")),
+                spill_path: spill_path(i),
                 state: Mutex::new(QueueState {
                     report: SinkReport {
                         sink: name.clone(),
@@ -223,6 +250,7 @@ impl Fanout {
         Ok(Self {
             queues,
             threads: Mutex::new(threads),
+            _spill_dir: spill_dir,
         })
     }
 
@@ -344,7 +372,13 @@ mod tests {
         let reports = fanout.reports();
         assert!(reports[0].spilled >= 40, "{reports:?}");
         assert!(reports[1].dropped >= 40, "{reports:?}");
-        assert!(dir.path().join("sink-0.jsonl").exists());
+        let spill_files = || {
+            walk_files(dir.path())
+                .into_iter()
+                .filter(|p| p.ends_with("sink-0.jsonl"))
+                .count()
+        };
+        assert_eq!(spill_files(), 1);
         open_a.store(true, Ordering::Relaxed);
         open_b.store(true, Ordering::Relaxed);
         let reports = fanout.close();
@@ -354,6 +388,25 @@ mod tests {
         assert_eq!(reports[0].dropped, 0);
         let b = seen_b.lock().unwrap().len() as u64;
         assert_eq!(b + reports[1].dropped, 50);
-        assert!(!dir.path().join("sink-0.jsonl").exists(), "spill removed");
+        assert_eq!(spill_files(), 0, "spill removed once caught up");
+        drop(fanout);
+        assert!(walk_files(dir.path()).is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "folder removed"
+        );
+    }
+
+    fn walk_files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                out.extend(walk_files(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out
     }
 }

@@ -19,7 +19,8 @@ const PAUSE_PARTIAL_S: f64 = 0.15;
 const PARTIAL_MIN: usize = 16_000;
 /// A gap up to this long (seconds) is filled with silence, so a word cut by a lost packet or
 /// two stays one utterance; a longer one ends what was being said and restarts the stream at
-/// the chunk's time.
+/// the chunk's time. A chunk that goes back in time by more than this is a source whose clock
+/// restarted: it is heard as following on, not trimmed away.
 const MAX_FILLED_GAP_S: f64 = 1.0;
 
 struct PartyFront {
@@ -70,8 +71,13 @@ impl FrontEnd {
     }
 
     /// Serves the call's queue until the call is closed, then hands over the last words and
-    /// the close.
+    /// the close. The close goes out even if hearing this call panicked, so the call still ends
+    /// with its summary and the engine can shut down.
     pub fn run(mut self, rx: Receiver<AudioChunk>) {
+        let _close = CloseOnDrop {
+            scheduler: self.scheduler.clone(),
+            info: self.info.clone(),
+        };
         for chunk in rx {
             self.push(chunk);
         }
@@ -80,44 +86,59 @@ impl FrontEnd {
                 self.send(party, u);
             }
         }
-        self.scheduler.push_close(self.info.clone());
     }
 
-    fn push(&mut self, chunk: AudioChunk) {
+    fn push(&mut self, mut chunk: AudioChunk) {
         let party = chunk.party;
         let Some(p) = self.parties.get_mut(party) else {
             return;
         };
+        // One NaN would poison the resampler's state and deafen the party for the rest of the
+        // call: samples that are not numbers are heard as silence (and logged once).
+        let mut bad = 0;
+        for s in chunk.samples.iter_mut().filter(|s| !s.is_finite()) {
+            *s = 0.0;
+            bad += 1;
+        }
+        if bad > 0 {
+            tracing::warn!(call = %self.info.call.id, party, "{bad} samples were not numbers; heard as silence");
+        }
         let rate = p.resampler.rate() as f64;
         let start = (chunk.offset_s * rate).round() as u64;
         let mut samples = &chunk.samples[..];
-        let tolerance = (rate / 1000.0) as u64; // 1 ms of rounding between chunks
-        let mut ended = None;
-        if start > p.next_in + tolerance {
+        let max_gap = (MAX_FILLED_GAP_S * rate) as u64;
+        let mut done = Vec::new();
+        if start > p.next_in {
             let gap = start - p.next_in;
-            if gap as f64 <= MAX_FILLED_GAP_S * rate {
-                let silence = vec![0.0; gap as usize];
-                ended = Self::resample_and_cut(p, &silence);
+            self.info.missing_audio.fetch_add(
+                (gap as f64 * 16_000.0 / rate).round() as u64,
+                Ordering::Relaxed,
+            );
+            if gap <= max_gap {
+                done = Self::resample_and_cut(p, &vec![0.0; gap as usize]);
             } else {
                 tracing::debug!(call = %self.info.call.id, party, gap_s = gap as f64 / rate, "gap in the audio");
+                // 40 ms of silence pushes the resampler's last block and filter tail out
+                // before it starts afresh.
+                done = Self::resample_and_cut(p, &vec![0.0; (rate / 25.0) as usize]);
                 p.resampler.reset();
                 let resumed = (start as f64 * 16_000.0 / rate).round() as u64;
-                ended = Some(p.cutter.jump_to(resumed).into_iter().collect());
+                done.extend(p.cutter.jump_to(resumed));
             }
             p.next_in = start;
-        } else if start + tolerance < p.next_in {
-            // Overlaps audio already heard: only what is new counts.
-            let skip = ((p.next_in - start) as usize).min(samples.len());
-            samples = &samples[skip..];
-            if samples.is_empty() {
-                return;
+        } else if start < p.next_in {
+            let overlap = p.next_in - start;
+            if overlap <= (rate / 1000.0) as u64 {
+                // Within a millisecond of where it should be: rounding, contiguous.
+            } else if overlap <= max_gap {
+                // Overlaps audio already heard (a duplicate): only what is new counts.
+                samples = &samples[(overlap as usize).min(samples.len())..];
+            } else {
+                tracing::warn!(call = %self.info.call.id, party, "audio went back {:.1} s in time; heard as following on", overlap as f64 / rate);
             }
-        } else {
-            // Within rounding of where it should be: contiguous.
         }
-        p.next_in = p.next_in.max(start) + samples.len() as u64;
-        let mut done = ended.unwrap_or_default();
-        done.extend(Self::resample_and_cut(p, samples).unwrap_or_default());
+        p.next_in += samples.len() as u64;
+        done.extend(Self::resample_and_cut(p, samples));
         for u in done {
             let p = &mut self.parties[party];
             p.offered = 0;
@@ -127,11 +148,13 @@ impl FrontEnd {
         self.offer_partial(party);
     }
 
-    fn resample_and_cut(p: &mut PartyFront, samples: &[f32]) -> Option<Vec<UtteranceAudio>> {
+    fn resample_and_cut(p: &mut PartyFront, samples: &[f32]) -> Vec<UtteranceAudio> {
+        if samples.is_empty() {
+            return Vec::new();
+        }
         p.at_16k.clear();
         p.resampler.push(samples, &mut p.at_16k);
-        let done = p.cutter.push(&p.at_16k);
-        (!done.is_empty()).then_some(done)
+        p.cutter.push(&p.at_16k)
     }
 
     fn offer_partial(&mut self, party: usize) {
@@ -176,5 +199,17 @@ impl FrontEnd {
                 "recogniser busy: dropped a {seconds:.1} s utterance"
             );
         }
+    }
+}
+
+/// Hands the call's close to the scheduler when the front end ends, however it ends.
+struct CloseOnDrop {
+    scheduler: Arc<Scheduler>,
+    info: Arc<CallInfo>,
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.scheduler.push_close(self.info.clone());
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::fanout::Fanout;
 use super::scheduler::Scheduler;
-use super::{front_end, CallInfo, EngineConfig};
+use super::{front_end, CallInfo, EngineConfig, LiveCalls};
 use crate::audio::StreamResampler;
 use crate::call::{AudioChunk, Call, CallId, Event};
 use crate::sources::{Ingest, IngestError, Ingress};
@@ -19,21 +19,36 @@ struct OpenCall {
     info: Arc<CallInfo>,
 }
 
+/// A call is at most a day long: a chunk placed later is a source's mistake, and taking it
+/// would stop the party's clock (seconds of audio time).
+const MAX_OFFSET_S: f64 = 86_400.0;
+/// A chunk holds at most this much audio (seconds): the call's queue bounds chunks, so their
+/// size must be bounded too.
+const MAX_CHUNK_S: f64 = 10.0;
+
 pub(super) struct EngineIngest {
     config: EngineConfig,
     scheduler: Arc<Scheduler>,
     fanout: Arc<Fanout>,
+    live: Arc<LiveCalls>,
     calls: Mutex<HashMap<CallId, OpenCall>>,
     fronts: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Set under the `calls` lock, so no call opens after `close_all` has cleared it.
     stopped: AtomicBool,
 }
 
 impl EngineIngest {
-    pub fn new(config: EngineConfig, scheduler: Arc<Scheduler>, fanout: Arc<Fanout>) -> Self {
+    pub fn new(
+        config: EngineConfig,
+        scheduler: Arc<Scheduler>,
+        fanout: Arc<Fanout>,
+        live: Arc<LiveCalls>,
+    ) -> Self {
         Self {
             config,
             scheduler,
             fanout,
+            live,
             calls: Mutex::default(),
             fronts: Mutex::default(),
             stopped: AtomicBool::new(false),
@@ -45,9 +60,6 @@ impl EngineIngest {
     }
 
     fn open(&self, call: Call) -> Result<(), IngestError> {
-        if self.stopped.load(Ordering::Relaxed) {
-            return Err(IngestError::Stopped);
-        }
         let bad = |problem: String| IngestError::BadCall {
             call: call.id.clone(),
             problem,
@@ -68,11 +80,14 @@ impl EngineIngest {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad(e.to_string()))?;
         let mut calls = self.calls();
-        if calls.contains_key(&call.id) {
-            return Err(IngestError::DuplicateCall(call.id));
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(IngestError::Stopped);
         }
+        self.live.admit(&call.id, self.config.max_calls)?;
         let (tx, rx) = sync_channel(self.config.call_queue_chunks);
         let info = Arc::new(CallInfo::new(call.clone()));
+        // Before the call's first utterance can be heard: its events stay in order.
+        self.fanout.send(Event::CallStarted(call.clone()));
         self.scheduler.call_opened();
         let front = front_end::FrontEnd::new(
             info.clone(),
@@ -92,12 +107,11 @@ impl EngineIngest {
                 fronts.push(handle);
             }
             Err(e) => {
+                // The call ends as it began, with its summary (the worker frees its id).
                 self.scheduler.push_close(info);
                 return Err(bad(format!("no thread for its front end: {e}")));
             }
         }
-        // Before the call's first utterance can be heard: its events stay in order.
-        self.fanout.send(Event::CallStarted(call.clone()));
         calls.insert(call.id, OpenCall { tx, info });
         Ok(())
     }
@@ -123,11 +137,22 @@ impl EngineIngest {
                 parties,
             });
         }
-        if !chunk.offset_s.is_finite() || chunk.offset_s < 0.0 {
-            return Err(IngestError::BadCall {
-                call: chunk.call.clone(),
-                problem: format!("a chunk's offset_s is {}", chunk.offset_s),
-            });
+        let bad = |problem: String| IngestError::BadCall {
+            call: chunk.call.clone(),
+            problem,
+        };
+        if !(0.0..=MAX_OFFSET_S).contains(&chunk.offset_s) {
+            return Err(bad(format!(
+                "a chunk's offset_s is {} (0 to {MAX_OFFSET_S} s)",
+                chunk.offset_s
+            )));
+        }
+        let rate = open.info.call.parties[chunk.party].sample_rate as f64;
+        if chunk.samples.len() as f64 > MAX_CHUNK_S * rate {
+            return Err(bad(format!(
+                "a chunk of {} samples is over {MAX_CHUNK_S} s",
+                chunk.samples.len()
+            )));
         }
         Ok((open.tx.clone(), open.info.clone()))
     }
@@ -142,8 +167,11 @@ impl EngineIngest {
 
     /// Closes every open call and waits for their front ends to hand over their last words.
     pub fn close_all(&self) {
-        self.stopped.store(true, Ordering::Relaxed);
-        self.calls().clear();
+        {
+            let mut calls = self.calls();
+            self.stopped.store(true, Ordering::Relaxed);
+            calls.clear();
+        }
         let fronts: Vec<_> = self.fronts().drain(..).collect();
         for f in fronts {
             let _ = f.join();

@@ -21,16 +21,17 @@ pub mod recogniser;
 mod scheduler;
 mod worker;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::audio::utterance::UtteranceConfig;
-use crate::call::Call;
+use crate::call::{Call, CallId};
 use crate::detect::Classifier;
 use crate::sinks::{QueueConfig, Sink};
 use crate::sources::Ingest;
@@ -47,13 +48,16 @@ pub struct EngineConfig {
     pub asr_queue: usize,
     /// Recogniser threads sharing the one model (each call is heard by one at a time).
     pub asr_workers: usize,
+    /// Calls open at once; more are refused (rather than every call heard worse).
+    pub max_calls: usize,
     /// While an utterance is still being spoken, its audio so far is offered to an idle
     /// recogniser, so a phrase can alert before the speaker pauses.
     pub partials: bool,
     /// ... each time it has grown this much (seconds of audio).
     pub partial_every_s: f64,
     pub utterances: UtteranceConfig,
-    /// Where sinks' queues spill when full (default: the system's temporary folder).
+    /// Where sinks' queues spill when full: a private folder is made inside it (default: the
+    /// system's temporary folder).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spill_dir: Option<PathBuf>,
 }
@@ -64,6 +68,7 @@ impl Default for EngineConfig {
             call_queue_chunks: 200,
             asr_queue: 16,
             asr_workers: 2,
+            max_calls: 1000,
             partials: true,
             partial_every_s: 0.25,
             utterances: UtteranceConfig::default(),
@@ -79,6 +84,7 @@ impl EngineConfig {
             ("call_queue_chunks", self.call_queue_chunks),
             ("asr_queue", self.asr_queue),
             ("asr_workers", self.asr_workers),
+            ("max_calls", self.max_calls),
         ] {
             if v == 0 {
                 return Err(format!("{key} must be at least 1"));
@@ -126,6 +132,8 @@ pub(crate) struct CallInfo {
     pub dropped_audio: AtomicU64,
     /// Utterances dropped because the recognisers' queue was full.
     pub dropped_utterances: AtomicU64,
+    /// 16 kHz samples' worth of audio time between chunks that never arrived.
+    pub missing_audio: AtomicU64,
 }
 
 impl CallInfo {
@@ -135,7 +143,36 @@ impl CallInfo {
             started: Instant::now(),
             dropped_audio: AtomicU64::new(0),
             dropped_utterances: AtomicU64::new(0),
+            missing_audio: AtomicU64::new(0),
         }
+    }
+}
+
+/// The ids of the calls the engine holds, from their opening until their summary has gone to
+/// the sinks: an id cannot be reused while the earlier call with it is still being heard.
+#[derive(Default)]
+pub(crate) struct LiveCalls(Mutex<HashSet<CallId>>);
+
+impl LiveCalls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<CallId>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// False when the id is taken or `max` calls are live.
+    pub fn admit(&self, id: &CallId, max: usize) -> Result<(), crate::sources::IngestError> {
+        let mut live = self.lock();
+        if live.contains(id) {
+            return Err(crate::sources::IngestError::DuplicateCall(id.clone()));
+        }
+        if live.len() >= max {
+            return Err(crate::sources::IngestError::TooManyCalls(max));
+        }
+        live.insert(id.clone());
+        Ok(())
+    }
+
+    pub fn finished(&self, id: &CallId) {
+        self.lock().remove(id);
     }
 }
 
@@ -165,16 +202,16 @@ impl Engine {
         config
             .validate()
             .map_err(|e| anyhow::anyhow!("engine.{e}"))?;
-        let spill_dir = config.spill_dir.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("vishguard-spill-{}", std::process::id()))
-        });
-        let fanout = Arc::new(fanout::Fanout::start(sinks, &spill_dir)?);
+        let spill_parent = config.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let fanout = Arc::new(fanout::Fanout::start(sinks, &spill_parent)?);
         let scheduler = Arc::new(scheduler::Scheduler::new(config.asr_queue));
+        let live = Arc::new(LiveCalls::default());
         let shared = Arc::new(worker::Workers::new(
             recogniser,
             classifier,
             scheduler.clone(),
             fanout.clone(),
+            live.clone(),
         ));
         let workers = (0..config.asr_workers)
             .map(|i| {
@@ -188,6 +225,7 @@ impl Engine {
             config,
             scheduler.clone(),
             fanout.clone(),
+            live,
         ));
         Ok(Self {
             ingest,
@@ -204,6 +242,10 @@ impl Engine {
 
     /// Closes the calls still open, hears what is queued, delivers every event, and stops.
     pub fn shutdown(mut self) -> EngineReport {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> EngineReport {
         self.ingest.close_all();
         self.scheduler.shut_down();
         for w in self.workers.drain(..) {
@@ -225,8 +267,11 @@ impl Engine {
 }
 
 impl Drop for Engine {
-    /// Without a shutdown the workers still stop once the open calls end.
+    /// An engine dropped without `shutdown` (an error on the way) still hears what it was given
+    /// and lets its sinks deliver it.
     fn drop(&mut self) {
-        self.scheduler.shut_down();
+        if !self.workers.is_empty() {
+            self.stop();
+        }
     }
 }

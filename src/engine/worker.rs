@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::fanout::Fanout;
 use super::recogniser::{HearRequest, Heard, Recogniser};
 use super::scheduler::{self, Job, Scheduler, Work};
-use super::CallInfo;
+use super::{CallInfo, LiveCalls};
 use crate::call::{Alert, CallId, Event, Segment, StreamStats, Utterance};
 use crate::detect::timeline::Timeline;
 use crate::detect::{summarise, Classifier, PartyOutcome};
@@ -62,6 +62,7 @@ pub(super) struct Workers {
     classifier: Arc<Classifier>,
     scheduler: Arc<Scheduler>,
     fanout: Arc<Fanout>,
+    live: Arc<LiveCalls>,
     calls: Mutex<HashMap<CallId, CallState>>,
 }
 
@@ -71,12 +72,14 @@ impl Workers {
         classifier: Arc<Classifier>,
         scheduler: Arc<Scheduler>,
         fanout: Arc<Fanout>,
+        live: Arc<LiveCalls>,
     ) -> Self {
         Self {
             recogniser,
             classifier,
             scheduler,
             fanout,
+            live,
             calls: Mutex::default(),
         }
     }
@@ -89,28 +92,44 @@ impl Workers {
     pub fn work(&self) {
         while let Some(work) = self.scheduler.next() {
             let call_id = work.call_id().clone();
+            let closing = match &work {
+                Work::Job(Job::Close(info)) => Some(info.clone()),
+                _ => None,
+            };
             let mut call = self.calls().remove(&call_id).unwrap_or_default();
-            let mut out = Vec::new();
-            let keep = match work {
-                Work::Job(Job::Utterance(heard)) => {
-                    self.utterance(&mut call, heard, &mut out);
-                    true
+            // A panic while hearing one call (a recogniser's bug, a model error) must not take
+            // the others down: the call loses what it had so far, and still ends with its
+            // summary.
+            let heard = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut out = Vec::new();
+                match work {
+                    Work::Job(Job::Utterance(heard)) => self.utterance(&mut call, heard, &mut out),
+                    Work::Partial(heard) => self.partial(&mut call, heard, &mut out),
+                    Work::Job(Job::Close(info)) => out.push(summary(&info, &call)),
                 }
-                Work::Partial(heard) => {
-                    self.partial(&mut call, heard, &mut out);
-                    true
+                (call, out)
+            }));
+            let out = match heard {
+                Ok((call, out)) => {
+                    if closing.is_none() {
+                        self.calls().insert(call_id.clone(), call);
+                    }
+                    out
                 }
-                Work::Job(Job::Close(info)) => {
-                    out.push(summary(&info, &call));
-                    false
+                Err(_) => {
+                    tracing::error!(call = %call_id, "hearing this call panicked; what it had so far is lost");
+                    match &closing {
+                        Some(info) => vec![summary(info, &CallState::default())],
+                        None => Vec::new(),
+                    }
                 }
             };
-            if keep {
-                self.calls().insert(call_id.clone(), call);
-            }
             // Events leave before the call is released, so a call's events stay in order.
             for e in out {
                 self.fanout.send(e);
+            }
+            if closing.is_some() {
+                self.live.finished(&call_id);
             }
             self.scheduler.release(&call_id);
         }
@@ -229,6 +248,7 @@ fn summary(info: &CallInfo, call: &CallState) -> Event {
         utterances: call.utterances,
         alerts: call.parties.values().map(|p| p.sent.len()).sum(),
         dropped_audio_s: info.dropped_audio.load(Ordering::Relaxed) as f64 / 16_000.0,
+        missing_audio_s: info.missing_audio.load(Ordering::Relaxed) as f64 / 16_000.0,
         dropped_utterances: info.dropped_utterances.load(Ordering::Relaxed),
     });
     Event::CallEnded(summary)

@@ -70,12 +70,23 @@ struct RingWriter<T> {
     convert: fn(T) -> f32,
     /// Samples written so far.
     written: u64,
+    /// A loss the notes had no room for: no audio is written after it until it is noted, or
+    /// the reader would place that audio early.
+    unnoted: Option<(u64, u64)>,
 }
 
 impl<T: Copy> RingWriter<T> {
     /// Neither allocates nor blocks.
     fn write(&mut self, data: &[T]) {
-        let room = self.ring.vacant_len() / self.channels * self.channels;
+        if let Some(gap) = self.unnoted {
+            if self.gaps.try_push(gap).is_ok() {
+                self.unnoted = None;
+            }
+        }
+        let room = match self.unnoted {
+            Some(_) => 0,
+            None => self.ring.vacant_len() / self.channels * self.channels,
+        };
         let take = data.len().min(room);
         let convert = self.convert;
         let pushed = self
@@ -85,9 +96,15 @@ impl<T: Copy> RingWriter<T> {
         let missed = (data.len() - pushed) as u64;
         if missed > 0 {
             self.lost.fetch_add(missed, Ordering::Relaxed);
-            // If even the gap notes overflow, the reader cannot place the loss: the later
-            // audio then comes early by that much (counted in `lost` all the same).
-            let _ = self.gaps.try_push((self.written, missed));
+            match &mut self.unnoted {
+                // Nothing was written since: the same place, a longer loss.
+                Some((_, n)) => *n += missed,
+                None => {
+                    if self.gaps.try_push((self.written, missed)).is_err() {
+                        self.unnoted = Some((self.written, missed));
+                    }
+                }
+            }
         }
     }
 
@@ -110,6 +127,7 @@ fn writer<T: Copy>(
         lost,
         convert,
         written: 0,
+        unnoted: None,
     }
 }
 
@@ -190,19 +208,23 @@ impl Source for DeviceSource {
             rate,
             parties,
         };
-        while !stop.requested() && deadline.is_none_or(|d| Instant::now() < d) {
+        let mut forward = |reading: &mut Reading| -> bool {
             let got = reading.next_block(&mut reader, &mut gaps, &mut block);
-            if got == 0 {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            }
             for chunk in reading.chunks(&id, &block[..got]) {
                 // A live source cannot wait: a full queue drops (and counts) the chunk.
                 let _ = out.send(Ingress::Audio(chunk));
             }
             reading.popped += got as u64;
+            got > 0
+        };
+        while !stop.requested() && deadline.is_none_or(|d| Instant::now() < d) {
+            if !forward(&mut reading) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         drop(stream);
+        // What was captured before the stream stopped is still part of the call.
+        while forward(&mut reading) {}
         let lost = lost.load(Ordering::Relaxed);
         if lost > 0 {
             tracing::warn!(
@@ -249,8 +271,11 @@ impl Reading {
         ring.pop_slice(&mut block[..want])
     }
 
-    /// The block as chunks, one per party, placed at its audio time.
+    /// The block as chunks, one per party, placed at its audio time (none for no samples).
     fn chunks(&self, id: &CallId, interleaved: &[f32]) -> Vec<AudioChunk> {
+        if interleaved.is_empty() {
+            return Vec::new();
+        }
         let frame = (self.popped + self.lost_before) / self.n_ch as u64;
         let offset_s = frame as f64 / self.rate as f64;
         let n = self.n_ch;
@@ -318,5 +343,40 @@ mod tests {
             after[0].offset_s
         );
         assert_eq!(after[0].samples, vec![3.0, 3.0]);
+    }
+
+    #[test]
+    fn a_loss_the_notes_cannot_hold_stops_writing_until_it_is_noted() {
+        let (ring, mut reader) = HeapRb::<f32>::new(4).split();
+        let (notes, mut gaps) = HeapRb::<(u64, u64)>::new(1).split();
+        let lost = Arc::new(AtomicU64::new(0));
+        let mut w = writer::<f32>(ring, notes, 1, lost.clone(), |s| s);
+        w.write(&[1.0; 4]); // fills the ring
+        w.write(&[2.0; 3]); // lost, noted (the one note slot)
+        w.write(&[3.0; 2]); // lost, no room for a note: unnoted
+        let mut reading = Reading {
+            popped: 0,
+            lost_before: 0,
+            n_ch: 1,
+            rate: 1000,
+            parties: 1,
+        };
+        let mut block = vec![0f32; 16];
+        let got = reading.next_block(&mut reader, &mut gaps, &mut block);
+        assert_eq!(got, 4);
+        reading.popped += got as u64;
+        // The reader steps over the first loss, freeing its note.
+        assert_eq!(reading.next_block(&mut reader, &mut gaps, &mut block), 0);
+        // The second loss is noted before this audio goes in, so the audio lands after both.
+        w.write(&[4.0; 2]);
+        let got = reading.next_block(&mut reader, &mut gaps, &mut block);
+        assert_eq!(&block[..got], &[4.0, 4.0]);
+        let after = reading.chunks(&"d".into(), &block[..got]);
+        assert!(
+            (after[0].offset_s - 0.009).abs() < 1e-9,
+            "{}",
+            after[0].offset_s
+        );
+        assert_eq!(lost.load(Ordering::Relaxed), 5);
     }
 }

@@ -55,8 +55,12 @@ pub enum IngestError {
     QueueFull(CallId),
     #[error("call {0} is not open")]
     UnknownCall(CallId),
-    #[error("call {0} is already open")]
+    /// The id belongs to a call still open, or still being heard after its close.
+    #[error("call {0} is already open (or still being heard)")]
     DuplicateCall(CallId),
+    /// The engine holds as many calls as it is configured for (`engine.max_calls`).
+    #[error("{0} calls are open, the most this engine takes; try again later")]
+    TooManyCalls(usize),
     #[error("call {call}: no party {party} (the call has {parties})")]
     UnknownParty {
         call: CallId,
