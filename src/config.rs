@@ -27,10 +27,15 @@ use crate::sources::{DeviceSourceConfig, Source};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `[asr]`: the recogniser.
     pub asr: AsrConfig,
+    /// `[detect]`: the phrase packs and the context check.
     pub detect: DetectConfig,
+    /// `[engine]`: queues, workers, partial hypotheses, `[engine.utterances]`.
     pub engine: EngineConfig,
+    /// `[[sources]]`: where calls come from; each runs on a thread of its own.
     pub sources: Vec<SourceConfig>,
+    /// `[[sinks]]`: where events go; each has its own queue (`[sinks.queue]`).
     pub sinks: Vec<SinkConfig>,
 }
 

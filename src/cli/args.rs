@@ -7,9 +7,19 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use serde::de::DeserializeOwned;
 
+use std::io::IsTerminal;
+
+use anyhow::{bail, Result};
+
 use crate::asr::DeviceChoice;
 use crate::audio::ChannelMode;
-use crate::config::{AsrConfig, DetectConfig};
+use crate::config::{AsrConfig, DetectConfig, SinkConfig};
+use crate::engine::EngineConfig;
+use crate::sinks::alert_file::AlertFileConfig;
+use crate::sinks::stdout::StdoutConfig;
+use crate::sinks::terminal::TerminalConfig;
+use crate::sinks::webhook::{default_outbox, WebhookConfig};
+use crate::sinks::QueueConfig;
 
 /// A parser for one of the library's named choices, listing them in `--help`: a name reads
 /// as it does in a config file (through the enum's serde names).
@@ -128,6 +138,113 @@ impl DetectorArgs {
         let mut config = DetectConfig::default();
         self.apply(&mut config);
         config
+    }
+}
+
+/// How the live engine runs (`[engine]`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct EngineArgs {
+    /// Utterances waiting for the recogniser before new ones are dropped [default: 16].
+    #[arg(long)]
+    pub asr_queue: Option<usize>,
+    /// Recogniser threads sharing the model (two get about 1.25x the work of one on 2 cores)
+    /// [default: 2].
+    #[arg(long)]
+    pub asr_workers: Option<usize>,
+    /// Hear only finished utterances: no early alerts from words still being spoken (saves
+    /// the idle-time work that partial hypotheses take).
+    #[arg(long)]
+    pub no_partials: bool,
+}
+
+impl EngineArgs {
+    pub fn apply(&self, config: &mut EngineConfig) {
+        if let Some(n) = self.asr_queue {
+            config.asr_queue = n;
+        }
+        if let Some(n) = self.asr_workers {
+            config.asr_workers = n;
+        }
+        if self.no_partials {
+            config.partials = false;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventFormat {
+    /// Colored lines for a person (the default on a terminal).
+    View,
+    /// JSON lines (the default when stdout is not a terminal).
+    Jsonl,
+}
+
+/// Where the live engine's events go (`[[sinks]]`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct SinkArgs {
+    #[arg(long, value_enum)]
+    pub format: Option<EventFormat>,
+    /// With JSON lines: also print each utterance's transcript.
+    #[arg(long)]
+    pub transcripts: bool,
+    /// Append every alert to this file (synced to disk per alert).
+    #[arg(long)]
+    pub alerts_file: Option<PathBuf>,
+    /// POST every alert to this URL; undelivered alerts wait in --webhook-outbox.
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// Where undelivered webhook alerts wait [default: vishguard-outbox].
+    #[arg(long)]
+    pub webhook_outbox: Option<PathBuf>,
+}
+
+impl SinkArgs {
+    /// Adds the sinks the flags ask for; with no sink anywhere, what people expect: a view on
+    /// a terminal, JSON lines into a pipe. Errors name a flag with nothing to act on.
+    pub fn apply(&self, sinks: &mut Vec<SinkConfig>) -> Result<()> {
+        let format = self.format.or_else(|| {
+            sinks.is_empty().then(|| {
+                if std::io::stdout().is_terminal() {
+                    EventFormat::View
+                } else {
+                    EventFormat::Jsonl
+                }
+            })
+        });
+        match format {
+            Some(EventFormat::View) => sinks.push(SinkConfig::Terminal(TerminalConfig::default())),
+            Some(EventFormat::Jsonl) => sinks.push(SinkConfig::Stdout(StdoutConfig::default())),
+            None => {}
+        }
+        if self.transcripts {
+            let mut stdout = sinks.iter_mut().filter_map(|s| match s {
+                SinkConfig::Stdout(c) => Some(c),
+                _ => None,
+            });
+            let Some(first) = stdout.next() else {
+                bail!("--transcripts adds transcripts to JSON lines: it needs --format jsonl (or a stdout sink in the config)");
+            };
+            first.transcripts = true;
+            stdout.for_each(|c| c.transcripts = true);
+        }
+        if let Some(path) = &self.alerts_file {
+            sinks.push(SinkConfig::AlertFile(AlertFileConfig {
+                path: path.clone(),
+                queue: QueueConfig::default(),
+            }));
+        }
+        match (&self.webhook, &self.webhook_outbox) {
+            (Some(url), outbox) => sinks.push(SinkConfig::Webhook(WebhookConfig {
+                url: url.clone(),
+                outbox: outbox.clone().unwrap_or_else(default_outbox),
+                queue: QueueConfig::default(),
+            })),
+            (None, Some(_)) => {
+                bail!("--webhook-outbox is where --webhook keeps alerts: it needs --webhook")
+            }
+            (None, None) => {}
+        }
+        Ok(())
     }
 }
 

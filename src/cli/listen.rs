@@ -1,29 +1,17 @@
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::args::{AsrArgs, DetectorArgs};
-use crate::config::{Config, SinkConfig, SourceConfig};
+use super::args::{AsrArgs, DetectorArgs, EngineArgs, SinkArgs};
+use crate::audio::ChannelMode;
+use crate::config::{Config, SourceConfig};
 use crate::engine::{Engine, SinkSpec, WhisperRecogniser};
-use crate::sinks::alert_file::AlertFileConfig;
 use crate::sinks::memory::Collector;
-use crate::sinks::stdout::StdoutConfig;
-use crate::sinks::terminal::TerminalConfig;
-use crate::sinks::webhook::{default_outbox, WebhookConfig};
 use crate::sinks::QueueConfig;
 use crate::sources::file::FileSourceConfig;
 use crate::sources::{DeviceSourceConfig, Stop};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ListenFormat {
-    /// Colored lines for a person (the default on a terminal).
-    View,
-    /// JSON lines (the default when stdout is not a terminal).
-    Jsonl,
-}
 
 #[derive(Args, Debug, Default)]
 pub struct ListenArgs {
@@ -37,73 +25,39 @@ pub struct ListenArgs {
     /// List capture devices and exit.
     #[arg(long)]
     pub list_devices: bool,
-    /// Capture from this device (default: the system's default input); see --list-devices.
-    #[arg(long)]
-    pub input_device: Option<String>,
-    /// Stop after this many seconds of capture.
-    #[arg(long)]
-    pub seconds: Option<f64>,
+    #[command(flatten, next_help_heading = "Calls")]
+    pub sources: SourceArgs,
+    #[command(flatten, next_help_heading = "Where alerts go")]
+    pub sinks: SinkArgs,
+    #[command(flatten, next_help_heading = "Engine")]
+    pub engine: EngineArgs,
+    #[command(flatten, next_help_heading = "Recognition")]
+    pub asr: AsrArgs,
+    #[command(flatten, next_help_heading = "Detection")]
+    pub detector: DetectorArgs,
+}
+
+/// Where listen's calls come from: recordings, or a sound device.
+#[derive(Args, Debug, Default)]
+pub struct SourceArgs {
     /// Feed a recording through the live engine as a call (repeat for concurrent calls).
     #[arg(long)]
     pub from_file: Vec<PathBuf>,
     /// With --from-file: play at real speed (for demos and latency measurements).
     #[arg(long)]
     pub realtime: bool,
-    #[arg(long, value_enum)]
-    pub format: Option<ListenFormat>,
-    /// With JSON lines: also print each utterance's transcript.
+    /// Capture from this device (default: the system's default input); see --list-devices.
     #[arg(long)]
-    pub transcripts: bool,
-    /// Append every alert to this file (synced to disk per alert).
+    pub input_device: Option<String>,
+    /// Stop after this many seconds of capture.
     #[arg(long)]
-    pub alerts_file: Option<PathBuf>,
-    /// POST every alert to this URL; undelivered alerts wait in --webhook-outbox.
-    #[arg(long)]
-    pub webhook: Option<String>,
-    /// Where undelivered webhook alerts wait [default: vishguard-outbox].
-    #[arg(long)]
-    pub webhook_outbox: Option<PathBuf>,
-    /// Utterances waiting for the recogniser before new ones are dropped [default: 16].
-    #[arg(long)]
-    pub asr_queue: Option<usize>,
-    /// Recogniser threads sharing the model (two get about 1.25x the work of one on 2 cores)
-    /// [default: 2].
-    #[arg(long)]
-    pub asr_workers: Option<usize>,
-    /// Hear only finished utterances: no early alerts from words still being spoken (saves
-    /// the idle-time work that partial hypotheses take).
-    #[arg(long)]
-    pub no_partials: bool,
-    #[command(flatten)]
-    pub asr: AsrArgs,
-    #[command(flatten)]
-    pub detector: DetectorArgs,
+    pub seconds: Option<f64>,
 }
 
-impl ListenArgs {
-    /// The config file (or the defaults) with every flag written over it. Errors name a flag
-    /// that would have nothing to act on.
-    pub fn config(&self) -> Result<Config> {
-        let mut config = match &self.config {
-            Some(path) => Config::load(path)?,
-            None => Config::default(),
-        };
-        self.asr.apply(&mut config.asr);
-        self.detector.apply(&mut config.detect);
-        let engine = &mut config.engine;
-        if self.asr.no_vad {
-            engine.utterances.vad = false;
-        }
-        if let Some(n) = self.asr_queue {
-            engine.asr_queue = n;
-        }
-        if let Some(n) = self.asr_workers {
-            engine.asr_workers = n;
-        }
-        if self.no_partials {
-            engine.partials = false;
-        }
-        let channels = self.asr.channels();
+impl SourceArgs {
+    /// A file source per recording; a device source when asked for, or when nothing else
+    /// would be heard.
+    fn apply(&self, channels: ChannelMode, config: &mut Config) -> Result<()> {
         if self.realtime && self.from_file.is_empty() {
             bail!("--realtime plays a recording: it needs --from-file");
         }
@@ -126,56 +80,27 @@ impl ListenArgs {
                     channels,
                 }));
         }
-        let format = self.format.or_else(|| {
-            // With no sink anywhere, what people expect: a view on a terminal, JSON lines
-            // into a pipe.
-            config.sinks.is_empty().then(|| {
-                if std::io::stdout().is_terminal() {
-                    ListenFormat::View
-                } else {
-                    ListenFormat::Jsonl
-                }
-            })
-        });
-        match format {
-            Some(ListenFormat::View) => config
-                .sinks
-                .push(SinkConfig::Terminal(TerminalConfig::default())),
-            Some(ListenFormat::Jsonl) => config.sinks.push(SinkConfig::Stdout(StdoutConfig {
-                transcripts: false,
-                queue: QueueConfig::default(),
-            })),
-            None => {}
+        Ok(())
+    }
+}
+
+impl ListenArgs {
+    /// The config file (or the defaults) with every flag written over it. Errors name a flag
+    /// that would have nothing to act on.
+    pub fn config(&self) -> Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        self.asr.apply(&mut config.asr);
+        self.detector.apply(&mut config.detect);
+        self.engine.apply(&mut config.engine);
+        if self.asr.no_vad {
+            // Live calls are cut by the engine: without voice activity, into fixed pieces.
+            config.engine.utterances.vad = false;
         }
-        if self.transcripts {
-            let mut any = false;
-            for s in &mut config.sinks {
-                if let SinkConfig::Stdout(c) = s {
-                    c.transcripts = true;
-                    any = true;
-                }
-            }
-            if !any {
-                bail!("--transcripts adds transcripts to JSON lines: it needs --format jsonl (or a stdout sink in the config)");
-            }
-        }
-        if let Some(path) = &self.alerts_file {
-            config.sinks.push(SinkConfig::AlertFile(AlertFileConfig {
-                path: path.clone(),
-                queue: QueueConfig::default(),
-            }));
-        }
-        match (&self.webhook, &self.webhook_outbox) {
-            (Some(url), outbox) => config.sinks.push(SinkConfig::Webhook(WebhookConfig {
-                url: url.clone(),
-                outbox: outbox.clone().unwrap_or_else(default_outbox),
-                queue: QueueConfig::default(),
-            })),
-            (None, Some(_)) => {
-                bail!("--webhook-outbox is where --webhook keeps alerts: it needs --webhook")
-            }
-            (None, None) => {}
-        }
+        self.sources.apply(self.asr.channels(), &mut config)?;
+        self.sinks.apply(&mut config.sinks)?;
         config
             .validate()
             .map_err(|(key, problem)| anyhow::anyhow!("{key}: {problem}"))?;
@@ -263,6 +188,7 @@ fn list_devices() -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SinkConfig;
 
     fn listen(args: &[&str]) -> Result<Config> {
         use clap::Parser;

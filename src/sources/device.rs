@@ -201,13 +201,7 @@ impl Source for DeviceSource {
             .seconds
             .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
         let mut block = vec![0f32; (rate as usize / 50).max(1) * n_ch];
-        let mut reading = Reading {
-            popped: 0,
-            lost_before: 0,
-            n_ch,
-            rate,
-            parties,
-        };
+        let mut reading = Reading::new(n_ch, rate, parties);
         let mut forward = |reading: &mut Reading| -> bool {
             let got = reading.next_block(&mut reader, &mut gaps, &mut block);
             for chunk in reading.chunks(&id, &block[..got]) {
@@ -250,6 +244,18 @@ struct Reading {
 }
 
 impl Reading {
+    /// At the start of a stream of `n_ch` interleaved channels at `rate` Hz, heard as
+    /// `parties` parties (1: mixed; `n_ch`: split).
+    fn new(n_ch: usize, rate: u32, parties: usize) -> Self {
+        Self {
+            popped: 0,
+            lost_before: 0,
+            n_ch,
+            rate,
+            parties,
+        }
+    }
+
     /// Reads up to a block, stopping at the next place audio was lost (which it steps over).
     fn next_block(
         &mut self,
@@ -317,13 +323,7 @@ mod tests {
         callback.write(&[1; 12]);
         callback.write(&[2; 12]);
         assert_eq!(lost.load(Ordering::Relaxed), 8);
-        let mut reading = Reading {
-            popped: 0,
-            lost_before: 0,
-            n_ch: 2,
-            rate: 1000,
-            parties: 2,
-        };
+        let mut reading = Reading::new(2, 1000, 2);
         let mut block = vec![0f32; 40];
         let got = reading.next_block(&mut reader, &mut gaps, &mut block);
         assert_eq!(got, 16, "stops at the gap");
@@ -354,13 +354,7 @@ mod tests {
         w.write(&[1.0; 4]); // fills the ring
         w.write(&[2.0; 3]); // lost, noted (the one note slot)
         w.write(&[3.0; 2]); // lost, no room for a note: unnoted
-        let mut reading = Reading {
-            popped: 0,
-            lost_before: 0,
-            n_ch: 1,
-            rate: 1000,
-            parties: 1,
-        };
+        let mut reading = Reading::new(1, 1000, 1);
         let mut block = vec![0f32; 16];
         let got = reading.next_block(&mut reader, &mut gaps, &mut block);
         assert_eq!(got, 4);
