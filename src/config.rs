@@ -1,7 +1,8 @@
 //! One TOML config describes what runs: `[asr]` (the recogniser), `[detect]` (the phrase packs
-//! and the context check), `[engine]` (queues, workers, utterance cutting), `[[sources]]` and
-//! `[[sinks]]`. `listen --config FILE` reads it; command-line flags fill the same struct, so a
-//! flag is never silently ignored, and `--print-config` shows what will run.
+//! and the context check), `[engine]` (queues, workers, utterance cutting), `[[sources]]`,
+//! `[[sinks]]` and `[server]`. `listen --config FILE` and `serve --config FILE` read it;
+//! command-line flags fill the same struct, so a flag is never silently ignored, and
+//! `--print-config` shows what will run.
 //!
 //! `docs/listen.example.toml` documents every key (a test keeps it valid). Unknown keys and bad
 //! values are errors that name the key and its line.
@@ -17,6 +18,7 @@ use crate::detect::script_context::ContextCheck;
 use crate::detect::{Classifier, PhrasePack};
 use crate::engine::{EngineConfig, SinkSpec};
 use crate::model_store::ModelStore;
+use crate::server::ServerConfig;
 use crate::sinks::alert_file::{AlertFile, AlertFileConfig};
 use crate::sinks::stdout::{JsonLines, StdoutConfig};
 use crate::sinks::terminal::{TerminalConfig, TerminalView};
@@ -37,6 +39,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// `[[sinks]]`: where events go; each has its own queue (`[sinks.queue]`).
     pub sinks: Vec<SinkConfig>,
+    /// `[server]`: `serve`'s HTTP address, token and limits.
+    pub server: ServerConfig,
 }
 
 /// `[asr]`: which Whisper model, where it runs, and how it listens.
@@ -258,6 +262,7 @@ impl Config {
         };
         self.asr.validate().map_err(|e| split("asr", e))?;
         self.engine.validate().map_err(|e| split("engine", e))?;
+        self.server.validate().map_err(|e| split("server", e))?;
         for (i, s) in self.sinks.iter().enumerate() {
             if s.queue_capacity() == 0 {
                 return Err((

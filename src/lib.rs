@@ -7,8 +7,10 @@
 //! [`config`] describes a whole run. [`model_store`] provides the models; [`score`] measures
 //! quality; [`render`] writes transcripts; [`cli`] is the command line.
 //!
-//! Each room imports only rooms below it: cli > config, score > engine > sources, sinks,
-//! render > detect > asr > audio, model_store > call.
+//! [`server`] is `serve`'s HTTP side (API, events, metrics, WebSocket media).
+//!
+//! Each room imports only rooms below it: cli > config, score > server > engine > sources,
+//! sinks, render > detect > asr > audio, model_store > call (`tests/layers.rs` checks it).
 
 pub mod asr;
 pub mod audio;
@@ -20,5 +22,6 @@ pub mod engine;
 pub mod model_store;
 pub mod render;
 pub mod score;
+pub mod server;
 pub mod sinks;
 pub mod sources;

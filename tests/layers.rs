@@ -12,6 +12,7 @@ const FLOORS: &[&[&str]] = &[
     &["detect"],
     &["sources", "sinks", "render"],
     &["engine"],
+    &["server"],
     &["score", "config"],
     &["cli"],
 ];

@@ -2,6 +2,7 @@
 //! channels, voice activity, and cutting live streams into utterances.
 
 pub mod decode;
+pub mod g711;
 pub mod resample;
 pub mod utterance;
 pub mod vad;

@@ -199,11 +199,12 @@ pub struct SinkArgs {
 }
 
 impl SinkArgs {
-    /// Adds the sinks the flags ask for; with no sink anywhere, what people expect: a view on
-    /// a terminal, JSON lines into a pipe. Errors name a flag with nothing to act on.
-    pub fn apply(&self, sinks: &mut Vec<SinkConfig>) -> Result<()> {
+    /// Adds the sinks the flags ask for; with `default_output` and no sink anywhere, what
+    /// people expect: a view on a terminal, JSON lines into a pipe. Errors name a flag with
+    /// nothing to act on.
+    pub fn apply(&self, sinks: &mut Vec<SinkConfig>, default_output: bool) -> Result<()> {
         let format = self.format.or_else(|| {
-            sinks.is_empty().then(|| {
+            (default_output && sinks.is_empty()).then(|| {
                 if std::io::stdout().is_terminal() {
                     EventFormat::View
                 } else {

@@ -1,5 +1,4 @@
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -7,7 +6,7 @@ use clap::Args;
 use super::args::{AsrArgs, DetectorArgs, EngineArgs, SinkArgs};
 use crate::audio::ChannelMode;
 use crate::config::{Config, SourceConfig};
-use crate::engine::{Engine, SinkSpec, WhisperRecogniser};
+use crate::engine::SinkSpec;
 use crate::sinks::memory::Collector;
 use crate::sinks::QueueConfig;
 use crate::sources::file::FileSourceConfig;
@@ -100,7 +99,7 @@ impl ListenArgs {
             config.engine.utterances.vad = false;
         }
         self.sources.apply(self.asr.channels(), &mut config)?;
-        self.sinks.apply(&mut config.sinks)?;
+        self.sinks.apply(&mut config.sinks, true)?;
         config
             .validate()
             .map_err(|(key, problem)| anyhow::anyhow!("{key}: {problem}"))?;
@@ -117,47 +116,17 @@ pub fn run(args: ListenArgs) -> Result<i32> {
         print!("{}", config.to_toml()?);
         return Ok(0);
     }
-    // Sources and sinks are built first: a bad path or device fails before models load.
-    let sources = config
-        .sources
-        .iter()
-        .map(SourceConfig::build)
-        .collect::<Result<Vec<_>>>()?;
     let collector = Collector::summaries_only();
-    let mut sinks = vec![SinkSpec::new(collector.clone(), QueueConfig::default())];
-    for s in &config.sinks {
-        sinks.push(s.build()?);
-    }
-    let classifier = Arc::new(config.detect.load()?);
-    let transcriber = Arc::new(config.asr.load()?);
-    let options = config
-        .asr
-        .options(transcriber.is_multilingual(), &classifier.languages());
-    let recogniser = Arc::new(WhisperRecogniser::new(transcriber, options));
-    let engine = Engine::start(recogniser, classifier, config.engine.clone(), sinks)?;
+    let (engine, sources) = super::engine::start(
+        &config,
+        vec![SinkSpec::new(collector.clone(), QueueConfig::default())],
+    )?;
     let stop = Stop::new();
     {
         let stop = stop.clone();
         let _ = ctrlc::set_handler(move || stop.request());
     }
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let running: Vec<_> = sources
-            .into_iter()
-            .map(|source| {
-                let (ingest, stop) = (engine.ingest(), stop.clone());
-                let name = source.describe();
-                (name, scope.spawn(move || source.run(ingest, stop)))
-            })
-            .collect();
-        running
-            .into_iter()
-            .filter_map(|(name, handle)| match handle.join() {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(format!("{name}: {e:#}")),
-                Err(_) => Some(format!("{name}: the source crashed")),
-            })
-            .collect()
-    });
+    let failures = super::engine::run_sources(&engine, sources, &stop);
     engine.shutdown();
     for f in &failures {
         eprintln!("error: {f}");

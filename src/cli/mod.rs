@@ -3,10 +3,12 @@
 
 pub mod args;
 pub mod classify;
+mod engine;
 pub mod listen;
 pub mod models;
 pub mod scan;
 pub mod score;
+pub mod serve;
 pub mod transcribe;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +38,9 @@ pub enum Command {
     Scan(scan::ScanArgs),
     /// Watch live calls (a sound device, or a file at real speed) and raise alerts as they happen.
     Listen(listen::ListenArgs),
+    /// Take calls from the network (WebSocket media streams) and serve their risk, transcripts
+    /// and alerts over HTTP (API, server-sent events, metrics).
+    Serve(serve::ServeArgs),
     /// Score a labelled manifest of recordings or transcripts: results, metrics, HTML report.
     Score(score::ScoreArgs),
     /// Print what was said in audio files, with segment times.
@@ -59,6 +64,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Scan(args) => scan::run(args),
         Command::Score(args) => score::run(args),
         Command::Listen(args) => listen::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,

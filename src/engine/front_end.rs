@@ -7,7 +7,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use super::scheduler::{Scheduler, Speech};
-use super::{CallInfo, EngineConfig};
+use super::{CallInfo, EngineConfig, EngineStats};
 use crate::audio::utterance::{UtteranceAudio, UtteranceCutter};
 use crate::audio::StreamResampler;
 use crate::call::AudioChunk;
@@ -38,6 +38,7 @@ pub(super) struct FrontEnd {
     info: Arc<CallInfo>,
     parties: Vec<PartyFront>,
     scheduler: Arc<Scheduler>,
+    stats: Arc<EngineStats>,
     /// Offer the open utterance each time it has grown this many 16 kHz samples.
     partial_step: Option<usize>,
 }
@@ -47,6 +48,7 @@ impl FrontEnd {
         info: Arc<CallInfo>,
         resamplers: Vec<StreamResampler>,
         scheduler: Arc<Scheduler>,
+        stats: Arc<EngineStats>,
         config: &EngineConfig,
     ) -> Self {
         let parties = resamplers
@@ -64,6 +66,7 @@ impl FrontEnd {
             info,
             parties,
             scheduler,
+            stats,
             partial_step: config
                 .partials
                 .then_some((config.partial_every_s * 16_000.0) as usize),
@@ -192,6 +195,7 @@ impl FrontEnd {
             audio,
         };
         if self.scheduler.push_utterance(speech).is_err() {
+            EngineStats::add(&self.stats.utterances_dropped, 1);
             let n = self.info.dropped_utterances.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(
                 call = %self.info.call.id,

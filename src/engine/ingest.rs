@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::fanout::Fanout;
 use super::scheduler::Scheduler;
-use super::{front_end, CallInfo, EngineConfig, LiveCalls};
+use super::{front_end, CallInfo, EngineConfig, EngineStats, LiveCalls};
 use crate::audio::StreamResampler;
 use crate::call::{AudioChunk, Call, CallId, Event};
 use crate::sources::{Ingest, IngestError, Ingress};
@@ -31,6 +31,7 @@ pub(super) struct EngineIngest {
     scheduler: Arc<Scheduler>,
     fanout: Arc<Fanout>,
     live: Arc<LiveCalls>,
+    stats: Arc<EngineStats>,
     calls: Mutex<HashMap<CallId, OpenCall>>,
     fronts: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Set under the `calls` lock, so no call opens after `close_all` has cleared it.
@@ -43,12 +44,14 @@ impl EngineIngest {
         scheduler: Arc<Scheduler>,
         fanout: Arc<Fanout>,
         live: Arc<LiveCalls>,
+        stats: Arc<EngineStats>,
     ) -> Self {
         Self {
             config,
             scheduler,
             fanout,
             live,
+            stats,
             calls: Mutex::default(),
             fronts: Mutex::default(),
             stopped: AtomicBool::new(false),
@@ -60,6 +63,16 @@ impl EngineIngest {
     }
 
     fn open(&self, call: Call) -> Result<(), IngestError> {
+        let opened = self.try_open(call);
+        let counter = match opened {
+            Ok(()) => &self.stats.calls_opened,
+            Err(_) => &self.stats.calls_refused,
+        };
+        EngineStats::add(counter, 1);
+        opened
+    }
+
+    fn try_open(&self, call: Call) -> Result<(), IngestError> {
         let bad = |problem: String| IngestError::BadCall {
             call: call.id.clone(),
             problem,
@@ -93,6 +106,7 @@ impl EngineIngest {
             info.clone(),
             resamplers,
             self.scheduler.clone(),
+            self.stats.clone(),
             &self.config,
         );
         let name: String = format!("call-{}", call.id).chars().take(15).collect();
@@ -179,15 +193,35 @@ impl EngineIngest {
     }
 }
 
-fn count_drop(info: &CallInfo, chunk: &AudioChunk) {
+/// 16 kHz samples' worth of the chunk's audio.
+fn samples_16k(info: &CallInfo, chunk: &AudioChunk) -> u64 {
     let rate = info.call.parties[chunk.party].sample_rate.max(1) as u64;
-    let samples_16k = chunk.samples.len() as u64 * 16_000 / rate;
-    let before = info.dropped_audio.fetch_add(samples_16k, Ordering::Relaxed);
-    if before == 0 {
-        tracing::warn!(
-            call = %info.call.id,
-            "call queue full: dropping audio (the machine is not keeping up)"
-        );
+    chunk.samples.len() as u64 * 16_000 / rate
+}
+
+impl EngineIngest {
+    fn count_drop(&self, info: &CallInfo, chunk: &AudioChunk) {
+        let n = samples_16k(info, chunk);
+        EngineStats::add(&self.stats.audio_dropped, n);
+        if info.dropped_audio.fetch_add(n, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                call = %info.call.id,
+                "call queue full: dropping audio (the machine is not keeping up)"
+            );
+        }
+    }
+
+    /// The chunk's queue and record, counted in or refused.
+    fn admit(
+        &self,
+        chunk: &AudioChunk,
+    ) -> Result<(SyncSender<AudioChunk>, Arc<CallInfo>), IngestError> {
+        let routed = self.route(chunk);
+        match &routed {
+            Ok((_, info)) => EngineStats::add(&self.stats.audio_in, samples_16k(info, chunk)),
+            Err(_) => EngineStats::add(&self.stats.chunks_refused, 1),
+        }
+        routed
     }
 }
 
@@ -197,11 +231,11 @@ impl Ingest for EngineIngest {
             Ingress::Open(call) => self.open(call),
             Ingress::Close(id) => self.close(&id),
             Ingress::Audio(chunk) => {
-                let (tx, info) = self.route(&chunk)?;
+                let (tx, info) = self.admit(&chunk)?;
                 match tx.try_send(chunk) {
                     Ok(()) => Ok(()),
                     Err(TrySendError::Full(chunk) | TrySendError::Disconnected(chunk)) => {
-                        count_drop(&info, &chunk);
+                        self.count_drop(&info, &chunk);
                         Err(IngestError::QueueFull(chunk.call))
                     }
                 }
@@ -212,7 +246,7 @@ impl Ingest for EngineIngest {
     fn send_waiting(&self, item: Ingress) -> Result<(), IngestError> {
         match item {
             Ingress::Audio(chunk) => {
-                let (tx, _) = self.route(&chunk)?;
+                let (tx, _) = self.admit(&chunk)?;
                 let id = chunk.call.clone();
                 tx.send(chunk).map_err(|_| IngestError::UnknownCall(id))
             }

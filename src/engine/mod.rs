@@ -108,6 +108,42 @@ impl EngineConfig {
     }
 }
 
+/// What the engine has done so far, for `/metrics` and logs. Counters only go up; audio is
+/// counted in 16 kHz samples' worth.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub calls_opened: AtomicU64,
+    pub calls_ended: AtomicU64,
+    /// Opens refused (too many calls, a bad call, a duplicate id).
+    pub calls_refused: AtomicU64,
+    /// Audio taken in, and dropped because a call's queue was full.
+    pub audio_in: AtomicU64,
+    pub audio_dropped: AtomicU64,
+    /// Chunks refused as malformed (bad offset, party or length).
+    pub chunks_refused: AtomicU64,
+    /// Finished utterances heard, and their audio; partial hypotheses heard.
+    pub utterances_heard: AtomicU64,
+    pub utterance_audio: AtomicU64,
+    pub partials_heard: AtomicU64,
+    /// Utterances dropped because the recognisers' queue was full.
+    pub utterances_dropped: AtomicU64,
+    /// Microseconds the recogniser spent hearing (all workers together).
+    pub recognition_us: AtomicU64,
+    /// Alerts sent, by the risk they carried.
+    pub alerts_suspected: AtomicU64,
+    pub alerts_high: AtomicU64,
+}
+
+impl EngineStats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A sink and its queue, as the engine runs it.
 pub struct SinkSpec {
     pub sink: Box<dyn Sink>,
@@ -182,6 +218,27 @@ pub struct Engine {
     scheduler: Arc<scheduler::Scheduler>,
     fanout: Arc<fanout::Fanout>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    stats: Arc<EngineStats>,
+}
+
+/// The engine's counters and queue depths, readable from anywhere while it runs.
+#[derive(Clone)]
+pub struct EngineMonitor {
+    pub stats: Arc<EngineStats>,
+    scheduler: Arc<scheduler::Scheduler>,
+    fanout: Arc<fanout::Fanout>,
+}
+
+impl EngineMonitor {
+    /// Finished utterances waiting for a recogniser now.
+    pub fn queued_utterances(&self) -> usize {
+        self.scheduler.queued()
+    }
+
+    /// Each sink's queue so far.
+    pub fn sink_reports(&self) -> Vec<SinkReport> {
+        self.fanout.reports()
+    }
 }
 
 /// How the sinks fared, once the engine has stopped.
@@ -206,12 +263,14 @@ impl Engine {
         let fanout = Arc::new(fanout::Fanout::start(sinks, &spill_parent)?);
         let scheduler = Arc::new(scheduler::Scheduler::new(config.asr_queue));
         let live = Arc::new(LiveCalls::default());
+        let stats = Arc::new(EngineStats::default());
         let shared = Arc::new(worker::Workers::new(
             recogniser,
             classifier,
             scheduler.clone(),
             fanout.clone(),
             live.clone(),
+            stats.clone(),
         ));
         let workers = (0..config.asr_workers)
             .map(|i| {
@@ -226,18 +285,29 @@ impl Engine {
             scheduler.clone(),
             fanout.clone(),
             live,
+            stats.clone(),
         ));
         Ok(Self {
             ingest,
             scheduler,
             fanout,
             workers,
+            stats,
         })
     }
 
     /// The port sources deliver calls to.
     pub fn ingest(&self) -> Arc<dyn Ingest> {
         self.ingest.clone()
+    }
+
+    /// A view of the engine's counters and queues that outlives borrowing it (for `/metrics`).
+    pub fn monitor(&self) -> EngineMonitor {
+        EngineMonitor {
+            stats: self.stats.clone(),
+            scheduler: self.scheduler.clone(),
+            fanout: self.fanout.clone(),
+        }
     }
 
     /// Closes the calls still open, hears what is queued, delivers every event, and stops.

@@ -80,6 +80,15 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Finished utterances waiting now.
+    pub fn queued(&self) -> usize {
+        let s = self.lock();
+        s.jobs
+            .iter()
+            .filter(|j| matches!(j, Job::Utterance(_)))
+            .count()
+    }
+
     pub fn call_opened(&self) {
         self.lock().open_calls += 1;
     }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::fanout::Fanout;
 use super::recogniser::{HearRequest, Heard, Recogniser};
 use super::scheduler::{self, Job, Scheduler, Work};
-use super::{CallInfo, LiveCalls};
+use super::{CallInfo, EngineStats, LiveCalls};
 use crate::call::{Alert, CallId, Event, Segment, StreamStats, Utterance};
 use crate::detect::timeline::Timeline;
 use crate::detect::{summarise, Classifier, PartyOutcome};
@@ -63,6 +63,7 @@ pub(super) struct Workers {
     scheduler: Arc<Scheduler>,
     fanout: Arc<Fanout>,
     live: Arc<LiveCalls>,
+    stats: Arc<EngineStats>,
     calls: Mutex<HashMap<CallId, CallState>>,
 }
 
@@ -73,6 +74,7 @@ impl Workers {
         scheduler: Arc<Scheduler>,
         fanout: Arc<Fanout>,
         live: Arc<LiveCalls>,
+        stats: Arc<EngineStats>,
     ) -> Self {
         Self {
             recogniser,
@@ -80,6 +82,7 @@ impl Workers {
             scheduler,
             fanout,
             live,
+            stats,
             calls: Mutex::default(),
         }
     }
@@ -126,6 +129,17 @@ impl Workers {
             };
             // Events leave before the call is released, so a call's events stay in order.
             for e in out {
+                let counter = match &e {
+                    Event::Alert(a) if a.risk == crate::call::Risk::High => {
+                        Some(&self.stats.alerts_high)
+                    }
+                    Event::Alert(_) => Some(&self.stats.alerts_suspected),
+                    Event::CallEnded(_) => Some(&self.stats.calls_ended),
+                    _ => None,
+                };
+                if let Some(c) = counter {
+                    EngineStats::add(c, 1);
+                }
                 self.fanout.send(e);
             }
             if closing.is_some() {
@@ -146,11 +160,20 @@ impl Workers {
             prompt: (!party.recent.is_empty()).then_some(party.recent.as_str()),
             language: party.language.as_deref(),
         };
+        let started = std::time::Instant::now();
         let result = self
             .recogniser
             .hear(std::slice::from_ref(&request))
             .pop()
             .unwrap_or_else(|| Err(anyhow::anyhow!("the recogniser returned nothing")));
+        let stats = &self.stats;
+        EngineStats::add(&stats.recognition_us, started.elapsed().as_micros() as u64);
+        if partial {
+            EngineStats::add(&stats.partials_heard, 1);
+        } else {
+            EngineStats::add(&stats.utterances_heard, 1);
+            EngineStats::add(&stats.utterance_audio, work.audio.samples.len() as u64);
+        }
         match result {
             Ok(heard) => heard.filter(|h| !h.text.trim().is_empty()),
             Err(e) => {

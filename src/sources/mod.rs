@@ -8,6 +8,7 @@
 #[cfg(feature = "capture")]
 pub mod device;
 pub mod file;
+pub mod twilio;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,0 +1,55 @@
+//! What `listen` and `serve` share: an engine started from a config (models loaded, sinks
+//! opened), and its configured sources run on threads of their own.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::config::{Config, SourceConfig};
+use crate::engine::{Engine, SinkSpec, WhisperRecogniser};
+use crate::sources::{Source, Stop};
+
+/// Builds the config's sources and opens its sinks (a bad path or device fails here, before
+/// the models load), then loads the models and starts the engine with `extra` sinks first.
+pub fn start(config: &Config, extra: Vec<SinkSpec>) -> Result<(Engine, Vec<Box<dyn Source>>)> {
+    let sources = config
+        .sources
+        .iter()
+        .map(SourceConfig::build)
+        .collect::<Result<Vec<_>>>()?;
+    let mut sinks = extra;
+    for s in &config.sinks {
+        sinks.push(s.build()?);
+    }
+    let classifier = Arc::new(config.detect.load()?);
+    let transcriber = Arc::new(config.asr.load()?);
+    let options = config
+        .asr
+        .options(transcriber.is_multilingual(), &classifier.languages());
+    let recogniser = Arc::new(WhisperRecogniser::new(transcriber, options));
+    let engine = Engine::start(recogniser, classifier, config.engine.clone(), sinks)?;
+    Ok((engine, sources))
+}
+
+/// Runs every source on a thread of its own until each is done (or `stop` is requested);
+/// returns what failed, as "source: error".
+pub fn run_sources(engine: &Engine, sources: Vec<Box<dyn Source>>, stop: &Stop) -> Vec<String> {
+    std::thread::scope(|scope| {
+        let running: Vec<_> = sources
+            .into_iter()
+            .map(|source| {
+                let (ingest, stop) = (engine.ingest(), stop.clone());
+                let name = source.describe();
+                (name, scope.spawn(move || source.run(ingest, stop)))
+            })
+            .collect();
+        running
+            .into_iter()
+            .filter_map(|(name, handle)| match handle.join() {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("{name}: {e:#}")),
+                Err(_) => Some(format!("{name}: the source crashed")),
+            })
+            .collect()
+    })
+}

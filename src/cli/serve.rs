@@ -1,0 +1,168 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::args::{AsrArgs, DetectorArgs, EngineArgs, SinkArgs};
+use crate::config::Config;
+use crate::engine::SinkSpec;
+use crate::server::board::Board;
+use crate::server::{self, AppState};
+use crate::sinks::QueueConfig;
+use crate::sources::Stop;
+
+/// How long open connections (event streams, media sockets) get to finish after a stop.
+const DRAIN_S: u64 = 5;
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// A TOML config (`[server]`, `[engine]`, `[[sinks]]`, ...; see docs/serve.example.toml);
+    /// flags fill and override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print the config that would run (the file and the flags together) as TOML, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Where the API, events, metrics and WebSocket media listen [default: 127.0.0.1:8080];
+    /// port 0 picks a free one (the address is printed on stderr).
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// The bearer token every route but /healthz asks for (required beyond loopback).
+    #[arg(long, env = "VISHGUARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(flatten, next_help_heading = "Where alerts go (besides the API)")]
+    pub sinks: SinkArgs,
+    #[command(flatten, next_help_heading = "Engine")]
+    pub engine: EngineArgs,
+    #[command(flatten, next_help_heading = "Recognition")]
+    pub asr: AsrArgs,
+    #[command(flatten, next_help_heading = "Detection")]
+    pub detector: DetectorArgs,
+}
+
+impl ServeArgs {
+    /// The config file (or the defaults) with every flag written over it.
+    pub fn config(&self) -> Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        self.asr.apply(&mut config.asr);
+        self.detector.apply(&mut config.detect);
+        self.engine.apply(&mut config.engine);
+        if self.asr.no_vad {
+            config.engine.utterances.vad = false;
+        }
+        // A server's output is its API: no stdout or terminal sink unless asked for.
+        self.sinks.apply(&mut config.sinks, false)?;
+        if let Some(http) = self.http {
+            config.server.http = http;
+        }
+        if let Some(token) = &self.token {
+            config.server.token = Some(token.clone());
+        }
+        config
+            .validate()
+            .map_err(|(key, problem)| anyhow::anyhow!("{key}: {problem}"))?;
+        Ok(config)
+    }
+}
+
+pub fn run(args: ServeArgs) -> Result<i32> {
+    let config = args.config()?;
+    if args.print_config {
+        print!("{}", config.to_toml()?);
+        return Ok(0);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("server")
+        .enable_all()
+        .build()
+        .context("starting the server's runtime")?;
+    // Bound before the models load: a port in use fails at once.
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(config.server.http))
+        .with_context(|| format!("cannot listen on {}", config.server.http))?;
+    let board = Board::new(config.server.keep_ended_calls, 4096);
+    let (engine, sources) = super::engine::start(
+        &config,
+        vec![SinkSpec::new(board.clone(), QueueConfig::default())],
+    )?;
+    let address = listener.local_addr()?;
+    eprintln!("vishguard serve: listening on http://{address}");
+    let state = AppState {
+        board,
+        ingest: engine.ingest(),
+        engine: engine.monitor(),
+        config: Arc::new(config.server.clone()),
+        malformed: Arc::default(),
+    };
+    let stop = Stop::new();
+    let served = std::thread::scope(|scope| {
+        // Configured sources (files, devices) run beside the network ones.
+        let sources_done = {
+            let (engine, stop) = (&engine, stop.clone());
+            scope.spawn(move || super::engine::run_sources(engine, sources, &stop))
+        };
+        let served = runtime.block_on(async {
+            let (tx, mut rx) = tokio::sync::watch::channel(false);
+            let stopping = {
+                let stop = stop.clone();
+                async move {
+                    stop_signal().await;
+                    stop.request();
+                    let _ = tx.send(true);
+                }
+            };
+            tokio::spawn(stopping);
+            let graceful = {
+                let mut rx = rx.clone();
+                async move {
+                    let _ = rx.wait_for(|&s| s).await;
+                }
+            };
+            let server = server::serve(listener, state, graceful);
+            tokio::pin!(server);
+            tokio::select! {
+                result = &mut server => result,
+                _ = async {
+                    let _ = rx.wait_for(|&s| s).await;
+                    tokio::time::sleep(Duration::from_secs(DRAIN_S)).await;
+                } => {
+                    tracing::warn!("connections still open {DRAIN_S} s after the stop; closing them");
+                    Ok(())
+                }
+            }
+        });
+        stop.request();
+        let failures = sources_done.join().unwrap_or_default();
+        (served, failures)
+    });
+    let (served, failures) = served;
+    engine.shutdown();
+    for f in &failures {
+        eprintln!("error: {f}");
+    }
+    served.context("serving HTTP")?;
+    Ok(if failures.is_empty() { 0 } else { 2 })
+}
+
+/// Ctrl-C, or SIGTERM from a service manager.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

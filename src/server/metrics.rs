@@ -1,0 +1,179 @@
+//! `GET /metrics`: the engine's counters and queues, and what the server refused, in the
+//! OpenMetrics text format Prometheus scrapes (prometheus-client encodes it). Read fresh from
+//! the engine's atomics at each scrape.
+
+use std::sync::atomic::AtomicU64;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::AppState;
+use crate::engine::EngineStats;
+
+type Labels = Vec<(String, String)>;
+
+fn counter(value: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(value);
+    c
+}
+
+fn seconds(samples_16k: u64) -> Counter<f64, AtomicU64> {
+    let c = Counter::<f64, AtomicU64>::default();
+    c.inc_by(samples_16k as f64 / 16_000.0);
+    c
+}
+
+fn gauge(value: f64) -> Gauge<f64, AtomicU64> {
+    let g = Gauge::<f64, AtomicU64>::default();
+    g.set(value);
+    g
+}
+
+fn labelled(rows: impl IntoIterator<Item = (String, String, u64)>) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    for (label, value, n) in rows {
+        family.get_or_create(&vec![(label, value)]).inc_by(n);
+    }
+    family
+}
+
+/// The registry as of now.
+pub(super) fn registry(state: &AppState) -> Registry {
+    let s = &state.engine.stats;
+    let get = EngineStats::get;
+    let mut r = Registry::with_prefix("vishguard");
+    let opened = get(&s.calls_opened);
+    let ended = get(&s.calls_ended);
+    r.register(
+        "calls_active",
+        "Calls open in the engine now",
+        gauge(opened.saturating_sub(ended) as f64),
+    );
+    r.register("calls_opened", "Calls opened", counter(opened));
+    r.register("calls_ended", "Calls ended with a summary", counter(ended));
+    r.register(
+        "calls_refused",
+        "Calls refused (too many open, a bad call, an id in use)",
+        counter(get(&s.calls_refused)),
+    );
+    r.register(
+        "audio_seconds",
+        "Seconds of call audio taken in",
+        seconds(get(&s.audio_in)),
+    );
+    r.register(
+        "audio_dropped_seconds",
+        "Seconds of audio dropped because a call's queue was full",
+        seconds(get(&s.audio_dropped)),
+    );
+    r.register(
+        "chunks_refused",
+        "Audio chunks refused as malformed",
+        counter(get(&s.chunks_refused)),
+    );
+    r.register(
+        "utterances_heard",
+        "Finished utterances heard by the recogniser",
+        counter(get(&s.utterances_heard)),
+    );
+    r.register(
+        "partials_heard",
+        "Utterances heard while still being spoken",
+        counter(get(&s.partials_heard)),
+    );
+    r.register(
+        "utterances_dropped",
+        "Utterances dropped because the recogniser's queue was full",
+        counter(get(&s.utterances_dropped)),
+    );
+    let recognition_s = get(&s.recognition_us) as f64 / 1e6;
+    let heard_s = get(&s.utterance_audio) as f64 / 16_000.0;
+    r.register(
+        "recognition_seconds",
+        "Seconds the recogniser spent hearing, all workers together",
+        {
+            let c = Counter::<f64, AtomicU64>::default();
+            c.inc_by(recognition_s);
+            c
+        },
+    );
+    r.register(
+        "real_time_factor",
+        "Recognition time over the audio of the finished utterances heard (partials included in the time)",
+        gauge(if heard_s > 0.0 { recognition_s / heard_s } else { 0.0 }),
+    );
+    r.register(
+        "asr_queue_depth",
+        "Finished utterances waiting for a recogniser",
+        gauge(state.engine.queued_utterances() as f64),
+    );
+    r.register(
+        "alerts",
+        "Alerts sent, by level",
+        labelled([
+            ("level".into(), "suspected".into(), get(&s.alerts_suspected)),
+            ("level".into(), "high".into(), get(&s.alerts_high)),
+        ]),
+    );
+    let sinks = state.engine.sink_reports();
+    r.register(
+        "sink_events_dropped",
+        "Events a sink's full queue dropped",
+        labelled(
+            sinks
+                .iter()
+                .map(|k| ("sink".to_owned(), k.sink.clone(), k.dropped)),
+        ),
+    );
+    r.register(
+        "sink_events_spilled",
+        "Events that waited on disk for a slow sink",
+        labelled(
+            sinks
+                .iter()
+                .map(|k| ("sink".to_owned(), k.sink.clone(), k.spilled)),
+        ),
+    );
+    r.register(
+        "sink_write_errors",
+        "Events a sink failed to write",
+        labelled(
+            sinks
+                .iter()
+                .map(|k| ("sink".to_owned(), k.sink.clone(), k.errors)),
+        ),
+    );
+    r.register(
+        "malformed",
+        "Input the server refused or skipped, by kind",
+        labelled(
+            state
+                .malformed
+                .snapshot()
+                .into_iter()
+                .map(|(kind, n)| ("kind".to_owned(), kind.to_owned(), n)),
+        ),
+    );
+    r
+}
+
+pub(super) async fn render(State(state): State<AppState>) -> impl IntoResponse {
+    let mut text = String::new();
+    if let Err(e) = encode(&mut text, &registry(&state)) {
+        tracing::error!("metrics not encoded: {e}");
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
