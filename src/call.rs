@@ -244,6 +244,12 @@ pub struct StreamStats {
     pub utterances: usize,
     /// Alerts sent.
     pub alerts: usize,
+    /// Of those, alerts the final verdict does not bear out (their evidence is gone from it,
+    /// or the party's final risk is none): mostly alerts raised from words still being spoken
+    /// (`"partial": true`) that the finished words, heard whole, do not repeat. The summary's
+    /// risk is the final verdict.
+    #[serde(default)]
+    pub alerts_withdrawn: usize,
     /// Seconds of audio dropped because the call's queue was full.
     pub dropped_audio_s: f64,
     /// Seconds of audio time between chunks that never arrived: lost on the way, or among the
@@ -281,6 +287,18 @@ pub struct CallSummary {
     /// Live calls only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamStats>,
+}
+
+/// A line of input that could not be scored (`classify`): which line, and why. It stands in
+/// the output where that line's [`CallSummary`] would have.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct InputError {
+    /// The line's id, when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<CallId>,
+    /// 1-based line number of the input.
+    pub line: usize,
+    pub error: String,
 }
 
 /// What the engine reports to its sinks, in order per call.
@@ -328,8 +346,8 @@ pub fn json_line<T: Serialize>(record: &T) -> String {
 }
 
 /// The JSON Schemas (draft 2020-12) of what goes on the wire, by file name: every event of a
-/// live engine (`event.json`) and the per-call record of `scan`, `classify` and `score`
-/// (`call_summary.json`). `docs/schema/` holds them; `tests/schema.rs` keeps them in step.
+/// live engine (`event.json`), the per-call record of `scan`, `classify` and `score`
+/// (`call_summary.json`), and `classify`'s line that could not be scored (`input_error.json`). `docs/schema/` holds them; `tests/schema.rs` keeps them in step.
 pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
     let value = |s: schemars::Schema| serde_json::to_value(s).expect("schemas serialise");
     vec![
@@ -337,6 +355,10 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         (
             "call_summary.json",
             value(schemars::schema_for!(Versioned<CallSummary>)),
+        ),
+        (
+            "input_error.json",
+            value(schemars::schema_for!(Versioned<InputError>)),
         ),
     ]
 }

@@ -214,7 +214,7 @@ impl SinkConfig {
     pub fn build(&self) -> Result<SinkSpec> {
         Ok(match self {
             SinkConfig::Stdout(c) => SinkSpec::new(JsonLines::new(c), c.queue.clone()),
-            SinkConfig::Terminal(c) => SinkSpec::new(TerminalView, c.queue.clone()),
+            SinkConfig::Terminal(c) => SinkSpec::new(TerminalView::new(), c.queue.clone()),
             SinkConfig::AlertFile(c) => SinkSpec::new(AlertFile::open(&c.path)?, c.queue.clone()),
             SinkConfig::Webhook(c) => {
                 SinkSpec::new(WebhookSink::start(&c.url, &c.outbox)?, c.queue.clone())
@@ -242,10 +242,18 @@ impl Config {
 
     /// Parses and checks config text.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
+        let written: Written = toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
+        let config = Config {
+            asr: written.asr,
+            detect: written.detect,
+            engine: written.engine,
+            sources: components(text, "sources", written.sources)?,
+            sinks: components(text, "sinks", written.sinks)?,
+            server: written.server,
+        };
         config
             .validate()
-            .map_err(|(key, problem)| match line_of(text, &key) {
+            .map_err(|(key, problem)| match line_of(text, 0..text.len(), &key) {
                 Some(line) => format!("line {line}: {key}: {problem}"),
                 None => format!("{key}: {problem}"),
             })?;
@@ -270,6 +278,18 @@ impl Config {
                     "must be at least 1".into(),
                 ));
             }
+            if let SinkConfig::Webhook(w) = s {
+                let host = w
+                    .url
+                    .strip_prefix("http://")
+                    .or_else(|| w.url.strip_prefix("https://"));
+                if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+                    return Err((
+                        format!("sinks[{i}].url"),
+                        format!("must be an http:// or https:// URL, not {:?}", w.url),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -280,17 +300,67 @@ impl Config {
     }
 }
 
-/// The line (1-based) where `key`'s last component is set, for error messages.
-fn line_of(text: &str, key: &str) -> Option<usize> {
+/// The config as written: each source and sink kept as a table with its place in the text,
+/// so an error inside one names its line (serde's tagged enums lose positions).
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Written {
+    asr: AsrConfig,
+    detect: DetectConfig,
+    engine: EngineConfig,
+    sources: Vec<toml::Spanned<toml::Table>>,
+    sinks: Vec<toml::Spanned<toml::Table>>,
+    server: ServerConfig,
+}
+
+/// `[[sources]]` or `[[sinks]]` tables read one by one: an error names the table, the key and
+/// the key's line.
+fn components<T: serde::de::DeserializeOwned>(
+    text: &str,
+    kind: &str,
+    tables: Vec<toml::Spanned<toml::Table>>,
+) -> std::result::Result<Vec<T>, String> {
+    tables
+        .into_iter()
+        .enumerate()
+        .map(|(i, table)| {
+            // The span may cover only the `[[...]]` header: the table runs to the next header.
+            let start = table.span().start.min(text.len());
+            let end = text
+                .get(start..)
+                .and_then(|rest| rest.find("\n["))
+                .map_or(text.len(), |i| start + i);
+            let span = start..end;
+            toml::Value::Table(table.into_inner())
+                .try_into::<T>()
+                .map_err(|e| {
+                    let message = e.message().to_owned();
+                    // serde names the offending key between backticks.
+                    let key = message.split('`').nth(1).unwrap_or("type");
+                    let line = line_of(text, span.clone(), key)
+                        .unwrap_or_else(|| text[..span.start].lines().count() + 1);
+                    format!("line {line}: {kind}[{i}]: {message}")
+                })
+        })
+        .collect()
+}
+
+/// The line (1-based) where `key`'s last component is set within `within` (byte offsets of
+/// `text`), for error messages.
+fn line_of(text: &str, within: std::ops::Range<usize>, key: &str) -> Option<usize> {
     let last = key.rsplit('.').next()?;
     let last = last.split('[').next()?;
-    text.lines()
+    let before = text[..within.start].lines().count();
+    let start_of_line = text[..within.start].ends_with('\n') || within.start == 0;
+    let offset = if start_of_line { before } else { before - 1 };
+    text[within]
+        .lines()
         .position(|l| {
             l.trim_start()
                 .strip_prefix(last)
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
         })
-        .map(|i| i + 1)
+        .map(|i| offset + i + 1)
 }
 
 #[cfg(test)]
@@ -333,6 +403,20 @@ mod tests {
         assert!(sink.contains("carrier_pigeon"), "{sink}");
         let field = Config::parse("[[sinks]]\ntype = \"stdout\"\ncolour = true\n").unwrap_err();
         assert!(field.contains("colour"), "{field}");
+        // Inside the second of two sinks: its key and line, not the first table's.
+        let second = Config::parse(
+            "[[sinks]]\ntype = \"stdout\"\n\n[[sinks]]\ntype = \"webhook\"\nurll = \"http://x\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            second.contains("line 6") && second.contains("sinks[1]") && second.contains("urll"),
+            "{second}"
+        );
+        let typed = Config::parse("[[sources]]\ntype = \"file\"\npath = 5\n").unwrap_err();
+        assert!(
+            typed.contains("sources[0]") && typed.contains("line"),
+            "{typed}"
+        );
         let empty = Config::parse("").unwrap();
         assert_eq!(empty, Config::default());
     }

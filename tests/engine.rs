@@ -513,3 +513,59 @@ fn an_id_is_not_reused_while_its_call_is_heard_and_open_calls_are_bounded() {
         .collect();
     assert_eq!(kinds, ["started", "ended", "started", "ended"]);
 }
+
+#[test]
+fn an_alert_the_finished_words_do_not_bear_out_is_counted_as_withdrawn() {
+    // Heard early, the words sound like a script; heard whole, they do not.
+    let recogniser = ScriptedRecogniser::new(Duration::ZERO, |r| {
+        Some(
+            if r.partial {
+                SCAM_LINE
+            } else {
+                "hello, see you on sunday"
+            }
+            .into(),
+        )
+    });
+    let events = Collector::new();
+    let mut config = EngineConfig::default();
+    // The utterance stays open while the call is: only partials are heard before the close.
+    config.utterances.end_silence_s = 30.0;
+    config.utterances.max_utterance_s = 30.0;
+    let e = engine(
+        recogniser.clone(),
+        config,
+        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
+    );
+    let ingest = e.ingest();
+    let id = CallId::new("tentative");
+    ingest
+        .send(Ingress::Open(call("tentative", 1, 16_000)))
+        .unwrap();
+    play(
+        ingest.as_ref(),
+        &id,
+        0,
+        (&fixture_speech("asr/pharmacy.flac"), 16_000),
+        0.0,
+        true,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !recogniser.hearings().iter().any(|h| h.partial) {
+        assert!(Instant::now() < deadline, "no partial was heard");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ingest.send(Ingress::Close(id)).unwrap();
+    e.shutdown();
+    let events = events.events();
+    let alerts = events
+        .iter()
+        .filter(|e| matches!(e, Event::Alert(a) if a.partial))
+        .count();
+    assert!(alerts > 0, "{events:?}");
+    let summary = summaries(&events)[0].clone();
+    assert!(!summary.risk.is_flagged(), "{summary:?}");
+    let stream = summary.stream.unwrap();
+    assert_eq!(stream.alerts, alerts);
+    assert_eq!(stream.alerts_withdrawn, alerts);
+}

@@ -35,11 +35,9 @@ impl DecodedAudio {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("{path}: cannot open: {source}")]
-    Open {
-        path: String,
-        source: std::io::Error,
-    },
+    // The cause is in the message, not chained as a source: a chain would print it twice.
+    #[error("{path}: cannot open: {cause}")]
+    Open { path: String, cause: std::io::Error },
     #[error("{path}: not a supported audio file: {problem}")]
     Unsupported { path: String, problem: String },
     #[error("{path}: corrupt or truncated audio: {problem}")]
@@ -50,9 +48,9 @@ pub enum DecodeError {
 
 pub fn decode_file(path: &Path) -> Result<DecodedAudio, DecodeError> {
     let name = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|source| DecodeError::Open {
+    let file = std::fs::File::open(path).map_err(|cause| DecodeError::Open {
         path: name.clone(),
-        source,
+        cause,
     })?;
     let is_wav = path
         .extension()
@@ -143,9 +141,9 @@ fn decode_with_symphonia(name: &str, path: &Path) -> Result<DecodedAudio, Decode
         path: name.into(),
         problem,
     };
-    let file = std::fs::File::open(path).map_err(|source| DecodeError::Open {
+    let file = std::fs::File::open(path).map_err(|cause| DecodeError::Open {
         path: name.into(),
-        source,
+        cause,
     })?;
     let stream = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();

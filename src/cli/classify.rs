@@ -3,10 +3,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::args::DetectorArgs;
-use crate::call::{json_line, CallId, CallSummary};
+use crate::call::{json_line, CallId, CallSummary, InputError};
 use crate::detect::{summarise_text, Classifier};
 
 #[derive(Args, Debug)]
@@ -33,15 +33,6 @@ struct Input {
     text: String,
     #[serde(default)]
     lang: Option<String>,
-}
-
-/// A line that could not be classified.
-#[derive(Serialize)]
-struct LineError {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    call_id: Option<CallId>,
-    line: usize,
-    error: String,
 }
 
 /// An input id as a call id: a string as it is, anything else as its JSON text.
@@ -81,7 +72,7 @@ pub fn run(args: ClassifyArgs) -> Result<i32> {
             Ok(summary) => json_line(&summary),
             Err((call_id, error)) => {
                 errors += 1;
-                json_line(&LineError {
+                json_line(&InputError {
                     call_id,
                     line: line_no,
                     error,
@@ -108,8 +99,14 @@ fn classify_line(
         ));
     }
     let text = std::str::from_utf8(line).map_err(|_| (None, "line is not UTF-8".to_owned()))?;
-    let input: Input =
+    let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| (None, format!("invalid JSON: {e}")))?;
+    let input: Input = serde_json::from_value(value).map_err(|e| {
+        (
+            None,
+            format!("not a transcript line {{\"id\", \"text\", \"lang\"?}}: {e}"),
+        )
+    })?;
     let id = call_id(&input.id);
     if input.text.trim().is_empty() {
         return Err((id, "empty text".into()));

@@ -47,7 +47,14 @@ pub fn run_sources(engine: &Engine, sources: Vec<Box<dyn Source>>, stop: &Stop) 
             .into_iter()
             .filter_map(|(name, handle)| match handle.join() {
                 Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(format!("{name}: {e:#}")),
+                // Most errors name their file or device already; say which source otherwise.
+                Ok(Err(e)) => {
+                    let e = format!("{e:#}");
+                    let named = name
+                        .split_once(' ')
+                        .is_some_and(|(_, what)| e.contains(what));
+                    Some(if named { e } else { format!("{name}: {e}") })
+                }
                 Err(_) => Some(format!("{name}: the source crashed")),
             })
             .collect()

@@ -15,7 +15,8 @@ use crate::sources::{DeviceSourceConfig, Stop};
 #[derive(Args, Debug, Default)]
 pub struct ListenArgs {
     /// A TOML config of the engine, its sources and sinks (see docs/listen.example.toml);
-    /// flags fill and override it.
+    /// flags override its settings, and --from-file and the sink flags add to its sources and
+    /// sinks.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Print the config that would run (the file and the flags together) as TOML, and exit.

@@ -20,7 +20,7 @@ const DRAIN_S: u64 = 5;
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// A TOML config (`[server]`, `[engine]`, `[[sinks]]`, ...; see docs/serve.example.toml);
-    /// flags fill and override it.
+    /// flags override its settings, and the sink flags add to its sinks.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Print the config that would run (the file and the flags together) as TOML, and exit.

@@ -37,6 +37,26 @@ struct PartyState {
 impl PartyState {
     const KEEP_CHARS: usize = 200;
 
+    /// Alerts sent that the party's final verdict does not bear out.
+    fn withdrawn(&self) -> usize {
+        let Some(t) = self
+            .timeline
+            .as_ref()
+            .filter(|t| t.verdict.risk.is_flagged())
+        else {
+            return self.sent.len();
+        };
+        self.sent
+            .iter()
+            .filter(|(category, pattern)| {
+                !t.verdict
+                    .evidence
+                    .iter()
+                    .any(|e| &e.category == category && &e.pattern == pattern)
+            })
+            .count()
+    }
+
     fn remember(&mut self, text: &str) {
         if !self.recent.is_empty() {
             self.recent.push(' ');
@@ -270,6 +290,7 @@ fn summary(info: &CallInfo, call: &CallState) -> Event {
     summary.stream = Some(StreamStats {
         utterances: call.utterances,
         alerts: call.parties.values().map(|p| p.sent.len()).sum(),
+        alerts_withdrawn: call.parties.values().map(PartyState::withdrawn).sum(),
         dropped_audio_s: info.dropped_audio.load(Ordering::Relaxed) as f64 / 16_000.0,
         missing_audio_s: info.missing_audio.load(Ordering::Relaxed) as f64 / 16_000.0,
         dropped_utterances: info.dropped_utterances.load(Ordering::Relaxed),

@@ -23,11 +23,33 @@ impl Default for TerminalConfig {
     }
 }
 
-pub struct TerminalView;
+/// Lines on stderr, colored when stderr is a terminal (plain when redirected to a file).
+pub struct TerminalView {
+    colored: bool,
+}
 
-/// One line for a person; `None` for events not worth a line.
-pub fn view_line(event: &Event) -> Option<String> {
-    let (reset, red, yellow, dim, bold) = ("\x1b[0m", "\x1b[31m", "\x1b[33m", "\x1b[2m", "\x1b[1m");
+impl TerminalView {
+    pub fn new() -> Self {
+        use std::io::IsTerminal;
+        Self {
+            colored: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+impl Default for TerminalView {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One line for a person (with ANSI colors when `colored`); `None` for events not worth one.
+pub fn view_line(event: &Event, colored: bool) -> Option<String> {
+    let (reset, red, yellow, dim, bold) = if colored {
+        ("\x1b[0m", "\x1b[31m", "\x1b[33m", "\x1b[2m", "\x1b[1m")
+    } else {
+        ("", "", "", "", "")
+    };
     Some(match event {
         Event::CallStarted(_) => return None,
         Event::Transcript(u) => {
@@ -71,7 +93,7 @@ impl Sink for TerminalView {
     }
 
     fn write(&mut self, event: &Event) -> anyhow::Result<()> {
-        if let Some(line) = view_line(event) {
+        if let Some(line) = view_line(event, self.colored) {
             eprintln!("{line}");
         }
         Ok(())
