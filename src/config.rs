@@ -383,6 +383,13 @@ mod tests {
         // What --print-config writes reads back the same.
         let again = Config::parse(&c.to_toml().unwrap()).unwrap();
         assert_eq!(again, c);
+        let serve = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/serve.example.toml"),
+        )
+        .unwrap();
+        let s = Config::parse(&serve).unwrap();
+        assert_eq!(s.server.rtp_timeout_s, 30.0);
+        assert!(matches!(&s.sinks[..], [SinkConfig::AlertFile(_)]));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::engine::SinkSpec;
 use crate::server::board::Board;
 use crate::server::{self, AppState};
 use crate::sinks::QueueConfig;
+use crate::sources::sip::{SipConfig, SipSource};
 use crate::sources::Stop;
 
 /// How long open connections (event streams, media sockets) get to finish after a stop.
@@ -30,6 +31,10 @@ pub struct ServeArgs {
     /// port 0 picks a free one (the address is printed on stderr).
     #[arg(long)]
     pub http: Option<SocketAddr>,
+    /// SIP and SIPREC calls (UDP and TCP) on this address, e.g. 0.0.0.0:5060; port 0 picks a
+    /// free one (printed on stderr).
+    #[arg(long)]
+    pub sip: Option<SocketAddr>,
     /// The bearer token every route but /healthz asks for (required beyond loopback).
     #[arg(long, env = "VISHGUARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -60,6 +65,9 @@ impl ServeArgs {
         self.sinks.apply(&mut config.sinks, false)?;
         if let Some(http) = self.http {
             config.server.http = http;
+        }
+        if let Some(sip) = self.sip {
+            config.server.sip = Some(sip);
         }
         if let Some(token) = &self.token {
             config.server.token = Some(token.clone());
@@ -93,7 +101,7 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         vec![SinkSpec::new(board.clone(), QueueConfig::default())],
     )?;
     let address = listener.local_addr()?;
-    eprintln!("vishguard serve: listening on http://{address}");
+    let mut sip_bound = None;
     let state = AppState {
         board,
         ingest: engine.ingest(),
@@ -102,12 +110,35 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         malformed: Arc::default(),
     };
     let stop = Stop::new();
+    let mut sources = sources;
+    if let Some(sip) = config.server.sip {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let source = SipSource::new(
+            SipConfig {
+                listen: sip,
+                media_ip: config.server.media_ip,
+                rtp_timeout_s: config.server.rtp_timeout_s,
+                ..SipConfig::default()
+            },
+            state.malformed.clone(),
+        )
+        .on_bound(tx);
+        sources.push(Box::new(source));
+        sip_bound = Some(rx);
+    }
     let served = std::thread::scope(|scope| {
-        // Configured sources (files, devices) run beside the network ones.
+        // Configured sources (files, devices) and SIP run beside the WebSocket media.
         let sources_done = {
             let (engine, stop) = (&engine, stop.clone());
             scope.spawn(move || super::engine::run_sources(engine, sources, &stop))
         };
+        if let Some(rx) = sip_bound.take() {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(addr) => eprintln!("vishguard serve: SIP on udp and tcp {addr}"),
+                Err(_) => tracing::error!("the SIP server did not start (see the error below)"),
+            }
+        }
+        eprintln!("vishguard serve: listening on http://{address}");
         let served = runtime.block_on(async {
             let (tx, mut rx) = tokio::sync::watch::channel(false);
             let stopping = {

@@ -10,10 +10,10 @@ pub mod board;
 mod media;
 mod metrics;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
@@ -31,6 +31,7 @@ use tokio_stream::{Stream, StreamExt};
 use crate::call::{json_line, CallId, Event};
 use crate::engine::EngineMonitor;
 use crate::sources::Ingest;
+pub use crate::sources::Malformed;
 use board::{Board, Verdict};
 
 /// `[server]`.
@@ -48,6 +49,14 @@ pub struct ServerConfig {
     pub idle_timeout_s: f64,
     /// WebSocket messages larger than this are refused (bytes).
     pub max_message_bytes: usize,
+    /// SIP and SIPREC (UDP and TCP) on this address; none: no SIP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sip: Option<SocketAddr>,
+    /// The address RTP is received on and given in SDP answers (default: the SIP address's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_ip: Option<std::net::IpAddr>,
+    /// A SIP call whose RTP has been silent this long ends, as if its BYE had come (s).
+    pub rtp_timeout_s: f64,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +67,9 @@ impl Default for ServerConfig {
             keep_ended_calls: 500,
             idle_timeout_s: 30.0,
             max_message_bytes: 64 * 1024,
+            sip: None,
+            media_ip: None,
+            rtp_timeout_s: 30.0,
         }
     }
 }
@@ -83,26 +95,13 @@ impl ServerConfig {
         if self.max_message_bytes < 1024 {
             return Err("max_message_bytes must be at least 1024".into());
         }
+        if !(self.rtp_timeout_s.is_finite() && self.rtp_timeout_s > 0.0) {
+            return Err(format!(
+                "rtp_timeout_s must be a positive number of seconds, not {}",
+                self.rtp_timeout_s
+            ));
+        }
         Ok(())
-    }
-}
-
-/// Malformed input the server refused, by kind (`bad_json`, `media_before_start`, ...).
-#[derive(Default)]
-pub struct Malformed(Mutex<BTreeMap<&'static str, u64>>);
-
-impl Malformed {
-    pub fn count(&self, kind: &'static str) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(kind)
-            .or_default() += 1;
-    }
-
-    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

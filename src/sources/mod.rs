@@ -8,6 +8,8 @@
 #[cfg(feature = "capture")]
 pub mod device;
 pub mod file;
+pub mod rtp;
+pub mod sip;
 pub mod twilio;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,6 +125,26 @@ pub trait Source: Send {
     /// For logs and errors: what this source reads ("file calls/a.wav", "device default").
     fn describe(&self) -> String;
     fn run(self: Box<Self>, out: Arc<dyn Ingest>, stop: Stop) -> anyhow::Result<()>;
+}
+
+/// Malformed input refused or skipped by the network sources and the server, by kind
+/// (`bad_json`, `bad_version`, `unknown_payload_type`, ...), for the metrics. Clones share it.
+#[derive(Debug, Default)]
+pub struct Malformed(std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>);
+
+impl Malformed {
+    pub fn count(&self, kind: &'static str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+    }
+
+    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// Records what a source sends, for tests of sources without an engine.
