@@ -6,69 +6,13 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::Value;
+use support::serve::{get, start, stream_twilio_call, Server, TOKEN};
 use tokio_tungstenite::tungstenite::Message;
-
-const TOKEN: &str = "test-token-1234";
-
-/// A running server, killed (and reaped) when dropped.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> Server {
-    let mut child = support::vishguard()
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--token",
-            TOKEN,
-            "--model",
-            "tiny.en",
-            "--no-context-check",
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().expect("serve printed its address").unwrap();
-        if let Some(addr) = line.split("listening on ").nth(1) {
-            break addr.trim().to_owned();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, base }
-}
-
-fn get(url: &str, token: Option<&str>) -> (u16, String) {
-    let mut request = ureq::get(url);
-    if let Some(t) = token {
-        request = request.set("Authorization", &format!("Bearer {t}"));
-    }
-    match request.call() {
-        Ok(r) => (r.status(), r.into_string().unwrap()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
-        Err(e) => panic!("{url}: {e}"),
-    }
-}
 
 fn post(url: &str, body: &str) -> u16 {
     match ureq::post(url)
@@ -80,66 +24,6 @@ fn post(url: &str, body: &str) -> u16 {
         Err(ureq::Error::Status(code, _)) => code,
         Err(e) => panic!("{url}: {e}"),
     }
-}
-
-/// A sample as Twilio sends it: 8 kHz µ-law, 160-byte (20 ms) frames.
-fn ulaw_frames(sample: &str) -> Vec<Vec<u8>> {
-    let decoded =
-        vishguard::audio::decode_file(&support::repo().join("audio-samples").join(sample)).unwrap();
-    let narrow = if decoded.sample_rate == 8000 {
-        decoded.mixed()
-    } else {
-        let wide =
-            vishguard::audio::resample::to_16k(&decoded.mixed(), decoded.sample_rate).unwrap();
-        wide.iter().step_by(2).copied().collect()
-    };
-    vishguard::audio::g711::encode_ulaw(&narrow)
-        .chunks(160)
-        .map(<[u8]>::to_vec)
-        .collect()
-}
-
-/// Streams one call over a WebSocket at real speed, as Twilio does.
-async fn stream_call(base: &str, call_sid: &str, sample: &str, bad_frame: bool) {
-    let url = format!(
-        "{}/media/twilio?token={TOKEN}",
-        base.replace("http://", "ws://")
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let send = |v: Value| Message::text(v.to_string());
-    ws.send(send(
-        json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}),
-    ))
-    .await
-    .unwrap();
-    ws.send(send(
-        json!({"event": "start", "sequenceNumber": "1", "streamSid": "MZ1",
-        "start": {"accountSid": "AC1", "streamSid": "MZ1", "callSid": call_sid,
-            "tracks": ["inbound"], "customParameters": {"desk": "4"},
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}),
-    ))
-    .await
-    .unwrap();
-    let started = Instant::now();
-    for (i, frame) in ulaw_frames(sample).iter().enumerate() {
-        if bad_frame && i == 10 {
-            ws.send(Message::text("{this is not json")).await.unwrap();
-        }
-        let payload = base64::engine::general_purpose::STANDARD.encode(frame);
-        ws.send(send(json!({"event": "media", "streamSid": "MZ1",
-            "media": {"track": "inbound", "chunk": (i + 1).to_string(),
-                "timestamp": (i * 20).to_string(), "payload": payload}})))
-            .await
-            .unwrap();
-        let due = started + Duration::from_millis(20 * (i as u64 + 1));
-        tokio::time::sleep_until(due.into()).await;
-    }
-    ws.send(send(json!({"event": "stop", "streamSid": "MZ1",
-        "stop": {"accountSid": "AC1", "callSid": call_sid}})))
-        .await
-        .unwrap();
-    let _ = ws.close(None).await;
-    while let Some(Ok(_)) = ws.next().await {}
 }
 
 /// Reads the event stream in the background: each event's name and data.
@@ -172,25 +56,10 @@ fn follow_events(base: &str) -> Arc<Mutex<Vec<(String, Value)>>> {
     seen
 }
 
-fn wait_for_end(base: &str, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (code, body) = get(&format!("{base}/calls/{id}"), Some(TOKEN));
-        if code == 200 {
-            let v: Value = serde_json::from_str(&body).unwrap();
-            if v["ended"] == true {
-                return v;
-            }
-        }
-        assert!(Instant::now() < deadline, "call {id} never ended: {body}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn media_streams_over_websocket_are_heard_and_the_api_shows_them() {
-    let server = start_server();
-    let base = server.base.clone();
+    let server: Server = start(&[]);
+    let base = server.http.clone();
     assert_eq!(get(&format!("{base}/healthz"), None), (200, "ok".into()));
     assert_eq!(get(&format!("{base}/calls"), None).0, 401);
     assert_eq!(
@@ -202,13 +71,13 @@ fn media_streams_over_websocket_are_heard_and_the_api_shows_them() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         tokio::join!(
-            stream_call(&base, "CA-scam", "en_scam_tech_support.wav", true),
-            stream_call(&base, "CA-legit", "en_legit_pharmacy.wav", false),
+            stream_twilio_call(&server, "CA-scam", "en_scam_tech_support.wav", true),
+            stream_twilio_call(&server, "CA-legit", "en_legit_pharmacy.wav", false),
         );
     });
 
-    let scam = wait_for_end(&base, "CA-scam");
-    let legit = wait_for_end(&base, "CA-legit");
+    let scam = server.wait_for_end("CA-scam");
+    let legit = server.wait_for_end("CA-legit");
     assert_ne!(scam["risk"], "none", "{scam}");
     assert!(!scam["alerts"].as_array().unwrap().is_empty(), "{scam}");
     assert!(!scam["transcript"].as_array().unwrap().is_empty(), "{scam}");
@@ -277,14 +146,11 @@ fn media_streams_over_websocket_are_heard_and_the_api_shows_them() {
 
 #[test]
 fn a_stream_that_goes_quiet_or_speaks_nonsense_is_closed_without_hurting_the_server() {
-    let server = start_server();
-    let base = server.base.clone();
+    let server = start(&[]);
+    let base = server.http.clone();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let url = format!(
-            "{}/media/twilio?token={TOKEN}",
-            base.replace("http://", "ws://")
-        );
+        let url = server.ws_url(&format!("/media/twilio?token={TOKEN}"));
         // Garbage, then a message over the size limit: the server closes the socket.
         let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
         ws.send(Message::text("garbage")).await.unwrap();
@@ -302,11 +168,7 @@ fn a_stream_that_goes_quiet_or_speaks_nonsense_is_closed_without_hurting_the_ser
         .await;
         assert!(closed.is_ok(), "an oversized message closes the stream");
         // Without a token, no stream.
-        let refused = tokio_tungstenite::connect_async(format!(
-            "{}/media/twilio",
-            base.replace("http://", "ws://")
-        ))
-        .await;
+        let refused = tokio_tungstenite::connect_async(server.ws_url("/media/twilio")).await;
         assert!(refused.is_err());
     });
     // The server is still up and counted what it refused.

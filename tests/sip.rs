@@ -6,85 +6,25 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-const TOKEN: &str = "test-token-1234";
-
-struct Server {
-    child: Child,
-    http: String,
-    sip: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::serve::{self, Server};
 
 fn start_server(config: &Path) -> Server {
-    let mut child = support::vishguard()
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--sip",
-            "127.0.0.1:0",
-            "--token",
-            TOKEN,
-            "--model",
-            "tiny.en",
-            "--no-context-check",
-            "--config",
-        ])
-        .arg(config)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut http, mut sip) = (None, None);
-    while http.is_none() {
-        let line = lines.next().expect("serve printed its addresses").unwrap();
-        if let Some(a) = line.split("SIP on udp and tcp ").nth(1) {
-            sip = Some(a.trim().to_owned());
-        }
-        if let Some(a) = line.split("listening on ").nth(1) {
-            http = Some(a.trim().to_owned());
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        http: http.unwrap(),
-        sip: sip.expect("the SIP address"),
-    }
+    let config = config.display().to_string();
+    serve::start(&["--sip", "127.0.0.1:0", "--config", &config])
 }
 
-fn get(url: &str) -> Value {
-    let body = ureq::get(url)
-        .set("Authorization", &format!("Bearer {TOKEN}"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    serde_json::from_str(&body).unwrap_or(Value::String(body))
+fn get(server: &Server, path: &str) -> Value {
+    server.json(path)
 }
 
 fn metrics(server: &Server) -> String {
-    ureq::get(&format!("{}/metrics", server.http))
-        .set("Authorization", &format!("Bearer {TOKEN}"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap()
+    server.get("/metrics").1
 }
 
 fn free_udp_port() -> u16 {
@@ -120,7 +60,7 @@ fn sipp(server: &Server, scenario: &str, sample: &str, calls: usize, dir: &Path)
         .args(["-p", &free_udp_port().to_string()])
         .args(["-mp", &free_udp_port().to_string()])
         .args(["-nostdin", "-timeout", "120s", "-timeout_error"])
-        .arg(&server.sip)
+        .arg(server.sip.as_ref().expect("serve --sip"))
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -141,7 +81,7 @@ fn wait_ok(child: Child, what: &str) {
 fn ended_calls(server: &Server, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let calls = get(&format!("{}/calls", server.http));
+        let calls = get(server, "/calls");
         let ended: Vec<Value> = calls
             .as_array()
             .unwrap()
@@ -189,11 +129,10 @@ fn a_siprec_session_and_a_plain_call_from_sipp_are_heard_and_named() {
     wait_ok(plain, "plain call");
     let ended = ended_calls(&server, 2);
     let detail = |c: &Value| {
-        get(&format!(
-            "{}/calls/{}",
-            server.http,
-            c["call_id"].as_str().unwrap()
-        ))
+        get(
+            &server,
+            &format!("/calls/{}", c["call_id"].as_str().unwrap()),
+        )
     };
     let calls: Vec<Value> = ended.iter().map(detail).collect();
     let scam = calls
@@ -275,7 +214,7 @@ fn bad_sip_and_rtp_are_answered_counted_and_hurt_no_call_and_twenty_calls_all_en
 
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let sip = server.sip.as_str();
+    let sip = server.sip.as_deref().expect("serve --sip");
     peer.send_to(b"\x00\x01garbage that is not SIP", sip)
         .unwrap();
     let answers = [
@@ -328,7 +267,7 @@ fn bad_sip_and_rtp_are_answered_counted_and_hurt_no_call_and_twenty_calls_all_en
     wait_ok(crowd, "20 calls");
     // 20 sipp calls and the quiet one all end with a summary.
     let ended = ended_calls(&server, 21);
-    let quiet = get(&format!("{}/calls/quiet", server.http));
+    let quiet = get(&server, "/calls/quiet");
     assert_eq!(quiet["ended"], true, "{quiet}");
     assert!(ended.len() >= 21);
     let m = metrics(&server);

@@ -1,6 +1,7 @@
-//! `vishguard serve`'s HTTP side (axum on tokio): the API over the calls the engine holds,
-//! server-sent events, Prometheus metrics, and the WebSocket media endpoints through which
-//! calls arrive (Twilio-style streams at `/media/twilio`).
+//! `vishguard serve`'s HTTP side (axum on tokio): the live dashboard (`/`, one page in the
+//! binary), the API over the calls the engine holds, server-sent events, Prometheus metrics,
+//! and the WebSocket media endpoints through which calls arrive (Twilio-style streams at
+//! `/media/twilio`).
 //!
 //! Every route but `/healthz` needs the bearer token (an `Authorization: Bearer T` header, or a
 //! `token` query parameter for clients that cannot set headers, such as Twilio). Without a
@@ -118,6 +119,7 @@ pub struct AppState {
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
+        .route("/", get(dashboard))
         .route("/calls", get(list_calls))
         .route("/calls/{id}", get(one_call))
         .route("/calls/{id}/feedback", post(feedback))
@@ -250,6 +252,20 @@ async fn events(
             .data(json_line(event.as_ref()))))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// The live dashboard: one self-contained page (no CDN), over the API and the event stream.
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+        ],
+        include_str!("dashboard.html"),
+    )
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -16,6 +16,8 @@ use vishguard::detect::Classifier;
 use vishguard::engine::{HearRequest, Heard, Recogniser};
 use vishguard::model_store::ModelStore;
 
+pub mod serve;
+
 /// The vishguard binary built for these tests.
 pub fn vishguard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vishguard"))
