@@ -181,3 +181,75 @@ fn a_stream_that_goes_quiet_or_speaks_nonsense_is_closed_without_hurting_the_ser
     assert!(metrics.contains("kind=\"binary_frame\"} 1"), "{metrics}");
     assert!(metrics.contains("kind=\"unauthorised\"}"), "{metrics}");
 }
+
+/// The next text message of a socket, as JSON.
+async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(message) = ws.next().await {
+        if let Message::Text(t) = message.unwrap() {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+    panic!("the socket closed before a reply")
+}
+
+#[test]
+fn a_genesys_audiohook_session_is_heard_as_two_parties() {
+    let server = start(&[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let replies = runtime.block_on(async {
+        let url = server.ws_url(&format!("/media/audiohook?token={TOKEN}"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut replies = Vec::new();
+        let open = serde_json::json!({"version": "2", "type": "open", "seq": 1, "clientseq": 0,
+            "id": "0b1d3f5e-0000-4000-8000-000000000001", "position": "PT0S",
+            "parameters": {"organizationId": "org-1", "conversationId": "conv-scam",
+                "participant": {"id": "p1", "ani": "+15550100", "dnis": "+15550199"},
+                "media": [{"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}]}});
+        ws.send(Message::text(open.to_string())).await.unwrap();
+        replies.push(next_text(&mut ws).await);
+        let started = std::time::Instant::now();
+        let frames = support::serve::ulaw_frames("en_scam_tech_support.wav");
+        for (i, external) in frames.iter().enumerate() {
+            // Interleaved stereo: the customer's byte, then the agent's (silence).
+            let frame: Vec<u8> = external.iter().flat_map(|&b| [b, 0xFF]).collect();
+            ws.send(Message::binary(frame)).await.unwrap();
+            if i == 100 {
+                ws.send(Message::text(r#"{"version":"2","type":"ping","seq":2,"id":"x"}"#))
+                    .await
+                    .unwrap();
+            }
+            let due = started + Duration::from_millis(20 * (i as u64 + 1));
+            tokio::time::sleep_until(due.into()).await;
+        }
+        replies.push(next_text(&mut ws).await);
+        ws.send(Message::text(r#"{"version":"2","type":"close","seq":3,"id":"x","parameters":{"reason":"end"}}"#))
+            .await
+            .unwrap();
+        replies.push(next_text(&mut ws).await);
+        replies
+    });
+    let kinds: Vec<&str> = replies
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["opened", "pong", "closed"], "{replies:?}");
+    assert_eq!(replies[0]["clientseq"], 1);
+    let call = server.wait_for_end("conv-scam");
+    let parties: Vec<&str> = call["parties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(parties, ["external", "internal"]);
+    assert_eq!(call["metadata"]["source"], "audiohook");
+    assert_ne!(call["risk"], "none", "{call}");
+    assert!(call["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["party"] == 0));
+}

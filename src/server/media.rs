@@ -1,7 +1,8 @@
-//! WebSocket media endpoints: a socket carries one call's stream; its frames go through the
-//! protocol's session (`sources::twilio`) to the engine. A bad frame is counted and skipped,
-//! and the call goes on; a call the engine cannot take closes the socket with the code that
-//! says why (1013: try again later; 1008: refused).
+//! WebSocket media endpoints: a socket carries one call's stream; its messages go through the
+//! protocol's session (`sources::twilio`, `sources::audiohook`) to the engine, and the
+//! session's replies go back. A bad message is counted and skipped, and the call goes on; a
+//! call the engine cannot take closes the socket with the code that says why (1013: try again
+//! later; 1008: refused).
 
 use std::time::Duration;
 
@@ -10,8 +11,9 @@ use axum::extract::State;
 use axum::response::Response;
 
 use super::AppState;
+use crate::sources::audiohook::AudioHookSession;
 use crate::sources::twilio::TwilioSession;
-use crate::sources::{IngestError, Ingress};
+use crate::sources::{IngestError, Ingress, MediaSession};
 
 /// RFC 6455 close codes.
 const NORMAL: u16 = 1000;
@@ -19,10 +21,22 @@ const POLICY: u16 = 1008;
 const TRY_AGAIN_LATER: u16 = 1013;
 
 pub(super) async fn twilio(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    upgrade(ws, state, || Box::new(TwilioSession::new()))
+}
+
+pub(super) async fn audiohook(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    upgrade(ws, state, || Box::new(AudioHookSession::new()))
+}
+
+fn upgrade(
+    ws: WebSocketUpgrade,
+    state: AppState,
+    session: fn() -> Box<dyn MediaSession>,
+) -> Response {
     let max = state.config.max_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| twilio_stream(socket, state))
+        .on_upgrade(move |socket| stream(socket, state, session()))
 }
 
 async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
@@ -33,8 +47,7 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
-async fn twilio_stream(mut socket: WebSocket, state: AppState) {
-    let mut session = TwilioSession::new();
+async fn stream(mut socket: WebSocket, state: AppState, mut session: Box<dyn MediaSession>) {
     let idle = Duration::from_secs_f64(state.config.idle_timeout_s);
     loop {
         let message = match tokio::time::timeout(idle, socket.recv()).await {
@@ -53,23 +66,20 @@ async fn twilio_stream(mut socket: WebSocket, state: AppState) {
             }
             Ok(Some(Ok(m))) => m,
         };
-        let text = match &message {
-            Message::Text(t) => t.as_str(),
-            Message::Binary(_) => {
-                state.malformed.count("binary_frame");
-                continue;
-            }
+        let reply = match &message {
+            Message::Text(t) => session.text(t.as_str()),
+            Message::Binary(b) => session.binary(b),
             _ => continue,
         };
-        let items = match session.handle(text) {
-            Ok(items) => items,
+        let reply = match reply {
+            Ok(r) => r,
             Err(e) => {
                 tracing::debug!("media stream: {e}");
                 state.malformed.count(e.kind);
                 continue;
             }
         };
-        for item in items {
+        for item in reply.ingress {
             let opening = matches!(item, Ingress::Open(_));
             match state.ingest.send(item) {
                 Ok(()) | Err(IngestError::QueueFull(_)) => {}
@@ -88,6 +98,15 @@ async fn twilio_stream(mut socket: WebSocket, state: AppState) {
                     state.malformed.count("chunk_refused");
                 }
             }
+        }
+        for text in reply.send {
+            if socket.send(Message::text(text)).await.is_err() {
+                break;
+            }
+        }
+        if reply.close {
+            close(&mut socket, NORMAL, "closed").await;
+            break;
         }
     }
     if let Some(end) = session.finish() {

@@ -1,7 +1,7 @@
 //! `vishguard serve`'s HTTP side (axum on tokio): the live dashboard (`/`, one page in the
 //! binary), the API over the calls the engine holds, server-sent events, Prometheus metrics,
 //! and the WebSocket media endpoints through which calls arrive (Twilio-style streams at
-//! `/media/twilio`).
+//! `/media/twilio`, Genesys AudioHook at `/media/audiohook`).
 //!
 //! Every route but `/healthz` needs the bearer token (an `Authorization: Bearer T` header, or a
 //! `token` query parameter for clients that cannot set headers, such as Twilio). Without a
@@ -128,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi))
         .route("/media/twilio", get(media::twilio))
+        .route("/media/audiohook", get(media::audiohook))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorise));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -5,6 +5,7 @@
 //! Sources here: recordings played as live calls (`file`), and sound devices through cpal
 //! (`device`, with the `capture` feature).
 
+pub mod audiohook;
 #[cfg(feature = "capture")]
 pub mod device;
 pub mod file;
@@ -125,6 +126,24 @@ pub trait Source: Send {
     /// For logs and errors: what this source reads ("file calls/a.wav", "device default").
     fn describe(&self) -> String;
     fn run(self: Box<Self>, out: Arc<dyn Ingest>, stop: Stop) -> anyhow::Result<()>;
+}
+
+/// What a media-stream message asks of the socket's owner: items for the engine, messages to
+/// send back, and whether to close the socket after them.
+#[derive(Debug, Default)]
+pub struct MediaReply {
+    pub ingress: Vec<Ingress>,
+    pub send: Vec<String>,
+    pub close: bool,
+}
+
+/// One WebSocket media stream's protocol (Twilio-style streams, Genesys AudioHook): the server
+/// owns the socket and hands each message here.
+pub trait MediaSession: Send {
+    fn text(&mut self, frame: &str) -> Result<MediaReply, twilio::ProtocolError>;
+    fn binary(&mut self, frame: &[u8]) -> Result<MediaReply, twilio::ProtocolError>;
+    /// The socket ended: the call's close, if the protocol's own close never came.
+    fn finish(&mut self) -> Option<Ingress>;
 }
 
 /// Malformed input refused or skipped by the network sources and the server, by kind

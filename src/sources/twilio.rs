@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::Ingress;
+use super::{Ingress, MediaReply, MediaSession};
 use crate::audio::g711;
 use crate::call::{AudioChunk, Call, CallId, Party};
 
@@ -225,6 +225,23 @@ impl TwilioSession {
             offset_s,
             samples: g711::decode(&bytes, g711::Law::Mu),
         }))
+    }
+}
+
+impl MediaSession for TwilioSession {
+    fn text(&mut self, frame: &str) -> Result<MediaReply, ProtocolError> {
+        Ok(MediaReply {
+            ingress: self.handle(frame)?,
+            ..MediaReply::default()
+        })
+    }
+
+    fn binary(&mut self, _: &[u8]) -> Result<MediaReply, ProtocolError> {
+        Err(error("binary_frame", "Twilio media streams are JSON text"))
+    }
+
+    fn finish(&mut self) -> Option<Ingress> {
+        TwilioSession::finish(self)
     }
 }
 
