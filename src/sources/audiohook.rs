@@ -198,7 +198,7 @@ impl MediaSession for AudioHookSession {
         if frame.len() > 16_000 * self.channels {
             return Err(error("oversized", "an audio frame over 2 s"));
         }
-        if frame.len() % self.channels != 0 {
+        if !frame.len().is_multiple_of(self.channels) {
             return Err(error(
                 "bad_frame",
                 "a frame that splits a sample across channels",
