@@ -20,9 +20,11 @@ use crate::engine::{EngineConfig, SinkSpec};
 use crate::model_store::ModelStore;
 use crate::server::ServerConfig;
 use crate::sinks::alert_file::{AlertFile, AlertFileConfig};
+use crate::sinks::redact::Redacted;
 use crate::sinks::stdout::{JsonLines, StdoutConfig};
 use crate::sinks::terminal::{TerminalConfig, TerminalView};
 use crate::sinks::webhook::{WebhookConfig, WebhookSink};
+use crate::sinks::Sink;
 use crate::sources::file::{FileSource, FileSourceConfig};
 use crate::sources::{DeviceSourceConfig, Source};
 
@@ -210,15 +212,26 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
-    /// Opens the sink (its file, its outbox and deliverer).
+    /// Opens the sink (its file, its outbox and deliverer), redacting when it asks to.
     pub fn build(&self) -> Result<SinkSpec> {
-        Ok(match self {
-            SinkConfig::Stdout(c) => SinkSpec::new(JsonLines::new(c), c.queue.clone()),
-            SinkConfig::Terminal(c) => SinkSpec::new(TerminalView::new(), c.queue.clone()),
-            SinkConfig::AlertFile(c) => SinkSpec::new(AlertFile::open(&c.path)?, c.queue.clone()),
-            SinkConfig::Webhook(c) => {
-                SinkSpec::new(WebhookSink::start(&c.url, &c.outbox)?, c.queue.clone())
-            }
+        let (sink, queue, redact): (Box<dyn Sink>, _, _) = match self {
+            SinkConfig::Stdout(c) => (Box::new(JsonLines::new(c)), &c.queue, c.redact),
+            SinkConfig::Terminal(c) => (Box::new(TerminalView::new()), &c.queue, c.redact),
+            SinkConfig::AlertFile(c) => (Box::new(AlertFile::open(&c.path)?), &c.queue, c.redact),
+            SinkConfig::Webhook(c) => (
+                Box::new(WebhookSink::start(&c.url, &c.outbox)?),
+                &c.queue,
+                c.redact,
+            ),
+        };
+        let sink = if redact {
+            Box::new(Redacted(sink))
+        } else {
+            sink
+        };
+        Ok(SinkSpec {
+            sink,
+            queue: queue.clone(),
         })
     }
 

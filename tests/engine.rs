@@ -79,6 +79,17 @@ fn narrowband() -> Vec<f32> {
         .collect()
 }
 
+/// An engine whose every event is kept.
+fn collected(recogniser: Arc<ScriptedRecogniser>, config: EngineConfig) -> (Engine, Collector) {
+    let events = Collector::new();
+    let e = engine(
+        recogniser,
+        config,
+        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
+    );
+    (e, events)
+}
+
 fn summaries(events: &[Event]) -> Vec<&CallSummary> {
     events
         .iter()
@@ -92,16 +103,11 @@ fn summaries(events: &[Event]) -> Vec<&CallSummary> {
 #[test]
 fn a_gap_in_the_audio_stays_a_gap_in_the_times() {
     let recogniser = ScriptedRecogniser::new(Duration::ZERO, |_| Some("hello there".into()));
-    let events = Collector::new();
     let config = EngineConfig {
         partials: false,
         ..Default::default()
     };
-    let e = engine(
-        recogniser,
-        config,
-        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
-    );
+    let (e, events) = collected(recogniser, config);
     let ingest = e.ingest();
     // 8 kHz, as a telephone call arrives: the front end resamples and keeps the times.
     let narrow = narrowband();
@@ -138,18 +144,13 @@ fn each_call_is_heard_in_order_by_one_worker_at_a_time() {
     let recogniser = ScriptedRecogniser::new(Duration::from_millis(30), |r| {
         Some(format!("{} party {}", r.call_id, r.party))
     });
-    let events = Collector::new();
     let config = EngineConfig {
         partials: false,
         asr_workers: 3,
         asr_queue: 64,
         ..Default::default()
     };
-    let e = engine(
-        recogniser.clone(),
-        config,
-        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
-    );
+    let (e, events) = collected(recogniser.clone(), config);
     let speech = fixture_speech("asr/pharmacy.flac");
     std::thread::scope(|s| {
         for c in 0..4 {
@@ -280,7 +281,6 @@ fn a_stuck_sink_holds_up_neither_the_recognisers_nor_another_sink() {
 fn overload_drops_audio_and_utterances_counted_and_every_call_reports() {
     // A recogniser far slower than the calls: 0.3 s per utterance, one worker.
     let recogniser = ScriptedRecogniser::new(Duration::from_millis(300), |_| Some("words".into()));
-    let events = Collector::new();
     let config = EngineConfig {
         call_queue_chunks: 8,
         asr_queue: 1,
@@ -288,11 +288,7 @@ fn overload_drops_audio_and_utterances_counted_and_every_call_reports() {
         partials: false,
         ..Default::default()
     };
-    let e = engine(
-        recogniser,
-        config,
-        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
-    );
+    let (e, events) = collected(recogniser, config);
     let ingest = e.ingest();
     let speech = fixture_speech("asr/pharmacy.flac");
     let mut refused = 0u64;
@@ -347,12 +343,7 @@ fn overload_drops_audio_and_utterances_counted_and_every_call_reports() {
 #[test]
 fn bad_ingress_is_refused_with_a_reason_and_other_calls_go_on() {
     let recogniser = ScriptedRecogniser::new(Duration::ZERO, |_| Some(SCAM_LINE.into()));
-    let events = Collector::new();
-    let e = engine(
-        recogniser,
-        EngineConfig::default(),
-        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
-    );
+    let (e, events) = collected(recogniser, EngineConfig::default());
     let ingest = e.ingest();
     let chunk = |id: &str, party, offset_s: f64| {
         Ingress::Audio(AudioChunk {
@@ -438,12 +429,7 @@ fn a_recogniser_that_panics_on_one_call_leaves_the_others_alone() {
         }
         Some(SCAM_LINE.into())
     });
-    let events = Collector::new();
-    let e = engine(
-        recogniser,
-        EngineConfig::default(),
-        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
-    );
+    let (e, events) = collected(recogniser, EngineConfig::default());
     let ingest = e.ingest();
     let speech = fixture_speech("asr/pharmacy.flac");
     for name in ["cursed", "fine"] {
@@ -464,17 +450,12 @@ fn a_recogniser_that_panics_on_one_call_leaves_the_others_alone() {
 #[test]
 fn an_id_is_not_reused_while_its_call_is_heard_and_open_calls_are_bounded() {
     let recogniser = ScriptedRecogniser::new(Duration::from_millis(300), |_| Some("hi".into()));
-    let events = Collector::new();
     let config = EngineConfig {
         max_calls: 2,
         partials: false,
         ..Default::default()
     };
-    let e = engine(
-        recogniser,
-        config,
-        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
-    );
+    let (e, events) = collected(recogniser, config);
     let ingest = e.ingest();
     let speech = fixture_speech("asr/pharmacy.flac");
     let id = CallId::new("desk");
@@ -527,16 +508,11 @@ fn an_alert_the_finished_words_do_not_bear_out_is_counted_as_withdrawn() {
             .into(),
         )
     });
-    let events = Collector::new();
     let mut config = EngineConfig::default();
     // The utterance stays open while the call is: only partials are heard before the close.
     config.utterances.end_silence_s = 30.0;
     config.utterances.max_utterance_s = 30.0;
-    let e = engine(
-        recogniser.clone(),
-        config,
-        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
-    );
+    let (e, events) = collected(recogniser.clone(), config);
     let ingest = e.ingest();
     let id = CallId::new("tentative");
     ingest

@@ -141,6 +141,28 @@ impl DetectorArgs {
     }
 }
 
+/// The config file (or the defaults) with the recognition, detection and engine flags written
+/// over it: what `listen` and `serve` start from.
+pub fn live_config(
+    path: Option<&std::path::Path>,
+    asr: &AsrArgs,
+    detector: &DetectorArgs,
+    engine: &EngineArgs,
+) -> Result<crate::config::Config> {
+    let mut config = match path {
+        Some(path) => crate::config::Config::load(path)?,
+        None => crate::config::Config::default(),
+    };
+    asr.apply(&mut config.asr);
+    detector.apply(&mut config.detect);
+    engine.apply(&mut config.engine);
+    if asr.no_vad {
+        // Live calls are cut by the engine: without voice activity, into fixed pieces.
+        config.engine.utterances.vad = false;
+    }
+    Ok(config)
+}
+
 /// How the live engine runs (`[engine]`).
 #[derive(Args, Debug, Clone, Default)]
 pub struct EngineArgs {
@@ -232,6 +254,7 @@ impl SinkArgs {
             sinks.push(SinkConfig::AlertFile(AlertFileConfig {
                 path: path.clone(),
                 queue: QueueConfig::default(),
+                redact: false,
             }));
         }
         match (&self.webhook, &self.webhook_outbox) {
@@ -239,6 +262,7 @@ impl SinkArgs {
                 url: url.clone(),
                 outbox: outbox.clone().unwrap_or_else(default_outbox),
                 queue: QueueConfig::default(),
+                redact: false,
             })),
             (None, Some(_)) => {
                 bail!("--webhook-outbox is where --webhook keeps alerts: it needs --webhook")

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::args::{AsrArgs, DetectorArgs, EngineArgs, SinkArgs};
+use super::args::{live_config, AsrArgs, DetectorArgs, EngineArgs, SinkArgs};
 use crate::audio::ChannelMode;
 use crate::config::{Config, SourceConfig};
 use crate::engine::SinkSpec;
@@ -88,17 +88,12 @@ impl ListenArgs {
     /// The config file (or the defaults) with every flag written over it. Errors name a flag
     /// that would have nothing to act on.
     pub fn config(&self) -> Result<Config> {
-        let mut config = match &self.config {
-            Some(path) => Config::load(path)?,
-            None => Config::default(),
-        };
-        self.asr.apply(&mut config.asr);
-        self.detector.apply(&mut config.detect);
-        self.engine.apply(&mut config.engine);
-        if self.asr.no_vad {
-            // Live calls are cut by the engine: without voice activity, into fixed pieces.
-            config.engine.utterances.vad = false;
-        }
+        let mut config = live_config(
+            self.config.as_deref(),
+            &self.asr,
+            &self.detector,
+            &self.engine,
+        )?;
         self.sources.apply(self.asr.channels(), &mut config)?;
         self.sinks.apply(&mut config.sinks, true)?;
         config

@@ -6,12 +6,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::args::{AsrArgs, DetectorArgs, EngineArgs, SinkArgs};
+use super::args::{live_config, AsrArgs, DetectorArgs, EngineArgs, SinkArgs};
 use crate::config::Config;
 use crate::engine::SinkSpec;
 use crate::server::board::Board;
 use crate::server::{self, AppState};
-use crate::sinks::QueueConfig;
+use crate::sinks::redact::Redacted;
+use crate::sinks::{QueueConfig, Sink};
 use crate::sources::sip::{SipConfig, SipSource};
 use crate::sources::Stop;
 
@@ -51,16 +52,12 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The config file (or the defaults) with every flag written over it.
     pub fn config(&self) -> Result<Config> {
-        let mut config = match &self.config {
-            Some(path) => Config::load(path)?,
-            None => Config::default(),
-        };
-        self.asr.apply(&mut config.asr);
-        self.detector.apply(&mut config.detect);
-        self.engine.apply(&mut config.engine);
-        if self.asr.no_vad {
-            config.engine.utterances.vad = false;
-        }
+        let mut config = live_config(
+            self.config.as_deref(),
+            &self.asr,
+            &self.detector,
+            &self.engine,
+        )?;
         // A server's output is its API: no stdout or terminal sink unless asked for.
         self.sinks.apply(&mut config.sinks, false)?;
         if let Some(http) = self.http {
@@ -96,9 +93,17 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         .block_on(tokio::net::TcpListener::bind(config.server.http))
         .with_context(|| format!("cannot listen on {}", config.server.http))?;
     let board = Board::new(config.server.keep_ended_calls, 4096);
+    let board_sink: Box<dyn Sink> = if config.server.redact {
+        Box::new(Redacted(Box::new(board.clone())))
+    } else {
+        Box::new(board.clone())
+    };
     let (engine, sources) = super::engine::start(
         &config,
-        vec![SinkSpec::new(board.clone(), QueueConfig::default())],
+        vec![SinkSpec {
+            sink: board_sink,
+            queue: QueueConfig::default(),
+        }],
     )?;
     let address = listener.local_addr()?;
     let mut sip_bound = None;

@@ -109,7 +109,7 @@ struct SinkQueue {
 
 impl SinkQueue {
     fn lock(&self) -> MutexGuard<'_, QueueState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.state)
     }
 
     /// Never blocks on the sink: memory, then disk (or a drop).
@@ -276,12 +276,7 @@ impl Fanout {
             q.lock().closed = true;
             q.ready.notify_all();
         }
-        let threads: Vec<_> = self
-            .threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
+        let threads: Vec<_> = super::lock(&self.threads).drain(..).collect();
         for t in threads {
             let _ = t.join();
         }

@@ -59,7 +59,7 @@ impl EngineIngest {
     }
 
     fn calls(&self) -> MutexGuard<'_, HashMap<CallId, OpenCall>> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.calls)
     }
 
     fn open(&self, call: Call) -> Result<(), IngestError> {
@@ -131,7 +131,7 @@ impl EngineIngest {
     }
 
     fn fronts(&self) -> MutexGuard<'_, Vec<std::thread::JoinHandle<()>>> {
-        self.fronts.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.fronts)
     }
 
     /// The call's queue and record, checked against the chunk.

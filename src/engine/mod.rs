@@ -184,6 +184,12 @@ impl CallInfo {
     }
 }
 
+/// A mutex's guard, even if a thread panicked while holding it: the engine's state stays usable
+/// (a panic while hearing one call is caught, and must not lock every other call out).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The ids of the calls the engine holds, from their opening until their summary has gone to
 /// the sinks: an id cannot be reused while the earlier call with it is still being heard.
 #[derive(Default)]
@@ -191,7 +197,7 @@ pub(crate) struct LiveCalls(Mutex<HashSet<CallId>>);
 
 impl LiveCalls {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<CallId>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.0)
     }
 
     /// False when the id is taken or `max` calls are live.
@@ -264,14 +270,15 @@ impl Engine {
         let scheduler = Arc::new(scheduler::Scheduler::new(config.asr_queue));
         let live = Arc::new(LiveCalls::default());
         let stats = Arc::new(EngineStats::default());
-        let shared = Arc::new(worker::Workers::new(
+        let shared = Arc::new(worker::Workers {
             recogniser,
             classifier,
-            scheduler.clone(),
-            fanout.clone(),
-            live.clone(),
-            stats.clone(),
-        ));
+            scheduler: scheduler.clone(),
+            fanout: fanout.clone(),
+            live: live.clone(),
+            stats: stats.clone(),
+            calls: Mutex::default(),
+        });
         let workers = (0..config.asr_workers)
             .map(|i| {
                 let shared = shared.clone();

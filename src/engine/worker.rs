@@ -71,44 +71,26 @@ impl PartyState {
 
 /// One call's state; a worker takes it out of the shared map while it holds the call.
 #[derive(Default)]
-struct CallState {
+pub(super) struct CallState {
     parties: HashMap<usize, PartyState>,
     utterances: usize,
 }
 
 /// Everything the workers share.
 pub(super) struct Workers {
-    recogniser: Arc<dyn Recogniser>,
-    classifier: Arc<Classifier>,
-    scheduler: Arc<Scheduler>,
-    fanout: Arc<Fanout>,
-    live: Arc<LiveCalls>,
-    stats: Arc<EngineStats>,
-    calls: Mutex<HashMap<CallId, CallState>>,
+    pub recogniser: Arc<dyn Recogniser>,
+    pub classifier: Arc<Classifier>,
+    pub scheduler: Arc<Scheduler>,
+    pub fanout: Arc<Fanout>,
+    pub live: Arc<LiveCalls>,
+    pub stats: Arc<EngineStats>,
+    /// Each call's state, taken out by the worker that holds the call.
+    pub calls: Mutex<HashMap<CallId, CallState>>,
 }
 
 impl Workers {
-    pub fn new(
-        recogniser: Arc<dyn Recogniser>,
-        classifier: Arc<Classifier>,
-        scheduler: Arc<Scheduler>,
-        fanout: Arc<Fanout>,
-        live: Arc<LiveCalls>,
-        stats: Arc<EngineStats>,
-    ) -> Self {
-        Self {
-            recogniser,
-            classifier,
-            scheduler,
-            fanout,
-            live,
-            stats,
-            calls: Mutex::default(),
-        }
-    }
-
     fn calls(&self) -> MutexGuard<'_, HashMap<CallId, CallState>> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.calls)
     }
 
     /// One worker: serves work until the scheduler says stop.

@@ -24,9 +24,9 @@ fn counter(value: u64) -> Counter {
     c
 }
 
-fn seconds(samples_16k: u64) -> Counter<f64, AtomicU64> {
+fn seconds(value: f64) -> Counter<f64, AtomicU64> {
     let c = Counter::<f64, AtomicU64>::default();
-    c.inc_by(samples_16k as f64 / 16_000.0);
+    c.inc_by(value);
     c
 }
 
@@ -56,53 +56,58 @@ pub(super) fn registry(state: &AppState) -> Registry {
         "Calls open in the engine now",
         gauge(opened.saturating_sub(ended) as f64),
     );
-    r.register("calls_opened", "Calls opened", counter(opened));
-    r.register("calls_ended", "Calls ended with a summary", counter(ended));
-    r.register(
-        "calls_refused",
-        "Calls refused (too many open, a bad call, an id in use)",
-        counter(get(&s.calls_refused)),
-    );
-    r.register(
-        "audio_seconds",
-        "Seconds of call audio taken in",
-        seconds(get(&s.audio_in)),
-    );
-    r.register(
-        "audio_dropped_seconds",
-        "Seconds of audio dropped because a call's queue was full",
-        seconds(get(&s.audio_dropped)),
-    );
-    r.register(
-        "chunks_refused",
-        "Audio chunks refused as malformed",
-        counter(get(&s.chunks_refused)),
-    );
-    r.register(
-        "utterances_heard",
-        "Finished utterances heard by the recogniser",
-        counter(get(&s.utterances_heard)),
-    );
-    r.register(
-        "partials_heard",
-        "Utterances heard while still being spoken",
-        counter(get(&s.partials_heard)),
-    );
-    r.register(
-        "utterances_dropped",
-        "Utterances dropped because the recogniser's queue was full",
-        counter(get(&s.utterances_dropped)),
-    );
+    let counters = [
+        ("calls_opened", "Calls opened", opened),
+        ("calls_ended", "Calls ended with a summary", ended),
+        (
+            "calls_refused",
+            "Calls refused (too many open, a bad call, an id in use)",
+            get(&s.calls_refused),
+        ),
+        (
+            "chunks_refused",
+            "Audio chunks refused as malformed",
+            get(&s.chunks_refused),
+        ),
+        (
+            "utterances_heard",
+            "Finished utterances heard by the recogniser",
+            get(&s.utterances_heard),
+        ),
+        (
+            "partials_heard",
+            "Utterances heard while still being spoken",
+            get(&s.partials_heard),
+        ),
+        (
+            "utterances_dropped",
+            "Utterances dropped because the recogniser's queue was full",
+            get(&s.utterances_dropped),
+        ),
+    ];
+    for (name, help, value) in counters {
+        r.register(name, help, counter(value));
+    }
+    for (name, help, samples) in [
+        (
+            "audio_seconds",
+            "Seconds of call audio taken in",
+            get(&s.audio_in),
+        ),
+        (
+            "audio_dropped_seconds",
+            "Seconds of audio dropped because a call's queue was full",
+            get(&s.audio_dropped),
+        ),
+    ] {
+        r.register(name, help, seconds(samples as f64 / 16_000.0));
+    }
     let recognition_s = get(&s.recognition_us) as f64 / 1e6;
     let heard_s = get(&s.utterance_audio) as f64 / 16_000.0;
     r.register(
         "recognition_seconds",
         "Seconds the recogniser spent hearing, all workers together",
-        {
-            let c = Counter::<f64, AtomicU64>::default();
-            c.inc_by(recognition_s);
-            c
-        },
+        seconds(recognition_s),
     );
     r.register(
         "real_time_factor",
@@ -123,32 +128,27 @@ pub(super) fn registry(state: &AppState) -> Registry {
         ]),
     );
     let sinks = state.engine.sink_reports();
-    r.register(
-        "sink_events_dropped",
-        "Events a sink's full queue dropped",
+    let per_sink = |field: fn(&crate::engine::SinkReport) -> u64| {
         labelled(
             sinks
                 .iter()
-                .map(|k| ("sink".to_owned(), k.sink.clone(), k.dropped)),
-        ),
+                .map(|k| ("sink".to_owned(), k.sink.clone(), field(k))),
+        )
+    };
+    r.register(
+        "sink_events_dropped",
+        "Events a sink's full queue dropped",
+        per_sink(|k| k.dropped),
     );
     r.register(
         "sink_events_spilled",
         "Events that waited on disk for a slow sink",
-        labelled(
-            sinks
-                .iter()
-                .map(|k| ("sink".to_owned(), k.sink.clone(), k.spilled)),
-        ),
+        per_sink(|k| k.spilled),
     );
     r.register(
         "sink_write_errors",
         "Events a sink failed to write",
-        labelled(
-            sinks
-                .iter()
-                .map(|k| ("sink".to_owned(), k.sink.clone(), k.errors)),
-        ),
+        per_sink(|k| k.errors),
     );
     r.register(
         "malformed",

@@ -58,6 +58,9 @@ pub struct ServerConfig {
     pub media_ip: Option<std::net::IpAddr>,
     /// A SIP call whose RTP has been silent this long ends, as if its BYE had come (s).
     pub rtp_timeout_s: f64,
+    /// Mask card numbers, codes and id numbers (runs of 4+ digits) in what the API, the
+    /// dashboard and the event stream show.
+    pub redact: bool,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +74,7 @@ impl Default for ServerConfig {
             sip: None,
             media_ip: None,
             rtp_timeout_s: 30.0,
+            redact: false,
         }
     }
 }

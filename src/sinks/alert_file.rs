@@ -16,6 +16,9 @@ pub struct AlertFileConfig {
     pub path: PathBuf,
     #[serde(default)]
     pub queue: super::QueueConfig,
+    /// Mask card numbers, codes and id numbers (runs of 4+ digits) before they leave.
+    #[serde(default)]
+    pub redact: bool,
 }
 
 pub struct AlertFile {

@@ -7,6 +7,7 @@
 
 pub mod alert_file;
 pub mod memory;
+pub mod redact;
 pub mod stdout;
 pub mod terminal;
 pub mod webhook;

@@ -17,6 +17,9 @@ pub struct StdoutConfig {
     pub transcripts: bool,
     #[serde(default)]
     pub queue: super::QueueConfig,
+    /// Mask card numbers, codes and id numbers (runs of 4+ digits) before they leave.
+    #[serde(default)]
+    pub redact: bool,
 }
 
 pub struct JsonLines {

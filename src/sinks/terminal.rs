@@ -13,12 +13,16 @@ pub struct TerminalConfig {
     /// A person cannot read faster than the calls speak: a full queue drops lines by default.
     #[serde(default = "super::QueueConfig::dropping")]
     pub queue: super::QueueConfig,
+    /// Mask card numbers, codes and id numbers (runs of 4+ digits) before they leave.
+    #[serde(default)]
+    pub redact: bool,
 }
 
 impl Default for TerminalConfig {
     fn default() -> Self {
         Self {
             queue: super::QueueConfig::dropping(),
+            redact: false,
         }
     }
 }

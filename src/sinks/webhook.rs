@@ -24,6 +24,9 @@ pub struct WebhookConfig {
     pub outbox: PathBuf,
     #[serde(default)]
     pub queue: super::QueueConfig,
+    /// Mask card numbers, codes and id numbers (runs of 4+ digits) before they leave.
+    #[serde(default)]
+    pub redact: bool,
 }
 
 pub fn default_outbox() -> PathBuf {
