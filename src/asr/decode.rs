@@ -67,6 +67,13 @@ pub struct LogitRules<'a> {
     pub max_initial_timestamp_steps: Option<u32>,
 }
 
+/// One sequence of a batched decode: what the single-window `decode` takes, per row.
+pub struct BatchRow<'a> {
+    pub prompt: &'a [u32],
+    pub sot_sequence: &'a [u32],
+    pub max_tokens: Option<usize>,
+}
+
 pub fn compression_ratio(text: &str) -> f32 {
     if text.is_empty() {
         return 0.0;
@@ -97,19 +104,7 @@ impl WindowDecoder<'_> {
                 seed,
                 policy.max_tokens,
             )?;
-            let too_repetitive = policy
-                .compression_ratio_threshold
-                .is_some_and(|th| r.compression_ratio > th);
-            let too_unlikely = policy
-                .logprob_threshold
-                .is_some_and(|th| r.avg_logprob < th);
-            let is_silence = policy
-                .no_speech_threshold
-                .is_some_and(|th| r.no_speech_prob > th)
-                && policy
-                    .logprob_threshold
-                    .is_some_and(|th| r.avg_logprob < th);
-            let accept = is_silence || !(too_repetitive || too_unlikely);
+            let accept = self.accepts(&r, policy);
             if !accept {
                 tracing::debug!(
                     temperature = t,
@@ -126,6 +121,24 @@ impl WindowDecoder<'_> {
         Ok(last.expect("the policy has at least one temperature"))
     }
 
+    /// Whether a window's decode passes the policy (openai-whisper's rule): not a loop, not
+    /// too unlikely, unless the window is silence anyway.
+    pub fn accepts(&self, r: &WindowResult, policy: &FallbackPolicy) -> bool {
+        let too_repetitive = policy
+            .compression_ratio_threshold
+            .is_some_and(|th| r.compression_ratio > th);
+        let too_unlikely = policy
+            .logprob_threshold
+            .is_some_and(|th| r.avg_logprob < th);
+        let is_silence = policy
+            .no_speech_threshold
+            .is_some_and(|th| r.no_speech_prob > th)
+            && policy
+                .logprob_threshold
+                .is_some_and(|th| r.avg_logprob < th);
+        is_silence || !(too_repetitive || too_unlikely)
+    }
+
     /// One decode at one temperature (0 = greedy).
     pub fn decode(
         &self,
@@ -138,14 +151,7 @@ impl WindowDecoder<'_> {
     ) -> Result<WindowResult> {
         let sp = self.rules.special;
         let dec = &self.model.decoder;
-        let mut initial: Vec<u32> = Vec::new();
-        if !prompt.is_empty() {
-            let keep = dec.max_len() / 2 - 1;
-            initial.push(sp.sot_prev);
-            initial.extend_from_slice(&prompt[prompt.len().saturating_sub(keep)..]);
-        }
-        let sot_index = initial.len();
-        initial.extend_from_slice(sot_sequence);
+        let (initial, sot_index) = self.initial_tokens(prompt, sot_sequence);
         let sample_begin = initial.len();
         let sample_len = max_tokens.unwrap_or(usize::MAX).min(dec.max_len() / 2);
 
@@ -189,7 +195,35 @@ impl WindowDecoder<'_> {
                 .to_dtype(candle_core::DType::F32)?
                 .to_vec1()?;
         }
-        let text_tokens: Vec<u32> = sampled.iter().copied().filter(|&t| t < sp.eot).collect();
+        Ok(WindowResult {
+            temperature,
+            ..self.result(sampled, sum_logprob, no_speech_prob)?
+        })
+    }
+
+    /// The tokens `decode` would start a window with: the previous text after `sot_prev` (at
+    /// most half the context), then the start-of-transcript sequence. Returns them and the
+    /// index of `sot` in them.
+    fn initial_tokens(&self, prompt: &[u32], sot_sequence: &[u32]) -> (Vec<u32>, usize) {
+        let mut initial: Vec<u32> = Vec::new();
+        if !prompt.is_empty() {
+            let keep = self.model.decoder.max_len() / 2 - 1;
+            initial.push(self.rules.special.sot_prev);
+            initial.extend_from_slice(&prompt[prompt.len().saturating_sub(keep)..]);
+        }
+        let sot_index = initial.len();
+        initial.extend_from_slice(sot_sequence);
+        (initial, sot_index)
+    }
+
+    fn result(
+        &self,
+        sampled: Vec<u32>,
+        sum_logprob: f64,
+        no_speech_prob: f32,
+    ) -> Result<WindowResult> {
+        let eot = self.rules.special.eot;
+        let text_tokens: Vec<u32> = sampled.iter().copied().filter(|&t| t < eot).collect();
         let text = self
             .tokenizer
             .decode(&text_tokens, true)
@@ -200,21 +234,179 @@ impl WindowDecoder<'_> {
             tokens: sampled,
             text,
             no_speech_prob,
-            temperature,
+            temperature: 0.0,
         })
+    }
+
+    /// Greedy decoding of a batch of windows at once: `audio [b, frames, d]` holds one
+    /// encoded window per row of `rows`. Each row keeps its own prompt, start sequence, token
+    /// budget and logit rules; prompts of different lengths are left-padded and masked, each
+    /// row at its own positions, and a row that ends leaves the batch while the others go on.
+    /// Gives the tokens `decode` gives at temperature 0 for each row alone (up to rounding
+    /// in the batched matrix products; tested on real speech in tests/batch.rs).
+    pub fn decode_greedy_batch(
+        &self,
+        audio: &Tensor,
+        rows: &[BatchRow<'_>],
+    ) -> Result<Vec<WindowResult>> {
+        use candle_core::DType;
+        use rayon::prelude::*;
+        let sp = self.rules.special;
+        let dec = &self.model.decoder;
+        let device = audio.device();
+        let b = rows.len();
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        if audio.dim(0)? != b {
+            anyhow::bail!("{} rows for {} encoded windows", b, audio.dim(0)?);
+        }
+        let starts: Vec<(Vec<u32>, usize)> = rows
+            .iter()
+            .map(|r| self.initial_tokens(r.prompt, r.sot_sequence))
+            .collect();
+        let width = starts.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
+        let mut pads: Vec<usize> = starts.iter().map(|(t, _)| width - t.len()).collect();
+        let mut tokens = Vec::with_capacity(b * width);
+        let mut positions = Vec::with_capacity(b * width);
+        let mut mask = Vec::with_capacity(b * width * width);
+        for ((initial, _), &pad) in starts.iter().zip(&pads) {
+            for j in 0..width {
+                let real = j >= pad;
+                tokens.push(if real { initial[j - pad] } else { sp.eot });
+                positions.push(if real { (j - pad) as u32 } else { 0 });
+                for k in 0..width {
+                    // A padding query looks at itself only, so its softmax stays finite; a
+                    // real one at the real tokens up to itself.
+                    let open = if real { k >= pad && k <= j } else { k == j };
+                    mask.push(if open { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        let mut state = dec.start(audio)?;
+        let hidden = dec.forward_rows(
+            &Tensor::from_vec(tokens, (b, width), device)?,
+            &Tensor::from_vec(positions, (b, width), device)?,
+            &Tensor::from_vec(mask, (b, 1, width, width), device)?,
+            &mut state,
+        )?;
+        // The no-speech probability is read at each row's `sot`, the first prediction at its
+        // last prompt token (the last column, since rows are left-padded).
+        let d = hidden.dim(2)?;
+        let mut pick: Vec<u32> = starts
+            .iter()
+            .zip(&pads)
+            .enumerate()
+            .map(|(r, ((_, sot), pad))| (r * width + pad + sot) as u32)
+            .collect();
+        pick.extend((0..b).map(|r| (r * width + width - 1) as u32));
+        let picked = hidden
+            .reshape((b * width, d))?
+            .index_select(&Tensor::new(pick.as_slice(), device)?, 0)?;
+        let first = dec
+            .logits(&picked.unsqueeze(0)?)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?;
+        let no_speech: Vec<f32> = candle_nn::ops::softmax_last_dim(&first.narrow(0, 0, b)?)?
+            .narrow(1, sp.no_speech as usize, 1)?
+            .flatten_all()?
+            .to_vec1()?;
+        let mut logits: Vec<Vec<f32>> = first.narrow(0, b, b)?.to_vec2()?;
+        let budget: Vec<usize> = rows
+            .iter()
+            .map(|r| r.max_tokens.unwrap_or(usize::MAX).min(dec.max_len() / 2))
+            .collect();
+        let mut sampled: Vec<Vec<u32>> = vec![Vec::new(); b];
+        let mut sum_logprob = vec![0f64; b];
+        // The original row of each row still in the batch.
+        let mut active: Vec<usize> = (0..b).collect();
+        loop {
+            let picks: Vec<(u32, f32)> = active
+                .par_iter()
+                .zip(logits.par_iter_mut())
+                .map(|(&r, l)| {
+                    self.rules.apply(l, &sampled[r]);
+                    let next = argmax(l);
+                    (next, log_softmax_vec(l)[next as usize])
+                })
+                .collect();
+            let mut keep = Vec::with_capacity(active.len());
+            for (i, &r) in active.iter().enumerate() {
+                let (next, logprob) = picks[i];
+                if next == sp.eot {
+                    continue;
+                }
+                sum_logprob[r] += logprob as f64;
+                sampled[r].push(next);
+                let context = starts[r].0.len() + sampled[r].len() - 1;
+                if sampled[r].len() < budget[r] && context < dec.max_len() {
+                    keep.push(i);
+                }
+            }
+            if keep.is_empty() {
+                break;
+            }
+            if keep.len() < active.len() {
+                let idx: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
+                state.select_rows(&Tensor::new(idx.as_slice(), device)?)?;
+                active = keep.iter().map(|&i| active[i]).collect();
+                pads = keep.iter().map(|&i| pads[i]).collect();
+            }
+            let n = active.len();
+            let cols = state.len + 1;
+            let step: Vec<u32> = active
+                .iter()
+                .map(|&r| *sampled[r].last().expect("sampled"))
+                .collect();
+            let pos: Vec<u32> = pads.iter().map(|&p| (state.len - p) as u32).collect();
+            let mask: Vec<f32> = pads
+                .iter()
+                .flat_map(|&p| {
+                    (0..cols).map(move |k| if k >= p { 0f32 } else { f32::NEG_INFINITY })
+                })
+                .collect();
+            let hidden = dec.forward_rows(
+                &Tensor::from_vec(step, (n, 1), device)?,
+                &Tensor::from_vec(pos, (n, 1), device)?,
+                &Tensor::from_vec(mask, (n, 1, 1, cols), device)?,
+                &mut state,
+            )?;
+            logits = dec
+                .logits(&hidden)?
+                .squeeze(1)?
+                .to_dtype(DType::F32)?
+                .to_vec2()?;
+        }
+        sampled
+            .into_iter()
+            .zip(sum_logprob)
+            .zip(no_speech)
+            .map(|((s, lp), ns)| self.result(s, lp, ns))
+            .collect()
     }
 
     /// The most likely language token for `audio`, among `candidates` (all when empty).
     pub fn detect_language(&self, audio: &Tensor, candidates: &[u32]) -> Result<(u32, f32)> {
+        let found = self.detect_languages(audio, &[candidates])?;
+        Ok(found[0])
+    }
+
+    /// `detect_language` for a batch: `audio [b, frames, d]`, one candidate list per row.
+    pub fn detect_languages(
+        &self,
+        audio: &Tensor,
+        candidates: &[&[u32]],
+    ) -> Result<Vec<(u32, f32)>> {
         let dec = &self.model.decoder;
+        let b = audio.dim(0)?;
         let mut state = dec.start(audio)?;
-        let input = Tensor::new(&[self.rules.special.sot], audio.device())?.unsqueeze(0)?;
+        let input = Tensor::from_vec(vec![self.rules.special.sot; b], (b, 1), audio.device())?;
         let hidden = dec.forward(&input, &mut state)?;
-        let logits: Vec<f32> = dec
+        let logits: Vec<Vec<f32>> = dec
             .logits(&hidden)?
-            .flatten_all()?
+            .squeeze(1)?
             .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
+            .to_vec2()?;
         let all: Vec<u32> = self
             .rules
             .special
@@ -222,15 +414,21 @@ impl WindowDecoder<'_> {
             .iter()
             .map(|(_, id)| *id)
             .collect();
-        let pool = if candidates.is_empty() {
-            &all[..]
-        } else {
-            candidates
-        };
-        let lang_logits: Vec<f32> = pool.iter().map(|&t| logits[t as usize]).collect();
-        let probs = log_softmax_vec(&lang_logits);
-        let best = argmax(&lang_logits) as usize;
-        Ok((pool[best], probs[best].exp()))
+        Ok(logits
+            .iter()
+            .zip(candidates)
+            .map(|(logits, candidates)| {
+                let pool = if candidates.is_empty() {
+                    &all[..]
+                } else {
+                    candidates
+                };
+                let lang_logits: Vec<f32> = pool.iter().map(|&t| logits[t as usize]).collect();
+                let probs = log_softmax_vec(&lang_logits);
+                let best = argmax(&lang_logits) as usize;
+                (pool[best], probs[best].exp())
+            })
+            .collect())
     }
 }
 

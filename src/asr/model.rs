@@ -224,6 +224,20 @@ impl DecoderState {
         self.len = len;
         Ok(())
     }
+
+    /// Keeps only the batch rows `rows` (indices into the current batch, in the new order):
+    /// a sequence that finished leaves the batch and the others go on.
+    pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+        for (k, v) in self.self_kv.iter_mut().flatten() {
+            *k = k.index_select(rows, 0)?;
+            *v = v.index_select(rows, 0)?;
+        }
+        for (k, v) in &mut self.cross_kv {
+            *k = k.index_select(rows, 0)?;
+            *v = v.index_select(rows, 0)?;
+        }
+        Ok(())
+    }
 }
 
 pub struct Decoder {
@@ -289,12 +303,47 @@ impl Decoder {
             candle_core::bail!("decoder context of {} tokens exceeded", self.max_len);
         }
         let pos = self.positions.narrow(0, offset, n)?;
-        let mut x = self.embed.forward(tokens)?.broadcast_add(&pos)?;
+        let x = self.embed.forward(tokens)?.broadcast_add(&pos)?;
         let mask = if n > 1 {
             Some(causal_mask(n, offset, x.device(), x.dtype())?)
         } else {
             None
         };
+        self.run_blocks(x, mask.as_ref(), state)
+    }
+
+    /// Runs a batch whose rows sit at different positions (left-padded prompts of different
+    /// lengths): `tokens [b, n]`, `positions [b, n]` (u32, each row's own token positions) and
+    /// an additive `mask [b, 1, n, state.len + n]` (0 where a query may look, -inf where not:
+    /// the causal rule and each row's padding). Returns hidden states `[b, n, d]`.
+    pub fn forward_rows(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        state: &mut DecoderState,
+    ) -> Result<Tensor> {
+        let (b, n) = tokens.dims2()?;
+        if state.len + n > self.max_len {
+            candle_core::bail!("decoder context of {} tokens exceeded", self.max_len);
+        }
+        let d = self.positions.dim(1)?;
+        let pos = self
+            .positions
+            .index_select(&positions.flatten_all()?, 0)?
+            .reshape((b, n, d))?;
+        let x = (self.embed.forward(tokens)? + pos)?;
+        let mask = mask.to_dtype(x.dtype())?;
+        self.run_blocks(x, Some(&mask), state)
+    }
+
+    fn run_blocks(
+        &self,
+        mut x: Tensor,
+        mask: Option<&Tensor>,
+        state: &mut DecoderState,
+    ) -> Result<Tensor> {
+        let n = x.dim(1)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let h = block.self_ln.forward(&x)?;
             let (k, v) = block.self_attn.project_kv(&h)?;
@@ -302,7 +351,7 @@ impl Decoder {
                 Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
                 None => (k, v),
             };
-            x = (&x + block.self_attn.attend(&h, &k, &v, mask.as_ref())?)?;
+            x = (&x + block.self_attn.attend(&h, &k, &v, mask)?)?;
             state.self_kv[i] = Some((k, v));
             let (ck, cv) = &state.cross_kv[i];
             let h = block.cross_ln.forward(&x)?;

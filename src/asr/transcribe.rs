@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
-use super::decode::{FallbackPolicy, LogitRules, WindowDecoder};
+use super::decode::{BatchRow, FallbackPolicy, LogitRules, WindowDecoder, WindowResult};
 use super::mel::{LogMel, MelSpectrogram, HOP, SAMPLE_RATE, WINDOW_FRAMES};
 use super::model::{Config, Whisper};
 use super::tokens::{SpecialTokens, TIME_PRECISION};
@@ -199,13 +199,14 @@ impl Transcriber {
             .to_vec())
     }
 
-    /// The language to transcribe in, for a model that needs one.
-    fn choose_language(&self, audio: &Tensor, opts: &TranscribeOptions) -> Result<Option<u32>> {
+    /// Candidate language tokens for detection, or the forced one; `Ok(None)` for an
+    /// English-only model.
+    fn language_plan(&self, opts: &TranscribeOptions) -> Result<LanguagePlan> {
         if !self.is_multilingual() {
             if let Some(l) = opts.language.as_deref().filter(|l| *l != "en") {
                 bail!("model {} is English-only; --language {l} needs a multilingual model such as base", self.name);
             }
-            return Ok(None);
+            return Ok(LanguagePlan::EnglishOnly);
         }
         let token_of = |code: &str| {
             self.special
@@ -213,178 +214,384 @@ impl Transcriber {
                 .with_context(|| format!("unknown language code {code:?}"))
         };
         if let Some(code) = &opts.language {
-            return Ok(Some(token_of(code)?));
+            return Ok(LanguagePlan::Known(token_of(code)?));
         }
-        let candidates = opts
-            .candidate_languages
-            .iter()
-            .map(|c| token_of(c))
-            .collect::<Result<Vec<_>>>()?;
-        let (token, prob) = self
-            .window_decoder(true)
-            .detect_language(audio, &candidates)?;
-        tracing::debug!(
-            language = self.special.language_code(token),
-            prob,
-            "language detected"
-        );
-        Ok(Some(token))
+        Ok(LanguagePlan::Detect(
+            opts.candidate_languages
+                .iter()
+                .map(|c| token_of(c))
+                .collect::<Result<Vec<_>>>()?,
+        ))
     }
 
     /// Transcribes 16 kHz mono samples.
     pub fn transcribe(&self, samples: &[f32], opts: &TranscribeOptions) -> Result<Transcript> {
-        let Some(vad) = &opts.vad else {
-            return self.transcribe_continuous(samples, opts);
-        };
-        let duration_s = samples.len() as f64 / SAMPLE_RATE as f64;
-        let regions = speech_regions(samples, vad);
-        if regions.is_empty() {
-            return Ok(Transcript {
-                language: opts.language.clone(),
-                duration_s,
-                segments: Vec::new(),
-            });
-        }
-        let speech = SpeechOnly::new(samples, &regions);
-        let mut t = self.transcribe_continuous(&speech.samples, opts)?;
-        for s in &mut t.segments {
-            s.start_s = round_ms(speech.original_time(s.start_s));
-            s.end_s = round_ms(speech.original_time(s.end_s).max(s.start_s));
-        }
-        t.duration_s = duration_s;
-        Ok(t)
+        let mut t = self.transcribe_batch(&[(samples, opts)]);
+        t.pop().expect("one answer per recording")
     }
 
-    /// Transcribes every sample, silence included.
-    fn transcribe_continuous(
+    /// Transcribes several recordings at once: windows of different recordings go through the
+    /// encoder and the greedy decoder together (`batch` rows per model call; the rest of each
+    /// recording, and any window that needs a temperature fallback, is heard alone). One answer
+    /// per recording, in order. For the short utterances of live calls each recording is one
+    /// window, so the whole batch is one encoder call and one batched decode.
+    pub fn transcribe_batch(
         &self,
-        samples: &[f32],
-        opts: &TranscribeOptions,
-    ) -> Result<Transcript> {
+        items: &[(&[f32], &TranscribeOptions)],
+    ) -> Vec<Result<Transcript>> {
+        // Voice activity first: only speech is heard, and times are mapped back afterwards.
+        let prepared: Vec<(Option<SpeechOnly>, f64)> = items
+            .iter()
+            .map(|(samples, opts)| {
+                let duration_s = samples.len() as f64 / SAMPLE_RATE as f64;
+                let speech = opts.vad.as_ref().map(|vad| {
+                    let regions = speech_regions(samples, vad);
+                    SpeechOnly::new(samples, &regions)
+                });
+                (speech, duration_s)
+            })
+            .collect();
+        let mut forms: Vec<Result<LongForm>> = items
+            .iter()
+            .zip(&prepared)
+            .map(|((samples, opts), (speech, _))| {
+                let audio = speech.as_ref().map_or(*samples, |s| s.samples.as_slice());
+                self.long_form(audio, opts)
+            })
+            .collect();
+        let waiting: Vec<usize> = (0..forms.len())
+            .filter(|&i| forms[i].as_ref().is_ok_and(|f| !f.done()))
+            .collect();
+        if waiting.len() > 1 {
+            if let Err(e) = self.first_windows_together(&mut forms, items, &waiting) {
+                // The batch failed as a whole (out of device memory, say): each recording is
+                // heard alone below, so one bad row cannot sink the others.
+                tracing::warn!("batched decode failed, hearing one by one: {e:#}");
+                for &i in &waiting {
+                    forms[i] = self.long_form(
+                        prepared[i]
+                            .0
+                            .as_ref()
+                            .map_or(items[i].0, |s| s.samples.as_slice()),
+                        items[i].1,
+                    );
+                }
+            }
+        }
+        forms
+            .into_iter()
+            .zip(items)
+            .zip(prepared)
+            .map(|((form, (_, opts)), (speech, duration_s))| {
+                let mut form = form?;
+                while !form.done() {
+                    self.next_window(&mut form, opts)?;
+                }
+                let mut t = form.finish(opts);
+                if let Some(speech) = speech {
+                    for s in &mut t.segments {
+                        s.start_s = round_ms(speech.original_time(s.start_s));
+                        s.end_s = round_ms(speech.original_time(s.end_s).max(s.start_s));
+                    }
+                    t.duration_s = duration_s;
+                }
+                Ok(t)
+            })
+            .collect()
+    }
+
+    /// The state of one recording's transcription before its first window.
+    fn long_form(&self, samples: &[f32], opts: &TranscribeOptions) -> Result<LongForm> {
         let mel = self.mel.log_mel(samples);
-        let duration_s = samples.len() as f64 / SAMPLE_RATE as f64;
-        let frame_s = HOP as f64 / SAMPLE_RATE as f64;
-        let decoder = self.window_decoder(opts.with_timestamps);
-        let sp = &self.special;
-        let mut language = None;
-        let mut sot_sequence = vec![sp.sot];
-        let mut prompt_tokens: Vec<u32> = match &opts.initial_prompt {
+        let prompt_tokens: Vec<u32> = match &opts.initial_prompt {
             Some(p) if !p.trim().is_empty() => self.encode_text(&format!(" {}", p.trim()))?,
             _ => Vec::new(),
         };
-        let mut prompt_reset_since = 0;
-        let mut segments = Vec::new();
-        let mut seek = 0usize;
-        let mut first = true;
         // A shortened window only where the whole recording fits in it with a second to spare.
         let window = match opts.short_context_frames {
             Some(f) if f % 2 == 0 && f < WINDOW_FRAMES && mel.content_frames + 100 <= f => f,
             _ => WINDOW_FRAMES,
         };
-        while seek < mel.content_frames {
-            let segment_frames = window.min(mel.content_frames - seek);
-            let time_offset = seek as f64 * frame_s;
-            let segment_duration = segment_frames as f64 * frame_s;
-            let audio = self.encode_frames(&mel, seek, window)?;
-            if first {
-                if let Some(lang) = self.choose_language(&audio, opts)? {
-                    language = sp.language_code(lang).map(str::to_owned);
-                    sot_sequence.extend([lang, sp.transcribe]);
-                } else {
-                    language = Some("en".to_owned());
-                }
-                if !opts.with_timestamps {
-                    sot_sequence.push(sp.no_timestamps);
-                }
-                first = false;
-            }
-            let prompt = &prompt_tokens[prompt_reset_since..];
-            let result = decoder.decode_with_fallback(
-                &audio,
-                prompt,
-                &sot_sequence,
-                &opts.policy,
-                opts.seed.wrapping_add(seek as u64),
-            )?;
-            if let Some(th) = opts.policy.no_speech_threshold {
-                let unlikely_text = !opts
-                    .policy
-                    .logprob_threshold
-                    .is_some_and(|lt| result.avg_logprob > lt);
-                let certain = opts
-                    .policy
-                    .certain_no_speech_threshold
-                    .is_some_and(|c| result.no_speech_prob > c);
-                let silent = result.no_speech_prob > th && (unlikely_text || certain);
-                if silent {
-                    seek += segment_frames;
-                    continue;
-                }
-            }
-            let tokens = &result.tokens;
-            tracing::debug!(?tokens, "window tokens");
-            let is_ts: Vec<bool> = tokens.iter().map(|&t| sp.is_timestamp(t)).collect();
-            let single_ending =
-                is_ts.len() >= 2 && !is_ts[is_ts.len() - 2] && is_ts[is_ts.len() - 1];
-            let mut cuts: Vec<usize> = (1..tokens.len())
-                .filter(|&i| is_ts[i - 1] && is_ts[i])
-                .collect();
-            let mut new_segments = Vec::new();
-            if !cuts.is_empty() {
-                if single_ending {
-                    cuts.push(tokens.len());
-                }
-                let mut last = 0;
-                for &cut in &cuts {
-                    let slice = &tokens[last..cut];
-                    new_segments.push(self.segment(
-                        slice,
-                        time_offset + sp.timestamp_seconds(slice[0]),
-                        time_offset + sp.timestamp_seconds(slice[slice.len() - 1]),
-                        &result,
-                    )?);
-                    last = cut;
-                }
-                if single_ending {
-                    seek += segment_frames;
-                } else {
-                    let last_ts = sp.timestamp_seconds(tokens[last - 1]);
-                    // Timestamps step 20 ms = 2 mel frames.
-                    seek += ((last_ts / frame_s).round() as usize).max(1);
-                }
-            } else {
-                let mut dur = segment_duration;
-                if let Some(&t) = tokens.iter().rev().find(|&&t| sp.is_timestamp(t)) {
-                    if t != sp.timestamp_begin {
-                        dur = sp.timestamp_seconds(t);
-                    }
-                }
-                new_segments.push(self.segment(tokens, time_offset, time_offset + dur, &result)?);
-                seek += segment_frames;
-            }
-            for s in new_segments {
-                if s.text.trim().is_empty() {
-                    continue;
-                }
-                segments.push(Segment {
-                    end_s: s.end_s.min(duration_s.max(s.start_s)),
-                    ..s
-                });
-            }
-            prompt_tokens.extend(tokens.iter().copied().filter(|&t| t < sp.eot));
-            if !opts.condition_on_previous_text || result.temperature > 0.5 {
-                prompt_reset_since = prompt_tokens.len();
-            }
-        }
-        if segments.is_empty() && opts.language.is_none() {
-            // A language guessed from silence means nothing.
-            language = None;
-        }
-        Ok(Transcript {
-            language,
-            duration_s,
-            segments,
+        Ok(LongForm {
+            duration_s: samples.len() as f64 / SAMPLE_RATE as f64,
+            mel,
+            window,
+            plan: self.language_plan(opts)?,
+            language: None,
+            sot_sequence: vec![self.special.sot],
+            prompt_tokens,
+            prompt_reset_since: 0,
+            segments: Vec::new(),
+            seek: 0,
         })
+    }
+
+    /// Sets the language and start sequence once the first window's language is known.
+    fn settle_language(&self, form: &mut LongForm, token: Option<u32>, opts: &TranscribeOptions) {
+        let sp = &self.special;
+        if let Some(lang) = token {
+            form.language = sp.language_code(lang).map(str::to_owned);
+            form.sot_sequence.extend([lang, sp.transcribe]);
+        } else {
+            form.language = Some("en".to_owned());
+        }
+        if !opts.with_timestamps {
+            form.sot_sequence.push(sp.no_timestamps);
+        }
+    }
+
+    /// Encodes, decodes (with fallback) and takes in the window at `form.seek`.
+    fn next_window(&self, form: &mut LongForm, opts: &TranscribeOptions) -> Result<()> {
+        let audio = self.encode_frames(&form.mel, form.seek, form.window)?;
+        if form.seek == 0 && form.sot_sequence.len() == 1 {
+            let token = match &form.plan {
+                LanguagePlan::EnglishOnly => None,
+                LanguagePlan::Known(t) => Some(*t),
+                LanguagePlan::Detect(candidates) => {
+                    let (token, prob) = self
+                        .window_decoder(true)
+                        .detect_language(&audio, candidates)?;
+                    tracing::debug!(
+                        language = self.special.language_code(token),
+                        prob,
+                        "language detected"
+                    );
+                    Some(token)
+                }
+            };
+            self.settle_language(form, token, opts);
+        }
+        let result = self
+            .window_decoder(opts.with_timestamps)
+            .decode_with_fallback(
+                &audio,
+                &form.prompt_tokens[form.prompt_reset_since..],
+                &form.sot_sequence,
+                &opts.policy,
+                opts.seed.wrapping_add(form.seek as u64),
+            )?;
+        self.take_window(form, result, opts)
+    }
+
+    /// The first window of each recording in `rows`, through the encoder and the greedy
+    /// decoder together; windows of different lengths go in separate batches.
+    fn first_windows_together(
+        &self,
+        forms: &mut [Result<LongForm>],
+        items: &[(&[f32], &TranscribeOptions)],
+        rows: &[usize],
+    ) -> Result<()> {
+        let mut by_window: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for &i in rows {
+            if let Ok(f) = &forms[i] {
+                by_window.entry(f.window).or_default().push(i);
+            }
+        }
+        for (window, rows) in by_window {
+            let mut data = Vec::with_capacity(rows.len() * self.mel.n_mels() * window);
+            for &i in &rows {
+                data.extend(good(forms, i).mel.window_of(0, window));
+            }
+            let mel =
+                Tensor::from_vec(data, (rows.len(), self.mel.n_mels(), window), &self.device)?
+                    .to_dtype(self.model_dtype())?;
+            let audio = self.model.encoder.forward(&mel)?;
+            // Languages: known, English-only, or detected for the rows that need it, together.
+            let detect: Vec<usize> = (0..rows.len())
+                .filter(|&k| matches!(good(forms, rows[k]).plan, LanguagePlan::Detect(_)))
+                .collect();
+            let mut tokens: Vec<Option<u32>> = rows
+                .iter()
+                .map(|&i| match good(forms, i).plan {
+                    LanguagePlan::Known(t) => Some(t),
+                    _ => None,
+                })
+                .collect();
+            if !detect.is_empty() {
+                let idx: Vec<u32> = detect.iter().map(|&k| k as u32).collect();
+                let sub = audio.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 0)?;
+                let candidates: Vec<&[u32]> = detect
+                    .iter()
+                    .map(|&k| match &good(forms, rows[k]).plan {
+                        LanguagePlan::Detect(c) => c.as_slice(),
+                        _ => &[],
+                    })
+                    .collect();
+                let found = self
+                    .window_decoder(true)
+                    .detect_languages(&sub, &candidates)?;
+                for (&k, (token, _)) in detect.iter().zip(found) {
+                    tokens[k] = Some(token);
+                }
+            }
+            for (&i, token) in rows.iter().zip(tokens) {
+                let f = forms[i].as_mut().expect("only good forms are batched");
+                self.settle_language(f, token, items[i].1);
+            }
+            // Greedy rows decode together; rows whose policy starts hotter are heard alone.
+            let (greedy, alone): (Vec<usize>, Vec<usize>) = (0..rows.len())
+                .partition(|&k| items[rows[k]].1.policy.temperatures.first() == Some(&0.0));
+            for k in alone {
+                let i = rows[k];
+                let f = forms[i].as_mut().expect("good");
+                let one = audio.narrow(0, k, 1)?;
+                let opts = items[i].1;
+                let result = self
+                    .window_decoder(opts.with_timestamps)
+                    .decode_with_fallback(
+                        &one,
+                        &f.prompt_tokens[f.prompt_reset_since..],
+                        &f.sot_sequence,
+                        &opts.policy,
+                        opts.seed,
+                    )?;
+                self.take_window(f, result, opts)?;
+            }
+            // Rows with and without timestamps follow different rules: one batch each.
+            for timestamps in [true, false] {
+                let ks: Vec<usize> = greedy
+                    .iter()
+                    .copied()
+                    .filter(|&k| items[rows[k]].1.with_timestamps == timestamps)
+                    .collect();
+                if ks.is_empty() {
+                    continue;
+                }
+                let idx: Vec<u32> = ks.iter().map(|&k| k as u32).collect();
+                let sub = audio.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 0)?;
+                let decoder = self.window_decoder(timestamps);
+                let results = {
+                    let batch: Vec<BatchRow> = ks
+                        .iter()
+                        .map(|&k| {
+                            let f = good(forms, rows[k]);
+                            BatchRow {
+                                prompt: &f.prompt_tokens[f.prompt_reset_since..],
+                                sot_sequence: &f.sot_sequence,
+                                max_tokens: items[rows[k]].1.policy.max_tokens,
+                            }
+                        })
+                        .collect();
+                    decoder.decode_greedy_batch(&sub, &batch)?
+                };
+                for ((&k, result), j) in ks.iter().zip(results).zip(0..) {
+                    let i = rows[k];
+                    let opts = items[i].1;
+                    let result = if decoder.accepts(&result, &opts.policy) {
+                        result
+                    } else {
+                        // The fallback of one row redoes that row alone, from the next
+                        // temperature, as the unbatched path would.
+                        let rest = FallbackPolicy {
+                            temperatures: opts.policy.temperatures[1..].to_vec(),
+                            ..opts.policy.clone()
+                        };
+                        let f = good(forms, i);
+                        if rest.temperatures.is_empty() {
+                            result
+                        } else {
+                            decoder.decode_with_fallback(
+                                &sub.narrow(0, j, 1)?,
+                                &f.prompt_tokens[f.prompt_reset_since..],
+                                &f.sot_sequence,
+                                &rest,
+                                opts.seed,
+                            )?
+                        }
+                    };
+                    let f = forms[i].as_mut().expect("good");
+                    self.take_window(f, result, opts)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in one decoded window: silence skipping, segments from the timestamp pairs, the
+    /// next seek position and the prompt for the next window (openai-whisper's long-form
+    /// rules).
+    fn take_window(
+        &self,
+        form: &mut LongForm,
+        result: WindowResult,
+        opts: &TranscribeOptions,
+    ) -> Result<()> {
+        let sp = &self.special;
+        let frame_s = HOP as f64 / SAMPLE_RATE as f64;
+        let segment_frames = form.window.min(form.mel.content_frames - form.seek);
+        let time_offset = form.seek as f64 * frame_s;
+        let segment_duration = segment_frames as f64 * frame_s;
+        if let Some(th) = opts.policy.no_speech_threshold {
+            let unlikely_text = !opts
+                .policy
+                .logprob_threshold
+                .is_some_and(|lt| result.avg_logprob > lt);
+            let certain = opts
+                .policy
+                .certain_no_speech_threshold
+                .is_some_and(|c| result.no_speech_prob > c);
+            let silent = result.no_speech_prob > th && (unlikely_text || certain);
+            if silent {
+                form.seek += segment_frames;
+                return Ok(());
+            }
+        }
+        let tokens = &result.tokens;
+        tracing::debug!(?tokens, "window tokens");
+        let is_ts: Vec<bool> = tokens.iter().map(|&t| sp.is_timestamp(t)).collect();
+        let single_ending = is_ts.len() >= 2 && !is_ts[is_ts.len() - 2] && is_ts[is_ts.len() - 1];
+        let mut cuts: Vec<usize> = (1..tokens.len())
+            .filter(|&i| is_ts[i - 1] && is_ts[i])
+            .collect();
+        let mut new_segments = Vec::new();
+        if !cuts.is_empty() {
+            if single_ending {
+                cuts.push(tokens.len());
+            }
+            let mut last = 0;
+            for &cut in &cuts {
+                let slice = &tokens[last..cut];
+                new_segments.push(self.segment(
+                    slice,
+                    time_offset + sp.timestamp_seconds(slice[0]),
+                    time_offset + sp.timestamp_seconds(slice[slice.len() - 1]),
+                    &result,
+                )?);
+                last = cut;
+            }
+            if single_ending {
+                form.seek += segment_frames;
+            } else {
+                let last_ts = sp.timestamp_seconds(tokens[last - 1]);
+                // Timestamps step 20 ms = 2 mel frames.
+                form.seek += ((last_ts / frame_s).round() as usize).max(1);
+            }
+        } else {
+            let mut dur = segment_duration;
+            if let Some(&t) = tokens.iter().rev().find(|&&t| sp.is_timestamp(t)) {
+                if t != sp.timestamp_begin {
+                    dur = sp.timestamp_seconds(t);
+                }
+            }
+            new_segments.push(self.segment(tokens, time_offset, time_offset + dur, &result)?);
+            form.seek += segment_frames;
+        }
+        let duration_s = form.duration_s;
+        for s in new_segments {
+            if s.text.trim().is_empty() {
+                continue;
+            }
+            form.segments.push(Segment {
+                end_s: s.end_s.min(duration_s.max(s.start_s)),
+                ..s
+            });
+        }
+        form.prompt_tokens
+            .extend(tokens.iter().copied().filter(|&t| t < sp.eot));
+        if !opts.condition_on_previous_text || result.temperature > 0.5 {
+            form.prompt_reset_since = form.prompt_tokens.len();
+        }
+        Ok(())
     }
 
     fn segment(
@@ -411,6 +618,53 @@ impl Transcriber {
             no_speech_prob: result.no_speech_prob,
             temperature: result.temperature,
         })
+    }
+}
+
+fn good(forms: &[Result<LongForm>], i: usize) -> &LongForm {
+    forms[i].as_ref().expect("only good forms are batched")
+}
+
+/// How a recording's language is chosen.
+enum LanguagePlan {
+    EnglishOnly,
+    Known(u32),
+    /// Detected on the first window, among these (all when empty).
+    Detect(Vec<u32>),
+}
+
+/// One recording's long-form transcription in progress.
+struct LongForm {
+    mel: LogMel,
+    duration_s: f64,
+    window: usize,
+    plan: LanguagePlan,
+    language: Option<String>,
+    sot_sequence: Vec<u32>,
+    prompt_tokens: Vec<u32>,
+    prompt_reset_since: usize,
+    segments: Vec<Segment>,
+    /// The next window starts at this mel frame.
+    seek: usize,
+}
+
+impl LongForm {
+    fn done(&self) -> bool {
+        self.seek >= self.mel.content_frames
+    }
+
+    fn finish(self, opts: &TranscribeOptions) -> Transcript {
+        // A language guessed from silence means nothing; a forced one stays.
+        let language = if self.segments.is_empty() {
+            opts.language.clone()
+        } else {
+            self.language
+        };
+        Transcript {
+            language,
+            duration_s: self.duration_s,
+            segments: self.segments,
+        }
     }
 }
 

@@ -1,0 +1,134 @@
+//! Batched recognition hears what unbatched recognition hears: utterances of different calls
+//! (different lengths, prompts and languages) through the encoder and the greedy decoder
+//! together give the same words as each heard alone, on real speech and both models.
+
+mod support;
+
+use vishguard::asr::{TranscribeOptions, Transcriber};
+use vishguard::audio::vad::{speech_regions, VadConfig};
+
+/// Utterances as the live engine cuts them: the speech regions of the bundled samples, each
+/// a few seconds of 16 kHz audio.
+fn utterances(files: &[&str], per_file: usize) -> Vec<Vec<f32>> {
+    let mut out = Vec::new();
+    for f in files {
+        let path = support::repo().join("audio-samples").join(f);
+        let samples = vishguard::audio::load_16k(&path, vishguard::audio::ChannelMode::Mix)
+            .unwrap()
+            .remove(0)
+            .samples;
+        let regions = speech_regions(&samples, &VadConfig::default());
+        assert!(!regions.is_empty(), "{f}: no speech found");
+        // Pieces of 3 to 9 s, as the utterance cutter makes them (of different lengths, so
+        // the batch holds rows with different amounts of speech).
+        let mut taken = 0;
+        for r in regions {
+            let mut start = r.start;
+            while start + 16_000 < r.end && taken < per_file {
+                let len = (3 + 3 * (out.len() % 3)) * 16_000;
+                let end = r.end.min(start + len);
+                out.push(samples[start..end].to_vec());
+                start = end;
+                taken += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The options the live recogniser hears utterances with, and a prompt of a different length
+/// for every other utterance (so rows are padded differently).
+fn options(n: usize, candidates: &[&str]) -> Vec<TranscribeOptions> {
+    let prompts = [
+        None,
+        Some("Hello, this is"),
+        Some("Thank you for calling. Before we go on, I need to confirm a few details with you."),
+    ];
+    (0..n)
+        .map(|i| {
+            let mut o = TranscribeOptions {
+                vad: None,
+                short_context_frames: Some(1500),
+                candidate_languages: candidates.iter().map(|c| c.to_string()).collect(),
+                initial_prompt: prompts[i % prompts.len()].map(str::to_owned),
+                ..Default::default()
+            };
+            o.policy.max_tokens = Some(100);
+            o
+        })
+        .collect()
+}
+
+fn same_words_batched_and_alone(model: &Transcriber, clips: &[Vec<f32>], candidates: &[&str]) {
+    let opts = options(clips.len(), candidates);
+    let alone: Vec<_> = clips
+        .iter()
+        .zip(&opts)
+        .map(|(c, o)| model.transcribe(c, o).unwrap())
+        .collect();
+    let items: Vec<(&[f32], &TranscribeOptions)> =
+        clips.iter().map(|c| c.as_slice()).zip(&opts).collect();
+    let together: Vec<_> = model
+        .transcribe_batch(&items)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut words = 0;
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a.text(), t.text(), "utterance {i}: batched words differ");
+        assert_eq!(a.language, t.language, "utterance {i}: language");
+        assert_eq!(
+            a.segments.len(),
+            t.segments.len(),
+            "utterance {i}: segments"
+        );
+        for (sa, st) in a.segments.iter().zip(&t.segments) {
+            assert_eq!(
+                (sa.start_s, sa.end_s),
+                (st.start_s, st.end_s),
+                "utterance {i}"
+            );
+            assert!(
+                (sa.avg_logprob - st.avg_logprob).abs() < 1e-3,
+                "utterance {i}: log-probability {} vs {}",
+                sa.avg_logprob,
+                st.avg_logprob
+            );
+        }
+        words += a.text().split_whitespace().count();
+    }
+    // The check means nothing if nothing was heard.
+    assert!(
+        words > clips.len(),
+        "only {words} words in {} utterances",
+        clips.len()
+    );
+}
+
+#[test]
+fn tiny_en_batched_decoding_gives_the_same_words() {
+    let clips = utterances(
+        &[
+            "en_scam_irs_warrant.wav",
+            "en_legit_pharmacy.wav",
+            "en_scam_safe_account.wav",
+            "en_legit_delivery.wav",
+        ],
+        3,
+    );
+    assert!(clips.len() >= 8, "{} utterances", clips.len());
+    same_words_batched_and_alone(support::tiny_en(), &clips, &[]);
+}
+
+#[test]
+fn base_batched_decoding_gives_the_same_words_and_languages() {
+    let clips = utterances(
+        &[
+            "zh_scam_bank_code.wav",
+            "en_scam_tech_support.wav",
+            "zh_legit_takeout.wav",
+        ],
+        2,
+    );
+    same_words_batched_and_alone(support::base(), &clips, &["en", "zh"]);
+}
