@@ -141,12 +141,25 @@ fn a_gap_in_the_audio_stays_a_gap_in_the_times() {
 
 #[test]
 fn each_call_is_heard_in_order_by_one_worker_at_a_time() {
+    heard_in_order(3, 1);
+}
+
+#[test]
+fn batches_hold_different_calls_and_each_call_stays_in_order() {
+    let recogniser = heard_in_order(2, 4);
+    let batches = recogniser.batches.lock().unwrap().clone();
+    assert!(batches.iter().all(|&b| (1..=4).contains(&b)), "{batches:?}");
+    assert!(batches.iter().any(|&b| b > 1), "never batched: {batches:?}");
+}
+
+fn heard_in_order(workers: usize, batch: usize) -> Arc<ScriptedRecogniser> {
     let recogniser = ScriptedRecogniser::new(Duration::from_millis(30), |r| {
         Some(format!("{} party {}", r.call_id, r.party))
     });
     let config = EngineConfig {
         partials: false,
-        asr_workers: 3,
+        asr_workers: workers,
+        asr_batch: batch,
         asr_queue: 64,
         ..Default::default()
     };
@@ -197,6 +210,7 @@ fn each_call_is_heard_in_order_by_one_worker_at_a_time() {
             );
         }
     }
+    recogniser
 }
 
 /// Blocks every write until released.
@@ -423,13 +437,23 @@ fn bad_ingress_is_refused_with_a_reason_and_other_calls_go_on() {
 
 #[test]
 fn a_recogniser_that_panics_on_one_call_leaves_the_others_alone() {
+    for asr_batch in [1, 4] {
+        panics_on_one_call(asr_batch);
+    }
+}
+
+fn panics_on_one_call(asr_batch: usize) {
     let recogniser = ScriptedRecogniser::new(Duration::ZERO, |r| {
         if r.call_id.as_str() == "cursed" {
             panic!("the recogniser broke on this call");
         }
         Some(SCAM_LINE.into())
     });
-    let (e, events) = collected(recogniser, EngineConfig::default());
+    let config = EngineConfig {
+        asr_batch,
+        ..Default::default()
+    };
+    let (e, events) = collected(recogniser, config);
     let ingest = e.ingest();
     let speech = fixture_speech("asr/pharmacy.flac");
     for name in ["cursed", "fine"] {

@@ -173,6 +173,10 @@ pub struct EngineArgs {
     /// [default: 2].
     #[arg(long)]
     pub asr_workers: Option<usize>,
+    /// Utterances of different calls heard together in one batch (pays on a GPU)
+    /// [default: 1].
+    #[arg(long)]
+    pub asr_batch: Option<usize>,
     /// Hear only finished utterances: no early alerts from words still being spoken (saves
     /// the idle-time work that partial hypotheses take).
     #[arg(long)]
@@ -186,6 +190,9 @@ impl EngineArgs {
         }
         if let Some(n) = self.asr_workers {
             config.asr_workers = n;
+        }
+        if let Some(n) = self.asr_batch {
+            config.asr_batch = n;
         }
         if self.no_partials {
             config.partials = false;

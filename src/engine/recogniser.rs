@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-use crate::asr::{written_language, TranscribeOptions, Transcriber};
+use crate::asr::{written_language, TranscribeOptions, Transcriber, Transcript};
 use crate::call::CallId;
 
 /// One utterance to hear.
@@ -40,8 +40,8 @@ pub struct Heard {
 /// Speech recognition for the engine: one instance serves every call, from several threads.
 pub trait Recogniser: Send + Sync {
     fn describe(&self) -> String;
-    /// One answer per request, in order: `Ok(None)` when nothing was said. Batch size is 1
-    /// until batching pays (issue: one recogniser for many calls).
+    /// One answer per request, in order: `Ok(None)` when nothing was said. The requests are
+    /// of different calls and are heard together (one encoder call, one batched decode).
     fn hear(&self, batch: &[HearRequest<'_>]) -> Vec<Result<Option<Heard>>>;
 }
 
@@ -66,7 +66,8 @@ impl WhisperRecogniser {
         }
     }
 
-    fn hear_one(&self, request: &HearRequest<'_>) -> Result<Option<Heard>> {
+    /// The options one request is heard with: its language, its context, a token budget.
+    fn options_for(&self, request: &HearRequest<'_>) -> TranscribeOptions {
         let mut heard = self.options.clone();
         if heard.language.is_none() {
             heard.language = request.language.map(str::to_owned);
@@ -82,8 +83,19 @@ impl WhisperRecogniser {
             // finished utterances behind it.
             heard.policy.temperatures.truncate(1);
         }
+        heard
+    }
+
+    /// Turns a transcript into the answer, hearing the utterance again in the language its
+    /// words are written in when detection contradicts them.
+    fn answer(
+        &self,
+        request: &HearRequest<'_>,
+        mut heard: TranscribeOptions,
+        t: Result<Transcript>,
+    ) -> Result<Option<Heard>> {
+        let mut t = t?;
         let multilingual = self.transcriber.is_multilingual();
-        let mut t = self.transcriber.transcribe(request.samples, &heard)?;
         // On a few seconds of audio Whisper's language guess can contradict the script it then
         // writes (English detected, Han characters out). The script is the better witness:
         // hear the utterance again in that language, if it is one worth hearing.
@@ -129,6 +141,15 @@ impl Recogniser for WhisperRecogniser {
     }
 
     fn hear(&self, batch: &[HearRequest<'_>]) -> Vec<Result<Option<Heard>>> {
-        batch.iter().map(|r| self.hear_one(r)).collect()
+        let options: Vec<TranscribeOptions> = batch.iter().map(|r| self.options_for(r)).collect();
+        let items: Vec<(&[f32], &TranscribeOptions)> =
+            batch.iter().map(|r| r.samples).zip(&options).collect();
+        let transcripts = self.transcriber.transcribe_batch(&items);
+        batch
+            .iter()
+            .zip(options)
+            .zip(transcripts)
+            .map(|((r, o), t)| self.answer(r, o, t))
+            .collect()
     }
 }

@@ -142,23 +142,57 @@ impl Scheduler {
     /// The next piece of work a worker may take, waiting for one; `None` when it should stop.
     /// Finished utterances come first, in arrival order per call; a partial only when there
     /// is nothing else to do.
+    #[cfg(test)]
     pub fn next(&self) -> Option<Work> {
+        self.next_batch(1).and_then(|mut b| b.pop())
+    }
+
+    /// Up to `max` pieces of work of different calls, to be heard together; waits for at
+    /// least one; `None` when the worker should stop. Finished utterances and closes come
+    /// first, in arrival order per call (an earlier job of a call blocks its later ones); rows
+    /// left over take partials of other calls only when no finished utterance is waiting and
+    /// no other worker is busy: under load a partial would take time from finished
+    /// utterances, which every call needs.
+    pub fn next_batch(&self, max: usize) -> Option<Vec<Work>> {
+        let max = max.max(1);
         let mut s = self.lock();
         loop {
-            let mut held: HashSet<&CallId> = s.busy.iter().collect();
-            // An earlier job of a call blocks its later ones, so order holds per call.
-            let pick = s.jobs.iter().position(|j| held.insert(j.call_id()));
-            if let Some(i) = pick {
-                let job = s.jobs.remove(i).expect("index in range");
-                s.busy.insert(job.call_id().clone());
-                return Some(Work::Job(job));
+            let mut held: HashSet<CallId> = s.busy.iter().cloned().collect();
+            let mut picks = Vec::new();
+            let mut blocked = false;
+            for (i, j) in s.jobs.iter().enumerate() {
+                if picks.len() == max {
+                    break;
+                }
+                if held.insert(j.call_id().clone()) {
+                    picks.push(i);
+                } else {
+                    blocked = true;
+                }
             }
-            // A partial only when the workers are otherwise idle: under load it would take
-            // cores from finished utterances, which every call needs.
-            if s.jobs.is_empty() && s.busy.is_empty() && !s.partials.is_empty() {
-                let p = s.partials.pop_front().expect("not empty");
-                s.busy.insert(p.info.call.id.clone());
-                return Some(Work::Partial(p));
+            let mut batch: Vec<Work> = Vec::with_capacity(picks.len());
+            for &i in picks.iter().rev() {
+                let job = s.jobs.remove(i).expect("index in range");
+                batch.push(Work::Job(job));
+            }
+            batch.reverse();
+            let others_busy = !s.busy.is_empty();
+            if !blocked && s.jobs.is_empty() && !others_busy {
+                let mut k = 0;
+                while batch.len() < max && k < s.partials.len() {
+                    if held.insert(s.partials[k].info.call.id.clone()) {
+                        let p = s.partials.remove(k).expect("index in range");
+                        batch.push(Work::Partial(p));
+                    } else {
+                        k += 1;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                for w in &batch {
+                    s.busy.insert(w.call_id().clone());
+                }
+                return Some(batch);
             }
             if s.shutting_down && s.open_calls == 0 && s.jobs.is_empty() {
                 return None;
@@ -213,6 +247,43 @@ mod tests {
         assert_eq!(second.call_id().as_str(), "b");
         q.release(&"a".into());
         assert_eq!(q.next().unwrap().call_id().as_str(), "a");
+    }
+
+    #[test]
+    fn a_batch_takes_one_job_per_call_in_order_and_fills_spare_rows_with_partials() {
+        let q = Scheduler::new(16);
+        let (a, b, c, d) = (info("a"), info("b"), info("c"), info("d"));
+        for _ in 0..3 {
+            q.call_opened();
+        }
+        q.push_utterance(utt(&a, 0, 100)).ok().unwrap();
+        q.push_utterance(utt(&a, 0, 200)).ok().unwrap();
+        q.push_utterance(utt(&b, 0, 300)).ok().unwrap();
+        q.offer_partial(utt(&c, 0, 400));
+        q.offer_partial(utt(&d, 1, 500));
+        // a's second utterance waits for its first: the batch is a1, b; a job still waits,
+        // so no partial rides along.
+        let batch = q.next_batch(8).unwrap();
+        let calls: Vec<&str> = batch.iter().map(|w| w.call_id().as_str()).collect();
+        assert_eq!(calls, ["a", "b"]);
+        assert!(matches!(&batch[0], Work::Job(Job::Utterance(s)) if s.audio.samples.len() == 100));
+        q.release(&a.call.id);
+        q.release(&b.call.id);
+        // Now a2 and, in the spare rows, the partials of calls nobody holds.
+        let batch = q.next_batch(8).unwrap();
+        let calls: Vec<&str> = batch.iter().map(|w| w.call_id().as_str()).collect();
+        assert_eq!(calls, ["a", "c", "d"]);
+        assert!(matches!(&batch[0], Work::Job(Job::Utterance(s)) if s.audio.samples.len() == 200));
+        assert!(matches!(&batch[1], Work::Partial(_)));
+        // At most `max` rows.
+        for w in &batch {
+            q.release(w.call_id());
+        }
+        for i in 0..5 {
+            let call = info(&format!("x{i}"));
+            q.push_utterance(utt(&call, 0, 100)).ok().unwrap();
+        }
+        assert_eq!(q.next_batch(3).unwrap().len(), 3);
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub(super) struct Workers {
     pub stats: Arc<EngineStats>,
     /// Each call's state, taken out by the worker that holds the call.
     pub calls: Mutex<HashMap<CallId, CallState>>,
+    /// Calls heard together in one recogniser call.
+    pub batch: usize,
 }
 
 impl Workers {
@@ -93,96 +95,159 @@ impl Workers {
         super::lock(&self.calls)
     }
 
-    /// One worker: serves work until the scheduler says stop.
+    /// One worker: serves work until the scheduler says stop, `batch` calls at a time.
     pub fn work(&self) {
-        while let Some(work) = self.scheduler.next() {
-            let call_id = work.call_id().clone();
-            let closing = match &work {
-                Work::Job(Job::Close(info)) => Some(info.clone()),
-                _ => None,
-            };
-            let mut call = self.calls().remove(&call_id).unwrap_or_default();
-            // A panic while hearing one call (a recogniser's bug, a model error) must not take
-            // the others down: the call loses what it had so far, and still ends with its
-            // summary.
-            let heard = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut out = Vec::new();
-                match work {
-                    Work::Job(Job::Utterance(heard)) => self.utterance(&mut call, heard, &mut out),
-                    Work::Partial(heard) => self.partial(&mut call, heard, &mut out),
-                    Work::Job(Job::Close(info)) => out.push(summary(&info, &call)),
-                }
-                (call, out)
-            }));
-            let out = match heard {
-                Ok((call, out)) => {
-                    if closing.is_none() {
-                        self.calls().insert(call_id.clone(), call);
-                    }
-                    out
-                }
-                Err(_) => {
-                    tracing::error!(call = %call_id, "hearing this call panicked; what it had so far is lost");
-                    match &closing {
-                        Some(info) => vec![summary(info, &CallState::default())],
-                        None => Vec::new(),
-                    }
-                }
-            };
-            // Events leave before the call is released, so a call's events stay in order.
-            for e in out {
-                let counter = match &e {
-                    Event::Alert(a) if a.risk == crate::call::Risk::High => {
-                        Some(&self.stats.alerts_high)
-                    }
-                    Event::Alert(_) => Some(&self.stats.alerts_suspected),
-                    Event::CallEnded(_) => Some(&self.stats.calls_ended),
-                    _ => None,
-                };
-                if let Some(c) = counter {
-                    EngineStats::add(c, 1);
-                }
-                self.fanout.send(e);
+        while let Some(batch) = self.scheduler.next_batch(self.batch) {
+            let mut items: Vec<(Work, CallState)> = batch
+                .into_iter()
+                .map(|w| {
+                    let call = self.calls().remove(w.call_id()).unwrap_or_default();
+                    (w, call)
+                })
+                .collect();
+            let heard = self.hear_all(&mut items);
+            for ((work, call), heard) in items.into_iter().zip(heard) {
+                self.finish(work, call, heard);
             }
-            if closing.is_some() {
-                self.live.finished(&call_id);
-            }
-            self.scheduler.release(&call_id);
         }
     }
 
-    /// Has the recogniser hear the audio in the party's context; `None` when nothing was said
-    /// or it failed (logged).
-    fn hear(&self, party: &PartyState, work: &scheduler::Speech, partial: bool) -> Option<Heard> {
-        let request = HearRequest {
-            call_id: &work.info.call.id,
-            party: work.party,
-            samples: &work.audio.samples,
-            partial,
-            prompt: (!party.recent.is_empty()).then_some(party.recent.as_str()),
-            language: party.language.as_deref(),
-        };
+    /// Hears the utterances and partials of a batch together (closes need no hearing). If
+    /// the batch as a whole fails or panics, each is heard alone, so one bad utterance
+    /// cannot cost the others their words.
+    fn hear_all(&self, items: &mut [(Work, CallState)]) -> Vec<Option<Heard>> {
+        let speech: Vec<(usize, bool)> = items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (w, _))| match w {
+                Work::Job(Job::Utterance(_)) => Some((i, false)),
+                Work::Partial(_) => Some((i, true)),
+                Work::Job(Job::Close(_)) => None,
+            })
+            .collect();
+        let mut out: Vec<Option<Heard>> = vec![None; items.len()];
+        if speech.is_empty() {
+            return out;
+        }
+        let empty = PartyState::default();
+        let requests: Vec<HearRequest<'_>> = speech
+            .iter()
+            .map(|&(i, partial)| {
+                let (work, call) = &items[i];
+                let sp = match work {
+                    Work::Job(Job::Utterance(sp)) | Work::Partial(sp) => sp,
+                    Work::Job(Job::Close(_)) => unreachable!("closes are not heard"),
+                };
+                let party = call.parties.get(&sp.party).unwrap_or(&empty);
+                HearRequest {
+                    call_id: &sp.info.call.id,
+                    party: sp.party,
+                    samples: &sp.audio.samples,
+                    partial,
+                    prompt: (!party.recent.is_empty()).then_some(party.recent.as_str()),
+                    language: party.language.as_deref(),
+                }
+            })
+            .collect();
         let started = std::time::Instant::now();
-        let result = self
-            .recogniser
-            .hear(std::slice::from_ref(&request))
-            .pop()
-            .unwrap_or_else(|| Err(anyhow::anyhow!("the recogniser returned nothing")));
+        let together = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.recogniser.hear(&requests)
+        }));
+        let results = match together {
+            Ok(r) if r.len() == requests.len() => r,
+            _ if requests.len() > 1 => {
+                tracing::error!(
+                    batch = requests.len(),
+                    "hearing a batch failed; hearing each utterance alone"
+                );
+                requests
+                    .iter()
+                    .map(|r| {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            self.recogniser.hear(std::slice::from_ref(r)).pop()
+                        }))
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| Err(anyhow::anyhow!("the recogniser failed")))
+                    })
+                    .collect()
+            }
+            Ok(_) => vec![Err(anyhow::anyhow!("the recogniser returned nothing"))],
+            Err(_) => vec![Err(anyhow::anyhow!("the recogniser panicked"))],
+        };
         let stats = &self.stats;
         EngineStats::add(&stats.recognition_us, started.elapsed().as_micros() as u64);
-        if partial {
-            EngineStats::add(&stats.partials_heard, 1);
-        } else {
-            EngineStats::add(&stats.utterances_heard, 1);
-            EngineStats::add(&stats.utterance_audio, work.audio.samples.len() as u64);
-        }
-        match result {
-            Ok(heard) => heard.filter(|h| !h.text.trim().is_empty()),
-            Err(e) => {
-                tracing::error!(call = %work.info.call.id, "recognition failed: {e:#}");
-                None
+        for ((&(i, partial), request), result) in speech.iter().zip(&requests).zip(results) {
+            if partial {
+                EngineStats::add(&stats.partials_heard, 1);
+            } else {
+                EngineStats::add(&stats.utterances_heard, 1);
+                EngineStats::add(&stats.utterance_audio, request.samples.len() as u64);
             }
+            out[i] = match result {
+                Ok(heard) => heard.filter(|h| !h.text.trim().is_empty()),
+                Err(e) => {
+                    tracing::error!(call = %request.call_id, "recognition failed: {e:#}");
+                    None
+                }
+            };
         }
+        out
+    }
+
+    /// Scores what was heard for one call, sends its events and releases the call.
+    fn finish(&self, work: Work, call: CallState, heard: Option<Heard>) {
+        let call_id = work.call_id().clone();
+        let closing = match &work {
+            Work::Job(Job::Close(info)) => Some(info.clone()),
+            _ => None,
+        };
+        let mut call = call;
+        // A panic while scoring one call (a detector's bug) must not take the others down:
+        // the call loses what it had so far, and still ends with its summary.
+        let scored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut out = Vec::new();
+            match work {
+                Work::Job(Job::Utterance(sp)) => self.utterance(&mut call, sp, heard, &mut out),
+                Work::Partial(sp) => self.partial(&mut call, sp, heard, &mut out),
+                Work::Job(Job::Close(info)) => out.push(summary(&info, &call)),
+            }
+            (call, out)
+        }));
+        let out = match scored {
+            Ok((call, out)) => {
+                if closing.is_none() {
+                    self.calls().insert(call_id.clone(), call);
+                }
+                out
+            }
+            Err(_) => {
+                tracing::error!(call = %call_id, "hearing this call panicked; what it had so far is lost");
+                match &closing {
+                    Some(info) => vec![summary(info, &CallState::default())],
+                    None => Vec::new(),
+                }
+            }
+        };
+        // Events leave before the call is released, so a call's events stay in order.
+        for e in out {
+            let counter = match &e {
+                Event::Alert(a) if a.risk == crate::call::Risk::High => {
+                    Some(&self.stats.alerts_high)
+                }
+                Event::Alert(_) => Some(&self.stats.alerts_suspected),
+                Event::CallEnded(_) => Some(&self.stats.calls_ended),
+                _ => None,
+            };
+            if let Some(c) = counter {
+                EngineStats::add(c, 1);
+            }
+            self.fanout.send(e);
+        }
+        if closing.is_some() {
+            self.live.finished(&call_id);
+        }
+        self.scheduler.release(&call_id);
     }
 
     /// A party's timeline, scored with the pack their words choose.
@@ -191,10 +256,16 @@ impl Workers {
         Timeline::new(&self.classifier, pack, party)
     }
 
-    fn utterance(&self, call: &mut CallState, work: scheduler::Speech, out: &mut Vec<Event>) {
+    fn utterance(
+        &self,
+        call: &mut CallState,
+        work: scheduler::Speech,
+        heard: Option<Heard>,
+        out: &mut Vec<Event>,
+    ) {
         call.utterances += 1;
         let party = call.parties.entry(work.party).or_default();
-        let Some(heard) = self.hear(party, &work, false) else {
+        let Some(heard) = heard else {
             return;
         };
         if party.language.is_none() && heard.settled {
@@ -223,9 +294,15 @@ impl Workers {
     /// Hears an utterance still being spoken and tries its words on a copy of the party's
     /// timeline: new evidence that flags the call is alerted now; the text itself is not kept
     /// (the finished utterance replaces it).
-    fn partial(&self, call: &mut CallState, work: scheduler::Speech, out: &mut Vec<Event>) {
+    fn partial(
+        &self,
+        call: &mut CallState,
+        work: scheduler::Speech,
+        heard: Option<Heard>,
+        out: &mut Vec<Event>,
+    ) {
         let party = call.parties.entry(work.party).or_default();
-        let Some(heard) = self.hear(party, &work, true) else {
+        let Some(heard) = heard else {
             return;
         };
         // A partial's few words do not choose the party's phrase pack: the first finished

@@ -60,6 +60,8 @@ pub struct ScriptedRecogniser {
     in_flight: Mutex<HashMap<CallId, usize>>,
     /// The most requests of one call heard at the same time (must stay 1).
     pub most_at_once: Mutex<usize>,
+    /// The size of each batch asked for.
+    pub batches: Mutex<Vec<usize>>,
 }
 
 impl ScriptedRecogniser {
@@ -73,6 +75,7 @@ impl ScriptedRecogniser {
             heard: Mutex::default(),
             in_flight: Mutex::default(),
             most_at_once: Mutex::new(0),
+            batches: Mutex::default(),
         })
     }
 
@@ -87,6 +90,7 @@ impl Recogniser for ScriptedRecogniser {
     }
 
     fn hear(&self, batch: &[HearRequest<'_>]) -> Vec<anyhow::Result<Option<Heard>>> {
+        self.batches.lock().unwrap().push(batch.len());
         batch
             .iter()
             .map(|r| {
