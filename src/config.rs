@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::asr::{DeviceChoice, TranscribeOptions, Transcriber};
+use crate::asr::{ComputeType, DeviceChoice, TranscribeOptions, Transcriber};
 use crate::detect::script_context::ContextCheck;
 use crate::detect::{Classifier, PhrasePack};
 use crate::engine::{EngineConfig, SinkSpec};
@@ -53,7 +53,11 @@ pub struct AsrConfig {
     /// catalog's default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// `auto` (a GPU when this build and the machine have one, else the CPU), `cpu`, `cuda`,
+    /// `cuda:N`, `metal`.
     pub device: DeviceChoice,
+    /// `auto` (f32 on the CPU, f16 on a GPU), `f32`, `f16`, `bf16`.
+    pub compute_type: ComputeType,
     /// The spoken language ("en", "zh"); detected when not given (multilingual models).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
@@ -75,7 +79,8 @@ impl Default for AsrConfig {
     fn default() -> Self {
         Self {
             model: None,
-            device: DeviceChoice::Cpu,
+            device: DeviceChoice::Auto,
+            compute_type: ComputeType::Auto,
             language: None,
             languages: Vec::new(),
             initial_prompt: None,
@@ -91,8 +96,8 @@ impl AsrConfig {
         let store = ModelStore::open()?;
         let files = store.resolve(self.model.as_deref())?;
         let device = self.device.open()?;
-        tracing::info!(model = %files.name, dir = %files.dir.display(), "loading model");
-        Transcriber::load(&files, device)
+        tracing::info!(model = %files.name, dir = %files.dir.display(), device = ?device, "loading model");
+        Transcriber::load_as(&files, device, self.compute_type)
     }
 
     /// Decoding options. With a multilingual model and no language chosen, detection is

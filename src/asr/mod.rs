@@ -2,11 +2,13 @@
 //! transcription.
 
 pub mod decode;
+pub mod device;
 pub mod language;
 pub mod mel;
 pub mod model;
 pub mod tokens;
 pub mod transcribe;
 
+pub use device::{ComputeType, DeviceChoice};
 pub use language::written_language;
-pub use transcribe::{DeviceChoice, Segment, TranscribeOptions, Transcriber, Transcript};
+pub use transcribe::{Segment, TranscribeOptions, Transcriber, Transcript};

@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use super::decode::{BatchRow, FallbackPolicy, LogitRules, WindowDecoder, WindowResult};
+use super::device::ComputeType;
 use super::mel::{LogMel, MelSpectrogram, HOP, SAMPLE_RATE, WINDOW_FRAMES};
 use super::model::{Config, Whisper};
 use super::tokens::{SpecialTokens, TIME_PRECISION};
@@ -75,38 +76,19 @@ pub struct Transcriber {
     pub special: SpecialTokens,
     pub mel: MelSpectrogram,
     pub device: Device,
+    pub dtype: DType,
     suppress: Vec<u32>,
     pub name: String,
 }
 
-/// Which device to run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    #[default]
-    Cpu,
-    Cuda,
-    Metal,
-}
-
-impl DeviceChoice {
-    /// The names it is written as (in configs and on the command line).
-    pub const NAMES: [&'static str; 3] = ["cpu", "cuda", "metal"];
-
-    pub fn open(self) -> Result<Device> {
-        match self {
-            Self::Cpu => Ok(Device::Cpu),
-            Self::Cuda => Device::new_cuda(0).context(
-                "cannot use CUDA: this build lacks the `cuda` feature, or no NVIDIA driver/GPU is present",
-            ),
-            Self::Metal => Device::new_metal(0)
-                .context("cannot use Metal: this build lacks the `metal` feature, or this is not a Mac"),
-        }
-    }
-}
-
 impl Transcriber {
+    /// Loads the model in the precision `ComputeType::Auto` picks for `device`.
     pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
+        Self::load_as(files, device, ComputeType::Auto)
+    }
+
+    /// Loads the model on `device` in `compute` precision (weights are converted on load).
+    pub fn load_as(files: &ModelFiles, device: Device, compute: ComputeType) -> Result<Self> {
         let config_text = std::fs::read_to_string(files.config())
             .with_context(|| format!("cannot read {}", files.config().display()))?;
         let config: Config = serde_json::from_str(&config_text)
@@ -114,12 +96,7 @@ impl Transcriber {
         let tokenizer = Tokenizer::from_file(files.tokenizer())
             .map_err(|e| anyhow::anyhow!("{}: {e}", files.tokenizer().display()))?;
         let special = SpecialTokens::from_tokenizer(&tokenizer)?;
-        // F32 on the CPU: half precision is slower there and less accurate.
-        let dtype = if device.is_cpu() {
-            DType::F32
-        } else {
-            DType::F16
-        };
+        let dtype = compute.dtype_on(&device)?;
         // Safety: the file is memory-mapped read-only; the cache folder is ours and a rewrite
         // goes through a rename, so the mapped bytes never change underneath.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[files.weights()], dtype, &device) }
@@ -147,6 +124,7 @@ impl Transcriber {
             tokenizer,
             special,
             device,
+            dtype,
             suppress,
             name: files.name.clone(),
         })
@@ -183,11 +161,7 @@ impl Transcriber {
     }
 
     fn model_dtype(&self) -> DType {
-        if self.device.is_cpu() {
-            DType::F32
-        } else {
-            DType::F16
-        }
+        self.dtype
     }
 
     fn encode_text(&self, text: &str) -> Result<Vec<u32>> {

@@ -11,7 +11,7 @@ use std::io::IsTerminal;
 
 use anyhow::{bail, Result};
 
-use crate::asr::DeviceChoice;
+use crate::asr::{ComputeType, DeviceChoice};
 use crate::audio::ChannelMode;
 use crate::config::{AsrConfig, DetectConfig, SinkConfig};
 use crate::engine::EngineConfig;
@@ -40,9 +40,13 @@ pub struct AsrArgs {
     /// Catalog model name (see `vishguard models list`) or a path to a model folder or wheel.
     #[arg(long)]
     pub model: Option<String>,
-    /// Where the model runs [default: cpu].
-    #[arg(long, value_parser = choice::<DeviceChoice>(&DeviceChoice::NAMES))]
+    /// Where the model runs: auto (a GPU when this build and the machine have one, else the
+    /// CPU), cpu, cuda, cuda:N, metal [default: auto].
+    #[arg(long, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<DeviceChoice>()))]
     pub device: Option<DeviceChoice>,
+    /// Precision: auto (f32 on the CPU, f16 on a GPU), f32, f16, bf16 [default: auto].
+    #[arg(long, value_parser = choice::<ComputeType>(&ComputeType::NAMES))]
+    pub compute_type: Option<ComputeType>,
     /// Stereo recordings: transcribe each channel as its own party, or mix them [default: split].
     #[arg(long, value_parser = choice::<ChannelMode>(&ChannelMode::NAMES))]
     pub channels: Option<ChannelMode>,
@@ -75,6 +79,9 @@ impl AsrArgs {
         }
         if let Some(d) = self.device {
             config.device = d;
+        }
+        if let Some(c) = self.compute_type {
+            config.compute_type = c;
         }
         if let Some(l) = &self.language {
             config.language = Some(l.clone());

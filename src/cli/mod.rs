@@ -2,6 +2,7 @@
 //! process exit code. The library below knows nothing of clap.
 
 pub mod args;
+pub mod bench;
 pub mod classify;
 mod engine;
 pub mod listen;
@@ -50,6 +51,10 @@ pub enum Command {
     /// List, fetch and import Whisper models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Measure recognition throughput and concurrent live calls (for GPU hosts: needs only
+    /// the binary, a model and recordings).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 pub fn run(cli: Cli) -> i32 {
@@ -65,6 +70,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Score(args) => score::run(args),
         Command::Listen(args) => listen::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,483 @@
+//! `vishguard bench`: measurements that must run from the binary alone (a GPU host has no
+//! Rust toolchain): recognition throughput at several batch sizes, and how many simulated
+//! real-time calls the engine sustains.
+//!
+//! Both print a table last. Numbers are wall-clock on the machine they run on; run them on an
+//! otherwise idle machine and give its load with them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+
+use super::args::AsrArgs;
+use crate::asr::{TranscribeOptions, Transcriber};
+use crate::audio::vad::{speech_regions, VadConfig};
+use crate::audio::{load_16k, ChannelMode};
+use crate::call::{AudioChunk, Call, CallId, Event, Party};
+use crate::detect::Classifier;
+use crate::engine::{Engine, EngineConfig, SinkSpec, WhisperRecogniser};
+use crate::sinks::{QueueConfig, Sink};
+use crate::sources::Ingress;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Utterances per second through the recogniser at each batch size (audio seconds heard
+    /// per wall second).
+    Throughput(ThroughputArgs),
+    /// Simulated calls fed at real speed through the whole engine: transcript lag and drops
+    /// at each number of concurrent calls, up to the first that falls behind.
+    Live(LiveArgs),
+}
+
+/// What both measurements take.
+#[derive(Args, Debug)]
+pub struct BenchAudio {
+    /// Recordings the utterances are cut from [default: the .wav files in ./audio-samples].
+    #[arg(long = "audio")]
+    pub audio: Vec<PathBuf>,
+    /// Only recordings whose file name starts with this (e.g. "en_" for an English-only model).
+    #[arg(long)]
+    pub audio_prefix: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ThroughputArgs {
+    #[command(flatten)]
+    pub asr: AsrArgs,
+    #[command(flatten)]
+    pub audio: BenchAudio,
+    /// Batch sizes to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    pub batch: Vec<usize>,
+    /// Keep measuring each batch size for at least this many wall seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct LiveArgs {
+    #[command(flatten)]
+    pub asr: AsrArgs,
+    #[command(flatten)]
+    pub audio: BenchAudio,
+    /// Numbers of concurrent calls to try, in order; stops after the first that falls behind.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub calls: Vec<usize>,
+    /// Seconds of audio per call.
+    #[arg(long, default_value_t = 30.0)]
+    pub call_seconds: f64,
+    /// Calls start spread over this many seconds (as real calls do not start together).
+    #[arg(long, default_value_t = 5.0)]
+    pub stagger_s: f64,
+    /// Falling behind: transcript lag p95 above this (seconds), or any audio dropped.
+    #[arg(long, default_value_t = 1.5)]
+    pub max_lag_p95: f64,
+    /// Utterances of different calls heard together.
+    #[arg(long, default_value_t = 1)]
+    pub asr_batch: usize,
+    /// Recogniser threads.
+    #[arg(long, default_value_t = 2)]
+    pub asr_workers: usize,
+    /// Also hear partial hypotheses (they use idle time only).
+    #[arg(long)]
+    pub partials: bool,
+    /// Threads feeding the simulated calls.
+    #[arg(long, default_value_t = 8)]
+    pub feeders: usize,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<i32> {
+    match cmd {
+        BenchCommand::Throughput(a) => throughput(a),
+        BenchCommand::Live(a) => live(a),
+    }
+}
+
+/// The recordings to cut utterances from, 16 kHz mono.
+fn recordings(audio: &BenchAudio) -> Result<Vec<(String, Vec<f32>)>> {
+    let mut files = audio.audio.clone();
+    if files.is_empty() {
+        let dir = Path::new("audio-samples");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("no --audio given and cannot read {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "wav"))
+            .collect();
+        found.sort();
+        files = found;
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if audio
+            .audio_prefix
+            .as_deref()
+            .is_some_and(|p| !name.starts_with(p))
+        {
+            continue;
+        }
+        let samples = load_16k(&f, ChannelMode::Mix)?.remove(0).samples;
+        out.push((name, samples));
+    }
+    if out.is_empty() {
+        bail!("no recordings to measure with");
+    }
+    Ok(out)
+}
+
+/// Utterances as the engine cuts them: pieces of 3 to 9 s of the recordings' speech.
+fn utterances(recordings: &[(String, Vec<f32>)]) -> Vec<Vec<f32>> {
+    let mut out = Vec::new();
+    for (_, samples) in recordings {
+        for r in speech_regions(samples, &VadConfig::default()) {
+            let mut start = r.start;
+            while start + 16_000 < r.end {
+                let len = (3 + 3 * (out.len() % 3)) * 16_000;
+                let end = r.end.min(start + len);
+                out.push(samples[start..end].to_vec());
+                start = end;
+            }
+        }
+    }
+    out
+}
+
+/// The options the live recogniser hears with, as `listen` and `serve` run it.
+fn live_options(t: &Transcriber) -> TranscribeOptions {
+    let candidate_languages = if t.is_multilingual() {
+        Classifier::builtin()
+            .languages()
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    TranscribeOptions {
+        candidate_languages,
+        vad: None,
+        short_context_frames: Some(1500),
+        ..Default::default()
+    }
+}
+
+fn throughput(args: ThroughputArgs) -> Result<i32> {
+    let config = args.asr.config();
+    let t = config.load()?;
+    let clips = utterances(&recordings(&args.audio)?);
+    if clips.is_empty() {
+        bail!("the recordings hold no speech");
+    }
+    let base = live_options(&t);
+    let options: Vec<TranscribeOptions> = clips
+        .iter()
+        .map(|c| {
+            let mut o = base.clone();
+            o.policy.max_tokens = Some(16 + (c.len() as f64 / 16_000.0 * 10.0) as usize);
+            o
+        })
+        .collect();
+    eprintln!(
+        "bench throughput: {} on {:?} ({:?}), {} utterances of {:.1} s mean",
+        t.name,
+        t.device,
+        t.dtype,
+        clips.len(),
+        clips.iter().map(|c| c.len()).sum::<usize>() as f64 / 16_000.0 / clips.len() as f64
+    );
+    // Warm up: kernels compiled and loaded, allocator pools filled.
+    let _ = t.transcribe_batch(&[(clips[0].as_slice(), &options[0])]);
+    let mut rows = Vec::new();
+    let mut next = 0usize;
+    for &b in &args.batch {
+        let b = b.max(1);
+        let started = Instant::now();
+        let (mut audio_s, mut heard, mut batches, mut failed) = (0.0, 0usize, 0usize, 0usize);
+        while batches == 0 || started.elapsed().as_secs_f64() < args.seconds {
+            let items: Vec<(&[f32], &TranscribeOptions)> = (0..b)
+                .map(|k| {
+                    let i = (next + k) % clips.len();
+                    (clips[i].as_slice(), &options[i])
+                })
+                .collect();
+            next += b;
+            for (r, (samples, _)) in t.transcribe_batch(&items).into_iter().zip(&items) {
+                match r {
+                    Ok(_) => {
+                        heard += 1;
+                        audio_s += samples.len() as f64 / 16_000.0;
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            batches += 1;
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let row = format!(
+            "{:<8} {:>6} {:>10.1} {:>12.1} {:>10.1} {:>7}",
+            t.name,
+            b,
+            audio_s / wall,
+            heard as f64 / wall,
+            wall * 1000.0 / batches as f64,
+            failed
+        );
+        eprintln!("{row}");
+        rows.push(row);
+    }
+    println!(
+        "{:<8} {:>6} {:>10} {:>12} {:>10} {:>7}",
+        "model", "batch", "audio x", "utt/s", "ms/batch", "failed"
+    );
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(0)
+}
+
+/// Records transcript lag and drops from the engine's events.
+#[derive(Default)]
+struct Record {
+    lag: Vec<f64>,
+    dropped_audio_s: f64,
+    dropped_utterances: u64,
+    ended: usize,
+}
+
+struct Recorder {
+    record: Arc<Mutex<Record>>,
+    starts: Arc<HashMap<CallId, Instant>>,
+}
+
+impl Sink for Recorder {
+    fn describe(&self) -> String {
+        "bench recorder".into()
+    }
+
+    fn write(&mut self, event: &Event) -> Result<()> {
+        let mut r = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::Transcript(u) => {
+                if let Some(start) = self.starts.get(&u.call_id) {
+                    r.lag.push(start.elapsed().as_secs_f64() - u.end_s);
+                }
+            }
+            Event::CallEnded(s) => {
+                let stream = s.stream.clone().unwrap_or_default();
+                r.dropped_audio_s += stream.dropped_audio_s;
+                r.dropped_utterances += stream.dropped_utterances as u64;
+                r.ended += 1;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// This process's CPU time (user + system, seconds) and peak resident memory (MB), from /proc.
+fn cpu_and_peak_rss() -> (f64, f64) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(f64::NAN);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0);
+    (cpu, rss)
+}
+
+fn live(args: LiveArgs) -> Result<i32> {
+    let config = args.asr.config();
+    let t = Arc::new(config.load()?);
+    let recs = recordings(&args.audio)?;
+    // One long stream of speech, looped; each call starts at its own place in it.
+    let stream: Vec<f32> = recs.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+    if stream.len() < 16_000 {
+        bail!("the recordings hold less than a second of audio");
+    }
+    let per_call = (args.call_seconds * 16_000.0) as usize;
+    let classifier = Arc::new(Classifier::builtin());
+    eprintln!(
+        "bench live: {} on {:?} ({:?}), batch {}, {} workers, {:.0} s calls, keyword detection",
+        t.name, t.device, t.dtype, args.asr_batch, args.asr_workers, args.call_seconds
+    );
+    let mut rows = Vec::new();
+    let mut sustained = 0;
+    for &n in &args.calls {
+        let ids: Vec<CallId> = (0..n)
+            .map(|i| CallId::new(format!("bench-{n}-{i}")))
+            .collect();
+        let record = Arc::new(Mutex::new(Record::default()));
+        let t0 = Instant::now() + Duration::from_millis(200);
+        let starts: HashMap<CallId, Instant> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let offset = args.stagger_s * i as f64 / n.max(1) as f64;
+                (id.clone(), t0 + Duration::from_secs_f64(offset))
+            })
+            .collect();
+        let starts = Arc::new(starts);
+        let sink = Recorder {
+            record: record.clone(),
+            starts: starts.clone(),
+        };
+        let engine_config = EngineConfig {
+            asr_batch: args.asr_batch,
+            asr_workers: args.asr_workers,
+            asr_queue: (2 * n).max(16),
+            max_calls: n + 8,
+            partials: args.partials,
+            ..EngineConfig::default()
+        };
+        let recogniser = Arc::new(WhisperRecogniser::new(t.clone(), live_options(&t)));
+        let engine = Engine::start(
+            recogniser,
+            classifier.clone(),
+            engine_config,
+            vec![SinkSpec::new(sink, QueueConfig::default())],
+        )?;
+        let (cpu0, _) = cpu_and_peak_rss();
+        let wall0 = Instant::now();
+        let feeders = args.feeders.clamp(1, n.max(1));
+        std::thread::scope(|s| -> Result<()> {
+            let mut handles = Vec::new();
+            for f in 0..feeders {
+                let (engine, ids, starts, stream) = (&engine, &ids, &starts, &stream);
+                handles.push(s.spawn(move || -> Result<()> {
+                    let ingest = engine.ingest();
+                    let mine: Vec<(usize, &CallId)> =
+                        ids.iter().enumerate().skip(f).step_by(feeders).collect();
+                    for (_, id) in &mine {
+                        ingest.send(Ingress::Open(Call {
+                            id: (*id).clone(),
+                            parties: vec![Party {
+                                label: "caller".into(),
+                                sample_rate: 16_000,
+                            }],
+                            metadata: Default::default(),
+                        }))?;
+                    }
+                    // Each tick sends every call the 20 ms chunks now due.
+                    let chunks = per_call / 320;
+                    let mut sent = vec![0usize; mine.len()];
+                    loop {
+                        let now = Instant::now();
+                        let mut all_done = true;
+                        for (k, (i, id)) in mine.iter().enumerate() {
+                            let start = starts[*id];
+                            let due = if now < start {
+                                0
+                            } else {
+                                (((now - start).as_secs_f64() / 0.02) as usize).min(chunks)
+                            };
+                            while sent[k] < due {
+                                let at = (i * 7919 * 320 + sent[k] * 320) % (stream.len() - 320);
+                                let _ = ingest.send(Ingress::Audio(AudioChunk {
+                                    call: (*id).clone(),
+                                    party: 0,
+                                    offset_s: sent[k] as f64 * 0.02,
+                                    samples: stream[at..at + 320].to_vec(),
+                                }));
+                                sent[k] += 1;
+                            }
+                            if sent[k] < chunks {
+                                all_done = false;
+                            }
+                        }
+                        if all_done {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    for (_, id) in &mine {
+                        ingest.send(Ingress::Close((*id).clone()))?;
+                    }
+                    Ok(())
+                }));
+            }
+            for h in handles {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a feeder panicked"))??;
+            }
+            Ok(())
+        })?;
+        engine.shutdown();
+        let wall = wall0.elapsed().as_secs_f64();
+        let (cpu1, rss) = cpu_and_peak_rss();
+        let mut r = record.lock().unwrap_or_else(|e| e.into_inner());
+        let heard = r.lag.len();
+        let p50 = percentile(&mut r.lag, 0.5);
+        let p95 = percentile(&mut r.lag, 0.95);
+        let behind = !(p95 <= args.max_lag_p95)
+            || r.dropped_audio_s > 0.0
+            || r.dropped_utterances > 0
+            || r.ended < n;
+        let row = format!(
+            "{:<8} {:>6} {:>6} {:>8} {:>8.2} {:>8.2} {:>9.1} {:>8} {:>7.1} {:>8.0} {:>6}",
+            t.name,
+            n,
+            args.asr_batch,
+            heard,
+            p50,
+            p95,
+            r.dropped_audio_s,
+            r.dropped_utterances,
+            (cpu1 - cpu0) / wall,
+            rss,
+            if behind { "behind" } else { "ok" }
+        );
+        eprintln!("{row}");
+        rows.push(row);
+        if behind {
+            break;
+        }
+        sustained = n;
+    }
+    println!(
+        "{:<8} {:>6} {:>6} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>8} {:>6}",
+        "model",
+        "calls",
+        "batch",
+        "heard",
+        "lag p50",
+        "lag p95",
+        "drop s",
+        "drop utt",
+        "cores",
+        "peak MB",
+        ""
+    );
+    for r in rows {
+        println!("{r}");
+    }
+    println!(
+        "{}: sustained {sustained} concurrent real-time calls with transcript lag p95 <= {} s and no drops",
+        t.name, args.max_lag_p95
+    );
+    Ok(0)
+}
