@@ -272,7 +272,7 @@ impl Sink for Recorder {
             Event::CallEnded(s) => {
                 let stream = s.stream.clone().unwrap_or_default();
                 r.dropped_audio_s += stream.dropped_audio_s;
-                r.dropped_utterances += stream.dropped_utterances as u64;
+                r.dropped_utterances += stream.dropped_utterances;
                 r.ended += 1;
             }
             _ => {}
@@ -433,7 +433,8 @@ fn live(args: LiveArgs) -> Result<i32> {
         let heard = r.lag.len();
         let p50 = percentile(&mut r.lag, 0.5);
         let p95 = percentile(&mut r.lag, 0.95);
-        let behind = !(p95 <= args.max_lag_p95)
+        let behind = p95.is_nan()
+            || p95 > args.max_lag_p95
             || r.dropped_audio_s > 0.0
             || r.dropped_utterances > 0
             || r.ended < n;
