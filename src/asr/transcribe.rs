@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
@@ -215,7 +216,7 @@ impl Transcriber {
     ) -> Vec<Result<Transcript>> {
         // Voice activity first: only speech is heard, and times are mapped back afterwards.
         let prepared: Vec<(Option<SpeechOnly>, f64)> = items
-            .iter()
+            .par_iter()
             .map(|(samples, opts)| {
                 let duration_s = samples.len() as f64 / SAMPLE_RATE as f64;
                 let speech = opts.vad.as_ref().map(|vad| {
@@ -225,8 +226,10 @@ impl Transcriber {
                 (speech, duration_s)
             })
             .collect();
+        // Mel spectrograms of a large batch take longer than its encoder call on a GPU: they
+        // are computed on all cores.
         let mut forms: Vec<Result<LongForm>> = items
-            .iter()
+            .par_iter()
             .zip(&prepared)
             .map(|((samples, opts), (speech, _))| {
                 let audio = speech.as_ref().map_or(*samples, |s| s.samples.as_slice());
