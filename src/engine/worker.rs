@@ -106,8 +106,18 @@ impl Workers {
                 })
                 .collect();
             let heard = self.hear_all(&mut items);
-            for ((work, call), heard) in items.into_iter().zip(heard) {
-                self.finish(work, call, heard);
+            if items.len() == 1 {
+                for ((work, call), heard) in items.into_iter().zip(heard) {
+                    self.finish(work, call, heard);
+                }
+            } else {
+                // The calls of a batch are different calls: scoring them on all cores keeps a
+                // batch of hundreds from waiting on one thread.
+                use rayon::prelude::*;
+                items
+                    .into_par_iter()
+                    .zip(heard)
+                    .for_each(|((work, call), heard)| self.finish(work, call, heard));
             }
         }
     }
