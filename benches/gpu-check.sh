@@ -43,71 +43,13 @@ export LD_LIBRARY_PATH="${CUDA_LIBS:-}:${LD_LIBRARY_PATH:-}"
   ldd "$BIN" | grep -E "cuda|cublas|curand|nvrtc|not found"
 } 2>&1 | tee "$OUT/host.txt"
 
-summary=()
-row() { summary+=("$*"); echo "$*"; }
 
 en_files=$(ls "$HERE"/audio-samples/en_*.wav)
 all_files=$(ls "$HERE"/audio-samples/*.wav)
-
-if [[ " $SKIP " != *" transcripts "* ]]; then
-  for m in $MODELS; do
-    files=$all_files; [ "$m" = tiny.en ] && files=$en_files
-    [ -n "$REAL" ] && files="$files $REAL"
-    for run in "cpu f32" "$DEV f32" "$DEV f16"; do
-      set -- $run
-      start=$(date +%s.%N)
-      timeout 300 "$BIN" transcribe --model "$m" --device "$1" --compute-type "$2" --format json $files \
-        > "$OUT/transcripts.$m.$1.$2.json" 2> "$OUT/transcripts.$m.$1.$2.err"
-      echo "$m $1 $2: exit $? in $(echo "$(date +%s.%N) - $start" | bc) s"
-    done
-    python3 - "$OUT" "$m" <<'EOF' | tee -a "$OUT/compare.txt"
-import json, sys
-out, m = sys.argv[1], sys.argv[2]
-def texts(kind):
-    rows = {}
-    try:
-        for line in open(f"{out}/transcripts.{m}.{kind}.json"):
-            line = line.strip()
-            if not line:
-                continue
-            r = json.loads(line)
-            key = (r.get("file"), r.get("channel"))
-            rows[key] = " ".join(s["text"].strip() for s in r.get("segments", []))
-    except FileNotFoundError:
-        pass
-    return rows
-def words(t):
-    # Chinese has no spaces: characters are its words.
-    out = []
-    for w in t.lower().split():
-        if any("\u4e00" <= c <= "\u9fff" for c in w):
-            out.extend(c for c in w if c.strip())
-        else:
-            out.append(w.strip(".,?!\"'"))
-    return [w for w in out if w]
-def wer(ref, hyp):
-    r, h = words(ref), words(hyp)
-    d = list(range(len(h) + 1))
-    for i in range(1, len(r) + 1):
-        prev, d[0] = d[0], i
-        for j in range(1, len(h) + 1):
-            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
-            prev, d[j] = d[j], cur
-    return d[len(h)], len(r)
-cpu = texts("cpu.f32")
-import os
-dev = os.environ.get("DEVICE", "cuda")
-for kind in (f"{dev}.f32", f"{dev}.f16"):
-    gpu = texts(kind)
-    same = sum(1 for k in cpu if gpu.get(k) == cpu[k])
-    errs = tot = 0
-    for k in cpu:
-        e, n = wer(cpu[k], gpu.get(k, ""))
-        errs += e; tot += n
-    print(f"transcripts {m} {kind} vs cpu.f32: {same}/{len(cpu)} identical, WER {errs / max(tot, 1):.4f} over {tot} words")
-EOF
-  done
-fi
+# One deadline for the whole check (BUDGET seconds): each step gets what is left, at most its
+# own cap, so a slow step cannot cost the steps after it their turn.
+DEADLINE=$((SECONDS + ${BUDGET:-480}))
+cap() { local left=$((DEADLINE - SECONDS - 5)); if [ "$left" -lt "$1" ]; then echo $((left > 1 ? left : 1)); else echo "$1"; fi; }
 
 # GPU load and memory, once a second, while the measurements run.
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 \
@@ -115,37 +57,51 @@ nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 \
 SMI=$!
 trap 'kill $SMI 2>/dev/null' EXIT
 
-if [[ " $SKIP " != *" throughput "* ]]; then
-  for m in $MODELS; do
-    prefix=""; [ "$m" = tiny.en ] && prefix="--audio-prefix en_"
-    (cd "$HERE" && timeout 240 "$BIN" bench throughput --model "$m" --device "$DEV" $prefix \
-      --batch 1,16,64,256 --seconds 4) > "$OUT/throughput.$m.txt" 2> "$OUT/throughput.$m.err"
-    cat "$OUT/throughput.$m.txt"
+transcripts() {
+  local m=$1 files=$all_files
+  [ "$m" = tiny.en ] && files=$en_files
+  [ -n "$REAL" ] && files="$files $REAL"
+  for run in "$DEV f32" "$DEV f16" "cpu f32"; do
+    set -- $run
+    local start=$SECONDS
+    timeout "$(cap 150)" "$BIN" transcribe --model "$m" --device "$1" --compute-type "$2" --format json $files \
+      > "$OUT/transcripts.$m.$1.$2.json" 2> "$OUT/transcripts.$m.$1.$2.err"
+    echo "$m $1 $2: exit $? in $((SECONDS - start)) s"
   done
-fi
+  python3 "$HERE/benches/compare_transcripts.py" "$OUT" "$m" "$DEV" | tee -a "$OUT/compare.txt"
+}
 
-if [[ " $SKIP " != *" live "* ]]; then
-  for m in $MODELS; do
-    var="CALLS_${m//./_}"; calls=${!var:-}
-    prefix=""; [ "$m" = tiny.en ] && prefix="--audio-prefix en_"
-    [ -z "$calls" ] && { [ "$m" = tiny.en ] && calls=500,2000,5000 || calls=250,1000,2000; }
-    (cd "$HERE" && timeout 420 "$BIN" bench live --model "$m" --device "$DEV" $prefix \
-      --calls "$calls" --call-seconds "$CALL_SECONDS" --stagger-s 5 --asr-batch 256 \
-      --asr-workers 2 --feeders 16) > "$OUT/live.$m.txt" 2> "$OUT/live.$m.err"
-    cat "$OUT/live.$m.txt"
+throughput() {
+  local m=$1 prefix=""
+  [ "$m" = tiny.en ] && prefix="--audio-prefix en_"
+  (cd "$HERE" && timeout "$(cap 100)" "$BIN" bench throughput --model "$m" --device "$DEV" $prefix \
+    --batch 1,16,64,256 --seconds 4) > "$OUT/throughput.$m.txt" 2> "$OUT/throughput.$m.err"
+  cat "$OUT/throughput.$m.txt"
+}
+
+live() {
+  local m=$1 prefix="" var="CALLS_${1//./_}"
+  local calls=${!var:-}
+  [ "$m" = tiny.en ] && prefix="--audio-prefix en_"
+  [ -z "$calls" ] && { [ "$m" = tiny.en ] && calls=500,2000,5000 || calls=250,1000,2000; }
+  (cd "$HERE" && timeout "$(cap 160)" "$BIN" bench live --model "$m" --device "$DEV" $prefix \
+    --calls "$calls" --call-seconds "$CALL_SECONDS" --stagger-s 5 --asr-batch 256 \
+    --asr-workers 2 --feeders 16) > "$OUT/live.$m.txt" 2> "$OUT/live.$m.err"
+  cat "$OUT/live.$m.txt"
+}
+
+for m in $MODELS; do
+  for step in transcripts throughput live; do
+    [[ " $SKIP " == *" $step "* ]] && continue
+    if [ $((DEADLINE - SECONDS)) -lt 15 ]; then echo "out of time before $step $m"; continue; fi
+    echo "== $step $m"
+    $step "$m"
   done
-fi
+done
 
 kill $SMI 2>/dev/null
 echo "== table"
-python3 - "$OUT/smi.csv" <<'EOF' 2>/dev/null
-import sys
-rows = [l.split(", ") for l in open(sys.argv[1]).read().splitlines()[1:]]
-util = [float(r[1].split()[0]) for r in rows if len(r) > 2]
-mem = [float(r[2].split()[0]) for r in rows if len(r) > 2]
-if util:
-    print(f"GPU while measuring: utilization max {max(util):.0f}% mean {sum(util)/len(util):.0f}%, memory max {max(mem):.0f} MiB")
-EOF
+python3 "$HERE/benches/compare_transcripts.py" --smi "$OUT/smi.csv" 2>/dev/null
 cat "$OUT"/compare.txt 2>/dev/null
 # A step cut short by its timeout left no table: its progress lines (on stderr) stand in.
 for kind in throughput live; do
