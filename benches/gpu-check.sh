@@ -10,8 +10,8 @@
 # 3. concurrent simulated real-time calls through the whole engine, up to the first number
 #    at which transcript lag p95 passes 1.5 s or audio is dropped.
 # Prints one table last. Environment: MODELS (default "tiny.en base"), CALLS_tiny_en,
-# CALLS_base (the steps of 3), CALL_SECONDS (20), SKIP (space-separated: transcripts
-# throughput live).
+# CALLS_base (the steps of 3), CALL_SECONDS (20), ASR_WORKERS (4), SKIP (space-separated:
+# transcripts throughput live), PLAN (MODEL:STEP ..., the order), BUDGET (seconds, 480).
 set -u
 BIN=$(readlink -f "$1"); export VISHGUARD_HOME=$(readlink -f "$2"); OUT=$3; REAL=${4:-}
 mkdir -p "$OUT"
@@ -83,20 +83,24 @@ live() {
   local m=$1 prefix="" var="CALLS_${1//./_}"
   local calls=${!var:-}
   [ "$m" = tiny.en ] && prefix="--audio-prefix en_"
-  [ -z "$calls" ] && { [ "$m" = tiny.en ] && calls=500,2000,5000 || calls=250,1000,2000; }
+  [ -z "$calls" ] && { [ "$m" = tiny.en ] && calls=250,1000,3000,6000 || calls=250,1000,2000,4000; }
   (cd "$HERE" && timeout "$(cap 160)" "$BIN" bench live --model "$m" --device "$DEV" $prefix \
     --calls "$calls" --call-seconds "$CALL_SECONDS" --stagger-s 5 --asr-batch 256 \
-    --asr-workers 2 --feeders 16) > "$OUT/live.$m.txt" 2> "$OUT/live.$m.err"
+    --asr-workers "${ASR_WORKERS:-4}" --feeders 16) > "$OUT/live.$m.txt" 2> "$OUT/live.$m.err"
   cat "$OUT/live.$m.txt"
 }
 
-for m in $MODELS; do
-  for step in transcripts throughput live; do
-    [[ " $SKIP " == *" $step "* ]] && continue
-    if [ $((DEADLINE - SECONDS)) -lt 15 ]; then echo "out of time before $step $m"; continue; fi
-    echo "== $step $m"
-    $step "$m"
-  done
+# PLAN: the steps in order, as MODEL:STEP (default: each model's three steps in turn).
+if [ -z "${PLAN:-}" ]; then
+  PLAN=""
+  for m in $MODELS; do PLAN="$PLAN $m:transcripts $m:throughput $m:live"; done
+fi
+for item in $PLAN; do
+  m=${item%%:*}; step=${item#*:}
+  [[ " $SKIP " == *" $step "* ]] && continue
+  if [ $((DEADLINE - SECONDS)) -lt 15 ]; then echo "out of time before $step $m"; continue; fi
+  echo "== $step $m"
+  $step "$m"
 done
 
 kill $SMI 2>/dev/null

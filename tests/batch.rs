@@ -74,7 +74,22 @@ fn same_words_batched_and_alone(model: &Transcriber, clips: &[Vec<f32>], candida
         .map(Result::unwrap)
         .collect();
     let mut words = 0;
+    let mut compared = 0;
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        // A window the policy rejected at temperature 0 was sampled: its words are random
+        // (seeded alike, but a rounding difference can tip one draw), so only greedy
+        // windows must agree word for word.
+        let sampled =
+            |t: &vishguard::asr::Transcript| t.segments.iter().any(|s| s.temperature > 0.0);
+        if sampled(a) {
+            // The greedy decode both start with was rejected alike.
+            assert!(
+                sampled(t) || t.segments.is_empty(),
+                "utterance {i}: fell back alone only"
+            );
+            continue;
+        }
+        compared += 1;
         assert_eq!(a.text(), t.text(), "utterance {i}: batched words differ");
         assert_eq!(a.language, t.language, "utterance {i}: language");
         assert_eq!(
@@ -99,9 +114,13 @@ fn same_words_batched_and_alone(model: &Transcriber, clips: &[Vec<f32>], candida
     }
     // The check means nothing if nothing was heard.
     assert!(
-        words > clips.len(),
-        "only {words} words in {} utterances",
+        compared >= 2 && compared * 3 >= clips.len(),
+        "only {compared} of {} utterances greedy",
         clips.len()
+    );
+    assert!(
+        words > compared,
+        "only {words} words in {compared} utterances"
     );
 }
 

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use candle_core::{IndexOp, Tensor};
+use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 
 use super::model::Whisper;
@@ -72,6 +72,8 @@ pub struct BatchRow<'a> {
     pub prompt: &'a [u32],
     pub sot_sequence: &'a [u32],
     pub max_tokens: Option<usize>,
+    /// Seeds the row's sampling above temperature 0 (with the temperature, as `decode`).
+    pub seed: u64,
 }
 
 pub fn compression_ratio(text: &str) -> f32 {
@@ -139,7 +141,8 @@ impl WindowDecoder<'_> {
         is_silence || !(too_repetitive || too_unlikely)
     }
 
-    /// One decode at one temperature (0 = greedy).
+    /// One decode at one temperature (0 = greedy): the batched decoder with one row, so a
+    /// window heard alone and in a batch go through the same rules in the same arithmetic.
     pub fn decode(
         &self,
         audio: &Tensor,
@@ -149,56 +152,15 @@ impl WindowDecoder<'_> {
         seed: u64,
         max_tokens: Option<usize>,
     ) -> Result<WindowResult> {
-        let sp = self.rules.special;
-        let dec = &self.model.decoder;
-        let (initial, sot_index) = self.initial_tokens(prompt, sot_sequence);
-        let sample_begin = initial.len();
-        let sample_len = max_tokens.unwrap_or(usize::MAX).min(dec.max_len() / 2);
-
-        let mut state = dec.start(audio)?;
-        let input = Tensor::new(initial.as_slice(), audio.device())?.unsqueeze(0)?;
-        let hidden = dec.forward(&input, &mut state)?;
-        let no_speech_prob = {
-            let l = dec.logits(&hidden.i((.., sot_index..sot_index + 1))?)?;
-            let p = candle_nn::ops::softmax_last_dim(&l.to_dtype(candle_core::DType::F32)?)?;
-            p.i((0, 0, sp.no_speech as usize))?.to_scalar::<f32>()?
+        let row = BatchRow {
+            prompt,
+            sot_sequence,
+            max_tokens,
+            seed,
         };
-        let mut logits: Vec<f32> = dec
-            .logits(&hidden.i((.., sample_begin - 1..sample_begin))?)?
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ temperature.to_bits() as u64);
-        let mut sampled: Vec<u32> = Vec::new();
-        let mut sum_logprob = 0f64;
-        loop {
-            self.rules.apply(&mut logits, &sampled);
-            let logprobs = log_softmax_vec(&logits);
-            let next = if temperature <= 0.0 {
-                argmax(&logits)
-            } else {
-                sample(&logits, temperature, &mut rng)
-            };
-            if next == sp.eot {
-                break;
-            }
-            sum_logprob += logprobs[next as usize] as f64;
-            sampled.push(next);
-            if sampled.len() >= sample_len || state.len >= dec.max_len() {
-                break;
-            }
-            let input = Tensor::new(&[next], audio.device())?.unsqueeze(0)?;
-            let hidden = dec.forward(&input, &mut state)?;
-            logits = dec
-                .logits(&hidden)?
-                .flatten_all()?
-                .to_dtype(candle_core::DType::F32)?
-                .to_vec1()?;
-        }
-        Ok(WindowResult {
-            temperature,
-            ..self.result(sampled, sum_logprob, no_speech_prob)?
-        })
+        Ok(self
+            .decode_batch(audio, std::slice::from_ref(&row), temperature)?
+            .remove(0))
     }
 
     /// The tokens `decode` would start a window with: the previous text after `sot_prev` (at
@@ -238,19 +200,20 @@ impl WindowDecoder<'_> {
         })
     }
 
-    /// Greedy decoding of a batch of windows at once: `audio [b, frames, d]` holds one
-    /// encoded window per row of `rows`. Each row keeps its own prompt, start sequence, token
-    /// budget and logit rules; prompts of different lengths are left-padded and masked, each
-    /// row at its own positions, and a row that ends leaves the batch while the others go on.
-    /// Gives the tokens `decode` gives at temperature 0 for each row alone (up to rounding
-    /// in the batched matrix products; tested on real speech in tests/batch.rs).
-    pub fn decode_greedy_batch(
+    /// Decodes a batch of windows at once at one temperature (0: greedy; above: sampled, each
+    /// row with its own seeded generator): `audio [b, frames, d]` holds one encoded window per
+    /// row of `rows`. Each row keeps its own prompt, start sequence, token budget and logit
+    /// rules; prompts of different lengths are left-padded and masked, each row at its own
+    /// positions, and a row that ends leaves the batch while the others go on. Gives each
+    /// row the tokens it gets alone (up to rounding in the batched matrix products; tested on
+    /// real speech in tests/batch.rs).
+    pub fn decode_batch(
         &self,
         audio: &Tensor,
         rows: &[BatchRow<'_>],
+        temperature: f32,
     ) -> Result<Vec<WindowResult>> {
         use candle_core::DType;
-        use rayon::prelude::*;
         let sp = self.rules.special;
         let dec = &self.model.decoder;
         let device = audio.device();
@@ -311,25 +274,46 @@ impl WindowDecoder<'_> {
             .narrow(1, sp.no_speech as usize, 1)?
             .flatten_all()?
             .to_vec1()?;
-        let mut logits: Vec<Vec<f32>> = first.narrow(0, b, b)?.to_vec2()?;
+        let picker = self.rules.picker(first.dim(1)?, b, device)?;
+        let mut logits = first.narrow(0, b, b)?;
         let budget: Vec<usize> = rows
             .iter()
             .map(|r| r.max_tokens.unwrap_or(usize::MAX).min(dec.max_len() / 2))
             .collect();
         let mut sampled: Vec<Vec<u32>> = vec![Vec::new(); b];
         let mut sum_logprob = vec![0f64; b];
+        let mut rngs: Vec<rand::rngs::StdRng> = rows
+            .iter()
+            .map(|r| rand::rngs::StdRng::seed_from_u64(r.seed ^ temperature.to_bits() as u64))
+            .collect();
         // The original row of each row still in the batch.
         let mut active: Vec<usize> = (0..b).collect();
         loop {
-            let picks: Vec<(u32, f32)> = active
-                .par_iter()
-                .zip(logits.par_iter_mut())
-                .map(|(&r, l)| {
-                    self.rules.apply(l, &sampled[r]);
-                    let next = argmax(l);
-                    (next, log_softmax_vec(l)[next as usize])
-                })
-                .collect();
+            let histories: Vec<&[u32]> = active.iter().map(|&r| sampled[r].as_slice()).collect();
+            let picks = if temperature <= 0.0 {
+                picker.pick(&self.rules, &logits, &histories)?
+            } else {
+                // Sampling draws from each row's whole distribution: those rows come to the
+                // host, and each draws with its own generator, as it would alone.
+                let masked: Vec<Vec<f32>> =
+                    picker.masked(&self.rules, &logits, &histories)?.to_vec2()?;
+                let mut mine: Vec<&mut rand::rngs::StdRng> = Vec::with_capacity(active.len());
+                let mut want = active.iter().peekable();
+                for (r, rng) in rngs.iter_mut().enumerate() {
+                    if want.peek() == Some(&&r) {
+                        mine.push(rng);
+                        want.next();
+                    }
+                }
+                masked
+                    .into_iter()
+                    .zip(mine)
+                    .map(|(l, rng)| {
+                        let next = sample(&l, temperature, rng);
+                        (next, log_softmax_vec(&l)[next as usize])
+                    })
+                    .collect()
+            };
             let mut keep = Vec::with_capacity(active.len());
             for (i, &r) in active.iter().enumerate() {
                 let (next, logprob) = picks[i];
@@ -371,17 +355,18 @@ impl WindowDecoder<'_> {
                 &Tensor::from_vec(mask, (n, 1, 1, cols), device)?,
                 &mut state,
             )?;
-            logits = dec
-                .logits(&hidden)?
-                .squeeze(1)?
-                .to_dtype(DType::F32)?
-                .to_vec2()?;
+            logits = dec.logits(&hidden)?.squeeze(1)?.to_dtype(DType::F32)?;
         }
         sampled
             .into_iter()
             .zip(sum_logprob)
             .zip(no_speech)
-            .map(|((s, lp), ns)| self.result(s, lp, ns))
+            .map(|((s, lp), ns)| {
+                Ok(WindowResult {
+                    temperature,
+                    ..self.result(s, lp, ns)?
+                })
+            })
             .collect()
     }
 
@@ -502,6 +487,168 @@ impl LogitRules<'_> {
             }
         }
     }
+}
+
+/// The logit rules of [`LogitRules::apply`] as tensor operations on a whole batch, so that a
+/// GPU hands back a few numbers per row and step instead of the whole vocabulary (51,865
+/// floats a row: at 256 rows, 53 MB a step through the host). Each row's rules reduce to at
+/// most two masked token ranges (from its own history), the always-suppressed tokens, the
+/// first step's blanks, and the choice between the best token and the best timestamp.
+pub struct Picker {
+    /// 0 or -inf per token: the suppressed tokens (and all timestamps when they are off).
+    always: Tensor,
+    /// 1 for the tokens suppressed at the first step only (blanks, end of text).
+    first_only: Tensor,
+    /// Token ids 0..vocab, [1, vocab].
+    ids: Tensor,
+    /// -inf, [rows, vocab], narrowed to the rows still decoding.
+    ninf: Tensor,
+    vocab: usize,
+}
+
+impl LogitRules<'_> {
+    /// The rules for batches of up to `rows` rows over a vocabulary of `vocab` tokens.
+    pub fn picker(
+        &self,
+        vocab: usize,
+        rows: usize,
+        device: &candle_core::Device,
+    ) -> Result<Picker> {
+        let sp = self.special;
+        let ts = (sp.timestamp_begin as usize).min(vocab);
+        let mut always = vec![0f32; vocab];
+        for &t in self.suppress {
+            if let Some(l) = always.get_mut(t as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        if self.with_timestamps {
+            if let Some(l) = always.get_mut(sp.no_timestamps as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        } else {
+            always[ts..].fill(f32::NEG_INFINITY);
+        }
+        let mut first_only = vec![0u8; vocab];
+        for &t in sp.space.iter().chain([&sp.eot]) {
+            if let Some(f) = first_only.get_mut(t as usize) {
+                *f = 1;
+            }
+        }
+        Ok(Picker {
+            always: Tensor::from_vec(always, (1, vocab), device)?,
+            first_only: Tensor::from_vec(first_only, (1, vocab), device)?,
+            ids: Tensor::arange(0u32, vocab as u32, device)?.unsqueeze(0)?,
+            ninf: Tensor::full(f32::NEG_INFINITY, (rows.max(1), vocab), device)?,
+            vocab,
+        })
+    }
+
+    /// The two token ranges [start, end) a row's history masks (empty ranges when none):
+    /// the timestamp pairing and ordering rules of [`Self::apply`].
+    fn masked_ranges(&self, sampled: &[u32], vocab: usize) -> [u32; 4] {
+        let sp = self.special;
+        let v = vocab as u32;
+        let ts = sp.timestamp_begin.min(v);
+        if !self.with_timestamps {
+            return [0, 0, 0, 0];
+        }
+        if sampled.is_empty() {
+            let late = match self.max_initial_timestamp_steps {
+                Some(max) => (ts + max + 1).min(v),
+                None => v,
+            };
+            return [0, ts, late, v];
+        }
+        let last_ts = sampled.last().is_some_and(|&t| sp.is_timestamp(t));
+        let penultimate_ts = sampled.len() < 2 || sp.is_timestamp(sampled[sampled.len() - 2]);
+        let pairing = match (last_ts, penultimate_ts) {
+            (true, true) => [ts, v],
+            (true, false) => [0, sp.eot.min(v)],
+            _ => [0, 0],
+        };
+        let order = match sampled.iter().rev().find(|&&t| sp.is_timestamp(t)) {
+            Some(&last) => {
+                let floor = if last_ts && !penultimate_ts {
+                    last
+                } else {
+                    last + 1
+                };
+                [ts, floor.min(v)]
+            }
+            None => [0, 0],
+        };
+        [pairing[0], pairing[1], order[0], order[1]]
+    }
+}
+
+impl Picker {
+    /// `logits [rows, vocab]` (F32) with every rule of [`LogitRules::apply`] applied for each
+    /// row's sampled tokens so far: masked tokens are -inf.
+    pub fn masked(
+        &self,
+        rules: &LogitRules<'_>,
+        logits: &Tensor,
+        sampled: &[&[u32]],
+    ) -> Result<Tensor> {
+        let n = sampled.len();
+        let device = logits.device();
+        let ts = (rules.special.timestamp_begin as usize).min(self.vocab);
+        let mut ranges = Vec::with_capacity(n * 4);
+        let mut first = Vec::with_capacity(n);
+        for s in sampled {
+            ranges.extend(rules.masked_ranges(s, self.vocab));
+            first.push(u8::from(s.is_empty()));
+        }
+        let ranges = Tensor::from_vec(ranges, (n, 4), device)?;
+        let inside = |k: usize| -> Result<Tensor> {
+            let lo = ranges.narrow(1, k, 1)?;
+            let hi = ranges.narrow(1, k + 1, 1)?;
+            Ok((self.ids.broadcast_ge(&lo)? * self.ids.broadcast_lt(&hi)?)?)
+        };
+        let first = Tensor::from_vec(first, (n, 1), device)?;
+        let masked =
+            ((inside(0)? + inside(2)?)? + self.first_only.broadcast_mul(&first)?)?.ne(0u8)?;
+        let ninf = self.ninf.narrow(0, 0, n)?;
+        let x = masked.where_cond(&ninf, &logits.broadcast_add(&self.always)?)?;
+        if !rules.with_timestamps {
+            return Ok(x);
+        }
+        // If all timestamps together are likelier than any single text token, take a
+        // timestamp: the text tokens of those rows are masked too.
+        let text_max = x.narrow(1, 0, ts)?.max_keepdim(1)?;
+        let ts_mass = log_sum_exp_rows(&x.narrow(1, ts, self.vocab - ts)?)?;
+        let forced = ts_mass.gt(&text_max)?;
+        let text = self.ids.lt(ts as u32)?;
+        let hide = text.broadcast_mul(&forced)?;
+        Ok(hide.where_cond(&ninf, &x)?)
+    }
+
+    /// For `logits [rows, vocab]` (F32) and each row's sampled tokens so far: the greedy
+    /// choice under the rules and its log-probability (under the masked distribution, as
+    /// [`LogitRules::apply`] then a log-softmax give). Only these two numbers per row leave
+    /// the device.
+    pub fn pick(
+        &self,
+        rules: &LogitRules<'_>,
+        logits: &Tensor,
+        sampled: &[&[u32]],
+    ) -> Result<Vec<(u32, f32)>> {
+        let x = self.masked(rules, logits, sampled)?;
+        let best = x.argmax_keepdim(1)?;
+        let columns = [
+            best.to_dtype(candle_core::DType::F32)?,
+            (x.gather(&best, 1)? - log_sum_exp_rows(&x)?)?,
+        ];
+        let table: Vec<Vec<f32>> = Tensor::cat(&columns, 1)?.to_vec2()?;
+        Ok(table.into_iter().map(|c| (c[0] as u32, c[1])).collect())
+    }
+}
+
+/// log(sum(exp(x))) over each row of `[rows, n]`, as `[rows, 1]`; a row of -inf gives -inf.
+fn log_sum_exp_rows(t: &Tensor) -> Result<Tensor> {
+    let m = t.max_keepdim(1)?.maximum(-1e30f64)?;
+    Ok((t.broadcast_sub(&m)?.exp()?.sum_keepdim(1)?.log()? + m)?)
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -652,6 +799,64 @@ mod tests {
         }
         let ok = allowed(&rules, &logits, &[21, 5]);
         assert!(ok.iter().all(|&t| t >= 20), "{ok:?}");
+    }
+
+    #[test]
+    fn the_tensor_rules_pick_what_the_vector_rules_pick() {
+        let sp = toy();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let histories: Vec<Vec<u32>> = vec![
+            vec![],
+            vec![21],
+            vec![21, 0],
+            vec![21, 0, 23],
+            vec![21, 0, 23, 23],
+            vec![21, 4, 5, 6],
+            vec![1, 2],
+            vec![22, 3, 25, 25, 8],
+        ];
+        for with_timestamps in [true, false] {
+            let rules = LogitRules {
+                special: &sp,
+                suppress: &[7, 16],
+                with_timestamps,
+                max_initial_timestamp_steps: Some(2),
+            };
+            let picker = rules
+                .picker(30, histories.len(), &candle_core::Device::Cpu)
+                .unwrap();
+            for round in 0..200 {
+                // Text-heavy and timestamp-heavy distributions, so both choices are taken.
+                let rows: Vec<Vec<f32>> = histories
+                    .iter()
+                    .map(|_| {
+                        (0..30)
+                            .map(|t| {
+                                let bias = if (t >= 20) == (round % 2 == 0) {
+                                    2.0
+                                } else {
+                                    0.0
+                                };
+                                rng.random::<f32>() * 4.0 + bias
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+                let logits =
+                    Tensor::from_vec(flat, (rows.len(), 30), &candle_core::Device::Cpu).unwrap();
+                let refs: Vec<&[u32]> = histories.iter().map(Vec::as_slice).collect();
+                let got = picker.pick(&rules, &logits, &refs).unwrap();
+                for ((row, h), (next, logprob)) in rows.iter().zip(&histories).zip(got) {
+                    let mut l = row.clone();
+                    rules.apply(&mut l, h);
+                    let want = argmax(&l);
+                    let want_lp = log_softmax_vec(&l)[want as usize];
+                    assert_eq!(next, want, "history {h:?}, timestamps {with_timestamps}");
+                    assert!((logprob - want_lp).abs() < 1e-5, "{logprob} vs {want_lp}");
+                }
+            }
+        }
     }
 
     #[test]

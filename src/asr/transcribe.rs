@@ -405,79 +405,71 @@ impl Transcriber {
                 let f = forms[i].as_mut().expect("only good forms are batched");
                 self.settle_language(f, token, items[i].1);
             }
-            // Greedy rows decode together; rows whose policy starts hotter are heard alone.
-            let (greedy, alone): (Vec<usize>, Vec<usize>) = (0..rows.len())
-                .partition(|&k| items[rows[k]].1.policy.temperatures.first() == Some(&0.0));
-            for k in alone {
+            // Temperature fallback, level by level: every row first decodes at its first
+            // temperature, together with the rows of the same temperature and timestamp rule;
+            // the rows the policy rejects decode again together at their next temperature,
+            // and so on. A row never accepted keeps its last result, as `decode_with_fallback`.
+            let mut last: Vec<Option<WindowResult>> = vec![None; rows.len()];
+            let mut pending: Vec<usize> = (0..rows.len()).collect();
+            for level in 0.. {
+                let mut groups: std::collections::BTreeMap<(u32, bool), Vec<usize>> =
+                    Default::default();
+                for &k in &pending {
+                    let opts = items[rows[k]].1;
+                    if let Some(t) = opts.policy.temperatures.get(level) {
+                        groups
+                            .entry((t.to_bits(), opts.with_timestamps))
+                            .or_default()
+                            .push(k);
+                    }
+                }
+                if groups.is_empty() {
+                    break;
+                }
+                let mut rejected = Vec::new();
+                for ((temperature, timestamps), ks) in groups {
+                    let idx: Vec<u32> = ks.iter().map(|&k| k as u32).collect();
+                    let sub = audio.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 0)?;
+                    let decoder = self.window_decoder(timestamps);
+                    let results = {
+                        let batch: Vec<BatchRow> = ks
+                            .iter()
+                            .map(|&k| {
+                                let f = good(forms, rows[k]);
+                                let opts = items[rows[k]].1;
+                                BatchRow {
+                                    prompt: &f.prompt_tokens[f.prompt_reset_since..],
+                                    sot_sequence: &f.sot_sequence,
+                                    max_tokens: opts.policy.max_tokens,
+                                    seed: opts.seed,
+                                }
+                            })
+                            .collect();
+                        decoder.decode_batch(&sub, &batch, f32::from_bits(temperature))?
+                    };
+                    for (&k, result) in ks.iter().zip(results) {
+                        let policy = &items[rows[k]].1.policy;
+                        if !decoder.accepts(&result, policy) {
+                            tracing::debug!(
+                                temperature = result.temperature,
+                                compression_ratio = result.compression_ratio,
+                                avg_logprob = result.avg_logprob,
+                                "window rejected, falling back"
+                            );
+                            rejected.push(k);
+                        }
+                        last[k] = Some(result);
+                    }
+                }
+                pending = rejected;
+            }
+            for (k, result) in last.into_iter().enumerate() {
                 let i = rows[k];
                 let f = forms[i].as_mut().expect("good");
-                let one = audio.narrow(0, k, 1)?;
-                let opts = items[i].1;
-                let result = self
-                    .window_decoder(opts.with_timestamps)
-                    .decode_with_fallback(
-                        &one,
-                        &f.prompt_tokens[f.prompt_reset_since..],
-                        &f.sot_sequence,
-                        &opts.policy,
-                        opts.seed,
-                    )?;
-                self.take_window(f, result, opts)?;
-            }
-            // Rows with and without timestamps follow different rules: one batch each.
-            for timestamps in [true, false] {
-                let ks: Vec<usize> = greedy
-                    .iter()
-                    .copied()
-                    .filter(|&k| items[rows[k]].1.with_timestamps == timestamps)
-                    .collect();
-                if ks.is_empty() {
-                    continue;
-                }
-                let idx: Vec<u32> = ks.iter().map(|&k| k as u32).collect();
-                let sub = audio.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 0)?;
-                let decoder = self.window_decoder(timestamps);
-                let results = {
-                    let batch: Vec<BatchRow> = ks
-                        .iter()
-                        .map(|&k| {
-                            let f = good(forms, rows[k]);
-                            BatchRow {
-                                prompt: &f.prompt_tokens[f.prompt_reset_since..],
-                                sot_sequence: &f.sot_sequence,
-                                max_tokens: items[rows[k]].1.policy.max_tokens,
-                            }
-                        })
-                        .collect();
-                    decoder.decode_greedy_batch(&sub, &batch)?
-                };
-                for ((&k, result), j) in ks.iter().zip(results).zip(0..) {
-                    let i = rows[k];
-                    let opts = items[i].1;
-                    let result = if decoder.accepts(&result, &opts.policy) {
-                        result
-                    } else {
-                        // The fallback of one row redoes that row alone, from the next
-                        // temperature, as the unbatched path would.
-                        let rest = FallbackPolicy {
-                            temperatures: opts.policy.temperatures[1..].to_vec(),
-                            ..opts.policy.clone()
-                        };
-                        let f = good(forms, i);
-                        if rest.temperatures.is_empty() {
-                            result
-                        } else {
-                            decoder.decode_with_fallback(
-                                &sub.narrow(0, j, 1)?,
-                                &f.prompt_tokens[f.prompt_reset_since..],
-                                &f.sot_sequence,
-                                &rest,
-                                opts.seed,
-                            )?
-                        }
-                    };
-                    let f = forms[i].as_mut().expect("good");
-                    self.take_window(f, result, opts)?;
+                match result {
+                    Some(result) => self.take_window(f, result, items[i].1)?,
+                    // A policy without temperatures: heard alone, which says why.
+                    None => self.next_window(f, items[i].1)?,
                 }
             }
         }
