@@ -419,7 +419,9 @@ impl WindowDecoder<'_> {
 
 impl LogitRules<'_> {
     /// openai-whisper's logit filters, in its order: blank suppression at the first step,
-    /// token suppression, then the timestamp rules.
+    /// token suppression, then the timestamp rules (reference: `whisper/decoding.py`,
+    /// `SuppressBlank`, `SuppressTokens`, `ApplyTimestampRules`). One row on the host: the
+    /// reference that [`Picker`] (the same rules on a device, for a batch) is tested against.
     pub fn apply(&self, logits: &mut [f32], sampled: &[u32]) {
         let sp = self.special;
         let ninf = f32::NEG_INFINITY;
