@@ -18,6 +18,7 @@ use crate::asr::{TranscribeOptions, Transcriber};
 use crate::audio::vad::{speech_regions, VadConfig};
 use crate::audio::{load_16k, ChannelMode};
 use crate::call::{AudioChunk, Call, CallId, Event, Party};
+use crate::config::AsrConfig;
 use crate::detect::Classifier;
 use crate::engine::{Engine, EngineConfig, SinkSpec, WhisperRecogniser};
 use crate::sinks::{QueueConfig, Sink};
@@ -149,23 +150,11 @@ fn utterances(recordings: &[(String, Vec<f32>)]) -> Vec<Vec<f32>> {
     out
 }
 
-/// The options the live recogniser hears with, as `listen` and `serve` run it.
-fn live_options(t: &Transcriber) -> TranscribeOptions {
-    let candidate_languages = if t.is_multilingual() {
-        Classifier::builtin()
-            .languages()
-            .iter()
-            .map(|l| l.to_string())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    TranscribeOptions {
-        candidate_languages,
-        vad: None,
-        short_context_frames: Some(1500),
-        ..Default::default()
-    }
+/// The options the live recogniser hears with, as `listen` and `serve` run it (the
+/// `[asr]` settings, detection limited to the languages with phrase packs).
+fn live_options(config: &AsrConfig, t: &Transcriber) -> TranscribeOptions {
+    let options = config.options(t.is_multilingual(), &Classifier::builtin().languages());
+    WhisperRecogniser::utterance_options(options)
 }
 
 fn throughput(args: ThroughputArgs) -> Result<i32> {
@@ -175,7 +164,7 @@ fn throughput(args: ThroughputArgs) -> Result<i32> {
     if clips.is_empty() {
         bail!("the recordings hold no speech");
     }
-    let base = live_options(&t);
+    let base = live_options(&config, &t);
     let options: Vec<TranscribeOptions> = clips
         .iter()
         .map(|c| {
@@ -354,7 +343,7 @@ fn live(args: LiveArgs) -> Result<i32> {
             partials: args.partials,
             ..EngineConfig::default()
         };
-        let recogniser = Arc::new(WhisperRecogniser::new(t.clone(), live_options(&t)));
+        let recogniser = Arc::new(WhisperRecogniser::new(t.clone(), live_options(&config, &t)));
         let engine = Engine::start(
             recogniser,
             classifier.clone(),
