@@ -3,9 +3,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = vishguard::cli::Cli::parse();
+    // The audio readers log their own complaints (a probe that found nothing); vishguard
+    // says the same in its error, naming the file, so they are shown only with -vv.
     let default_level = match cli.verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,symphonia=off",
+        1 => "info,symphonia=off",
         _ => "debug",
     };
     tracing_subscriber::fmt()

@@ -15,43 +15,127 @@ pub struct ResampleError {
 /// Resamples one channel to 16 kHz. The output has exactly `round(len * 16000 / rate)` samples
 /// and is aligned with the input (the resampler's delay is removed).
 pub fn to_16k(samples: &[f32], rate: u32) -> Result<Vec<f32>, ResampleError> {
-    if rate == TARGET_RATE {
-        return Ok(samples.to_vec());
-    }
+    let mut r = AlignedResampler::new(rate)?;
+    let mut out =
+        Vec::with_capacity((samples.len() as u64 * TARGET_RATE as u64 / rate as u64) as usize + 1);
+    r.push(samples, &mut out)?;
+    r.finish(&mut out)?;
+    Ok(out)
+}
+
+fn check_rate(rate: u32) -> Result<(), ResampleError> {
     if !(1_000..=384_000).contains(&rate) {
         return Err(ResampleError {
             from: rate,
             problem: "sample rate outside 1 kHz..384 kHz".into(),
         });
     }
-    let err = |e: &dyn std::fmt::Display| ResampleError {
-        from: rate,
-        problem: e.to_string(),
-    };
-    let chunk = 1024;
-    let mut resampler = FftFixedIn::<f32>::new(rate as usize, TARGET_RATE as usize, chunk, 2, 1)
-        .map_err(|e| err(&e))?;
-    let expected = (samples.len() as u64 * TARGET_RATE as u64 + rate as u64 / 2) / rate as u64;
-    let delay = resampler.output_delay();
-    // Feed whole chunks only: the input is followed by enough silence to push the tail and
-    // the resampler's delay out.
-    let needed_out = expected as usize + delay;
-    let mut out = Vec::with_capacity(needed_out + 2 * chunk);
-    let mut block = vec![0f32; chunk];
-    let mut pos = 0;
-    while out.len() < needed_out {
-        block.fill(0.0);
-        let start = pos.min(samples.len());
-        let avail = (samples.len() - start).min(chunk);
-        block[..avail].copy_from_slice(&samples[start..start + avail]);
-        pos += chunk;
-        let o = resampler
-            .process(&[&block[..]], None)
-            .map_err(|e| err(&e))?;
-        out.extend_from_slice(&o[0]);
+    Ok(())
+}
+
+/// Resamples a recording to 16 kHz piece by piece, with the output aligned to the input
+/// (the resampler's delay removed) and exactly `round(len * 16000 / rate)` samples long once
+/// [`finish`](Self::finish)ed: the same samples as [`to_16k`] on the whole, with memory bounded
+/// by one block whatever the recording's length.
+pub struct AlignedResampler {
+    rate: u32,
+    inner: Option<FftFixedIn<f32>>,
+    /// Input not yet a whole block.
+    pending: Vec<f32>,
+    /// Output samples still to drop (the filter's delay).
+    skip: usize,
+    input_len: u64,
+    output_len: u64,
+}
+
+/// Input block (samples) of [`AlignedResampler`].
+const ALIGNED_BLOCK: usize = 1024;
+
+impl AlignedResampler {
+    /// Errors for rates outside 1 kHz..384 kHz.
+    pub fn new(rate: u32) -> Result<Self, ResampleError> {
+        check_rate(rate)?;
+        let inner = if rate == TARGET_RATE {
+            None
+        } else {
+            Some(
+                FftFixedIn::<f32>::new(rate as usize, TARGET_RATE as usize, ALIGNED_BLOCK, 2, 1)
+                    .map_err(|e| ResampleError {
+                        from: rate,
+                        problem: e.to_string(),
+                    })?,
+            )
+        };
+        let skip = inner.as_ref().map_or(0, |r| r.output_delay());
+        Ok(Self {
+            rate,
+            inner,
+            pending: Vec::with_capacity(ALIGNED_BLOCK),
+            skip,
+            input_len: 0,
+            output_len: 0,
+        })
     }
-    let end = (delay + expected as usize).min(out.len());
-    Ok(out[delay.min(end)..end].to_vec())
+
+    /// Output samples the input so far makes, once finished.
+    fn expected(&self) -> u64 {
+        (self.input_len * TARGET_RATE as u64 + self.rate as u64 / 2) / self.rate as u64
+    }
+
+    fn emit(&mut self, produced: &[f32], out: &mut Vec<f32>, limit: u64) {
+        let dropped = self.skip.min(produced.len());
+        self.skip -= dropped;
+        let room = limit.saturating_sub(self.output_len) as usize;
+        let take = (produced.len() - dropped).min(room);
+        out.extend_from_slice(&produced[dropped..dropped + take]);
+        self.output_len += take as u64;
+    }
+
+    fn process_block(&mut self, out: &mut Vec<f32>, limit: u64) -> Result<(), ResampleError> {
+        let Some(r) = &mut self.inner else {
+            return Ok(());
+        };
+        let produced = r
+            .process(&[&self.pending[..]], None)
+            .map_err(|e| ResampleError {
+                from: self.rate,
+                problem: e.to_string(),
+            })?;
+        self.pending.clear();
+        self.emit(&produced[0], out, limit);
+        Ok(())
+    }
+
+    /// Feeds input samples; appends the 16 kHz samples now ready to `out`.
+    pub fn push(&mut self, samples: &[f32], out: &mut Vec<f32>) -> Result<(), ResampleError> {
+        self.input_len += samples.len() as u64;
+        if self.inner.is_none() {
+            out.extend_from_slice(samples);
+            self.output_len += samples.len() as u64;
+            return Ok(());
+        }
+        let mut rest = samples;
+        while !rest.is_empty() {
+            let take = (ALIGNED_BLOCK - self.pending.len()).min(rest.len());
+            self.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.pending.len() == ALIGNED_BLOCK {
+                self.process_block(out, u64::MAX)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the input: pushes the tail and the delay out with silence and appends the rest of
+    /// the output.
+    pub fn finish(mut self, out: &mut Vec<f32>) -> Result<(), ResampleError> {
+        let expected = self.expected();
+        while self.inner.is_some() && self.output_len < expected {
+            self.pending.resize(ALIGNED_BLOCK, 0.0);
+            self.process_block(out, expected)?;
+        }
+        Ok(())
+    }
 }
 
 /// Resamples a live stream to 16 kHz as its pieces arrive, in 20 ms blocks of input.
@@ -68,12 +152,7 @@ pub struct StreamResampler {
 impl StreamResampler {
     /// A resampler from `rate` Hz; errors for rates outside 1 kHz..384 kHz.
     pub fn new(rate: u32) -> Result<Self, ResampleError> {
-        if !(1_000..=384_000).contains(&rate) {
-            return Err(ResampleError {
-                from: rate,
-                problem: "sample rate outside 1 kHz..384 kHz".into(),
-            });
-        }
+        check_rate(rate)?;
         let block = (rate as usize / 50).max(64); // 20 ms
         let inner = if rate == TARGET_RATE {
             None
@@ -189,6 +268,26 @@ mod tests {
         assert_eq!(to_16k(&[0.1; 5], 8000).unwrap().len(), 10);
         assert!(to_16k(&[], 8000).unwrap().is_empty());
     }
+    #[test]
+    fn pieces_give_the_same_samples_as_the_whole() {
+        for rate in [8_000u32, 44_100, 48_000, 16_000] {
+            let input = sine(440.0, rate, 1.37);
+            let whole = to_16k(&input, rate).unwrap();
+            let mut r = AlignedResampler::new(rate).unwrap();
+            let mut pieces = Vec::new();
+            for piece in input.chunks(777) {
+                r.push(piece, &mut pieces).unwrap();
+            }
+            r.finish(&mut pieces).unwrap();
+            assert_eq!(
+                whole.len(),
+                (1.37 * 16_000.0f64).round() as usize,
+                "rate {rate}"
+            );
+            assert_eq!(pieces, whole, "rate {rate}");
+        }
+    }
+
     #[test]
     fn streaming_in_small_pieces_keeps_the_length() {
         let mut r = StreamResampler::new(8_000).unwrap();

@@ -57,6 +57,17 @@ pub enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// An error about one file, as one line naming the file once: most errors (the audio
+/// readers') name it already.
+pub(crate) fn file_error(name: &str, e: &anyhow::Error) -> String {
+    let message = format!("{e:#}");
+    if message.contains(name) {
+        message
+    } else {
+        format!("{name}: {message}")
+    }
+}
+
 pub fn run(cli: Cli) -> i32 {
     if let Some(n) = cli.threads {
         // candle's CPU kernels size their pool from this variable.

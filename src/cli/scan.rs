@@ -35,33 +35,60 @@ pub struct ScanArgs {
     pub save_transcripts: Option<PathBuf>,
 }
 
-/// Audio files under the given paths, in a stable order.
+/// Audio files under the given paths, in a stable order, each once.
+///
+/// Folders are walked with symlinks followed; a link back to a folder being walked (a loop)
+/// is skipped with a warning, and a file reached twice (through two links) is listed once.
+/// Only regular files are listed from folders: a FIFO named `.wav` would block the read for
+/// good. A path named explicitly is listed whatever its extension, so a bad file gets its
+/// error.
 pub fn collect_audio(paths: &[PathBuf]) -> Vec<PathBuf> {
-    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-        if p.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            entries.sort();
-            for e in entries {
-                if e.is_dir() {
-                    walk(&e, out);
-                } else if e
-                    .extension()
-                    .and_then(|x| x.to_str())
-                    .is_some_and(|x| AUDIO_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
-                {
-                    out.push(e);
-                }
-            }
-        } else {
-            // Named explicitly: tried whatever its extension, so a bad file gets its error.
-            out.push(p.to_path_buf());
-        }
-    }
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut add = |p: PathBuf, out: &mut Vec<PathBuf>| {
+        let key = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
+        if seen.insert(key) {
+            out.push(p);
+        }
+    };
     for p in paths {
-        walk(p, &mut out);
+        if !p.is_dir() {
+            add(p.clone(), &mut out);
+            continue;
+        }
+        let walk = walkdir::WalkDir::new(p)
+            .follow_links(true)
+            .sort_by_file_name()
+            .into_iter();
+        for entry in walk {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    if e.loop_ancestor().is_some() {
+                        tracing::warn!("skipping a folder link that loops back: {e}");
+                    } else {
+                        tracing::warn!("cannot read part of a folder: {e}");
+                    }
+                    continue;
+                }
+            };
+            let is_audio = entry
+                .path()
+                .extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| AUDIO_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()));
+            if !is_audio {
+                continue;
+            }
+            if entry.file_type().is_file() {
+                add(entry.into_path(), &mut out);
+            } else if !entry.file_type().is_dir() {
+                tracing::warn!(
+                    "{}: skipped: not a regular file (a pipe, socket or device)",
+                    entry.path().display()
+                );
+            }
+        }
     }
     out
 }
@@ -125,7 +152,7 @@ pub fn run(args: ScanArgs) -> Result<i32> {
             }
             Err(e) => {
                 errors += 1;
-                bar.suspend(|| eprintln!("error: {name}: {e:#}"));
+                bar.suspend(|| eprintln!("error: {}", super::file_error(&name, &e)));
             }
         }
     }
@@ -227,6 +254,34 @@ fn table_rows(file: &str, call: &CallSummary) -> String {
 mod tests {
     use super::*;
     use crate::call::{Evidence, PartySummary, Risk, Spoken};
+
+    #[cfg(unix)]
+    #[test]
+    fn folder_loops_fifos_and_twice_linked_files_are_walked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/call.wav"), b"RIFF").unwrap();
+        std::fs::write(root.join("notes.txt"), b"x").unwrap();
+        std::os::unix::fs::symlink("..", root.join("sub/up")).unwrap();
+        std::os::unix::fs::symlink(".", root.join("a")).unwrap();
+        std::os::unix::fs::symlink(".", root.join("b")).unwrap();
+        std::os::unix::fs::symlink("sub/call.wav", root.join("again.wav")).unwrap();
+        let fifo = root.join("pipe.wav");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let paths = vec![root.to_path_buf()];
+        std::thread::spawn(move || tx.send(collect_audio(&paths)));
+        let found = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the walk ends");
+        // The link is listed first (sorted by name); the file it points to is the same file.
+        assert_eq!(found, vec![root.join("again.wav")]);
+    }
 
     fn evidence(t_s: f64, category: &str, matched_text: &str) -> Evidence {
         Evidence {

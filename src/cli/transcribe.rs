@@ -63,7 +63,7 @@ pub fn run(args: TranscribeArgs) -> Result<i32> {
             }
             Err(e) => {
                 failures += 1;
-                eprintln!("error: {name}: {e:#}");
+                eprintln!("error: {}", super::file_error(&name, &e));
             }
         }
     }

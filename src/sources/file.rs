@@ -10,7 +10,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{Ingest, IngestError, Ingress, Source, Stop};
-use crate::audio::{decode_file, party_label, ChannelMode};
+use crate::audio::{decode, party_label, AudioReader, ChannelMode};
 use crate::call::{AudioChunk, Call, CallId, Party};
 
 /// `[[sources]] type = "file"`.
@@ -54,18 +54,26 @@ impl Source for FileSource {
         format!("file {}", self.config.path.display())
     }
 
+    /// Reads the file chunk by chunk (memory does not grow with its length) and sends it in
+    /// 20 ms pieces. A file that cannot be opened is an error before the call opens; one
+    /// damaged later ends the call with what was read.
     fn run(self: Box<Self>, out: Arc<dyn Ingest>, stop: Stop) -> Result<()> {
-        let decoded = decode_file(&self.config.path)?;
-        let rate = decoded.sample_rate;
-        let multi = decoded.channels.len() > 1 && self.config.channels == ChannelMode::Split;
-        let parties: Vec<Vec<f32>> = match self.config.channels {
-            ChannelMode::Split => decoded.channels,
-            ChannelMode::Mix => vec![decoded.mixed()],
+        let mut reader = AudioReader::open(&self.config.path)?;
+        // The first chunk is read before the call opens: an empty file is an error, not a
+        // call without audio.
+        let Some(first) = reader.next_chunk()? else {
+            reader.finish()?;
+            return Ok(());
         };
+        let mut first = Some(first);
+        let rate = reader.sample_rate();
+        let split = self.config.channels == ChannelMode::Split;
+        let multi = reader.channel_count() > 1 && split;
+        let n_parties = if split { reader.channel_count() } else { 1 };
         let id = self.call_id();
         let call = Call {
             id: id.clone(),
-            parties: (0..parties.len())
+            parties: (0..n_parties)
                 .map(|i| Party {
                     label: party_label(multi.then_some(i)),
                     sample_rate: rate,
@@ -75,47 +83,65 @@ impl Source for FileSource {
         };
         out.send(Ingress::Open(call))?;
         let realtime = self.config.realtime;
-        let chunk = (rate as usize / 50).max(1);
-        let len = parties.iter().map(Vec::len).max().unwrap_or(0);
+        let piece_len = (rate as usize / 50).max(1);
         let start = Instant::now();
-        let mut pos = 0;
-        let mut outcome = Ok(());
-        'play: while pos < len && !stop.requested() {
-            let end = (pos + chunk).min(len);
-            if realtime {
-                let due = start + Duration::from_secs_f64(end as f64 / rate as f64);
-                if !stop.sleep_until(due) {
-                    break;
-                }
+        let mut pos = 0usize;
+        let outcome = 'play: loop {
+            if stop.requested() {
+                break Ok(());
             }
-            for (party, samples) in parties.iter().enumerate() {
-                let piece = &samples[pos.min(samples.len())..end.min(samples.len())];
-                if piece.is_empty() {
-                    continue;
+            let chunk = match first
+                .take()
+                .map(Ok)
+                .or_else(|| reader.next_chunk().transpose())
+            {
+                Some(Ok(c)) => c,
+                None => break Ok(()),
+                Some(Err(e)) => break Err(anyhow::Error::from(e)),
+            };
+            let parties = if split {
+                chunk
+            } else {
+                vec![decode::mix(&chunk)]
+            };
+            let len = parties[0].len();
+            let mut at = 0;
+            while at < len {
+                if stop.requested() {
+                    break 'play Ok(());
                 }
-                let item = Ingress::Audio(AudioChunk {
-                    call: id.clone(),
-                    party,
-                    offset_s: pos as f64 / rate as f64,
-                    samples: piece.to_vec(),
-                });
-                // A live source cannot wait: at real speed a full queue drops (and counts)
-                // the chunk. Faster than real time, the file waits for room.
-                let sent = if realtime {
-                    out.send(item)
-                } else {
-                    out.send_waiting(item)
-                };
-                match sent {
-                    Ok(()) | Err(IngestError::QueueFull(_)) => {}
-                    Err(e) => {
-                        outcome = Err(e.into());
-                        break 'play;
+                let end = (at + piece_len).min(len);
+                if realtime {
+                    let due = start + Duration::from_secs_f64((pos + end) as f64 / rate as f64);
+                    if !stop.sleep_until(due) {
+                        break 'play Ok(());
                     }
                 }
+                for (party, samples) in parties.iter().enumerate() {
+                    let item = Ingress::Audio(AudioChunk {
+                        call: id.clone(),
+                        party,
+                        offset_s: (pos + at) as f64 / rate as f64,
+                        samples: samples[at..end].to_vec(),
+                    });
+                    // A live source cannot wait: at real speed a full queue drops (and counts)
+                    // the chunk. Faster than real time, the file waits for room.
+                    let sent = if realtime {
+                        out.send(item)
+                    } else {
+                        out.send_waiting(item)
+                    };
+                    match sent {
+                        Ok(()) | Err(IngestError::QueueFull(_)) => {}
+                        Err(e) => break 'play Err(e.into()),
+                    }
+                }
+                at = end;
             }
-            pos = end;
-        }
+            pos += len;
+        };
+        // Reports repaired samples.
+        let _ = reader.finish();
         let _ = out.send(Ingress::Close(id));
         outcome
     }
