@@ -10,7 +10,8 @@
 //! [`server`] is `serve`'s HTTP side (API, events, metrics, WebSocket media).
 //!
 //! Each room imports only rooms below it: cli > config, score > server > engine > sources,
-//! sinks, render > detect > asr > audio, model_store > call (`tests/layers.rs` checks it).
+//! sinks, render > detect > asr > audio, model_store > call, private_files (`tests/layers.rs`
+//! checks it). [`private_files`] creates the files that hold what was said, owner-only.
 
 pub mod asr;
 pub mod audio;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod detect;
 pub mod engine;
 pub mod model_store;
+pub mod private_files;
 pub mod render;
 pub mod score;
 pub mod server;

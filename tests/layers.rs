@@ -6,7 +6,7 @@ mod support;
 
 /// Lowest floor first; rooms on one floor do not import each other.
 const FLOORS: &[&[&str]] = &[
-    &["call"],
+    &["call", "private_files"],
     &["audio", "model_store"],
     &["asr"],
     &["detect"],

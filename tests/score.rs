@@ -199,3 +199,67 @@ fn audio_manifest_scores_the_bundled_samples_and_the_report_renders() {
     assert!(dom.matches("<svg").count() >= 5, "plots missing");
     assert!(!dom.contains("plot failed"));
 }
+
+#[test]
+fn labels_as_datasets_spell_them_failed_rows_retried_and_nothing_counted_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.csv");
+    std::fs::write(
+        &manifest,
+        "id,path,text,label\n\
+         a,,\"This is the Social Security Administration, a warrant will be issued for your arrest\",SCAM\n\
+         b,,\"Hi, this is the pharmacy, your prescription is ready\",Legitimate\n\
+         c,,\"Go buy gift cards and read me the numbers\",1\n\
+         d,,\"See you at dinner tonight\",0\n\
+         e,later.wav,,scam\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let score = || {
+        vishguard()
+            .args(["score", "--model", "tiny.en"])
+            .arg(&manifest)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let metrics = || -> Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap()
+    };
+    assert!(score().status.success());
+    let m = metrics();
+    assert_eq!(m["labels"], serde_json::json!({"legit": 2, "scam": 3}));
+    assert_eq!(
+        (m["n"].as_u64(), m["n_scored"].as_u64()),
+        (Some(5), Some(4))
+    );
+    assert_eq!(m["n_errors"], 1);
+    // The missing recording appears; the row that failed is tried again, the rest are not.
+    std::fs::copy(
+        support::fixture("asr/irs_warrant_phone.wav"),
+        dir.path().join("later.wav"),
+    )
+    .unwrap();
+    let second = score();
+    assert!(second.status.success());
+    let said = String::from_utf8_lossy(&second.stdout) + String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("scored 1 new call"), "{said}");
+    let rows = results(&out);
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(rows.iter().all(|r| r.get("error").is_none()), "{rows:?}");
+    // Run again: nothing new, nothing counted twice.
+    assert!(score().status.success());
+    let m = metrics();
+    assert_eq!(
+        (m["n"].as_u64(), m["n_scored"].as_u64()),
+        (Some(5), Some(5))
+    );
+    assert_eq!(results(&out).len(), 5);
+    // A label that is neither is an error naming the row.
+    std::fs::write(&manifest, "text,label\nhello,maybe\n").unwrap();
+    let bad = score();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("row 1") && err.contains("\"maybe\""), "{err}");
+}

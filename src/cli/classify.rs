@@ -53,7 +53,7 @@ pub fn run(args: ClassifyArgs) -> Result<i32> {
             _ => classifier.fuzziness.pinyin = false,
         }
     }
-    let reader: Box<dyn BufRead> = match &args.input {
+    let mut reader: Box<dyn BufRead> = match &args.input {
         Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
             std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?,
         )),
@@ -62,9 +62,27 @@ pub fn run(args: ClassifyArgs) -> Result<i32> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut errors = 0;
-    for (n, line) in reader.split(b'\n').enumerate() {
-        let line = line.context("reading input")?;
-        let line_no = n + 1;
+    let mut line = Vec::new();
+    let mut line_no = 0;
+    loop {
+        line_no += 1;
+        // The size limit holds while reading: a line of gigabytes is never held in memory.
+        let length = match read_line_bounded(&mut reader, MAX_LINE_BYTES, &mut line)
+            .context("reading input")?
+        {
+            None => break,
+            Some(n) => n,
+        };
+        if length > MAX_LINE_BYTES {
+            errors += 1;
+            let error = InputError {
+                call_id: None,
+                line: line_no,
+                error: format!("line of {length} bytes exceeds the {MAX_LINE_BYTES}-byte limit"),
+            };
+            writeln!(out, "{}", json_line(&error))?;
+            continue;
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -85,7 +103,43 @@ pub fn run(args: ClassifyArgs) -> Result<i32> {
     Ok(if errors > 0 { 2 } else { 0 })
 }
 
-fn classify_line(
+/// Reads one line (without its `\n`) into `line`, keeping at most `max` bytes of it; returns
+/// its full length (the rest of a longer line is read and dropped), or `None` at the end.
+pub fn read_line_bounded(
+    reader: &mut dyn BufRead,
+    max: usize,
+    line: &mut Vec<u8>,
+) -> std::io::Result<Option<usize>> {
+    line.clear();
+    let mut length = 0usize;
+    let mut any = false;
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(any.then_some(length));
+        }
+        any = true;
+        let (piece, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        let keep = piece.len().min(max.saturating_sub(line.len()));
+        line.extend_from_slice(&piece[..keep]);
+        length += piece.len();
+        let used = done.unwrap_or(piece.len());
+        reader.consume(used);
+        if done.is_some() {
+            return Ok(Some(length));
+        }
+    }
+}
+
+/// One transcript line's verdict, or its call id (where it could be read) and what is wrong.
+pub fn classify_line(
     classifier: &Classifier,
     line: &[u8],
 ) -> Result<CallSummary, (Option<CallId>, String)> {
@@ -118,4 +172,37 @@ fn classify_line(
         input.lang.as_deref(),
     )
     .map_err(|e| (id, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_line_is_measured_not_held_and_the_next_line_is_read() {
+        let mut input = vec![b'x'; 5000];
+        input.extend(b"\n{\"id\": 1}\nlast");
+        // A small buffer: the long line arrives in many pieces.
+        let mut reader = std::io::BufReader::with_capacity(64, &input[..]);
+        let mut line = Vec::new();
+        assert_eq!(
+            read_line_bounded(&mut reader, 100, &mut line).unwrap(),
+            Some(5000)
+        );
+        assert_eq!(line.len(), 100);
+        assert_eq!(
+            read_line_bounded(&mut reader, 100, &mut line).unwrap(),
+            Some(9)
+        );
+        assert_eq!(line, b"{\"id\": 1}");
+        assert_eq!(
+            read_line_bounded(&mut reader, 100, &mut line).unwrap(),
+            Some(4)
+        );
+        assert_eq!(line, b"last");
+        assert_eq!(
+            read_line_bounded(&mut reader, 100, &mut line).unwrap(),
+            None
+        );
+    }
 }

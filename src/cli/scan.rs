@@ -98,6 +98,7 @@ pub fn run(args: ScanArgs) -> Result<i32> {
     if files.is_empty() {
         anyhow::bail!("no audio files found under the given paths");
     }
+    let root = common_folder(&files);
     let asr = args.asr.config();
     let classifier = args.detector.config().load()?;
     let transcriber = asr.load()?;
@@ -129,7 +130,7 @@ pub fn run(args: ScanArgs) -> Result<i32> {
         let outcome = job.analyse(path, CallId::new(name.clone())).and_then(|a| {
             if let Some(dir) = &args.save_transcripts {
                 for (channel, t) in &a.transcripts {
-                    save_transcript(dir, path, *channel, t)?;
+                    save_transcript(dir, path, &root, *channel, t)?;
                 }
             }
             Ok(a.summary)
@@ -167,12 +168,42 @@ pub fn run(args: ScanArgs) -> Result<i32> {
 }
 
 /// Writes `<stem>[.chN].json` and `.vtt` for one party's transcript.
+/// The deepest folder holding all `files`: transcripts are saved under the same relative
+/// paths, so that `a/call.wav` and `b/call.wav` never overwrite each other.
+fn common_folder(files: &[PathBuf]) -> PathBuf {
+    let mut common: Option<PathBuf> = None;
+    for f in files {
+        let parent = f.parent().unwrap_or(Path::new("")).to_path_buf();
+        common = Some(match common {
+            None => parent,
+            Some(c) => c
+                .components()
+                .zip(parent.components())
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| a)
+                .collect(),
+        });
+    }
+    common.unwrap_or_default()
+}
+
+/// Writes `<dir>/<path relative to root, without extension>[.chN].{json,vtt}`, owner-only.
 fn save_transcript(
     dir: &Path,
     audio: &Path,
+    root: &Path,
     channel: Option<usize>,
     t: &crate::asr::Transcript,
 ) -> Result<()> {
+    let relative = audio.strip_prefix(root).unwrap_or(audio);
+    // Only plain names below `dir`: never a root, `..` or a drive.
+    let folder: PathBuf = relative
+        .parent()
+        .unwrap_or(Path::new(""))
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect();
+    let dir = &dir.join(folder);
     std::fs::create_dir_all(dir)?;
     let stem = audio
         .file_stem()
@@ -183,12 +214,12 @@ fn save_transcript(
     };
     let name = audio.display().to_string();
     let ct = ChannelTranscript::new(&name, channel, t);
-    std::fs::write(
-        dir.join(format!("{base}.json")),
+    crate::private_files::write(
+        &dir.join(format!("{base}.json")),
         render(&ct, TranscriptFormat::Json),
     )?;
-    std::fs::write(
-        dir.join(format!("{base}.vtt")),
+    crate::private_files::write(
+        &dir.join(format!("{base}.vtt")),
         render(&ct, TranscriptFormat::Vtt),
     )?;
     Ok(())
@@ -254,6 +285,40 @@ fn table_rows(file: &str, call: &CallSummary) -> String {
 mod tests {
     use super::*;
     use crate::call::{Evidence, PartySummary, Risk, Spoken};
+
+    #[test]
+    fn transcripts_of_files_with_one_name_in_two_folders_are_kept_apart() {
+        let files = vec![
+            PathBuf::from("calls/a/call.wav"),
+            PathBuf::from("calls/b/call.wav"),
+            PathBuf::from("calls/b/deep/x.wav"),
+        ];
+        assert_eq!(common_folder(&files), PathBuf::from("calls"));
+        assert_eq!(common_folder(&files[2..]), PathBuf::from("calls/b/deep"));
+        let dir = tempfile::tempdir().unwrap();
+        let t = crate::asr::Transcript {
+            language: Some("en".into()),
+            duration_s: 1.0,
+            segments: Vec::new(),
+        };
+        for f in &files[..2] {
+            save_transcript(dir.path(), f, Path::new("calls"), Some(1), &t).unwrap();
+        }
+        for folder in ["a", "b"] {
+            let p = dir.path().join(folder).join("call.ch1.json");
+            let saved = std::fs::read_to_string(&p).unwrap();
+            assert!(
+                saved.contains(&format!("calls/{folder}/call.wav")),
+                "{saved}"
+            );
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600);
+            }
+        }
+    }
 
     #[cfg(unix)]
     #[test]

@@ -41,7 +41,7 @@ struct Spill {
 
 impl Spill {
     fn create(path: PathBuf) -> std::io::Result<Self> {
-        let writer = std::fs::OpenOptions::new()
+        let writer = crate::private_files::options()
             .create(true)
             .truncate(true)
             .write(true)

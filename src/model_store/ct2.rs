@@ -176,11 +176,15 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Ct2Model, Ct2Error> {
             .ok_or_else(|| fail(at, format!("{name}: unknown dtype code {code}")))?;
         let at = cur.pos;
         let nbytes = read!(cur.u32("byte count")) as usize;
-        let expected = dims.iter().product::<usize>() * dtype.size();
-        if nbytes != expected {
+        // Checked: a hostile header's dimensions would overflow the product.
+        let expected = dims.iter().try_fold(dtype.size(), |n, &d| n.checked_mul(d));
+        if expected != Some(nbytes) {
+            let needs = expected.map_or("more than memory holds".to_owned(), |e| e.to_string());
             return Err(fail(
                 at,
-                format!("{name}: {nbytes} bytes stored but shape {dims:?} of {dtype:?} needs {expected}"),
+                format!(
+                    "{name}: {nbytes} bytes stored but shape {dims:?} of {dtype:?} needs {needs}"
+                ),
             ));
         }
         let data = read!(cur.take(nbytes, &name)).to_vec();
@@ -270,9 +274,13 @@ impl Ct2Model {
         if conv1.dims.len() != 3 || embed.dims.len() != 2 || dec_pos.dims.len() != 2 {
             return Err("unexpected rank of conv1, embeddings or position encodings".into());
         }
+        if conv1.dims.contains(&0) || embed.dims.contains(&0) || dec_pos.dims.contains(&0) {
+            return Err("an empty dimension in conv1, embeddings or position encodings".into());
+        }
         let max_source_positions = self
             .var("encoder/position_encodings/encodings")
-            .map(|v| v.dims[0])
+            .ok()
+            .and_then(|v| v.dims.first().copied())
             .unwrap_or(1500);
         Ok(WhisperShape {
             d_model: conv1.dims[0],
@@ -448,7 +456,7 @@ impl HfTensor {
 
 /// Splits a row-major tensor whose first dimension is `parts * rows` into `parts` pieces.
 fn split_rows(v: &Ct2Variable, parts: usize, rows: usize) -> Result<Vec<HfTensor>, String> {
-    if v.dims.first() != Some(&(parts * rows)) {
+    if rows == 0 || v.dims.first() != Some(&(parts * rows)) {
         return Err(format!(
             "fused tensor of shape {:?} cannot be split into {parts} x {rows} rows",
             v.dims
@@ -577,6 +585,61 @@ mod tests {
         bad_dtype[pos] = 9;
         let msg = parse(Path::new("m"), &bad_dtype).unwrap_err().to_string();
         assert!(msg.contains("unknown dtype code 9"), "{msg}");
+    }
+
+    #[test]
+    fn hostile_shapes_are_errors_not_panics() {
+        // A Whisper spec whose encoder position encodings are a rank-0 tensor, and one whose
+        // fused projection has no rows.
+        let mut b = Vec::new();
+        b.extend(6u32.to_le_bytes());
+        string(&mut b, "WhisperSpec");
+        b.extend(3u32.to_le_bytes());
+        b.extend(6u32.to_le_bytes());
+        var(&mut b, "encoder/conv1/weight", &[1, 1, 1], 0, &[0; 4]);
+        var(&mut b, "decoder/embeddings/weight", &[1, 1], 0, &[0; 4]);
+        var(
+            &mut b,
+            "decoder/position_encodings/encodings",
+            &[1, 1],
+            0,
+            &[0; 4],
+        );
+        var(
+            &mut b,
+            "encoder/position_encodings/encodings",
+            &[],
+            0,
+            &[0; 4],
+        );
+        var(&mut b, "encoder/num_heads", &[], 2, &1i16.to_le_bytes());
+        var(&mut b, "decoder/num_heads", &[], 2, &1i16.to_le_bytes());
+        b.extend(0u32.to_le_bytes());
+        let m = parse(Path::new("m"), &b).unwrap();
+        let shape = m.whisper_shape().unwrap();
+        assert_eq!(shape.max_source_positions, 1500);
+        assert!(m.to_hf_tensors().is_err());
+        // Dimensions whose product overflows.
+        let mut b = Vec::new();
+        b.extend(6u32.to_le_bytes());
+        string(&mut b, "WhisperSpec");
+        b.extend(3u32.to_le_bytes());
+        b.extend(1u32.to_le_bytes());
+        string(&mut b, "x");
+        b.push(8);
+        for _ in 0..8 {
+            b.extend(u32::MAX.to_le_bytes());
+        }
+        b.push(0);
+        b.extend(4u32.to_le_bytes());
+        let msg = parse(Path::new("m"), &b).unwrap_err().to_string();
+        assert!(msg.contains("more than memory holds"), "{msg}");
+        let split = Ct2Variable {
+            dims: vec![0, 4],
+            dtype: Ct2Dtype::F32,
+            data: Vec::new(),
+        };
+        assert!(split_rows(&split, 3, 0).is_err());
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub struct ManifestRow {
     pub path: Option<PathBuf>,
     #[serde(default)]
     pub text: Option<String>,
+    /// `scam` or `legit` once read: the spellings datasets use (`SCAM`, `fraud`, `1`, `true`;
+    /// `legitimate`, `benign`, `ham`, `0`, `false`, ...) are normalised, and anything else is
+    /// an error naming the row, never a row silently left out of the metrics.
+    #[serde(deserialize_with = "label_text")]
     pub label: String,
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
@@ -21,6 +25,26 @@ pub struct ManifestRow {
     pub lang: Option<String>,
     #[serde(default)]
     pub reference: Option<String>,
+}
+
+/// A label as text, whether the manifest wrote it as a string, a number or a boolean.
+fn label_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    })
+}
+
+/// `scam` or `legit` for the ways datasets spell them, or `None`.
+pub fn normalise_label(label: &str) -> Option<&'static str> {
+    match label.trim().to_ascii_lowercase().as_str() {
+        "scam" | "fraud" | "vishing" | "spam" | "1" | "true" | "yes" | "positive" | "pos" => {
+            Some("scam")
+        }
+        "legit" | "legitimate" | "benign" | "ham" | "genuine" | "normal" | "clean" | "0"
+        | "false" | "no" | "negative" | "neg" => Some("legit"),
+        _ => None,
+    }
 }
 
 /// Reads a manifest; relative paths are resolved against its folder, and rows without an id
@@ -52,6 +76,15 @@ pub fn read_manifest(path: &Path) -> Result<Vec<ManifestRow>> {
     }
     let mut seen = std::collections::HashSet::new();
     for (i, row) in rows.iter_mut().enumerate() {
+        row.label = match normalise_label(&row.label) {
+            Some(l) => l.to_owned(),
+            None => bail!(
+                "{}: row {}: label {:?} is neither scam nor legit (scam/legit, 1/0, true/false)",
+                path.display(),
+                i + 1,
+                row.label
+            ),
+        };
         if row.path.is_none() && row.text.is_none() {
             bail!(
                 "{}: row {} has neither path nor text",

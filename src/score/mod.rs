@@ -7,7 +7,7 @@ pub mod report;
 pub mod wer;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -109,26 +109,61 @@ impl Scorer<'_> {
     }
 }
 
-/// Ids already in `results.jsonl`. A torn last line (an interrupted write) is cut off so the
-/// file stays valid JSON lines.
+/// Ids already scored in `results.jsonl`, after making the file fit to resume: a torn last
+/// line (an interrupted write) is cut off, rows that ended in an error are removed so that they
+/// are tried again, and a second row for the same id is removed. The file is rewritten (to a
+/// temporary file, then renamed over it) only when something was removed.
 pub fn finished_ids(results: &Path) -> Result<HashSet<String>> {
     let mut done = HashSet::new();
     let Ok(bytes) = std::fs::read(results) else {
         return Ok(done);
     };
-    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    if keep < bytes.len() {
-        tracing::warn!("{}: dropping an unfinished last line", results.display());
-        let f = std::fs::OpenOptions::new().write(true).open(results)?;
-        f.set_len(keep as u64)?;
-    }
-    for line in bytes[..keep].lines() {
-        let line = line?;
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            if let Some(id) = v["id"].as_str() {
-                done.insert(id.to_owned());
+    let mut kept = Vec::with_capacity(bytes.len());
+    let (mut torn, mut errors, mut repeats) = (false, 0, 0);
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        if !line.ends_with(b"\n") {
+            torn = true;
+            continue;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            torn = true;
+            continue;
+        };
+        if v.get("error").is_some() {
+            errors += 1;
+            continue;
+        }
+        if let Some(id) = v["id"].as_str() {
+            if !done.insert(id.to_owned()) {
+                repeats += 1;
+                continue;
             }
         }
+        kept.extend_from_slice(line);
+    }
+    if kept.len() < bytes.len() {
+        tracing::warn!(
+            "{}: resuming: {} rows that failed are tried again{}{}",
+            results.display(),
+            errors,
+            if repeats > 0 {
+                format!(", {repeats} repeated rows dropped")
+            } else {
+                String::new()
+            },
+            if torn {
+                ", an unfinished line dropped"
+            } else {
+                ""
+            }
+        );
+        let dir = results.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("rewriting {}", results.display()))?;
+        tmp.write_all(&kept)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(results)
+            .with_context(|| format!("rewriting {}", results.display()))?;
     }
     Ok(done)
 }
@@ -145,7 +180,7 @@ pub fn run(rows: &[ManifestRow], out: &Path, scorer: &Scorer, jobs: usize) -> Re
     if pending.is_empty() {
         return Ok(0);
     }
-    let file = std::fs::OpenOptions::new()
+    let file = crate::private_files::options()
         .create(true)
         .append(true)
         .open(&results_path)
@@ -187,13 +222,29 @@ pub fn run(rows: &[ManifestRow], out: &Path, scorer: &Scorer, jobs: usize) -> Re
     Ok(pending.len())
 }
 
+/// The rows of a `results.jsonl`, one per id (the last written wins), so that nothing is
+/// counted twice whatever wrote the file.
 pub fn read_results(path: &Path) -> Result<Vec<Value>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(text
+    let mut rows: Vec<Value> = Vec::new();
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for v in text
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        match v["id"].as_str().map(str::to_owned) {
+            Some(id) => match at.get(&id) {
+                Some(&i) => rows[i] = v,
+                None => {
+                    at.insert(id, rows.len());
+                    rows.push(v);
+                }
+            },
+            None => rows.push(v),
+        }
+    }
+    Ok(rows)
 }
 
 fn scored(results: &[Value]) -> Vec<Scored> {
@@ -294,7 +345,7 @@ fn fmt(v: &Value) -> String {
 pub fn write_report(out: &Path, manifest: &Path) -> Result<Value> {
     let results = read_results(&out.join("results.jsonl"))?;
     let m = compute_metrics(&results);
-    std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(&m)?)?;
+    crate::private_files::write(&out.join("metrics.json"), serde_json::to_string_pretty(&m)?)?;
     let rows = scored(&results);
     let level_rows = ["suspected", "high"]
         .iter()
@@ -436,7 +487,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th
             table(&["id", "error"], errors)
         },
     );
-    std::fs::write(out.join("report.html"), html)?;
+    crate::private_files::write(&out.join("report.html"), html)?;
     Ok(m)
 }
 

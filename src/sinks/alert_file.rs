@@ -28,7 +28,7 @@ pub struct AlertFile {
 
 impl AlertFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::OpenOptions::new()
+        let file = crate::private_files::options()
             .create(true)
             .append(true)
             .open(path)

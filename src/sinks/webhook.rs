@@ -49,7 +49,7 @@ const DELIVERED: &str = "delivered.txt";
 impl WebhookSink {
     pub fn start(url: &str, dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let outbox = std::fs::OpenOptions::new()
+        let outbox = crate::private_files::options()
             .create(true)
             .append(true)
             .open(dir.join(OUTBOX))
