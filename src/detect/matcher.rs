@@ -271,36 +271,77 @@ pub struct Found {
     pub closeness: Closeness,
 }
 
-fn rest(
-    tokens: &[Token],
-    slots: &[Slot],
-    pos: usize,
+/// Where the slots from `slots[0]` on match from `pos` within sentence `sentence`: the end and
+/// closeness of the first way found, trying gap lengths in order and an optional slot matched
+/// before skipped. Memoised by (slots left, position, sentence): without it, patterns with
+/// many optional slots or wildcards and a large `max_gap` take exponential time
+/// ((max_gap + 1)^slots) on text they almost match.
+struct Search<'a> {
+    tokens: &'a [Token],
     max_gap: usize,
     fz: Fuzziness,
-) -> Option<(usize, Closeness)> {
-    let Some((slot, later)) = slots.split_first() else {
-        return Some((pos, Closeness::Exact));
-    };
-    for start in pos..=(pos + max_gap).min(tokens.len()) {
-        if let Some((end, c)) = match_slot(tokens, start, slot, fz) {
-            if let Some((fin, c2)) = rest(tokens, later, end, max_gap, fz) {
-                return Some((fin, if c2 < c { c2 } else { c }));
-            }
-        }
-    }
-    if slot.optional {
-        return rest(tokens, later, pos, max_gap, fz);
-    }
-    None
+    memo: HashMap<(usize, usize, usize), Option<(usize, Closeness)>>,
 }
 
-/// The first place the pattern occurs, if any.
+impl Search<'_> {
+    /// A slot's match at `start` when all of it lies in `sentence`.
+    fn slot_in_sentence(
+        &self,
+        start: usize,
+        slot: &Slot,
+        sentence: usize,
+    ) -> Option<(usize, Closeness)> {
+        let (end, c) = match_slot(self.tokens, start, slot, self.fz)?;
+        (end > start && self.tokens[end - 1].sentence == sentence).then_some((end, c))
+    }
+
+    fn rest(&mut self, slots: &[Slot], pos: usize, sentence: usize) -> Option<(usize, Closeness)> {
+        let Some((slot, later)) = slots.split_first() else {
+            return Some((pos, Closeness::Exact));
+        };
+        let key = (slots.len(), pos, sentence);
+        if let Some(&known) = self.memo.get(&key) {
+            return known;
+        }
+        let mut found = None;
+        for start in pos..=(pos + self.max_gap).min(self.tokens.len()) {
+            // Sentence ends are barriers: a pattern never spans "...arrest. A warrant...".
+            if self
+                .tokens
+                .get(start)
+                .is_none_or(|t| t.sentence != sentence)
+            {
+                break;
+            }
+            if let Some((end, c)) = self.slot_in_sentence(start, slot, sentence) {
+                if let Some((fin, c2)) = self.rest(later, end, sentence) {
+                    found = Some((fin, if c2 < c { c2 } else { c }));
+                    break;
+                }
+            }
+        }
+        if found.is_none() && slot.optional {
+            found = self.rest(later, pos, sentence);
+        }
+        self.memo.insert(key, found);
+        found
+    }
+}
+
+/// The first place the pattern occurs within one sentence, if any.
 pub fn find(tokens: &[Token], pattern: &Pattern, max_gap: usize, fz: Fuzziness) -> Option<Found> {
     let (head, tail) = pattern.slots.split_first()?;
+    let mut search = Search {
+        tokens,
+        max_gap,
+        fz,
+        memo: HashMap::new(),
+    };
     // Chinese text has one token per character, so gaps are counted in characters: allow more.
     for first in 0..tokens.len() {
-        if let Some((end, c1)) = match_slot(tokens, first, head, fz) {
-            if let Some((fin, c2)) = rest(tokens, tail, end, max_gap, fz) {
+        let sentence = tokens[first].sentence;
+        if let Some((end, c1)) = search.slot_in_sentence(first, head, sentence) {
+            if let Some((fin, c2)) = search.rest(tail, end, sentence) {
                 return Some(Found {
                     first,
                     end: fin,
@@ -445,5 +486,37 @@ mod tests {
         assert!(compile_pattern("* cards", "en", 0.5).is_err());
         assert!(compile_pattern("安全账户", "en", 0.5).is_err());
         assert!(compile_pattern("(a||b)", "en", 0.5).is_err());
+    }
+
+    #[test]
+    fn sentence_ends_are_barriers() {
+        let fz = Fuzziness::default();
+        let p = "arrest warrant";
+        assert!(found("an arrest warrant is out", p, "en", fz).is_some());
+        assert!(found("for your arrest. A warrant will be issued.", p, "en", fz).is_none());
+        assert!(found("for your arrest; warrant", p, "en", fz).is_none());
+        // Dots inside numbers, names and acronyms are not sentence ends.
+        assert!(found("pay 3.5 bitcoin", "3 5 bitcoin", "en", fz).is_some());
+        assert!(found("the I.R.S. office", "irs office", "en", fz).is_some());
+        assert!(found("安全账户。转账", "账户转账", "zh", fz).is_none());
+        assert!(found("安全账户转账", "账户转账", "zh", fz).is_some());
+    }
+
+    #[test]
+    fn many_optional_slots_and_wildcards_with_a_wide_gap_stay_polynomial() {
+        // Without memoisation: about (max_gap + 1)^slots = 41^30 tries on text that never
+        // completes the pattern.
+        let mut pattern = String::from("a");
+        for _ in 0..15 {
+            pattern.push_str(" a? *");
+        }
+        pattern.push_str(" zebra");
+        let p = compile_pattern(&pattern, "en", 0.5).unwrap();
+        let text = vec!["a"; 600].join(" ");
+        let tokens = tokenize(&text);
+        assert!(find(&tokens, &p, 40, Fuzziness::default()).is_none());
+        let text = text + " zebra";
+        let f = find(&tokenize(&text), &p, 40, Fuzziness::default()).unwrap();
+        assert_eq!(f.end, 601);
     }
 }

@@ -14,6 +14,11 @@ pub struct Token {
     pub span: Range<usize>,
     /// One Han character (matched by character and pinyin) rather than a word.
     pub han: bool,
+    /// Which sentence of the text it is in (0, 1, ...): a sentence ends at `.`, `!`, `?`,
+    /// `;` or their full-width forms (`。！？；`), but not at the dot of an abbreviated letter
+    /// ("I.R.S.") or one inside a number or name ("3.5", "paypal.com"). Patterns never span
+    /// two sentences.
+    pub sentence: usize,
 }
 
 fn is_han(c: char) -> bool {
@@ -84,24 +89,38 @@ fn number_word(word: &str) -> Option<&'static str> {
 
 /// Tokenizes any mix of English and Chinese.
 pub fn tokenize(text: &str) -> Vec<Token> {
-    let mut raw: Vec<(String, Range<usize>, bool, bool)> = Vec::new(); // text, span, han, dotted
+    // text, span, han, dotted, sentence
+    let mut raw: Vec<(String, Range<usize>, bool, bool, usize)> = Vec::new();
     let mut word = String::new();
     let mut start = 0;
-    let flush = |word: &mut String, start: usize, end: usize, dotted: bool, raw: &mut Vec<_>| {
+    let mut sentence = 0;
+    let mut ended = false;
+    let flush = |word: &mut String,
+                 start: usize,
+                 end: usize,
+                 dotted: bool,
+                 sentence: usize,
+                 raw: &mut Vec<_>| {
         if !word.is_empty() {
-            raw.push((std::mem::take(word), start..end, false, dotted));
+            raw.push((std::mem::take(word), start..end, false, dotted, sentence));
         }
     };
-    for (i, c0) in text.char_indices() {
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c0)) = chars.next() {
         let c = half_width(c0);
+        let next = chars.peek().map(|&(_, n)| half_width(n));
+        if ended && (is_han(c) || c.is_alphanumeric()) {
+            sentence += 1;
+            ended = false;
+        }
         if is_han(c) {
-            flush(&mut word, start, i, false, &mut raw);
+            flush(&mut word, start, i, false, sentence, &mut raw);
             let mut simplified = fast2s::convert(&c.to_string());
             // Variant forms that simplification keeps apart but usage treats as one.
             if simplified == "帐" {
                 simplified = "账".to_owned();
             }
-            raw.push((simplified, i..i + c0.len_utf8(), true, false));
+            raw.push((simplified, i..i + c0.len_utf8(), true, false, sentence));
         } else if c.is_alphanumeric() || (c == '\'' && !word.is_empty()) {
             if word.is_empty() {
                 start = i;
@@ -109,10 +128,17 @@ pub fn tokenize(text: &str) -> Vec<Token> {
             word.extend(c.to_lowercase());
         } else {
             let dotted = c == '.' && word.chars().count() == 1;
-            flush(&mut word, start, i, dotted, &mut raw);
+            let ends = match c {
+                '!' | '?' | ';' | '。' | '！' | '？' | '；' => true,
+                // A dot followed by a letter or digit is inside a number or a name.
+                '.' => !dotted && next.is_none_or(|n| !n.is_alphanumeric()),
+                _ => false,
+            };
+            flush(&mut word, start, i, dotted, sentence, &mut raw);
+            ended |= ends;
         }
     }
-    flush(&mut word, start, text.len(), false, &mut raw);
+    flush(&mut word, start, text.len(), false, sentence, &mut raw);
 
     let mut out: Vec<Token> = Vec::new();
     let mut i = 0;
@@ -130,12 +156,13 @@ pub fn tokenize(text: &str) -> Vec<Token> {
                     text: acronym,
                     span: raw[i].1.start..raw[j - 1].1.end,
                     han: false,
+                    sentence: raw[i].4,
                 });
                 i = j;
                 continue;
             }
         }
-        let (w, span, han, _) = &raw[i];
+        let (w, span, han, _, sentence) = &raw[i];
         let w = w.trim_end_matches('\'');
         if let Some(parts) = expand_contraction(w) {
             for p in parts {
@@ -143,6 +170,7 @@ pub fn tokenize(text: &str) -> Vec<Token> {
                     text: (*p).to_owned(),
                     span: span.clone(),
                     han: false,
+                    sentence: *sentence,
                 });
             }
         } else {
@@ -154,6 +182,7 @@ pub fn tokenize(text: &str) -> Vec<Token> {
                 text,
                 span: span.clone(),
                 han: *han,
+                sentence: *sentence,
             });
         }
         i += 1;
