@@ -338,8 +338,8 @@ pub fn find(tokens: &[Token], pattern: &Pattern, max_gap: usize, fz: Fuzziness) 
         memo: HashMap::new(),
     };
     // Chinese text has one token per character, so gaps are counted in characters: allow more.
-    for first in 0..tokens.len() {
-        let sentence = tokens[first].sentence;
+    for (first, token) in tokens.iter().enumerate() {
+        let sentence = token.sentence;
         if let Some((end, c1)) = search.slot_in_sentence(first, head, sentence) {
             if let Some((fin, c2)) = search.rest(tail, end, sentence) {
                 return Some(Found {
