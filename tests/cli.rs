@@ -114,3 +114,30 @@ fn scan_saves_one_transcript_per_party_for_researchers() {
         assert_eq!(json["channel"], ch);
     }
 }
+
+#[test]
+fn weights_turned_to_nan_are_an_error_not_a_transcript_of_exclamation_marks() {
+    let store = vishguard::model_store::ModelStore::open().unwrap();
+    let files = store.resolve(Some("tiny.en")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(files.dir.join(f), dir.path().join(f)).unwrap();
+    }
+    // Every weight after the safetensors header becomes NaN (0x7fc00000, little-endian).
+    let mut weights = std::fs::read(files.weights()).unwrap();
+    let header = 8 + u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    for w in weights[header..].chunks_exact_mut(4) {
+        w.copy_from_slice(&[0x00, 0x00, 0xc0, 0x7f]);
+    }
+    std::fs::write(dir.path().join("model.safetensors"), weights).unwrap();
+    let out = support::vishguard()
+        .args(["transcribe", "--model"])
+        .arg(dir.path())
+        .arg(support::fixture("asr/irs_warrant_phone.wav"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("NaN"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("!!"));
+}

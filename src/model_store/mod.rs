@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod ct2;
 mod fetch;
 pub mod import;
+pub mod integrity;
 
 use std::path::{Path, PathBuf};
 
@@ -29,10 +30,34 @@ impl ModelFiles {
     pub fn tokenizer(&self) -> PathBuf {
         self.dir.join("tokenizer.json")
     }
+    const FILES: [&'static str; 3] = ["model.safetensors", "config.json", "tokenizer.json"];
+
     fn is_complete(dir: &Path) -> bool {
-        ["model.safetensors", "config.json", "tokenizer.json"]
-            .iter()
-            .all(|f| dir.join(f).is_file())
+        Self::FILES.iter().all(|f| dir.join(f).is_file())
+    }
+
+    /// Complete and as written (see [`integrity`]); a cache from before records were kept is
+    /// recorded now, once.
+    fn is_sound(dir: &Path, full: bool) -> bool {
+        if !Self::is_complete(dir) {
+            return false;
+        }
+        match integrity::check(dir, full) {
+            integrity::Integrity::Intact => true,
+            integrity::Integrity::Unrecorded => {
+                if let Err(e) = integrity::record(dir, &Self::FILES) {
+                    tracing::warn!("{}: cannot record the model's files: {e:#}", dir.display());
+                }
+                true
+            }
+            integrity::Integrity::Damaged(why) => {
+                tracing::warn!(
+                    "{}: the cached model is damaged ({why}); it is fetched again",
+                    dir.display()
+                );
+                false
+            }
+        }
     }
 }
 
@@ -76,7 +101,7 @@ impl ModelStore {
     /// The cached folder of a catalog model, if it was fetched already.
     pub fn cached(&self, name: &str) -> Option<ModelFiles> {
         let dir = self.model_dir(name);
-        ModelFiles::is_complete(&dir).then(|| ModelFiles {
+        ModelFiles::is_sound(&dir, false).then(|| ModelFiles {
             name: name.to_owned(),
             dir,
         })
@@ -132,7 +157,20 @@ impl ModelStore {
         self.import(&[path.to_path_buf()], None)
     }
 
-    /// Fetches a catalog model, trying its sources in order.
+    /// Fetches a catalog model unless a sound copy (every file hashed again) is cached.
+    pub fn ensure(&self, name: &str) -> Result<ModelFiles> {
+        let dir = self.model_dir(name);
+        if ModelFiles::is_sound(&dir, true) {
+            return Ok(ModelFiles {
+                name: name.to_owned(),
+                dir,
+            });
+        }
+        self.fetch(name)
+    }
+
+    /// Fetches a catalog model, trying its sources in order; replaces a cached copy unless it
+    /// is sound.
     pub fn fetch(&self, name: &str) -> Result<ModelFiles> {
         let model = self
             .catalog
@@ -168,13 +206,14 @@ impl ModelStore {
                 ModelSource::Hf { repo } => fetch::hf_repo(repo, &stage),
             };
             let outcome = outcome.and_then(|()| {
-                if ModelFiles::is_complete(&dest) {
+                integrity::record(&stage, &ModelFiles::FILES)?;
+                if ModelFiles::is_sound(&dest, true) {
                     // Another process finished first; its copy is as good as ours.
                     let _ = std::fs::remove_dir_all(&stage);
                     return Ok(());
                 }
                 if dest.exists() {
-                    // A folder left incomplete by an interrupted older version.
+                    // A folder left incomplete by an interrupted older version, or damaged.
                     std::fs::remove_dir_all(&dest)?;
                 }
                 std::fs::rename(&stage, &dest)
@@ -271,5 +310,24 @@ mod tests {
             "{err}"
         );
         assert!(!dir.join("models").exists(), "nothing may be fetched");
+    }
+
+    #[test]
+    fn a_damaged_cached_model_is_not_used() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ModelStore::at(root.path().to_path_buf(), Catalog::builtin());
+        let dir = root.path().join("models/tiny.en");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ModelFiles::FILES {
+            std::fs::write(dir.join(f), vec![1u8; 512]).unwrap();
+        }
+        // A cache written before records were kept is recorded on first use.
+        assert!(store.cached("tiny.en").is_some());
+        assert!(dir.join("integrity.json").is_file());
+        assert!(store.cached("tiny.en").is_some());
+        // Truncated: refused (and `models fetch` fetches it again rather than keeping it).
+        std::fs::write(dir.join("model.safetensors"), vec![1u8; 100]).unwrap();
+        assert!(store.cached("tiny.en").is_none());
+        assert!(!ModelFiles::is_sound(&dir, true));
     }
 }
