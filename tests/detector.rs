@@ -37,9 +37,14 @@ fn half_of(id: &str) -> u8 {
     d[31] & 1
 }
 
-fn dev_counts(c: &Classifier, lang: &str, half: u8) -> Counts {
-    let path = support::repo().join(format!("../shared/eval/dev/{lang}.jsonl"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+/// Counts on one half of the dev set; `None` when the set is absent (the test says it skipped).
+fn dev_counts(c: &Classifier, lang: &str, half: u8) -> Option<Counts> {
+    let path = support::dev_set(lang)?;
+    Some(file_counts(c, &path, |id| half_of(id) == half))
+}
+
+fn file_counts(c: &Classifier, path: &std::path::Path, keep: impl Fn(&str) -> bool) -> Counts {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut k = Counts {
         tp: 0,
         fp: 0,
@@ -49,7 +54,7 @@ fn dev_counts(c: &Classifier, lang: &str, half: u8) -> Counts {
     for line in text.lines() {
         let row: serde_json::Value = serde_json::from_str(line).unwrap();
         let label = row["label"].as_str().unwrap();
-        if label == "unwanted" || half_of(row["id"].as_str().unwrap()) != half {
+        if label == "unwanted" || !keep(row["id"].as_str().unwrap()) {
             continue;
         }
         let flagged = c
@@ -89,7 +94,9 @@ fn dev_set_quality_holds_on_the_half_not_tuned_on() {
         ("zh", 0, 0.98, 0.02),
         ("zh", 1, 0.94, 0.02),
     ] {
-        let k = dev_counts(support::detector(), lang, half);
+        let Some(k) = dev_counts(support::detector(), lang, half) else {
+            return;
+        };
         report(&format!("{lang} half {half}"), &k);
         assert!(
             k.f1() >= min_f1,
@@ -105,12 +112,30 @@ fn dev_set_quality_holds_on_the_half_not_tuned_on() {
 }
 
 #[test]
+fn the_public_labelled_set_in_the_repository_holds_its_floors() {
+    // `tests/fixtures/labelled/`: public-domain FTC robocalls, MIT BYU excerpts and CC BY-SA
+    // SGD dialogues taken from the dev set (so partly tuned on), and Mandarin calls written
+    // for the set and measured once before any rule change: en F1 0.971, FPR 0.000; zh 20 of
+    // 20 scams flagged, 1 of 12 legitimate calls (an anti-fraud talk by a police officer).
+    // Floors a little under those.
+    for (lang, min_f1, max_fp) in [("en", 0.95, 1), ("zh", 0.95, 1)] {
+        let path = support::fixture(&format!("labelled/{lang}.jsonl"));
+        let k = file_counts(support::detector(), &path, |_| true);
+        report(&format!("public {lang}"), &k);
+        assert!(k.f1() >= min_f1, "{lang}: F1 {:.3} < {min_f1}", k.f1());
+        assert!(k.fp <= max_fp, "{lang}: {} false alarms", k.fp);
+    }
+}
+
+#[test]
 fn the_context_check_earns_its_place_on_the_half_not_tuned_on() {
     // It was kept because, on rows never tuned on, it halved the false alarms (6 -> 3 of 139)
     // at no cost in F1; with the fourth round's packs it is 4 -> 0, F1 0.939 -> 0.944. If a change to the canonical sentences or the packs undoes that,
     // the encoder is dead weight and this fails.
-    let keywords = dev_counts(&Classifier::builtin(), "en", 1);
-    let checked = dev_counts(support::detector(), "en", 1);
+    let Some(keywords) = dev_counts(&Classifier::builtin(), "en", 1) else {
+        return;
+    };
+    let checked = dev_counts(support::detector(), "en", 1).expect("the dev set is present");
     report("en half 1, keywords only", &keywords);
     report("en half 1, with context check", &checked);
     assert!(

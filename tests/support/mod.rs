@@ -229,3 +229,23 @@ pub fn pyannote_call() -> (PathBuf, String) {
         .join(" ");
     (files[wav].clone(), reference)
 }
+
+/// The labelled development set beside the project (`../shared/eval/dev/<lang>.jsonl`), or
+/// `None` with a line in the test output saying the test was skipped and why: a fresh clone
+/// has no such folder, and its tests must pass from the repository alone (the small public
+/// set in `tests/fixtures/labelled/` always runs). With `VISHGUARD_REQUIRE_DEV_SET=1` (as
+/// `.ci/run` sets where the data is present) a missing set fails instead.
+pub fn dev_set(lang: &str) -> Option<PathBuf> {
+    let path = repo().join(format!("../shared/eval/dev/{lang}.jsonl"));
+    if path.is_file() {
+        return Some(path);
+    }
+    let required = std::env::var("VISHGUARD_REQUIRE_DEV_SET").is_ok_and(|v| v == "1");
+    assert!(!required, "{} is absent", path.display());
+    eprintln!(
+        "SKIPPED: {} is absent (the evaluation data kept beside the project, not in the \
+         repository); this test runs where it is present",
+        path.display()
+    );
+    None
+}
