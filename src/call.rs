@@ -197,8 +197,10 @@ pub struct Alert {
     pub risk: Risk,
     /// When the alert was raised (RFC 3339, UTC, wall clock).
     pub wall_time: String,
-    /// Wall-clock seconds since the call opened minus `end_s`: how long after the words were
-    /// spoken the alert came.
+    /// How long after the words were spoken the alert came, in seconds (never negative): the
+    /// wall-clock seconds since the call opened minus `end_s`, or, when the call's audio came
+    /// faster than real time (a file without `--realtime`), the seconds of audio received
+    /// after `end_s`, whichever is larger.
     pub latency_s: f64,
     /// Raised from the words of an utterance still being spoken (a partial hypothesis).
     #[serde(default)]

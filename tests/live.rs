@@ -157,6 +157,12 @@ fn a_webhook_that_is_down_at_first_gets_every_alert_exactly_once() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(!written.is_empty());
+    // Played faster than real time: latency in audio time, never negative (the wall clock
+    // runs behind the audio).
+    for w in &written {
+        let latency = w["latency_s"].as_f64().unwrap();
+        assert!((0.0..30.0).contains(&latency), "{w}");
+    }
     let received: Vec<serde_json::Value> = got
         .lock()
         .unwrap()

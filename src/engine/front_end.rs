@@ -141,6 +141,12 @@ impl FrontEnd {
             }
         }
         p.next_in += samples.len() as u64;
+        if let Some(h) = self.info.heard_until_ms.get(party) {
+            h.fetch_max(
+                (p.next_in as f64 * 1000.0 / rate).ceil() as u64,
+                Ordering::Relaxed,
+            );
+        }
         done.extend(Self::resample_and_cut(p, samples));
         for u in done {
             let p = &mut self.parties[party];

@@ -182,17 +182,27 @@ pub(crate) struct CallInfo {
     pub dropped_utterances: AtomicU64,
     /// 16 kHz samples' worth of audio time between chunks that never arrived.
     pub missing_audio: AtomicU64,
+    /// Per party: the audio time (milliseconds) received so far, from the call's start.
+    pub heard_until_ms: Vec<AtomicU64>,
 }
 
 impl CallInfo {
     pub fn new(call: Call) -> Self {
         Self {
-            call,
             started: Instant::now(),
             dropped_audio: AtomicU64::new(0),
             dropped_utterances: AtomicU64::new(0),
             missing_audio: AtomicU64::new(0),
+            heard_until_ms: (0..call.parties.len()).map(|_| AtomicU64::new(0)).collect(),
+            call,
         }
+    }
+
+    /// Seconds of `party`'s audio received so far.
+    pub fn heard_until_s(&self, party: usize) -> f64 {
+        self.heard_until_ms.get(party).map_or(0.0, |a| {
+            a.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0
+        })
     }
 }
 

@@ -390,8 +390,12 @@ fn alerts(
         if !sent.insert((e.category.clone(), e.pattern.clone())) {
             continue;
         }
-        let elapsed = work.info.started.elapsed().as_secs_f64();
         let end_s = e.spoken.map_or(0.0, |s| s.end_s);
+        // Wall time for a call heard as it happens; audio time for one fed faster than real
+        // time (a file without --realtime), where the wall clock runs behind the audio and
+        // would give a negative latency. Both count a queue's backlog.
+        let wall = work.info.started.elapsed().as_secs_f64() - end_s;
+        let audio = work.info.heard_until_s(work.party) - end_s;
         out.push(Event::Alert(Alert {
             alert_id: format!("{call_id}/{}/{}/{}", work.party, e.category, e.pattern),
             call_id: call_id.clone(),
@@ -399,7 +403,7 @@ fn alerts(
             score: verdict.score,
             risk: verdict.risk,
             wall_time: now_rfc3339(),
-            latency_s: ((elapsed - end_s) * 1000.0).round() / 1000.0,
+            latency_s: (wall.max(audio) * 1000.0).round() / 1000.0,
             partial,
         }));
     }

@@ -52,10 +52,16 @@ pub fn normalise_label(label: &str) -> Option<&'static str> {
 pub fn read_manifest(path: &Path) -> Result<Vec<ManifestRow>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let base = path.parent().unwrap_or(Path::new("."));
     let is_csv = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    parse_manifest(&text, path, is_csv)
+}
+
+/// Parses a manifest's text: CSV with a header row, or JSON lines. `path` names it in errors
+/// and its folder resolves relative audio paths.
+pub fn parse_manifest(text: &str, path: &Path, is_csv: bool) -> Result<Vec<ManifestRow>> {
+    let base = path.parent().unwrap_or(Path::new("."));
     let mut rows: Vec<ManifestRow> = Vec::new();
     if is_csv {
         let mut reader = csv::ReaderBuilder::new()
