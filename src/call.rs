@@ -234,6 +234,10 @@ pub struct PartySummary {
     pub score: f32,
     /// When this party first reached `suspected`, in seconds of audio time.
     pub first_alert_s: Option<f64>,
+    /// The language this party most likely spoke, when no phrase pack covers it (its risk
+    /// then says nothing about the words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncovered_language: Option<String>,
     /// What was said, when the caller asked for it (`scan`, `score`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transcript: Vec<Segment>,
@@ -289,6 +293,10 @@ pub struct CallSummary {
     /// Live calls only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamStats>,
+    /// Set when every party that spoke did so in a language no phrase pack covers: the call
+    /// was not checked, and its `risk` of `none` means "unknown", not "clean".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncovered_language: Option<String>,
 }
 
 /// A line of input that could not be scored (`classify`): which line, and why. It stands in

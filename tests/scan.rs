@@ -69,3 +69,39 @@ fn scan_flags_every_scam_sample_and_no_legitimate_one() {
     let median = alert_times[alert_times.len() / 2];
     assert!(median <= 15.0, "median first alert at {median} s");
 }
+
+#[test]
+fn a_call_in_a_language_no_pack_covers_is_reported_unchecked_not_clean() {
+    let french = support::fixture("audio/french_bank_scam_8k.wav");
+    let english = support::fixture("asr/irs_warrant_phone.wav");
+    let out = support::vishguard()
+        .args(["scan", "--format", "jsonl"])
+        .arg(&french)
+        .arg(&english)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{err}");
+    let uncovered = rows[0]["uncovered_language"].as_str();
+    assert!(
+        uncovered.is_some_and(|l| l != "en" && l != "zh"),
+        "{}",
+        rows[0]
+    );
+    assert!(rows[1].get("uncovered_language").is_none(), "{}", rows[1]);
+    let table = support::vishguard()
+        .arg("scan")
+        .arg(&french)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("unchecked") && text.contains("no phrase pack covers it"),
+        "{text}"
+    );
+}

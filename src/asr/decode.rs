@@ -378,8 +378,9 @@ impl WindowDecoder<'_> {
             .collect()
     }
 
-    /// The most likely language token for `audio`, among `candidates` (all when empty).
-    pub fn detect_language(&self, audio: &Tensor, candidates: &[u32]) -> Result<(u32, f32)> {
+    /// The most likely language for `audio`, among `candidates` (all when empty), and among
+    /// all of Whisper's languages.
+    pub fn detect_language(&self, audio: &Tensor, candidates: &[u32]) -> Result<LanguageGuess> {
         let found = self.detect_languages(audio, &[candidates])?;
         Ok(found[0])
     }
@@ -389,7 +390,7 @@ impl WindowDecoder<'_> {
         &self,
         audio: &Tensor,
         candidates: &[&[u32]],
-    ) -> Result<Vec<(u32, f32)>> {
+    ) -> Result<Vec<LanguageGuess>> {
         let dec = &self.model.decoder;
         let b = audio.dim(0)?;
         let mut state = dec.start(audio)?;
@@ -419,10 +420,40 @@ impl WindowDecoder<'_> {
                 let lang_logits: Vec<f32> = pool.iter().map(|&t| logits[t as usize]).collect();
                 let probs = log_softmax_vec(&lang_logits);
                 let best = argmax(&lang_logits) as usize;
-                (pool[best], probs[best].exp())
+                let all_logits: Vec<f32> = all.iter().map(|&t| logits[t as usize]).collect();
+                let all_probs = log_softmax_vec(&all_logits);
+                let overall = argmax(&all_logits) as usize;
+                let candidates_prob = all
+                    .iter()
+                    .zip(&all_probs)
+                    .filter(|(t, _)| pool.contains(t))
+                    .map(|(_, lp)| lp.exp())
+                    .sum();
+                LanguageGuess {
+                    token: pool[best],
+                    prob: probs[best].exp(),
+                    overall: all[overall],
+                    overall_prob: all_probs[overall].exp(),
+                    candidates_prob,
+                }
             })
             .collect())
     }
+}
+
+/// A language detected from the first window (openai-whisper's `detect_language`: the
+/// decoder's scores for the language tokens after start-of-transcript).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LanguageGuess {
+    /// The most likely language token among the candidates, and its probability among them.
+    pub token: u32,
+    pub prob: f32,
+    /// The most likely among all languages, and its probability among all: a call in French
+    /// restricted to English and Mandarin is still heard as French here.
+    pub overall: u32,
+    pub overall_prob: f32,
+    /// The candidates' share of the probability among all languages.
+    pub candidates_prob: f32,
 }
 
 impl LogitRules<'_> {

@@ -22,6 +22,11 @@ pub struct Transcript {
     pub language: Option<String>,
     pub duration_s: f64,
     pub segments: Vec<Segment>,
+    /// The language the speech most likely is, when detection was limited to candidates
+    /// (the phrase packs' languages) and the languages outside them are together more likely
+    /// than the candidates (over 0.5 of the probability among all of Whisper's): the call is
+    /// in a language the detector does not cover.
+    pub uncovered_language: Option<String>,
 }
 
 impl Transcript {
@@ -295,6 +300,7 @@ impl Transcriber {
             window,
             plan: self.language_plan(opts)?,
             language: None,
+            uncovered_language: None,
             sot_sequence: vec![self.special.sot],
             prompt_tokens,
             prompt_reset_since: 0,
@@ -304,6 +310,22 @@ impl Transcriber {
     }
 
     /// Sets the language and start sequence once the first window's language is known.
+    /// Keeps the language heard outside the candidates, when it is more likely than not.
+    fn note_uncovered(&self, form: &mut LongForm, guess: &super::decode::LanguageGuess) {
+        tracing::debug!(
+            overall = self.special.language_code(guess.overall),
+            overall_prob = guess.overall_prob,
+            candidates_prob = guess.candidates_prob,
+            "most likely language of all"
+        );
+        // Cantonese is written in Han characters and read by the Mandarin pack.
+        let related = self.special.language_code(guess.overall) == Some("yue")
+            && self.special.language_code(guess.token) == Some("zh");
+        if guess.overall != guess.token && guess.candidates_prob < 0.5 && !related {
+            form.uncovered_language = self.special.language_code(guess.overall).map(str::to_owned);
+        }
+    }
+
     fn settle_language(&self, form: &mut LongForm, token: Option<u32>, opts: &TranscribeOptions) {
         let sp = &self.special;
         if let Some(lang) = token {
@@ -325,15 +347,16 @@ impl Transcriber {
                 LanguagePlan::EnglishOnly => None,
                 LanguagePlan::Known(t) => Some(*t),
                 LanguagePlan::Detect(candidates) => {
-                    let (token, prob) = self
+                    let guess = self
                         .window_decoder(true)
                         .detect_language(&audio, candidates)?;
                     tracing::debug!(
-                        language = self.special.language_code(token),
-                        prob,
+                        language = self.special.language_code(guess.token),
+                        prob = guess.prob,
                         "language detected"
                     );
-                    Some(token)
+                    self.note_uncovered(form, &guess);
+                    Some(guess.token)
                 }
             };
             self.settle_language(form, token, opts);
@@ -397,8 +420,12 @@ impl Transcriber {
                 let found = self
                     .window_decoder(true)
                     .detect_languages(&sub, &candidates)?;
-                for (&k, (token, _)) in detect.iter().zip(found) {
-                    tokens[k] = Some(token);
+                for (&k, guess) in detect.iter().zip(found) {
+                    tokens[k] = Some(guess.token);
+                    let f = forms[rows[k]]
+                        .as_mut()
+                        .expect("only good forms are batched");
+                    self.note_uncovered(f, &guess);
                 }
             }
             for (&i, token) in rows.iter().zip(tokens) {
@@ -609,6 +636,8 @@ struct LongForm {
     window: usize,
     plan: LanguagePlan,
     language: Option<String>,
+    /// See [`Transcript::uncovered_language`].
+    uncovered_language: Option<String>,
     sot_sequence: Vec<u32>,
     prompt_tokens: Vec<u32>,
     prompt_reset_since: usize,
@@ -629,10 +658,14 @@ impl LongForm {
         } else {
             self.language
         };
+        let uncovered_language = self
+            .uncovered_language
+            .filter(|_| !self.segments.is_empty());
         Transcript {
             language,
             duration_s: self.duration_s,
             segments: self.segments,
+            uncovered_language,
         }
     }
 }

@@ -240,16 +240,22 @@ fn table_rows(file: &str, call: &CallSummary) -> String {
             .iter()
             .filter(|e| e.spoken.is_some_and(|s| s.party == p.party))
             .collect();
-        let mut cats: Vec<&str> = Vec::new();
+        let mut cats: Vec<String> = Vec::new();
         for e in &evidence {
-            if !cats.contains(&e.category.as_str()) {
-                cats.push(&e.category);
+            if !cats.contains(&e.category) {
+                cats.push(e.category.clone());
             }
         }
-        let risk = match p.risk {
-            crate::call::Risk::None => "none".to_owned(),
-            flagged => flagged.as_str().to_uppercase(),
+        // A party heard in a language no pack covers was not checked: "none" would read as
+        // clean.
+        let risk = match (p.risk, &p.uncovered_language) {
+            (crate::call::Risk::None, Some(_)) => "unchecked".to_owned(),
+            (crate::call::Risk::None, None) => "none".to_owned(),
+            (flagged, _) => flagged.as_str().to_uppercase(),
         };
+        if let (crate::call::Risk::None, Some(l)) = (p.risk, &p.uncovered_language) {
+            cats.push(format!("language {l}: no phrase pack covers it"));
+        }
         let channel = if call.parties.len() > 1 {
             p.party.to_string()
         } else {
@@ -300,6 +306,7 @@ mod tests {
             language: Some("en".into()),
             duration_s: 1.0,
             segments: Vec::new(),
+            uncovered_language: None,
         };
         for f in &files[..2] {
             save_transcript(dir.path(), f, Path::new("calls"), Some(1), &t).unwrap();
@@ -373,6 +380,7 @@ mod tests {
             risk,
             score,
             first_alert_s: risk.is_flagged().then_some(11.0),
+            uncovered_language: None,
             transcript: Vec::new(),
         }
     }
@@ -394,6 +402,7 @@ mod tests {
             parties: vec![party(0, Risk::None, 0.0), party(1, Risk::High, 0.91)],
             audio_s: Some(30.0),
             stream: None,
+            uncovered_language: None,
         };
         let text = table_rows("calls/irs.wav", &call);
         let lines: Vec<&str> = text.lines().collect();

@@ -19,6 +19,8 @@ pub struct PartyOutcome<'a> {
     pub timeline: Option<&'a Timeline>,
     /// Included in the summary (empty: left out).
     pub transcript: Vec<Segment>,
+    /// The language heard when no pack covers it.
+    pub uncovered_language: Option<String>,
 }
 
 /// The call is as risky as its riskiest party; the evidence is every party's, in time order.
@@ -46,6 +48,17 @@ pub fn summarise(
         .iter()
         .filter_map(|p| p.timeline?.first_alert_s)
         .reduce(f64::min);
+    // Parties that said something (a silent one has no language).
+    let spoke: Vec<&PartyOutcome> = parties
+        .iter()
+        .filter(|p| p.heard_language.is_some() || p.uncovered_language.is_some())
+        .collect();
+    let uncovered_language =
+        if !spoke.is_empty() && spoke.iter().all(|p| p.uncovered_language.is_some()) {
+            spoke[0].uncovered_language.clone()
+        } else {
+            None
+        };
     CallSummary {
         call_id,
         metadata,
@@ -64,11 +77,13 @@ pub fn summarise(
                 risk: p.timeline.map_or(Risk::None, |t| t.verdict.risk),
                 score: p.timeline.map_or(0.0, |t| t.verdict.score),
                 first_alert_s: p.timeline.and_then(|t| t.first_alert_s),
+                uncovered_language: p.uncovered_language,
                 transcript: p.transcript,
             })
             .collect(),
         audio_s,
         stream: None,
+        uncovered_language,
     }
 }
 
@@ -94,6 +109,7 @@ pub fn summarise_text(
         parties: Vec::new(),
         audio_s: None,
         stream: None,
+        uncovered_language: None,
     })
 }
 
@@ -108,6 +124,7 @@ mod tests {
             heard_language: timeline.map(|_| "en".to_owned()),
             timeline,
             transcript: Vec::new(),
+            uncovered_language: None,
         }
     }
 

@@ -71,6 +71,7 @@ impl FileJob<'_> {
                 } else {
                     Vec::new()
                 },
+                uncovered_language: t.uncovered_language.clone(),
             })
             .collect();
         let metadata = BTreeMap::from([("file".to_owned(), path.display().to_string())]);

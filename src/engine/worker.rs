@@ -347,6 +347,8 @@ fn summary(info: &CallInfo, call: &CallState) -> Event {
                 heard_language: state.and_then(|p| p.heard_language.clone()),
                 timeline: state.and_then(|p| p.timeline.as_ref()),
                 transcript: Vec::new(),
+                // Live calls hear utterance by utterance; coverage is judged on whole files.
+                uncovered_language: None,
             }
         })
         .collect();

@@ -118,6 +118,7 @@ mod tests {
                 no_speech_prob: 0.01,
                 temperature: 0.0,
             }],
+            uncovered_language: None,
         }
     }
 

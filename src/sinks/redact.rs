@@ -145,10 +145,12 @@ mod tests {
                 risk: Risk::High,
                 score: 0.9,
                 first_alert_s: None,
+                uncovered_language: None,
                 transcript: vec![Segment::new(0.0, 4.0, said)],
             }],
             audio_s: None,
             stream: None,
+            uncovered_language: None,
         });
         let text = serde_json::to_string(&redact_event(&ended)).unwrap();
         assert!(!text.contains("4111"), "{text}");
