@@ -192,6 +192,20 @@ impl LogMel {
         self.window_of(start, WINDOW_FRAMES)
     }
 
+    /// `len` frames starting at `start`, silent (the padding value) from frame `until` on:
+    /// `[n_mels * len]`.
+    pub fn window_until(&self, start: usize, len: usize, until: usize) -> Vec<f32> {
+        let mut out = self.window_of(start, len);
+        let keep = until.saturating_sub(start).min(len);
+        if keep < len {
+            let pad_value = self.data.last().copied().unwrap_or(-1.5);
+            for m in 0..self.n_mels {
+                out[m * len + keep..(m + 1) * len].fill(pad_value);
+            }
+        }
+        out
+    }
+
     /// `len` frames starting at `start`, padded likewise: `[n_mels * len]`.
     pub fn window_of(&self, start: usize, len: usize) -> Vec<f32> {
         let pad_value = self.data.last().copied().unwrap_or(-1.5);

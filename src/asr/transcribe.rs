@@ -11,6 +11,11 @@ use tokenizers::Tokenizer;
 use super::decode::{BatchRow, FallbackPolicy, LogitRules, WindowDecoder, WindowResult};
 use super::device::ComputeType;
 use super::mel::{LogMel, MelSpectrogram, HOP, SAMPLE_RATE, WINDOW_FRAMES};
+
+/// Removed gaps at least this long (seconds) end a window: speech on either side is heard in
+/// separate windows, as it would be without voice activity (a robocall played twice 3 s apart
+/// was otherwise one window of repeated text, rejected as a loop at every temperature).
+const WINDOW_BREAK_GAP_S: f64 = 2.0;
 use super::model::{Config, Whisper};
 use super::tokens::{SpecialTokens, TIME_PRECISION};
 use crate::audio::vad::{speech_regions, SpeechOnly, VadConfig};
@@ -236,10 +241,7 @@ impl Transcriber {
         let mut forms: Vec<Result<LongForm>> = items
             .par_iter()
             .zip(&prepared)
-            .map(|((samples, opts), (speech, _))| {
-                let audio = speech.as_ref().map_or(*samples, |s| s.samples.as_slice());
-                self.long_form(audio, opts)
-            })
+            .map(|((samples, opts), (speech, _))| self.long_form_of(samples, speech.as_ref(), opts))
             .collect();
         let waiting: Vec<usize> = (0..forms.len())
             .filter(|&i| forms[i].as_ref().is_ok_and(|f| !f.done()))
@@ -250,13 +252,7 @@ impl Transcriber {
                 // heard alone below, so one bad row cannot sink the others.
                 tracing::warn!("batched decode failed, hearing one by one: {e:#}");
                 for &i in &waiting {
-                    forms[i] = self.long_form(
-                        prepared[i]
-                            .0
-                            .as_ref()
-                            .map_or(items[i].0, |s| s.samples.as_slice()),
-                        items[i].1,
-                    );
+                    forms[i] = self.long_form_of(items[i].0, prepared[i].0.as_ref(), items[i].1);
                 }
             }
         }
@@ -271,15 +267,33 @@ impl Transcriber {
                 }
                 let mut t = form.finish(opts);
                 if let Some(speech) = speech {
-                    for s in &mut t.segments {
-                        s.start_s = round_ms(speech.original_time(s.start_s));
-                        s.end_s = round_ms(speech.original_time(s.end_s).max(s.start_s));
-                    }
+                    t.segments = map_to_original(&speech, std::mem::take(&mut t.segments));
                     t.duration_s = duration_s;
                 }
                 Ok(t)
             })
             .collect()
+    }
+
+    /// [`long_form`](Self::long_form) of the speech voice activity kept (or of all the
+    /// samples), with a window boundary at every join where a long stretch was removed.
+    fn long_form_of(
+        &self,
+        samples: &[f32],
+        speech: Option<&SpeechOnly>,
+        opts: &TranscribeOptions,
+    ) -> Result<LongForm> {
+        let Some(speech) = speech else {
+            return self.long_form(samples, opts);
+        };
+        let mut form = self.long_form(&speech.samples, opts)?;
+        form.speech_only = true;
+        form.stops = speech
+            .joins_after_gaps(WINDOW_BREAK_GAP_S)
+            .into_iter()
+            .map(|t| (t * SAMPLE_RATE as f64 / HOP as f64).round() as usize)
+            .collect();
+        Ok(form)
     }
 
     /// The state of one recording's transcription before its first window.
@@ -301,6 +315,8 @@ impl Transcriber {
             plan: self.language_plan(opts)?,
             language: None,
             uncovered_language: None,
+            stops: Vec::new(),
+            speech_only: false,
             sot_sequence: vec![self.special.sot],
             prompt_tokens,
             prompt_reset_since: 0,
@@ -341,7 +357,15 @@ impl Transcriber {
 
     /// Encodes, decodes (with fallback) and takes in the window at `form.seek`.
     fn next_window(&self, form: &mut LongForm, opts: &TranscribeOptions) -> Result<()> {
-        let audio = self.encode_frames(&form.mel, form.seek, form.window)?;
+        let audio = {
+            let x = Tensor::from_vec(
+                form.window_data(),
+                (1, form.mel.n_mels, form.window),
+                &self.device,
+            )?
+            .to_dtype(self.model_dtype())?;
+            self.model.encoder.forward(&x)?
+        };
         if form.seek == 0 && form.sot_sequence.len() == 1 {
             let token = match &form.plan {
                 LanguagePlan::EnglishOnly => None,
@@ -390,7 +414,7 @@ impl Transcriber {
         for (window, rows) in by_window {
             let mut data = Vec::with_capacity(rows.len() * self.mel.n_mels() * window);
             for &i in &rows {
-                data.extend(good(forms, i).mel.window_of(0, window));
+                data.extend(good(forms, i).window_data());
             }
             let mel =
                 Tensor::from_vec(data, (rows.len(), self.mel.n_mels(), window), &self.device)?
@@ -514,7 +538,8 @@ impl Transcriber {
     ) -> Result<()> {
         let sp = &self.special;
         let frame_s = HOP as f64 / SAMPLE_RATE as f64;
-        let segment_frames = form.window.min(form.mel.content_frames - form.seek);
+        let limit = form.limit();
+        let segment_frames = form.window.min(limit - form.seek);
         let time_offset = form.seek as f64 * frame_s;
         let segment_duration = segment_frames as f64 * frame_s;
         if let Some(th) = opts.policy.no_speech_threshold {
@@ -527,7 +552,16 @@ impl Transcriber {
                 .certain_no_speech_threshold
                 .is_some_and(|c| result.no_speech_prob > c);
             let silent = result.no_speech_prob > th && (unlikely_text || certain);
-            if silent {
+            // Voice activity kept only speech: a window of it is never thrown away whole
+            // (Whisper's no-speech guess is unreliable on speech from the first sample, and a
+            // Mandarin scam was lost so). What it says is kept, and the confidence floor
+            // decides whether it counts as evidence.
+            if silent && form.speech_only {
+                tracing::debug!(
+                    no_speech_prob = result.no_speech_prob,
+                    "window kept: voice activity found speech in it"
+                );
+            } else if silent {
                 form.seek += segment_frames;
                 return Ok(());
             }
@@ -560,7 +594,7 @@ impl Transcriber {
             } else {
                 let last_ts = sp.timestamp_seconds(tokens[last - 1]);
                 // Timestamps step 20 ms = 2 mel frames.
-                form.seek += ((last_ts / frame_s).round() as usize).max(1);
+                form.seek = (form.seek + ((last_ts / frame_s).round() as usize).max(1)).min(limit);
             }
         } else {
             let mut dur = segment_duration;
@@ -574,7 +608,9 @@ impl Transcriber {
         }
         let duration_s = form.duration_s;
         for s in new_segments {
-            if s.text.trim().is_empty() {
+            // Text placed after the end of the audio (a fallback's stray timestamps) was not
+            // said there.
+            if s.text.trim().is_empty() || s.start_s >= duration_s {
                 continue;
             }
             form.segments.push(Segment {
@@ -638,6 +674,10 @@ struct LongForm {
     language: Option<String>,
     /// See [`Transcript::uncovered_language`].
     uncovered_language: Option<String>,
+    /// Mel frames where a window must end (joins where voice activity removed a long gap).
+    stops: Vec<usize>,
+    /// The audio is speech voice activity kept (every window holds some).
+    speech_only: bool,
     sot_sequence: Vec<u32>,
     prompt_tokens: Vec<u32>,
     prompt_reset_since: usize,
@@ -649,6 +689,21 @@ struct LongForm {
 impl LongForm {
     fn done(&self) -> bool {
         self.seek >= self.mel.content_frames
+    }
+
+    /// Where the window at `seek` must end: the next stop, or the end of the audio.
+    fn limit(&self) -> usize {
+        self.stops
+            .iter()
+            .copied()
+            .find(|&f| f > self.seek)
+            .unwrap_or(self.mel.content_frames)
+            .min(self.mel.content_frames)
+    }
+
+    /// The window at `seek`, silent past [`limit`](Self::limit): `[n_mels * window]`.
+    fn window_data(&self) -> Vec<f32> {
+        self.mel.window_until(self.seek, self.window, self.limit())
     }
 
     fn finish(self, opts: &TranscribeOptions) -> Transcript {
@@ -668,6 +723,42 @@ impl LongForm {
             uncovered_language,
         }
     }
+}
+
+/// Segments heard on the joined speech, in the original recording's time. A segment that runs
+/// across a join (Whisper's timestamps are per segment, not per word) is first split there, its
+/// text in proportion, so that no words are placed in the silence or hold music that voice
+/// activity removed between the two stretches.
+fn map_to_original(speech: &SpeechOnly, segments: Vec<Segment>) -> Vec<Segment> {
+    let joins = speech.joins();
+    let mut out = Vec::with_capacity(segments.len());
+    for seg in segments {
+        let mut rest = seg;
+        for &j in &joins {
+            if j <= rest.start_s || j >= rest.end_s {
+                continue;
+            }
+            let (before, after) =
+                crate::audio::vad::split_text_at(&rest.text, rest.start_s, rest.end_s, j);
+            if !before.trim().is_empty() {
+                let mut piece = rest.clone();
+                piece.text = before;
+                piece.end_s = j;
+                out.push(piece);
+            }
+            rest.text = after;
+            rest.start_s = j;
+        }
+        if !rest.text.trim().is_empty() {
+            out.push(rest);
+        }
+    }
+    for s in &mut out {
+        let end = speech.original_end(s.end_s);
+        s.start_s = round_ms(speech.original_time(s.start_s).min(end));
+        s.end_s = round_ms(end.max(s.start_s));
+    }
+    out
 }
 
 fn round_ms(s: f64) -> f64 {

@@ -34,21 +34,134 @@ impl Default for VadConfig {
 }
 
 /// Speech regions as sample ranges `start..end`, sorted and non-overlapping.
+///
+/// Frames that are a steady tone (hold-music beeps, DTMF, dial and busy tones) are not speech,
+/// whatever the detector scores them: see [`ToneCheck`].
 pub fn speech_regions(samples: &[f32], cfg: &VadConfig) -> Vec<std::ops::Range<usize>> {
     let mut detector = earshot::Detector::default();
-    let scores: Vec<f32> = samples
+    let mut scores: Vec<f32> = samples
         .chunks(FRAME)
         .map(|chunk| {
-            if chunk.len() == FRAME {
-                detector.predict_f32(chunk)
-            } else {
-                let mut last = [0f32; FRAME];
-                last[..chunk.len()].copy_from_slice(chunk);
-                detector.predict_f32(&last)
-            }
+            let mut frame = [0f32; FRAME];
+            frame[..chunk.len()].copy_from_slice(chunk);
+            detector.predict_f32(&frame)
         })
         .collect();
+    for (score, tone) in scores.iter_mut().zip(tone_frames(samples)) {
+        if tone {
+            *score = 0.0;
+        }
+    }
     regions_from_scores(&scores, samples.len(), cfg)
+}
+
+/// Frames at least this many in a row ([`TONE_RUN`] x 16 ms = 288 ms) with their energy at one
+/// steady pitch make a tone. Synthetic speech (espeak-ng) holds a vowel that steady for at most
+/// 10 frames on the field cases; hold-music beeps last 25.
+pub const TONE_RUN: usize = 18;
+
+/// Which 16 ms frames belong to a steady tone: [`TONE_RUN`] or more frames in a row whose
+/// energy lies (over [`TONE_SHARE`]) near the same spectral peaks, within one bin. A voice
+/// glides in pitch and formants from frame to frame; a beep, a dial tone or DTMF does not.
+pub fn tone_frames(samples: &[f32]) -> Vec<bool> {
+    let mut check = ToneCheck::new();
+    let peaks: Vec<Option<usize>> = samples
+        .chunks(FRAME)
+        .map(|chunk| {
+            let mut frame = [0f32; FRAME];
+            frame[..chunk.len()].copy_from_slice(chunk);
+            let (share, bin) = check.peak(&frame);
+            (share > TONE_SHARE).then_some(bin)
+        })
+        .collect();
+    let mut out = vec![false; peaks.len()];
+    let mut start = 0;
+    while start < peaks.len() {
+        let Some(bin) = peaks[start] else {
+            start += 1;
+            continue;
+        };
+        let mut end = start + 1;
+        while end < peaks.len() && peaks[end].is_some_and(|b| b.abs_diff(bin) <= 1) {
+            end += 1;
+        }
+        if end - start >= TONE_RUN {
+            out[start..end].fill(true);
+        }
+        start = end;
+    }
+    out
+}
+
+/// Whether a frame is a steady tone: nearly all of its energy (over [`TONE_SHARE`]) within
+/// two bins of at most two spectral peaks (a sine, or a DTMF pair). Voiced speech spreads its
+/// energy over many harmonics and formants; unvoiced speech is noise-like.
+pub struct ToneCheck {
+    fft: std::sync::Arc<dyn rustfft::Fft<f32>>,
+    window: Vec<f32>,
+    buf: Vec<rustfft::num_complex::Complex<f32>>,
+}
+
+/// Share of a frame's energy near its two strongest peaks above which it may be a tone.
+pub const TONE_SHARE: f32 = 0.9;
+
+impl Default for ToneCheck {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ToneCheck {
+    pub fn new() -> Self {
+        let fft = rustfft::FftPlanner::new().plan_fft_forward(FRAME);
+        let window = (0..FRAME)
+            .map(|i| 0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / FRAME as f32).cos())
+            .collect();
+        Self {
+            fft,
+            window,
+            buf: vec![Default::default(); FRAME],
+        }
+    }
+
+    /// The share of the frame's energy near its two strongest peaks (0 for silence).
+    pub fn peak_share(&mut self, frame: &[f32; FRAME]) -> f32 {
+        self.peak(frame).0
+    }
+
+    /// The share, and the strongest peak's bin.
+    pub fn peak(&mut self, frame: &[f32; FRAME]) -> (f32, usize) {
+        for ((b, &x), &w) in self.buf.iter_mut().zip(frame).zip(&self.window) {
+            *b = rustfft::num_complex::Complex::new(x * w, 0.0);
+        }
+        self.fft.process(&mut self.buf);
+        let mut power: Vec<f32> = self.buf[..FRAME / 2].iter().map(|c| c.norm_sqr()).collect();
+        // Below 80 Hz (bins 0..1) is hum and offset, not the signal.
+        power[0] = 0.0;
+        power[1] = 0.0;
+        let total: f32 = power.iter().sum();
+        if total < 1e-6 {
+            return (0.0, 0);
+        }
+        let mut near = 0.0;
+        let mut first = None;
+        for _ in 0..2 {
+            let (k, _) =
+                power.iter().enumerate().fold(
+                    (0, 0.0),
+                    |best, (i, &p)| if p > best.1 { (i, p) } else { best },
+                );
+            first.get_or_insert(k);
+            let band = k.saturating_sub(2)..(k + 3).min(power.len());
+            near += power[band.clone()].iter().sum::<f32>();
+            power[band].fill(0.0);
+        }
+        (near / total, first.unwrap_or(0))
+    }
+
+    pub fn is_tone(&mut self, frame: &[f32; FRAME]) -> bool {
+        self.peak_share(frame) > TONE_SHARE
+    }
 }
 
 /// Speech starts at a frame scoring at least `onset` and continues while frames score at least
@@ -168,20 +281,30 @@ pub fn regions_from_scores(
     out
 }
 
-/// Speech regions joined into one signal, with the map back to the original time line.
+/// Silence put between two joined regions (samples, 0.3 s): the recogniser hears a pause
+/// where one was removed, and does not run two sentences into one (a robocall played twice, 3 s
+/// apart, was heard as "Social Security added murders" without it).
+pub const JOIN_PAUSE: usize = 4_800;
+
+/// Speech regions joined into one signal (with [`JOIN_PAUSE`] of silence between regions), and
+/// the exact map back to the original time line.
 #[derive(Debug, Clone)]
 pub struct SpeechOnly {
     pub samples: Vec<f32>,
-    /// `(start in the joined signal, start in the original)` of each region, in samples.
-    pieces: Vec<(usize, usize)>,
+    /// `(start in the joined signal, start in the original, length)` of each region, in
+    /// samples.
+    pieces: Vec<(usize, usize, usize)>,
 }
 
 impl SpeechOnly {
     pub fn new(samples: &[f32], regions: &[std::ops::Range<usize>]) -> Self {
         let mut joined = Vec::new();
         let mut pieces = Vec::new();
-        for r in regions {
-            pieces.push((joined.len(), r.start));
+        for (i, r) in regions.iter().enumerate() {
+            if i > 0 {
+                joined.resize(joined.len() + JOIN_PAUSE, 0.0);
+            }
+            pieces.push((joined.len(), r.start, r.len()));
             joined.extend_from_slice(&samples[r.clone()]);
         }
         Self {
@@ -190,15 +313,82 @@ impl SpeechOnly {
         }
     }
 
-    /// Maps a time in the joined signal (seconds) to the original recording.
+    /// Maps a time in the joined signal (seconds) to the original recording. A time inside a
+    /// pause between regions maps to the start of the region after it.
     pub fn original_time(&self, t: f64) -> f64 {
-        let sample = (t * 16_000.0).max(0.0) as usize;
-        let idx = self.pieces.partition_point(|&(joined, _)| joined <= sample);
-        match idx.checked_sub(1).map(|i| self.pieces[i]) {
-            Some((joined, orig)) => (orig + (sample - joined)) as f64 / 16_000.0,
-            None => t,
+        self.map(t, false)
+    }
+
+    /// As [`original_time`](Self::original_time), but a time inside a pause maps to the end
+    /// of the region before it (for the end of a stretch of text).
+    pub fn original_end(&self, t: f64) -> f64 {
+        self.map(t, true)
+    }
+
+    fn map(&self, t: f64, end: bool) -> f64 {
+        let sample = (t * 16_000.0).max(0.0).round() as usize;
+        let idx = self
+            .pieces
+            .partition_point(|&(joined, _, _)| joined <= sample);
+        let Some(i) = idx.checked_sub(1) else {
+            return self
+                .pieces
+                .first()
+                .map_or(t, |&(_, orig, _)| orig as f64 / 16_000.0);
+        };
+        let (joined, orig, len) = self.pieces[i];
+        let offset = sample - joined;
+        if offset <= len {
+            return (orig + offset) as f64 / 16_000.0;
+        }
+        // In the pause after region i.
+        match self.pieces.get(i + 1) {
+            Some(&(_, next, _)) if !end => next as f64 / 16_000.0,
+            _ => (orig + len) as f64 / 16_000.0,
         }
     }
+
+    /// The joined-signal times (seconds) where a region begins after a removed gap of at least
+    /// `min_gap_s` seconds.
+    pub fn joins_after_gaps(&self, min_gap_s: f64) -> Vec<f64> {
+        let min_gap = (min_gap_s * 16_000.0) as usize;
+        self.pieces
+            .windows(2)
+            .filter(|w| w[1].1.saturating_sub(w[0].1 + w[0].2) >= min_gap)
+            .map(|w| w[1].0 as f64 / 16_000.0)
+            .collect()
+    }
+
+    /// The joined-signal times (seconds) where each region after the first begins.
+    pub fn joins(&self) -> Vec<f64> {
+        self.pieces
+            .iter()
+            .skip(1)
+            .map(|&(joined, _, _)| joined as f64 / 16_000.0)
+            .collect()
+    }
+}
+
+/// Splits `text`, heard over `[start, end]`, at time `at` in proportion to its characters, at
+/// the nearest word boundary (anywhere in text without spaces, such as Chinese). Returns the
+/// two parts, either of which may be empty.
+pub fn split_text_at(text: &str, start: f64, end: f64, at: f64) -> (String, String) {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.is_empty() || end <= start {
+        return (text.to_owned(), String::new());
+    }
+    let share = ((at - start) / (end - start)).clamp(0.0, 1.0);
+    let target = (share * chars.len() as f64).round() as usize;
+    let cut = if chars.iter().any(|c| c.is_whitespace()) {
+        // The whitespace nearest the proportional point.
+        (0..=chars.len())
+            .filter(|&i| i == 0 || i == chars.len() || chars[i].is_whitespace())
+            .min_by_key(|&i| i.abs_diff(target))
+            .unwrap_or(target)
+    } else {
+        target
+    };
+    (chars[..cut].iter().collect(), chars[cut..].iter().collect())
 }
 
 #[cfg(test)]
@@ -228,12 +418,91 @@ mod tests {
     }
 
     #[test]
+    fn tones_are_not_speech_but_a_voice_like_signal_is_not_a_tone() {
+        let mut check = ToneCheck::new();
+        let tone = |f: &[f32]| -> [f32; FRAME] {
+            let mut out = [0f32; FRAME];
+            for (i, o) in out.iter_mut().enumerate() {
+                let t = (i + 1000) as f32 / 16_000.0;
+                *o = f
+                    .iter()
+                    .map(|&hz| (2.0 * std::f32::consts::PI * hz * t).sin() * 0.3)
+                    .sum();
+            }
+            out
+        };
+        assert!(check.is_tone(&tone(&[440.0])));
+        // DTMF "5": 770 Hz + 1336 Hz.
+        assert!(check.is_tone(&tone(&[770.0, 1336.0])));
+        // A voiced sound: a 120 Hz fundamental with its first 20 harmonics.
+        let harmonics: Vec<f32> = (1..=20).map(|k| 120.0 * k as f32).collect();
+        assert!(
+            !check.is_tone(&tone(&harmonics)),
+            "{}",
+            check.peak_share(&tone(&harmonics))
+        );
+        assert!(!check.is_tone(&[0.0; FRAME]));
+        // Over a run: a 400 ms beep every second is tone; a voice gliding in pitch is not.
+        let beeps: Vec<f32> = (0..32_000)
+            .map(|i| {
+                let t = i as f32 / 16_000.0;
+                if t.fract() < 0.4 {
+                    (2.0 * std::f32::consts::PI * 480.0 * t).sin() * 0.3
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let marked = tone_frames(&beeps).iter().filter(|&&t| t).count();
+        assert!((40..=52).contains(&marked), "{marked}");
+        let glide: Vec<f32> = (0..32_000)
+            .map(|i| {
+                let t = i as f32 / 16_000.0;
+                let f0 = 110.0 + 60.0 * (t * 3.0).sin();
+                (1..=12)
+                    .map(|k| (2.0 * std::f32::consts::PI * f0 * k as f32 * t).sin() * 0.05)
+                    .sum()
+            })
+            .collect();
+        assert_eq!(tone_frames(&glide).iter().filter(|&&t| t).count(), 0);
+    }
+
+    /// Prints the share of each second of a recording (`VISHGUARD_TONE_FILE`), for tuning.
+    #[test]
+    #[ignore]
+    fn print_tone_shares() {
+        let Ok(path) = std::env::var("VISHGUARD_TONE_FILE") else {
+            return;
+        };
+        let s = crate::audio::load_16k(std::path::Path::new(&path), crate::audio::ChannelMode::Mix)
+            .unwrap()
+            .remove(0)
+            .samples;
+        let tones = tone_frames(&s);
+        for (sec, second) in tones.chunks(16_000 / FRAME).enumerate() {
+            eprintln!("{sec:3}: {}", second.iter().filter(|&&t| t).count());
+        }
+    }
+
+    #[test]
     fn silence_has_no_speech_and_times_map_back() {
         assert!(speech_regions(&vec![0.0; 32_000], &VadConfig::default()).is_empty());
         let samples: Vec<f32> = (0..64_000).map(|i| i as f32).collect();
         let only = SpeechOnly::new(&samples, &[16_000..24_000, 48_000..56_000]);
-        assert_eq!(only.samples.len(), 16_000);
+        assert_eq!(only.samples.len(), 16_000 + JOIN_PAUSE);
         assert_eq!(only.original_time(0.25), 1.25);
-        assert_eq!(only.original_time(0.75), 3.25);
+        // In the pause between the regions: the next region's start, or the last one's end.
+        assert_eq!(only.original_time(0.6), 3.0);
+        assert_eq!(only.original_end(0.6), 1.5);
+        assert_eq!(only.original_time(0.75 + 0.3), 3.25);
+        assert_eq!(only.joins(), vec![0.8]);
+        assert_eq!(
+            split_text_at(" one two three four", 0.0, 4.0, 2.0),
+            (" one two".to_owned(), " three four".to_owned())
+        );
+        assert_eq!(
+            split_text_at("您的账户被冻结", 0.0, 7.0, 2.0),
+            ("您的".to_owned(), "账户被冻结".to_owned())
+        );
     }
 }
