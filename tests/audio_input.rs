@@ -291,3 +291,12 @@ fn errors_name_the_file_once_and_never_a_readers_internals_alone() {
         assert!(!err.contains("symphonia_core"), "{err}");
     }
 }
+
+#[test]
+fn a_decoder_that_fails_on_a_hostile_file_ends_that_file_not_the_process() {
+    // Found by fuzzing (fuzz/fuzz_targets/audio_file.rs): symphonia's MS ADPCM decoder
+    // overflows on it. Whatever the outcome, it is a value, not a panic.
+    let path = support::fixture("audio/fuzz_ms_adpcm_overflow.wav");
+    let outcome = std::panic::catch_unwind(|| decode_file(&path).map(|a| a.duration_s()));
+    assert!(outcome.is_ok(), "the decode panicked");
+}

@@ -417,14 +417,16 @@ fn deinterleave(interleaved: &[f32], n: usize) -> Vec<Vec<f32>> {
 fn open_symphonia(source: Box<dyn MediaSource>) -> Result<(SymphoniaStream, u32, usize), String> {
     let stream = MediaSourceStream::new(source, Default::default());
     // symphonia 0.5 probes by content (the hint is unused); the name is not trusted here.
-    let probed = symphonia::default::get_probe()
-        .format(
+    let probed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        symphonia::default::get_probe().format(
             &Hint::new(),
             stream,
             &FormatOptions::default(),
             &MetadataOptions::default(),
         )
-        .map_err(|e| e.to_string())?;
+    }))
+    .map_err(|_| "the format reader failed on this input".to_owned())?
+    .map_err(|e| e.to_string())?;
     let format = probed.format;
     let track = format
         .default_track()
@@ -469,6 +471,18 @@ impl SymphoniaStream {
     /// at the end. `Err` is the reader's reason.
     #[allow(clippy::type_complexity)]
     fn packet(&mut self, name: &str) -> Result<Option<(u32, usize, Vec<Vec<f32>>)>, String> {
+        // A decoder bug on a hostile file (symphonia's MS ADPCM overflows its step size, a
+        // panic where overflow is checked) ends this file's audio, never the process: one bad
+        // call must not take down a batch or the other calls.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.packet_unguarded(name)))
+            .unwrap_or_else(|_| Err("the decoder failed on this input".to_owned()))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn packet_unguarded(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<(u32, usize, Vec<Vec<f32>>)>, String> {
         loop {
             let packet = match self.format.next_packet() {
                 Ok(p) => p,
