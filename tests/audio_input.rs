@@ -299,4 +299,10 @@ fn a_decoder_that_fails_on_a_hostile_file_ends_that_file_not_the_process() {
     let path = support::fixture("audio/fuzz_ms_adpcm_overflow.wav");
     let outcome = std::panic::catch_unwind(|| decode_file(&path).map(|a| a.duration_s()));
     assert!(outcome.is_ok(), "the decode panicked");
+    // Also found by fuzzing: a FLAC comment claiming 4 GB is refused before anything asks
+    // for that much memory.
+    let err = decode_file(&support::fixture("audio/fuzz_flac_comment_4gb.flac"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("comment runs past its block"), "{err}");
 }

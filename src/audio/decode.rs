@@ -199,6 +199,14 @@ impl AudioReader {
         }
         let riff =
             got == 12 && matches!(&head[..4], b"RIFF" | b"RIFX" | b"RF64") && &head[8..] == b"WAVE";
+        if &head[..4] == b"fLaC" {
+            if let Err(problem) = check_flac_comments(&mut open()?) {
+                return Err(DecodeError::Corrupt {
+                    path: name,
+                    problem,
+                });
+            }
+        }
         let source: Box<dyn MediaSource> = match riff.then(|| open().map(unknown_wav_sizes)) {
             Some(Ok(Ok(patched))) => Box::new(patched),
             Some(Ok(Err(unpatched))) => Box::new(SourceAdapter(unpatched)),
@@ -699,4 +707,57 @@ impl MediaSource for SourceAdapter {
     fn byte_len(&self) -> Option<u64> {
         None
     }
+}
+
+/// Checks a FLAC file's Vorbis comment blocks (RFC 9639 section 8.6) before symphonia reads
+/// them: it allocates each comment at the length the file claims, so a 100-byte file claiming
+/// a 4 GB comment (found by fuzzing) would ask for 4 GB. A length past the end of its block is
+/// corrupt.
+fn check_flac_comments(file: &mut Box<dyn ByteSource>) -> Result<(), String> {
+    let mut magic = [0u8; 4];
+    if file.read_exact(&mut magic).is_err() {
+        return Ok(());
+    }
+    for _ in 0..1024 {
+        let mut header = [0u8; 4];
+        if file.read_exact(&mut header).is_err() {
+            return Ok(());
+        }
+        let last = header[0] & 0x80 != 0;
+        let kind = header[0] & 0x7f;
+        let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
+        if kind == 4 {
+            let mut block = vec![0u8; len];
+            if file.read_exact(&mut block).is_err() {
+                return Ok(());
+            }
+            let u32_at = |at: usize, what: &str| -> Result<usize, String> {
+                block
+                    .get(at..at.saturating_add(4))
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                    .ok_or_else(|| format!("FLAC comment block ends inside its {what}"))
+            };
+            let vendor = u32_at(0, "vendor length")?;
+            let mut at = 4usize
+                .checked_add(vendor)
+                .filter(|&end| end <= len)
+                .ok_or("a FLAC comment vendor string runs past its block")?;
+            let count = u32_at(at, "comment count")?;
+            at += 4;
+            for _ in 0..count {
+                let n = u32_at(at, "comment length")?;
+                at = at
+                    .checked_add(4)
+                    .and_then(|a| a.checked_add(n))
+                    .filter(|&end| end <= len)
+                    .ok_or("a FLAC comment runs past its block")?;
+            }
+        } else if file.seek(SeekFrom::Current(len as i64)).is_err() {
+            return Ok(());
+        }
+        if last {
+            break;
+        }
+    }
+    Ok(())
 }
