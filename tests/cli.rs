@@ -141,3 +141,20 @@ fn weights_turned_to_nan_are_an_error_not_a_transcript_of_exclamation_marks() {
     assert!(err.contains("NaN"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("!!"));
 }
+
+#[test]
+fn what_was_said_stays_out_of_the_logs_even_at_debug_level() {
+    let out = support::vishguard()
+        .args(["-vv", "scan", "--model", "tiny.en"])
+        .arg(support::fixture("asr/pharmacy.flac"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("DEBUG"), "{logs}");
+    // The transcript's words, and token ids (which decode back to them).
+    for word in ["pharmacy", "prescription", "tokens=["] {
+        assert!(!logs.contains(word), "{word} in the logs:\n{logs}");
+    }
+    assert!(!said.is_empty());
+}

@@ -264,4 +264,11 @@ fn labels_as_datasets_spell_them_failed_rows_retried_and_nothing_counted_twice()
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("row 1") && err.contains("\"maybe\""), "{err}");
+    // `unwanted` (the dev set's telemarketing label) is kept and counted, not scored.
+    std::fs::write(
+        &manifest,
+        "text,label\nbuy solar panels today,Unwanted\nhello,scam\n",
+    )
+    .unwrap();
+    assert!(score().status.success());
 }

@@ -567,7 +567,8 @@ impl Transcriber {
             }
         }
         let tokens = &result.tokens;
-        tracing::debug!(?tokens, "window tokens");
+        // The count only: token ids decode back to what was said, which stays out of logs.
+        tracing::debug!(tokens = tokens.len(), "window decoded");
         let is_ts: Vec<bool> = tokens.iter().map(|&t| sp.is_timestamp(t)).collect();
         let single_ending = is_ts.len() >= 2 && !is_ts[is_ts.len() - 2] && is_ts[is_ts.len() - 1];
         let mut cuts: Vec<usize> = (1..tokens.len())

@@ -14,7 +14,8 @@ pub struct ManifestRow {
     pub path: Option<PathBuf>,
     #[serde(default)]
     pub text: Option<String>,
-    /// `scam` or `legit` once read: the spellings datasets use (`SCAM`, `fraud`, `1`, `true`;
+    /// `scam` or `legit` once read (or `unwanted` / `unknown`, kept but not scored: see
+    /// [`normalise_label`]): the spellings datasets use (`SCAM`, `fraud`, `1`, `true`;
     /// `legitimate`, `benign`, `ham`, `0`, `false`, ...) are normalised, and anything else is
     /// an error naming the row, never a row silently left out of the metrics.
     #[serde(deserialize_with = "label_text")]
@@ -35,9 +36,13 @@ fn label_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error
     })
 }
 
-/// `scam` or `legit` for the ways datasets spell them, or `None`.
+/// `scam` or `legit` for the ways datasets spell them; `unwanted` (telemarketing with no fraud
+/// script, as the dev set labels it) and `unknown`, which are kept in the results but left out
+/// of the scam/legit metrics (counted under `labels`); or `None`.
 pub fn normalise_label(label: &str) -> Option<&'static str> {
     match label.trim().to_ascii_lowercase().as_str() {
+        "unwanted" => Some("unwanted"),
+        "unknown" | "unlabelled" | "unlabeled" => Some("unknown"),
         "scam" | "fraud" | "vishing" | "spam" | "1" | "true" | "yes" | "positive" | "pos" => {
             Some("scam")
         }
@@ -85,7 +90,7 @@ pub fn parse_manifest(text: &str, path: &Path, is_csv: bool) -> Result<Vec<Manif
         row.label = match normalise_label(&row.label) {
             Some(l) => l.to_owned(),
             None => bail!(
-                "{}: row {}: label {:?} is neither scam nor legit (scam/legit, 1/0, true/false)",
+                "{}: row {}: label {:?} is not one of scam/legit (or 1/0, true/false), unwanted, unknown",
                 path.display(),
                 i + 1,
                 row.label
