@@ -727,10 +727,13 @@ fn check_flac_comments(file: &mut Box<dyn ByteSource>) -> Result<(), String> {
         let kind = header[0] & 0x7f;
         let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
         if kind == 4 {
-            let mut block = vec![0u8; len];
-            if file.read_exact(&mut block).is_err() {
+            // What the file holds of the block (it may be cut short): every length inside
+            // must fit in that.
+            let mut block = Vec::new();
+            if file.take(len as u64).read_to_end(&mut block).is_err() {
                 return Ok(());
             }
+            let len = block.len();
             let u32_at = |at: usize, what: &str| -> Result<usize, String> {
                 block
                     .get(at..at.saturating_add(4))
