@@ -293,6 +293,33 @@ mod tests {
     use crate::call::{Evidence, PartySummary, Risk, Spoken};
 
     #[test]
+    fn a_party_in_a_language_no_pack_covers_reads_unchecked_not_none() {
+        let mut p = party(0, Risk::None, 0.0);
+        p.uncovered_language = Some("fr".into());
+        let call = CallSummary {
+            call_id: "fr.wav".into(),
+            metadata: Default::default(),
+            risk: Risk::None,
+            score: 0.0,
+            categories: vec![],
+            language: Some("en".into()),
+            first_alert_s: None,
+            evidence: vec![],
+            parties: vec![p],
+            audio_s: Some(8.0),
+            stream: None,
+            uncovered_language: Some("fr".into()),
+        };
+        let row = table_rows("fr.wav", &call);
+        assert!(row.contains("unchecked"), "{row}");
+        assert!(
+            row.contains("language fr: no phrase pack covers it"),
+            "{row}"
+        );
+        assert!(!row.contains(" none "), "{row}");
+    }
+
+    #[test]
     fn transcripts_of_files_with_one_name_in_two_folders_are_kept_apart() {
         let files = vec![
             PathBuf::from("calls/a/call.wav"),
