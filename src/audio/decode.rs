@@ -199,7 +199,7 @@ impl AudioReader {
         }
         let riff =
             got == 12 && matches!(&head[..4], b"RIFF" | b"RIFX" | b"RF64") && &head[8..] == b"WAVE";
-        if &head[..4] == b"fLaC" {
+        if !riff {
             if let Err(problem) = check_flac_comments(&mut open()?) {
                 return Err(DecodeError::Corrupt {
                     path: name,
@@ -713,9 +713,18 @@ impl MediaSource for SourceAdapter {
 /// them: it allocates each comment at the length the file claims, so a 100-byte file claiming
 /// a 4 GB comment (found by fuzzing) would ask for 4 GB. A length past the end of its block is
 /// corrupt.
+///
+/// symphonia looks for a format's marker anywhere in the first MiB (after an ID3 tag, say), so
+/// the first `fLaC` there is where its FLAC reader would start.
 fn check_flac_comments(file: &mut Box<dyn ByteSource>) -> Result<(), String> {
-    let mut magic = [0u8; 4];
-    if file.read_exact(&mut magic).is_err() {
+    let mut head = Vec::new();
+    if file.take((1 << 20) + 4).read_to_end(&mut head).is_err() {
+        return Ok(());
+    }
+    let Some(at) = head.windows(4).position(|w| w == b"fLaC") else {
+        return Ok(());
+    };
+    if file.seek(SeekFrom::Start(at as u64 + 4)).is_err() {
         return Ok(());
     }
     for _ in 0..1024 {
