@@ -165,8 +165,12 @@ impl Transcriber {
 
     /// Runs the encoder on `frames` (even, at most `WINDOW_FRAMES`) frames from `start`.
     pub fn encode_frames(&self, mel: &LogMel, start: usize, frames: usize) -> Result<Tensor> {
-        let data = mel.window_of(start, frames);
-        let x = Tensor::from_vec(data, (1, mel.n_mels, frames), &self.device)?
+        self.encode_one(mel.window_of(start, frames), mel.n_mels, frames)
+    }
+
+    /// Runs the encoder on one window's log-mel data, `[n_mels * frames]`.
+    fn encode_one(&self, data: Vec<f32>, n_mels: usize, frames: usize) -> Result<Tensor> {
+        let x = Tensor::from_vec(data, (1, n_mels, frames), &self.device)?
             .to_dtype(self.model_dtype())?;
         Ok(self.model.encoder.forward(&x)?)
     }
@@ -357,15 +361,7 @@ impl Transcriber {
 
     /// Encodes, decodes (with fallback) and takes in the window at `form.seek`.
     fn next_window(&self, form: &mut LongForm, opts: &TranscribeOptions) -> Result<()> {
-        let audio = {
-            let x = Tensor::from_vec(
-                form.window_data(),
-                (1, form.mel.n_mels, form.window),
-                &self.device,
-            )?
-            .to_dtype(self.model_dtype())?;
-            self.model.encoder.forward(&x)?
-        };
+        let audio = self.encode_one(form.window_data(), form.mel.n_mels, form.window)?;
         if form.seek == 0 && form.sot_sequence.len() == 1 {
             let token = match &form.plan {
                 LanguagePlan::EnglishOnly => None,

@@ -103,10 +103,6 @@ impl SampleRepairs {
             }
         }
     }
-
-    pub fn any(&self) -> bool {
-        self.not_finite > 0 || self.clipped > 0
-    }
 }
 
 /// Frames handed out per chunk (about 2 s at 48 kHz): bounded memory, whatever the file's
@@ -190,7 +186,8 @@ impl AudioReader {
         open: &dyn Fn() -> Result<Box<dyn ByteSource>, DecodeError>,
     ) -> Result<Self, DecodeError> {
         let mut head = [0u8; 12];
-        let got = read_up_to(&mut open()?, &mut head).map_err(|cause| DecodeError::Open {
+        let mut first = open()?;
+        let got = read_up_to(&mut first, &mut head).map_err(|cause| DecodeError::Open {
             path: name.clone(),
             cause,
         })?;
@@ -200,7 +197,7 @@ impl AudioReader {
         let riff =
             got == 12 && matches!(&head[..4], b"RIFF" | b"RIFX" | b"RF64") && &head[8..] == b"WAVE";
         if !riff {
-            if let Err(problem) = check_flac_comments(&mut open()?) {
+            if let Err(problem) = check_flac_comments(&mut first) {
                 return Err(DecodeError::Corrupt {
                     path: name,
                     problem,
@@ -288,11 +285,6 @@ impl AudioReader {
         self.channel_count
     }
 
-    /// Frames (samples per channel) handed out so far.
-    pub fn frames_read(&self) -> u64 {
-        self.frames
-    }
-
     /// The next chunk: one `Vec` per channel, all the same length, finite and in [-1, 1];
     /// `None` at the end of the audio.
     ///
@@ -350,11 +342,6 @@ impl AudioReader {
             );
         }
         Ok(r)
-    }
-
-    /// The samples repaired so far.
-    pub fn repairs(&self) -> SampleRepairs {
-        self.repairs
     }
 }
 
@@ -718,7 +705,9 @@ impl MediaSource for SourceAdapter {
 /// the first `fLaC` there is where its FLAC reader would start.
 fn check_flac_comments(file: &mut Box<dyn ByteSource>) -> Result<(), String> {
     let mut head = Vec::new();
-    if file.take((1 << 20) + 4).read_to_end(&mut head).is_err() {
+    if file.seek(SeekFrom::Start(0)).is_err()
+        || file.take((1 << 20) + 4).read_to_end(&mut head).is_err()
+    {
         return Ok(());
     }
     let Some(at) = head.windows(4).position(|w| w == b"fLaC") else {
