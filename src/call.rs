@@ -131,7 +131,17 @@ pub struct Segment {
     /// Sampling temperature of the decode that was kept (0 unless the fallback ran).
     #[serde(skip)]
     pub temperature: f32,
+    /// The recogniser was too unsure of this text to trust it (`avg_logprob` below -2.0,
+    /// `LOW_CONFIDENCE_LOGPROB`): kept for the record, never evidence. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub low_confidence: bool,
 }
+
+/// Segments the recogniser was this unsure of (mean token log-probability) are marked
+/// `low_confidence` and give no evidence: on the field cases, speech-like sound with no words
+/// came out as invented sentences at -2.9 to -4.6, and real telephone speech at -0.3 to -0.8
+/// (base and tiny.en).
+pub const LOW_CONFIDENCE_LOGPROB: f32 = -2.0;
 
 impl Segment {
     /// A segment with no confidence figures (text that did not come from the recogniser).
@@ -143,6 +153,27 @@ impl Segment {
             avg_logprob: 0.0,
             no_speech_prob: 0.0,
             temperature: 0.0,
+            low_confidence: false,
+        }
+    }
+
+    /// A segment as the recogniser heard it, marked `low_confidence` by its `avg_logprob`.
+    pub fn heard(
+        start_s: f64,
+        end_s: f64,
+        text: impl Into<String>,
+        avg_logprob: f32,
+        no_speech_prob: f32,
+        temperature: f32,
+    ) -> Self {
+        Self {
+            start_s,
+            end_s,
+            text: text.into(),
+            avg_logprob,
+            no_speech_prob,
+            temperature,
+            low_confidence: avg_logprob < LOW_CONFIDENCE_LOGPROB,
         }
     }
 }
@@ -411,5 +442,20 @@ mod tests {
         assert!(v.get("context_similarity").is_none());
         let back: Versioned<Event> = serde_json::from_str(&line).unwrap();
         assert_eq!(back.record, alert);
+    }
+
+    #[test]
+    fn unsure_text_is_marked_and_sure_text_carries_no_mark() {
+        let unsure = Segment::heard(0.0, 1.0, " sala markings", -4.6, 0.5, 0.0);
+        let sure = Segment::heard(1.0, 2.0, " press one now", -0.4, 0.01, 0.0);
+        assert!(unsure.low_confidence && !sure.low_confidence);
+        let v = serde_json::to_value(&unsure).unwrap();
+        assert_eq!(v["low_confidence"], true);
+        assert!(serde_json::to_value(&sure)
+            .unwrap()
+            .get("low_confidence")
+            .is_none());
+        let back: Segment = serde_json::from_value(v).unwrap();
+        assert!(back.low_confidence);
     }
 }

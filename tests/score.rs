@@ -120,6 +120,14 @@ fn metrics_match_an_independent_computation_and_survive_an_interruption() {
     close("fpr", fp / (fp + tn));
     close("roc_auc", auc);
     assert_eq!(m["n_errors"], 1);
+    // A text manifest has no audio: the report says so rather than "audio -0.000 s".
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(!html.contains("-0.000"), "a negative zero in the report");
+    assert!(
+        html.contains("No audio rows"),
+        "the report times audio it has not heard"
+    );
+    assert_eq!(m["speed"]["audio_s"], Value::Null);
     let ci = &m["f1_ci95"];
     assert!(ci["low"].as_f64().unwrap() <= f1 && f1 <= ci["high"].as_f64().unwrap());
 

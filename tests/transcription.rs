@@ -174,3 +174,60 @@ fn a_short_encoder_window_keeps_short_clips_accurate() {
         assert!(w <= 0.15, "{name}: WER {w:.3} with a 15 s window: {text}");
     }
 }
+
+/// Three clean clips with 4 s of silence between them, heard whole and in pieces of 10 s
+/// (at most 20 s) pushed in 1 s chunks: the pieces are cut in the pauses, each clip's words
+/// land in its own stretch of time, and the words are those heard whole.
+#[test]
+fn a_recording_heard_in_pieces_matches_the_whole() {
+    let m = tiny_en();
+    let opts = TranscribeOptions {
+        language: Some("en".into()),
+        ..Default::default()
+    };
+    let mut samples = Vec::new();
+    let mut spans = Vec::new();
+    for (i, name) in ["gift_cards", "delivery", "pharmacy"].iter().enumerate() {
+        if i > 0 {
+            samples.resize(samples.len() + 4 * 16_000, 0.0);
+        }
+        let clip = fixture_speech(&format!("asr/{name}.flac"));
+        let start = samples.len() as f64 / 16_000.0;
+        samples.extend_from_slice(&clip);
+        spans.push((start, samples.len() as f64 / 16_000.0));
+    }
+    let whole = m.transcribe(&samples, &opts).unwrap();
+    let mut long = m.long_recording(&opts).with_piece_s(10.0, 20.0);
+    for chunk in samples.chunks(16_000) {
+        long.push(chunk).unwrap();
+    }
+    assert!(
+        long.pieces_heard() >= 2,
+        "{} pieces cut",
+        long.pieces_heard()
+    );
+    let pieces = long.finish().unwrap();
+    eprintln!("whole: {}\npieces: {}", whole.text(), pieces.text());
+    assert_eq!(pieces.duration_s, whole.duration_s);
+    assert_eq!(pieces.language.as_deref(), Some("en"));
+    let w = wer(&whole.text(), &pieces.text());
+    assert!(w <= 0.05, "pieces differ from the whole: WER {w:.3}");
+    for s in &pieces.segments {
+        assert!(
+            spans
+                .iter()
+                .any(|&(a, b)| s.start_s >= a - 0.3 && s.end_s <= b + 0.3),
+            "segment {:.2}-{:.2} s lies outside every clip: {:?}",
+            s.start_s,
+            s.end_s,
+            s.text
+        );
+    }
+    // Every clip was heard.
+    for &(a, b) in &spans {
+        assert!(pieces
+            .segments
+            .iter()
+            .any(|s| s.start_s >= a - 0.3 && s.end_s <= b + 0.3));
+    }
+}

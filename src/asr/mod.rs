@@ -6,6 +6,7 @@ pub mod device;
 pub mod language;
 pub mod mel;
 pub mod model;
+pub mod pieces;
 pub mod tokens;
 pub mod transcribe;
 

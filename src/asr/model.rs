@@ -42,6 +42,11 @@ fn layer_norm(d: usize, vb: VarBuilder) -> Result<LayerNorm> {
     candle_nn::layer_norm(d, 1e-5, vb)
 }
 
+/// The most attention weights (elements of [b, heads, query rows, key rows]) one step of
+/// [`Attention::attend`] holds on the CPU: 4 Mi f32 = 16 MiB, a fifth of one 30-s window of
+/// base.
+const CPU_ATTENTION_ELEMS: usize = 4 << 20;
+
 struct Attention {
     q: Linear,
     k: Linear,
@@ -80,12 +85,45 @@ impl Attention {
         let (b, t, d) = x.dims3()?;
         let q = self.heads(&self.q.forward(x)?)?;
         let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
-        let mut w = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(mask) = mask {
-            w = w.broadcast_add(mask)?;
+        let t_k = k.dim(2)?;
+        // On the CPU the weights of one encoder layer over a 30-s window are
+        // [b, heads, 1500, 1500]: 72 MB each for base, and three copies live at once
+        // (scores, scaled, softmax). Query rows are independent, so they are taken a block at
+        // a time: peak RSS of `scan --model base` on a 3-h call fell from 654 MB to the
+        // figure in benches/memory.sh's note. Devices with their own memory take all rows.
+        let rows = if x.device().is_cpu() {
+            (CPU_ATTENTION_ELEMS / (b * self.n_head * t_k).max(1)).clamp(1, t)
+        } else {
+            t
+        };
+        let mut blocks = Vec::with_capacity(t.div_ceil(rows));
+        for start in (0..t).step_by(rows) {
+            let len = rows.min(t - start);
+            let q = if len == t {
+                q.clone()
+            } else {
+                q.narrow(2, start, len)?.contiguous()?
+            };
+            let mut w = (q.matmul(&k.t()?)? * scale)?;
+            if let Some(mask) = mask {
+                // The query rows are the mask's second-last dimension ([n, m] or [b, 1, n, m]).
+                let rows_dim = mask.rank() - 2;
+                let mask = if len == t || mask.dim(rows_dim)? == 1 {
+                    mask.clone()
+                } else {
+                    mask.narrow(rows_dim, start, len)?
+                };
+                w = w.broadcast_add(&mask)?;
+            }
+            let w = candle_nn::ops::softmax_last_dim(&w)?;
+            blocks.push(w.matmul(v)?);
         }
-        let w = candle_nn::ops::softmax_last_dim(&w)?;
-        let o = w.matmul(v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        let o = if blocks.len() == 1 {
+            blocks.pop().expect("one block")
+        } else {
+            Tensor::cat(&blocks, 2)?
+        };
+        let o = o.transpose(1, 2)?.reshape((b, t, d))?;
         self.out.forward(&o)
     }
 }

@@ -3,7 +3,6 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use rayon::prelude::*;
 use serde::Serialize;
 use tokenizers::Tokenizer;
@@ -15,11 +14,12 @@ use super::mel::{LogMel, MelSpectrogram, HOP, SAMPLE_RATE, WINDOW_FRAMES};
 /// Removed gaps at least this long (seconds) end a window: speech on either side is heard in
 /// separate windows, as it would be without voice activity (a robocall played twice 3 s apart
 /// was otherwise one window of repeated text, rejected as a loop at every temperature).
-const WINDOW_BREAK_GAP_S: f64 = 2.0;
+pub(super) const WINDOW_BREAK_GAP_S: f64 = 2.0;
 use super::model::{Config, Whisper};
 use super::tokens::{SpecialTokens, TIME_PRECISION};
 use crate::audio::vad::{speech_regions, SpeechOnly, VadConfig};
 pub use crate::call::Segment;
+use crate::model_store::weights::WeightFile;
 use crate::model_store::ModelFiles;
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,10 +108,10 @@ impl Transcriber {
             .map_err(|e| anyhow::anyhow!("{}: {e}", files.tokenizer().display()))?;
         let special = SpecialTokens::from_tokenizer(&tokenizer)?;
         let dtype = compute.dtype_on(&device)?;
-        // Safety: the file is memory-mapped read-only; the cache folder is ours and a rewrite
-        // goes through a rename, so the mapped bytes never change underneath.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[files.weights()], dtype, &device) }
-            .with_context(|| format!("{}: unreadable weights", files.weights().display()))?;
+        // Read tensor by tensor, not memory-mapped: see model_store::weights.
+        let vb = WeightFile::open(&files.weights())
+            .with_context(|| format!("{}: unreadable weights", files.weights().display()))?
+            .into_var_builder(dtype, &device);
         let model = Whisper::load(&config, vb).with_context(|| {
             format!(
                 "{}: weights do not fit the config",
@@ -281,7 +281,7 @@ impl Transcriber {
 
     /// [`long_form`](Self::long_form) of the speech voice activity kept (or of all the
     /// samples), with a window boundary at every join where a long stretch was removed.
-    fn long_form_of(
+    pub(super) fn long_form_of(
         &self,
         samples: &[f32],
         speech: Option<&SpeechOnly>,
@@ -319,6 +319,7 @@ impl Transcriber {
             plan: self.language_plan(opts)?,
             language: None,
             uncovered_language: None,
+            settled: false,
             stops: Vec::new(),
             speech_only: false,
             sot_sequence: vec![self.special.sot],
@@ -357,12 +358,13 @@ impl Transcriber {
         if !opts.with_timestamps {
             form.sot_sequence.push(sp.no_timestamps);
         }
+        form.settled = true;
     }
 
     /// Encodes, decodes (with fallback) and takes in the window at `form.seek`.
-    fn next_window(&self, form: &mut LongForm, opts: &TranscribeOptions) -> Result<()> {
+    pub(super) fn next_window(&self, form: &mut LongForm, opts: &TranscribeOptions) -> Result<()> {
         let audio = self.encode_one(form.window_data(), form.mel.n_mels, form.window)?;
-        if form.seek == 0 && form.sot_sequence.len() == 1 {
+        if !form.settled {
             let token = match &form.plan {
                 LanguagePlan::EnglishOnly => None,
                 LanguagePlan::Known(t) => Some(*t),
@@ -639,14 +641,14 @@ impl Transcriber {
             .tokenizer
             .decode(&text_tokens, true)
             .map_err(|e| anyhow::anyhow!("cannot decode tokens: {e}"))?;
-        Ok(Segment {
-            start_s: round_ms(start_s),
-            end_s: round_ms(end_s),
+        Ok(Segment::heard(
+            round_ms(start_s),
+            round_ms(end_s),
             text,
-            avg_logprob: result.avg_logprob,
-            no_speech_prob: result.no_speech_prob,
-            temperature: result.temperature,
-        })
+            result.avg_logprob,
+            result.no_speech_prob,
+            result.temperature,
+        ))
     }
 }
 
@@ -663,7 +665,7 @@ enum LanguagePlan {
 }
 
 /// One recording's long-form transcription in progress.
-struct LongForm {
+pub(super) struct LongForm {
     mel: LogMel,
     duration_s: f64,
     window: usize,
@@ -671,6 +673,8 @@ struct LongForm {
     language: Option<String>,
     /// See [`Transcript::uncovered_language`].
     uncovered_language: Option<String>,
+    /// The language is chosen and the start sequence complete.
+    settled: bool,
     /// Mel frames where a window must end (joins where voice activity removed a long gap).
     stops: Vec<usize>,
     /// The audio is speech voice activity kept (every window holds some).
@@ -684,7 +688,7 @@ struct LongForm {
 }
 
 impl LongForm {
-    fn done(&self) -> bool {
+    pub(super) fn done(&self) -> bool {
         self.seek >= self.mel.content_frames
     }
 
@@ -701,6 +705,36 @@ impl LongForm {
     /// The window at `seek`, silent past [`limit`](Self::limit): `[n_mels * window]`.
     fn window_data(&self) -> Vec<f32> {
         self.mel.window_until(self.seek, self.window, self.limit())
+    }
+
+    /// What the next piece of the same recording carries on with: the language, the start
+    /// sequence and the text so far as the prompt (its last 224 tokens, all a window can
+    /// use). The segments are taken too.
+    pub(super) fn into_carry(mut self) -> Carry {
+        let keep = self.prompt_tokens.len().saturating_sub(PROMPT_KEEP);
+        self.prompt_tokens.drain(..keep);
+        Carry {
+            plan: self.plan,
+            language: self.language,
+            uncovered_language: self.uncovered_language,
+            settled: self.settled,
+            sot_sequence: self.sot_sequence,
+            prompt_reset_since: self.prompt_reset_since.saturating_sub(keep),
+            prompt_tokens: self.prompt_tokens,
+            segments: self.segments,
+        }
+    }
+
+    /// Goes on from where the previous piece of the recording ended (its segments are not
+    /// taken: the caller placed them).
+    pub(super) fn carry_on(&mut self, c: Carry) {
+        self.plan = c.plan;
+        self.language = c.language;
+        self.uncovered_language = c.uncovered_language;
+        self.settled = c.settled;
+        self.sot_sequence = c.sot_sequence;
+        self.prompt_tokens = c.prompt_tokens;
+        self.prompt_reset_since = c.prompt_reset_since;
     }
 
     fn finish(self, opts: &TranscribeOptions) -> Transcript {
@@ -722,11 +756,27 @@ impl LongForm {
     }
 }
 
+/// Tokens of earlier text kept as the prompt from one piece of a recording to the next: a
+/// window's prompt holds at most half the text context (224 of 448 for every Whisper size).
+const PROMPT_KEEP: usize = 224;
+
+/// The state one piece of a recording hands to the next (see [`LongForm::into_carry`]).
+pub(super) struct Carry {
+    plan: LanguagePlan,
+    pub(super) language: Option<String>,
+    pub(super) uncovered_language: Option<String>,
+    settled: bool,
+    sot_sequence: Vec<u32>,
+    prompt_tokens: Vec<u32>,
+    prompt_reset_since: usize,
+    pub(super) segments: Vec<Segment>,
+}
+
 /// Segments heard on the joined speech, in the original recording's time. A segment that runs
 /// across a join (Whisper's timestamps are per segment, not per word) is first split there, its
 /// text in proportion, so that no words are placed in the silence or hold music that voice
 /// activity removed between the two stretches.
-fn map_to_original(speech: &SpeechOnly, segments: Vec<Segment>) -> Vec<Segment> {
+pub(super) fn map_to_original(speech: &SpeechOnly, segments: Vec<Segment>) -> Vec<Segment> {
     let joins = speech.joins();
     let mut out = Vec::with_capacity(segments.len());
     for seg in segments {
@@ -758,6 +808,6 @@ fn map_to_original(speech: &SpeechOnly, segments: Vec<Segment>) -> Vec<Segment> 
     out
 }
 
-fn round_ms(s: f64) -> f64 {
+pub(super) fn round_ms(s: f64) -> f64 {
     (s * 1000.0).round() / 1000.0
 }

@@ -100,63 +100,179 @@ impl ChannelLikeness {
     }
 }
 
-/// Decodes a file and returns its parties at 16 kHz mono.
-///
-/// The file is decoded and resampled chunk by chunk, so that memory holds the 16 kHz parties
-/// and one chunk at the file's rate, not the whole file at its rate. Channels that are sample
-/// for sample identical (a mono call saved as stereo) are one party, heard once.
+/// Decodes a file and returns its parties at 16 kHz mono, whole (see [`PartyStream`] for
+/// the same audio in chunks, which `scan`, `score` and `transcribe` use).
 pub fn load_16k(path: &Path, mode: ChannelMode) -> anyhow::Result<Vec<ChannelAudio>> {
-    let mut reader = AudioReader::open(path)?;
-    let rate = reader.sample_rate();
-    let n = reader.channel_count();
-    let mut likeness = ChannelLikeness::new(n);
-    // Split: one resampler per channel (merged into one at the end when all are identical);
-    // mix (or mono): one.
-    let lanes = if mode == ChannelMode::Split { n } else { 1 };
-    let mut resamplers = (0..lanes)
-        .map(|_| AlignedResampler::new(rate))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut outputs = vec![Vec::new(); lanes];
-    while let Some(chunk) = reader.next_chunk()? {
-        likeness.add(&chunk);
-        if lanes == 1 {
-            let mono = if n == 1 {
+    let mut stream = PartyStream::open(path, mode)?;
+    let parties = stream.parties()?.to_vec();
+    let mut outputs = vec![Vec::new(); parties.len()];
+    while let Some(chunk) = stream.next_chunk()? {
+        for (out, c) in outputs.iter_mut().zip(chunk) {
+            out.extend_from_slice(&c);
+        }
+    }
+    stream.finish()?;
+    Ok(parties
+        .into_iter()
+        .zip(outputs)
+        .map(|(channel, samples)| ChannelAudio { channel, samples })
+        .collect())
+}
+
+/// Whether channels are one party is decided on at least this much audio (seconds, at the
+/// file's rate) holding some signal ...
+const DECIDE_AFTER_S: u64 = 30;
+/// ... or on this much, whatever it holds (or on the whole file, when shorter).
+const DECIDE_BY_S: u64 = 120;
+
+/// Split mode hears each channel as its own party, at most this many: a file with more
+/// distinct channels is a conference bridge or a multitrack session, not a call, and would
+/// cost one transcription per channel.
+pub const MAX_SPLIT_PARTIES: usize = 8;
+
+/// A file's parties at 16 kHz, decoded and resampled chunk by chunk, so that memory holds a
+/// chunk, not the file.
+///
+/// Channels that carry the same signal (a mono call saved as stereo, perhaps through a lossy
+/// codec: their difference 40 dB below the signal) are one party, heard once. That is decided
+/// on the first 30 s that hold signal (at most the first 120 s): until then the parties'
+/// audio waits in memory (at most 120 s x 64 kB/s per channel).
+pub struct PartyStream {
+    path: std::path::PathBuf,
+    reader: AudioReader,
+    channels: usize,
+    likeness: ChannelLikeness,
+    /// One per lane: each channel in split mode, one for a mono file or a mix.
+    resamplers: Vec<AlignedResampler>,
+    /// 16 kHz audio resampled and not yet handed out, per lane.
+    waiting: Vec<Vec<f32>>,
+    /// The parties' channels, once decided (`None`: mono, mix, or identical channels).
+    parties: Option<Vec<Option<usize>>>,
+    /// Frames read at the file's rate.
+    frames_in: u64,
+    /// Channels found identical: only the first is heard.
+    first_only: bool,
+    ended: bool,
+}
+
+impl PartyStream {
+    /// Opens `path`. Errors: those of [`AudioReader::open`] and [`AlignedResampler::new`].
+    pub fn open(path: &Path, mode: ChannelMode) -> anyhow::Result<Self> {
+        let reader = AudioReader::open(path)?;
+        let channels = reader.channel_count();
+        let lanes = if mode == ChannelMode::Split {
+            channels
+        } else {
+            1
+        };
+        let resamplers = (0..lanes)
+            .map(|_| AlignedResampler::new(reader.sample_rate()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            path: path.to_owned(),
+            likeness: ChannelLikeness::new(channels),
+            channels,
+            waiting: vec![Vec::new(); lanes],
+            parties: (lanes == 1).then(|| vec![None]),
+            resamplers,
+            reader,
+            frames_in: 0,
+            first_only: false,
+            ended: false,
+        })
+    }
+
+    /// The parties' channels, in the order [`next_chunk`](Self::next_chunk) gives their
+    /// audio: `None` for a mono file, a mix, or channels found identical. Reads ahead (up to
+    /// 120 s) to decide. Errors: the file cannot be decoded, or split mode would hear more
+    /// than [`MAX_SPLIT_PARTIES`] distinct channels.
+    pub fn parties(&mut self) -> anyhow::Result<&[Option<usize>]> {
+        while self.parties.is_none() {
+            let rate = self.reader.sample_rate() as u64;
+            let seen = self.frames_in;
+            let signal = self.likeness.energy >= rate as f64 * 1e-4; // ~1 s at -40 dBFS
+            if self.ended || (seen >= DECIDE_AFTER_S * rate && signal) || seen >= DECIDE_BY_S * rate
+            {
+                let same = self.likeness.same(&self.path) && (signal || self.ended);
+                if same {
+                    tracing::info!(
+                        "{}: its {} channels are identical; heard once as one party",
+                        self.path.display(),
+                        self.channels
+                    );
+                    self.resamplers.truncate(1);
+                    self.waiting.truncate(1);
+                    self.first_only = true;
+                    self.parties = Some(vec![None]);
+                } else if self.channels > MAX_SPLIT_PARTIES {
+                    anyhow::bail!(
+                        "{} distinct channels: split mode hears at most {MAX_SPLIT_PARTIES}, one \
+                         party each (--channels mix hears them as one)",
+                        self.channels
+                    );
+                } else {
+                    self.parties = Some((0..self.channels).map(Some).collect());
+                }
+            } else {
+                self.pull()?;
+            }
+        }
+        Ok(self.parties.as_deref().unwrap_or_default())
+    }
+
+    /// The next 16 kHz chunk of each party (all the same length), `None` at the end.
+    pub fn next_chunk(&mut self) -> anyhow::Result<Option<Vec<Vec<f32>>>> {
+        self.parties()?;
+        loop {
+            if self.waiting.first().is_some_and(|w| !w.is_empty()) {
+                let lanes = self.waiting.len();
+                let out = std::mem::replace(&mut self.waiting, vec![Vec::new(); lanes]);
+                return Ok(Some(out));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            self.pull()?;
+        }
+    }
+
+    /// Ends the read, after [`next_chunk`](Self::next_chunk) returned `None`: reports the
+    /// samples repaired. Errors: the file held no samples.
+    pub fn finish(&mut self) -> anyhow::Result<()> {
+        self.reader.finish()?;
+        Ok(())
+    }
+
+    /// Reads one chunk of the file into `waiting`.
+    fn pull(&mut self) -> anyhow::Result<()> {
+        let Some(chunk) = self.reader.next_chunk()? else {
+            for (r, out) in self.resamplers.drain(..).zip(&mut self.waiting) {
+                r.finish(out)?;
+            }
+            self.ended = true;
+            return Ok(());
+        };
+        self.frames_in += chunk.first().map_or(0, Vec::len) as u64;
+        if self.parties.is_none() {
+            self.likeness.add(&chunk);
+        }
+        if self.resamplers.len() == 1 {
+            let mono = if self.channels == 1 || self.first_only {
                 chunk.into_iter().next().unwrap_or_default()
             } else {
                 decode::mix(&chunk)
             };
-            resamplers[0].push(&mono, &mut outputs[0])?;
+            self.resamplers[0].push(&mono, &mut self.waiting[0])?;
         } else {
-            for ((r, out), c) in resamplers.iter_mut().zip(&mut outputs).zip(&chunk) {
+            for ((r, out), c) in self
+                .resamplers
+                .iter_mut()
+                .zip(&mut self.waiting)
+                .zip(&chunk)
+            {
                 r.push(c, out)?;
             }
         }
+        Ok(())
     }
-    reader.finish()?;
-    for (r, out) in resamplers.into_iter().zip(&mut outputs) {
-        r.finish(out)?;
-    }
-    let identical = likeness.same(path);
-    if lanes == 1 || identical {
-        if identical && lanes > 1 {
-            tracing::info!(
-                "{}: its {n} channels are identical; heard once as one party",
-                path.display()
-            );
-        }
-        outputs.truncate(1);
-        let samples = outputs.pop().unwrap_or_default();
-        return Ok(vec![ChannelAudio {
-            channel: None,
-            samples,
-        }]);
-    }
-    Ok(outputs
-        .into_iter()
-        .enumerate()
-        .map(|(i, samples)| ChannelAudio {
-            channel: Some(i),
-            samples,
-        })
-        .collect())
 }

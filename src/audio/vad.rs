@@ -38,21 +38,93 @@ impl Default for VadConfig {
 /// Frames that are a steady tone (hold-music beeps, DTMF, dial and busy tones) are not speech,
 /// whatever the detector scores them: see [`ToneCheck`].
 pub fn speech_regions(samples: &[f32], cfg: &VadConfig) -> Vec<std::ops::Range<usize>> {
-    let mut detector = earshot::Detector::default();
-    let mut scores: Vec<f32> = samples
-        .chunks(FRAME)
-        .map(|chunk| {
-            let mut frame = [0f32; FRAME];
-            frame[..chunk.len()].copy_from_slice(chunk);
-            detector.predict_f32(&frame)
-        })
-        .collect();
-    for (score, tone) in scores.iter_mut().zip(tone_frames(samples)) {
-        if tone {
-            *score = 0.0;
+    let mut scorer = FrameScorer::new();
+    scorer.push(samples);
+    scorer.flush();
+    scorer.regions(samples.len(), cfg)
+}
+
+/// Voice-activity scores of a stream, frame by frame as its samples arrive: the detector's
+/// score and the tone check's peak of each 16 ms frame. The detector's state runs on across
+/// [`drain`](Self::drain)s, so a long recording heard in pieces is scored as if whole.
+pub struct FrameScorer {
+    detector: earshot::Detector,
+    tone: ToneCheck,
+    /// Samples of the next, incomplete frame.
+    partial: Vec<f32>,
+    scores: Vec<f32>,
+    /// The strongest peak's bin of each frame that may be a tone.
+    peaks: Vec<Option<usize>>,
+}
+
+impl Default for FrameScorer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameScorer {
+    pub fn new() -> Self {
+        Self {
+            detector: earshot::Detector::default(),
+            tone: ToneCheck::new(),
+            partial: Vec::with_capacity(FRAME),
+            scores: Vec::new(),
+            peaks: Vec::new(),
         }
     }
-    regions_from_scores(&scores, samples.len(), cfg)
+
+    /// Scores every whole frame the samples complete.
+    pub fn push(&mut self, mut samples: &[f32]) {
+        while !samples.is_empty() {
+            let take = (FRAME - self.partial.len()).min(samples.len());
+            self.partial.extend_from_slice(&samples[..take]);
+            samples = &samples[take..];
+            if self.partial.len() == FRAME {
+                self.score_partial();
+            }
+        }
+    }
+
+    /// Ends the stream: a last incomplete frame is scored padded with silence.
+    pub fn flush(&mut self) {
+        if !self.partial.is_empty() {
+            self.partial.resize(FRAME, 0.0);
+            self.score_partial();
+        }
+    }
+
+    fn score_partial(&mut self) {
+        let mut frame = [0f32; FRAME];
+        frame.copy_from_slice(&self.partial);
+        self.partial.clear();
+        self.scores.push(self.detector.predict_f32(&frame));
+        self.peaks.push(self.tone.tone_bin(&frame));
+    }
+
+    /// Frames scored and not drained.
+    pub fn frames(&self) -> usize {
+        self.scores.len()
+    }
+
+    /// Speech regions of the frames scored (as sample ranges from the first frame not
+    /// drained, clipped to `n_samples`), tones excluded.
+    pub fn regions(&self, n_samples: usize, cfg: &VadConfig) -> Vec<std::ops::Range<usize>> {
+        let mut scores = self.scores.clone();
+        for (score, tone) in scores.iter_mut().zip(tone_runs(&self.peaks)) {
+            if tone {
+                *score = 0.0;
+            }
+        }
+        regions_from_scores(&scores, n_samples, cfg)
+    }
+
+    /// Forgets the first `frames` frames (heard already).
+    pub fn drain(&mut self, frames: usize) {
+        let frames = frames.min(self.scores.len());
+        self.scores.drain(..frames);
+        self.peaks.drain(..frames);
+    }
 }
 
 /// Frames at least this many in a row ([`TONE_RUN`] x 16 ms = 288 ms) with their energy at one
@@ -70,10 +142,14 @@ pub fn tone_frames(samples: &[f32]) -> Vec<bool> {
         .map(|chunk| {
             let mut frame = [0f32; FRAME];
             frame[..chunk.len()].copy_from_slice(chunk);
-            let (share, bin) = check.peak(&frame);
-            (share > TONE_SHARE).then_some(bin)
+            check.tone_bin(&frame)
         })
         .collect();
+    tone_runs(&peaks)
+}
+
+/// The tone flags of frames whose possible-tone peaks are `peaks` (see [`tone_frames`]).
+fn tone_runs(peaks: &[Option<usize>]) -> Vec<bool> {
     let mut out = vec![false; peaks.len()];
     let mut start = 0;
     while start < peaks.len() {
@@ -93,6 +169,41 @@ pub fn tone_frames(samples: &[f32]) -> Vec<bool> {
     out
 }
 
+/// The steady-peak run a live stream is in, frame by frame: the causal form of
+/// [`tone_frames`], for streams that cannot wait to see a run's end.
+pub struct ToneTracker {
+    check: ToneCheck,
+    /// The bin the run started at, and its length in frames.
+    run: Option<(usize, usize)>,
+}
+
+impl Default for ToneTracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ToneTracker {
+    pub fn new() -> Self {
+        Self {
+            check: ToneCheck::new(),
+            run: None,
+        }
+    }
+
+    /// Feeds the next frame; returns the length in frames of the steady-peak run it belongs
+    /// to (0 when it cannot be part of a tone). The run is a tone from [`TONE_RUN`] frames on.
+    pub fn step(&mut self, frame: &[f32; FRAME]) -> usize {
+        let bin = self.check.tone_bin(frame);
+        self.run = match (self.run, bin) {
+            (_, None) => None,
+            (Some((first, len)), Some(bin)) if first.abs_diff(bin) <= 1 => Some((first, len + 1)),
+            (_, Some(bin)) => Some((bin, 1)),
+        };
+        self.run.map_or(0, |(_, len)| len)
+    }
+}
+
 /// Whether a frame is a steady tone: nearly all of its energy (over [`TONE_SHARE`]) within
 /// two bins of at most two spectral peaks (a sine, or a DTMF pair). Voiced speech spreads its
 /// energy over many harmonics and formants; unvoiced speech is noise-like.
@@ -104,6 +215,16 @@ pub struct ToneCheck {
 
 /// Share of a frame's energy near its two strongest peaks above which it may be a tone.
 pub const TONE_SHARE: f32 = 0.9;
+
+/// A tone's strongest peak lies at or above this. Call-progress tones (ITU-T E.180: dial,
+/// ringback, busy) are 350-620 Hz, DTMF 697-1633 Hz, the field case's hold-music beeps 440 Hz;
+/// a voice's fundamental is 80-300 Hz, and some synthetic voices put nearly all their energy
+/// there for 0.4-0.6 s (runs of 25-36 frames at 125-190 Hz in the test clips gift_cards and
+/// pharmacy), which the check took for tones before this floor.
+pub const TONE_MIN_HZ: f32 = 300.0;
+
+/// Width of one bin of a frame's spectrum (16 kHz / 256).
+const BIN_HZ: f32 = super::TARGET_RATE as f32 / FRAME as f32;
 
 impl Default for ToneCheck {
     fn default() -> Self {
@@ -159,8 +280,15 @@ impl ToneCheck {
         (near / total, first.unwrap_or(0))
     }
 
+    /// The strongest peak's bin when the frame may be part of a tone: over [`TONE_SHARE`] of
+    /// its energy at one or two peaks, the strongest at [`TONE_MIN_HZ`] or above.
+    pub fn tone_bin(&mut self, frame: &[f32; FRAME]) -> Option<usize> {
+        let (share, bin) = self.peak(frame);
+        (share > TONE_SHARE && bin as f32 * BIN_HZ >= TONE_MIN_HZ).then_some(bin)
+    }
+
     pub fn is_tone(&mut self, frame: &[f32; FRAME]) -> bool {
-        self.peak_share(frame) > TONE_SHARE
+        self.tone_bin(frame).is_some()
     }
 }
 

@@ -5,7 +5,6 @@ use anyhow::Result;
 use clap::Args;
 
 use super::args::{choice, AsrArgs};
-use crate::audio;
 use crate::render::{render, ChannelTranscript, TranscriptFormat};
 
 #[derive(Args, Debug)]
@@ -18,7 +17,7 @@ pub struct TranscribeArgs {
     /// Output format [default: text].
     #[arg(long, value_parser = choice::<TranscriptFormat>(&TranscriptFormat::NAMES))]
     pub format: Option<TranscriptFormat>,
-    /// Print per-file timing (decode, transcription, real-time factor) as JSON on stderr.
+    /// Print per-file timing (audio length, total time, real-time factor) as JSON on stderr.
     #[arg(long)]
     pub timing: bool,
 }
@@ -33,27 +32,29 @@ pub fn run(args: TranscribeArgs) -> Result<i32> {
     for path in &args.files {
         let name = path.display().to_string();
         let started = std::time::Instant::now();
-        let outcome = audio::load_16k(path, args.asr.channels()).and_then(|parties| {
-            let loaded = started.elapsed().as_secs_f64();
+        let outcome = crate::engine::files::hear_file(
+            &transcriber,
+            &opts,
+            path,
+            args.asr.channels(),
+        )
+        .map(|(parties, heard)| {
             let mut out = String::new();
             let mut audio_s = 0.0;
-            for party in parties {
-                audio_s += party.samples.len() as f64 / audio::TARGET_RATE as f64;
-                let t = transcriber.transcribe(&party.samples, &opts)?;
-                out += &render(
-                    &ChannelTranscript::new(&name, party.channel, &t),
-                    format,
-                );
+            for (channel, t) in parties.into_iter().zip(heard) {
+                audio_s += t.duration_s;
+                out += &render(&ChannelTranscript::new(&name, channel, &t), format);
             }
             if args.timing {
+                // Decoding runs interleaved with recognition, piece by piece: one total.
                 let total = started.elapsed().as_secs_f64();
                 eprintln!(
                     "{}",
                     serde_json::json!({"file": name, "model": transcriber.name, "audio_s": audio_s,
-                        "decode_audio_s": loaded, "total_s": total, "rtf": total / audio_s.max(1e-9)})
+                            "total_s": total, "rtf": total / audio_s.max(1e-9)})
                 );
             }
-            Ok(out)
+            out
         });
         match outcome {
             Ok(text) => {

@@ -2,9 +2,9 @@
 //! out, so that two sentences that mean the same thing land close together even when they share
 //! no word. The paraphrase layer compares transcript windows with canonical scam sentences.
 
+use crate::model_store::weights::WeightFile;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
@@ -46,10 +46,10 @@ impl SentenceEncoder {
             ..Default::default()
         }));
         let weights = files.weights();
-        // SAFETY: the file is opened read-only and not modified while the model lives; the
-        // store writes new models under a new name and renames them into place.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
-            .with_context(|| format!("reading {}", weights.display()))?;
+        // Read tensor by tensor, not memory-mapped: see model_store::weights.
+        let vb = WeightFile::open(&weights)
+            .with_context(|| format!("reading {}", weights.display()))?
+            .into_var_builder(DType::F32, device);
         let model = BertModel::load(vb, &config).with_context(|| {
             format!(
                 "{}: not a BERT sentence encoder (wrong model for --encoder?)",

@@ -17,18 +17,14 @@ pub struct Raised {
 }
 
 /// Joins segment texts and remembers which characters came from which segment.
-/// Segments the recogniser was this unsure of (mean token log-probability) give no evidence:
-/// on the field cases, speech-like sound with no words came out as invented sentences at
-/// -2.9 to -4.6, and real telephone speech at -0.3 to -0.8 (base and tiny.en). They stay in
-/// the transcript, where their `avg_logprob` shows.
-pub const LOW_CONFIDENCE_LOGPROB: f32 = -2.0;
+pub use crate::call::LOW_CONFIDENCE_LOGPROB;
 
 fn joined(segments: &[Segment]) -> (String, Vec<(usize, usize, f64, f64)>) {
     let mut text = String::new();
     let mut map = Vec::new();
     for s in segments {
         let t = s.text.trim();
-        if t.is_empty() || s.avg_logprob < LOW_CONFIDENCE_LOGPROB {
+        if t.is_empty() || s.low_confidence || s.avg_logprob < LOW_CONFIDENCE_LOGPROB {
             continue;
         }
         if !text.is_empty() {

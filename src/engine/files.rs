@@ -42,28 +42,27 @@ impl FileJob<'_> {
             ),
             None => None,
         };
-        let parties = audio::load_16k(path, self.channels)?;
-        let audio_s = parties
-            .iter()
-            .map(|p| p.samples.len() as f64 / audio::TARGET_RATE as f64)
-            .fold(0.0, f64::max);
-        let mut heard = Vec::new();
-        for party in &parties {
-            let t = self.transcriber.transcribe(&party.samples, self.options)?;
-            let pack = fixed_pack.unwrap_or_else(|| {
-                self.classifier
-                    .pack_for_transcript(t.language.as_deref(), &t.text())
-            });
-            let index = heard.len();
-            let timeline = Timeline::of_segments(self.classifier, pack, index, &t.segments);
-            heard.push((party, t, timeline));
-        }
+        let (parties, heard) = hear_file(self.transcriber, self.options, path, self.channels)?;
+        let audio_s = heard.iter().map(|t| t.duration_s).fold(0.0, f64::max);
+        let heard: Vec<_> = parties
+            .into_iter()
+            .zip(heard)
+            .enumerate()
+            .map(|(index, (channel, t))| {
+                let pack = fixed_pack.unwrap_or_else(|| {
+                    self.classifier
+                        .pack_for_transcript(t.language.as_deref(), &t.text())
+                });
+                let timeline = Timeline::of_segments(self.classifier, pack, index, &t.segments);
+                (channel, t, timeline)
+            })
+            .collect();
         let outcomes = heard
             .iter()
             .enumerate()
-            .map(|(i, (party, t, timeline))| PartyOutcome {
+            .map(|(i, (channel, t, timeline))| PartyOutcome {
                 party: i,
-                label: party.label(),
+                label: audio::party_label(*channel),
                 heard_language: t.language.clone(),
                 timeline: Some(timeline),
                 transcript: if self.with_transcript {
@@ -78,11 +77,40 @@ impl FileJob<'_> {
         let summary = summarise(call_id, metadata, outcomes, Some(audio_s));
         let transcripts = heard
             .into_iter()
-            .map(|(party, t, _)| (party.channel, t))
+            .map(|(channel, t, _)| (channel, t))
             .collect();
         Ok(FileAnalysis {
             summary,
             transcripts,
         })
     }
+}
+
+/// Hears each party of a file as it is decoded, in bounded memory (see
+/// [`crate::asr::pieces`]): the parties' channels (`None`: mono, a mix, or identical
+/// channels) and their transcripts. Errors: the file cannot be decoded or resampled, or
+/// recognition failed.
+pub fn hear_file(
+    transcriber: &Transcriber,
+    options: &TranscribeOptions,
+    path: &Path,
+    channels: ChannelMode,
+) -> Result<(Vec<Option<usize>>, Vec<Transcript>)> {
+    let mut stream = audio::PartyStream::open(path, channels)?;
+    let parties = stream.parties()?.to_vec();
+    let mut heard: Vec<_> = parties
+        .iter()
+        .map(|_| transcriber.long_recording(options))
+        .collect();
+    while let Some(chunk) = stream.next_chunk()? {
+        for (h, c) in heard.iter_mut().zip(&chunk) {
+            h.push(c)?;
+        }
+    }
+    stream.finish()?;
+    let transcripts = heard
+        .into_iter()
+        .map(|h| h.finish())
+        .collect::<Result<Vec<_>>>()?;
+    Ok((parties, transcripts))
 }

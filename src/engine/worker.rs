@@ -327,14 +327,14 @@ impl Workers {
 }
 
 fn segment(work: &scheduler::Speech, heard: &Heard) -> Segment {
-    Segment {
-        start_s: work.audio.start_s,
-        end_s: work.audio.end_s(),
-        text: heard.text.clone(),
-        avg_logprob: heard.avg_logprob,
-        no_speech_prob: heard.no_speech_prob,
-        temperature: 0.0,
-    }
+    Segment::heard(
+        work.audio.start_s,
+        work.audio.end_s(),
+        heard.text.clone(),
+        heard.avg_logprob,
+        heard.no_speech_prob,
+        0.0,
+    )
 }
 
 fn summary(info: &CallInfo, call: &CallState) -> Event {

@@ -6,6 +6,7 @@ pub mod ct2;
 mod fetch;
 pub mod import;
 pub mod integrity;
+pub mod weights;
 
 use std::path::{Path, PathBuf};
 

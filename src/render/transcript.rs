@@ -117,6 +117,7 @@ mod tests {
                 avg_logprob: -0.2,
                 no_speech_prob: 0.01,
                 temperature: 0.0,
+                low_confidence: false,
             }],
             uncovered_language: None,
         }

@@ -285,7 +285,13 @@ pub fn compute_metrics(results: &[Value]) -> Value {
         *confusion.entry(label).or_default().entry(lvl).or_default() += 1;
     }
     let times = metrics::alert_times(&rows);
-    let audio_s: f64 = results.iter().filter_map(|v| v["audio_s"].as_f64()).sum();
+    // Text rows have no audio: with none, speed is left out (an empty f64 sum is -0.0, which
+    // the report printed as "audio -0.000 s").
+    let n_audio = results.iter().filter(|v| v["audio_s"].is_number()).count();
+    let audio_s: f64 = results
+        .iter()
+        .filter_map(|v| v["audio_s"].as_f64())
+        .fold(0.0, |a, b| a + b);
     let elapsed_s: f64 = results.iter().filter_map(|v| v["elapsed_s"].as_f64()).sum();
     let wers: Vec<f64> = results.iter().filter_map(|v| v["wer"].as_f64()).collect();
     json!({
@@ -307,7 +313,8 @@ pub fn compute_metrics(results: &[Value]) -> Value {
         "by_type": metrics::group_by(&rows, |r| r.kind.clone().unwrap_or_else(|| "(none)".into())),
         "by_language": metrics::group_by(&rows, |r| r.lang.clone().unwrap_or_else(|| "(none)".into())),
         "time_to_first_alert": times,
-        "speed": {"audio_s": audio_s, "elapsed_s": elapsed_s,
+        "speed": {"n_audio": n_audio, "audio_s": (n_audio > 0).then_some(audio_s),
+                  "elapsed_s": (n_audio > 0).then_some(elapsed_s),
                   "rtf": if audio_s > 0.0 { Some(elapsed_s / audio_s) } else { None }},
         "wer": {"n": wers.len(), "mean": if wers.is_empty() { None } else { Some(wers.iter().sum::<f64>() / wers.len() as f64) }},
     })
@@ -434,11 +441,11 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th
 <p>F1 {f1} (95% CI {f1lo}–{f1hi}), ROC-AUC {auc} (95% CI {auclo}–{auchi}), PR-AUC {prauc}</p>
 {levels}
 <h2>Confusion matrix</h2>{confusion}
-<div class="plots">{roc}{pr}{hist}{cdf}</div>
+<div class="plots">{roc}{pr}{hist}{cdf}</div>{cdf_note}
 <h2>By type</h2>{bytype}<div class="plots">{bars}</div>
 <h2>By language</h2>{bylang}
-<h2>Time to first alert</h2><p>{nt} alerted scam calls; median {med} s, 90th percentile {p90} s</p>
-<h2>Speed and accuracy of transcription</h2><p>audio {audio} s, processing {elapsed} s, real-time factor {rtf}; mean WER {wer} over {nwer} calls with a reference</p>
+<h2>Time to first alert</h2>{alert_times}
+<h2>Speed and accuracy of transcription</h2>{speed}
 <h2>Errors</h2>{errors}
 </body></html>"#,
         manifest = report::html_escape(&manifest.display().to_string()),
@@ -463,7 +470,16 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th
         roc = report::roc_svg(&rows),
         pr = report::pr_svg(&rows),
         hist = report::histogram_svg(&rows),
-        cdf = report::alert_cdf_svg(&times, scam_calls),
+        cdf = if times.is_empty() {
+            String::new()
+        } else {
+            report::alert_cdf_svg(&times, scam_calls)
+        },
+        cdf_note = if times.is_empty() {
+            "<p>No time-to-first-alert plot: no scam call was alerted at a known time.</p>"
+        } else {
+            ""
+        },
         bytype = table(
             &["type", "n", "scam", "legit", "flagged", "recall", "FPR"],
             group_rows("by_type")
@@ -473,14 +489,33 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th
             &["language", "n", "scam", "legit", "flagged", "recall", "FPR"],
             group_rows("by_language")
         ),
-        nt = m["time_to_first_alert"]["n"],
-        med = fmt(&m["time_to_first_alert"]["median_s"]),
-        p90 = fmt(&m["time_to_first_alert"]["p90_s"]),
-        audio = fmt(&m["speed"]["audio_s"]),
-        elapsed = fmt(&m["speed"]["elapsed_s"]),
-        rtf = fmt(&m["speed"]["rtf"]),
-        wer = fmt(&m["wer"]["mean"]),
-        nwer = m["wer"]["n"],
+        alert_times = if times.is_empty() {
+            "<p>No alerted scam call has a time: alerts are timed in audio, and transcript rows \
+             without segment times have none.</p>"
+                .to_owned()
+        } else {
+            format!(
+                "<p>{} alerted scam calls; median {} s, 90th percentile {} s</p>",
+                m["time_to_first_alert"]["n"],
+                fmt(&m["time_to_first_alert"]["median_s"]),
+                fmt(&m["time_to_first_alert"]["p90_s"])
+            )
+        },
+        speed = if m["speed"]["n_audio"].as_u64().unwrap_or(0) == 0 {
+            "<p>No audio rows: the calls are transcripts, so there is no transcription to time \
+             or to check against a reference.</p>"
+                .to_owned()
+        } else {
+            format!(
+                "<p>audio {} s, processing {} s, real-time factor {}; mean WER {} over {} calls \
+                 with a reference</p>",
+                fmt(&m["speed"]["audio_s"]),
+                fmt(&m["speed"]["elapsed_s"]),
+                fmt(&m["speed"]["rtf"]),
+                fmt(&m["wer"]["mean"]),
+                m["wer"]["n"]
+            )
+        },
         errors = if errors.is_empty() {
             "<p>none</p>".to_owned()
         } else {
