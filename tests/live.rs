@@ -275,3 +275,81 @@ fn words_still_being_spoken_raise_the_alert_before_the_utterance_ends() {
         "the final text does not repeat the early alert"
     );
 }
+
+/// Hold-music beeps at 16 kHz: a three-note tune, each note 0.4 s on and 0.6 s off.
+fn hold_music(seconds: usize) -> Vec<f32> {
+    (0..seconds * 16_000)
+        .map(|i| {
+            let note = [523.0f32, 659.0, 784.0][(i / 16_000) % 3];
+            if i % 16_000 < 6_400 {
+                0.2 * (2.0 * std::f32::consts::PI * note * i as f32 / 16_000.0).sin()
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn hold_music_is_not_speech_live_and_the_scam_after_it_is_flagged_where_it_is_said() {
+    // A benign line, 20 s of hold music, then the scam. Before the live cutter checked for
+    // tones, base heard each beep as an utterance and the field case of this kind ended
+    // "none" (`listen --from-file`).
+    let load = |name: &str| {
+        vishguard::audio::load_16k(
+            &support::repo().join("audio-samples").join(name),
+            vishguard::audio::ChannelMode::Mix,
+        )
+        .unwrap()
+        .remove(0)
+        .samples
+    };
+    let mut call = load("en_legit_pharmacy.wav");
+    call.extend(hold_music(20));
+    let scam_from_s = call.len() as f64 / 16_000.0;
+    call.extend(load("en_scam_irs_warrant.wav"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hold_music_call.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&path, spec).unwrap();
+    for s in &call {
+        w.write_sample((s * 32_767.0) as i16).unwrap();
+    }
+    w.finalize().unwrap();
+
+    let out = vishguard()
+        .args([
+            "listen",
+            "--model",
+            "base",
+            "--format",
+            "jsonl",
+            "--from-file",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ended = events.iter().find(|e| e["event"] == "call_ended").unwrap();
+    assert_eq!(ended["risk"], "high", "{ended}");
+    let alerts: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "alert").collect();
+    assert!(!alerts.is_empty());
+    for a in alerts {
+        let t = a["t_s"].as_f64().unwrap();
+        assert!(
+            t >= scam_from_s - 0.3,
+            "evidence at {t:.1} s, before the scam starts at {scam_from_s:.1} s: {a}"
+        );
+    }
+}

@@ -6,10 +6,18 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::vad::{Hysteresis, VadStep, FRAME};
+use super::vad::{Hysteresis, ToneTracker, VadStep, FRAME, TONE_RUN};
 use super::TARGET_RATE;
 
 const RATE: f64 = TARGET_RATE as f64;
+
+/// Frames after a tone's last frame that are not speech either: the detector still scores
+/// over the onset for a few frames after a beep stops (0.57 on the two frames after a 1 kHz
+/// beep), which opened an utterance of nothing after each beep. In the hold-music unit test,
+/// 3 or 4 frames still left some of these in 10 s of beeps (4: three), 5 none; 8 (128 ms)
+/// for margin.
+/// Speech starting inside the tail is not lost: the pre-roll keeps the audio before an onset.
+const TONE_TAIL: usize = 8;
 
 /// How a live stream is cut into utterances. All times in seconds of audio.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +123,10 @@ impl UtteranceAudio {
 pub struct UtteranceCutter {
     cfg: UtteranceConfig,
     detector: Option<earshot::Detector>,
+    /// Steady tones (hold-music beeps, dial tones, DTMF) are not speech: a frame in a tone
+    /// scores 0, and an utterance the tone opened is dropped once the run is long enough to
+    /// be known as one. Checked only with voice activity on.
+    tone: Option<ToneTracker>,
     hysteresis: Hysteresis,
     frame: Vec<f32>,
     /// Audio time of the next sample to arrive (16 kHz samples since the start of the stream).
@@ -122,6 +134,10 @@ pub struct UtteranceCutter {
     pre_roll: VecDeque<f32>,
     /// The utterance being spoken: its first sample's time and its samples so far.
     current: Option<(u64, Vec<f32>)>,
+    /// Audio time of the open utterance's onset (after its pre-roll).
+    onset_at: u64,
+    /// Frames after a tone that still count as it.
+    tone_tail: usize,
 }
 
 impl UtteranceCutter {
@@ -129,12 +145,15 @@ impl UtteranceCutter {
         let end_after = (cfg.end_silence_s * RATE / FRAME as f64) as usize;
         Self {
             detector: cfg.vad.then(earshot::Detector::default),
+            tone: cfg.vad.then(ToneTracker::new),
             hysteresis: Hysteresis::new(cfg.onset, cfg.offset, end_after),
             cfg,
             frame: Vec::with_capacity(FRAME),
             clock: 0,
             pre_roll: VecDeque::new(),
             current: None,
+            onset_at: 0,
+            tone_tail: 0,
         }
     }
 
@@ -166,12 +185,37 @@ impl UtteranceCutter {
     }
 
     fn frame_in(&mut self, frame: &[f32]) -> Option<UtteranceAudio> {
-        let score = match &mut self.detector {
+        let mut score = match &mut self.detector {
             Some(d) => d.predict_f32(frame),
             None => 1.0,
         };
         let start = self.clock;
         self.clock += frame.len() as u64;
+        let run = match (&mut self.tone, <&[f32; FRAME]>::try_from(frame)) {
+            (Some(tone), Ok(frame)) => tone.step(frame),
+            _ => 0,
+        };
+        if run >= TONE_RUN {
+            self.tone_tail = TONE_TAIL;
+            score = 0.0;
+        } else if self.tone_tail > 0 {
+            self.tone_tail -= 1;
+            score = 0.0;
+        }
+        if run == TONE_RUN {
+            // The run is now known to be a tone: what the utterance holds from the run's
+            // first frame on is not speech. Speech before it is an utterance of its own; an
+            // utterance the tone itself opened is dropped.
+            if let Some((begin, mut samples)) = self.current.take() {
+                self.hysteresis.reset();
+                let tone_start = (start + FRAME as u64).saturating_sub((TONE_RUN * FRAME) as u64);
+                if self.onset_at >= tone_start {
+                    return None;
+                }
+                samples.truncate(tone_start.saturating_sub(begin) as usize);
+                return self.finish(begin, samples);
+            }
+        }
         let step = self.hysteresis.step(score);
         let max_len = (self.cfg.max_utterance_s * RATE) as usize;
         match &mut self.current {
@@ -179,6 +223,7 @@ impl UtteranceCutter {
                 if step == VadStep::Started {
                     let mut samples: Vec<f32> = self.pre_roll.drain(..).collect();
                     let begin = start - samples.len() as u64;
+                    self.onset_at = start;
                     samples.extend_from_slice(frame);
                     self.current = Some((begin, samples));
                 } else {
@@ -201,6 +246,7 @@ impl UtteranceCutter {
                         let cut = quietest_cut(&samples, self.cfg.cut_search_s);
                         let rest = samples.split_off(cut);
                         self.current = Some((begin + cut as u64, rest));
+                        self.onset_at = begin + cut as u64;
                     }
                     return self.finish(begin, samples);
                 }
@@ -304,6 +350,58 @@ mod tests {
         let after = s.push(&vec![0.0; 20_000]);
         assert_eq!(after.len(), 1);
         assert_eq!(after[0].start_s, 10.0);
+    }
+
+    /// Hold-music beeps: 1 kHz, 0.4 s on, 0.6 s off.
+    fn beeps(seconds: usize) -> Vec<f32> {
+        (0..seconds * 16_000)
+            .map(|i| {
+                let on = (i % 16_000) < 6_400;
+                if on {
+                    0.3 * (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 16_000.0).sin()
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hold_music_beeps_between_speech_are_not_utterances() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/asr/pharmacy.flac");
+        let speech = crate::audio::load_16k(&path, crate::audio::ChannelMode::Mix)
+            .unwrap()
+            .remove(0)
+            .samples;
+        let mut stream = speech.clone();
+        let beeps_from = stream.len();
+        stream.extend(beeps(10));
+        let beeps_to = stream.len();
+        stream.extend(&speech);
+        let mut cutter = UtteranceCutter::new(UtteranceConfig::default());
+        let mut utterances = cutter.push(&stream);
+        utterances.extend(cutter.flush());
+        let (from_s, to_s) = (beeps_from as f64 / RATE, beeps_to as f64 / RATE);
+        let mut speech_s = 0.0;
+        for u in &utterances {
+            // Nothing of an utterance lies inside the beeps but its pre-roll.
+            let inside = (u.end_s().min(to_s) - u.start_s.max(from_s)).max(0.0);
+            assert!(
+                inside <= 0.3 + 0.02,
+                "{:.2}-{:.2} s holds {inside:.2} s of the beeps ({from_s:.2}-{to_s:.2} s)",
+                u.start_s,
+                u.end_s()
+            );
+            speech_s += u.end_s() - u.start_s;
+        }
+        // Both stretches of speech are still heard.
+        let spoken = 2.0 * speech.len() as f64 / RATE;
+        assert!(
+            speech_s > 0.6 * spoken,
+            "{speech_s:.1} of {spoken:.1} s heard"
+        );
+        assert!(utterances.iter().any(|u| u.start_s > to_s - 0.5));
     }
 
     #[test]
