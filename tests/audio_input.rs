@@ -265,6 +265,42 @@ fn identical_channels_are_one_party_and_different_ones_two() {
 }
 
 #[test]
+fn many_distinct_channels_are_refused_in_split_mode_with_a_hint_and_heard_mixed() {
+    // Before, a 64-channel file cost 64 transcriptions (one party per channel).
+    let pcm = clean_pcm16();
+    let dir = tempfile::tempdir().unwrap();
+    let write_channels = |name: &str, shift: usize| {
+        let path = dir.path().join(name);
+        let spec = hound::WavSpec {
+            channels: 64,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        for i in 0..pcm.len() {
+            for c in 0..64 {
+                // Channel c is the clip `shift * c` samples later: distinct unless shift is 0.
+                w.write_sample(pcm.get(i + shift * c).copied().unwrap_or(0))
+                    .unwrap();
+            }
+        }
+        w.finalize().unwrap();
+        path
+    };
+    let distinct = write_channels("distinct.wav", 40);
+    let err = format!("{:#}", load_16k(&distinct, ChannelMode::Split).unwrap_err());
+    assert!(
+        err.contains("64 distinct channels") && err.contains("--channels mix"),
+        "{err}"
+    );
+    let mixed = load_16k(&distinct, ChannelMode::Mix).unwrap();
+    assert_eq!(mixed.len(), 1);
+    let same = write_channels("same.wav", 0);
+    assert_eq!(load_16k(&same, ChannelMode::Split).unwrap().len(), 1);
+}
+
+#[test]
 fn errors_name_the_file_once_and_never_a_readers_internals_alone() {
     let dir = tempfile::tempdir().unwrap();
     let junk = write(dir.path(), "junk.flac", &[0x5a; 100]);
