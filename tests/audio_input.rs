@@ -346,4 +346,9 @@ fn a_decoder_that_fails_on_a_hostile_file_ends_that_file_not_the_process() {
             .to_string();
         assert!(err.contains("comment runs past its block"), "{err}");
     }
+    // And a FLAC picture block whose media type claims 2.9 GB.
+    let err = decode_file(&support::fixture("audio/fuzz_flac_picture_3gb.flac"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("picture's media type runs past its block"), "{err}");
 }
