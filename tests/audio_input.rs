@@ -244,19 +244,8 @@ fn samples_that_are_not_finite_or_far_outside_the_range_are_repaired() {
 fn identical_channels_are_one_party_and_different_ones_two() {
     let pcm = clean_pcm16();
     let dir = tempfile::tempdir().unwrap();
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
     let same = dir.path().join("same.wav");
-    let mut w = hound::WavWriter::create(&same, spec).unwrap();
-    for &s in &pcm {
-        w.write_sample(s).unwrap();
-        w.write_sample(s).unwrap();
-    }
-    w.finalize().unwrap();
+    support::write_pcm16_wav(&same, 2, 8000, pcm.iter().flat_map(|&s| [s, s]));
     let parties = load_16k(&same, ChannelMode::Split).unwrap();
     assert_eq!(parties.len(), 1);
     assert_eq!(parties[0].channel, None);
@@ -271,21 +260,11 @@ fn many_distinct_channels_are_refused_in_split_mode_with_a_hint_and_heard_mixed(
     let dir = tempfile::tempdir().unwrap();
     let write_channels = |name: &str, shift: usize| {
         let path = dir.path().join(name);
-        let spec = hound::WavSpec {
-            channels: 64,
-            sample_rate: 8000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(&path, spec).unwrap();
-        for i in 0..pcm.len() {
-            for c in 0..64 {
-                // Channel c is the clip `shift * c` samples later: distinct unless shift is 0.
-                w.write_sample(pcm.get(i + shift * c).copied().unwrap_or(0))
-                    .unwrap();
-            }
-        }
-        w.finalize().unwrap();
+        let pcm = &pcm;
+        // Channel c is the clip `shift * c` samples later: distinct unless shift is 0.
+        let frames = (0..pcm.len())
+            .flat_map(|i| (0..64).map(move |c| pcm.get(i + shift * c).copied().unwrap_or(0)));
+        support::write_pcm16_wav(&path, 64, 8000, frames);
         path
     };
     let distinct = write_channels("distinct.wav", 40);
@@ -350,5 +329,8 @@ fn a_decoder_that_fails_on_a_hostile_file_ends_that_file_not_the_process() {
     let err = decode_file(&support::fixture("audio/fuzz_flac_picture_3gb.flac"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("picture's media type runs past its block"), "{err}");
+    assert!(
+        err.contains("picture's media type runs past its block"),
+        "{err}"
+    );
 }

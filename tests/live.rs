@@ -310,17 +310,7 @@ fn hold_music_is_not_speech_live_and_the_scam_after_it_is_flagged_where_it_is_sa
     call.extend(load("en_scam_irs_warrant.wav"));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hold_music_call.wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&path, spec).unwrap();
-    for s in &call {
-        w.write_sample((s * 32_767.0) as i16).unwrap();
-    }
-    w.finalize().unwrap();
+    support::write_pcm16_wav(&path, 1, 16_000, call.iter().map(|s| (s * 32_767.0) as i16));
 
     let out = vishguard()
         .args([

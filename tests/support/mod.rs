@@ -31,6 +31,26 @@ pub fn fixture(name: &str) -> PathBuf {
     repo().join("tests/fixtures").join(name)
 }
 
+/// Writes a 16-bit PCM WAV file of `channels` interleaved channels at `rate` Hz.
+pub fn write_pcm16_wav(
+    path: &Path,
+    channels: u16,
+    rate: u32,
+    interleaved: impl IntoIterator<Item = i16>,
+) {
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for s in interleaved {
+        w.write_sample(s).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
 /// A test clip as the engine takes it: 16 kHz mono samples.
 pub fn fixture_speech(name: &str) -> Vec<f32> {
     vishguard::audio::load_16k(&fixture(name), vishguard::audio::ChannelMode::Mix)
