@@ -333,4 +333,9 @@ fn a_decoder_that_fails_on_a_hostile_file_ends_that_file_not_the_process() {
         err.contains("picture's media type runs past its block"),
         "{err}"
     );
+    // And an ID3v2 frame claiming 2.9 GB inside a 35-byte tag.
+    let err = decode_file(&support::fixture("audio/fuzz_id3_frame_3gb.mp3"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ID3v2 frame claims 2902458383 bytes"), "{err}");
 }

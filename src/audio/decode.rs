@@ -197,7 +197,9 @@ impl AudioReader {
         let riff =
             got == 12 && matches!(&head[..4], b"RIFF" | b"RIFX" | b"RF64") && &head[8..] == b"WAVE";
         if !riff {
-            if let Err(problem) = check_flac_comments(&mut first) {
+            if let Err(problem) =
+                check_id3v2_tags(&mut first).and_then(|()| check_flac_comments(&mut first))
+            {
                 return Err(DecodeError::Corrupt {
                     path: name,
                     problem,
@@ -746,6 +748,92 @@ fn check_flac_comments(file: &mut Box<dyn ByteSource>) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks the ID3v2 tags at the start of a file (id3.org's ID3v2.2, 2.3 and 2.4 structure
+/// documents: a 10-byte header with a syncsafe size, an optional extended header, then frames
+/// with 6- or 10-byte headers) before symphonia reads them: it allocates each frame at the
+/// size the file claims, and a v2.3 frame size is a plain 32-bit number (a 328-byte file whose
+/// 35-byte tag held a frame claiming 2.9 GB, found by fuzzing). A frame that does not fit in
+/// its tag is corrupt.
+fn check_id3v2_tags(file: &mut Box<dyn ByteSource>) -> Result<(), String> {
+    let mut pos = 0u64;
+    // Tags may follow one another; symphonia reads each in turn.
+    for _ in 0..64 {
+        let mut header = [0u8; 10];
+        if file.seek(SeekFrom::Start(pos)).is_err() || file.read_exact(&mut header).is_err() {
+            return Ok(());
+        }
+        let version = header[3];
+        if &header[..3] != b"ID3"
+            || !(2..=4).contains(&version)
+            || header[6..].iter().any(|&b| b >= 0x80)
+        {
+            return Ok(());
+        }
+        let flags = header[5];
+        let size = syncsafe(&header[6..]);
+        // What the file holds of the tag (at most 256 MB: the size has 28 bits).
+        let mut body = Vec::new();
+        if file.take(size as u64).read_to_end(&mut body).is_err() {
+            return Ok(());
+        }
+        if flags & 0x80 != 0 && version < 4 {
+            // Unsynchronised: every 0xFF 0x00 stands for 0xFF.
+            let mut plain = Vec::with_capacity(body.len());
+            for (i, &b) in body.iter().enumerate() {
+                if !(b == 0 && i > 0 && body[i - 1] == 0xff) {
+                    plain.push(b);
+                }
+            }
+            body = plain;
+        }
+        check_id3v2_frames(&body, version, flags & 0x40 != 0)?;
+        let footer = if version == 4 && flags & 0x10 != 0 {
+            10
+        } else {
+            0
+        };
+        pos += 10 + size as u64 + footer;
+    }
+    Ok(())
+}
+
+/// A 28-bit syncsafe number: 7 bits from each of four bytes.
+fn syncsafe(b: &[u8]) -> usize {
+    b.iter()
+        .take(4)
+        .fold(0, |n, &x| (n << 7) | (x & 0x7f) as usize)
+}
+
+fn check_id3v2_frames(body: &[u8], version: u8, extended: bool) -> Result<(), String> {
+    let mut at = 0;
+    if extended && version >= 3 {
+        let n = if version == 3 {
+            length_at(body, 0, true, "extended header size")?.saturating_add(4)
+        } else {
+            syncsafe(
+                body.get(..4)
+                    .ok_or("an ID3v2 tag ends inside its extended header")?,
+            )
+        };
+        at = fits(0, n, body.len()).ok_or("an ID3v2 extended header runs past its tag")?;
+    }
+    let header_len = if version == 2 { 6 } else { 10 };
+    while let Some(h) = body.get(at..at + header_len) {
+        if h[0] == 0 {
+            break; // padding
+        }
+        let size = match version {
+            2 => u32::from_be_bytes([0, h[3], h[4], h[5]]) as usize,
+            3 => u32::from_be_bytes([h[4], h[5], h[6], h[7]]) as usize,
+            _ => syncsafe(&h[4..8]),
+        };
+        at = fits(at + header_len, size, body.len()).ok_or_else(|| {
+            format!("an ID3v2 frame claims {size} bytes, more than its tag holds")
+        })?;
+    }
+    Ok(())
+}
+
 /// A big-endian (`be`) or little-endian u32 length at `at` in `block`.
 fn length_at(block: &[u8], at: usize, be: bool, what: &str) -> Result<usize, String> {
     block
@@ -758,7 +846,7 @@ fn length_at(block: &[u8], at: usize, be: bool, what: &str) -> Result<usize, Str
                 u32::from_le_bytes(b)
             }) as usize
         })
-        .ok_or_else(|| format!("FLAC metadata block ends inside its {what}"))
+        .ok_or_else(|| format!("a metadata block ends inside its {what}"))
 }
 
 /// The end of `n` bytes that start at `at`, if they fit in a block of `len` bytes.
@@ -814,6 +902,24 @@ mod tests {
         b.extend(data_len.to_be_bytes());
         b.extend(vec![0u8; held]);
         b
+    }
+
+    #[test]
+    fn id3v2_frames_must_fit_their_tag() {
+        // v2.3: TIT2 "Hello" (1 byte encoding + 5), then padding.
+        let mut body = b"TIT2\0\0\0\x06\0\0\0Hello".to_vec();
+        body.extend([0u8; 20]);
+        assert!(check_id3v2_frames(&body, 3, false).is_ok());
+        // The same size as a v2.4 syncsafe number, and a v2.2 frame.
+        assert!(check_id3v2_frames(&body, 4, false).is_ok());
+        assert!(check_id3v2_frames(b"TT2\0\0\x06\0Hello", 2, false).is_ok());
+        body[4..8].copy_from_slice(&0xad00_000fu32.to_be_bytes());
+        let err = check_id3v2_frames(&body, 3, false).unwrap_err();
+        assert!(err.contains("claims 2902458383 bytes"), "{err}");
+        // An extended header that claims more than the tag.
+        let err = check_id3v2_frames(&[0, 0, 1, 0, 0, 0], 3, true).unwrap_err();
+        assert!(err.contains("extended header runs past"), "{err}");
+        assert_eq!(syncsafe(&[0x00, 0x00, 0x02, 0x01]), 257);
     }
 
     #[test]
