@@ -72,7 +72,7 @@ impl LongRecording<'_> {
     /// Sets the piece lengths (seconds; for tests of the cuts on short audio).
     pub fn with_piece_s(mut self, piece_s: f64, max_piece_s: f64) -> Self {
         self.piece = (piece_s * SAMPLE_RATE as f64) as usize;
-        self.max_piece = (max_piece_s * SAMPLE_RATE as f64).max(piece_s) as usize;
+        self.max_piece = (max_piece_s.max(piece_s) * SAMPLE_RATE as f64) as usize;
         self
     }
 

@@ -196,21 +196,27 @@ impl AudioReader {
         }
         let riff =
             got == 12 && matches!(&head[..4], b"RIFF" | b"RIFX" | b"RF64") && &head[8..] == b"WAVE";
+        let mut tags_len = 0;
         if !riff {
-            if let Err(problem) =
-                check_id3v2_tags(&mut first).and_then(|()| check_flac_comments(&mut first))
-            {
+            if let Err(problem) = check_flac_comments(&mut first) {
                 return Err(DecodeError::Corrupt {
                     path: name,
                     problem,
                 });
             }
+            tags_len = leading_id3v2_len(&mut first);
         }
+        let adapt = |inner, offset| {
+            SourceAdapter::new(inner, offset).map_err(|cause| DecodeError::Open {
+                path: name.clone(),
+                cause,
+            })
+        };
         let source: Box<dyn MediaSource> = match riff.then(|| open().map(unknown_wav_sizes)) {
             Some(Ok(Ok(patched))) => Box::new(patched),
-            Some(Ok(Err(unpatched))) => Box::new(SourceAdapter(unpatched)),
+            Some(Ok(Err(unpatched))) => Box::new(adapt(unpatched, 0)?),
             Some(Err(e)) => return Err(e),
-            None => Box::new(SourceAdapter(open()?)),
+            None => Box::new(adapt(open()?, tags_len)?),
         };
         let symphonia = match open_symphonia(source) {
             Ok(stream) => return Ok(Self::new(name, stream)),
@@ -415,7 +421,7 @@ fn open_symphonia(source: Box<dyn MediaSource>) -> Result<(SymphoniaStream, u32,
     let stream = MediaSourceStream::new(source, Default::default());
     // symphonia 0.5 probes by content (the hint is unused); the name is not trusted here.
     let probed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        symphonia::default::get_probe().format(
+        probe().format(
             &Hint::new(),
             stream,
             &FormatOptions::default(),
@@ -673,18 +679,41 @@ impl AsRef<[u8]> for ArcBytes {
     }
 }
 
-/// A [`ByteSource`] as symphonia's source.
-struct SourceAdapter(Box<dyn ByteSource>);
+/// A [`ByteSource`] as symphonia's source, from byte `offset` on (past the ID3v2 tags at the
+/// start of a file: symphonia sees the audio as if they were not there).
+struct SourceAdapter {
+    inner: Box<dyn ByteSource>,
+    offset: u64,
+}
+
+impl SourceAdapter {
+    fn new(mut inner: Box<dyn ByteSource>, offset: u64) -> std::io::Result<Self> {
+        inner.seek(SeekFrom::Start(offset))?;
+        Ok(Self { inner, offset })
+    }
+}
 
 impl Read for SourceAdapter {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
+        self.inner.read(buf)
     }
 }
 
 impl Seek for SourceAdapter {
     fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        self.0.seek(to)
+        let to = match to {
+            SeekFrom::Start(n) => SeekFrom::Start(n.saturating_add(self.offset)),
+            other => other,
+        };
+        let at = self.inner.seek(to)?;
+        if at < self.offset {
+            self.inner.seek(SeekFrom::Start(self.offset))?;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before the start of the audio",
+            ));
+        }
+        Ok(at - self.offset)
     }
 }
 
@@ -748,53 +777,37 @@ fn check_flac_comments(file: &mut Box<dyn ByteSource>) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks the ID3v2 tags at the start of a file (id3.org's ID3v2.2, 2.3 and 2.4 structure
-/// documents: a 10-byte header with a syncsafe size, an optional extended header, then frames
-/// with 6- or 10-byte headers) before symphonia reads them: it allocates each frame at the
-/// size the file claims, and a v2.3 frame size is a plain 32-bit number (a 328-byte file whose
-/// 35-byte tag held a frame claiming 2.9 GB, found by fuzzing). A frame that does not fit in
-/// its tag is corrupt.
-fn check_id3v2_tags(file: &mut Box<dyn ByteSource>) -> Result<(), String> {
+/// Bytes taken by the ID3v2 tags at the start of a file (id3.org's ID3v2.2-2.4 structure: a
+/// 10-byte header with a 28-bit syncsafe size, a 10-byte footer in v2.4 when flagged), 0 when
+/// it starts with none.
+///
+/// The tags are skipped rather than read: nothing in them is used, and symphonia's tag reader
+/// allocates each frame at the size the file claims, found by fuzzing twice (a 35-byte tag
+/// holding a v2.3 frame of 2.9 GB; then a tag 76 bytes into a file, which its format probe also
+/// reads). Its probe is therefore built without the tag reader ([`probe`]).
+fn leading_id3v2_len(file: &mut Box<dyn ByteSource>) -> u64 {
     let mut pos = 0u64;
-    // Tags may follow one another; symphonia reads each in turn.
+    // Tags may follow one another.
     for _ in 0..64 {
         let mut header = [0u8; 10];
         if file.seek(SeekFrom::Start(pos)).is_err() || file.read_exact(&mut header).is_err() {
-            return Ok(());
+            break;
         }
         let version = header[3];
         if &header[..3] != b"ID3"
             || !(2..=4).contains(&version)
             || header[6..].iter().any(|&b| b >= 0x80)
         {
-            return Ok(());
+            break;
         }
-        let flags = header[5];
-        let size = syncsafe(&header[6..]);
-        // What the file holds of the tag (at most 256 MB: the size has 28 bits).
-        let mut body = Vec::new();
-        if file.take(size as u64).read_to_end(&mut body).is_err() {
-            return Ok(());
-        }
-        if flags & 0x80 != 0 && version < 4 {
-            // Unsynchronised: every 0xFF 0x00 stands for 0xFF.
-            let mut plain = Vec::with_capacity(body.len());
-            for (i, &b) in body.iter().enumerate() {
-                if !(b == 0 && i > 0 && body[i - 1] == 0xff) {
-                    plain.push(b);
-                }
-            }
-            body = plain;
-        }
-        check_id3v2_frames(&body, version, flags & 0x40 != 0)?;
-        let footer = if version == 4 && flags & 0x10 != 0 {
+        let footer = if version == 4 && header[5] & 0x10 != 0 {
             10
         } else {
             0
         };
-        pos += 10 + size as u64 + footer;
+        pos += 10 + syncsafe(&header[6..]) as u64 + footer;
     }
-    Ok(())
+    pos
 }
 
 /// A 28-bit syncsafe number: 7 bits from each of four bytes.
@@ -804,34 +817,20 @@ fn syncsafe(b: &[u8]) -> usize {
         .fold(0, |n, &x| (n << 7) | (x & 0x7f) as usize)
 }
 
-fn check_id3v2_frames(body: &[u8], version: u8, extended: bool) -> Result<(), String> {
-    let mut at = 0;
-    if extended && version >= 3 {
-        let n = if version == 3 {
-            length_at(body, 0, true, "extended header size")?.saturating_add(4)
-        } else {
-            syncsafe(
-                body.get(..4)
-                    .ok_or("an ID3v2 tag ends inside its extended header")?,
-            )
-        };
-        at = fits(0, n, body.len()).ok_or("an ID3v2 extended header runs past its tag")?;
-    }
-    let header_len = if version == 2 { 6 } else { 10 };
-    while let Some(h) = body.get(at..at + header_len) {
-        if h[0] == 0 {
-            break; // padding
-        }
-        let size = match version {
-            2 => u32::from_be_bytes([0, h[3], h[4], h[5]]) as usize,
-            3 => u32::from_be_bytes([h[4], h[5], h[6], h[7]]) as usize,
-            _ => syncsafe(&h[4..8]),
-        };
-        at = fits(at + header_len, size, body.len()).ok_or_else(|| {
-            format!("an ID3v2 frame claims {size} bytes, more than its tag holds")
-        })?;
-    }
-    Ok(())
+/// symphonia's probe with the formats this build reads and without its ID3v2 tag reader (see
+/// [`leading_id3v2_len`]).
+fn probe() -> &'static symphonia::core::probe::Probe {
+    static PROBE: std::sync::OnceLock<symphonia::core::probe::Probe> = std::sync::OnceLock::new();
+    PROBE.get_or_init(|| {
+        use symphonia::default::formats::{FlacReader, MkvReader, MpaReader, OggReader, WavReader};
+        let mut probe = symphonia::core::probe::Probe::default();
+        probe.register_all::<FlacReader>();
+        probe.register_all::<MpaReader>();
+        probe.register_all::<WavReader>();
+        probe.register_all::<OggReader>();
+        probe.register_all::<MkvReader>();
+        probe
+    })
 }
 
 /// A big-endian (`be`) or little-endian u32 length at `at` in `block`.
@@ -905,21 +904,26 @@ mod tests {
     }
 
     #[test]
-    fn id3v2_frames_must_fit_their_tag() {
-        // v2.3: TIT2 "Hello" (1 byte encoding + 5), then padding.
-        let mut body = b"TIT2\0\0\0\x06\0\0\0Hello".to_vec();
-        body.extend([0u8; 20]);
-        assert!(check_id3v2_frames(&body, 3, false).is_ok());
-        // The same size as a v2.4 syncsafe number, and a v2.2 frame.
-        assert!(check_id3v2_frames(&body, 4, false).is_ok());
-        assert!(check_id3v2_frames(b"TT2\0\0\x06\0Hello", 2, false).is_ok());
-        body[4..8].copy_from_slice(&0xad00_000fu32.to_be_bytes());
-        let err = check_id3v2_frames(&body, 3, false).unwrap_err();
-        assert!(err.contains("claims 2902458383 bytes"), "{err}");
-        // An extended header that claims more than the tag.
-        let err = check_id3v2_frames(&[0, 0, 1, 0, 0, 0], 3, true).unwrap_err();
-        assert!(err.contains("extended header runs past"), "{err}");
-        assert_eq!(syncsafe(&[0x00, 0x00, 0x02, 0x01]), 257);
+    fn leading_id3v2_tags_are_measured_to_be_skipped() {
+        let mut file = b"ID3\x03\0\0\0\0\x02\x01".to_vec();
+        file.extend(vec![0xaa; 257]);
+        let second = file.len() as u64;
+        file.extend(b"ID3\x04\0\x10\0\0\0\x05");
+        file.extend(vec![0xbb; 5 + 10]);
+        let audio = file.len() as u64;
+        file.extend(b"\xff\xfb\x90\x00");
+        let mut source: Box<dyn ByteSource> = Box::new(std::io::Cursor::new(file.clone()));
+        assert_eq!(second, 10 + 257);
+        assert_eq!(leading_id3v2_len(&mut source), audio);
+        let mut plain: Box<dyn ByteSource> = Box::new(std::io::Cursor::new(b"fLaC".to_vec()));
+        assert_eq!(leading_id3v2_len(&mut plain), 0);
+        // symphonia sees the audio from the end of the tags on.
+        let mut adapter = SourceAdapter::new(source, audio).unwrap();
+        let mut first = [0u8; 2];
+        adapter.read_exact(&mut first).unwrap();
+        assert_eq!(first, [0xff, 0xfb]);
+        assert_eq!(adapter.seek(SeekFrom::Start(1)).unwrap(), 1);
+        assert!(adapter.seek(SeekFrom::Current(-5)).is_err());
     }
 
     #[test]
