@@ -379,6 +379,8 @@ fn hostile_files_never_ask_for_more_memory_than_they_could_hold() {
         "fuzz_flac_picture_3gb.flac",
         "fuzz_id3_frame_3gb.mp3",
         "fuzz_id3_later_4gb.mp3",
+        "fuzz_flac_inside_id3_4gb.mp3",
+        "fuzz_flac_inside_id3_b.mp3",
     ] {
         LARGEST.with(|c| c.set(0));
         let outcome = decode_file(&support::fixture(&format!("audio/{name}")));

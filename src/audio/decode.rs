@@ -198,13 +198,13 @@ impl AudioReader {
             got == 12 && matches!(&head[..4], b"RIFF" | b"RIFX" | b"RF64") && &head[8..] == b"WAVE";
         let mut tags_len = 0;
         if !riff {
-            if let Err(problem) = check_flac_comments(&mut first) {
+            tags_len = leading_id3v2_len(&mut first);
+            if let Err(problem) = check_flac_comments(&mut first, tags_len) {
                 return Err(DecodeError::Corrupt {
                     path: name,
                     problem,
                 });
             }
-            tags_len = leading_id3v2_len(&mut first);
         }
         let adapt = |inner, offset| {
             SourceAdapter::new(inner, offset).map_err(|cause| DecodeError::Open {
@@ -732,11 +732,12 @@ impl MediaSource for SourceAdapter {
 /// a 4 GB comment (found by fuzzing) would ask for 4 GB. A length past the end of its block is
 /// corrupt.
 ///
-/// symphonia looks for a format's marker anywhere in the first MiB (after an ID3 tag, say), so
-/// the first `fLaC` there is where its FLAC reader would start.
-fn check_flac_comments(file: &mut Box<dyn ByteSource>) -> Result<(), String> {
+/// symphonia looks for a format's marker anywhere in the first MiB of what it is given (from
+/// `from`, past the ID3v2 tags at the start), so the first `fLaC` there is where its FLAC
+/// reader would start (a `fLaC` inside a skipped tag is not: found by fuzzing).
+fn check_flac_comments(file: &mut Box<dyn ByteSource>, from: u64) -> Result<(), String> {
     let mut head = Vec::new();
-    if file.seek(SeekFrom::Start(0)).is_err()
+    if file.seek(SeekFrom::Start(from)).is_err()
         || file.take((1 << 20) + 4).read_to_end(&mut head).is_err()
     {
         return Ok(());
@@ -744,7 +745,7 @@ fn check_flac_comments(file: &mut Box<dyn ByteSource>) -> Result<(), String> {
     let Some(at) = head.windows(4).position(|w| w == b"fLaC") else {
         return Ok(());
     };
-    if file.seek(SeekFrom::Start(at as u64 + 4)).is_err() {
+    if file.seek(SeekFrom::Start(from + at as u64 + 4)).is_err() {
         return Ok(());
     }
     for _ in 0..1024 {
