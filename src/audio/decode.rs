@@ -199,7 +199,7 @@ impl AudioReader {
         let mut tags_len = 0;
         if !riff {
             tags_len = leading_id3v2_len(&mut first);
-            if let Err(problem) = check_flac_comments(&mut first, tags_len) {
+            if let Err(problem) = check_flac_metadata(&mut first, tags_len) {
                 return Err(DecodeError::Corrupt {
                     path: name,
                     problem,
@@ -728,14 +728,14 @@ impl MediaSource for SourceAdapter {
 }
 
 /// Checks a FLAC file's Vorbis comment and picture blocks (RFC 9639 sections 8.6, 8.8) before
-/// symphonia reads them: it allocates each comment at the length the file claims, so a 100-byte file claiming
+/// symphonia reads them: it allocates each length the file claims, so a 100-byte file claiming
 /// a 4 GB comment (found by fuzzing) would ask for 4 GB. A length past the end of its block is
 /// corrupt.
 ///
 /// symphonia looks for a format's marker anywhere in the first MiB of what it is given (from
 /// `from`, past the ID3v2 tags at the start), so the first `fLaC` there is where its FLAC
 /// reader would start (a `fLaC` inside a skipped tag is not: found by fuzzing).
-fn check_flac_comments(file: &mut Box<dyn ByteSource>, from: u64) -> Result<(), String> {
+fn check_flac_metadata(file: &mut Box<dyn ByteSource>, from: u64) -> Result<(), String> {
     let mut head = Vec::new();
     if file.seek(SeekFrom::Start(from)).is_err()
         || file.take((1 << 20) + 4).read_to_end(&mut head).is_err()

@@ -102,11 +102,6 @@ impl FrameScorer {
         self.peaks.push(self.tone.tone_bin(&frame));
     }
 
-    /// Frames scored and not drained.
-    pub fn frames(&self) -> usize {
-        self.scores.len()
-    }
-
     /// Speech regions of the frames scored (as sample ranges from the first frame not
     /// drained, clipped to `n_samples`), tones excluded.
     pub fn regions(&self, n_samples: usize, cfg: &VadConfig) -> Vec<std::ops::Range<usize>> {
@@ -132,10 +127,10 @@ impl FrameScorer {
 /// 10 frames on the field cases; hold-music beeps last 25.
 pub const TONE_RUN: usize = 18;
 
-/// Which 16 ms frames belong to a steady tone: [`TONE_RUN`] or more frames in a row whose
-/// energy lies (over [`TONE_SHARE`]) near the same spectral peaks, within one bin. A voice
-/// glides in pitch and formants from frame to frame; a beep, a dial tone or DTMF does not.
-pub fn tone_frames(samples: &[f32]) -> Vec<bool> {
+/// Which 16 ms frames of `samples` belong to a steady tone (see [`tone_runs`]); files and
+/// streams get the same from [`FrameScorer`], which scores voice activity in the same pass.
+#[cfg(test)]
+fn tone_frames(samples: &[f32]) -> Vec<bool> {
     let mut check = ToneCheck::new();
     let peaks: Vec<Option<usize>> = samples
         .chunks(FRAME)
@@ -148,7 +143,10 @@ pub fn tone_frames(samples: &[f32]) -> Vec<bool> {
     tone_runs(&peaks)
 }
 
-/// The tone flags of frames whose possible-tone peaks are `peaks` (see [`tone_frames`]).
+/// Which frames belong to a steady tone, given each frame's possible-tone peak
+/// ([`ToneCheck::tone_bin`]): [`TONE_RUN`] or more frames in a row whose energy lies (over
+/// [`TONE_SHARE`]) near the same spectral peaks, within one bin. A voice glides in pitch and
+/// formants from frame to frame; a beep, a dial tone or DTMF does not.
 fn tone_runs(peaks: &[Option<usize>]) -> Vec<bool> {
     let mut out = vec![false; peaks.len()];
     let mut start = 0;
@@ -170,7 +168,7 @@ fn tone_runs(peaks: &[Option<usize>]) -> Vec<bool> {
 }
 
 /// The steady-peak run a live stream is in, frame by frame: the causal form of
-/// [`tone_frames`], for streams that cannot wait to see a run's end.
+/// [`tone_runs`], for streams that cannot wait to see a run's end.
 pub struct ToneTracker {
     check: ToneCheck,
     /// The bin the run started at, and its length in frames.

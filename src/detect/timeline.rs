@@ -24,7 +24,7 @@ fn joined(segments: &[Segment]) -> (String, Vec<(usize, usize, f64, f64)>) {
     let mut map = Vec::new();
     for s in segments {
         let t = s.text.trim();
-        if t.is_empty() || s.low_confidence || s.avg_logprob < LOW_CONFIDENCE_LOGPROB {
+        if t.is_empty() || s.avg_logprob < LOW_CONFIDENCE_LOGPROB {
             continue;
         }
         if !text.is_empty() {
