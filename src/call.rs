@@ -20,8 +20,10 @@ use serde::{Deserialize, Serialize};
 /// fields may be added without raising it, so readers must ignore fields they do not know.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// A call's identity, unique among the calls of one engine: a file's stem, a device's name, or
-/// the network's own id (a SIP Call-ID, a Twilio `callSid`).
+/// A call's identity, unique across calls and restarts (alert ids are derived from it, and
+/// receivers dedupe on them): the network's own id (a SIP Call-ID, a Twilio `callSid`, an
+/// AudioHook conversation id), or for a file or a sound device its name followed by a ULID
+/// ([`CallId::unique`]).
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
@@ -31,6 +33,12 @@ pub struct CallId(pub String);
 impl CallId {
     pub fn new(id: impl Into<String>) -> Self {
         Self(id.into())
+    }
+
+    /// `name` followed by a fresh ULID (time-ordered, 80 random bits): "mic-01JF3…". For
+    /// sources whose name is not unique per call (a file played twice, a device's next call).
+    pub fn unique(name: &str) -> Self {
+        Self(format!("{name}-{}", ulid::Ulid::new()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -223,11 +223,7 @@ impl SinkConfig {
             SinkConfig::Stdout(c) => (Box::new(JsonLines::new(c)), &c.queue, c.redact),
             SinkConfig::Terminal(c) => (Box::new(TerminalView::new()), &c.queue, c.redact),
             SinkConfig::AlertFile(c) => (Box::new(AlertFile::open(&c.path)?), &c.queue, c.redact),
-            SinkConfig::Webhook(c) => (
-                Box::new(WebhookSink::start(&c.url, &c.outbox)?),
-                &c.queue,
-                c.redact,
-            ),
+            SinkConfig::Webhook(c) => (Box::new(WebhookSink::start(c)?), &c.queue, c.redact),
         };
         let sink = if redact {
             Box::new(Redacted(sink))

@@ -18,7 +18,7 @@ use crate::engine::EngineConfig;
 use crate::sinks::alert_file::AlertFileConfig;
 use crate::sinks::stdout::StdoutConfig;
 use crate::sinks::terminal::TerminalConfig;
-use crate::sinks::webhook::{default_outbox, WebhookConfig};
+use crate::sinks::webhook::{default_max_pending, default_outbox, WebhookConfig};
 use crate::sinks::QueueConfig;
 
 /// A parser for one of the library's named choices, listing them in `--help`: a name reads
@@ -275,6 +275,7 @@ impl SinkArgs {
             (Some(url), outbox) => sinks.push(SinkConfig::Webhook(WebhookConfig {
                 url: url.clone(),
                 outbox: outbox.clone().unwrap_or_else(default_outbox),
+                max_pending: default_max_pending(),
                 queue: QueueConfig::default(),
                 redact: false,
             })),

@@ -1,6 +1,7 @@
 //! The command line: shared flag groups in `args`, one file per subcommand. Each returns the
 //! process exit code. The library below knows nothing of clap.
 
+pub mod alerts;
 pub mod args;
 pub mod bench;
 pub mod classify;
@@ -51,6 +52,9 @@ pub enum Command {
     /// List, fetch and import Whisper models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Inspect a webhook outbox (undelivered alerts, dead letters) and send it again.
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
     /// Measure recognition throughput and concurrent live calls (for GPU hosts: needs only
     /// the binary, a model and recordings).
     #[command(subcommand)]
@@ -82,6 +86,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Listen(args) => listen::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Alerts(cmd) => alerts::run(cmd),
     };
     match result {
         Ok(code) => code,

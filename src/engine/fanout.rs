@@ -2,6 +2,11 @@
 //! that blocks (an fsync, a dead webhook, a terminal nobody reads) never holds up the
 //! recognisers or another sink. A full queue drops and counts (`Overflow::Drop`) or spills to a
 //! file on disk that the sink reads back in order when it catches up (`Overflow::Spill`).
+//!
+//! Write-ahead: when there are durable sinks (alert files, webhook outboxes), events first go
+//! through one "durable" stage: a thread that writes each event to every durable sink, in
+//! [`Durability`] order (records, then outboxes), commits it, and only then puts it in the
+//! queues of the sinks that show it. An alert a person or a receiver has seen is on disk.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -13,7 +18,7 @@ use anyhow::{Context, Result};
 
 use super::SinkSpec;
 use crate::call::{json_line, Event, Versioned};
-use crate::sinks::{Overflow, QueueConfig, Sink};
+use crate::sinks::{Durability, Overflow, QueueConfig, Sink, SinkHealth};
 
 /// How one sink fared.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -28,6 +33,27 @@ pub struct SinkReport {
     pub spilled: u64,
     /// Events the sink failed to write.
     pub errors: u64,
+    /// Durable sinks: alerts held in memory because the disk refused them (now).
+    pub held: u64,
+    /// Durable sinks: alerts lost (memory full of held ones, or the disk never came back).
+    pub lost: u64,
+    /// Webhooks: alerts the receiver refused for good (or that found the outbox full), in the
+    /// dead letters.
+    pub dead_lettered: u64,
+    /// Webhooks: alerts in the outbox not yet delivered (now).
+    pub outbox_pending: u64,
+}
+
+impl SinkReport {
+    fn with_health(mut self, health: Option<&SinkHealth>) -> Self {
+        if let Some(h) = health {
+            self.held = SinkHealth::get(&h.held);
+            self.lost = SinkHealth::get(&h.lost);
+            self.dead_lettered = SinkHealth::get(&h.dead_lettered);
+            self.outbox_pending = SinkHealth::get(&h.outbox_pending);
+        }
+        self
+    }
 }
 
 /// Events beyond the memory bound, as versioned JSON lines, read back in order.
@@ -158,10 +184,21 @@ impl SinkQueue {
 
     /// The next event for the sink, waiting for one; `None` once closed and empty.
     fn pop(&self) -> Option<Arc<Event>> {
+        loop {
+            match self.pop_within(std::time::Duration::from_secs(3600)) {
+                Popped::Event(e) => return Some(e),
+                Popped::Closed => return None,
+                Popped::Idle => {}
+            }
+        }
+    }
+
+    /// The next event, waiting up to `idle` for one.
+    fn pop_within(&self, idle: std::time::Duration) -> Popped {
         let mut s = self.lock();
         loop {
             if let Some(e) = s.memory.pop_front() {
-                return Some(e);
+                return Popped::Event(e);
             }
             let capacity = self.config.capacity;
             let state = &mut *s;
@@ -181,15 +218,63 @@ impl SinkQueue {
                 continue;
             }
             if s.closed {
-                return None;
+                return Popped::Closed;
             }
-            s = self.ready.wait(s).unwrap_or_else(|e| e.into_inner());
+            let (guard, waited) = self
+                .ready
+                .wait_timeout(s, idle)
+                .unwrap_or_else(|e| e.into_inner());
+            s = guard;
+            if waited.timed_out() && s.memory.is_empty() && s.spill.is_none() && !s.closed {
+                return Popped::Idle;
+            }
         }
     }
+
+    fn new(name: String, config: QueueConfig, spill_path: PathBuf) -> Self {
+        SinkQueue {
+            config: QueueConfig {
+                capacity: config.capacity.max(1),
+                ..config
+            },
+            spill_path,
+            state: Mutex::new(QueueState {
+                report: SinkReport {
+                    sink: name,
+                    ..SinkReport::default()
+                },
+                ..QueueState::default()
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+}
+
+enum Popped {
+    Event(Arc<Event>),
+    Idle,
+    Closed,
+}
+
+/// The durable sinks, written in order on one thread before anything is shown.
+struct DurableStage {
+    /// Events waiting for the durable writes.
+    queue: Arc<SinkQueue>,
+    /// One per durable sink, in write order.
+    reports: Arc<Mutex<Vec<SinkReport>>>,
+    health: Vec<Option<Arc<SinkHealth>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The sinks' queues and threads.
 pub struct Fanout {
+    durable: Option<Mutex<DurableStage>>,
+    /// The sinks that show events, each behind its queue.
     queues: Vec<Arc<SinkQueue>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// This fan-out's own spill folder (random name, owner-only, removed with it), so two
@@ -197,49 +282,50 @@ pub struct Fanout {
     _spill_dir: Option<tempfile::TempDir>,
 }
 
+/// Events waiting for the durable writes, in memory before spilling.
+const DURABLE_QUEUE: usize = 1024;
+/// How long the durable stage waits for an event before letting its sinks retry what the disk
+/// refused.
+const DURABLE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Fanout {
-    /// Starts a thread per sink. Sinks that spill get files in a private folder made inside
+    /// Starts a thread per sink that shows events, and one for the durable sinks (see the
+    /// module's text). Queues that spill get files in a private folder made inside
     /// `spill_parent`.
     pub fn start(sinks: Vec<SinkSpec>, spill_parent: &Path) -> Result<Self> {
-        let spill_dir = if sinks.iter().any(|s| s.queue.overflow == Overflow::Spill) {
-            std::fs::create_dir_all(spill_parent).with_context(|| {
-                format!("cannot make the spill folder {}", spill_parent.display())
-            })?;
-            Some(
-                tempfile::Builder::new()
-                    .prefix("vishguard-spill-")
-                    .tempdir_in(spill_parent)
-                    .with_context(|| {
-                        format!("cannot make a spill folder in {}", spill_parent.display())
-                    })?,
-            )
-        } else {
-            None
-        };
-        let spill_path = |i: usize| {
+        let (mut durable, shown): (Vec<_>, Vec<_>) = sinks
+            .into_iter()
+            .partition(|s| s.sink.durability() != Durability::Shown);
+        durable.sort_by_key(|s| s.sink.durability());
+        let spill_dir =
+            if !durable.is_empty() || shown.iter().any(|s| s.queue.overflow == Overflow::Spill) {
+                std::fs::create_dir_all(spill_parent).with_context(|| {
+                    format!("cannot make the spill folder {}", spill_parent.display())
+                })?;
+                Some(
+                    tempfile::Builder::new()
+                        .prefix("vishguard-spill-")
+                        .tempdir_in(spill_parent)
+                        .with_context(|| {
+                            format!("cannot make a spill folder in {}", spill_parent.display())
+                        })?,
+                )
+            } else {
+                None
+            };
+        let spill_path = |name: &str| {
             spill_dir
                 .as_ref()
-                .map_or_else(PathBuf::new, |d| d.path().join(format!("sink-{i}.jsonl")))
+                .map_or_else(PathBuf::new, |d| d.path().join(format!("{name}.jsonl")))
         };
         let mut queues = Vec::new();
         let mut threads = Vec::new();
-        for (i, SinkSpec { mut sink, queue }) in sinks.into_iter().enumerate() {
-            let name = sink.describe();
-            let q = Arc::new(SinkQueue {
-                config: QueueConfig {
-                    capacity: queue.capacity.max(1),
-                    ..queue
-                },
-                spill_path: spill_path(i),
-                state: Mutex::new(QueueState {
-                    report: SinkReport {
-                        sink: name.clone(),
-                        ..SinkReport::default()
-                    },
-                    ..QueueState::default()
-                }),
-                ready: Condvar::new(),
-            });
+        for (i, SinkSpec { mut sink, queue }) in shown.into_iter().enumerate() {
+            let q = Arc::new(SinkQueue::new(
+                sink.describe(),
+                queue,
+                spill_path(&format!("sink-{i}")),
+            ));
             let consumer = q.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sink-{i}"))
@@ -247,34 +333,100 @@ impl Fanout {
             queues.push(q);
             threads.push(thread);
         }
+        let durable = if durable.is_empty() {
+            None
+        } else {
+            let queue = Arc::new(SinkQueue::new(
+                "durable stage".into(),
+                QueueConfig {
+                    capacity: DURABLE_QUEUE,
+                    overflow: Overflow::Spill,
+                },
+                spill_path("durable"),
+            ));
+            let reports = Arc::new(Mutex::new(
+                durable
+                    .iter()
+                    .map(|s| SinkReport {
+                        sink: s.sink.describe(),
+                        ..SinkReport::default()
+                    })
+                    .collect::<Vec<_>>(),
+            ));
+            let health = durable.iter().map(|s| s.sink.health()).collect();
+            let sinks: Vec<Box<dyn Sink>> = durable.into_iter().map(|s| s.sink).collect();
+            let thread = {
+                let (queue, reports, shown) = (queue.clone(), reports.clone(), queues.clone());
+                std::thread::Builder::new()
+                    .name("durable-sinks".into())
+                    .spawn(move || durable_writes(&queue, sinks, &reports, &shown))?
+            };
+            Some(Mutex::new(DurableStage {
+                queue,
+                reports,
+                health,
+                thread: Some(thread),
+            }))
+        };
         Ok(Self {
+            durable,
             queues,
             threads: Mutex::new(threads),
             _spill_dir: spill_dir,
         })
     }
 
-    /// Hands the event to every sink's queue; never blocks on a sink.
+    /// Hands the event to the durable stage, or with none to every sink's queue; never
+    /// blocks on a sink.
     pub fn send(&self, event: Event) {
         let event = Arc::new(event);
+        if let Some(d) = &self.durable {
+            let queue = super::lock(d).queue.clone();
+            queue.push(&event);
+            return;
+        }
         for q in &self.queues {
             q.push(&event);
         }
     }
 
-    /// How each sink has fared so far.
+    /// How each sink has fared so far: the durable sinks (in write order), then the others.
     pub fn reports(&self) -> Vec<SinkReport> {
-        self.queues
-            .iter()
-            .map(|q| q.lock().report.clone())
-            .collect()
+        let mut out = Vec::new();
+        if let Some(d) = &self.durable {
+            let d = super::lock(d);
+            let waiting = d.queue.lock().report.clone();
+            for (r, h) in super::lock(&d.reports).iter().zip(&d.health) {
+                out.push(
+                    SinkReport {
+                        // Events that could not wait for the durable writes are lost to these
+                        // sinks (and to all the others).
+                        dropped: r.dropped + waiting.dropped,
+                        spilled: r.spilled + waiting.spilled,
+                        ..r.clone()
+                    }
+                    .with_health(h.as_deref()),
+                );
+            }
+        }
+        out.extend(self.queues.iter().map(|q| q.lock().report.clone()));
+        out
     }
 
     /// Lets every sink drain its queue and close; waits for them.
     pub fn close(&self) -> Vec<SinkReport> {
+        if let Some(d) = &self.durable {
+            let (queue, thread) = {
+                let mut d = super::lock(d);
+                (d.queue.clone(), d.thread.take())
+            };
+            queue.close();
+            if let Some(t) = thread {
+                let _ = t.join();
+            }
+        }
         for q in &self.queues {
-            q.lock().closed = true;
-            q.ready.notify_all();
+            q.close();
         }
         let threads: Vec<_> = super::lock(&self.threads).drain(..).collect();
         for t in threads {
@@ -298,6 +450,47 @@ fn drain(queue: &SinkQueue, sink: &mut dyn Sink) {
     }
     if let Err(e) = sink.close() {
         tracing::error!(sink = %sink.describe(), "closing: {e:#}");
+    }
+}
+
+/// The durable stage's thread: each event to every durable sink, committed, then to the
+/// queues of the sinks that show it.
+fn durable_writes(
+    queue: &SinkQueue,
+    mut sinks: Vec<Box<dyn Sink>>,
+    reports: &Mutex<Vec<SinkReport>>,
+    shown: &[Arc<SinkQueue>],
+) {
+    loop {
+        match queue.pop_within(DURABLE_IDLE) {
+            Popped::Event(event) => {
+                for (i, sink) in sinks.iter_mut().enumerate() {
+                    let result = sink.write(&event);
+                    let mut reports = super::lock(reports);
+                    let r = &mut reports[i];
+                    r.delivered += 1;
+                    if let Err(e) = result {
+                        r.errors += 1;
+                        if r.errors <= 3 {
+                            tracing::error!(sink = %r.sink, "{e:#}");
+                        }
+                    }
+                }
+                for sink in &mut sinks {
+                    sink.commit();
+                }
+                for q in shown {
+                    q.push(&event);
+                }
+            }
+            Popped::Idle => sinks.iter_mut().for_each(|s| s.idle()),
+            Popped::Closed => break,
+        }
+    }
+    for sink in &mut sinks {
+        if let Err(e) = sink.close() {
+            tracing::error!(sink = %sink.describe(), "closing: {e:#}");
+        }
     }
 }
 
@@ -391,6 +584,79 @@ mod tests {
             0,
             "folder removed"
         );
+    }
+
+    /// A durable sink that holds every event until released.
+    struct DurableGate(Gate, Durability, Arc<Mutex<Vec<String>>>);
+
+    impl Sink for DurableGate {
+        fn describe(&self) -> String {
+            format!("durable gate {:?}", self.1)
+        }
+        fn write(&mut self, event: &Event) -> Result<()> {
+            self.0.write(event)?;
+            self.2.lock().unwrap().push(format!("{:?} wrote", self.1));
+            Ok(())
+        }
+        fn durability(&self) -> Durability {
+            self.1
+        }
+        fn commit(&mut self) {
+            self.2
+                .lock()
+                .unwrap()
+                .push(format!("{:?} committed", self.1));
+        }
+    }
+
+    #[test]
+    fn nothing_is_shown_before_every_durable_sink_has_it_records_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (shown, open_shown, seen_shown) = gate();
+        open_shown.store(true, Ordering::Relaxed);
+        let (outbox, open_outbox, _) = gate();
+        let (record, open_record, _) = gate();
+        let fanout = Fanout::start(
+            vec![
+                SinkSpec::new(shown, QueueConfig::default()),
+                // Given before the record: written after it all the same.
+                SinkSpec::new(
+                    DurableGate(outbox, Durability::Forward, order.clone()),
+                    QueueConfig::default(),
+                ),
+                SinkSpec::new(
+                    DurableGate(record, Durability::Record, order.clone()),
+                    QueueConfig::default(),
+                ),
+            ],
+            dir.path(),
+        )
+        .unwrap();
+        fanout.send(started(1));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            seen_shown.lock().unwrap().is_empty(),
+            "shown before written"
+        );
+        open_outbox.store(true, Ordering::Relaxed);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(order.lock().unwrap().is_empty(), "the outbox went first");
+        assert!(seen_shown.lock().unwrap().is_empty());
+        open_record.store(true, Ordering::Relaxed);
+        let reports = fanout.close();
+        assert_eq!(*seen_shown.lock().unwrap(), ["c1"]);
+        assert_eq!(
+            *order.lock().unwrap(),
+            [
+                "Record wrote",
+                "Forward wrote",
+                "Record committed",
+                "Forward committed"
+            ]
+        );
+        assert_eq!(reports.len(), 3);
+        assert!(reports.iter().all(|r| r.delivered == 1), "{reports:?}");
     }
 
     fn walk_files(dir: &Path) -> Vec<PathBuf> {

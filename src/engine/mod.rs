@@ -353,12 +353,21 @@ impl Engine {
         }
         let sinks = self.fanout.close();
         for s in &sinks {
-            if s.dropped > 0 || s.errors > 0 {
+            if s.dropped > 0 || s.errors > 0 || s.lost > 0 {
                 tracing::warn!(
                     sink = %s.sink,
                     dropped = s.dropped,
                     errors = s.errors,
+                    lost = s.lost,
                     "sink lost events (its queue was full, or writes failed)"
+                );
+            }
+            if s.dead_lettered > 0 {
+                tracing::warn!(
+                    sink = %s.sink,
+                    dead_letters = s.dead_lettered,
+                    "alerts refused for good are in the outbox's dead letters \
+                     (`vishguard alerts list --dead-letters`)"
                 );
             }
         }

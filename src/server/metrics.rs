@@ -44,6 +44,16 @@ fn labelled(rows: impl IntoIterator<Item = (String, String, u64)>) -> Family<Lab
     family
 }
 
+fn labelled_gauge(
+    rows: impl IntoIterator<Item = (String, String, u64)>,
+) -> Family<Labels, Gauge<f64, AtomicU64>> {
+    let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    for (label, value, n) in rows {
+        family.get_or_create(&vec![(label, value)]).set(n as f64);
+    }
+    family
+}
+
 /// The registry as of now.
 pub(super) fn registry(state: &AppState) -> Registry {
     let s = &state.engine.stats;
@@ -149,6 +159,34 @@ pub(super) fn registry(state: &AppState) -> Registry {
         "sink_write_errors",
         "Events a sink failed to write",
         per_sink(|k| k.errors),
+    );
+    r.register(
+        "sink_alerts_held",
+        "Alerts a durable sink holds in memory because the disk refused them (a full disk)",
+        labelled_gauge(
+            sinks
+                .iter()
+                .map(|k| ("sink".to_owned(), k.sink.clone(), k.held)),
+        ),
+    );
+    r.register(
+        "sink_alerts_lost",
+        "Alerts a durable sink could not keep (memory full of held alerts, or no disk before exit)",
+        per_sink(|k| k.lost),
+    );
+    r.register(
+        "sink_dead_letters",
+        "Alerts a webhook receiver refused for good, or that found the outbox full",
+        per_sink(|k| k.dead_lettered),
+    );
+    r.register(
+        "webhook_outbox_pending",
+        "Alerts in a webhook outbox not yet delivered",
+        labelled_gauge(
+            sinks
+                .iter()
+                .map(|k| ("sink".to_owned(), k.sink.clone(), k.outbox_pending)),
+        ),
     );
     r.register(
         "malformed",

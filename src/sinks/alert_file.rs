@@ -1,12 +1,14 @@
-//! Every alert appended to a file as a JSON line and synced to disk before the next.
+//! Every alert appended to a file as a JSON line and synced to disk before anyone is shown it
+//! (the write-ahead order: [`super::Durability::Record`]).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::Sink;
+use super::journal::{Appended, Journal};
+use super::{Durability, Sink, SinkHealth};
 use crate::call::{json_line, Event};
 
 /// `[[sinks]] type = "alert_file"`.
@@ -22,37 +24,82 @@ pub struct AlertFileConfig {
 }
 
 pub struct AlertFile {
-    file: std::fs::File,
-    path: PathBuf,
+    journal: Journal,
+    health: Arc<SinkHealth>,
 }
 
 impl AlertFile {
+    /// Opens (creating) the file for appending; a torn last line from a crash is cut off.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = crate::private_files::options()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open alert file {}", path.display()))?;
         Ok(Self {
-            file,
-            path: path.to_path_buf(),
+            journal: Journal::open(path, "alert file")?,
+            health: Arc::default(),
         })
+    }
+
+    fn note(&self) {
+        SinkHealth::set(&self.health.held, self.journal.held() as u64);
+        SinkHealth::set(&self.health.lost, self.journal.dropped());
     }
 }
 
 impl Sink for AlertFile {
     fn describe(&self) -> String {
-        format!("alert file {}", self.path.display())
+        format!("alert file {}", self.journal.path().display())
     }
 
+    /// Appends and syncs an alert; one the disk refuses is held in memory and written when
+    /// the disk takes it again (the journal logs the outage once).
     fn write(&mut self, event: &Event) -> Result<()> {
         if let Event::Alert(_) = event {
-            let line = json_line(event) + "\n";
-            self.file
-                .write_all(line.as_bytes())
-                .and_then(|_| self.file.sync_data())
-                .with_context(|| format!("{}: alert not written", self.path.display()))?;
+            let appended = self.journal.append(&json_line(event));
+            self.note();
+            if appended == Appended::Dropped {
+                bail!("alert lost: memory holds too many alerts the disk refused");
+            }
         }
         Ok(())
+    }
+
+    fn durability(&self) -> Durability {
+        Durability::Record
+    }
+
+    fn idle(&mut self) {
+        if self.journal.held() > 0 {
+            self.journal.retry();
+            self.note();
+        }
+    }
+
+    fn health(&self) -> Option<Arc<SinkHealth>> {
+        Some(self.health.clone())
+    }
+
+    /// Tries the held alerts for up to 10 s more; those the disk still refuses go to standard
+    /// error as JSON lines (the last place left to put them) and count as lost.
+    fn close(&mut self) -> Result<()> {
+        give_held_lines_a_last_chance(&mut self.journal);
+        let n = self.journal.held();
+        if n > 0 {
+            SinkHealth::add(&self.health.lost, n as u64);
+            for line in self.journal.held_lines() {
+                eprintln!("{line}");
+            }
+            bail!(
+                "{} alert(s) never reached {} (printed above on standard error)",
+                n,
+                self.journal.path().display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Retries a journal's held lines for up to 10 s (a disk being cleaned up as the run ends).
+pub(crate) fn give_held_lines_a_last_chance(journal: &mut Journal) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !journal.retry() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }

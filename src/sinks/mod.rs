@@ -4,17 +4,67 @@
 //!
 //! Sinks here: JSON lines on stdout, a colored view on the terminal, an append-only alert file,
 //! a webhook with an on-disk outbox, and an in-memory collector for tests and callers.
+//!
+//! Delivery guarantees (write-ahead): an alert is appended and synced to every durable sink
+//! (the alert files first, then the webhook outboxes) before any other sink shows it, and the
+//! webhook sends it only once it is in all of them. So an alert that a person or a system has
+//! seen is on disk, and one killed between the durable writes was seen by no one. A disk that
+//! refuses a write (full, failing) does not hold alerts back from people: the line is rolled
+//! back, held in memory and written when the disk takes it again ([`journal`]).
 
 pub mod alert_file;
+pub mod journal;
 pub mod memory;
 pub mod redact;
 pub mod stdout;
 pub mod terminal;
 pub mod webhook;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde::{Deserialize, Serialize};
 
 use crate::call::Event;
+
+/// Where a sink stands in the write-ahead order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Durability {
+    /// Shows or passes on events (stdout, the terminal, the dashboard): it gets an alert only
+    /// once every durable sink has it.
+    Shown,
+    /// Keeps a durable record (the alert file): written first, synced.
+    Record,
+    /// Keeps an outbox on disk and sends from it (the webhook): written after the records,
+    /// and sends only after [`Sink::commit`].
+    Forward,
+}
+
+/// Counters a durable sink keeps for `/metrics` and the run's report.
+#[derive(Debug, Default)]
+pub struct SinkHealth {
+    /// Alerts held in memory because the disk refused them (a gauge).
+    pub held: AtomicU64,
+    /// Alerts lost: memory was full of held ones, or the disk never came back before exit.
+    pub lost: AtomicU64,
+    /// Alerts the receiver refused for good, now in the dead letters.
+    pub dead_lettered: AtomicU64,
+    /// Alerts in the outbox not yet delivered (a gauge).
+    pub outbox_pending: AtomicU64,
+}
+
+impl SinkHealth {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub fn set(counter: &AtomicU64, n: u64) {
+        counter.store(n, Ordering::Relaxed)
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
 
 /// A component that consumes events. `write` is called in the engine's order (per call:
 /// `call_started`, transcripts and alerts, `call_ended`); an error is logged and counted and
@@ -26,6 +76,20 @@ pub trait Sink: Send {
     /// After the last event: flush, finish deliveries.
     fn close(&mut self) -> anyhow::Result<()> {
         Ok(())
+    }
+    /// Where the sink stands in the write-ahead order (see the module's text).
+    fn durability(&self) -> Durability {
+        Durability::Shown
+    }
+    /// Durable sinks: the event just written is now in every durable sink; a forwarding sink
+    /// may send it.
+    fn commit(&mut self) {}
+    /// Durable sinks: called about once a second while no event comes (retry what the disk
+    /// refused).
+    fn idle(&mut self) {}
+    /// Durable sinks: counters for `/metrics` and the run's report.
+    fn health(&self) -> Option<std::sync::Arc<SinkHealth>> {
+        None
     }
 }
 

@@ -89,6 +89,22 @@ impl Sink for Redacted {
     fn close(&mut self) -> anyhow::Result<()> {
         self.0.close()
     }
+
+    fn durability(&self) -> super::Durability {
+        self.0.durability()
+    }
+
+    fn commit(&mut self) {
+        self.0.commit()
+    }
+
+    fn idle(&mut self) {
+        self.0.idle()
+    }
+
+    fn health(&self) -> Option<std::sync::Arc<super::SinkHealth>> {
+        self.0.health()
+    }
 }
 
 #[cfg(test)]

@@ -161,7 +161,10 @@ impl Source for DeviceSource {
         let split = self.config.channels == ChannelMode::Split && n_ch > 1;
         let parties = if split { n_ch } else { 1 };
         let name = dev.name().unwrap_or_else(|_| "device".into());
-        let id = CallId::new(self.config.call_id.clone().unwrap_or_else(|| name.clone()));
+        let id = match &self.config.call_id {
+            Some(id) => CallId::new(id.clone()),
+            None => CallId::unique(&name),
+        };
         let (ring, mut reader) = HeapRb::<f32>::new(rate as usize * n_ch * RING_S).split();
         let (gap_notes, mut gaps) = HeapRb::<(u64, u64)>::new(256).split();
         let lost = Arc::new(AtomicU64::new(0));

@@ -22,7 +22,8 @@ pub struct FileSourceConfig {
     /// as fast as the engine takes the audio, with nothing dropped.
     #[serde(default)]
     pub realtime: bool,
-    /// The call's id (default: the file's stem).
+    /// The call's id; must be unique per call, as receivers dedupe alerts on ids derived from
+    /// it (default: the file's stem followed by a ULID, new each time the file plays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_id: Option<String>,
     /// Stereo recordings: each channel a party (`split`), or one mixed party (`mix`).
@@ -40,12 +41,16 @@ impl FileSource {
     }
 
     fn call_id(&self) -> CallId {
-        CallId::new(self.config.call_id.clone().unwrap_or_else(|| {
-            self.config
-                .path
-                .file_stem()
-                .map_or("call".into(), |s| s.to_string_lossy().into_owned())
-        }))
+        match &self.config.call_id {
+            Some(id) => CallId::new(id.clone()),
+            None => CallId::unique(
+                &self
+                    .config
+                    .path
+                    .file_stem()
+                    .map_or("call".into(), |s| s.to_string_lossy()),
+            ),
+        }
     }
 }
 
@@ -180,7 +185,10 @@ mod tests {
         let Ingress::Open(call) = &items[0] else {
             panic!("first an open: {:?}", items[0])
         };
-        assert_eq!(call.id.as_str(), "two");
+        // The stem and a ULID: the same file played again is another call.
+        let (stem, ulid) = call.id.as_str().rsplit_once('-').unwrap();
+        assert_eq!(stem, "two");
+        assert!(ulid.parse::<ulid::Ulid>().is_ok(), "{}", call.id);
         assert_eq!(call.parties.len(), 2);
         assert_eq!(call.parties[1].label, "channel 1");
         assert_eq!(call.parties[0].sample_rate, 8000);
@@ -196,6 +204,6 @@ mod tests {
         assert_eq!(chunks.len(), 100);
         let last = chunks.iter().rev().find(|c| c.party == 1).unwrap();
         assert!((last.offset_s - 0.98).abs() < 1e-9, "{}", last.offset_s);
-        assert!(matches!(items.last(), Some(Ingress::Close(id)) if id.as_str() == "two"));
+        assert!(matches!(items.last(), Some(Ingress::Close(id)) if *id == call.id));
     }
 }

@@ -34,7 +34,8 @@ pub struct DeviceSourceConfig {
     /// Stop capturing after this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
-    /// The call's id (default: the device's name).
+    /// The call's id; must be unique per call, as receivers dedupe alerts on ids derived from
+    /// it (default: the device's name followed by a ULID, new each run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_id: Option<String>,
     /// A stereo device: each channel a party (`split`), or one mixed party (`mix`).
