@@ -57,7 +57,10 @@ fn sigkill_at_any_point_of_a_burst_loses_no_alert_that_was_printed() {
     // The receiver is down: the outbox keeps every alert it got.
     let url = dead_url();
     let mut killed_with_alerts_in_flight = 0;
-    for (round, delay_ms) in [0u64, 0, 30, 120, 400].into_iter().enumerate() {
+    // Kill points: at once, and after a random wait in ranges that land before, amid and
+    // after the rest of the burst's durable writes.
+    for (round, most_ms) in [0u64, 10, 60, 200, 600].into_iter().enumerate() {
+        let delay_ms = rand::random_range(0..=most_ms);
         let dir = tempfile::tempdir().unwrap();
         let (alerts_file, outbox) = (dir.path().join("alerts.jsonl"), dir.path().join("outbox"));
         let mut child = listen(&alerts_file, &outbox, &url)
