@@ -253,3 +253,74 @@ fn a_genesys_audiohook_session_is_heard_as_two_parties() {
         .iter()
         .all(|a| a["party"] == 0));
 }
+
+#[test]
+fn over_tls_the_api_and_a_wss_media_stream_work_and_a_client_that_never_shakes_hands_holds_no_one_up(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    let server = start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let addr = server
+        .http
+        .strip_prefix("https://")
+        .unwrap_or_else(|| panic!("served over TLS: {}", server.http))
+        .to_owned();
+    let connector = support::serve::tls_connector(&made.cert.pem());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // A client that connects and never speaks, and one that speaks plain HTTP.
+        let _silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut plain = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            plain
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = plain.read_to_end(&mut answer).await;
+            assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+        }
+        let https = |path: &'static str| support::serve::https_get(&connector, &addr, path);
+        assert_eq!(https("/healthz").await, (200, "ok".into()));
+        assert_eq!(https("/calls").await, (200, "[]".into()));
+
+        // A Twilio stream over wss://.
+        let tls = support::serve::tls_connect(&connector, &addr)
+            .await
+            .unwrap();
+        let url = format!("wss://localhost/media/twilio?token={TOKEN}");
+        let (ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+        support::serve::stream_twilio_over(ws, "CA-tls", "en_scam_grandson.wav", false).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let call = loop {
+            let (code, body) = https("/calls/CA-tls").await;
+            if code == 200 {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                if v["ended"] == true {
+                    break v;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "{body}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        assert!(!call["alerts"].as_array().unwrap().is_empty(), "{call}");
+        // The plain-HTTP client (and, once its 10 s were up, the silent one) counted.
+        let (_, metrics) = https("/metrics").await;
+        let failed: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("vishguard_malformed_total{kind=\"tls_handshake\"} "))
+            .unwrap_or_else(|| panic!("no tls_handshake count: {metrics}"))
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&failed), "{metrics}");
+    });
+}

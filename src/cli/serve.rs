@@ -36,6 +36,12 @@ pub struct ServeArgs {
     /// free one (printed on stderr).
     #[arg(long)]
     pub sip: Option<SocketAddr>,
+    /// HTTPS and wss:// on --http: the certificate chain (PEM, leaf first); with --tls-key.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
     /// The bearer token every route but /healthz asks for (required beyond loopback).
     #[arg(long, env = "VISHGUARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -69,6 +75,12 @@ impl ServeArgs {
         if let Some(token) = &self.token {
             config.server.token = Some(token.clone());
         }
+        if let Some(cert) = &self.tls_cert {
+            config.server.tls_cert = Some(cert.clone());
+        }
+        if let Some(key) = &self.tls_key {
+            config.server.tls_key = Some(key.clone());
+        }
         config
             .validate()
             .map_err(|(key, problem)| anyhow::anyhow!("{key}: {problem}"))?;
@@ -88,7 +100,12 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         .enable_all()
         .build()
         .context("starting the server's runtime")?;
-    // Bound before the models load: a port in use fails at once.
+    // Bound, and the TLS files read, before the models load: a port in use or a bad
+    // certificate fails at once.
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(config.server.http))
         .with_context(|| format!("cannot listen on {}", config.server.http))?;
@@ -143,8 +160,17 @@ pub fn run(args: ServeArgs) -> Result<i32> {
                 Err(_) => tracing::error!("the SIP server did not start (see the error below)"),
             }
         }
-        eprintln!("vishguard serve: listening on http://{address}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        eprintln!("vishguard serve: listening on {scheme}://{address}");
         let served = runtime.block_on(async {
+            let listener = match tls {
+                Some(acceptor) => server::HttpListener::Tls(server::tls::TlsListener::new(
+                    listener,
+                    acceptor,
+                    state.malformed.clone(),
+                )?),
+                None => server::HttpListener::Plain(listener),
+            };
             let (tx, mut rx) = tokio::sync::watch::channel(false);
             let stopping = {
                 let stop = stop.clone();

@@ -10,6 +10,7 @@
 pub mod board;
 mod media;
 mod metrics;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -58,6 +59,12 @@ pub struct ServerConfig {
     pub media_ip: Option<std::net::IpAddr>,
     /// A SIP call whose RTP has been silent this long ends, as if its BYE had come (s).
     pub rtp_timeout_s: f64,
+    /// HTTPS (and `wss://` media): the certificate chain, PEM, leaf first. With `tls_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `tls_cert`, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Mask card numbers, codes and id numbers (runs of 4+ digits) in what the API, the
     /// dashboard and the event stream show.
     pub redact: bool,
@@ -74,6 +81,8 @@ impl Default for ServerConfig {
             sip: None,
             media_ip: None,
             rtp_timeout_s: 30.0,
+            tls_cert: None,
+            tls_key: None,
             redact: false,
         }
     }
@@ -99,6 +108,11 @@ impl ServerConfig {
         }
         if self.max_message_bytes < 1024 {
             return Err("max_message_bytes must be at least 1024".into());
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err("tls_key is needed with tls_cert".into()),
+            (None, Some(_)) => return Err("tls_cert is needed with tls_key".into()),
+            _ => {}
         }
         if !(self.rtp_timeout_s.is_finite() && self.rtp_timeout_s > 0.0) {
             return Err(format!(
@@ -140,15 +154,30 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Where the HTTP side takes connections: plain TCP, or TLS over it.
+pub enum HttpListener {
+    Plain(tokio::net::TcpListener),
+    Tls(tls::TlsListener),
+}
+
 /// Serves until `shutdown` resolves. `listener` is bound by the caller, so it can say where.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: HttpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    match listener {
+        HttpListener::Plain(l) => {
+            axum::serve(l, router(state))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        HttpListener::Tls(l) => {
+            axum::serve(l, router(state))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {

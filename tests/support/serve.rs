@@ -128,7 +128,19 @@ pub fn ulaw_frames(sample: &str) -> Vec<Vec<u8>> {
 /// after the tenth when `bad_frame`).
 pub async fn stream_twilio_call(server: &Server, call_sid: &str, sample: &str, bad_frame: bool) {
     let url = server.ws_url(&format!("/media/twilio?token={TOKEN}"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    stream_twilio_over(ws, call_sid, sample, bad_frame).await;
+}
+
+/// [`stream_twilio_call`] over a WebSocket already open (`wss://` in the TLS test).
+pub async fn stream_twilio_over<S>(
+    mut ws: tokio_tungstenite::WebSocketStream<S>,
+    call_sid: &str,
+    sample: &str,
+    bad_frame: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let send = |v: Value| Message::text(v.to_string());
     ws.send(send(
         json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}),
@@ -163,4 +175,58 @@ pub async fn stream_twilio_call(server: &Server, call_sid: &str, sample: &str, b
         .unwrap();
     let _ = ws.close(None).await;
     while let Some(Ok(_)) = ws.next().await {}
+}
+
+/// A TLS client that trusts only the PEM certificates given (the test's self-signed one).
+pub fn tls_connector(cert_pem: &str) -> tokio_rustls::TlsConnector {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// A TLS connection to `addr` (host:port) for the name "localhost".
+pub async fn tls_connect(
+    connector: &tokio_rustls::TlsConnector,
+    addr: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await
+}
+
+/// GET over HTTPS (HTTP/1.1, one request per connection) with the token: status and body.
+pub async fn https_get(
+    connector: &tokio_rustls::TlsConnector,
+    addr: &str,
+    path: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = tls_connect(connector, addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
 }
