@@ -5,6 +5,8 @@
 //! Both print a table last. Numbers are wall-clock on the machine they run on; run them on an
 //! otherwise idle machine and give its load with them.
 
+mod rtp;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,10 @@ pub enum BenchCommand {
     /// Simulated calls fed at real speed through the whole engine: transcript lag and drops
     /// at each number of concurrent calls, up to the first that falls behind.
     Live(LiveArgs),
+    /// Calls over the network against `vishguard serve`: SIP INVITE, RTP (PCMU) at real speed,
+    /// BYE. Alert latency against `listen --realtime`, then concurrent calls up to the first
+    /// level that falls behind, with the server's CPU and memory.
+    Rtp(rtp::RtpArgs),
 }
 
 /// What both measurements take.
@@ -95,11 +101,12 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
     match cmd {
         BenchCommand::Throughput(a) => throughput(a),
         BenchCommand::Live(a) => live(a),
+        BenchCommand::Rtp(a) => rtp::run(a),
     }
 }
 
-/// The recordings to cut utterances from, 16 kHz mono.
-fn recordings(audio: &BenchAudio) -> Result<Vec<(String, Vec<f32>)>> {
+/// The recordings asked for (or the .wav files in ./audio-samples), with the prefix filter.
+fn recording_paths(audio: &BenchAudio) -> Result<Vec<PathBuf>> {
     let mut files = audio.audio.clone();
     if files.is_empty() {
         let dir = Path::new("audio-samples");
@@ -111,24 +118,29 @@ fn recordings(audio: &BenchAudio) -> Result<Vec<(String, Vec<f32>)>> {
         found.sort();
         files = found;
     }
+    files.retain(|f| {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        audio
+            .audio_prefix
+            .as_deref()
+            .is_none_or(|p| name.is_some_and(|n| n.starts_with(p)))
+    });
+    if files.is_empty() {
+        bail!("no recordings to measure with");
+    }
+    Ok(files)
+}
+
+/// The recordings to cut utterances from, 16 kHz mono.
+fn recordings(audio: &BenchAudio) -> Result<Vec<(String, Vec<f32>)>> {
     let mut out = Vec::new();
-    for f in files {
+    for f in recording_paths(audio)? {
         let name = f
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if audio
-            .audio_prefix
-            .as_deref()
-            .is_some_and(|p| !name.starts_with(p))
-        {
-            continue;
-        }
         let samples = load_16k(&f, ChannelMode::Mix)?.remove(0).samples;
         out.push((name, samples));
-    }
-    if out.is_empty() {
-        bail!("no recordings to measure with");
     }
     Ok(out)
 }
