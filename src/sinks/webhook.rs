@@ -120,7 +120,7 @@ impl Outbox {
         let log = Journal::open(&dir.join(OUTBOX), "webhook outbox")?;
         let dead = Journal::open(&dir.join(DEAD_LETTERS), "webhook dead letters")?;
         let mut cursor = read_cursor(dir, log.synced_bytes())?;
-        let text_after = read_range(log.path(), cursor, log.synced_bytes())?;
+        let pending = count_lines(log.path(), cursor, log.synced_bytes())?;
         if cursor > 0 && cursor == log.synced_bytes() {
             // All settled: start the file afresh (a crash after this leaves a cursor past the
             // end, which read_cursor takes as 0).
@@ -132,7 +132,7 @@ impl Outbox {
             log,
             dead,
             cursor,
-            pending: text_after.iter().filter(|&&b| b == b'\n').count() as u64,
+            pending,
             max_pending: max_pending.max(1),
             full: false,
             cursor_failing: false,
@@ -333,6 +333,27 @@ fn legacy_cursor(dir: &Path, len: u64) -> Result<u64> {
         cursor += line.len() as u64;
     }
     Ok(cursor)
+}
+
+/// The '\n's in bytes `from..to` of a file, read a piece at a time (an outbox can hold
+/// 100,000 alerts).
+fn count_lines(path: &Path, from: u64, to: u64) -> Result<u64> {
+    if from >= to {
+        return Ok(0);
+    }
+    let mut f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    f.seek(SeekFrom::Start(from))?;
+    let mut reader = BufReader::new(f.take(to - from));
+    let mut n = 0;
+    loop {
+        let piece = reader.fill_buf()?;
+        if piece.is_empty() {
+            return Ok(n);
+        }
+        n += piece.iter().filter(|&&b| b == b'\n').count() as u64;
+        let used = piece.len();
+        reader.consume(used);
+    }
 }
 
 fn read_range(path: &Path, from: u64, to: u64) -> Result<Vec<u8>> {
