@@ -20,6 +20,7 @@ use crate::engine::{EngineConfig, SinkSpec};
 use crate::model_store::ModelStore;
 use crate::server::ServerConfig;
 use crate::sinks::alert_file::{AlertFile, AlertFileConfig};
+use crate::sinks::nats::{NatsConfig, NatsSink};
 use crate::sinks::redact::Redacted;
 use crate::sinks::stdout::{JsonLines, StdoutConfig};
 use crate::sinks::terminal::{TerminalConfig, TerminalView};
@@ -214,6 +215,7 @@ pub enum SinkConfig {
     Terminal(TerminalConfig),
     AlertFile(AlertFileConfig),
     Webhook(WebhookConfig),
+    Nats(NatsConfig),
 }
 
 impl SinkConfig {
@@ -224,6 +226,7 @@ impl SinkConfig {
             SinkConfig::Terminal(c) => (Box::new(TerminalView::new()), &c.queue, c.redact),
             SinkConfig::AlertFile(c) => (Box::new(AlertFile::open(&c.path)?), &c.queue, c.redact),
             SinkConfig::Webhook(c) => (Box::new(WebhookSink::start(c)?), &c.queue, c.redact),
+            SinkConfig::Nats(c) => (Box::new(NatsSink::start(c)?), &c.queue, c.redact),
         };
         let sink = if redact {
             Box::new(Redacted(sink))
@@ -242,6 +245,7 @@ impl SinkConfig {
             SinkConfig::Terminal(c) => c.queue.capacity,
             SinkConfig::AlertFile(c) => c.queue.capacity,
             SinkConfig::Webhook(c) => c.queue.capacity,
+            SinkConfig::Nats(c) => c.queue.capacity,
         }
     }
 }
@@ -291,6 +295,10 @@ impl Config {
                     format!("sinks[{i}].queue.capacity"),
                     "must be at least 1".into(),
                 ));
+            }
+            if let SinkConfig::Nats(n) = s {
+                n.validate()
+                    .map_err(|(key, problem)| (format!("sinks[{i}].{key}"), problem))?;
             }
             if let SinkConfig::Webhook(w) = s {
                 let host = w

@@ -7,10 +7,35 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::sinks::webhook::{admin, default_outbox};
+use crate::sinks::nats::NatsConfig;
+use crate::sinks::outbox::admin;
+use crate::sinks::webhook::{default_outbox, HttpTransport};
 
 #[derive(Subcommand, Debug)]
 pub enum AlertsCommand {
+    /// Print the events stored in the NATS JetStream stream (call openings, alerts,
+    /// summaries), oldest first, as JSON lines; with --follow, keep printing new ones.
+    Tail {
+        /// Server URLs, comma-separated (nats://HOST:PORT).
+        #[arg(long)]
+        nats: String,
+        /// The stream [default: VISHGUARD_EVENTS].
+        #[arg(long)]
+        stream: Option<String>,
+        /// Only events stored since then: an RFC 3339 time (2026-12-01T08:00:00Z) or a span
+        /// back from now (10m, 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Wait for new events after the stored ones (until Ctrl-C).
+        #[arg(long)]
+        follow: bool,
+        /// Token authentication.
+        #[arg(long, env = "VISHGUARD_NATS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// A NATS credentials file (.creds).
+        #[arg(long)]
+        credentials: Option<PathBuf>,
+    },
     /// Print the undelivered alerts of an outbox as JSON lines, oldest first (or its dead
     /// letters: each with failed_at, status, reason and the alert). Reads only: safe while
     /// listen or serve delivers from it.
@@ -45,6 +70,26 @@ pub enum AlertsCommand {
 /// Exit code: 0, or 1 when `replay` left alerts undelivered.
 pub fn run(cmd: AlertsCommand) -> Result<i32> {
     match cmd {
+        AlertsCommand::Tail {
+            nats,
+            stream,
+            since,
+            follow,
+            token,
+            credentials,
+        } => {
+            let mut config = NatsConfig::for_servers(crate::sinks::nats::servers(&nats));
+            if let Some(s) = stream {
+                config.stream = s;
+            }
+            config.token = token;
+            config.credentials = credentials;
+            let since = since.map(|s| parse_since(&s)).transpose()?;
+            let n =
+                crate::sinks::nats::tail(&config, since, follow, &mut std::io::stdout().lock())?;
+            eprintln!("{n} event(s) from stream {}", config.stream);
+            Ok(0)
+        }
         AlertsCommand::List {
             outbox,
             dead_letters,
@@ -84,7 +129,9 @@ pub fn run(cmd: AlertsCommand) -> Result<i32> {
                 let n = admin::requeue_dead_letters(&dir)?;
                 eprintln!("{n} dead letter(s) put back in the outbox");
             }
-            let (settled, left) = admin::replay(&dir, &url, Duration::from_secs_f64(timeout_s))?;
+            let mut transport = HttpTransport::new(&url);
+            let (settled, left) =
+                admin::replay(&dir, &mut transport, Duration::from_secs_f64(timeout_s))?;
             let dead = admin::dead_letters(&dir)?.len();
             eprintln!(
                 "{settled} alert(s) settled (delivered, or refused for good: {dead} dead \
@@ -93,5 +140,20 @@ pub fn run(cmd: AlertsCommand) -> Result<i32> {
             );
             Ok(if left > 0 { 1 } else { 0 })
         }
+    }
+}
+
+/// An RFC 3339 time, or a span back from now ("10m").
+fn parse_since(s: &str) -> Result<std::time::SystemTime> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => std::time::SystemTime::now()
+            .checked_sub(d)
+            .ok_or_else(|| anyhow::anyhow!("--since {s}: before the epoch")),
+        Err(_) => anyhow::bail!(
+            "--since {s:?}: neither an RFC 3339 time (2026-12-01T08:00:00Z) nor a span (10m, 2h)"
+        ),
     }
 }

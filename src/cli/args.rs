@@ -16,6 +16,7 @@ use crate::audio::ChannelMode;
 use crate::config::{AsrConfig, DetectConfig, SinkConfig};
 use crate::engine::EngineConfig;
 use crate::sinks::alert_file::AlertFileConfig;
+use crate::sinks::nats::{self, NatsConfig};
 use crate::sinks::stdout::StdoutConfig;
 use crate::sinks::terminal::TerminalConfig;
 use crate::sinks::webhook::{default_max_pending, default_outbox, WebhookConfig};
@@ -232,6 +233,13 @@ pub struct SinkArgs {
     /// Where undelivered webhook alerts wait [default: vishguard-outbox].
     #[arg(long)]
     pub webhook_outbox: Option<PathBuf>,
+    /// Publish call openings, alerts and summaries to NATS JetStream (stream
+    /// VISHGUARD_EVENTS, subjects vishguard.events.<call id>): server URLs, comma-separated.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Where events not yet stored by JetStream wait [default: vishguard-nats-outbox].
+    #[arg(long)]
+    pub nats_outbox: Option<PathBuf>,
 }
 
 impl SinkArgs {
@@ -281,6 +289,19 @@ impl SinkArgs {
             })),
             (None, Some(_)) => {
                 bail!("--webhook-outbox is where --webhook keeps alerts: it needs --webhook")
+            }
+            (None, None) => {}
+        }
+        match (&self.nats, &self.nats_outbox) {
+            (Some(servers), outbox) => {
+                let mut c = NatsConfig::for_servers(nats::servers(servers));
+                if let Some(o) = outbox {
+                    c.outbox = o.clone();
+                }
+                sinks.push(SinkConfig::Nats(c));
+            }
+            (None, Some(_)) => {
+                bail!("--nats-outbox is where --nats keeps events: it needs --nats")
             }
             (None, None) => {}
         }

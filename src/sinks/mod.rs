@@ -3,7 +3,8 @@
 //! blocks (an fsync, a dead webhook) never holds up the recognisers or another sink.
 //!
 //! Sinks here: JSON lines on stdout, a colored view on the terminal, an append-only alert file,
-//! a webhook with an on-disk outbox, and an in-memory collector for tests and callers.
+//! a webhook and NATS JetStream, each with an on-disk outbox, and an in-memory collector for
+//! tests and callers.
 //!
 //! Delivery guarantees (write-ahead): an alert is appended and synced to every durable sink
 //! (the alert files first, then the webhook outboxes) before any other sink shows it, and the
@@ -15,6 +16,8 @@
 pub mod alert_file;
 pub mod journal;
 pub mod memory;
+pub mod nats;
+pub mod outbox;
 pub mod redact;
 pub mod stdout;
 pub mod terminal;

@@ -65,14 +65,9 @@ fn clips(audio: &BenchAudio) -> Result<Vec<Clip>> {
     let mut out = Vec::new();
     for path in super::recording_paths(audio)? {
         let decoded = decode_file(&path).with_context(|| format!("reading {}", path.display()))?;
-        if decoded.sample_rate != 8000 {
-            bail!(
-                "{}: {} Hz; bench rtp plays 8 kHz telephone recordings",
-                path.display(),
-                decoded.sample_rate
-            );
-        }
-        let frames = encode_ulaw(&decoded.mixed())
+        let samples = to_8k(&decoded.mixed(), decoded.sample_rate)
+            .with_context(|| format!("resampling {}", path.display()))?;
+        let frames = encode_ulaw(&samples)
             .chunks(160)
             .map(<[u8]>::to_vec)
             .collect();
@@ -84,6 +79,24 @@ fn clips(audio: &BenchAudio) -> Result<Vec<Clip>> {
             path,
         });
     }
+    Ok(out)
+}
+
+/// One channel at `rate` Hz as 8 kHz (what PCMU carries), through rubato's FFT resampler.
+fn to_8k(samples: &[f32], rate: u32) -> Result<Vec<f32>> {
+    use rubato::Resampler;
+    if rate == 8000 {
+        return Ok(samples.to_vec());
+    }
+    let mut r = rubato::FftFixedIn::<f32>::new(rate as usize, 8000, 1024, 2, 1)?;
+    let mut out = Vec::with_capacity(samples.len() * 8000 / rate.max(1) as usize + 1024);
+    let mut pos = 0;
+    while pos + r.input_frames_next() <= samples.len() {
+        let n = r.input_frames_next();
+        out.extend_from_slice(&r.process(&[&samples[pos..pos + n]], None)?[0]);
+        pos += n;
+    }
+    out.extend_from_slice(&r.process_partial(Some(&[&samples[pos..]]), None)?[0]);
     Ok(out)
 }
 

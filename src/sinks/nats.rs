@@ -1,0 +1,462 @@
+//! Events to a NATS JetStream stream (async-nats), at least once, in order, deduplicated by
+//! the stream, from an outbox on disk ([`super::outbox`]).
+//!
+//! Contract (what a carrier's systems read):
+//! - Stream `VISHGUARD_EVENTS` (`stream`), subjects `vishguard.events.<call id>`
+//!   (`subject_prefix`; in the call id every character but letters, digits and `-_:@+=` is
+//!   written `_`, as `.`, `*`, `>` and spaces have meanings in subjects; the payload keeps the
+//!   id as it is). Created at the first send if missing (file storage, `replicas`, `max_age_days`,
+//!   a 2-minute duplicate window); an existing stream is used as it is.
+//! - One JSON event per message, the shared record format with `schema_version`:
+//!   `call_started`, `alert`, `call_ended` (the call's summary), and `transcript` when asked.
+//! - Header `Nats-Msg-Id`: the alert's `alert_id`, `<call id>/call_started`,
+//!   `<call id>/call_ended`, `<call id>/<party>/<start_s>/transcript`. JetStream drops a
+//!   message whose id it stored within the duplicate window, so a re-send after a lost ack
+//!   (a broker restart, a crash before the cursor moved) is stored once.
+//!
+//! A message is settled when JetStream acknowledges it (stored). A broker that is down or
+//! restarting leaves the events in the outbox, retried with back-off, in order; a message the
+//! server refuses for good (larger than its `max_payload`) goes to the dead letters.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
+
+use super::outbox::{default_max_pending, OutboxSink, Sent, Transport};
+use crate::call::Event;
+
+/// `[[sinks]] type = "nats"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs, e.g. "nats://10.0.0.5:4222" (several: the members of a cluster).
+    pub servers: Vec<String>,
+    /// Token authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A NATS credentials file (JWT and nkey seed, `.creds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+    /// Copies of the stream's data in a cluster (when vishguard creates it).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Events older than this leave the stream (days; when vishguard creates it).
+    #[serde(default = "default_max_age_days")]
+    pub max_age_days: f64,
+    /// Where undelivered events wait (created if missing); one per running process.
+    #[serde(default = "default_nats_outbox")]
+    pub outbox: PathBuf,
+    /// Undelivered events the outbox holds at most; beyond, they go to its dead letters.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: u64,
+    /// Also send each utterance's transcript.
+    #[serde(default)]
+    pub transcripts: bool,
+    #[serde(default)]
+    pub queue: super::QueueConfig,
+    /// Mask card numbers, codes and id numbers (runs of 4+ digits) before they leave.
+    #[serde(default)]
+    pub redact: bool,
+}
+
+pub fn default_stream() -> String {
+    "VISHGUARD_EVENTS".into()
+}
+
+pub fn default_subject_prefix() -> String {
+    "vishguard.events".into()
+}
+
+fn default_replicas() -> usize {
+    1
+}
+
+fn default_max_age_days() -> f64 {
+    30.0
+}
+
+pub fn default_nats_outbox() -> PathBuf {
+    PathBuf::from("vishguard-nats-outbox")
+}
+
+impl NatsConfig {
+    /// A config with the defaults for these servers.
+    pub fn for_servers(servers: Vec<String>) -> Self {
+        Self {
+            servers,
+            token: None,
+            credentials: None,
+            stream: default_stream(),
+            subject_prefix: default_subject_prefix(),
+            replicas: default_replicas(),
+            max_age_days: default_max_age_days(),
+            outbox: default_nats_outbox(),
+            max_pending: default_max_pending(),
+            transcripts: false,
+            queue: super::QueueConfig::default(),
+            redact: false,
+        }
+    }
+
+    /// The first bad value: (key, problem).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.servers.is_empty() {
+            return Err(("servers".into(), "must name at least one server".into()));
+        }
+        for s in &self.servers {
+            if s.parse::<async_nats::ServerAddr>().is_err() {
+                return Err((
+                    "servers".into(),
+                    format!("{s:?} is not a NATS server address (nats://HOST:PORT)"),
+                ));
+            }
+        }
+        let token_ok = |t: &str| {
+            !t.is_empty()
+                && t.split('.').all(|p| {
+                    !p.is_empty()
+                        && p.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+                })
+        };
+        if !token_ok(&self.stream) || self.stream.contains('.') {
+            return Err((
+                "stream".into(),
+                format!(
+                    "{:?} is not a stream name (letters, digits, - and _)",
+                    self.stream
+                ),
+            ));
+        }
+        if !token_ok(&self.subject_prefix) {
+            return Err((
+                "subject_prefix".into(),
+                format!(
+                    "{:?} is not a subject prefix (dot-separated letters, digits, - and _)",
+                    self.subject_prefix
+                ),
+            ));
+        }
+        if self.replicas == 0 || self.replicas > 5 {
+            return Err(("replicas".into(), "must be 1 to 5".into()));
+        }
+        if !(self.max_age_days.is_finite() && self.max_age_days > 0.0) {
+            return Err((
+                "max_age_days".into(),
+                "must be a positive number of days".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Starts the NATS sink: an [`OutboxSink`] of call openings, alerts, summaries (and
+/// transcripts when asked), published to JetStream.
+pub struct NatsSink;
+
+impl NatsSink {
+    pub fn start(config: &NatsConfig) -> Result<OutboxSink> {
+        let transport = NatsTransport::new(config)?;
+        let takes: fn(&Event) -> bool = if config.transcripts {
+            |_| true
+        } else {
+            |e| !matches!(e, Event::Transcript(_))
+        };
+        OutboxSink::start(
+            &config.outbox,
+            config.max_pending,
+            takes,
+            Box::new(transport),
+        )
+    }
+}
+
+/// A call id as one subject token.
+pub fn subject_token(call_id: &str) -> String {
+    let t: String = call_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_:@+=".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if t.is_empty() {
+        "_".into()
+    } else {
+        t
+    }
+}
+
+/// Publishes to JetStream, one message at a time, waiting for the stream's acknowledgement.
+pub struct NatsTransport {
+    config: NatsConfig,
+    runtime: tokio::runtime::Runtime,
+    client: Option<async_nats::Client>,
+    stream_ready: bool,
+}
+
+/// How long a publish waits for JetStream's acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl NatsTransport {
+    /// Checks the config; connects on the first send (a broker down at start only delays).
+    pub fn new(config: &NatsConfig) -> Result<Self> {
+        if let Err((key, problem)) = config.validate() {
+            bail!("nats sink: {key}: {problem}");
+        }
+        if let Some(c) = &config.credentials {
+            std::fs::metadata(c)
+                .with_context(|| format!("the NATS credentials file {}", c.display()))?;
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the NATS client's runtime")?;
+        Ok(Self {
+            config: config.clone(),
+            runtime,
+            client: None,
+            stream_ready: false,
+        })
+    }
+
+    async fn connect(config: &NatsConfig) -> Result<async_nats::Client> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name("vishguard")
+            .retry_on_initial_connect()
+            // A broker restart is seconds: try again every 0.25 s, at most every 2 s.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(250 * attempts.clamp(1, 8) as u64)
+            });
+        if let Some(t) = &config.token {
+            options = options.token(t.clone());
+        }
+        if let Some(c) = &config.credentials {
+            options = options
+                .credentials_file(c)
+                .await
+                .with_context(|| format!("reading the NATS credentials {}", c.display()))?;
+        }
+        let servers: Vec<async_nats::ServerAddr> = config
+            .servers
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?;
+        Ok(options.connect(servers).await?)
+    }
+
+    async fn ensure_stream(context: &jetstream::Context, config: &NatsConfig) -> Result<()> {
+        context
+            .get_or_create_stream(jetstream::stream::Config {
+                name: config.stream.clone(),
+                subjects: vec![format!("{}.>", config.subject_prefix)],
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: config.replicas,
+                max_age: Duration::from_secs_f64(config.max_age_days * 86_400.0),
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("stream {}: {e}", config.stream))?;
+        Ok(())
+    }
+}
+
+impl Transport for NatsTransport {
+    fn describe(&self) -> String {
+        format!("NATS stream {}", self.config.stream)
+    }
+
+    fn send(&mut self, line: &str, key: Option<&str>) -> Sent {
+        let value: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => return Sent::Refused(400, format!("not JSON: {e}")),
+        };
+        let call = value
+            .get("call_id")
+            .or_else(|| value.get("id"))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let subject = format!("{}.{}", self.config.subject_prefix, subject_token(call));
+        let config = &self.config;
+        let (client, stream_ready) = (&mut self.client, &mut self.stream_ready);
+        let sent: Result<()> = self.runtime.block_on(async {
+            if client.is_none() {
+                *client = Some(Self::connect(config).await?);
+            }
+            let c = client.as_ref().expect("connected above");
+            if line.len() as u64 > c.server_info().max_payload as u64
+                && c.server_info().max_payload > 0
+            {
+                bail!(
+                    "payload too large: {} bytes, the server takes {}",
+                    line.len(),
+                    c.server_info().max_payload
+                );
+            }
+            let context = jetstream::new(c.clone());
+            if !*stream_ready {
+                Self::ensure_stream(&context, config).await?;
+                *stream_ready = true;
+            }
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some(k) = key {
+                headers.insert("Nats-Msg-Id", k);
+            }
+            let ack = context
+                .publish_with_headers(subject, headers, line.to_owned().into())
+                .await
+                .map_err(|e| anyhow::anyhow!("publish: {e}"))?;
+            tokio::time::timeout(ACK_TIMEOUT, ack)
+                .await
+                .map_err(|_| anyhow::anyhow!("no acknowledgement in {} s", ACK_TIMEOUT.as_secs()))?
+                .map_err(|e| anyhow::anyhow!("not stored: {e}"))?;
+            Ok(())
+        });
+        match sent {
+            Ok(()) => Sent::Delivered,
+            Err(e) if e.to_string().starts_with("payload too large") => {
+                Sent::Refused(413, e.to_string())
+            }
+            Err(e) => {
+                // The stream may have been deleted meanwhile: look again next time.
+                self.stream_ready = false;
+                Sent::Later(format!("{e:#}"), None)
+            }
+        }
+    }
+}
+
+/// `vishguard alerts tail`: the events stored in the stream since `since` (all when none),
+/// printed as JSON lines; with `follow`, waits for more.
+pub fn tail(
+    config: &NatsConfig,
+    since: Option<std::time::SystemTime>,
+    follow: bool,
+    out: &mut dyn std::io::Write,
+) -> Result<u64> {
+    use futures_util::StreamExt;
+    if let Err((key, problem)) = config.validate() {
+        bail!("{key}: {problem}");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut options = async_nats::ConnectOptions::new().name("vishguard-tail");
+        if let Some(t) = &config.token {
+            options = options.token(t.clone());
+        }
+        if let Some(c) = &config.credentials {
+            options = options.credentials_file(c).await?;
+        }
+        let servers: Vec<async_nats::ServerAddr> = config
+            .servers
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?;
+        let client = options
+            .connect(servers)
+            .await
+            .with_context(|| format!("connecting to {}", config.servers.join(",")))?;
+        let context = jetstream::new(client);
+        let stream = context
+            .get_stream(&config.stream)
+            .await
+            .map_err(|e| anyhow::anyhow!("stream {}: {e}", config.stream))?;
+        let deliver_policy = match since {
+            Some(t) => jetstream::consumer::DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from(t),
+            },
+            None => jetstream::consumer::DeliverPolicy::All,
+        };
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                deliver_policy,
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("reading stream {}: {e}", config.stream))?;
+        let mut printed = 0u64;
+        loop {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(500)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await
+                .map_err(|e| anyhow::anyhow!("fetching: {e}"))?;
+            let mut got = 0;
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| anyhow::anyhow!("fetching: {e}"))?;
+                out.write_all(&m.payload)?;
+                out.write_all(b"\n")?;
+                got += 1;
+            }
+            out.flush()?;
+            printed += got;
+            if got == 0 && !follow && left_to_deliver(&consumer).await? == 0 {
+                return Ok(printed);
+            }
+        }
+    })
+}
+
+/// Messages the consumer has yet to deliver.
+async fn left_to_deliver(
+    consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+) -> Result<u64> {
+    let mut c = consumer.clone();
+    let info = c.info().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(info.num_pending)
+}
+
+/// Reads a server list: comma-separated URLs.
+pub fn servers(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_ids_become_one_subject_token() {
+        assert_eq!(
+            subject_token("a84b4c76e66710@pc33.atlanta.com"),
+            "a84b4c76e66710@pc33_atlanta_com"
+        );
+        assert_eq!(subject_token("CA 1*>"), "CA_1__");
+        assert_eq!(subject_token(""), "_");
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let mut c = NatsConfig::for_servers(vec!["nats://127.0.0.1:4222".into()]);
+        assert!(c.validate().is_ok());
+        c.stream = "A.B".into();
+        assert_eq!(c.validate().unwrap_err().0, "stream");
+        c.stream = "OK".into();
+        c.subject_prefix = "a..b".into();
+        assert_eq!(c.validate().unwrap_err().0, "subject_prefix");
+        c.subject_prefix = "a.b".into();
+        c.servers = vec!["http://[::1".into()];
+        assert_eq!(c.validate().unwrap_err().0, "servers");
+    }
+}

@@ -1,0 +1,258 @@
+//! Events to NATS JetStream against a real broker (Debian's `nats-server` with JetStream, a
+//! store folder of its own): every alert stored once, every call a summary, across a broker
+//! that is down at the start and then killed and restarted mid-call. `vishguard alerts tail`
+//! reads the stream back.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::vishguard;
+
+/// `nats-server -js` on a port of its own, killed when dropped.
+struct Broker {
+    child: Option<Child>,
+    port: u16,
+    store: PathBuf,
+}
+
+fn nats_server() -> PathBuf {
+    for p in ["/usr/sbin/nats-server", "/usr/bin/nats-server"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    PathBuf::from("nats-server")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Broker {
+    fn new(store: &Path) -> Self {
+        Self {
+            child: None,
+            port: free_port(),
+            store: store.to_path_buf(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it and waits until it takes connections.
+    fn start(&mut self) {
+        let child = Command::new(nats_server())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian package nats-server; .ci/run installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no goodbye to its clients.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What the stream holds, through `vishguard alerts tail`.
+fn stream_events(broker: &Broker) -> Vec<Value> {
+    let out = vishguard()
+        .args(["alerts", "tail", "--nats", &broker.url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn count_by_kind(events: &[Value]) -> HashMap<String, usize> {
+    let mut by = HashMap::new();
+    for e in events {
+        *by.entry(e["event"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    by
+}
+
+fn printed_alert_ids(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "alert")
+        .map(|v| v["alert_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn two_calls_store_every_alert_once_and_a_summary_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(&dir.path().join("store"));
+    broker.start();
+    let out = vishguard()
+        .args(["listen", "--model", "tiny.en", "--format", "jsonl"])
+        .args(["--nats", &broker.url(), "--nats-outbox"])
+        .arg(dir.path().join("outbox"))
+        .arg("--from-file")
+        .arg(support::repo().join("audio-samples/en_scam_safe_account.wav"))
+        .arg("--from-file")
+        .arg(support::repo().join("audio-samples/en_legit_delivery.wav"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = printed_alert_ids(&stdout);
+    assert!(!printed.is_empty());
+    let events = stream_events(&broker);
+    assert!(events.iter().all(|e| e["schema_version"] == 1));
+    let by = count_by_kind(&events);
+    assert_eq!(by.get("call_started"), Some(&2), "{by:?}");
+    assert_eq!(by.get("call_ended"), Some(&2), "{by:?}");
+    assert_eq!(by.get("transcript"), None, "transcripts only when asked");
+    let stored: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "alert")
+        .map(|e| e["alert_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stored, printed, "every alert once, in order");
+    // A summary's verdict is the call's.
+    let scam = events
+        .iter()
+        .find(|e| {
+            e["event"] == "call_ended"
+                && e["call_id"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("en_scam_safe_account-")
+        })
+        .unwrap();
+    assert_ne!(scam["risk"], "none", "{scam}");
+}
+
+#[test]
+fn a_broker_down_at_the_start_then_killed_mid_call_loses_and_duplicates_no_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::new(&dir.path().join("store"));
+    // The broker is not up yet: events wait in the outbox.
+    let mut listen = vishguard()
+        .args([
+            "listen",
+            "--model",
+            "tiny.en",
+            "--format",
+            "jsonl",
+            "--realtime",
+        ])
+        .args(["--nats", &broker.url(), "--nats-outbox"])
+        .arg(dir.path().join("outbox"))
+        .arg("--from-file")
+        .arg(support::repo().join("audio-samples/en_scam_safe_account.wav"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(listen.stdout.take().unwrap());
+    let mut stdout = String::new();
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        stdout.push_str(&line);
+        let first_alert = line.contains("\"event\":\"alert\"");
+        line.clear();
+        if first_alert {
+            break;
+        }
+    }
+    // Up after the first alert; killed a second later, mid-call; back two seconds after.
+    broker.start();
+    std::thread::sleep(Duration::from_secs(1));
+    broker.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    broker.start();
+    out.read_to_string_into(&mut stdout);
+    let status = listen.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    let printed = printed_alert_ids(&stdout);
+    assert!(printed.len() >= 2, "{stdout}");
+    let events = stream_events(&broker);
+    let stored: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "alert")
+        .map(|e| e["alert_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stored, printed, "every alert once, in order");
+    let by = count_by_kind(&events);
+    assert_eq!(
+        (by.get("call_started"), by.get("call_ended")),
+        (Some(&1), Some(&1)),
+        "{by:?}"
+    );
+    // Nothing left behind.
+    let pending = vishguard()
+        .args(["alerts", "list", "--outbox"])
+        .arg(dir.path().join("outbox"))
+        .output()
+        .unwrap();
+    assert!(
+        pending.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&pending.stdout)
+    );
+}
+
+trait ReadRest {
+    fn read_to_string_into(&mut self, s: &mut String);
+}
+
+impl<R: BufRead> ReadRest for R {
+    fn read_to_string_into(&mut self, s: &mut String) {
+        let _ = std::io::Read::read_to_string(self, s);
+    }
+}
