@@ -23,7 +23,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// A call's identity, unique across calls and restarts (alert ids are derived from it, and
 /// receivers dedupe on them): the network's own id (a SIP Call-ID, a Twilio `callSid`, an
 /// AudioHook conversation id), or for a file or a sound device its name followed by a ULID
-/// ([`CallId::unique`]).
+/// ([`CallId::unique`]). `scan`, `classify` and `score`, which raise no alerts, name each call
+/// after its file or manifest row.
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
