@@ -170,22 +170,12 @@ fn the_same_recording_twice_delivers_twice_and_a_refused_alert_is_a_dead_letter_
 
     // The refused one waits in the dead letters with the receiver's answer.
     let list = |extra: &[&str]| {
-        let out = vishguard()
-            .args(["alerts", "list", "--outbox"])
-            .arg(&outbox)
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .collect::<Vec<_>>()
+        support::json_stdout(
+            vishguard()
+                .args(["alerts", "list", "--outbox"])
+                .arg(&outbox)
+                .args(extra),
+        )
     };
     assert!(list(&[]).is_empty(), "nothing undelivered");
     let dead = list(&["--dead-letters"]);

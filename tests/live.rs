@@ -6,10 +6,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use support::vishguard;
 use vishguard::call::{AudioChunk, Call, CallId, Event, Party};
@@ -77,55 +74,12 @@ fn real_speed_playback_alerts_on_scams_only() {
     }
 }
 
-/// A tiny HTTP receiver: answers 503 to the first `refuse` requests, then 200.
-fn receiver(
-    listener: TcpListener,
-    refuse: usize,
-    got: Arc<Mutex<Vec<String>>>,
-    hits: Arc<AtomicUsize>,
-) {
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut len = 0;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; len];
-        let _ = reader.read_exact(&mut body);
-        let n = hits.fetch_add(1, Ordering::SeqCst);
-        let status = if n < refuse {
-            "503 Service Unavailable"
-        } else {
-            got.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&body).into_owned());
-            "200 OK"
-        };
-        let _ = write!(
-            stream,
-            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-    }
-}
-
 #[test]
 fn a_webhook_that_is_down_at_first_gets_every_alert_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let hits = Arc::new(AtomicUsize::new(0));
-    {
-        let (got, hits) = (got.clone(), hits.clone());
-        std::thread::spawn(move || receiver(listener, 3, got, hits));
-    }
+    // 503 to the first three requests, then 200.
+    let receiver = support::receiver::Receiver::start(|n, _| if n < 3 { 503 } else { 200 });
+    let url = receiver.url.clone();
     let alerts_file = dir.path().join("alerts.jsonl");
     let out = vishguard()
         .args([
@@ -163,11 +117,13 @@ fn a_webhook_that_is_down_at_first_gets_every_alert_exactly_once() {
         let latency = w["latency_s"].as_f64().unwrap();
         assert!((0.0..30.0).contains(&latency), "{w}");
     }
-    let received: Vec<serde_json::Value> = got
+    let received: Vec<serde_json::Value> = receiver
+        .got
         .lock()
         .unwrap()
         .iter()
-        .map(|b| serde_json::from_str(b).unwrap())
+        .filter(|r| r.status == 200)
+        .map(|r| r.body.clone())
         .collect();
     let mut counts: HashMap<String, usize> = HashMap::new();
     for r in &received {
@@ -186,7 +142,7 @@ fn a_webhook_that_is_down_at_first_gets_every_alert_exactly_once() {
     }
     assert_eq!(counts.len(), written.len());
     assert!(
-        hits.load(Ordering::SeqCst) >= 3 + written.len(),
+        receiver.got.lock().unwrap().len() >= 3 + written.len(),
         "the refusals were retried"
     );
 }

@@ -93,20 +93,7 @@ impl Drop for Broker {
 
 /// What the stream holds, through `vishguard alerts tail`.
 fn stream_events(broker: &Broker) -> Vec<Value> {
-    let out = vishguard()
-        .args(["alerts", "tail", "--nats", &broker.url()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    support::json_stdout(vishguard().args(["alerts", "tail", "--nats", &broker.url()]))
 }
 
 fn count_by_kind(events: &[Value]) -> HashMap<String, usize> {
@@ -235,16 +222,12 @@ fn a_broker_down_at_the_start_then_killed_mid_call_loses_and_duplicates_no_alert
         "{by:?}"
     );
     // Nothing left behind.
-    let pending = vishguard()
-        .args(["alerts", "list", "--outbox"])
-        .arg(dir.path().join("outbox"))
-        .output()
-        .unwrap();
-    assert!(
-        pending.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&pending.stdout)
+    let pending = support::json_stdout(
+        vishguard()
+            .args(["alerts", "list", "--outbox"])
+            .arg(dir.path().join("outbox")),
     );
+    assert!(pending.is_empty(), "{pending:?}");
 }
 
 trait ReadRest {

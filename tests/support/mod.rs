@@ -19,6 +19,21 @@ use vishguard::model_store::ModelStore;
 pub mod receiver;
 pub mod serve;
 
+/// Runs a command that must succeed; its standard output as JSON lines.
+pub fn json_stdout(cmd: &mut Command) -> Vec<serde_json::Value> {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// The vishguard binary built for these tests.
 pub fn vishguard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vishguard"))

@@ -292,7 +292,13 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
 
 /// This process's CPU time (user + system, seconds) and peak resident memory (MB), from /proc.
 fn cpu_and_peak_rss() -> (f64, f64) {
-    let cpu = std::fs::read_to_string("/proc/self/stat")
+    proc_cpu_and_memory("self", "VmHWM:")
+}
+
+/// A process's CPU time (user + system, seconds) and one memory line of its status (MB), from
+/// /proc/`pid`.
+fn proc_cpu_and_memory(pid: &str, memory_field: &str) -> (f64, f64) {
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             let after = s.rsplit_once(')')?.1;
@@ -301,14 +307,14 @@ fn cpu_and_peak_rss() -> (f64, f64) {
             Some(ticks / 100.0)
         })
         .unwrap_or(f64::NAN);
-    let rss = std::fs::read_to_string("/proc/self/status")
+    let memory = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let line = s.lines().find(|l| l.starts_with(memory_field))?;
             line.split_whitespace().nth(1)?.parse::<f64>().ok()
         })
         .map_or(f64::NAN, |kb| kb / 1024.0);
-    (cpu, rss)
+    (cpu, memory)
 }
 
 fn live(args: LiveArgs) -> Result<i32> {

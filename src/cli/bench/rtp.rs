@@ -303,26 +303,7 @@ fn final_response(socket: &UdpSocket, call_id: &str) -> Result<String> {
 
 /// CPU seconds (user + system) of a process, and its resident memory now (MB).
 fn cpu_and_rss(pid: u32) -> (f64, f64) {
-    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let f: Vec<String> = s
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(f64::NAN);
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-            l.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0);
-    (cpu, rss)
+    super::proc_cpu_and_memory(&pid.to_string(), "VmRSS:")
 }
 
 /// Places `n` calls (call `i` plays `clips[i % len]`), starts spread over `stagger_s`, and
