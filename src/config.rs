@@ -301,16 +301,8 @@ impl Config {
                     .map_err(|(key, problem)| (format!("sinks[{i}].{key}"), problem))?;
             }
             if let SinkConfig::Webhook(w) = s {
-                let host = w
-                    .url
-                    .strip_prefix("http://")
-                    .or_else(|| w.url.strip_prefix("https://"));
-                if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
-                    return Err((
-                        format!("sinks[{i}].url"),
-                        format!("must be an http:// or https:// URL, not {:?}", w.url),
-                    ));
-                }
+                crate::sinks::webhook::check_url(&w.url)
+                    .map_err(|problem| (format!("sinks[{i}].url"), problem))?;
             }
         }
         Ok(())

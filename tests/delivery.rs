@@ -16,6 +16,10 @@ use support::vishguard;
 const SCAM: &str = "audio-samples/en_scam_safe_account.wav";
 
 fn listen(alerts_file: &Path, outbox: &Path, url: &str) -> Command {
+    listen_to(&support::repo().join(SCAM), alerts_file, outbox, url)
+}
+
+fn listen_to(recording: &Path, alerts_file: &Path, outbox: &Path, url: &str) -> Command {
     let mut cmd = vishguard();
     cmd.args(["listen", "--model", "tiny.en", "--format", "jsonl"])
         .arg("--alerts-file")
@@ -23,7 +27,7 @@ fn listen(alerts_file: &Path, outbox: &Path, url: &str) -> Command {
         .args(["--webhook", url, "--webhook-outbox"])
         .arg(outbox)
         .arg("--from-file")
-        .arg(support::repo().join(SCAM));
+        .arg(recording);
     cmd
 }
 
@@ -128,9 +132,13 @@ fn the_same_recording_twice_delivers_twice_and_a_refused_alert_is_a_dead_letter_
     let receiver = Receiver::start(|n, _| if n == 0 { 400 } else { 200 });
     let dir = tempfile::tempdir().unwrap();
     let (alerts_file, outbox) = (dir.path().join("alerts.jsonl"), dir.path().join("outbox"));
+    // A file name that is not ASCII: the call id, and so the alert id, carry it (as a
+    // Mandarin pattern does), and HTTP header values must be ASCII.
+    let recording = dir.path().join("来电 café.wav");
+    std::fs::copy(support::repo().join(SCAM), &recording).unwrap();
     let mut runs = Vec::new();
     for _ in 0..2 {
-        let out = listen(&alerts_file, &outbox, &receiver.url)
+        let out = listen_to(&recording, &alerts_file, &outbox, &receiver.url)
             .output()
             .unwrap();
         assert_eq!(
@@ -165,7 +173,12 @@ fn the_same_recording_twice_delivers_twice_and_a_refused_alert_is_a_dead_letter_
         .collect();
     assert_eq!(accepted, expected, "in order, each once");
     for r in &got {
-        assert_eq!(r.idempotency_key.as_deref(), r.body["alert_id"].as_str());
+        let id = r.body["alert_id"].as_str().unwrap();
+        assert!(id.starts_with("来电 café-"), "{id}");
+        assert_eq!(
+            r.idempotency_key.as_deref(),
+            Some(vishguard::sinks::outbox::header_safe(id).as_str())
+        );
     }
 
     // The refused one waits in the dead letters with the receiver's answer.

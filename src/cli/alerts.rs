@@ -9,7 +9,7 @@ use clap::Subcommand;
 
 use crate::sinks::nats::NatsConfig;
 use crate::sinks::outbox::admin;
-use crate::sinks::webhook::{default_outbox, HttpTransport};
+use crate::sinks::webhook::{check_url, default_outbox, HttpTransport};
 
 #[derive(Subcommand, Debug)]
 pub enum AlertsCommand {
@@ -129,31 +129,51 @@ pub fn run(cmd: AlertsCommand) -> Result<i32> {
                 let n = admin::requeue_dead_letters(&dir)?;
                 eprintln!("{n} dead letter(s) put back in the outbox");
             }
+            check_url(&url).map_err(|p| anyhow::anyhow!("--url {p}"))?;
             let mut transport = HttpTransport::new(&url);
-            let (settled, left) =
-                admin::replay(&dir, &mut transport, Duration::from_secs_f64(timeout_s))?;
+            let r = admin::replay(&dir, &mut transport, Duration::from_secs_f64(timeout_s))?;
             let dead = admin::dead_letters(&dir)?.len();
             eprintln!(
-                "{settled} alert(s) settled (delivered, or refused for good: {dead} dead \
-                 letter(s) now); {left} left in {}",
-                dir.display()
+                "{} alert(s) settled (delivered, or refused for good: {dead} dead letter(s) \
+                 now); {} left in {}{}",
+                r.settled,
+                r.left,
+                dir.display(),
+                r.last_failure
+                    .map(|f| format!(" (the last try: {f})"))
+                    .unwrap_or_default()
             );
+            let left = r.left;
             Ok(if left > 0 { 1 } else { 0 })
         }
     }
 }
 
-/// An RFC 3339 time, or a span back from now ("10m").
+/// An RFC 3339 time, or a span back from now ("10m"); between 1970 and now.
 fn parse_since(s: &str) -> Result<std::time::SystemTime> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(t);
-    }
-    match humantime::parse_duration(s) {
-        Ok(d) => std::time::SystemTime::now()
-            .checked_sub(d)
-            .ok_or_else(|| anyhow::anyhow!("--since {s}: before the epoch")),
-        Err(_) => anyhow::bail!(
+    let now = std::time::SystemTime::now();
+    let t = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => Some(t),
+        Err(_) => match humantime::parse_duration(s) {
+            Ok(d) => Some(now.checked_sub(d).unwrap_or(std::time::UNIX_EPOCH)),
+            Err(_) => None,
+        },
+    };
+    let looks_like_a_date =
+        s.len() >= 5 && s[..4].bytes().all(|b| b.is_ascii_digit()) && s.as_bytes()[4] == b'-';
+    let Some(t) = t else {
+        if looks_like_a_date {
+            anyhow::bail!("--since {s:?}: not a time between 1970 and now (RFC 3339, UTC)");
+        }
+        anyhow::bail!(
             "--since {s:?}: neither an RFC 3339 time (2026-12-01T08:00:00Z) nor a span (10m, 2h)"
-        ),
+        );
+    };
+    if t > now {
+        anyhow::bail!("--since {s:?} is in the future");
     }
+    if t <= std::time::UNIX_EPOCH {
+        anyhow::bail!("--since {s:?} is before 1970 (use no --since for everything)");
+    }
+    Ok(t)
 }

@@ -23,6 +23,9 @@ use crate::sources::Malformed;
 
 /// Longest a client may take to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest certificate chain or key file read (a chain of ten 4096-bit certificates is
+/// about 20 KB).
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
 /// Finished handshakes waiting for the HTTP server to take them.
 const READY_QUEUE: usize = 64;
 
@@ -32,6 +35,23 @@ const READY_QUEUE: usize = 64;
 /// Errors name the file: unreadable, no certificate or key in it, or a key that does not
 /// match the certificate.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
+    for (what, path) in [("certificate", cert), ("key", key)] {
+        let m = std::fs::metadata(path)
+            .with_context(|| format!("cannot read the TLS {what} {}", path.display()))?;
+        if !m.is_file() {
+            bail!(
+                "the TLS {what} {} is not a regular file (a folder, a FIFO or a device)",
+                path.display()
+            );
+        }
+        if m.len() > MAX_PEM_BYTES {
+            bail!(
+                "the TLS {what} {} is {} bytes; a PEM {what} is a few KB (at most {MAX_PEM_BYTES} taken)",
+                path.display(),
+                m.len()
+            );
+        }
+    }
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("cannot read the TLS certificate {}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -147,8 +167,12 @@ mod tests {
         let e = format!("{:#}", acceptor(&cert, &key).err().unwrap());
         assert!(e.contains("cannot read the TLS certificate"), "{e}");
         std::fs::write(&cert, "not pem at all\n").unwrap();
+        std::fs::write(&key, "not pem either\n").unwrap();
         let e = format!("{:#}", acceptor(&cert, &key).err().unwrap());
         assert!(e.contains("holds no certificate"), "{e}");
+        // A device or a FIFO would be read forever: refused before reading.
+        let e = format!("{:#}", acceptor(Path::new("/dev/zero"), &key).err().unwrap());
+        assert!(e.contains("not a regular file"), "{e}");
         let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         std::fs::write(&cert, made.cert.pem()).unwrap();
         std::fs::write(

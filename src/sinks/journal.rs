@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// Lines held in memory while the disk refuses them; beyond this, newer lines are dropped
 /// and counted (about 2 KB each: ~200 MB at the bound).
@@ -51,6 +51,14 @@ impl Journal {
     ///
     /// Errors: the file cannot be opened, read or cut.
     pub fn open(path: &Path, what: &'static str) -> Result<Self> {
+        if let Ok(m) = std::fs::metadata(path) {
+            if !m.is_file() {
+                bail!(
+                    "the {what} {} is not a regular file (a folder, a FIFO or a device)",
+                    path.display()
+                );
+            }
+        }
         let mut file = crate::private_files::options()
             .create(true)
             .read(true)

@@ -111,7 +111,10 @@ impl NatsConfig {
             return Err(("servers".into(), "must name at least one server".into()));
         }
         for s in &self.servers {
-            if s.parse::<async_nats::ServerAddr>().is_err() {
+            let has_host = s
+                .parse::<async_nats::ServerAddr>()
+                .is_ok_and(|a| !a.host().is_empty());
+            if !has_host {
                 return Err((
                     "servers".into(),
                     format!("{s:?} is not a NATS server address (nats://HOST:PORT)"),
@@ -277,10 +280,14 @@ impl Transport for NatsTransport {
         format!("NATS stream {}", self.config.stream)
     }
 
+    fn labels(&self) -> (&'static str, &'static str) {
+        ("NATS outbox", "NATS dead letters")
+    }
+
     fn send(&mut self, line: &str, key: Option<&str>) -> Sent {
         let value: serde_json::Value = match serde_json::from_str(line) {
             Ok(v) => v,
-            Err(e) => return Sent::Refused(400, format!("not JSON: {e}")),
+            Err(e) => return Sent::Refused(None, format!("not JSON: {e}")),
         };
         let call = value
             .get("call_id")
@@ -326,7 +333,7 @@ impl Transport for NatsTransport {
         match sent {
             Ok(()) => Sent::Delivered,
             Err(e) if e.to_string().starts_with("payload too large") => {
-                Sent::Refused(413, e.to_string())
+                Sent::Refused(None, e.to_string())
             }
             Err(e) => {
                 // The stream may have been deleted meanwhile: look again next time.

@@ -79,8 +79,28 @@ impl Outbox {
     ///
     /// Errors: the folder cannot be made or read; another process holds its lock.
     pub fn open(dir: &Path, max_pending: u64) -> Result<Self> {
+        Self::open_labelled(dir, max_pending, ("outbox", "dead letters"))
+    }
+
+    /// [`Outbox::open`], naming the outbox and its dead letters in messages as `labels` say
+    /// ("webhook outbox", "webhook dead letters").
+    pub fn open_labelled(
+        dir: &Path,
+        max_pending: u64,
+        labels: (&'static str, &'static str),
+    ) -> Result<Self> {
+        if dir.exists() && !dir.is_dir() {
+            bail!(
+                "the {} {} is not a folder (a file of that name is in the way)",
+                labels.0,
+                dir.display()
+            );
+        }
         std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot make the webhook outbox {}", dir.display()))?;
+            .with_context(|| format!("cannot make the {} {}", labels.0, dir.display()))?;
+        for name in [LOCK, CURSOR, OUTBOX, DEAD_LETTERS] {
+            regular_or_absent(&dir.join(name))?;
+        }
         let lock = crate::private_files::options()
             .create(true)
             .truncate(false)
@@ -89,13 +109,14 @@ impl Outbox {
             .with_context(|| format!("cannot open the lock of the outbox {}", dir.display()))?;
         if let Err(e) = lock.try_lock() {
             bail!(
-                "the webhook outbox {} is in use by another vishguard process ({e}); give each \
-                 running process its own outbox",
+                "the {} {} is in use by another vishguard process ({e}); give each running \
+                 process its own outbox",
+                labels.0,
                 dir.display()
             );
         }
-        let log = Journal::open(&dir.join(OUTBOX), "webhook outbox")?;
-        let dead = Journal::open(&dir.join(DEAD_LETTERS), "webhook dead letters")?;
+        let log = Journal::open(&dir.join(OUTBOX), labels.0)?;
+        let dead = Journal::open(&dir.join(DEAD_LETTERS), labels.1)?;
         let mut cursor = read_cursor(dir, log.synced_bytes())?;
         let pending = count_lines(log.path(), cursor, log.synced_bytes())?;
         if cursor > 0 && cursor == log.synced_bytes() {
@@ -147,7 +168,7 @@ impl Outbox {
         if self.pending >= self.max_pending {
             if !self.full {
                 tracing::error!(
-                    "webhook outbox {} is full ({} undelivered alerts, the max_pending bound): \
+                    "outbox {} is full ({} undelivered alerts, the max_pending bound): \
                      new alerts go to the dead letters until the receiver catches up",
                     self.dir.display(),
                     self.pending
@@ -221,7 +242,7 @@ impl Outbox {
                 self.committed = 0;
                 self.save_cursor();
             }
-            Err(e) => tracing::warn!("webhook outbox {}: not emptied: {e}", self.dir.display()),
+            Err(e) => tracing::warn!("outbox {}: not emptied: {e}", self.dir.display()),
         }
     }
 
@@ -240,14 +261,14 @@ impl Outbox {
         match saved {
             Ok(()) if self.cursor_failing => {
                 self.cursor_failing = false;
-                tracing::warn!("webhook outbox {}: cursor saved again", self.dir.display());
+                tracing::warn!("outbox {}: cursor saved again", self.dir.display());
             }
             Ok(()) => {}
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 if !self.cursor_failing {
                     tracing::error!(
-                        "webhook outbox {}: delivery cursor not saved ({e}); after a restart \
+                        "outbox {}: delivery cursor not saved ({e}); after a restart \
                          alerts delivered since are sent again (receivers dedupe on alert_id)",
                         self.dir.display()
                     );
@@ -263,6 +284,7 @@ impl Outbox {
 /// everything is sent again).
 fn read_cursor(dir: &Path, len: u64) -> Result<u64> {
     let outbox = dir.join(OUTBOX);
+    regular_or_absent(&dir.join(CURSOR))?;
     let text = match std::fs::read_to_string(dir.join(CURSOR)) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -272,10 +294,21 @@ fn read_cursor(dir: &Path, len: u64) -> Result<u64> {
     };
     let cursor = match text.trim().parse::<u64>() {
         Ok(c) if c <= len => c,
-        Ok(_) => 0,
+        Ok(c) => {
+            // Past the end: a crash while the outbox was being emptied leaves that, and so
+            // does damage; either way everything in it is sent again.
+            if len > 0 {
+                tracing::warn!(
+                    "outbox {}: the cursor ({c}) is past the end ({len} bytes); every event in \
+                     it is sent again",
+                    dir.display()
+                );
+            }
+            0
+        }
         Err(_) => {
             tracing::warn!(
-                "webhook outbox {}: damaged cursor {text:?}; every alert in it is sent again",
+                "outbox {}: damaged cursor {text:?}; every event in it is sent again",
                 dir.display()
             );
             0
@@ -283,8 +316,8 @@ fn read_cursor(dir: &Path, len: u64) -> Result<u64> {
     };
     if cursor > 0 && read_range(&outbox, cursor - 1, cursor)? != b"\n" {
         tracing::warn!(
-            "webhook outbox {}: the cursor is not at the start of a line; every alert in it is \
-             sent again",
+            "outbox {}: the cursor is not at the start of a line; every event in it is sent \
+             again",
             dir.display()
         );
         return Ok(0);
@@ -333,6 +366,18 @@ fn count_lines(path: &Path, from: u64, to: u64) -> Result<u64> {
     }
 }
 
+/// An error unless `path` is a regular file or does not exist (a FIFO or a device would
+/// block or never end).
+fn regular_or_absent(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => bail!(
+            "{} is not a regular file (a folder, a FIFO or a device): move it away",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn read_range(path: &Path, from: u64, to: u64) -> Result<Vec<u8>> {
     if from >= to {
         return Ok(Vec::new());
@@ -368,7 +413,7 @@ impl OutboxSink {
         takes: fn(&Event) -> bool,
         mut transport: Box<dyn Transport>,
     ) -> Result<Self> {
-        let outbox = Outbox::open(dir, max_pending)?;
+        let outbox = Outbox::open_labelled(dir, max_pending, transport.labels())?;
         let health = outbox.health.clone();
         let outbox = Arc::new(Mutex::new(outbox));
         let (wake, woken) = channel();
@@ -377,7 +422,9 @@ impl OutboxSink {
             let outbox = outbox.clone();
             std::thread::Builder::new()
                 .name("outbox".into())
-                .spawn(move || deliver_loop(transport.as_mut(), &outbox, &woken, None))?
+                .spawn(move || {
+                    deliver_loop(transport.as_mut(), &outbox, &woken, None);
+                })?
         };
         Ok(Self {
             what,
@@ -458,8 +505,7 @@ impl Sink for OutboxSink {
         }
         if o.pending > 0 {
             tracing::warn!(
-                "{}: {} event(s) wait in the outbox {}; they are sent on the next start \
-                 (or `vishguard alerts replay`)",
+                "{}: {} event(s) wait in the outbox {}; they are sent on the next start",
                 self.what,
                 o.pending,
                 o.dir.display()
@@ -472,8 +518,9 @@ impl Sink for OutboxSink {
 /// What one send came to.
 pub enum Sent {
     Delivered,
-    /// The receiver refused it for good: (a status, its reason).
-    Refused(u16, String),
+    /// The receiver (or the client, for a request that can never be sent) refused it for
+    /// good: (the status, if the receiver gave one; the reason).
+    Refused(Option<u16>, String),
     /// Worth retrying, after at least this long.
     Later(String, Option<Duration>),
 }
@@ -484,6 +531,27 @@ pub trait Transport: Send {
     fn describe(&self) -> String;
     /// Sends one event (a versioned JSON line); `key` is [`event_key`]'s.
     fn send(&mut self, line: &str, key: Option<&str>) -> Sent;
+    /// How messages name the outbox and its dead letters.
+    fn labels(&self) -> (&'static str, &'static str) {
+        ("outbox", "dead letters")
+    }
+}
+
+/// A key as an HTTP or NATS header value takes it: printable ASCII (spaces included) kept,
+/// every other byte (UTF-8 of a Mandarin pattern or file name, controls) and `%` itself
+/// percent-encoded, RFC 3986 style. Header values must be visible ASCII and spaces (RFC 9110
+/// 5.5); unencoded, a Mandarin alert id was refused by the HTTP client before it was sent,
+/// and blocked every later alert.
+pub fn header_safe(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if (b.is_ascii_graphic() || b == b' ') && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The id a receiver dedupes an event on: an alert's `alert_id`; `<call id>/call_started`,
@@ -511,7 +579,7 @@ fn deliver_loop(
     outbox: &Mutex<Outbox>,
     woken: &Receiver<()>,
     until: Option<Instant>,
-) {
+) -> Option<String> {
     let what = transport.describe();
     let mut backoff = FIRST_BACKOFF;
     let mut failures = 0u32;
@@ -522,7 +590,7 @@ fn deliver_loop(
             Ok(Some(n)) => n,
             Ok(None) => {
                 if deadline.is_some() {
-                    return;
+                    return None;
                 }
                 match woken.recv_timeout(Duration::from_secs(3600)) {
                     Ok(()) | Err(RecvTimeoutError::Timeout) => continue,
@@ -533,31 +601,46 @@ fn deliver_loop(
                 }
             }
             Err(e) => {
-                tracing::error!("webhook {what}: outbox not readable: {e:#}");
-                return;
+                tracing::error!("{what}: outbox not readable: {e:#}");
+                return Some(format!("outbox not readable: {e:#}"));
             }
         };
-        match transport.send(&line, event_key(&line).as_deref()) {
+        let is_event = serde_json::from_str::<serde_json::Value>(&line)
+            .is_ok_and(|v| v.get("event").is_some_and(|e| e.is_string()));
+        if !is_event {
+            // A damaged outbox (a crash cannot do this: lines are written whole): keep the
+            // line aside, do not send it as an event.
+            tracing::warn!(
+                "{what}: a line of the outbox is not an event; it goes to the dead letters"
+            );
+            let mut o = lock(outbox);
+            o.dead_letter(
+                &line,
+                None,
+                "not an event (a damaged outbox line); not sent",
+            );
+            o.settle(end);
+            continue;
+        }
+        let key = event_key(&line).map(|k| header_safe(&k));
+        match transport.send(&line, key.as_deref()) {
             Sent::Delivered => {
                 lock(outbox).settle(end);
                 if failures > 0 {
-                    tracing::warn!(
-                        "webhook {what}: delivering again after {failures} failed tries"
-                    );
+                    tracing::warn!("{what}: delivering again after {failures} failed tries");
                 }
                 failures = 0;
                 backoff = FIRST_BACKOFF;
             }
             Sent::Refused(code, reason) => {
-                tracing::warn!(
-                    "webhook {what} refused an alert ({reason}); it goes to the dead letters"
-                );
+                tracing::warn!("{what} refused an event ({reason}); it goes to the dead letters");
                 let mut o = lock(outbox);
-                o.dead_letter(&line, Some(code), &reason);
+                o.dead_letter(&line, code, &reason);
                 o.settle(end);
                 backoff = FIRST_BACKOFF;
             }
             Sent::Later(why, retry_after) => {
+                let last_failure = Some(why.clone());
                 // Equal jitter: half the back-off fixed, half random, so many senders that
                 // failed together do not retry together.
                 let jittered = backoff / 2 + backoff.mul_f64(rand::random::<f64>() / 2.0);
@@ -565,12 +648,12 @@ fn deliver_loop(
                 failures += 1;
                 if failures == 1 {
                     tracing::warn!(
-                        "webhook {what}: not delivered ({why}); retrying with back-off (0.25 s \
+                        "{what}: not delivered ({why}); retrying with back-off (0.25 s \
                          doubling to 30 s), the alerts after it waiting in order"
                     );
                 } else {
                     tracing::debug!(
-                        "webhook {what}: not delivered ({why}); retrying in {:.2} s",
+                        "{what}: not delivered ({why}); retrying in {:.2} s",
                         wait.as_secs_f64()
                     );
                 }
@@ -582,7 +665,7 @@ fn deliver_loop(
                     let now = Instant::now();
                     if deadline.is_some_and(|d| now >= d) {
                         // What is left is reported by the caller (close, replay).
-                        return;
+                        return last_failure;
                     }
                     let Some(left) = resume.checked_duration_since(now) else {
                         break;
@@ -648,40 +731,72 @@ pub mod admin {
             .collect()
     }
 
-    /// Puts the dead letters' alerts back at the end of the outbox and empties the dead
-    /// letters. Returns how many. (A crash in between leaves them in both: sent once more,
-    /// receivers dedupe.)
+    /// Puts the dead letters' events back at the end of the outbox and empties the dead
+    /// letters. Returns how many. Every letter is checked first: one that is not a dead
+    /// letter of an event is an error naming its line, and nothing changes. (A crash in
+    /// between leaves them in both: sent once more, receivers dedupe.)
     pub fn requeue_dead_letters(dir: &Path) -> Result<usize> {
+        if !dir.is_dir() {
+            bail!("no outbox at {}", dir.display());
+        }
         let mut o = Outbox::open(dir, u64::MAX)?;
-        let letters = lines(&read_range(o.dead.path(), 0, o.dead.synced_bytes())?);
-        let mut n = 0;
-        for l in &letters {
-            let v: serde_json::Value = serde_json::from_str(l)
-                .with_context(|| format!("a dead letter is not JSON: {l}"))?;
-            let alert = &v["alert"];
-            if o.push(&alert.to_string()) != Appended::Written {
+        let path = o.dead.path().to_path_buf();
+        let letters = lines(&read_range(&path, 0, o.dead.synced_bytes())?);
+        let mut events = Vec::with_capacity(letters.len());
+        for (i, l) in letters.iter().enumerate() {
+            let event = serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("alert").cloned())
+                .filter(|a| a.get("event").is_some_and(|e| e.is_string()));
+            match event {
+                Some(e) => events.push(e.to_string()),
+                None => bail!(
+                    "{} line {}: not a dead letter of an event (nothing was put back): {}",
+                    path.display(),
+                    i + 1,
+                    l.chars().take(80).collect::<String>()
+                ),
+            }
+        }
+        for e in &events {
+            if o.push(e) != Appended::Written {
                 bail!("the outbox {} cannot be written", dir.display());
             }
-            n += 1;
         }
         o.dead.clear()?;
-        Ok(n)
+        Ok(events.len())
+    }
+
+    /// What [`replay`] did.
+    pub struct Replayed {
+        /// Delivered, or refused for good (now dead letters).
+        pub settled: u64,
+        pub left: u64,
+        /// Why the last send failed, when some are left.
+        pub last_failure: Option<String>,
     }
 
     /// Sends the undelivered events now, stopping at the first transient failure that
-    /// outlasts `timeout`. Returns (delivered or dead-lettered, left).
+    /// outlasts `timeout`.
     pub fn replay(
         dir: &Path,
         transport: &mut dyn Transport,
         timeout: Duration,
-    ) -> Result<(u64, u64)> {
+    ) -> Result<Replayed> {
+        if !dir.is_dir() {
+            bail!("no outbox at {}", dir.display());
+        }
         let o = Outbox::open(dir, u64::MAX)?;
         let before = o.pending;
         let outbox = Mutex::new(o);
         let (_keep, woken) = channel();
-        deliver_loop(transport, &outbox, &woken, Some(Instant::now() + timeout));
+        let last_failure = deliver_loop(transport, &outbox, &woken, Some(Instant::now() + timeout));
         let left = lock(&outbox).pending;
-        Ok((before - left, left))
+        Ok(Replayed {
+            settled: before.saturating_sub(left),
+            left,
+            last_failure: if left > 0 { last_failure } else { None },
+        })
     }
 }
 
@@ -770,5 +885,64 @@ mod tests {
             "the cursor replaces it"
         );
         assert_eq!(admin::pending(dir.path()).unwrap().len(), 2);
+    }
+
+    /// Records what it is given; answers Delivered.
+    struct Recorder(Vec<(String, Option<String>)>);
+
+    impl Transport for Recorder {
+        fn describe(&self) -> String {
+            "recorder".into()
+        }
+        fn send(&mut self, line: &str, key: Option<&str>) -> Sent {
+            self.0.push((line.to_owned(), key.map(str::to_owned)));
+            Sent::Delivered
+        }
+    }
+
+    #[test]
+    fn keys_go_out_header_safe_and_damaged_lines_are_set_aside_not_sent() {
+        assert_eq!(
+            header_safe("c1/0/impersonation/公安局 a%b"),
+            "c1/0/impersonation/%E5%85%AC%E5%AE%89%E5%B1%80 a%25b"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut o = Outbox::open(dir.path(), 10).unwrap();
+            o.push(&alert_line("通话-1/0/x/要你的验证码"));
+            o.push("hello world");
+            o.push("{\"foo\":1}");
+            o.push(&alert_line("b"));
+        }
+        let mut r = Recorder(Vec::new());
+        let done = admin::replay(dir.path(), &mut r, Duration::from_secs(5)).unwrap();
+        assert_eq!((done.settled, done.left), (4, 0));
+        assert_eq!(r.0.len(), 2, "only the two events were sent: {:?}", r.0);
+        assert!(r.0[0].1.as_deref().unwrap().is_ascii());
+        let dead = admin::dead_letters(dir.path()).unwrap();
+        assert_eq!(dead.len(), 2);
+        assert!(dead[0].contains("not an event"), "{}", dead[0]);
+        // Those letters are not events: putting them back is refused, and changes nothing.
+        let e = admin::requeue_dead_letters(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1: not a dead letter of an event"), "{e}");
+        assert_eq!(admin::dead_letters(dir.path()).unwrap().len(), 2);
+        assert!(admin::pending(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_fifo_in_the_outbox_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join(CURSOR);
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let e = format!("{:#}", Outbox::open(dir.path(), 10).err().unwrap());
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = format!("{:#}", admin::pending(dir.path()).unwrap_err());
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }

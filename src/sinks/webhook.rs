@@ -64,16 +64,34 @@ impl HttpTransport {
     pub fn new(url: &str) -> Self {
         Self {
             url: url.to_owned(),
+            // Redirects are not followed: the idempotency key and the alert would go to
+            // whatever host the receiver names.
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(5))
+                .redirects(0)
                 .build(),
         }
     }
 }
 
+/// `Err(problem)` unless `url` is an http:// or https:// URL with a host.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let host = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+        return Err(format!("must be an http:// or https:// URL, not {url:?}"));
+    }
+    Ok(())
+}
+
 impl Transport for HttpTransport {
     fn describe(&self) -> String {
         format!("webhook {}", self.url)
+    }
+
+    fn labels(&self) -> (&'static str, &'static str) {
+        ("webhook outbox", "webhook dead letters")
     }
 
     fn send(&mut self, line: &str, key: Option<&str>) -> Sent {
@@ -85,7 +103,18 @@ impl Transport for HttpTransport {
             request = request.set("Idempotency-Key", key);
         }
         match request.send_string(line) {
-            Ok(_) => Sent::Delivered,
+            Ok(response) if (200..300).contains(&response.status()) => Sent::Delivered,
+            Ok(response) => {
+                let code = response.status();
+                let to = response.header("Location").unwrap_or("nowhere").to_owned();
+                Sent::Refused(
+                    Some(code),
+                    format!(
+                        "HTTP {code} to {to}: webhooks are not redirected (give the receiver's \
+                         address itself)"
+                    ),
+                )
+            }
             Err(ureq::Error::Status(code, response)) => {
                 let retry_after = response
                     .header("Retry-After")
@@ -95,10 +124,21 @@ impl Transport for HttpTransport {
                 let _ = response.into_reader().take(512).read_to_string(&mut body);
                 let reason = format!("HTTP {code}: {}", body.trim());
                 if (400..500).contains(&code) && code != 408 && code != 429 {
-                    Sent::Refused(code, reason)
+                    Sent::Refused(Some(code), reason)
                 } else {
                     Sent::Later(reason, retry_after)
                 }
+            }
+            Err(ureq::Error::Transport(t))
+                if matches!(
+                    t.kind(),
+                    ureq::ErrorKind::InvalidUrl
+                        | ureq::ErrorKind::UnknownScheme
+                        | ureq::ErrorKind::BadHeader
+                ) =>
+            {
+                // A request that can never be sent: retrying would block every later alert.
+                Sent::Refused(None, t.to_string())
             }
             Err(e) => Sent::Later(e.to_string(), None),
         }
