@@ -171,7 +171,10 @@ mod tests {
         let e = format!("{:#}", acceptor(&cert, &key).err().unwrap());
         assert!(e.contains("holds no certificate"), "{e}");
         // A device or a FIFO would be read forever: refused before reading.
-        let e = format!("{:#}", acceptor(Path::new("/dev/zero"), &key).err().unwrap());
+        let e = format!(
+            "{:#}",
+            acceptor(Path::new("/dev/zero"), &key).err().unwrap()
+        );
         assert!(e.contains("not a regular file"), "{e}");
         let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         std::fs::write(&cert, made.cert.pem()).unwrap();
