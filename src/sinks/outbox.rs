@@ -203,7 +203,9 @@ impl Outbox {
     }
 
     /// The next alert that may be sent: its line and the offset after it.
-    fn next(&mut self) -> Result<Option<(String, u64)>> {
+    /// The next line that may be sent, the offset after it, and whether it was valid UTF-8
+    /// (a line that is not came from damage, not from us; it is set aside, not sent).
+    fn next(&mut self) -> Result<Option<(String, u64, bool)>> {
         if self.cursor >= self.committed {
             if self.cursor == self.log.synced_bytes()
                 && self.log.held() == 0
@@ -222,7 +224,14 @@ impl Outbox {
             bail!("the outbox ends in a torn line at byte {}", self.cursor);
         }
         line.pop();
-        Ok(Some((String::from_utf8_lossy(&line).into_owned(), end)))
+        Ok(Some(match String::from_utf8(line) {
+            Ok(text) => (text, end, true),
+            Err(e) => (
+                String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                end,
+                false,
+            ),
+        }))
     }
 
     /// The alert before `end` is settled (delivered or dead-lettered).
@@ -586,7 +595,7 @@ fn deliver_loop(
     let mut deadline = until;
     loop {
         let next = lock(outbox).next();
-        let (line, end) = match next {
+        let (line, end, utf8) = match next {
             Ok(Some(n)) => n,
             Ok(None) => {
                 if deadline.is_some() {
@@ -605,8 +614,9 @@ fn deliver_loop(
                 return Some(format!("outbox not readable: {e:#}"));
             }
         };
-        let is_event = serde_json::from_str::<serde_json::Value>(&line)
-            .is_ok_and(|v| v.get("event").is_some_and(|e| e.is_string()));
+        let is_event = utf8
+            && serde_json::from_str::<serde_json::Value>(&line)
+                .is_ok_and(|v| v.get("event").is_some_and(|e| e.is_string()));
         if !is_event {
             // A damaged outbox (a crash cannot do this: lines are written whole): keep the
             // line aside, do not send it as an event.
@@ -817,14 +827,14 @@ mod tests {
                 o.push(&alert_line(id));
             }
             o.committed = o.log.synced_bytes();
-            let (line, end) = o.next().unwrap().unwrap();
+            let (line, end, _) = o.next().unwrap().unwrap();
             assert!(line.contains("\"a\""));
             o.settle(end);
         }
         let mut o = Outbox::open(dir.path(), 10).unwrap();
         assert_eq!(o.pending(), 2);
         for id in ["b", "c"] {
-            let (line, end) = o.next().unwrap().unwrap();
+            let (line, end, _) = o.next().unwrap().unwrap();
             assert!(line.contains(&format!("\"{id}\"")), "{line}");
             o.settle(end);
         }
@@ -914,20 +924,24 @@ mod tests {
             o.push("{\"foo\":1}");
             o.push(&alert_line("b"));
         }
+        // An event line with a byte that is not UTF-8 (damage: we write only UTF-8).
+        let mut raw = std::fs::read(dir.path().join(OUTBOX)).unwrap();
+        raw.extend_from_slice(b"{\"event\":\"alert\",\"alert_id\":\"x\xff\"}\n");
+        std::fs::write(dir.path().join(OUTBOX), raw).unwrap();
         let mut r = Recorder(Vec::new());
         let done = admin::replay(dir.path(), &mut r, Duration::from_secs(5)).unwrap();
-        assert_eq!((done.settled, done.left), (4, 0));
+        assert_eq!((done.settled, done.left), (5, 0));
         assert_eq!(r.0.len(), 2, "only the two events were sent: {:?}", r.0);
         assert!(r.0[0].1.as_deref().unwrap().is_ascii());
         let dead = admin::dead_letters(dir.path()).unwrap();
-        assert_eq!(dead.len(), 2);
+        assert_eq!(dead.len(), 3);
         assert!(dead[0].contains("not an event"), "{}", dead[0]);
         // Those letters are not events: putting them back is refused, and changes nothing.
         let e = admin::requeue_dead_letters(dir.path())
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 1: not a dead letter of an event"), "{e}");
-        assert_eq!(admin::dead_letters(dir.path()).unwrap().len(), 2);
+        assert_eq!(admin::dead_letters(dir.path()).unwrap().len(), 3);
         assert!(admin::pending(dir.path()).unwrap().is_empty());
     }
 
