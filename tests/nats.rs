@@ -20,6 +20,8 @@ struct Broker {
     child: Option<Child>,
     port: u16,
     store: PathBuf,
+    /// More nats-server flags (TLS).
+    extra: Vec<String>,
 }
 
 fn nats_server() -> PathBuf {
@@ -45,6 +47,7 @@ impl Broker {
             child: None,
             port: free_port(),
             store: store.to_path_buf(),
+            extra: Vec::new(),
         }
     }
 
@@ -64,6 +67,7 @@ impl Broker {
                 "-sd",
             ])
             .arg(&self.store)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -94,6 +98,59 @@ impl Drop for Broker {
 /// What the stream holds, through `vishguard alerts tail`.
 fn stream_events(broker: &Broker) -> Vec<Value> {
     support::json_stdout(vishguard().args(["alerts", "tail", "--nats", &broker.url()]))
+}
+
+#[test]
+fn events_reach_a_broker_that_requires_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let made =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    let mut broker = Broker::new(&dir.path().join("store"));
+    broker.extra = ["--tls", "--tlscert", cert.to_str().unwrap()]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--tlskey".to_owned(), key.to_str().unwrap().to_owned()])
+        .collect();
+    broker.start();
+    let url = format!("tls://127.0.0.1:{}", broker.port);
+    let out = vishguard()
+        .args(["listen", "--model", "tiny.en", "--format", "jsonl"])
+        .args(["--nats", &url, "--nats-tls-ca"])
+        .arg(&cert)
+        .arg("--nats-outbox")
+        .arg(dir.path().join("outbox"))
+        .arg("--from-file")
+        .arg(support::repo().join("audio-samples/en_scam_safe_account.wav"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = support::json_stdout(
+        vishguard()
+            .args(["alerts", "tail", "--nats", &url, "--tls-ca"])
+            .arg(&cert),
+    );
+    let stored: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "alert")
+        .map(|e| e["alert_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stored, printed_alert_ids(&stdout));
+    // A client that does not trust the broker's certificate is told so, and gets nothing.
+    let untrusting = vishguard()
+        .args(["alerts", "tail", "--nats", &url])
+        .output()
+        .unwrap();
+    assert_eq!(untrusting.status.code(), Some(2));
+    assert!(untrusting.stdout.is_empty());
 }
 
 fn count_by_kind(events: &[Value]) -> HashMap<String, usize> {

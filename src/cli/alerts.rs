@@ -35,6 +35,9 @@ pub enum AlertsCommand {
         /// A NATS credentials file (.creds).
         #[arg(long)]
         credentials: Option<PathBuf>,
+        /// TLS: the CA certificates (PEM) the servers must chain to.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
     },
     /// Print the undelivered alerts of an outbox as JSON lines, oldest first (or its dead
     /// letters: each with failed_at, status, reason and the alert). Reads only: safe while
@@ -77,6 +80,7 @@ pub fn run(cmd: AlertsCommand) -> Result<i32> {
             follow,
             token,
             credentials,
+            tls_ca,
         } => {
             let mut config = NatsConfig::for_servers(crate::sinks::nats::servers(&nats));
             if let Some(s) = stream {
@@ -84,6 +88,7 @@ pub fn run(cmd: AlertsCommand) -> Result<i32> {
             }
             config.token = token;
             config.credentials = credentials;
+            config.tls_ca = tls_ca;
             let since = since.map(|s| parse_since(&s)).transpose()?;
             let n =
                 crate::sinks::nats::tail(&config, since, follow, &mut std::io::stdout().lock())?;

@@ -240,6 +240,9 @@ pub struct SinkArgs {
     /// Where events not yet stored by JetStream wait [default: vishguard-nats-outbox].
     #[arg(long)]
     pub nats_outbox: Option<PathBuf>,
+    /// TLS to NATS: the CA certificates (PEM) the servers must chain to.
+    #[arg(long)]
+    pub nats_tls_ca: Option<PathBuf>,
 }
 
 impl SinkArgs {
@@ -298,10 +301,14 @@ impl SinkArgs {
                 if let Some(o) = outbox {
                     c.outbox = o.clone();
                 }
+                c.tls_ca = self.nats_tls_ca.clone();
                 sinks.push(SinkConfig::Nats(c));
             }
             (None, Some(_)) => {
                 bail!("--nats-outbox is where --nats keeps events: it needs --nats")
+            }
+            (None, None) if self.nats_tls_ca.is_some() => {
+                bail!("--nats-tls-ca is for --nats: it needs --nats")
             }
             (None, None) => {}
         }

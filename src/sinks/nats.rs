@@ -40,6 +40,16 @@ pub struct NatsConfig {
     /// A NATS credentials file (JWT and nkey seed, `.creds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<PathBuf>,
+    /// TLS: the CA certificates (PEM) the servers' certificates must chain to; TLS is then
+    /// required (a `tls://` URL asks for TLS with the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: this client's certificate chain (PEM); with `tls_client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// Mutual TLS: this client's private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_key: Option<PathBuf>,
     #[serde(default = "default_stream")]
     pub stream: String,
     #[serde(default = "default_subject_prefix")]
@@ -93,6 +103,9 @@ impl NatsConfig {
             servers,
             token: None,
             credentials: None,
+            tls_ca: None,
+            tls_client_cert: None,
+            tls_client_key: None,
             stream: default_stream(),
             subject_prefix: default_subject_prefix(),
             replicas: default_replicas(),
@@ -146,6 +159,21 @@ impl NatsConfig {
                     self.subject_prefix
                 ),
             ));
+        }
+        match (&self.tls_client_cert, &self.tls_client_key) {
+            (Some(_), None) => {
+                return Err((
+                    "tls_client_key".into(),
+                    "is needed with tls_client_cert".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "tls_client_cert".into(),
+                    "is needed with tls_client_key".into(),
+                ))
+            }
+            _ => {}
         }
         if self.replicas == 0 || self.replicas > 5 {
             return Err(("replicas".into(), "must be 1 to 5".into()));
@@ -217,9 +245,19 @@ impl NatsTransport {
         if let Err((key, problem)) = config.validate() {
             bail!("nats sink: {key}: {problem}");
         }
-        if let Some(c) = &config.credentials {
-            std::fs::metadata(c)
-                .with_context(|| format!("the NATS credentials file {}", c.display()))?;
+        for (what, path) in [
+            ("credentials file", &config.credentials),
+            ("TLS CA file", &config.tls_ca),
+            ("TLS client certificate", &config.tls_client_cert),
+            ("TLS client key", &config.tls_client_key),
+        ] {
+            if let Some(p) = path {
+                let m = std::fs::metadata(p)
+                    .with_context(|| format!("the NATS {what} {}", p.display()))?;
+                if !m.is_file() {
+                    bail!("the NATS {what} {} is not a regular file", p.display());
+                }
+            }
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -234,28 +272,14 @@ impl NatsTransport {
     }
 
     async fn connect(config: &NatsConfig) -> Result<async_nats::Client> {
-        let mut options = async_nats::ConnectOptions::new()
-            .name("vishguard")
+        let options = connect_options(config, "vishguard")
+            .await?
             .retry_on_initial_connect()
             // A broker restart is seconds: try again every 0.25 s, at most every 2 s.
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis(250 * attempts.clamp(1, 8) as u64)
             });
-        if let Some(t) = &config.token {
-            options = options.token(t.clone());
-        }
-        if let Some(c) = &config.credentials {
-            options = options
-                .credentials_file(c)
-                .await
-                .with_context(|| format!("reading the NATS credentials {}", c.display()))?;
-        }
-        let servers: Vec<async_nats::ServerAddr> = config
-            .servers
-            .iter()
-            .map(|s| s.parse())
-            .collect::<Result<_, _>>()?;
-        Ok(options.connect(servers).await?)
+        Ok(options.connect(server_addrs(config)?).await?)
     }
 
     async fn ensure_stream(context: &jetstream::Context, config: &NatsConfig) -> Result<()> {
@@ -360,20 +384,9 @@ pub fn tail(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut options = async_nats::ConnectOptions::new().name("vishguard-tail");
-        if let Some(t) = &config.token {
-            options = options.token(t.clone());
-        }
-        if let Some(c) = &config.credentials {
-            options = options.credentials_file(c).await?;
-        }
-        let servers: Vec<async_nats::ServerAddr> = config
-            .servers
-            .iter()
-            .map(|s| s.parse())
-            .collect::<Result<_, _>>()?;
-        let client = options
-            .connect(servers)
+        let client = connect_options(config, "vishguard-tail")
+            .await?
+            .connect(server_addrs(config)?)
             .await
             .with_context(|| format!("connecting to {}", config.servers.join(",")))?;
         let context = jetstream::new(client);
@@ -428,6 +441,40 @@ async fn left_to_deliver(
     let mut c = consumer.clone();
     let info = c.info().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(info.num_pending)
+}
+
+/// What both the sink and `tail` connect with: the name, the token or credentials, TLS.
+async fn connect_options(config: &NatsConfig, name: &str) -> Result<async_nats::ConnectOptions> {
+    let mut options = async_nats::ConnectOptions::new().name(name);
+    if let Some(t) = &config.token {
+        options = options.token(t.clone());
+    }
+    if let Some(c) = &config.credentials {
+        options = options
+            .credentials_file(c)
+            .await
+            .with_context(|| format!("reading the NATS credentials {}", c.display()))?;
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_client_cert, &config.tls_client_key) {
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    Ok(options)
+}
+
+fn server_addrs(config: &NatsConfig) -> Result<Vec<async_nats::ServerAddr>> {
+    config
+        .servers
+        .iter()
+        .map(|s| {
+            s.parse()
+                .with_context(|| format!("{s:?} is not a NATS server address"))
+        })
+        .collect()
 }
 
 /// Reads a server list: comma-separated URLs.
