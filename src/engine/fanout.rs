@@ -268,12 +268,13 @@ struct DurableStage {
     /// One per durable sink, in write order.
     reports: Arc<Mutex<Vec<SinkReport>>>,
     health: Vec<Option<Arc<SinkHealth>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Taken by `close`.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The sinks' queues and threads.
 pub struct Fanout {
-    durable: Option<Mutex<DurableStage>>,
+    durable: Option<DurableStage>,
     /// The sinks that show events, each behind its queue.
     queues: Vec<Arc<SinkQueue>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -361,12 +362,12 @@ impl Fanout {
                     .name("durable-sinks".into())
                     .spawn(move || durable_writes(&queue, sinks, &reports, &shown))?
             };
-            Some(Mutex::new(DurableStage {
+            Some(DurableStage {
                 queue,
                 reports,
                 health,
-                thread: Some(thread),
-            }))
+                thread: Mutex::new(Some(thread)),
+            })
         };
         Ok(Self {
             durable,
@@ -381,8 +382,7 @@ impl Fanout {
     pub fn send(&self, event: Event) {
         let event = Arc::new(event);
         if let Some(d) = &self.durable {
-            let queue = super::lock(d).queue.clone();
-            queue.push(&event);
+            d.queue.push(&event);
             return;
         }
         for q in &self.queues {
@@ -394,7 +394,6 @@ impl Fanout {
     pub fn reports(&self) -> Vec<SinkReport> {
         let mut out = Vec::new();
         if let Some(d) = &self.durable {
-            let d = super::lock(d);
             let waiting = d.queue.lock().report.clone();
             for (r, h) in super::lock(&d.reports).iter().zip(&d.health) {
                 out.push(
@@ -416,11 +415,8 @@ impl Fanout {
     /// Lets every sink drain its queue and close; waits for them.
     pub fn close(&self) -> Vec<SinkReport> {
         if let Some(d) = &self.durable {
-            let (queue, thread) = {
-                let mut d = super::lock(d);
-                (d.queue.clone(), d.thread.take())
-            };
-            queue.close();
+            d.queue.close();
+            let thread = super::lock(&d.thread).take();
             if let Some(t) = thread {
                 let _ = t.join();
             }
@@ -439,15 +435,23 @@ impl Fanout {
 fn drain(queue: &SinkQueue, sink: &mut dyn Sink) {
     while let Some(event) = queue.pop() {
         let result = sink.write(&event);
-        let mut s = queue.lock();
-        s.report.delivered += 1;
-        if let Err(e) = result {
-            s.report.errors += 1;
-            if s.report.errors <= 3 {
-                tracing::error!(sink = %s.report.sink, "{e:#}");
-            }
+        record_write(&mut queue.lock().report, result);
+    }
+    close_sink(sink);
+}
+
+/// One write counted in its sink's report; the first three errors are logged.
+fn record_write(report: &mut SinkReport, result: Result<()>) {
+    report.delivered += 1;
+    if let Err(e) = result {
+        report.errors += 1;
+        if report.errors <= 3 {
+            tracing::error!(sink = %report.sink, "{e:#}");
         }
     }
+}
+
+fn close_sink(sink: &mut dyn Sink) {
     if let Err(e) = sink.close() {
         tracing::error!(sink = %sink.describe(), "closing: {e:#}");
     }
@@ -466,15 +470,7 @@ fn durable_writes(
             Popped::Event(event) => {
                 for (i, sink) in sinks.iter_mut().enumerate() {
                     let result = sink.write(&event);
-                    let mut reports = super::lock(reports);
-                    let r = &mut reports[i];
-                    r.delivered += 1;
-                    if let Err(e) = result {
-                        r.errors += 1;
-                        if r.errors <= 3 {
-                            tracing::error!(sink = %r.sink, "{e:#}");
-                        }
-                    }
+                    record_write(&mut super::lock(reports)[i], result);
                 }
                 for sink in &mut sinks {
                     sink.commit();
@@ -488,9 +484,7 @@ fn durable_writes(
         }
     }
     for sink in &mut sinks {
-        if let Err(e) = sink.close() {
-            tracing::error!(sink = %sink.describe(), "closing: {e:#}");
-        }
+        close_sink(sink.as_mut());
     }
 }
 

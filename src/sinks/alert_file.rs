@@ -79,13 +79,10 @@ impl Sink for AlertFile {
     /// Tries the held alerts for up to 10 s more; those the disk still refuses go to standard
     /// error as JSON lines (the last place left to put them) and count as lost.
     fn close(&mut self) -> Result<()> {
-        give_held_lines_a_last_chance(&mut self.journal);
-        let n = self.journal.held();
+        self.journal.last_chance();
+        let n = self.journal.give_up_held();
         if n > 0 {
             SinkHealth::add(&self.health.lost, n as u64);
-            for line in self.journal.held_lines() {
-                eprintln!("{line}");
-            }
             bail!(
                 "{} alert(s) never reached {} (printed above on standard error)",
                 n,
@@ -93,13 +90,5 @@ impl Sink for AlertFile {
             );
         }
         Ok(())
-    }
-}
-
-/// Retries a journal's held lines for up to 10 s (a disk being cleaned up as the run ends).
-pub(crate) fn give_held_lines_a_last_chance(journal: &mut Journal) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !journal.retry() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }

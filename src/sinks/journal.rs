@@ -42,6 +42,8 @@ pub struct Journal {
     held: VecDeque<String>,
     /// The error of the outage under way, if one is.
     failing: Option<String>,
+    /// A failed write's rollback failed too: bytes past `len` to cut before the next write.
+    torn: bool,
     dropped: u64,
 }
 
@@ -86,6 +88,7 @@ impl Journal {
             len,
             held: VecDeque::new(),
             failing: None,
+            torn: false,
             dropped: 0,
         })
     }
@@ -137,7 +140,7 @@ impl Journal {
     /// is left held.
     pub fn retry(&mut self) -> bool {
         while let Some(line) = self.held.front() {
-            match write_whole(&mut self.file, self.len, line.as_bytes()) {
+            match write_whole(&mut self.file, self.len, &mut self.torn, line.as_bytes()) {
                 Ok(()) => {
                     self.len += line.len() as u64;
                     self.held.pop_front();
@@ -175,22 +178,36 @@ impl Journal {
         Ok(())
     }
 
-    /// The lines held in memory (for a last report when the disk never came back).
-    pub fn held_lines(&self) -> impl Iterator<Item = &str> {
-        self.held.iter().map(|l| l.trim_end_matches('\n'))
+    /// Retries the held lines for up to 10 s more (a disk being cleaned up as the run ends).
+    pub fn last_chance(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.retry() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+
+    /// Gives up on the held lines: each goes to standard error as it is (the last place left
+    /// to put it) and is forgotten. Returns how many.
+    pub fn give_up_held(&mut self) -> usize {
+        let n = self.held.len();
+        for line in self.held.drain(..) {
+            eprint!("{line}");
+        }
+        n
     }
 }
 
 /// One line, whole and synced, or nothing: a failed write is cut back to `len`, the end of
-/// the last whole line (a torn line would merge with the next).
-fn write_whole(file: &mut File, len: u64, bytes: &[u8]) -> std::io::Result<()> {
-    // A rollback that failed earlier left bytes past `len`: cut them first.
-    if file.metadata()?.len() != len {
+/// the last whole line (a torn line would merge with the next). `torn` says a rollback failed,
+/// and is cut first next time.
+fn write_whole(file: &mut File, len: u64, torn: &mut bool, bytes: &[u8]) -> std::io::Result<()> {
+    if *torn {
         file.set_len(len)?;
+        *torn = false;
     }
     let written = file.write_all(bytes).and_then(|_| file.sync_data());
     if written.is_err() {
-        let _ = file.set_len(len);
+        *torn = file.set_len(len).is_err();
     }
     written
 }

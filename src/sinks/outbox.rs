@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::alert_file::give_held_lines_a_last_chance;
 use super::journal::{Appended, Journal};
 use super::{Durability, Sink, SinkHealth};
 use crate::call::{json_line, Event};
@@ -490,8 +489,8 @@ impl Sink for OutboxSink {
     fn close(&mut self) -> Result<()> {
         {
             let mut o = lock(&self.outbox);
-            give_held_lines_a_last_chance(&mut o.log);
-            give_held_lines_a_last_chance(&mut o.dead);
+            o.log.last_chance();
+            o.dead.last_chance();
             o.committed = o.log.synced_bytes();
         }
         let (tx, _) = channel();
@@ -499,16 +498,12 @@ impl Sink for OutboxSink {
         if let Some(d) = self.deliverer.take() {
             let _ = d.join();
         }
-        let o = lock(&self.outbox);
-        let held: Vec<&str> = o.log.held_lines().chain(o.dead.held_lines()).collect();
-        if !held.is_empty() {
-            SinkHealth::add(&self.health.lost, held.len() as u64);
-            for line in &held {
-                eprintln!("{line}");
-            }
+        let mut o = lock(&self.outbox);
+        let held = o.log.give_up_held() + o.dead.give_up_held();
+        if held > 0 {
+            SinkHealth::add(&self.health.lost, held as u64);
             bail!(
-                "{} event(s) never reached the outbox {} (printed above on standard error)",
-                held.len(),
+                "{held} event(s) never reached the outbox {} (printed above on standard error)",
                 o.dir.display()
             );
         }
