@@ -18,6 +18,7 @@ use crate::detect::script_context::ContextCheck;
 use crate::detect::{Classifier, PhrasePack};
 use crate::engine::{EngineConfig, SinkSpec};
 use crate::model_store::ModelStore;
+use crate::relay::{RelayConfig, Role};
 use crate::server::ServerConfig;
 use crate::sinks::alert_file::{AlertFile, AlertFileConfig};
 use crate::sinks::nats::{NatsConfig, NatsSink};
@@ -44,6 +45,9 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// `[server]`: `serve`'s HTTP address, token and limits.
     pub server: ServerConfig,
+    /// `[nats]`: the broker that joins `serve --role ingest` and `--role worker` processes.
+    #[serde(skip_serializing_if = "RelayConfig::is_unset")]
+    pub nats: RelayConfig,
 }
 
 /// `[asr]`: which Whisper model, where it runs, and how it listens.
@@ -268,6 +272,7 @@ impl Config {
             sources: components(text, "sources", written.sources)?,
             sinks: components(text, "sinks", written.sinks)?,
             server: written.server,
+            nats: written.nats,
         };
         config
             .validate()
@@ -289,6 +294,19 @@ impl Config {
         self.asr.validate().map_err(|e| split("asr", e))?;
         self.engine.validate().map_err(|e| split("engine", e))?;
         self.server.validate().map_err(|e| split("server", e))?;
+        // Without servers, the section is unused or the broker comes from a flag (--nats),
+        // which `serve` checks for once flags are in.
+        if !self.nats.servers.is_empty() {
+            self.nats
+                .validate()
+                .map_err(|(key, problem)| (format!("nats.{key}"), problem))?;
+        }
+        if self.server.role == Role::Ingest && !self.sinks.is_empty() {
+            return Err((
+                "sinks".into(),
+                "an ingest hears nothing, so it has no sinks: give them to the workers".into(),
+            ));
+        }
         for (i, s) in self.sinks.iter().enumerate() {
             if s.queue_capacity() == 0 {
                 return Err((
@@ -325,6 +343,7 @@ struct Written {
     sources: Vec<toml::Spanned<toml::Table>>,
     sinks: Vec<toml::Spanned<toml::Table>>,
     server: ServerConfig,
+    nats: RelayConfig,
 }
 
 /// `[[sources]]` or `[[sinks]]` tables read one by one: an error names the table, the key and

@@ -22,6 +22,7 @@ pub mod detect;
 pub mod engine;
 pub mod model_store;
 pub mod private_files;
+pub mod relay;
 pub mod render;
 pub mod score;
 pub mod server;

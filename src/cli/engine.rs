@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use crate::config::{Config, SourceConfig};
 use crate::engine::{Engine, SinkSpec, WhisperRecogniser};
-use crate::sources::{Source, Stop};
+use crate::sources::{Ingest, Source, Stop};
 
 /// Builds the config's sources and opens its sinks (a bad path or device fails here, before
 /// the models load), then loads the models and starts the engine with `extra` sinks first.
@@ -33,12 +33,16 @@ pub fn start(config: &Config, extra: Vec<SinkSpec>) -> Result<(Engine, Vec<Box<d
 
 /// Runs every source on a thread of its own until each is done (or `stop` is requested);
 /// returns what failed, as "source: error".
-pub fn run_sources(engine: &Engine, sources: Vec<Box<dyn Source>>, stop: &Stop) -> Vec<String> {
+pub fn run_sources(
+    ingest: &Arc<dyn Ingest>,
+    sources: Vec<Box<dyn Source>>,
+    stop: &Stop,
+) -> Vec<String> {
     std::thread::scope(|scope| {
         let running: Vec<_> = sources
             .into_iter()
             .map(|source| {
-                let (ingest, stop) = (engine.ingest(), stop.clone());
+                let (ingest, stop) = (ingest.clone(), stop.clone());
                 let name = source.describe();
                 (name, scope.spawn(move || source.run(ingest, stop)))
             })

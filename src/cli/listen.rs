@@ -122,7 +122,7 @@ pub fn run(args: ListenArgs) -> Result<i32> {
         let stop = stop.clone();
         let _ = ctrlc::set_handler(move || stop.request());
     }
-    let failures = super::engine::run_sources(&engine, sources, &stop);
+    let failures = super::engine::run_sources(&engine.ingest(), sources, &stop);
     engine.shutdown();
     for f in &failures {
         eprintln!("error: {f}");

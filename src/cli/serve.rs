@@ -3,18 +3,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::args::{live_config, AsrArgs, DetectorArgs, EngineArgs, SinkArgs};
-use crate::config::Config;
-use crate::engine::SinkSpec;
+use crate::config::{Config, SourceConfig};
+use crate::engine::{Engine, SinkSpec};
+use crate::relay::ingest::{RelayIngest, RelayStats};
+use crate::relay::worker::{ClaimSource, Handover};
+use crate::relay::Role;
 use crate::server::board::Board;
 use crate::server::{self, AppState};
+use crate::sinks::nats::{NatsSink, PublishFilter};
 use crate::sinks::redact::Redacted;
 use crate::sinks::{QueueConfig, Sink};
 use crate::sources::sip::{SipConfig, SipSource};
-use crate::sources::Stop;
+use crate::sources::{Ingest, Source, Stop};
 
 /// How long open connections (event streams, media sockets) get to finish after a stop.
 const DRAIN_S: u64 = 5;
@@ -42,6 +46,10 @@ pub struct ServeArgs {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// `all`: take calls and hear them (one process); `ingest`: take calls and publish them
+    /// to NATS (--nats); `worker`: hear the calls published there and publish the events.
+    #[arg(long, value_parser = Role::NAMES)]
+    pub role: Option<String>,
     /// The bearer token every route but /healthz asks for (required beyond loopback).
     #[arg(long, env = "VISHGUARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -64,8 +72,38 @@ impl ServeArgs {
             &self.detector,
             &self.engine,
         )?;
+        if let Some(role) = &self.role {
+            config.server.role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        }
         // A server's output is its API: no stdout or terminal sink unless asked for.
-        self.sinks.apply(&mut config.sinks, false)?;
+        if config.server.role == Role::All {
+            self.sinks.apply(&mut config.sinks, false)?;
+        } else {
+            // Ingest and workers: --nats names the broker that joins them ([nats]); a
+            // worker's events go there.
+            let sinks = SinkArgs {
+                nats: None,
+                nats_outbox: None,
+                nats_tls_ca: None,
+                ..self.sinks.clone()
+            };
+            sinks.apply(&mut config.sinks, false)?;
+            if let Some(servers) = &self.sinks.nats {
+                config.nats.servers = crate::sinks::nats::servers(servers);
+            }
+            if let Some(outbox) = &self.sinks.nats_outbox {
+                config.nats.events_outbox = outbox.clone();
+            }
+            if let Some(ca) = &self.sinks.nats_tls_ca {
+                config.nats.tls_ca = Some(ca.clone());
+            }
+            if config.nats.servers.is_empty() {
+                bail!(
+                    "--role {} needs a broker: --nats URL (or [nats] servers in the config)",
+                    config.server.role.as_str()
+                );
+            }
+        }
         if let Some(http) = self.http {
             config.server.http = http;
         }
@@ -115,19 +153,80 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     } else {
         Box::new(board.clone())
     };
-    let (engine, sources) = super::engine::start(
-        &config,
-        vec![SinkSpec {
-            sink: board_sink,
-            queue: QueueConfig::default(),
-        }],
-    )?;
+    let role = config.server.role;
+    let relay_stats = (role != Role::All).then(|| Arc::new(RelayStats::default()));
+    let mut relay_ingest = None;
+    type Parts = (Option<Engine>, Arc<dyn Ingest>, Vec<Box<dyn Source>>);
+    let (engine, ingest, sources): Parts = match role {
+        Role::Ingest => {
+            let sources = config
+                .sources
+                .iter()
+                .map(SourceConfig::build)
+                .collect::<Result<Vec<_>>>()?;
+            let relay = Arc::new(RelayIngest::start(
+                &config.nats,
+                relay_stats.clone().expect("made for this role"),
+            )?);
+            relay_ingest = Some(relay.clone());
+            (None, relay, sources)
+        }
+        Role::Worker => {
+            let events = config.nats.events();
+            let discarded = crate::sinks::outbox::admin::discard_pending(&events.outbox)?;
+            if discarded > 0 {
+                tracing::warn!(
+                    "{discarded} events an earlier run left in {} are dropped: their calls \
+                         were not finished, so another worker hears them again",
+                    events.outbox.display()
+                );
+            }
+            let handover = Arc::new(Handover::default());
+            let events_sink = NatsSink::start_filtered(
+                &events,
+                Some(handover.clone() as Arc<dyn PublishFilter>),
+            )?;
+            let (engine, mut sources) = super::engine::start(
+                &config,
+                vec![
+                    SinkSpec {
+                        sink: board_sink,
+                        queue: QueueConfig::default(),
+                    },
+                    SinkSpec {
+                        sink: Box::new(events_sink),
+                        queue: events.queue.clone(),
+                    },
+                ],
+            )?;
+            sources.push(Box::new(ClaimSource::new(
+                config.nats.clone(),
+                handover,
+                relay_stats.clone().expect("made for this role"),
+                config.nats.worker_max_calls,
+            )));
+            let ingest = engine.ingest();
+            (Some(engine), ingest, sources)
+        }
+        Role::All => {
+            let (engine, sources) = super::engine::start(
+                &config,
+                vec![SinkSpec {
+                    sink: board_sink,
+                    queue: QueueConfig::default(),
+                }],
+            )?;
+            let ingest = engine.ingest();
+            (Some(engine), ingest, sources)
+        }
+    };
     let address = listener.local_addr()?;
     let mut sip_bound = None;
     let state = AppState {
         board,
-        ingest: engine.ingest(),
-        engine: engine.monitor(),
+        ingest: ingest.clone(),
+        engine: engine.as_ref().map(Engine::monitor),
+        relay: relay_stats.clone(),
         config: Arc::new(config.server.clone()),
         malformed: Arc::default(),
     };
@@ -151,8 +250,8 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     let served = std::thread::scope(|scope| {
         // Configured sources (files, devices) and SIP run beside the WebSocket media.
         let sources_done = {
-            let (engine, stop) = (&engine, stop.clone());
-            scope.spawn(move || super::engine::run_sources(engine, sources, &stop))
+            let (ingest, stop) = (&ingest, stop.clone());
+            scope.spawn(move || super::engine::run_sources(ingest, sources, &stop))
         };
         if let Some(rx) = sip_bound.take() {
             match rx.recv_timeout(Duration::from_secs(10)) {
@@ -161,6 +260,20 @@ pub fn run(args: ServeArgs) -> Result<i32> {
             }
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
+        match role {
+            Role::All => {}
+            Role::Ingest => eprintln!(
+                "vishguard serve: ingest: calls go to NATS stream {} at {}",
+                config.nats.audio_stream,
+                config.nats.servers.join(",")
+            ),
+            Role::Worker => eprintln!(
+                "vishguard serve: worker: calls from NATS stream {}, events to {}, at {}",
+                config.nats.audio_stream,
+                config.nats.events_stream,
+                config.nats.servers.join(",")
+            ),
+        }
         eprintln!("vishguard serve: listening on {scheme}://{address}");
         let served = runtime.block_on(async {
             let listener = match tls {
@@ -205,7 +318,12 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         (served, failures)
     });
     let (served, failures) = served;
-    engine.shutdown();
+    if let Some(engine) = engine {
+        engine.shutdown();
+    }
+    if let Some(relay) = relay_ingest {
+        relay.shutdown();
+    }
     for f in &failures {
         eprintln!("error: {f}");
     }

@@ -15,6 +15,8 @@ use prometheus_client::registry::Registry;
 
 use super::AppState;
 use crate::engine::EngineStats;
+use crate::relay::ingest::RelayStats;
+use crate::relay::Role;
 
 type Labels = Vec<(String, String)>;
 
@@ -56,9 +58,116 @@ fn labelled_gauge(
 
 /// The registry as of now.
 pub(super) fn registry(state: &AppState) -> Registry {
-    let s = &state.engine.stats;
-    let get = EngineStats::get;
     let mut r = Registry::with_prefix("vishguard");
+    if let Some(engine) = &state.engine {
+        engine_metrics(&mut r, engine);
+    }
+    if let Some(relay) = &state.relay {
+        relay_metrics(&mut r, relay, state.config.role);
+    }
+    r.register(
+        "malformed",
+        "Input the server refused or skipped, by kind",
+        labelled(
+            state
+                .malformed
+                .snapshot()
+                .into_iter()
+                .map(|(kind, n)| ("kind".to_owned(), kind.to_owned(), n)),
+        ),
+    );
+    r
+}
+
+/// The relay's side (`serve --role ingest|worker`): the spool and the broker on an ingest,
+/// claimed calls on a worker.
+fn relay_metrics(r: &mut Registry, s: &RelayStats, role: Role) {
+    let get = RelayStats::get;
+    let (counters, gauges) =
+        match role {
+            Role::Ingest => (
+                vec![
+                (
+                    "relay_published",
+                    "Messages (call openings, audio, closes) the broker stored",
+                    get(&s.published),
+                ),
+                ("relay_calls_published", "Calls published", get(&s.calls_published)),
+                (
+                    "relay_shed_chunks",
+                    "Audio chunks shed (the spool at its bound, or the publisher too far behind)",
+                    get(&s.shed_chunks),
+                ),
+            ],
+                vec![
+                    (
+                        "relay_spooled",
+                        "Messages waiting in the spool for the broker",
+                        get(&s.spooled),
+                    ),
+                    (
+                        "relay_spool_bytes",
+                        "Bytes waiting in the spool",
+                        get(&s.spool_bytes),
+                    ),
+                    (
+                        "relay_broker_up",
+                        "1 when the broker took the last publish, 0 while it is away",
+                        s.broker_up.load(std::sync::atomic::Ordering::Relaxed) as u64,
+                    ),
+                ],
+            ),
+            Role::Worker => (
+                vec![
+                    (
+                        "relay_calls_claimed",
+                        "Calls claimed",
+                        get(&s.calls_claimed),
+                    ),
+                    (
+                        "relay_calls_taken_over",
+                        "Calls claimed that another worker had begun",
+                        get(&s.calls_taken_over),
+                    ),
+                    (
+                        "relay_calls_finished",
+                        "Calls whose summary the events stream stored",
+                        get(&s.calls_finished),
+                    ),
+                    (
+                        "relay_duplicate_chunks",
+                        "Audio chunks received twice and skipped",
+                        get(&s.duplicate_chunks),
+                    ),
+                    (
+                        "relay_malformed",
+                        "Broker messages that were not the relay's, skipped",
+                        get(&s.malformed),
+                    ),
+                ],
+                vec![
+                    ("relay_calls_held", "Calls held now", get(&s.calls_held)),
+                    (
+                        "relay_claims_waiting",
+                        "Calls no worker has claimed yet (rising: the workers cannot keep up)",
+                        get(&s.claims_waiting),
+                    ),
+                ],
+            ),
+            Role::All => (Vec::new(), Vec::new()),
+        };
+    for (name, help, value) in counters {
+        r.register(name, help, counter(value));
+    }
+    for (name, help, value) in gauges {
+        r.register(name, help, gauge(value as f64));
+    }
+}
+
+/// The engine's side: calls, audio, recognition, sinks.
+fn engine_metrics(r: &mut Registry, engine: &crate::engine::EngineMonitor) {
+    let s = &engine.stats;
+    let get = EngineStats::get;
     let opened = get(&s.calls_opened);
     let ended = get(&s.calls_ended);
     r.register(
@@ -127,7 +236,7 @@ pub(super) fn registry(state: &AppState) -> Registry {
     r.register(
         "asr_queue_depth",
         "Finished utterances waiting for a recogniser",
-        gauge(state.engine.queued_utterances() as f64),
+        gauge(engine.queued_utterances() as f64),
     );
     r.register(
         "alerts",
@@ -137,7 +246,7 @@ pub(super) fn registry(state: &AppState) -> Registry {
             ("level".into(), "high".into(), get(&s.alerts_high)),
         ]),
     );
-    let sinks = state.engine.sink_reports();
+    let sinks = engine.sink_reports();
     let per_sink = |field: fn(&crate::engine::SinkReport) -> u64| {
         labelled(
             sinks
@@ -188,18 +297,6 @@ pub(super) fn registry(state: &AppState) -> Registry {
                 .map(|k| ("sink".to_owned(), k.sink.clone(), k.outbox_pending)),
         ),
     );
-    r.register(
-        "malformed",
-        "Input the server refused or skipped, by kind",
-        labelled(
-            state
-                .malformed
-                .snapshot()
-                .into_iter()
-                .map(|(kind, n)| ("kind".to_owned(), kind.to_owned(), n)),
-        ),
-    );
-    r
 }
 
 pub(super) async fn render(State(state): State<AppState>) -> impl IntoResponse {

@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// Mask card numbers, codes and id numbers (runs of 4+ digits) in what the API, the
     /// dashboard and the event stream show.
     pub redact: bool,
+    /// `all`: take calls and hear them; `ingest`: take calls and publish them to `[nats]`;
+    /// `worker`: hear calls from `[nats]` (see `vishguard::relay`).
+    pub role: crate::relay::Role,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +87,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             redact: false,
+            role: crate::relay::Role::All,
         }
     }
 }
@@ -129,7 +133,10 @@ impl ServerConfig {
 pub struct AppState {
     pub board: Board,
     pub ingest: Arc<dyn Ingest>,
-    pub engine: EngineMonitor,
+    /// None in the ingest role (no engine there).
+    pub engine: Option<EngineMonitor>,
+    /// The relay's counters, in the ingest and worker roles.
+    pub relay: Option<Arc<crate::relay::ingest::RelayStats>>,
     pub config: Arc<ServerConfig>,
     pub malformed: Arc<Malformed>,
 }

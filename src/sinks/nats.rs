@@ -188,13 +188,29 @@ impl NatsConfig {
     }
 }
 
+/// Events a process must not publish after all: a relay worker that takes a call over skips
+/// what the earlier owner stored, and one that hands a call back sends nothing more of it.
+pub trait PublishFilter: Send + Sync {
+    /// `msg_id`: the event's `Nats-Msg-Id`.
+    fn skip(&self, call_id: &str, msg_id: Option<&str>) -> bool;
+}
+
 /// Starts the NATS sink: an [`OutboxSink`] of call openings, alerts, summaries (and
 /// transcripts when asked), published to JetStream.
 pub struct NatsSink;
 
 impl NatsSink {
     pub fn start(config: &NatsConfig) -> Result<OutboxSink> {
-        let transport = NatsTransport::new(config)?;
+        Self::start_filtered(config, None)
+    }
+
+    /// [`NatsSink::start`], skipping what `filter` says (settled as if sent).
+    pub fn start_filtered(
+        config: &NatsConfig,
+        filter: Option<std::sync::Arc<dyn PublishFilter>>,
+    ) -> Result<OutboxSink> {
+        let mut transport = NatsTransport::new(config)?;
+        transport.filter = filter;
         let takes: fn(&Event) -> bool = if config.transcripts {
             |_| true
         } else {
@@ -234,6 +250,7 @@ pub struct NatsTransport {
     runtime: tokio::runtime::Runtime,
     client: Option<async_nats::Client>,
     stream_ready: bool,
+    filter: Option<std::sync::Arc<dyn PublishFilter>>,
 }
 
 /// How long a publish waits for JetStream's acknowledgement.
@@ -268,6 +285,7 @@ impl NatsTransport {
             runtime,
             client: None,
             stream_ready: false,
+            filter: None,
         })
     }
 
@@ -282,7 +300,10 @@ impl NatsTransport {
         Ok(options.connect(server_addrs(config)?).await?)
     }
 
-    async fn ensure_stream(context: &jetstream::Context, config: &NatsConfig) -> Result<()> {
+    pub(crate) async fn ensure_stream(
+        context: &jetstream::Context,
+        config: &NatsConfig,
+    ) -> Result<()> {
         context
             .get_or_create_stream(jetstream::stream::Config {
                 name: config.stream.clone(),
@@ -318,6 +339,9 @@ impl Transport for NatsTransport {
             .or_else(|| value.get("id"))
             .and_then(|v| v.as_str())
             .unwrap_or_default();
+        if self.filter.as_ref().is_some_and(|f| f.skip(call, key)) {
+            return Sent::Delivered;
+        }
         let subject = format!("{}.{}", self.config.subject_prefix, subject_token(call));
         let config = &self.config;
         let (client, stream_ready) = (&mut self.client, &mut self.stream_ready);
@@ -444,7 +468,10 @@ async fn left_to_deliver(
 }
 
 /// What both the sink and `tail` connect with: the name, the token or credentials, TLS.
-async fn connect_options(config: &NatsConfig, name: &str) -> Result<async_nats::ConnectOptions> {
+pub(crate) async fn connect_options(
+    config: &NatsConfig,
+    name: &str,
+) -> Result<async_nats::ConnectOptions> {
     let mut options = async_nats::ConnectOptions::new().name(name);
     if let Some(t) = &config.token {
         options = options.token(t.clone());
@@ -466,7 +493,7 @@ async fn connect_options(config: &NatsConfig, name: &str) -> Result<async_nats::
     Ok(options)
 }
 
-fn server_addrs(config: &NatsConfig) -> Result<Vec<async_nats::ServerAddr>> {
+pub(crate) fn server_addrs(config: &NatsConfig) -> Result<Vec<async_nats::ServerAddr>> {
     config
         .servers
         .iter()

@@ -736,6 +736,24 @@ pub mod admin {
             .collect()
     }
 
+    /// Settles everything pending without sending it; returns how many. For a relay worker
+    /// at start: the calls those events belong to were never acknowledged, so another worker
+    /// hears them again and sends what is missing; sending these late could duplicate what
+    /// it sent (past the broker's duplicate window).
+    pub fn discard_pending(dir: &Path) -> Result<u64> {
+        if !dir.exists() {
+            return Ok(0);
+        }
+        let mut o = Outbox::open(dir, u64::MAX)?;
+        let n = o.pending;
+        if n > 0 {
+            o.cursor = o.log.synced_bytes();
+            o.pending = 0;
+            o.save_cursor();
+        }
+        Ok(n)
+    }
+
     /// Puts the dead letters' events back at the end of the outbox and empties the dead
     /// letters. Returns how many. Every letter is checked first: one that is not a dead
     /// letter of an event is an error naming its line, and nothing changes. (A crash in

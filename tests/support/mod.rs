@@ -16,6 +16,7 @@ use vishguard::detect::Classifier;
 use vishguard::engine::{HearRequest, Heard, Recogniser};
 use vishguard::model_store::ModelStore;
 
+pub mod broker;
 pub mod receiver;
 pub mod serve;
 

@@ -1,0 +1,507 @@
+//! `serve --role worker`: a [`Source`] whose calls come from the broker. It claims call
+//! openings from the workers' shared durable consumer while the engine has room, replays each
+//! claimed call's audio from its start (an ordered consumer), keeps the claim alive while the
+//! call lasts, and acknowledges it once the call's summary is stored in the events stream.
+//!
+//! Takeover: a claim that was delivered before (its worker died or handed it back) is a call
+//! another worker had begun. Its events already stored are read first, by message id, and the
+//! NATS sink skips them ([`Handover`]), so the replay sends only what is new.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, consumer, AckKind};
+use futures_util::StreamExt;
+
+use super::ingest::RelayStats;
+use super::wire::{self, Incoming};
+use super::RelayConfig;
+use crate::call::{CallId, Event, Versioned};
+use crate::sinks::nats::{subject_token, PublishFilter};
+use crate::sources::{Ingest, IngestError, Ingress, Source, Stop};
+
+/// What the NATS sink of a worker must not publish (see the module's text).
+#[derive(Default)]
+pub struct Handover {
+    inner: Mutex<HandoverInner>,
+}
+
+#[derive(Default)]
+struct HandoverInner {
+    /// Per call taken over: the message ids its earlier owner stored.
+    stored: HashMap<String, HashSet<String>>,
+    /// Calls this worker gave back (at shutdown): nothing more of them goes out.
+    given_back: HashSet<String>,
+}
+
+impl Handover {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandoverInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stored(&self, call: &CallId, ids: HashSet<String>) {
+        self.lock().stored.insert(call.to_string(), ids);
+    }
+
+    fn forget(&self, call: &CallId) {
+        self.lock().stored.remove(call.as_str());
+    }
+
+    fn give_back(&self, call: &CallId) {
+        self.lock().given_back.insert(call.to_string());
+    }
+}
+
+impl PublishFilter for Handover {
+    fn skip(&self, call_id: &str, msg_id: Option<&str>) -> bool {
+        let inner = self.lock();
+        inner.given_back.contains(call_id)
+            || msg_id.is_some_and(|id| {
+                inner
+                    .stored
+                    .get(call_id)
+                    .is_some_and(|ids| ids.contains(id))
+            })
+    }
+}
+
+/// Calls claimed from the broker (see the module's text).
+pub struct ClaimSource {
+    config: RelayConfig,
+    handover: Arc<Handover>,
+    stats: Arc<RelayStats>,
+    /// Calls held at once (the engine's `max_calls`).
+    max_calls: usize,
+}
+
+impl ClaimSource {
+    pub fn new(
+        config: RelayConfig,
+        handover: Arc<Handover>,
+        stats: Arc<RelayStats>,
+        max_calls: usize,
+    ) -> Self {
+        Self {
+            config,
+            handover,
+            stats,
+            max_calls: max_calls.max(1),
+        }
+    }
+}
+
+impl Source for ClaimSource {
+    fn describe(&self) -> String {
+        format!(
+            "NATS calls ({} on {})",
+            self.config.consumer,
+            self.config.servers.join(",")
+        )
+    }
+
+    fn run(self: Box<Self>, out: Arc<dyn Ingest>, stop: Stop) -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("relay-worker")
+            .enable_all()
+            .build()
+            .context("starting the relay worker's runtime")?;
+        runtime.block_on(self.claim_calls(out, stop))
+    }
+}
+
+/// Streams a worker needs, found (or made) once.
+struct Streams {
+    audio: jetstream::stream::Stream,
+    events: jetstream::stream::Stream,
+}
+
+impl ClaimSource {
+    async fn claim_calls(self, out: Arc<dyn Ingest>, stop: Stop) -> Result<()> {
+        super::check_files(&self.config)?;
+        let (_client, context) = self.config.connect("vishguard-worker").await?;
+        let events_config = self.config.events();
+        // The broker may start after us: wait for it (the engine is up meanwhile).
+        let (streams, claims) = loop {
+            if stop.requested() {
+                return Ok(());
+            }
+            match self.setup(&context, &events_config).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!("{e:#}; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let streams = Arc::new(streams);
+        let this = Arc::new(self);
+        let mut held: HashMap<
+            CallId,
+            (
+                tokio::task::JoinHandle<()>,
+                Arc<std::sync::atomic::AtomicBool>,
+            ),
+        > = HashMap::new();
+        let mut last_info = Instant::now() - Duration::from_secs(10);
+        while !stop.requested() {
+            held.retain(|_, (task, _)| !task.is_finished());
+            this.stats
+                .calls_held
+                .store(held.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            if last_info.elapsed() > Duration::from_secs(2) {
+                let mut c = claims.clone();
+                if let Ok(info) = c.info().await {
+                    this.stats
+                        .claims_waiting
+                        .store(info.num_pending, std::sync::atomic::Ordering::Relaxed);
+                }
+                last_info = Instant::now();
+            }
+            let room = this.max_calls.saturating_sub(held.len());
+            if room == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let batch = claims
+                .fetch()
+                .max_messages(room.min(16))
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!("claiming calls: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            while let Some(claim) = batch.next().await {
+                let claim = match claim {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!("claiming calls: {e}");
+                        break;
+                    }
+                };
+                let call = match wire::read_open(&claim.payload) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("{}: {e}; dropped", claim.subject);
+                        RelayStats::add(&this.stats.malformed, 1);
+                        let _ = claim.ack_with(AckKind::Term).await;
+                        continue;
+                    }
+                };
+                if held.contains_key(&call.id) {
+                    // Our own claim back (we were slow to renew it): the call goes on here.
+                    continue;
+                }
+                let give_back = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let task = tokio::spawn(hear_call(
+                    this.clone(),
+                    streams.clone(),
+                    out.clone(),
+                    claim,
+                    call.clone(),
+                    give_back.clone(),
+                ));
+                held.insert(call.id, (task, give_back));
+            }
+        }
+        // Stopping: the calls still held go back to the broker for another worker, and
+        // nothing more of them is published from here (their summaries would be partial).
+        for (_, (task, give_back)) in held.iter() {
+            give_back.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = task;
+        }
+        for (_, (task, _)) in held {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        Ok(())
+    }
+
+    async fn setup(
+        &self,
+        context: &jetstream::Context,
+        events_config: &crate::sinks::nats::NatsConfig,
+    ) -> Result<(Streams, consumer::Consumer<consumer::pull::Config>)> {
+        let audio = self.config.ensure_audio_stream(context).await?;
+        crate::sinks::nats::NatsTransport::ensure_stream(context, events_config).await?;
+        let events = context
+            .get_stream(&events_config.stream)
+            .await
+            .map_err(|e| anyhow::anyhow!("stream {}: {e}", events_config.stream))?;
+        let claims = audio
+            .get_or_create_consumer(
+                &self.config.consumer,
+                consumer::pull::Config {
+                    durable_name: Some(self.config.consumer.clone()),
+                    filter_subject: format!("{}.>", self.config.calls_prefix()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs_f64(self.config.claim_timeout_s),
+                    max_ack_pending: 100_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("consumer {}: {e}", self.config.consumer))?;
+        Ok((Streams { audio, events }, claims))
+    }
+}
+
+/// Whether the call's summary is the last event stored on its subject.
+async fn summary_stored(streams: &Streams, subject: &str, call: &CallId) -> bool {
+    let Ok(last) = streams
+        .events
+        .get_last_raw_message_by_subject(subject)
+        .await
+    else {
+        return false;
+    };
+    serde_json::from_slice::<Versioned<Event>>(&last.payload)
+        .is_ok_and(|e| matches!(&e.record, Event::CallEnded(s) if &s.call_id == call))
+}
+
+/// The message ids of the events stored for a call (its subject, from the start to the last
+/// stored now).
+async fn stored_ids(streams: &Streams, subject: &str) -> Result<HashSet<String>> {
+    let mut ids = HashSet::new();
+    let last = match streams
+        .events
+        .get_last_raw_message_by_subject(subject)
+        .await
+    {
+        Ok(m) => m.sequence,
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            return Ok(ids)
+        }
+        Err(e) => anyhow::bail!("reading the events stored: {e}"),
+    };
+    let reader = streams
+        .events
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the events stored: {e}"))?;
+    let mut messages = reader
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the events stored: {e}"))?;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("reading the events stored: timed out"))?;
+        let Some(m) = m else { break };
+        let m = m.map_err(|e| anyhow::anyhow!("reading the events stored: {e}"))?;
+        // The standard name: a header read back is keyed by it, not by its text.
+        let id = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID));
+        if let Some(id) = id {
+            ids.insert(id.as_str().to_owned());
+        }
+        let seq = m
+            .info()
+            .map_err(|e| anyhow::anyhow!("reading the events stored: {e}"))?
+            .stream_sequence;
+        if seq >= last {
+            break;
+        }
+    }
+    Ok(ids)
+}
+
+/// Hands an item to the engine, waiting for room (off the runtime's threads).
+async fn hand(out: &Arc<dyn Ingest>, item: Ingress) -> Result<(), IngestError> {
+    let out = out.clone();
+    tokio::task::spawn_blocking(move || out.send_waiting(item))
+        .await
+        .unwrap_or(Err(IngestError::Stopped))
+}
+
+/// One claimed call, from its opening to its acknowledgement.
+async fn hear_call(
+    this: Arc<ClaimSource>,
+    streams: Arc<Streams>,
+    out: Arc<dyn Ingest>,
+    claim: jetstream::Message,
+    call: crate::call::Call,
+    give_back: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let id = call.id.clone();
+    let events_subject = format!(
+        "{}.{}",
+        this.config.events_subject_prefix,
+        subject_token(id.as_str())
+    );
+    let renew = Duration::from_secs_f64(this.config.claim_timeout_s / 3.0);
+    if summary_stored(&streams, &events_subject, &id).await {
+        // Its worker finished it and died before acknowledging.
+        let _ = claim.double_ack().await;
+        return;
+    }
+    RelayStats::add(&this.stats.calls_claimed, 1);
+    let delivered = claim.info().map(|i| i.delivered).unwrap_or(1);
+    if delivered > 1 {
+        RelayStats::add(&this.stats.calls_taken_over, 1);
+        match stored_ids(&streams, &events_subject).await {
+            Ok(ids) => {
+                tracing::info!(call = %id, "taking the call over: {} events were stored before", ids.len());
+                this.handover.stored(&id, ids);
+            }
+            Err(e) => {
+                tracing::warn!(call = %id, "{e:#}; the call goes back to the broker");
+                let _ = claim.ack_with(AckKind::Nak(Some(renew))).await;
+                return;
+            }
+        }
+    }
+    match hand(&out, Ingress::Open(call.clone())).await {
+        Ok(()) => {}
+        Err(IngestError::TooManyCalls(_)) => {
+            let _ = claim
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            this.handover.forget(&id);
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(call = %id, "the engine refused the call: {e}");
+            let _ = claim.ack_with(AckKind::Term).await;
+            this.handover.forget(&id);
+            return;
+        }
+    }
+    let outcome = replay(&this, &streams, &out, &claim, &call, &give_back, renew).await;
+    if let Err(e) = outcome {
+        // Given back (shutdown) or the broker lost: another worker takes the call.
+        tracing::info!(call = %id, "{e:#}; the call goes back to the broker");
+        this.handover.give_back(&id);
+        let _ = claim.ack_with(AckKind::Nak(None)).await;
+        let _ = hand(&out, Ingress::Close(id.clone())).await;
+        return;
+    }
+    // Closed: done once its summary is stored in the events stream.
+    let mut renewed = Instant::now();
+    loop {
+        if summary_stored(&streams, &events_subject, &id).await {
+            let _ = claim.double_ack().await;
+            RelayStats::add(&this.stats.calls_finished, 1);
+            this.handover.forget(&id);
+            return;
+        }
+        if give_back.load(std::sync::atomic::Ordering::Relaxed) {
+            // Stopping before the summary went out: the next owner finishes it.
+            this.handover.give_back(&id);
+            let _ = claim.ack_with(AckKind::Nak(None)).await;
+            return;
+        }
+        if renewed.elapsed() >= renew {
+            let _ = claim.ack_with(AckKind::Progress).await;
+            renewed = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Feeds the call's audio from its start to its close (or until it has been idle for
+/// `call_idle_s`), renewing the claim. Errors: given back, or the audio unreadable.
+async fn replay(
+    this: &ClaimSource,
+    streams: &Streams,
+    out: &Arc<dyn Ingest>,
+    claim: &jetstream::Message,
+    call: &crate::call::Call,
+    give_back: &std::sync::atomic::AtomicBool,
+    renew: Duration,
+) -> Result<()> {
+    let subject = format!(
+        "{}.{}",
+        this.config.audio_prefix(),
+        subject_token(call.id.as_str())
+    );
+    let audio = streams
+        .audio
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the call's audio: {e}"))?;
+    let mut messages = audio
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the call's audio: {e}"))?;
+    let mut next_seq = vec![0u64; call.parties.len()];
+    let mut renewed = Instant::now();
+    let mut last_audio = Instant::now();
+    let idle = Duration::from_secs_f64(this.config.call_idle_s);
+    loop {
+        if give_back.load(std::sync::atomic::Ordering::Relaxed) {
+            anyhow::bail!("the worker is stopping");
+        }
+        if renewed.elapsed() >= renew {
+            let _ = claim.ack_with(AckKind::Progress).await;
+            renewed = Instant::now();
+        }
+        if last_audio.elapsed() >= idle {
+            tracing::warn!(call = %call.id, "no audio for {:.0} s; the call is closed", idle.as_secs_f64());
+            let _ = hand(out, Ingress::Close(call.id.clone())).await;
+            return Ok(());
+        }
+        let m = match tokio::time::timeout(renew.min(Duration::from_millis(500)), messages.next())
+            .await
+        {
+            Err(_) => continue,
+            Ok(None) => anyhow::bail!("the call's audio stream ended"),
+            Ok(Some(Err(e))) => {
+                tracing::debug!(call = %call.id, "reading audio: {e}");
+                continue;
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        last_audio = Instant::now();
+        let incoming = match wire::read_audio(m.headers.as_ref(), &m.payload) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(call = %call.id, "{}: {e}; skipped", m.subject);
+                RelayStats::add(&this.stats.malformed, 1);
+                continue;
+            }
+        };
+        match incoming {
+            Incoming::Close(c) if c == call.id => {
+                let _ = hand(out, Ingress::Close(c)).await;
+                return Ok(());
+            }
+            Incoming::Audio { seq, chunk } if chunk.call == call.id => {
+                let Some(next) = next_seq.get_mut(chunk.party) else {
+                    RelayStats::add(&this.stats.malformed, 1);
+                    continue;
+                };
+                if seq < *next {
+                    // Published twice (a resend after the broker's duplicate window).
+                    RelayStats::add(&this.stats.duplicate_chunks, 1);
+                    continue;
+                }
+                *next = seq + 1;
+                if let Err(e) = hand(out, Ingress::Audio(chunk)).await {
+                    tracing::debug!(call = %call.id, "audio refused: {e}");
+                }
+            }
+            _ => {
+                // Another call's id on this call's subject (ids that differ only in
+                // characters a subject cannot hold).
+            }
+        }
+    }
+}
