@@ -80,6 +80,45 @@ pub struct Call {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// A call id longer than this is refused (bytes): it names subjects, headers and file lines,
+/// which have limits of their own (NATS refuses a subject over 4 KiB and drops the client).
+pub const MAX_CALL_ID_BYTES: usize = 256;
+/// A call's metadata larger than this is refused (bytes of keys and values, and entries):
+/// every summary carries it, and a broker or receiver refuses messages past ~1 MiB.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+pub const MAX_METADATA_ENTRIES: usize = 64;
+
+impl Call {
+    /// What an engine or an ingest refuses in an opening, said plainly: no party, more than
+    /// 16, an id over [`MAX_CALL_ID_BYTES`], metadata over [`MAX_METADATA_BYTES`].
+    pub fn check(&self) -> Result<(), String> {
+        if self.parties.is_empty() {
+            return Err("a call needs at least one party".into());
+        }
+        if self.parties.len() > 16 {
+            return Err(format!(
+                "{} parties; at most 16 are heard",
+                self.parties.len()
+            ));
+        }
+        if self.id.0.len() > MAX_CALL_ID_BYTES {
+            return Err(format!(
+                "a call id of {} bytes; at most {MAX_CALL_ID_BYTES}",
+                self.id.0.len()
+            ));
+        }
+        let bytes: usize = self.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > MAX_METADATA_BYTES || self.metadata.len() > MAX_METADATA_ENTRIES {
+            return Err(format!(
+                "metadata of {} entries and {bytes} bytes; at most {MAX_METADATA_ENTRIES} and \
+                 {MAX_METADATA_BYTES}",
+                self.metadata.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A piece of one party's audio, as a source delivers it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AudioChunk {

@@ -268,11 +268,50 @@ fn broker_restart_mid_run_loses_no_audio_or_alert_and_sends_none_twice() {
             assert!(Instant::now() < deadline, "the worker made no audio stream");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        js.publish("vishguard.calls.junk", "{not json".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let stored = |subject: &'static str, headers: async_nats::HeaderMap, body: Vec<u8>| {
+            let js = js.clone();
+            async move {
+                js.publish_with_headers(subject, headers, body.into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        };
+        let none = async_nats::HeaderMap::new;
+        let opening = |id: &str| {
+            serde_json::json!({"id": id, "parties": [{"label": "caller", "sample_rate": 8000}]})
+                .to_string()
+                .into_bytes()
+        };
+        // Not JSON; an id of 100 KB (its subject would be over the server's limit); an id of
+        // 300 bytes (over the engine's bound).
+        stored("vishguard.calls.junk", none(), b"{not json".to_vec()).await;
+        stored(
+            "vishguard.calls.huge",
+            none(),
+            opening(&"Y".repeat(100_000)),
+        )
+        .await;
+        stored("vishguard.calls.long", none(), opening(&"L".repeat(300))).await;
+        // A call whose first chunk claims the last sequence number there is, then a close:
+        // the chunk is skipped, the call ends.
+        stored("vishguard.calls.hostile", none(), opening("hostile")).await;
+        let mut h = none();
+        for (k, v) in [
+            ("Vishguard-Call-Id", "hostile"),
+            ("Vishguard-Kind", "audio"),
+            ("Vishguard-Party", "0"),
+            ("Vishguard-Seq", "18446744073709551615"),
+            ("Vishguard-Offset", "0"),
+        ] {
+            h.insert(k, v);
+        }
+        stored("vishguard.audio.hostile", h, vec![0; 320]).await;
+        let mut h = none();
+        h.insert("Vishguard-Call-Id", "hostile");
+        h.insert("Vishguard-Kind", "close");
+        stored("vishguard.audio.hostile", h, Vec::new()).await;
     });
     let files = [
         "en_scam_grandson",
@@ -290,11 +329,16 @@ fn broker_restart_mid_run_loses_no_audio_or_alert_and_sends_none_twice() {
     broker.kill();
     std::thread::sleep(Duration::from_secs(3));
     broker.start();
-    let events = until_ended(&broker, files.len(), Duration::from_secs(180));
+    let events = until_ended(&broker, files.len() + 1, Duration::from_secs(180));
+    let (hostile, events): (Vec<Value>, Vec<Value>) = events
+        .into_iter()
+        .partition(|e| e["call_id"] == "hostile" || e["id"] == "hostile");
+    assert_eq!(hostile.len(), 2, "{hostile:?}");
     check_calls(&events, &files);
     assert_eq!(ingest.metric("vishguard_relay_shed_chunks"), 0.0);
     assert_eq!(ingest.metric("vishguard_relay_spooled"), 0.0);
     assert_eq!(ingest.metric("vishguard_relay_broker_up"), 1.0);
-    assert_eq!(w.metric("vishguard_relay_malformed"), 1.0, "{:?}", w.log());
-    assert_eq!(w.metric("vishguard_relay_calls_finished"), 4.0);
+    assert_eq!(w.metric("vishguard_relay_malformed"), 4.0, "{:?}", w.log());
+    assert_eq!(w.metric("vishguard_relay_calls_finished"), 5.0);
+    assert_eq!(w.metric("vishguard_relay_calls_held"), 0.0);
 }

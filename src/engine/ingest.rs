@@ -77,15 +77,7 @@ impl EngineIngest {
             call: call.id.clone(),
             problem,
         };
-        if call.parties.is_empty() {
-            return Err(bad("a call needs at least one party".into()));
-        }
-        if call.parties.len() > 16 {
-            return Err(bad(format!(
-                "{} parties; at most 16 are heard",
-                call.parties.len()
-            )));
-        }
+        call.check().map_err(bad)?;
         let resamplers = call
             .parties
             .iter()

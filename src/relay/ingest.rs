@@ -58,6 +58,9 @@ pub struct RelayStats {
     /// Worker: call openings no worker has claimed yet (the shared consumer's backlog):
     /// rising means the workers cannot keep up.
     pub claims_waiting: AtomicU64,
+    /// Worker: audio messages stored in the broker and not yet read, over the calls held (a
+    /// worker that falls behind live calls shows it here first).
+    pub audio_behind: AtomicU64,
     /// Worker: audio chunks seen twice (skipped), and messages that were not the relay's.
     pub duplicate_chunks: AtomicU64,
     pub malformed: AtomicU64,
@@ -76,6 +79,9 @@ impl RelayStats {
 struct OpenCall {
     rates: Vec<u32>,
     next_seq: Vec<u64>,
+    /// This opening's own id (a ULID): message ids carry it, so a call id a network uses
+    /// again is a new call to the broker, not a duplicate to drop.
+    instance: String,
 }
 
 /// The ingest's port: checks each item as the engine would, and queues it for the publisher.
@@ -95,7 +101,7 @@ impl RelayIngest {
     /// in the background (a broker that is not up yet only fills the spool).
     pub fn start(config: &RelayConfig, stats: Arc<RelayStats>) -> Result<Self> {
         super::check_files(config)?;
-        let spool = Spool::open(&config.spool, config.spool_max_mb << 20)?;
+        let spool = Spool::open(&config.spool, config.spool_max_mb.saturating_mul(1 << 20))?;
         let (tx, rx) = unbounded_channel();
         let queued_bytes = Arc::new(AtomicU64::new(0));
         let publisher = {
@@ -156,12 +162,7 @@ impl RelayIngest {
                     call: call.id.clone(),
                     problem,
                 };
-                if call.parties.is_empty() || call.parties.len() > 16 {
-                    return Err(bad(format!(
-                        "{} parties; a call has 1 to 16",
-                        call.parties.len()
-                    )));
-                }
+                call.check().map_err(bad)?;
                 if let Some(p) = call
                     .parties
                     .iter()
@@ -176,12 +177,14 @@ impl RelayIngest {
                 if calls.contains_key(&call.id) {
                     return Err(IngestError::DuplicateCall(call.id));
                 }
-                self.queue(wire::open(&self.calls_prefix, &call))?;
+                let instance = ulid::Ulid::new().to_string();
+                self.queue(wire::open(&self.calls_prefix, &call, &instance))?;
                 calls.insert(
                     call.id.clone(),
                     OpenCall {
                         rates: call.parties.iter().map(|p| p.sample_rate).collect(),
                         next_seq: vec![0; call.parties.len()],
+                        instance,
                     },
                 );
                 RelayStats::add(&self.stats.calls_published, 1);
@@ -225,14 +228,14 @@ impl RelayIngest {
                 }
                 let seq = open.next_seq[chunk.party];
                 open.next_seq[chunk.party] += 1;
-                self.queue(wire::audio(&self.audio_prefix, &chunk, seq))
+                self.queue(wire::audio(&self.audio_prefix, &chunk, seq, &open.instance))
             }
             Ingress::Close(id) => {
                 let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-                if calls.remove(&id).is_none() {
+                let Some(open) = calls.remove(&id) else {
                     return Err(IngestError::UnknownCall(id));
-                }
-                self.queue(wire::close(&self.audio_prefix, &id))
+                };
+                self.queue(wire::close(&self.audio_prefix, &id, &open.instance))
             }
         }
     }
@@ -379,7 +382,7 @@ impl Publisher {
     }
 
     async fn run(&mut self) {
-        let (_client, context) = match self.config.connect("vishguard-ingest").await {
+        let (client, context) = match self.config.connect("vishguard-ingest").await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("{e:#}; calls go to the spool only");
@@ -449,7 +452,10 @@ impl Publisher {
                 match self.config.ensure_audio_stream(&context).await {
                     Ok(_) => stream_ready = true,
                     Err(e) => {
-                        tracing::warn!("{e:#}; calls wait in the spool");
+                        tracing::warn!(
+                            "{}; calls wait in the spool",
+                            super::why(&client, &self.config, &e)
+                        );
                         self.stats.broker_up.store(false, Ordering::Relaxed);
                         outage_since = Some(Instant::now());
                         continue;

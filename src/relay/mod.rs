@@ -121,6 +121,8 @@ pub struct RelayConfig {
     /// Worker: the events stream and its subject prefix (as the NATS sink's).
     pub events_stream: String,
     pub events_subject_prefix: String,
+    /// Events older than this leave the events stream (days; when vishguard creates it).
+    pub events_max_age_days: f64,
 }
 
 impl Default for RelayConfig {
@@ -145,6 +147,7 @@ impl Default for RelayConfig {
             events_outbox: crate::sinks::nats::default_nats_outbox(),
             events_stream: crate::sinks::nats::default_stream(),
             events_subject_prefix: crate::sinks::nats::default_subject_prefix(),
+            events_max_age_days: 30.0,
         }
     }
 }
@@ -168,6 +171,7 @@ impl RelayConfig {
         c.subject_prefix = self.events_subject_prefix.clone();
         c.replicas = self.replicas;
         c.outbox = self.events_outbox.clone();
+        c.max_age_days = self.events_max_age_days;
         c
     }
 
@@ -178,6 +182,7 @@ impl RelayConfig {
                 "stream" => "events_stream".into(),
                 "subject_prefix" => "events_subject_prefix".into(),
                 "outbox" => "events_outbox".into(),
+                "max_age_days" => "events_max_age_days".into(),
                 _ => key,
             };
             (key, problem)
@@ -242,8 +247,11 @@ impl RelayConfig {
         if self.worker_max_calls == 0 || self.worker_max_calls > 100_000 {
             return Err(("worker_max_calls".into(), "must be 1 to 100000".into()));
         }
-        if self.spool_max_mb == 0 {
-            return Err(("spool_max_mb".into(), "must be at least 1".into()));
+        if self.spool_max_mb == 0 || self.spool_max_mb > 1 << 20 {
+            return Err((
+                "spool_max_mb".into(),
+                format!("must be 1 to 1048576 (1 TiB), not {}", self.spool_max_mb),
+            ));
         }
         Ok(())
     }
@@ -297,6 +305,20 @@ impl RelayConfig {
             })
             .await
             .map_err(|e| anyhow::anyhow!("stream {}: {e}", self.audio_stream))
+    }
+}
+
+/// Why a request to the broker failed, in words: a client that is not connected says so
+/// (the request's own error is only a timeout then).
+pub(crate) fn why(client: &async_nats::Client, config: &RelayConfig, e: &anyhow::Error) -> String {
+    if client.connection_state() == async_nats::connection::State::Connected {
+        format!("{e:#}")
+    } else {
+        format!(
+            "not connected to NATS at {} (is it running and reachable? `-v` shows the \
+             client's errors)",
+            config.servers.join(",")
+        )
     }
 }
 

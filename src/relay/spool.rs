@@ -243,6 +243,7 @@ mod tests {
                 samples: vec![0.1; 160],
             },
             seq,
+            "I",
         )
     }
 
@@ -256,7 +257,9 @@ mod tests {
                 assert!(s.push(&chunk(seq)).unwrap());
             }
             assert!(!s.push(&chunk(3)).unwrap(), "audio past the bound is shed");
-            assert!(s.push(&wire::close("p.audio", &CallId::new("c"))).unwrap());
+            assert!(s
+                .push(&wire::close("p.audio", &CallId::new("c"), "I"))
+                .unwrap());
             assert_eq!(s.next_unsent().unwrap(), Some(chunk(0)));
             assert_eq!(s.next_unsent().unwrap(), Some(chunk(1)));
             // The first was stored, the second not: it is sent again.

@@ -10,6 +10,9 @@ pub const KIND: &str = "Vishguard-Kind";
 pub const PARTY: &str = "Vishguard-Party";
 pub const SEQ: &str = "Vishguard-Seq";
 pub const OFFSET: &str = "Vishguard-Offset";
+/// The opening's own id (a ULID, new per call the ingest takes): a call id used again later
+/// is another call.
+pub const INSTANCE: &str = "Vishguard-Instance";
 pub const MSG_ID: &str = "Nats-Msg-Id";
 
 /// A message ready to publish (or to spool while the broker is away).
@@ -101,13 +104,14 @@ impl WireMessage {
 }
 
 /// A call's opening, on `<prefix>.calls.<call>`.
-pub fn open(calls_prefix: &str, call: &Call) -> WireMessage {
+pub fn open(calls_prefix: &str, call: &Call, instance: &str) -> WireMessage {
     WireMessage {
         subject: format!("{calls_prefix}.{}", subject_token(call.id.as_str())),
         headers: vec![
-            (MSG_ID.into(), format!("{}/open", call.id)),
+            (MSG_ID.into(), format!("{}/{instance}/open", call.id)),
             (CALL_ID.into(), call.id.to_string()),
             (KIND.into(), "open".into()),
+            (INSTANCE.into(), instance.into()),
         ],
         payload: serde_json::to_vec(call).expect("a call serialises"),
     }
@@ -115,7 +119,7 @@ pub fn open(calls_prefix: &str, call: &Call) -> WireMessage {
 
 /// A chunk of audio, on `<prefix>.audio.<call>`: 16-bit PCM (samples beyond [-1, 1] are
 /// clipped).
-pub fn audio(audio_prefix: &str, chunk: &AudioChunk, seq: u64) -> WireMessage {
+pub fn audio(audio_prefix: &str, chunk: &AudioChunk, seq: u64, instance: &str) -> WireMessage {
     let mut payload = Vec::with_capacity(chunk.samples.len() * 2);
     for s in &chunk.samples {
         let v = if s.is_finite() { *s } else { 0.0 };
@@ -127,10 +131,11 @@ pub fn audio(audio_prefix: &str, chunk: &AudioChunk, seq: u64) -> WireMessage {
         headers: vec![
             (
                 MSG_ID.into(),
-                format!("{}/{}/{seq}", chunk.call, chunk.party),
+                format!("{}/{instance}/{}/{seq}", chunk.call, chunk.party),
             ),
             (CALL_ID.into(), chunk.call.to_string()),
             (KIND.into(), "audio".into()),
+            (INSTANCE.into(), instance.into()),
             (PARTY.into(), chunk.party.to_string()),
             (SEQ.into(), seq.to_string()),
             // Shortest text that reads back to the same f64.
@@ -141,13 +146,14 @@ pub fn audio(audio_prefix: &str, chunk: &AudioChunk, seq: u64) -> WireMessage {
 }
 
 /// A call's close, on `<prefix>.audio.<call>` after its last chunk.
-pub fn close(audio_prefix: &str, id: &CallId) -> WireMessage {
+pub fn close(audio_prefix: &str, id: &CallId, instance: &str) -> WireMessage {
     WireMessage {
         subject: format!("{audio_prefix}.{}", subject_token(id.as_str())),
         headers: vec![
-            (MSG_ID.into(), format!("{id}/close")),
+            (MSG_ID.into(), format!("{id}/{instance}/close")),
             (CALL_ID.into(), id.to_string()),
             (KIND.into(), "close".into()),
+            (INSTANCE.into(), instance.into()),
         ],
         payload: Vec::new(),
     }
@@ -156,8 +162,15 @@ pub fn close(audio_prefix: &str, id: &CallId) -> WireMessage {
 /// A message of a call's audio subject, read back.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
-    Audio { seq: u64, chunk: AudioChunk },
-    Close(CallId),
+    Audio {
+        seq: u64,
+        chunk: AudioChunk,
+        instance: Option<String>,
+    },
+    Close {
+        call: CallId,
+        instance: Option<String>,
+    },
 }
 
 /// Reads an audio-subject message. Errors say what is wrong (for the log; the message is
@@ -173,8 +186,9 @@ pub fn read_audio(
             .ok_or_else(|| format!("no {name} header"))
     };
     let call = CallId::new(get(CALL_ID)?);
+    let instance = get(INSTANCE).ok().map(str::to_owned);
     match get(KIND)? {
-        "close" => Ok(Incoming::Close(call)),
+        "close" => Ok(Incoming::Close { call, instance }),
         "audio" => {
             let party: usize = get(PARTY)?
                 .parse()
@@ -194,6 +208,7 @@ pub fn read_audio(
                 .collect();
             Ok(Incoming::Audio {
                 seq,
+                instance,
                 chunk: AudioChunk {
                     call,
                     party,
@@ -224,22 +239,30 @@ mod tests {
             offset_s: 0.1 + 0.2,
             samples: vec![0.0, 0.5, -1.0, 1.5, f32::NAN],
         };
-        let m = audio("vg.audio", &chunk, 7);
+        let m = audio("vg.audio", &chunk, 7, "I1");
         assert_eq!(m.subject, "vg.audio.a_b_c");
         assert!(!m.is_control());
         let back = read_audio(Some(&m.header_map()), &m.payload).unwrap();
-        let Incoming::Audio { seq, chunk: c } = back else {
+        let Incoming::Audio {
+            seq,
+            chunk: c,
+            instance,
+        } = back
+        else {
             panic!("not audio")
         };
-        assert_eq!(seq, 7);
+        assert_eq!((seq, instance.as_deref()), (7, Some("I1")));
         assert_eq!((c.call.as_str(), c.party), ("a.b c", 1));
         assert_eq!(c.offset_s, 0.1 + 0.2);
         assert_eq!(c.samples, vec![0.0, 0.5, -1.0, 32767.0 / 32768.0, 0.0]);
-        let closed = close("vg.audio", &chunk.call);
+        let closed = close("vg.audio", &chunk.call, "I1");
         assert!(closed.is_control());
         assert_eq!(
             read_audio(Some(&closed.header_map()), &[]).unwrap(),
-            Incoming::Close(chunk.call.clone())
+            Incoming::Close {
+                call: chunk.call.clone(),
+                instance: Some("I1".into())
+            }
         );
         let call = Call {
             id: chunk.call.clone(),
@@ -249,7 +272,7 @@ mod tests {
             }],
             metadata: Default::default(),
         };
-        let opened = open("vg.calls", &call);
+        let opened = open("vg.calls", &call, "I1");
         assert_eq!(read_open(&opened.payload).unwrap(), call);
         for m in [m, closed, opened] {
             assert_eq!(WireMessage::decode(&m.encode()), Some(m.clone()));

@@ -22,6 +22,10 @@ use crate::call::{CallId, Event, Versioned};
 use crate::sinks::nats::{subject_token, PublishFilter};
 use crate::sources::{Ingest, IngestError, Ingress, Source, Stop};
 
+/// An opening larger than this is not one an ingest sends (bytes): ids and metadata are
+/// bounded (see [`crate::call::Call::check`]).
+const MAX_OPENING_BYTES: usize = 64 * 1024;
+
 /// What the NATS sink of a worker must not publish (see the module's text).
 #[derive(Default)]
 pub struct Handover {
@@ -121,7 +125,7 @@ struct Streams {
 impl ClaimSource {
     async fn claim_calls(self, out: Arc<dyn Ingest>, stop: Stop) -> Result<()> {
         super::check_files(&self.config)?;
-        let (_client, context) = self.config.connect("vishguard-worker").await?;
+        let (client, context) = self.config.connect("vishguard-worker").await?;
         let events_config = self.config.events();
         // The broker may start after us: wait for it (the engine is up meanwhile).
         let (streams, claims) = loop {
@@ -131,7 +135,7 @@ impl ClaimSource {
             match self.setup(&context, &events_config).await {
                 Ok(s) => break s,
                 Err(e) => {
-                    tracing::warn!("{e:#}; trying again");
+                    tracing::warn!("{}; trying again", super::why(&client, &self.config, &e));
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -187,6 +191,16 @@ impl ClaimSource {
                         break;
                     }
                 };
+                if claim.payload.len() > MAX_OPENING_BYTES {
+                    tracing::warn!(
+                        "{}: an opening of {} bytes; dropped",
+                        claim.subject,
+                        claim.payload.len()
+                    );
+                    RelayStats::add(&this.stats.malformed, 1);
+                    let _ = claim.ack_with(AckKind::Term).await;
+                    continue;
+                }
                 let call = match wire::read_open(&claim.payload) {
                     Ok(c) => c,
                     Err(e) => {
@@ -253,19 +267,6 @@ impl ClaimSource {
     }
 }
 
-/// Whether the call's summary is the last event stored on its subject.
-async fn summary_stored(streams: &Streams, subject: &str, call: &CallId) -> bool {
-    let Ok(last) = streams
-        .events
-        .get_last_raw_message_by_subject(subject)
-        .await
-    else {
-        return false;
-    };
-    serde_json::from_slice::<Versioned<Event>>(&last.payload)
-        .is_ok_and(|e| matches!(&e.record, Event::CallEnded(s) if &s.call_id == call))
-}
-
 /// The message ids of the events stored for a call (its subject, from the start to the last
 /// stored now).
 async fn stored_ids(streams: &Streams, subject: &str) -> Result<HashSet<String>> {
@@ -327,6 +328,58 @@ async fn hand(out: &Arc<dyn Ingest>, item: Ingress) -> Result<(), IngestError> {
         .unwrap_or(Err(IngestError::Stopped))
 }
 
+/// After its close, how long a worker waits for the call's summary to be stored before it
+/// gives up on it (the summary refused for good: see the NATS outbox's dead letters).
+const SUMMARY_WAIT: Duration = Duration::from_secs(300);
+/// A sequence number this far past the next expected is not one of this call's (a day of
+/// 20 ms chunks is 4.3 million): skipped as malformed, so it cannot deafen the call.
+const MAX_SEQ_JUMP: u64 = 1_000_000;
+/// Malformed messages logged per call; the rest are only counted.
+const MALFORMED_LOGGED: u32 = 3;
+
+/// What a claim says about its call: the opening's instance (a ULID; none from an ingest
+/// that predates it), its stream sequence and when the broker stored it.
+struct Opening {
+    instance: Option<String>,
+    sequence: u64,
+    stored: time::OffsetDateTime,
+}
+
+impl Opening {
+    fn of(claim: &jetstream::Message) -> Self {
+        let info = claim.info().ok();
+        Self {
+            instance: claim
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(wire::INSTANCE))
+                .map(|v| v.as_str().to_owned()),
+            sequence: info.as_ref().map_or(0, |i| i.stream_sequence),
+            stored: info.map_or(time::OffsetDateTime::UNIX_EPOCH, |i| i.published),
+        }
+    }
+}
+
+/// Whether this call's summary is the last event stored on its subject (one stored before
+/// the opening belongs to an earlier call that had the same id).
+async fn summary_stored(
+    streams: &Streams,
+    subject: &str,
+    call: &CallId,
+    opening: &Opening,
+) -> bool {
+    let Ok(last) = streams
+        .events
+        .get_last_raw_message_by_subject(subject)
+        .await
+    else {
+        return false;
+    };
+    last.time >= opening.stored
+        && serde_json::from_slice::<Versioned<Event>>(&last.payload)
+            .is_ok_and(|e| matches!(&e.record, Event::CallEnded(s) if &s.call_id == call))
+}
+
 /// One claimed call, from its opening to its acknowledgement.
 async fn hear_call(
     this: Arc<ClaimSource>,
@@ -337,21 +390,20 @@ async fn hear_call(
     give_back: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let id = call.id.clone();
+    let opening = Opening::of(&claim);
     let events_subject = format!(
         "{}.{}",
         this.config.events_subject_prefix,
         subject_token(id.as_str())
     );
     let renew = Duration::from_secs_f64(this.config.claim_timeout_s / 3.0);
-    if summary_stored(&streams, &events_subject, &id).await {
+    if summary_stored(&streams, &events_subject, &id, &opening).await {
         // Its worker finished it and died before acknowledging.
         let _ = claim.double_ack().await;
         return;
     }
-    RelayStats::add(&this.stats.calls_claimed, 1);
     let delivered = claim.info().map(|i| i.delivered).unwrap_or(1);
     if delivered > 1 {
-        RelayStats::add(&this.stats.calls_taken_over, 1);
         match stored_ids(&streams, &events_subject).await {
             Ok(ids) => {
                 tracing::info!(call = %id, "taking the call over: {} events were stored before", ids.len());
@@ -366,33 +418,46 @@ async fn hear_call(
     }
     match hand(&out, Ingress::Open(call.clone())).await {
         Ok(()) => {}
-        Err(IngestError::TooManyCalls(_)) => {
+        Err(e @ (IngestError::TooManyCalls(_) | IngestError::DuplicateCall(_))) => {
+            // Room or the id comes free later (the same call, still being finished here
+            // after it was given back, or too many calls): try again then, or elsewhere.
+            tracing::debug!(call = %id, "{e}; the call waits in the broker");
             let _ = claim
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1).max(renew))))
                 .await;
             this.handover.forget(&id);
             return;
         }
         Err(e) => {
             tracing::warn!(call = %id, "the engine refused the call: {e}");
+            RelayStats::add(&this.stats.malformed, 1);
             let _ = claim.ack_with(AckKind::Term).await;
             this.handover.forget(&id);
             return;
         }
     }
-    let outcome = replay(&this, &streams, &out, &claim, &call, &give_back, renew).await;
-    if let Err(e) = outcome {
-        // Given back (shutdown) or the broker lost: another worker takes the call.
-        tracing::info!(call = %id, "{e:#}; the call goes back to the broker");
+    RelayStats::add(&this.stats.calls_claimed, 1);
+    if delivered > 1 {
+        RelayStats::add(&this.stats.calls_taken_over, 1);
+    }
+    let fed = replay(
+        &this, &streams, &out, &claim, &call, &opening, &give_back, renew,
+    )
+    .await;
+    if fed.is_err() {
+        // Stopping: another worker takes the call, and nothing more of it goes out from
+        // here (its summary would be partial).
+        tracing::info!(call = %id, "the worker is stopping; the call goes back to the broker");
         this.handover.give_back(&id);
         let _ = claim.ack_with(AckKind::Nak(None)).await;
         let _ = hand(&out, Ingress::Close(id.clone())).await;
         return;
     }
     // Closed: done once its summary is stored in the events stream.
+    let closed = Instant::now();
     let mut renewed = Instant::now();
     loop {
-        if summary_stored(&streams, &events_subject, &id).await {
+        if summary_stored(&streams, &events_subject, &id, &opening).await {
             let _ = claim.double_ack().await;
             RelayStats::add(&this.stats.calls_finished, 1);
             this.handover.forget(&id);
@@ -404,6 +469,17 @@ async fn hear_call(
             let _ = claim.ack_with(AckKind::Nak(None)).await;
             return;
         }
+        if closed.elapsed() > SUMMARY_WAIT {
+            tracing::error!(
+                call = %id,
+                "the call's summary was not stored {} s after its close (see the NATS outbox's \
+                 dead letters); the call is let go",
+                SUMMARY_WAIT.as_secs()
+            );
+            let _ = claim.ack_with(AckKind::Term).await;
+            this.handover.forget(&id);
+            return;
+        }
         if renewed.elapsed() >= renew {
             let _ = claim.ack_with(AckKind::Progress).await;
             renewed = Instant::now();
@@ -412,14 +488,25 @@ async fn hear_call(
     }
 }
 
-/// Feeds the call's audio from its start to its close (or until it has been idle for
-/// `call_idle_s`), renewing the claim. Errors: given back, or the audio unreadable.
+/// Where a call's replay stands: the next sequence number per party, what is logged.
+struct Replay {
+    next_seq: Vec<u64>,
+    malformed: u32,
+    /// This call's share of the worker's `audio_behind` gauge.
+    behind: u64,
+}
+
+/// Feeds the call's audio from its opening to its close (or until it has been idle for
+/// `call_idle_s`), renewing the claim; a broken read is opened again where it stood (the
+/// sequence numbers skip what was fed). Errors only when the worker stops.
+#[allow(clippy::too_many_arguments)]
 async fn replay(
     this: &ClaimSource,
     streams: &Streams,
     out: &Arc<dyn Ingest>,
     claim: &jetstream::Message,
     call: &crate::call::Call,
+    opening: &Opening,
     give_back: &std::sync::atomic::AtomicBool,
     renew: Duration,
 ) -> Result<()> {
@@ -428,79 +515,179 @@ async fn replay(
         this.config.audio_prefix(),
         subject_token(call.id.as_str())
     );
-    let audio = streams
-        .audio
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subject,
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the call's audio: {e}"))?;
-    let mut messages = audio
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the call's audio: {e}"))?;
-    let mut next_seq = vec![0u64; call.parties.len()];
+    let mut state = Replay {
+        next_seq: vec![0; call.parties.len()],
+        malformed: 0,
+        behind: 0,
+    };
     let mut renewed = Instant::now();
     let mut last_audio = Instant::now();
     let idle = Duration::from_secs_f64(this.config.call_idle_s);
+    let result = loop {
+        let stopping = || give_back.load(std::sync::atomic::Ordering::Relaxed);
+        if stopping() {
+            break Err(anyhow::anyhow!("the worker is stopping"));
+        }
+        // From the opening on: an id used again by a later call does not replay the earlier
+        // call's audio.
+        let messages = async {
+            streams
+                .audio
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: subject.clone(),
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: opening.sequence + 1,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .messages()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        }
+        .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(call = %call.id, "reading the call's audio: {e:#}; trying again");
+                if renewed.elapsed() >= renew {
+                    let _ = claim.ack_with(AckKind::Progress).await;
+                    renewed = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let fed = feed(
+            this,
+            &mut messages,
+            out,
+            claim,
+            call,
+            opening,
+            give_back,
+            renew,
+            idle,
+            &mut state,
+            &mut renewed,
+            &mut last_audio,
+        )
+        .await;
+        match fed {
+            Ok(true) => break Ok(()),
+            Ok(false) => {
+                tracing::debug!(call = %call.id, "the call's audio read ended; reading on");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    this.stats
+        .audio_behind
+        .fetch_sub(state.behind, std::sync::atomic::Ordering::Relaxed);
+    result
+}
+
+/// [`replay`]'s reading: `Ok(true)` once the call is closed, `Ok(false)` when the read broke
+/// off (to open it again), an error when the worker stops.
+#[allow(clippy::too_many_arguments)]
+async fn feed(
+    this: &ClaimSource,
+    messages: &mut consumer::pull::Ordered,
+    out: &Arc<dyn Ingest>,
+    claim: &jetstream::Message,
+    call: &crate::call::Call,
+    opening: &Opening,
+    give_back: &std::sync::atomic::AtomicBool,
+    renew: Duration,
+    idle: Duration,
+    state: &mut Replay,
+    renewed: &mut Instant,
+    last_audio: &mut Instant,
+) -> Result<bool> {
+    let ours =
+        |instance: &Option<String>| opening.instance.is_none() || instance == &opening.instance;
     loop {
         if give_back.load(std::sync::atomic::Ordering::Relaxed) {
             anyhow::bail!("the worker is stopping");
         }
         if renewed.elapsed() >= renew {
             let _ = claim.ack_with(AckKind::Progress).await;
-            renewed = Instant::now();
+            *renewed = Instant::now();
         }
         if last_audio.elapsed() >= idle {
             tracing::warn!(call = %call.id, "no audio for {:.0} s; the call is closed", idle.as_secs_f64());
             let _ = hand(out, Ingress::Close(call.id.clone())).await;
-            return Ok(());
+            return Ok(true);
         }
         let m = match tokio::time::timeout(renew.min(Duration::from_millis(500)), messages.next())
             .await
         {
             Err(_) => continue,
-            Ok(None) => anyhow::bail!("the call's audio stream ended"),
+            Ok(None) => return Ok(false),
             Ok(Some(Err(e))) => {
                 tracing::debug!(call = %call.id, "reading audio: {e}");
-                continue;
+                return Ok(false);
             }
             Ok(Some(Ok(m))) => m,
         };
-        last_audio = Instant::now();
+        *last_audio = Instant::now();
+        if let Ok(info) = m.info() {
+            let now = info.pending;
+            let gauge = &this.stats.audio_behind;
+            // This call's share of the worker-wide gauge moves from `behind` to `now`.
+            gauge.fetch_add(now, std::sync::atomic::Ordering::Relaxed);
+            gauge.fetch_sub(state.behind, std::sync::atomic::Ordering::Relaxed);
+            state.behind = now;
+        }
+        let mut malformed = |what: String| {
+            RelayStats::add(&this.stats.malformed, 1);
+            state.malformed += 1;
+            if state.malformed <= MALFORMED_LOGGED {
+                tracing::warn!(call = %call.id, "{}: {what}; skipped{}", m.subject,
+                    if state.malformed == MALFORMED_LOGGED { " (more are only counted)" } else { "" });
+            }
+        };
         let incoming = match wire::read_audio(m.headers.as_ref(), &m.payload) {
             Ok(i) => i,
             Err(e) => {
-                tracing::warn!(call = %call.id, "{}: {e}; skipped", m.subject);
-                RelayStats::add(&this.stats.malformed, 1);
+                malformed(e);
                 continue;
             }
         };
         match incoming {
-            Incoming::Close(c) if c == call.id => {
+            Incoming::Close { call: c, instance } if c == call.id && ours(&instance) => {
                 let _ = hand(out, Ingress::Close(c)).await;
-                return Ok(());
+                return Ok(true);
             }
-            Incoming::Audio { seq, chunk } if chunk.call == call.id => {
-                let Some(next) = next_seq.get_mut(chunk.party) else {
-                    RelayStats::add(&this.stats.malformed, 1);
+            Incoming::Audio {
+                seq,
+                chunk,
+                instance,
+            } if chunk.call == call.id && ours(&instance) => {
+                let Some(&next) = state.next_seq.get(chunk.party) else {
+                    malformed(format!("party {} of {}", chunk.party, call.parties.len()));
                     continue;
                 };
-                if seq < *next {
-                    // Published twice (a resend after the broker's duplicate window).
+                if seq < next {
+                    // Published twice (a resend after the broker's duplicate window), or
+                    // read again after a broken read.
                     RelayStats::add(&this.stats.duplicate_chunks, 1);
                     continue;
                 }
-                *next = seq + 1;
+                if seq - next > MAX_SEQ_JUMP {
+                    malformed(format!("sequence number {seq} where {next} was due"));
+                    continue;
+                }
+                state.next_seq[chunk.party] = seq.saturating_add(1);
                 if let Err(e) = hand(out, Ingress::Audio(chunk)).await {
                     tracing::debug!(call = %call.id, "audio refused: {e}");
                 }
             }
             _ => {
-                // Another call's id on this call's subject (ids that differ only in
-                // characters a subject cannot hold).
+                // Another call's (an id that differs only in characters a subject cannot
+                // hold, or an earlier call with the same id).
             }
         }
     }

@@ -147,6 +147,11 @@ fn relay_metrics(r: &mut Registry, s: &RelayStats, role: Role) {
                 ],
                 vec![
                     ("relay_calls_held", "Calls held now", get(&s.calls_held)),
+                (
+                    "relay_audio_behind",
+                    "Audio messages of the calls held, stored in the broker and not yet read (rising: this worker falls behind)",
+                    get(&s.audio_behind),
+                ),
                     (
                         "relay_claims_waiting",
                         "Calls no worker has claimed yet (rising: the workers cannot keep up)",

@@ -4,7 +4,8 @@
 //! Contract (what a carrier's systems read):
 //! - Stream `VISHGUARD_EVENTS` (`stream`), subjects `vishguard.events.<call id>`
 //!   (`subject_prefix`; in the call id every character but letters, digits and `-_:@+=` is
-//!   written `_`, as `.`, `*`, `>` and spaces have meanings in subjects; the payload keeps the
+//!   written `_`, as `.`, `*`, `>` and spaces have meanings in subjects; a token over 128
+//!   characters is cut to its first 64, `=` and 16 hex digits of a hash of the id; the payload keeps the
 //!   id as it is). Created at the first send if missing (file storage, `replicas`, `max_age_days`,
 //!   a 2-minute duplicate window); an existing stream is used as it is.
 //! - One JSON event per message, the shared record format with `schema_version`:
@@ -239,10 +240,20 @@ pub fn subject_token(call_id: &str) -> String {
         .collect();
     if t.is_empty() {
         "_".into()
+    } else if t.len() > MAX_TOKEN {
+        // A subject has a limit (a server drops a client whose subject is over 4 KiB): a long
+        // id keeps its start and a hash of the whole (FNV-1a, 64 bits).
+        let hash = call_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{}={hash:016x}", &t[..64])
     } else {
         t
     }
 }
+
+/// A call id's subject token is at most this long (characters) before it is shortened.
+const MAX_TOKEN: usize = 128;
 
 /// Publishes to JetStream, one message at a time, waiting for the stream's acknowledgement.
 pub struct NatsTransport {
@@ -525,6 +536,9 @@ mod tests {
         );
         assert_eq!(subject_token("CA 1*>"), "CA_1__");
         assert_eq!(subject_token(""), "_");
+        let long = subject_token(&"Y".repeat(100_000));
+        assert_eq!(long.len(), 64 + 1 + 16);
+        assert_ne!(long, subject_token(&"Y".repeat(100_001)));
     }
 
     #[test]
