@@ -5,17 +5,19 @@
 //! redelivery); vishguard adds no cluster protocol of its own.
 //!
 //! Contract (stream `VISHGUARD_AUDIO`, `audio_stream`; prefix `vishguard`, `subject_prefix`):
-//! - `vishguard.calls.<call>`: one message per call, its opening: the shared [`Call`] record
-//!   as JSON. `Nats-Msg-Id: <call id>/open`. Workers share the durable consumer
+//! - `vishguard.calls.<call>`: one message per call, its opening: the shared
+//!   [`crate::call::Call`] record as JSON. `Vishguard-Instance`: a ULID new for each call the
+//!   ingest takes (so a call id used again is another call), `Nats-Msg-Id: <call id>/<instance>/open`. Workers share the durable consumer
 //!   `vishguard-workers` (`consumer`) on these subjects: whoever takes the message owns the
 //!   call, keeps the message in progress while it hears the call, and acknowledges it once
 //!   the call's `call_ended` is stored in the events stream. A worker that dies stops
 //!   renewing it; after `claim_timeout_s` JetStream gives it to another worker.
 //! - `vishguard.audio.<call>`: the call's audio and close, in order.
-//!   Headers: `Vishguard-Call-Id` (the id as it is), `Vishguard-Kind` (`audio` or `close`);
-//!   for audio `Vishguard-Party` (index into the call's parties), `Vishguard-Seq` (per party,
-//!   from 0), `Vishguard-Offset` (seconds of audio time of the chunk's first sample), and
-//!   `Nats-Msg-Id: <call id>/<party>/<seq>` (`<call id>/close` for the close). The body of
+//!   Headers: `Vishguard-Call-Id` (the id as it is), `Vishguard-Instance`, `Vishguard-Kind`
+//!   (`audio` or `close`); for audio `Vishguard-Party` (index into the call's parties),
+//!   `Vishguard-Seq` (per party, from 0), `Vishguard-Offset` (seconds of audio time of the
+//!   chunk's first sample), and `Nats-Msg-Id: <call id>/<instance>/<party>/<seq>`
+//!   (`<call id>/<instance>/close` for the close). The body of
 //!   an audio message is 16-bit signed little-endian mono PCM at the party's `sample_rate`.
 //! - `<call>` is the call id as one subject token ([`crate::sinks::nats::subject_token`]).
 //!
