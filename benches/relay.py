@@ -126,9 +126,7 @@ def wait_ended(binary, url, n, timeout):
 
 
 def sources(files, realtime):
-    # A queue of utterances long enough that none is dropped when calls come faster than
-    # real time (the default, 16, sheds under such load: the measure would be of less work).
-    return "[engine]\nasr_queue = 4096\n" + "".join(
+    return "".join(
         f'\n[[sources]]\ntype = "file"\nrealtime = {"true" if realtime else "false"}\npath = "{SAMPLES / (f + ".wav")}"\n'
         for f in files)
 
@@ -149,7 +147,7 @@ def run(mode, args, files, realtime, work):
             for i in range(args.workers):
                 d = work / f"w{i}"
                 d.mkdir()
-                (d / "w.toml").write_text(f"[engine]\nasr_queue = 4096\n[nats]\nworker_max_calls = {len(files)}\n")
+                (d / "w.toml").write_text(f"[nats]\nworker_max_calls = {len(files)}\n")
                 procs.append(Proc([args.binary, "serve", "--config", "w.toml", "--role", "worker",
                                    "--nats", broker.url] + common, d))
             (work / "ingest.toml").write_text(sources(files, realtime))

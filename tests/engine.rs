@@ -153,7 +153,9 @@ fn batches_hold_different_calls_and_each_call_stays_in_order() {
 }
 
 fn heard_in_order(workers: usize, batch: usize) -> Arc<ScriptedRecogniser> {
-    let recogniser = ScriptedRecogniser::new(Duration::from_millis(30), |r| {
+    // Slow enough that utterances of other calls wait while the workers are busy (at 30 ms
+    // a loaded machine sometimes never queued two at once).
+    let recogniser = ScriptedRecogniser::new(Duration::from_millis(60), |r| {
         Some(format!("{} party {}", r.call_id, r.party))
     });
     let config = EngineConfig {
@@ -363,6 +365,67 @@ fn overload_drops_audio_and_utterances_counted_and_every_call_reports() {
         "{dropped_s} vs {refused_s}"
     );
     eprintln!("overload: {refused} chunks refused ({refused_s:.1} s), {dropped_utterances} utterances dropped");
+}
+
+#[test]
+fn sources_that_wait_lose_no_utterance_under_overload() {
+    // The same overload, fed by sources that wait (a file read faster than real time, a relay
+    // worker catching up on a call it took over): they wait for the recognisers instead.
+    let recogniser = ScriptedRecogniser::new(Duration::from_millis(40), |_| Some("words".into()));
+    let config = EngineConfig {
+        call_queue_chunks: 8,
+        asr_queue: 1,
+        asr_workers: 1,
+        partials: false,
+        ..Default::default()
+    };
+    let (e, events) = collected(recogniser, config);
+    let ingest = e.ingest();
+    let speech = fixture_speech("asr/pharmacy.flac");
+    let calls = 4;
+    for c in 0..calls {
+        ingest
+            .send(Ingress::Open(call(&format!("w{c}"), 1, 16_000)))
+            .unwrap();
+    }
+    std::thread::scope(|scope| {
+        for c in 0..calls {
+            let (ingest, speech) = (&ingest, &speech);
+            scope.spawn(move || {
+                for round in 0..2 {
+                    for (i, chunk) in speech.chunks(320).enumerate() {
+                        ingest
+                            .send_waiting(Ingress::Audio(AudioChunk {
+                                call: CallId::new(format!("w{c}")),
+                                party: 0,
+                                offset_s: round as f64 * 10.0 + i as f64 * 0.02,
+                                samples: chunk.to_vec(),
+                            }))
+                            .unwrap();
+                    }
+                }
+                ingest
+                    .send(Ingress::Close(format!("w{c}").as_str().into()))
+                    .unwrap();
+            });
+        }
+    });
+    e.shutdown();
+    let events = events.events();
+    let stats: Vec<_> = summaries(&events)
+        .iter()
+        .map(|s| s.stream.clone().unwrap())
+        .collect();
+    assert_eq!(stats.len(), calls);
+    for s in &stats {
+        assert_eq!(s.dropped_utterances, 0, "{stats:?}");
+        assert_eq!(s.dropped_audio_s, 0.0, "{stats:?}");
+        assert_eq!(
+            s.utterances, stats[0].utterances,
+            "the same audio, the same utterances"
+        );
+    }
+    assert!(stats[0].utterances >= 2, "{stats:?}");
 }
 
 #[test]

@@ -183,6 +183,8 @@ fn check_calls(events: &[Value], files: &[&str]) {
         let stream = &summary["stream"];
         assert_eq!(stream["missing_audio_s"], 0.0, "{id}: {summary}");
         assert_eq!(stream["dropped_audio_s"], 0.0, "{id}: {summary}");
+        // A takeover replays as fast as the worker hears: it waits, and drops nothing.
+        assert_eq!(stream["dropped_utterances"], 0, "{id}: {summary}");
         let stem = files
             .iter()
             .find(|f| id.starts_with(&format!("{f}-")))

@@ -200,7 +200,9 @@ impl FrontEnd {
             party,
             audio,
         };
-        if self.scheduler.push_utterance(speech).is_err() {
+        if self.info.waits.load(Ordering::Relaxed) {
+            self.scheduler.push_utterance_waiting(speech);
+        } else if self.scheduler.push_utterance(speech).is_err() {
             EngineStats::add(&self.stats.utterances_dropped, 1);
             let n = self.info.dropped_utterances.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(

@@ -238,7 +238,8 @@ impl Ingest for EngineIngest {
     fn send_waiting(&self, item: Ingress) -> Result<(), IngestError> {
         match item {
             Ingress::Audio(chunk) => {
-                let (tx, _) = self.admit(&chunk)?;
+                let (tx, info) = self.admit(&chunk)?;
+                info.waits.store(true, Ordering::Relaxed);
                 let id = chunk.call.clone();
                 tx.send(chunk).map_err(|_| IngestError::UnknownCall(id))
             }

@@ -184,6 +184,10 @@ pub(crate) struct CallInfo {
     pub missing_audio: AtomicU64,
     /// Per party: the audio time (milliseconds) received so far, from the call's start.
     pub heard_until_ms: Vec<AtomicU64>,
+    /// The source waits for room (`send_waiting`: a file read faster than real time, a
+    /// relay worker catching up): its utterances wait for the recognisers too, rather than
+    /// be dropped when their queue is full.
+    pub waits: std::sync::atomic::AtomicBool,
 }
 
 impl CallInfo {
@@ -194,6 +198,7 @@ impl CallInfo {
             dropped_utterances: AtomicU64::new(0),
             missing_audio: AtomicU64::new(0),
             heard_until_ms: (0..call.parties.len()).map(|_| AtomicU64::new(0)).collect(),
+            waits: std::sync::atomic::AtomicBool::new(false),
             call,
         }
     }

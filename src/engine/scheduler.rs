@@ -63,6 +63,8 @@ struct State {
 pub(super) struct Scheduler {
     state: Mutex<State>,
     changed: Condvar,
+    /// Signalled when jobs leave the queue (for [`Scheduler::push_utterance_waiting`]).
+    room: Condvar,
     /// Utterances waiting beyond this are dropped: memory stays bounded when overloaded.
     capacity: usize,
 }
@@ -72,6 +74,7 @@ impl Scheduler {
         Self {
             state: Mutex::default(),
             changed: Condvar::new(),
+            room: Condvar::new(),
             capacity: capacity.max(1),
         }
     }
@@ -112,6 +115,28 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Queues a finished utterance, waiting for room when the queue is full (for a source
+    /// that waits: nothing of its call is dropped); takes it at once when shutting down.
+    pub fn push_utterance_waiting(&self, heard: Speech) {
+        let mut s = self.lock();
+        loop {
+            let waiting = s
+                .jobs
+                .iter()
+                .filter(|j| matches!(j, Job::Utterance(_)))
+                .count();
+            if waiting < self.capacity || s.shutting_down {
+                break;
+            }
+            s = self.room.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        let (call, party) = (&heard.info.call.id, heard.party);
+        s.partials
+            .retain(|p| !(&p.info.call.id == call && p.party == party));
+        s.jobs.push_back(Job::Utterance(heard));
+        self.changed.notify_one();
+    }
+
     /// Ends a call: queued after its utterances, never dropped (one small record per call).
     pub fn push_close(&self, info: Arc<CallInfo>) {
         let mut s = self.lock();
@@ -137,6 +162,7 @@ impl Scheduler {
     pub fn shut_down(&self) {
         self.lock().shutting_down = true;
         self.changed.notify_all();
+        self.room.notify_all();
     }
 
     /// The next piece of work a worker may take, waiting for one; `None` when it should stop.
@@ -192,6 +218,7 @@ impl Scheduler {
                 for w in &batch {
                     s.busy.insert(w.call_id().clone());
                 }
+                self.room.notify_all();
                 return Some(batch);
             }
             if s.shutting_down && s.open_calls == 0 && s.jobs.is_empty() {
