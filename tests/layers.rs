@@ -11,7 +11,7 @@ const FLOORS: &[&[&str]] = &[
     &["asr"],
     &["detect"],
     &["sources", "sinks", "render"],
-    &["engine"],
+    &["engine", "relay"],
     &["server"],
     &["score", "config"],
     &["cli"],
