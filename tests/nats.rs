@@ -141,6 +141,109 @@ fn two_calls_store_every_alert_once_and_a_summary_each() {
 }
 
 #[test]
+fn mutual_tls_events_go_with_a_client_certificate_and_not_without() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let signed = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = signed(vec!["127.0.0.1".into(), "localhost".into()]);
+    let (client_cert, client_key) = signed(vec!["vishguard-client".into()]);
+    let ca_pem = write("ca.pem", ca.pem());
+    let (server_cert, server_key) = (
+        write("server.pem", server_cert),
+        write("server.key", server_key),
+    );
+    let (client_cert, client_key) = (
+        write("client.pem", client_cert),
+        write("client.key", client_key),
+    );
+    let mut broker = Broker::new(&dir.path().join("store"));
+    broker.extra = vec!["--tls".into(), "--tlsverify".into()];
+    for (flag, path) in [
+        ("--tlscert", &server_cert),
+        ("--tlskey", &server_key),
+        ("--tlscacert", &ca_pem),
+    ] {
+        broker.extra.push(flag.into());
+        broker.extra.push(path.to_str().unwrap().into());
+    }
+    broker.start();
+    let url = format!("tls://127.0.0.1:{}", broker.port);
+    let config = write(
+        "listen.toml",
+        format!(
+            "[[sinks]]\ntype = \"nats\"\nservers = [\"{url}\"]\ntls_ca = {:?}\n\
+             tls_client_cert = {:?}\ntls_client_key = {:?}\noutbox = {:?}\n",
+            ca_pem,
+            client_cert,
+            client_key,
+            dir.path().join("outbox")
+        ),
+    );
+    let out = vishguard()
+        .args([
+            "listen",
+            "--model",
+            "tiny.en",
+            "--no-context-check",
+            "--format",
+            "jsonl",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .arg("--from-file")
+        .arg(support::repo().join("audio-samples/en_scam_grandson.wav"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tail = |with_cert: bool| {
+        let mut cmd = vishguard();
+        cmd.args(["alerts", "tail", "--nats", &url, "--tls-ca"])
+            .arg(&ca_pem);
+        if with_cert {
+            cmd.arg("--tls-cert")
+                .arg(&client_cert)
+                .arg("--tls-key")
+                .arg(&client_key);
+        }
+        cmd
+    };
+    let events = support::json_stdout(&mut tail(true));
+    let stored: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "alert")
+        .map(|e| e["alert_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!stored.is_empty());
+    assert_eq!(stored, printed_alert_ids(&stdout));
+    // Without a client certificate the broker lets nothing through.
+    let refused = tail(false).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty());
+}
+
+#[test]
 fn a_broker_down_at_the_start_then_killed_mid_call_loses_and_duplicates_no_alert() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::new(&dir.path().join("store"));

@@ -38,6 +38,12 @@ pub enum AlertsCommand {
         /// TLS: the CA certificates (PEM) the servers must chain to.
         #[arg(long)]
         tls_ca: Option<PathBuf>,
+        /// Mutual TLS: this client's certificate chain (PEM); with --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// Mutual TLS: the private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Print the undelivered alerts of an outbox as JSON lines, oldest first (or its dead
     /// letters: each with failed_at, status, reason and the alert). Reads only: safe while
@@ -81,6 +87,8 @@ pub fn run(cmd: AlertsCommand) -> Result<i32> {
             token,
             credentials,
             tls_ca,
+            tls_cert,
+            tls_key,
         } => {
             let mut config = NatsConfig::for_servers(crate::sinks::nats::servers(&nats));
             if let Some(s) = stream {
@@ -89,6 +97,8 @@ pub fn run(cmd: AlertsCommand) -> Result<i32> {
             config.token = token;
             config.credentials = credentials;
             config.tls_ca = tls_ca;
+            config.tls_client_cert = tls_cert;
+            config.tls_client_key = tls_key;
             let since = since.map(|s| parse_since(&s)).transpose()?;
             let n =
                 crate::sinks::nats::tail(&config, since, follow, &mut std::io::stdout().lock())?;
