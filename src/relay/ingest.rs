@@ -19,7 +19,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use super::spool::Spool;
 use super::wire::{self, WireMessage};
 use super::RelayConfig;
-use crate::call::CallId;
+use crate::call::{AudioChunk, CallId};
 use crate::sources::{Ingest, IngestError, Ingress};
 
 /// Publishes awaiting acknowledgement at once: enough to keep a loopback broker busy
@@ -32,6 +32,8 @@ const MAX_QUEUED_BYTES: u64 = 32 << 20;
 const MAX_CHUNK_S: f64 = 10.0;
 /// A call is at most a day long (seconds of audio time), as in the engine.
 const MAX_OFFSET_S: f64 = 86_400.0;
+/// Samples in one audio message at most: 256 KiB of 16-bit audio.
+const MAX_PIECE: usize = 128 * 1024;
 /// At shutdown, how long the publisher keeps trying a broker that is away before it leaves
 /// the rest in the spool for the next run.
 const CLOSING_GRACE: Duration = Duration::from_secs(10);
@@ -82,10 +84,14 @@ struct OpenCall {
     /// This opening's own id (a ULID): message ids carry it, so a call id a network uses
     /// again is a new call to the broker, not a duplicate to drop.
     instance: String,
+    /// Per party: audio not yet published (see `coalesce_ms`).
+    pending: Vec<Option<AudioChunk>>,
 }
 
 /// The ingest's port: checks each item as the engine would, and queues it for the publisher.
 pub struct RelayIngest {
+    /// Audio of a party is published in messages of this many seconds (0: as it comes).
+    coalesce_s: f64,
     calls_prefix: String,
     audio_prefix: String,
     calls: Mutex<HashMap<CallId, OpenCall>>,
@@ -131,6 +137,7 @@ impl RelayIngest {
                 .context("starting the relay's publisher")?
         };
         Ok(Self {
+            coalesce_s: config.coalesce_ms as f64 / 1000.0,
             calls_prefix: config.calls_prefix(),
             audio_prefix: config.audio_prefix(),
             calls: Mutex::default(),
@@ -185,6 +192,7 @@ impl RelayIngest {
                         rates: call.parties.iter().map(|p| p.sample_rate).collect(),
                         next_seq: vec![0; call.parties.len()],
                         instance,
+                        pending: vec![None; call.parties.len()],
                     },
                 );
                 RelayStats::add(&self.stats.calls_published, 1);
@@ -226,18 +234,61 @@ impl RelayIngest {
                     RelayStats::add(&self.stats.shed_chunks, 1);
                     return Err(IngestError::QueueFull(chunk.call));
                 }
-                let seq = open.next_seq[chunk.party];
-                open.next_seq[chunk.party] += 1;
-                self.queue(wire::audio(&self.audio_prefix, &chunk, seq, &open.instance))
+                let party = chunk.party;
+                // Joined to the audio waiting for this party when it follows on (within a
+                // millisecond); published once it holds `coalesce_s`.
+                let follows = open.pending[party].as_ref().is_some_and(|p| {
+                    (p.offset_s + p.samples.len() as f64 / rate as f64 - chunk.offset_s).abs()
+                        < 1e-3
+                });
+                if !follows {
+                    self.flush(open, party)?;
+                }
+                match &mut open.pending[party] {
+                    Some(p) => p.samples.extend_from_slice(&chunk.samples),
+                    slot @ None => *slot = Some(chunk),
+                }
+                let held_s = open.pending[party]
+                    .as_ref()
+                    .map_or(0.0, |p| p.samples.len() as f64 / rate as f64);
+                if held_s + 1e-6 >= self.coalesce_s {
+                    self.flush(open, party)?;
+                }
+                Ok(())
             }
             Ingress::Close(id) => {
                 let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(open) = calls.remove(&id) else {
+                let Some(mut open) = calls.remove(&id) else {
                     return Err(IngestError::UnknownCall(id));
                 };
+                for party in 0..open.pending.len() {
+                    self.flush(&mut open, party)?;
+                }
                 self.queue(wire::close(&self.audio_prefix, &id, &open.instance))
             }
         }
+    }
+
+    /// Publishes the audio waiting for `party`, if any.
+    /// Messages over the broker's payload limit (1 MiB by default) are refused for good, so
+    /// a large chunk (10 s at 192 kHz is 3.8 MB) goes out in pieces of [`MAX_PIECE`] samples.
+    fn flush(&self, open: &mut OpenCall, party: usize) -> Result<(), IngestError> {
+        let Some(chunk) = open.pending[party].take() else {
+            return Ok(());
+        };
+        let rate = open.rates[party] as f64;
+        for (i, piece) in chunk.samples.chunks(MAX_PIECE).enumerate() {
+            let piece = AudioChunk {
+                call: chunk.call.clone(),
+                party,
+                offset_s: chunk.offset_s + (i * MAX_PIECE) as f64 / rate,
+                samples: piece.to_vec(),
+            };
+            let seq = open.next_seq[party];
+            open.next_seq[party] += 1;
+            self.queue(wire::audio(&self.audio_prefix, &piece, seq, &open.instance))?;
+        }
+        Ok(())
     }
 
     /// Calls opened and not closed.

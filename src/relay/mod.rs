@@ -118,6 +118,10 @@ pub struct RelayConfig {
     pub spool: PathBuf,
     /// Ingest: the spool's bound (MiB); audio beyond it is shed and counted.
     pub spool_max_mb: u64,
+    /// Ingest: a party's audio goes out in messages of this many milliseconds (chunks that
+    /// follow on are joined): fewer, larger messages for the broker, for at most this much
+    /// added latency. 0: each chunk as it comes (20 ms from RTP).
+    pub coalesce_ms: u64,
     /// Worker: where events not yet stored wait (the NATS sink's outbox).
     pub events_outbox: PathBuf,
     /// Worker: the events stream and its subject prefix (as the NATS sink's).
@@ -146,6 +150,7 @@ impl Default for RelayConfig {
             worker_max_calls: 8,
             spool: PathBuf::from("vishguard-ingest-spool"),
             spool_max_mb: 1024,
+            coalesce_ms: 0,
             events_outbox: crate::sinks::nats::default_nats_outbox(),
             events_stream: crate::sinks::nats::default_stream(),
             events_subject_prefix: crate::sinks::nats::default_subject_prefix(),
@@ -245,6 +250,12 @@ impl RelayConfig {
                     format!("must be a number of seconds from {min} to 30 days, not {v}"),
                 ));
             }
+        }
+        if self.coalesce_ms > 5_000 {
+            return Err((
+                "coalesce_ms".into(),
+                format!("must be 0 to 5000 ms, not {}", self.coalesce_ms),
+            ));
         }
         if self.worker_max_calls == 0 || self.worker_max_calls > 100_000 {
             return Err(("worker_max_calls".into(), "must be 1 to 100000".into()));
