@@ -40,8 +40,9 @@ pub enum Command {
     Scan(scan::ScanArgs),
     /// Watch live calls (a sound device, or a file at real speed) and raise alerts as they happen.
     Listen(listen::ListenArgs),
-    /// Take calls from the network (WebSocket media streams) and serve their risk, transcripts
-    /// and alerts over HTTP (API, server-sent events, metrics).
+    /// Take calls from the network (SIP/SIPREC with RTP, WebSocket media streams, [[sources]]) and
+    /// serve their risk, transcripts and alerts over HTTP (API, server-sent events, metrics);
+    /// or, with --role ingest|worker, spread them over machines through NATS JetStream.
     Serve(serve::ServeArgs),
     /// Score a labelled manifest of recordings or transcripts: results, metrics, HTML report.
     Score(score::ScoreArgs),
@@ -52,7 +53,8 @@ pub enum Command {
     /// List, fetch and import Whisper models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
-    /// Inspect a webhook outbox (undelivered alerts, dead letters) and send it again.
+    /// Read the NATS events stream (tail), or inspect a webhook outbox (undelivered alerts,
+    /// dead letters) and send it again.
     #[command(subcommand)]
     Alerts(alerts::AlertsCommand),
     /// Measure recognition throughput and concurrent live calls (for GPU hosts: needs only

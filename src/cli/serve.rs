@@ -47,7 +47,9 @@ pub struct ServeArgs {
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
     /// `all`: take calls and hear them (one process); `ingest`: take calls and publish them
-    /// to NATS (--nats); `worker`: hear the calls published there and publish the events.
+    /// to NATS; `worker`: hear the calls published there and publish the events. With a
+    /// role, --nats names the broker that joins them ([nats] in the config) and
+    /// --nats-outbox a worker's events outbox.
     #[arg(long, value_parser = Role::NAMES)]
     pub role: Option<String>,
     /// The bearer token every route but /healthz asks for (required beyond loopback).
@@ -146,7 +148,12 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     };
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(config.server.http))
-        .with_context(|| format!("cannot listen on {}", config.server.http))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (another process there? --http ADDR; port 0 picks a free one)",
+                config.server.http
+            )
+        })?;
     let board = Board::new(config.server.keep_ended_calls, 4096);
     let board_sink: Box<dyn Sink> = if config.server.redact {
         Box::new(Redacted(Box::new(board.clone())))

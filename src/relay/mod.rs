@@ -325,7 +325,12 @@ impl RelayConfig {
 /// (the request's own error is only a timeout then).
 pub(crate) fn why(client: &async_nats::Client, config: &RelayConfig, e: &anyhow::Error) -> String {
     if client.connection_state() == async_nats::connection::State::Connected {
-        format!("{e:#}")
+        let text = format!("{e:#}");
+        if text.contains("jetstream unavailable") || text.contains("does not exist") {
+            format!("{text} (is nats-server started with JetStream: `nats-server -js -sd DIR`?)")
+        } else {
+            text
+        }
     } else {
         format!(
             "not connected to NATS at {} (is it running and reachable? `-v` shows the \

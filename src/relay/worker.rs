@@ -447,7 +447,7 @@ async fn hear_call(
     if fed.is_err() {
         // Stopping: another worker takes the call, and nothing more of it goes out from
         // here (its summary would be partial).
-        tracing::info!(call = %id, "the worker is stopping; the call goes back to the broker");
+        tracing::warn!(call = %id, "the worker is stopping; the call goes back to the broker");
         this.handover.give_back(&id);
         let _ = claim.ack_with(AckKind::Nak(None)).await;
         let _ = hand(&out, Ingress::Close(id.clone())).await;

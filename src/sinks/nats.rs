@@ -425,10 +425,41 @@ pub fn tail(
             .await
             .with_context(|| format!("connecting to {}", config.servers.join(",")))?;
         let context = jetstream::new(client);
-        let stream = context
-            .get_stream(&config.stream)
-            .await
-            .map_err(|e| anyhow::anyhow!("stream {}: {e}", config.stream))?;
+        let mut waited = false;
+        let stream = loop {
+            match context.get_stream(&config.stream).await {
+                Ok(s) => break s,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        jetstream::context::GetStreamErrorKind::JetStream(_)
+                    ) && e.to_string().contains("not found") =>
+                {
+                    if !follow {
+                        bail!(
+                            "stream {} is not there yet: it is made when the first event is \
+                             published (a worker's, or serve/listen --nats); --follow waits for it",
+                            config.stream
+                        );
+                    }
+                    if !waited {
+                        eprintln!("waiting for stream {} to be made", config.stream);
+                        waited = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    let hint = if e.to_string().contains("does not exist")
+                        || e.to_string().contains("unavailable")
+                    {
+                        " (is nats-server started with JetStream: `nats-server -js -sd DIR`?)"
+                    } else {
+                        ""
+                    };
+                    bail!("stream {}: {e}{hint}", config.stream)
+                }
+            }
+        };
         let deliver_policy = match since {
             Some(t) => jetstream::consumer::DeliverPolicy::ByStartTime {
                 start_time: time::OffsetDateTime::from(t),

@@ -109,7 +109,8 @@ impl Outbox {
         if let Err(e) = lock.try_lock() {
             bail!(
                 "the {} {} is in use by another vishguard process ({e}); give each running \
-                 process its own outbox",
+                 process its own outbox (--webhook-outbox, --nats-outbox, or the sink's \
+                 `outbox` / [nats] `events_outbox` key)",
                 labels.0,
                 dir.display()
             );
