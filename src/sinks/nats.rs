@@ -397,7 +397,19 @@ impl Transport for NatsTransport {
             Err(e) => {
                 // The stream may have been deleted meanwhile: look again next time.
                 self.stream_ready = false;
-                Sent::Later(format!("{e:#}"), None)
+                let connected = self.client.as_ref().is_some_and(|c| {
+                    c.connection_state() == async_nats::connection::State::Connected
+                });
+                let why = if connected {
+                    format!("{e:#}")
+                } else {
+                    // A request to a broker we are not connected to only says it timed out.
+                    format!(
+                        "not connected to NATS at {} ({e:#})",
+                        self.config.servers.join(",")
+                    )
+                };
+                Sent::Later(why, None)
             }
         }
     }
