@@ -133,7 +133,33 @@ pub struct AudioChunk {
     pub samples: Vec<f32>,
 }
 
+/// A call is at most a day long: a chunk placed later is a source's mistake, and taking it
+/// would stop the party's clock (seconds of audio time).
+pub const MAX_OFFSET_S: f64 = 86_400.0;
+/// A chunk holds at most this much audio (seconds): call queues bound chunks, so their size
+/// must be bounded too.
+pub const MAX_CHUNK_S: f64 = 10.0;
+
 impl AudioChunk {
+    /// What an engine or an ingest refuses in a chunk of a party at `rate` Hz, said plainly:
+    /// an offset outside the call's day ([`MAX_OFFSET_S`], NaN included), more than
+    /// [`MAX_CHUNK_S`] of audio.
+    pub fn check(&self, rate: u32) -> Result<(), String> {
+        if !(0.0..=MAX_OFFSET_S).contains(&self.offset_s) {
+            return Err(format!(
+                "a chunk's offset_s is {} (0 to {MAX_OFFSET_S} s)",
+                self.offset_s
+            ));
+        }
+        if self.samples.len() as f64 > MAX_CHUNK_S * rate as f64 {
+            return Err(format!(
+                "a chunk of {} samples is over {MAX_CHUNK_S} s",
+                self.samples.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// Seconds of audio in the chunk at `rate` Hz.
     pub fn duration_s(&self, rate: u32) -> f64 {
         self.samples.len() as f64 / rate.max(1) as f64

@@ -19,13 +19,6 @@ struct OpenCall {
     info: Arc<CallInfo>,
 }
 
-/// A call is at most a day long: a chunk placed later is a source's mistake, and taking it
-/// would stop the party's clock (seconds of audio time).
-const MAX_OFFSET_S: f64 = 86_400.0;
-/// A chunk holds at most this much audio (seconds): the call's queue bounds chunks, so their
-/// size must be bounded too.
-const MAX_CHUNK_S: f64 = 10.0;
-
 pub(super) struct EngineIngest {
     config: EngineConfig,
     scheduler: Arc<Scheduler>,
@@ -143,23 +136,12 @@ impl EngineIngest {
                 parties,
             });
         }
-        let bad = |problem: String| IngestError::BadCall {
-            call: chunk.call.clone(),
-            problem,
-        };
-        if !(0.0..=MAX_OFFSET_S).contains(&chunk.offset_s) {
-            return Err(bad(format!(
-                "a chunk's offset_s is {} (0 to {MAX_OFFSET_S} s)",
-                chunk.offset_s
-            )));
-        }
-        let rate = open.info.call.parties[chunk.party].sample_rate as f64;
-        if chunk.samples.len() as f64 > MAX_CHUNK_S * rate {
-            return Err(bad(format!(
-                "a chunk of {} samples is over {MAX_CHUNK_S} s",
-                chunk.samples.len()
-            )));
-        }
+        chunk
+            .check(open.info.call.parties[chunk.party].sample_rate)
+            .map_err(|problem| IngestError::BadCall {
+                call: chunk.call.clone(),
+                problem,
+            })?;
         Ok((open.tx.clone(), open.info.clone()))
     }
 

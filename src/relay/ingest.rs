@@ -18,7 +18,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::spool::Spool;
 use super::wire::{self, WireMessage};
-use super::RelayConfig;
+use super::{RelayConfig, RelayStats};
 use crate::call::{AudioChunk, CallId};
 use crate::sources::{Ingest, IngestError, Ingress};
 
@@ -28,55 +28,11 @@ const WINDOW: usize = 256;
 /// Audio queued in memory for the publisher beyond which `send` sheds (bytes): 32 MiB is
 /// about 17 minutes of one 16 kHz party, or 2 s of 500 such parties.
 const MAX_QUEUED_BYTES: u64 = 32 << 20;
-/// A chunk holds at most this much audio (seconds), as in the engine.
-const MAX_CHUNK_S: f64 = 10.0;
-/// A call is at most a day long (seconds of audio time), as in the engine.
-const MAX_OFFSET_S: f64 = 86_400.0;
 /// Samples in one audio message at most: 256 KiB of 16-bit audio.
 const MAX_PIECE: usize = 128 * 1024;
 /// At shutdown, how long the publisher keeps trying a broker that is away before it leaves
 /// the rest in the spool for the next run.
 const CLOSING_GRACE: Duration = Duration::from_secs(10);
-
-/// The relay's counters, for `/metrics` (both roles fill the ones they use).
-#[derive(Debug, Default)]
-pub struct RelayStats {
-    /// Ingest: messages the broker stored; calls published.
-    pub published: AtomicU64,
-    pub calls_published: AtomicU64,
-    /// Ingest: messages waiting in the spool now, and their bytes.
-    pub spooled: AtomicU64,
-    pub spool_bytes: AtomicU64,
-    /// Ingest: audio chunks shed (the spool at its bound, or the publisher too far behind).
-    pub shed_chunks: AtomicU64,
-    /// Ingest: the broker took the last publish (1) or is away (0).
-    pub broker_up: AtomicBool,
-    /// Worker: calls claimed, of them taken over from another worker, and finished (their
-    /// summary stored and the claim acknowledged); calls held now.
-    pub calls_claimed: AtomicU64,
-    pub calls_taken_over: AtomicU64,
-    pub calls_finished: AtomicU64,
-    pub calls_held: AtomicU64,
-    /// Worker: call openings no worker has claimed yet (the shared consumer's backlog):
-    /// rising means the workers cannot keep up.
-    pub claims_waiting: AtomicU64,
-    /// Worker: audio messages stored in the broker and not yet read, over the calls held (a
-    /// worker that falls behind live calls shows it here first).
-    pub audio_behind: AtomicU64,
-    /// Worker: audio chunks seen twice (skipped), and messages that were not the relay's.
-    pub duplicate_chunks: AtomicU64,
-    pub malformed: AtomicU64,
-}
-
-impl RelayStats {
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-}
 
 struct OpenCall {
     rates: Vec<u32>,
@@ -217,14 +173,7 @@ impl RelayIngest {
                         parties: open.rates.len(),
                     });
                 };
-                if !(chunk.offset_s.is_finite() && (0.0..=MAX_OFFSET_S).contains(&chunk.offset_s))
-                    || chunk.duration_s(rate) > MAX_CHUNK_S
-                {
-                    let problem = format!(
-                        "a chunk at {} s of {:.1} s: outside the call's day or over {MAX_CHUNK_S} s",
-                        chunk.offset_s,
-                        chunk.duration_s(rate)
-                    );
+                if let Err(problem) = chunk.check(rate) {
                     return Err(IngestError::BadCall {
                         call: chunk.call,
                         problem,

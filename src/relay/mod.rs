@@ -32,13 +32,54 @@ pub mod wire;
 pub mod worker;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 
 use crate::sinks::nats::NatsConfig;
+
+/// The relay's counters, for `/metrics` (both roles fill the ones they use).
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Ingest: messages the broker stored; calls published.
+    pub published: AtomicU64,
+    pub calls_published: AtomicU64,
+    /// Ingest: messages waiting in the spool now, and their bytes.
+    pub spooled: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    /// Ingest: audio chunks shed (the spool at its bound, or the publisher too far behind).
+    pub shed_chunks: AtomicU64,
+    /// Ingest: the broker took the last publish (1) or is away (0).
+    pub broker_up: AtomicBool,
+    /// Worker: calls claimed, of them taken over from another worker, and finished (their
+    /// summary stored and the claim acknowledged); calls held now.
+    pub calls_claimed: AtomicU64,
+    pub calls_taken_over: AtomicU64,
+    pub calls_finished: AtomicU64,
+    pub calls_held: AtomicU64,
+    /// Worker: call openings no worker has claimed yet (the shared consumer's backlog):
+    /// rising means the workers cannot keep up.
+    pub claims_waiting: AtomicU64,
+    /// Worker: audio messages stored in the broker and not yet read, over the calls held (a
+    /// worker that falls behind live calls shows it here first).
+    pub audio_behind: AtomicU64,
+    /// Worker: audio chunks seen twice (skipped), and messages that were not the relay's.
+    pub duplicate_chunks: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+impl RelayStats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
 
 /// What a `serve` process does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,24 +381,10 @@ pub(crate) fn why(client: &async_nats::Client, config: &RelayConfig, e: &anyhow:
     }
 }
 
-/// Checks that the files `[nats]` names are regular files (read at connect time otherwise,
-/// where a mistake shows only as a failed connection).
+/// Checks that the files `[nats]` names are regular files (see
+/// [`crate::sinks::nats::check_files`]).
 pub fn check_files(config: &RelayConfig) -> Result<()> {
-    for (what, path) in [
-        ("credentials file", &config.credentials),
-        ("TLS CA file", &config.tls_ca),
-        ("TLS client certificate", &config.tls_client_cert),
-        ("TLS client key", &config.tls_client_key),
-    ] {
-        if let Some(p) = path {
-            let m = std::fs::metadata(p)
-                .with_context(|| format!("[nats]: the {what} {}", p.display()))?;
-            if !m.is_file() {
-                bail!("[nats]: the {what} {} is not a regular file", p.display());
-            }
-        }
-    }
-    Ok(())
+    crate::sinks::nats::check_files(&config.events(), "[nats]: the")
 }
 
 #[cfg(test)]

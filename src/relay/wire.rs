@@ -3,7 +3,7 @@
 //! ingest's spool file.
 
 use crate::call::{AudioChunk, Call, CallId};
-use crate::sinks::nats::subject_token;
+use crate::sinks::nats::call_subject;
 
 pub const CALL_ID: &str = "Vishguard-Call-Id";
 pub const KIND: &str = "Vishguard-Kind";
@@ -106,7 +106,7 @@ impl WireMessage {
 /// A call's opening, on `<prefix>.calls.<call>`.
 pub fn open(calls_prefix: &str, call: &Call, instance: &str) -> WireMessage {
     WireMessage {
-        subject: format!("{calls_prefix}.{}", subject_token(call.id.as_str())),
+        subject: call_subject(calls_prefix, call.id.as_str()),
         headers: vec![
             (MSG_ID.into(), format!("{}/{instance}/open", call.id)),
             (CALL_ID.into(), call.id.to_string()),
@@ -127,7 +127,7 @@ pub fn audio(audio_prefix: &str, chunk: &AudioChunk, seq: u64, instance: &str) -
         payload.extend_from_slice(&q.to_le_bytes());
     }
     WireMessage {
-        subject: format!("{audio_prefix}.{}", subject_token(chunk.call.as_str())),
+        subject: call_subject(audio_prefix, chunk.call.as_str()),
         headers: vec![
             (
                 MSG_ID.into(),
@@ -148,7 +148,7 @@ pub fn audio(audio_prefix: &str, chunk: &AudioChunk, seq: u64, instance: &str) -
 /// A call's close, on `<prefix>.audio.<call>` after its last chunk.
 pub fn close(audio_prefix: &str, id: &CallId, instance: &str) -> WireMessage {
     WireMessage {
-        subject: format!("{audio_prefix}.{}", subject_token(id.as_str())),
+        subject: call_subject(audio_prefix, id.as_str()),
         headers: vec![
             (MSG_ID.into(), format!("{id}/{instance}/close")),
             (CALL_ID.into(), id.to_string()),

@@ -15,11 +15,11 @@ use anyhow::{Context, Result};
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures_util::StreamExt;
 
-use super::ingest::RelayStats;
 use super::wire::{self, Incoming};
 use super::RelayConfig;
+use super::RelayStats;
 use crate::call::{CallId, Event, Versioned};
-use crate::sinks::nats::{subject_token, PublishFilter};
+use crate::sinks::nats::{call_subject, PublishFilter};
 use crate::sources::{Ingest, IngestError, Ingress, Source, Stop};
 
 /// An opening larger than this is not one an ingest sends (bytes): ids and metadata are
@@ -391,11 +391,7 @@ async fn hear_call(
 ) {
     let id = call.id.clone();
     let opening = Opening::of(&claim);
-    let events_subject = format!(
-        "{}.{}",
-        this.config.events_subject_prefix,
-        subject_token(id.as_str())
-    );
+    let events_subject = call_subject(&this.config.events_subject_prefix, id.as_str());
     let renew = Duration::from_secs_f64(this.config.claim_timeout_s / 3.0);
     if summary_stored(&streams, &events_subject, &id, &opening).await {
         // Its worker finished it and died before acknowledging.
@@ -510,11 +506,7 @@ async fn replay(
     give_back: &std::sync::atomic::AtomicBool,
     renew: Duration,
 ) -> Result<()> {
-    let subject = format!(
-        "{}.{}",
-        this.config.audio_prefix(),
-        subject_token(call.id.as_str())
-    );
+    let subject = call_subject(&this.config.audio_prefix(), call.id.as_str());
     let mut state = Replay {
         next_seq: vec![0; call.parties.len()],
         malformed: 0,

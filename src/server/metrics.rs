@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 
 use super::AppState;
 use crate::engine::EngineStats;
-use crate::relay::ingest::RelayStats;
+use crate::relay::RelayStats;
 use crate::relay::Role;
 
 type Labels = Vec<(String, String)>;

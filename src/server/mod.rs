@@ -136,7 +136,7 @@ pub struct AppState {
     /// None in the ingest role (no engine there).
     pub engine: Option<EngineMonitor>,
     /// The relay's counters, in the ingest and worker roles.
-    pub relay: Option<Arc<crate::relay::ingest::RelayStats>>,
+    pub relay: Option<Arc<crate::relay::RelayStats>>,
     pub config: Arc<ServerConfig>,
     pub malformed: Arc<Malformed>,
 }

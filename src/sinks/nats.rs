@@ -226,6 +226,12 @@ impl NatsSink {
     }
 }
 
+/// The subject of a call under `prefix`: `<prefix>.<call id as one token>` (events, and the
+/// relay's openings and audio).
+pub fn call_subject(prefix: &str, call_id: &str) -> String {
+    format!("{prefix}.{}", subject_token(call_id))
+}
+
 /// A call id as one subject token.
 pub fn subject_token(call_id: &str) -> String {
     let t: String = call_id
@@ -273,20 +279,7 @@ impl NatsTransport {
         if let Err((key, problem)) = config.validate() {
             bail!("nats sink: {key}: {problem}");
         }
-        for (what, path) in [
-            ("credentials file", &config.credentials),
-            ("TLS CA file", &config.tls_ca),
-            ("TLS client certificate", &config.tls_client_cert),
-            ("TLS client key", &config.tls_client_key),
-        ] {
-            if let Some(p) = path {
-                let m = std::fs::metadata(p)
-                    .with_context(|| format!("the NATS {what} {}", p.display()))?;
-                if !m.is_file() {
-                    bail!("the NATS {what} {} is not a regular file", p.display());
-                }
-            }
-        }
+        check_files(config, "the NATS")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -353,7 +346,7 @@ impl Transport for NatsTransport {
         if self.filter.as_ref().is_some_and(|f| f.skip(call, key)) {
             return Sent::Delivered;
         }
-        let subject = format!("{}.{}", self.config.subject_prefix, subject_token(call));
+        let subject = call_subject(&self.config.subject_prefix, call);
         let config = &self.config;
         let (client, stream_ready) = (&mut self.client, &mut self.stream_ready);
         let sent: Result<()> = self.runtime.block_on(async {
@@ -519,6 +512,27 @@ async fn left_to_deliver(
     let mut c = consumer.clone();
     let info = c.info().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(info.num_pending)
+}
+
+/// Checks that the files a config names (credentials, TLS) are regular files: they are read
+/// only at connect time, where a mistake shows as a failed connection. Errors begin with
+/// `label` ("the NATS credentials file ...").
+pub(crate) fn check_files(config: &NatsConfig, label: &str) -> Result<()> {
+    for (what, path) in [
+        ("credentials file", &config.credentials),
+        ("TLS CA file", &config.tls_ca),
+        ("TLS client certificate", &config.tls_client_cert),
+        ("TLS client key", &config.tls_client_key),
+    ] {
+        if let Some(p) = path {
+            let m =
+                std::fs::metadata(p).with_context(|| format!("{label} {what} {}", p.display()))?;
+            if !m.is_file() {
+                bail!("{label} {what} {} is not a regular file", p.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What both the sink and `tail` connect with: the name, the token or credentials, TLS.
