@@ -1,12 +1,15 @@
 //! Speed of the recogniser's parts on this machine: mel features, one encoder window, one
-//! decoder step (with the self-attention cache warm), for tiny.en and base.
+//! decoder step (with the self-attention cache warm), for tiny.en and base in F32 and int8
+//! (the vocabulary projection in q8_0); and F32 against q8_0 matrix products at the vocabulary
+//! projection's shape for 1 to 16 rows (see `asr::model::Decoder::logits`).
 //!
 //! Run with `cargo bench --bench asr`. Models are fetched on first use.
 
-use candle_core::Tensor;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use vishguard::asr::mel::MelSpectrogram;
-use vishguard::asr::{DeviceChoice, Transcriber};
+use vishguard::asr::{ComputeType, DeviceChoice, Transcriber};
 use vishguard::model_store::ModelStore;
 
 fn speech_like(seconds: usize) -> Vec<f32> {
@@ -23,16 +26,41 @@ fn bench(c: &mut Criterion) {
     let mel = MelSpectrogram::new(80);
     c.bench_function("mel/30s", |b| b.iter(|| mel.log_mel(&audio)));
 
-    let store = ModelStore::open().unwrap();
-    for name in ["tiny.en", "base"] {
-        let files = store.resolve(Some(name)).unwrap();
-        let m = Transcriber::load(&files, DeviceChoice::Cpu.open().unwrap()).unwrap();
-        let log_mel = m.mel.log_mel(&audio);
-        let mut group = c.benchmark_group(name);
-        group.sample_size(10);
-        group.bench_function("encoder/30s-window", |b| {
-            b.iter(|| m.encode_window(&log_mel, 0).unwrap())
+    // tiny.en's vocabulary projection: [rows, 384] x [384, 51864].
+    let mut group = c.benchmark_group("vocab-projection");
+    group.sample_size(20);
+    let w = Tensor::randn(0f32, 0.05, (51864, 384), &Device::Cpu).unwrap();
+    let q = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap();
+    let wt = w.t().unwrap();
+    for rows in [1, 2, 4, 8, 16] {
+        let x = Tensor::randn(0f32, 1.0, (1, rows, 384), &Device::Cpu).unwrap();
+        group.bench_function(format!("f32/{rows}-rows"), |b| {
+            b.iter(|| x.broadcast_matmul(&wt).unwrap())
         });
+        group.bench_function(format!("q8_0/{rows}-rows"), |b| {
+            b.iter(|| q.forward(&x).unwrap())
+        });
+    }
+    group.finish();
+
+    let store = ModelStore::open().unwrap();
+    for (name, compute) in [
+        ("tiny.en", ComputeType::F32),
+        ("tiny.en", ComputeType::Int8),
+        ("base", ComputeType::F32),
+        ("base", ComputeType::Int8),
+    ] {
+        let files = store.resolve(Some(name)).unwrap();
+        let m = Transcriber::load_as(&files, DeviceChoice::Cpu.open().unwrap(), compute).unwrap();
+        let log_mel = m.mel.log_mel(&audio);
+        let mut group = c.benchmark_group(format!("{name}/{compute:?}"));
+        group.sample_size(10);
+        // The encoder is F32 in both.
+        if compute == ComputeType::F32 {
+            group.bench_function("encoder/30s-window", |b| {
+                b.iter(|| m.encode_window(&log_mel, 0).unwrap())
+            });
+        }
         let features = m.encode_window(&log_mel, 0).unwrap();
         let dec = &m.model.decoder;
         let prompt: Vec<u32> = vec![m.special.sot; 1];

@@ -1,14 +1,23 @@
 //! Live-engine benchmark: alert latency (from the end of the words that tipped a call over
 //! the line to the alert) and how many real-time calls two cores sustain before drops start.
 //!
-//! `cargo bench --bench live` (release build; takes a few minutes: calls play at real speed).
-//! Env: VISHGUARD_BENCH_MODELS (default "tiny.en,base"), VISHGUARD_BENCH_MAX_CALLS (default 10),
-//! VISHGUARD_BENCH_CONTEXT_CHECK=0 (keywords only, as `listen --no-context-check`).
+//! `cargo bench --bench live` (release build; takes minutes: calls play at real speed).
+//! Env:
+//! - VISHGUARD_BENCH_MODELS (default "tiny.en,base");
+//! - VISHGUARD_BENCH_COMPUTE: compute types, each measured in the same run (default
+//!   "f32,int8");
+//! - VISHGUARD_BENCH_ENGINES: recogniser layouts for the concurrency part, `WORKERSxBATCH`
+//!   (default "2x1,2x4": two workers hearing one utterance at a time, as `[engine]`'s
+//!   default, against two workers hearing batches of up to 4 utterances of different calls);
+//! - VISHGUARD_BENCH_MAX_CALLS (default 16); VISHGUARD_BENCH_MAX_LAG_S (default 1.5: a level
+//!   whose transcript lag p95 passes it, or that drops anything, ends the ramp);
+//! - VISHGUARD_BENCH_LATENCY=0 skips the alert-latency part;
+//! - VISHGUARD_BENCH_CONTEXT_CHECK=0 (keywords only, as `listen --no-context-check`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vishguard::asr::{DeviceChoice, Transcriber};
+use vishguard::asr::{ComputeType, DeviceChoice, Transcriber};
 use vishguard::audio::{load_16k, ChannelMode};
 use vishguard::call::{AudioChunk, Call, CallId, Event, Party};
 use vishguard::detect::script_context::ContextCheck;
@@ -169,103 +178,172 @@ fn main() {
         ));
     }
     let classifier = Arc::new(classifier);
-    let models = std::env::var("VISHGUARD_BENCH_MODELS").unwrap_or_else(|_| "tiny.en,base".into());
-    let max_calls: usize = std::env::var("VISHGUARD_BENCH_MAX_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    let models = env("VISHGUARD_BENCH_MODELS", "tiny.en,base");
+    let computes: Vec<ComputeType> = env("VISHGUARD_BENCH_COMPUTE", "f32,int8")
+        .split(',')
+        .map(|c| serde_json::from_value(serde_json::Value::String(c.into())).unwrap())
+        .collect();
+    let layouts: Vec<(usize, usize)> = env("VISHGUARD_BENCH_ENGINES", "2x1,2x4")
+        .split(',')
+        .map(|l| {
+            let (w, b) = l.split_once('x').expect("WORKERSxBATCH");
+            (w.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    let max_calls: usize = env("VISHGUARD_BENCH_MAX_CALLS", "16").parse().unwrap();
+    let max_lag: f64 = env("VISHGUARD_BENCH_MAX_LAG_S", "1.5").parse().unwrap();
+    let latency = env("VISHGUARD_BENCH_LATENCY", "1") != "0";
+    let (load1, _, _) = load_average();
+    println!("load average at start {load1:.2}");
     let store = ModelStore::open().unwrap();
+    let mut summary = Vec::new();
     for name in models.split(',') {
         let files = store.resolve(Some(name)).unwrap();
-        let m = Arc::new(Transcriber::load(&files, DeviceChoice::Cpu.open().unwrap()).unwrap());
-        // Latency: one call at a time, each scam sample played twice, without and with
-        // partial hypotheses (the words of an utterance still being spoken).
-        for (variant, partial_every_s) in [
-            ("finished utterances only", None),
-            ("with partials", Some(0.25)),
-        ] {
-            let config = EngineConfig {
-                partials: partial_every_s.is_some(),
-                partial_every_s: partial_every_s.unwrap_or(0.25),
-                ..EngineConfig::default()
-            };
-            let (engine, record, starts) = recorded_engine(&m, &classifier, config);
-            for round in 0..2 {
-                for (id, samples) in scams
-                    .iter()
-                    .filter(|(id, _)| m.is_multilingual() || id.starts_with("en"))
-                {
-                    play(&engine, &format!("{id}#{round}"), samples, &starts);
-                }
-            }
-            engine.shutdown();
-            let r = record.lock().unwrap();
-            let mut lat: Vec<f64> = r
-                .first_alert_wall
-                .iter()
-                .filter_map(|(id, wall)| r.first_alert_audio.get(id).map(|audio| wall - audio))
-                .collect();
-            let mut each: Vec<String> = r
-                .first_alert_wall
-                .iter()
-                .filter_map(|(id, wall)| {
-                    r.first_alert_audio
-                        .get(id)
-                        .map(|a| format!("{id} {:.2}", wall - a))
-                })
-                .collect();
-            each.sort();
-            println!("{name} ({variant}): {}", each.join(", "));
-            if lat.is_empty() {
-                println!("{name} ({variant}): no alerts raised");
-            } else {
-                println!(
-                    "{name} ({variant}): alert latency over {} scam calls: p50 {:.2} s, p95 {:.2} s, max {:.2} s",
-                    lat.len(),
-                    percentile(&mut lat, 0.5),
-                    percentile(&mut lat, 0.95),
-                    lat.iter().cloned().fold(0.0, f64::max)
-                );
-            }
-        }
-        // Concurrency: N calls at real speed, each ~36 s of speech, until drops start.
-        let long: Vec<f32> = scams
-            .iter()
-            .filter(|(id, _)| id.starts_with("en"))
-            .take(3)
-            .flat_map(|(_, s)| s.clone())
-            .collect();
-        let mut sustained = 0;
-        for n in [1, 2, 4, 6, 8, 10, 12]
-            .into_iter()
-            .filter(|&n| n <= max_calls)
-        {
-            let (engine, record, starts) =
-                recorded_engine(&m, &classifier, EngineConfig::default());
-            std::thread::scope(|s| {
-                for i in 0..n {
-                    let (engine, long, starts) = (&engine, &long, &starts);
-                    s.spawn(move || play(engine, &format!("c{i}"), long, starts));
-                }
-            });
-            engine.shutdown();
-            let mut r = record.lock().unwrap();
-            let dropped_now = r.dropped_utterances;
-            let drops = r.dropped_audio_s > 0.0 || dropped_now > 0;
-            // Keeping up means more than no drops: the transcripts must not fall behind.
-            let lag_p95 = percentile(&mut r.transcript_lag, 0.95);
-            let lag_p50 = percentile(&mut r.transcript_lag, 0.5);
-            println!(
-                "{name}: {n} concurrent real-time calls: {:.1} s audio and {} utterances dropped, transcript lag p50 {lag_p50:.2} s p95 {lag_p95:.2} s",
-                r.dropped_audio_s, dropped_now,
+        for &compute in &computes {
+            let m = Arc::new(
+                Transcriber::load_as(&files, DeviceChoice::Cpu.open().unwrap(), compute).unwrap(),
             );
-            if drops || lag_p95 > 3.0 {
-                break;
+            let tag = format!("{name} {compute:?}");
+            if latency {
+                alert_latency(&tag, &m, &classifier, &scams);
             }
-            sustained = n;
+            for &(workers, batch) in &layouts {
+                let config = EngineConfig {
+                    asr_workers: workers,
+                    asr_batch: batch,
+                    ..EngineConfig::default()
+                };
+                let tag = format!("{tag} {workers}x{batch}");
+                let n = concurrency(&tag, &m, &classifier, &scams, config, max_calls, max_lag);
+                summary.push(format!(
+                    "{tag}: sustained {n} concurrent real-time calls without drops and with transcript lag p95 <= {max_lag} s (2 cores)"
+                ));
+            }
         }
-        println!(
-            "{name}: sustained {sustained} concurrent real-time calls without drops and with transcript lag p95 <= 3 s (2 cores)"
-        );
     }
+    for line in summary {
+        println!("{line}");
+    }
+    let (load1, _, _) = load_average();
+    println!("load average at end {load1:.2}");
+}
+
+/// The 1-, 5- and 15-minute load averages of this machine (zeros where unreadable).
+fn load_average() -> (f64, f64, f64) {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut v = text
+        .split_whitespace()
+        .map(|x| x.parse::<f64>().unwrap_or(0.0));
+    (
+        v.next().unwrap_or(0.0),
+        v.next().unwrap_or(0.0),
+        v.next().unwrap_or(0.0),
+    )
+}
+
+type Samples = Vec<(String, Vec<f32>)>;
+
+/// Alert latency: one call at a time, each scam sample played twice, without and with partial
+/// hypotheses (the words of an utterance still being spoken).
+fn alert_latency(tag: &str, m: &Arc<Transcriber>, classifier: &Arc<Classifier>, scams: &Samples) {
+    for (variant, partial_every_s) in [
+        ("finished utterances only", None),
+        ("with partials", Some(0.25)),
+    ] {
+        let config = EngineConfig {
+            partials: partial_every_s.is_some(),
+            partial_every_s: partial_every_s.unwrap_or(0.25),
+            ..EngineConfig::default()
+        };
+        let (engine, record, starts) = recorded_engine(m, classifier, config);
+        for round in 0..2 {
+            for (id, samples) in scams
+                .iter()
+                .filter(|(id, _)| m.is_multilingual() || id.starts_with("en"))
+            {
+                play(&engine, &format!("{id}#{round}"), samples, &starts);
+            }
+        }
+        engine.shutdown();
+        let r = record.lock().unwrap();
+        let mut lat: Vec<f64> = r
+            .first_alert_wall
+            .iter()
+            .filter_map(|(id, wall)| r.first_alert_audio.get(id).map(|audio| wall - audio))
+            .collect();
+        let mut each: Vec<String> = r
+            .first_alert_wall
+            .iter()
+            .filter_map(|(id, wall)| {
+                r.first_alert_audio
+                    .get(id)
+                    .map(|a| format!("{id} {:.2}", wall - a))
+            })
+            .collect();
+        each.sort();
+        println!("{tag} ({variant}): {}", each.join(", "));
+        if lat.is_empty() {
+            println!("{tag} ({variant}): no alerts raised");
+        } else {
+            println!(
+                "{tag} ({variant}): alert latency over {} scam calls: p50 {:.2} s, p95 {:.2} s, max {:.2} s",
+                lat.len(),
+                percentile(&mut lat, 0.5),
+                percentile(&mut lat, 0.95),
+                lat.iter().cloned().fold(0.0, f64::max)
+            );
+        }
+    }
+}
+
+/// Concurrency: N calls at real speed, each ~36 s of speech, N rising until a level drops
+/// audio or utterances or its transcript lag p95 passes `max_lag`; returns the last N that
+/// kept up.
+fn concurrency(
+    tag: &str,
+    m: &Arc<Transcriber>,
+    classifier: &Arc<Classifier>,
+    scams: &Samples,
+    config: EngineConfig,
+    max_calls: usize,
+    max_lag: f64,
+) -> usize {
+    let long: Vec<f32> = scams
+        .iter()
+        .filter(|(id, _)| id.starts_with("en"))
+        .take(3)
+        .flat_map(|(_, s)| s.clone())
+        .collect();
+    let mut sustained = 0;
+    for n in [1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32]
+        .into_iter()
+        .filter(|&n| n <= max_calls)
+    {
+        let (engine, record, starts) = recorded_engine(m, classifier, config.clone());
+        std::thread::scope(|s| {
+            for i in 0..n {
+                let (engine, long, starts) = (&engine, &long, &starts);
+                s.spawn(move || play(engine, &format!("c{i}"), long, starts));
+            }
+        });
+        engine.shutdown();
+        let mut r = record.lock().unwrap();
+        let dropped_now = r.dropped_utterances;
+        let drops = r.dropped_audio_s > 0.0 || dropped_now > 0;
+        // Keeping up means more than no drops: the transcripts must not fall behind.
+        let lag_p95 = percentile(&mut r.transcript_lag, 0.95);
+        let lag_p50 = percentile(&mut r.transcript_lag, 0.5);
+        println!(
+            "{tag}: {n} concurrent real-time calls: {:.1} s audio and {} utterances dropped, transcript lag p50 {lag_p50:.2} s p95 {lag_p95:.2} s, load {:.2}",
+            r.dropped_audio_s,
+            dropped_now,
+            load_average().0,
+        );
+        if drops || lag_p95 > max_lag {
+            break;
+        }
+        sustained = n;
+    }
+    sustained
 }

@@ -112,7 +112,7 @@ impl Transcriber {
         let vb = WeightFile::open(&files.weights())
             .with_context(|| format!("{}: unreadable weights", files.weights().display()))?
             .into_var_builder(dtype, &device);
-        let model = Whisper::load(&config, vb).with_context(|| {
+        let model = Whisper::load(&config, vb, compute.quant_on(&device)).with_context(|| {
             format!(
                 "{}: weights do not fit the config",
                 files.weights().display()

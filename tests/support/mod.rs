@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use vishguard::asr::{DeviceChoice, Transcriber};
+use vishguard::asr::{ComputeType, DeviceChoice, Transcriber};
 use vishguard::call::CallId;
 use vishguard::detect::script_context::ContextCheck;
 use vishguard::detect::Classifier;
@@ -159,9 +159,14 @@ impl Recogniser for ScriptedRecogniser {
 }
 
 fn load(name: &str) -> Transcriber {
+    load_as(name, ComputeType::Auto)
+}
+
+/// A catalog model on the CPU in `compute` precision (not shared: each call loads it).
+pub fn load_as(name: &str, compute: ComputeType) -> Transcriber {
     let store = ModelStore::open().expect("model store");
     let files = store.resolve(Some(name)).expect("model fetch");
-    Transcriber::load(&files, DeviceChoice::Cpu.open().unwrap()).expect("model load")
+    Transcriber::load_as(&files, DeviceChoice::Cpu.open().unwrap(), compute).expect("model load")
 }
 
 /// tiny.en, loaded once per test binary and shared (the engine takes an `Arc`).
