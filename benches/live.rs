@@ -9,8 +9,10 @@
 //! - VISHGUARD_BENCH_ENGINES: recogniser layouts for the concurrency part, `WORKERSxBATCH`
 //!   (default "2x1,2x4": two workers hearing one utterance at a time, as `[engine]`'s
 //!   default, against two workers hearing batches of up to 4 utterances of different calls);
-//! - VISHGUARD_BENCH_MAX_CALLS (default 16); VISHGUARD_BENCH_MAX_LAG_S (default 1.5: a level
-//!   whose transcript lag p95 passes it, or that drops anything, ends the ramp);
+//! - VISHGUARD_BENCH_MAX_CALLS (default 16); VISHGUARD_BENCH_MAX_LAG_S (default 1.5): the
+//!   ramp reports the most calls whose transcript lag p95 stayed within it, and the most
+//!   within 3 s (the rule of earlier runs); it ends at the first level that drops anything or
+//!   passes both;
 //! - VISHGUARD_BENCH_LATENCY=0 skips the alert-latency part;
 //! - VISHGUARD_BENCH_CONTEXT_CHECK=0 (keywords only, as `listen --no-context-check`).
 
@@ -215,9 +217,10 @@ fn main() {
                     ..EngineConfig::default()
                 };
                 let tag = format!("{tag} {workers}x{batch}");
-                let n = concurrency(&tag, &m, &classifier, &scams, config, max_calls, max_lag);
+                let (n, n3) =
+                    concurrency(&tag, &m, &classifier, &scams, config, max_calls, max_lag);
                 summary.push(format!(
-                    "{tag}: sustained {n} concurrent real-time calls without drops and with transcript lag p95 <= {max_lag} s (2 cores)"
+                    "{tag}: sustained {n} concurrent real-time calls without drops and with transcript lag p95 <= {max_lag} s, {n3} with lag p95 <= 3 s (2 cores)"
                 ));
             }
         }
@@ -298,8 +301,8 @@ fn alert_latency(tag: &str, m: &Arc<Transcriber>, classifier: &Arc<Classifier>, 
 }
 
 /// Concurrency: N calls at real speed, each ~36 s of speech, N rising until a level drops
-/// audio or utterances or its transcript lag p95 passes `max_lag`; returns the last N that
-/// kept up.
+/// audio or utterances or its transcript lag p95 passes both `max_lag` and 3 s; returns the
+/// most calls kept within `max_lag` and within 3 s.
 fn concurrency(
     tag: &str,
     m: &Arc<Transcriber>,
@@ -308,14 +311,14 @@ fn concurrency(
     config: EngineConfig,
     max_calls: usize,
     max_lag: f64,
-) -> usize {
+) -> (usize, usize) {
     let long: Vec<f32> = scams
         .iter()
         .filter(|(id, _)| id.starts_with("en"))
         .take(3)
         .flat_map(|(_, s)| s.clone())
         .collect();
-    let mut sustained = 0;
+    let (mut sustained, mut sustained_3s) = (0, 0);
     for n in [1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32]
         .into_iter()
         .filter(|&n| n <= max_calls)
@@ -340,10 +343,15 @@ fn concurrency(
             dropped_now,
             load_average().0,
         );
-        if drops || lag_p95 > max_lag {
+        if drops || lag_p95 > max_lag.max(3.0) {
             break;
         }
-        sustained = n;
+        if lag_p95 <= max_lag && sustained_3s == sustained {
+            sustained = n;
+        }
+        if lag_p95 <= 3.0 {
+            sustained_3s = n;
+        }
     }
-    sustained
+    (sustained, sustained_3s)
 }

@@ -1,7 +1,7 @@
 //! Batched recognition hears what unbatched recognition hears: utterances of different calls
 //! (different lengths, prompts and languages) through the encoder and the greedy decoder
 //! together give the same words as each heard alone, on real speech and both models, in F32.
-//! With int8 decoder weights (the CPU's default) the words stay close but need not be the
+//! With int8 (the vocabulary projection in q8_0) the words stay close but need not be the
 //! same: a prompt's F32 pass rounds differently in a batch (padding, gemm blocking), and the
 //! q8_0 steps quantize their inputs, so a last-bit difference can move a value to the next
 //! int8 step.

@@ -66,7 +66,7 @@ fn telephone_clips() -> Vec<(std::path::PathBuf, String)> {
 }
 
 /// WER on the real 30 s call and mean WER on the 12 telephone-channel clips, for one model in
-/// F32 and in int8 (`--compute-type int8`, what `auto` picks on the CPU): each within its bound,
+/// F32 and in int8 (`--compute-type int8`): each within its bound,
 /// and int8 no more than 0.01 above F32 on either (the bound issue 16 set).
 fn real_call_and_telephone_clips_in_f32_and_int8(name: &str, real_bound: f64, phone_bound: f64) {
     let (wav, reference) = pyannote_call();

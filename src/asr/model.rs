@@ -436,7 +436,23 @@ impl Decoder {
     /// there (see the README's Measured section).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.logits_int8 {
-            Some(q) => q.forward(&hidden.contiguous()?),
+            Some(q) => {
+                let hidden = hidden.contiguous()?;
+                let logits = q.forward(&hidden)?;
+                // q8_0 scales each block of the input by its largest magnitude, found with
+                // f32::max, which passes over NaN: a NaN hidden state (damaged weights) would
+                // come out as finite logits and the decoders' NaN check would never see it.
+                if hidden
+                    .sum_all()?
+                    .to_dtype(DType::F32)?
+                    .to_scalar::<f32>()?
+                    .is_finite()
+                {
+                    Ok(logits)
+                } else {
+                    logits.affine(f64::NAN, 0.0)
+                }
+            }
             None => hidden.broadcast_matmul(&self.embed.embeddings().t()?),
         }
     }

@@ -45,7 +45,7 @@ pub struct AsrArgs {
     /// CPU), cpu, cuda, cuda:N, metal [default: auto].
     #[arg(long, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<DeviceChoice>()))]
     pub device: Option<DeviceChoice>,
-    /// Precision: auto (int8 on the CPU, f16 on a GPU), f32, int8 (CPU: f32 with the
+    /// Precision: auto (f32 on the CPU, f16 on a GPU), f32, int8 (CPU: f32 with the
     /// decoder's vocabulary projection in int8), f16, bf16 [default: auto].
     #[arg(long, value_parser = choice::<ComputeType>(&ComputeType::NAMES))]
     pub compute_type: Option<ComputeType>,
