@@ -143,6 +143,15 @@ def time_faster_whisper(m, clip, lang, multilingual):
     return time.perf_counter() - start, text
 
 
+def times_line(model, label, times, cts):
+    """One row of the table: each engine's seconds, then vishguard's ratios to fw int8."""
+    line = f"{model:8} {label[:30]:30}"
+    line += "".join(f" {times[ct]:9.2f}" for ct in cts)
+    line += f" {times['fw f32']:7.2f} {times['fw int8']:7.2f}"
+    line += "".join(f" {times[ct] / times['fw int8']:10.2f}" for ct in cts)
+    return line
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -171,11 +180,12 @@ def main():
             head += f" {'ratio ' + ct:>10}"
         head += "   error rate: " + " ".join(f"vg {ct}" for ct in cts) + " / fw f32 / fw int8"
         print(head)
-        totals = {k: 0.0 for k in [*cts, "fw f32", "fw int8"]}
-        wholes = {k: 0.0 for k in [*cts, "fw f32", "fw int8"]}
-        errs = {k: [] for k in [*cts, "fw f32", "fw int8"]}
+        engines = [*cts, "fw f32", "fw int8"]
+        totals = {k: 0.0 for k in engines}
+        wholes = {k: 0.0 for k in engines}
+        errs = {k: [] for k in engines}
         for name, clip, ref, lang in clips:
-            row, times, texts = {}, {}, {}
+            times, texts = {}, {}
             for ct in cts:
                 warm, whole, text = time_vishguard(model, clip, a.threads, ct, lang)
                 times[ct], texts[ct] = warm, text
@@ -183,15 +193,10 @@ def main():
             for label, ct in (("fw f32", "float32"), ("fw int8", "int8")):
                 m, _ = fw[ct]
                 times[label], texts[label] = time_faster_whisper(m, clip, lang, multilingual)
-            line = f"{model:8} {name[:30]:30}"
-            for ct in cts:
-                line += f" {times[ct]:9.2f}"
-            line += f" {times['fw f32']:7.2f} {times['fw int8']:7.2f}"
-            for ct in cts:
-                line += f" {times[ct] / times['fw int8']:10.2f}"
+            line = times_line(model, name, times, cts)
             if ref is not None:
                 rates = []
-                for k in [*cts, "fw f32", "fw int8"]:
+                for k in engines:
                     e = error_rate(ref, texts[k], lang)
                     errs[k].append((name, e))
                     rates.append(f"{e:.3f}")
@@ -202,18 +207,12 @@ def main():
         for label, ct in (("fw f32", "float32"), ("fw int8", "int8")):
             wholes[label] = totals[label] + fw[ct][1] * len(clips)
         for what, t in (("warm calls, sum", totals), ("whole processes, sum", wholes)):
-            line = f"{model:8} {what:30}"
-            for ct in cts:
-                line += f" {t[ct]:9.2f}"
-            line += f" {t['fw f32']:7.2f} {t['fw int8']:7.2f}"
-            for ct in cts:
-                line += f" {t[ct] / t['fw int8']:10.2f}"
-            print(line)
+            print(times_line(model, what, t, cts))
         if errs[cts[0]]:
             for subset, pick in (("real call", lambda n: n.startswith("real call")),
                                  ("telephone clips", lambda n: not n.startswith("real call"))):
                 means = []
-                for k in [*cts, "fw f32", "fw int8"]:
+                for k in engines:
                     xs = [e for n, e in errs[k] if pick(n)]
                     means.append(f"{sum(xs) / max(1, len(xs)):.3f}")
                 print(f"{model:8} error rate, {subset}: " + " / ".join(means)

@@ -8,7 +8,7 @@
 
 mod support;
 
-use vishguard::asr::{ComputeType, TranscribeOptions, Transcriber};
+use vishguard::asr::{ComputeType, TranscribeOptions, Transcriber, Transcript};
 use vishguard::audio::vad::{speech_regions, VadConfig};
 use vishguard::score::wer::wer;
 
@@ -64,28 +64,52 @@ fn options(n: usize, candidates: &[&str]) -> Vec<TranscribeOptions> {
         .collect()
 }
 
-fn same_words_batched_and_alone(model: &Transcriber, clips: &[Vec<f32>], candidates: &[&str]) {
+/// Each clip heard alone, then all of them in one batch, with [`options`].
+fn alone_and_batched(
+    model: &Transcriber,
+    clips: &[Vec<f32>],
+    candidates: &[&str],
+) -> (Vec<Transcript>, Vec<Transcript>) {
     let opts = options(clips.len(), candidates);
-    let alone: Vec<_> = clips
+    let alone = clips
         .iter()
         .zip(&opts)
         .map(|(c, o)| model.transcribe(c, o).unwrap())
         .collect();
     let items: Vec<(&[f32], &TranscribeOptions)> =
         clips.iter().map(|c| c.as_slice()).zip(&opts).collect();
-    let together: Vec<_> = model
+    let together = model
         .transcribe_batch(&items)
         .into_iter()
         .map(Result::unwrap)
         .collect();
+    (alone, together)
+}
+
+/// Utterances of four English samples, three of each.
+fn english_utterances() -> Vec<Vec<f32>> {
+    let clips = utterances(
+        &[
+            "en_scam_irs_warrant.wav",
+            "en_legit_pharmacy.wav",
+            "en_scam_safe_account.wav",
+            "en_legit_delivery.wav",
+        ],
+        3,
+    );
+    assert!(clips.len() >= 8, "{} utterances", clips.len());
+    clips
+}
+
+fn same_words_batched_and_alone(model: &Transcriber, clips: &[Vec<f32>], candidates: &[&str]) {
+    let (alone, together) = alone_and_batched(model, clips, candidates);
     let mut words = 0;
     let mut compared = 0;
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
         // A window the policy rejected at temperature 0 was sampled: its words are random
         // (seeded alike, but a rounding difference can tip one draw), so only greedy
         // windows must agree word for word.
-        let sampled =
-            |t: &vishguard::asr::Transcript| t.segments.iter().any(|s| s.temperature > 0.0);
+        let sampled = |t: &Transcript| t.segments.iter().any(|s| s.temperature > 0.0);
         if sampled(a) {
             // The greedy decode both start with was rejected alike.
             assert!(
@@ -131,45 +155,17 @@ fn same_words_batched_and_alone(model: &Transcriber, clips: &[Vec<f32>], candida
 
 #[test]
 fn tiny_en_batched_decoding_gives_the_same_words() {
-    let clips = utterances(
-        &[
-            "en_scam_irs_warrant.wav",
-            "en_legit_pharmacy.wav",
-            "en_scam_safe_account.wav",
-            "en_legit_delivery.wav",
-        ],
-        3,
-    );
-    assert!(clips.len() >= 8, "{} utterances", clips.len());
+    let clips = english_utterances();
     same_words_batched_and_alone(&support::load_as("tiny.en", ComputeType::F32), &clips, &[]);
 }
 
 #[test]
 fn tiny_en_int8_batched_decoding_stays_close() {
-    let clips = utterances(
-        &[
-            "en_scam_irs_warrant.wav",
-            "en_legit_pharmacy.wav",
-            "en_scam_safe_account.wav",
-            "en_legit_delivery.wav",
-        ],
-        3,
-    );
+    let clips = english_utterances();
     let model = support::load_as("tiny.en", ComputeType::Int8);
-    let opts = options(clips.len(), &[]);
-    let alone: Vec<String> = clips
-        .iter()
-        .zip(&opts)
-        .map(|(c, o)| model.transcribe(c, o).unwrap().text())
-        .collect();
-    let items: Vec<(&[f32], &TranscribeOptions)> =
-        clips.iter().map(|c| c.as_slice()).zip(&opts).collect();
-    let together: Vec<String> = model
-        .transcribe_batch(&items)
-        .into_iter()
-        .map(|t| t.unwrap().text())
-        .collect();
-    let (alone, together) = (alone.join(" "), together.join(" "));
+    let (alone, together) = alone_and_batched(&model, &clips, &[]);
+    let text = |ts: Vec<Transcript>| ts.iter().map(Transcript::text).collect::<Vec<_>>();
+    let (alone, together) = (text(alone).join(" "), text(together).join(" "));
     let w = wer(&alone, &together);
     eprintln!("int8 alone: {alone}\nint8 batched: {together}\nWER {w:.3}");
     assert!(

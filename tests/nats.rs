@@ -35,22 +35,15 @@ fn events_reach_a_broker_that_requires_tls() {
         .collect();
     broker.start();
     let url = format!("tls://127.0.0.1:{}", broker.port);
-    let out = vishguard()
-        .args(["listen", "--model", "tiny.en", "--format", "jsonl"])
-        .args(["--nats", &url, "--nats-tls-ca"])
-        .arg(&cert)
-        .arg("--nats-outbox")
-        .arg(dir.path().join("outbox"))
-        .arg("--from-file")
-        .arg(support::repo().join("audio-samples/en_scam_safe_account.wav"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = listen_finding_a_scam(
+        vishguard()
+            .args(["listen", "--model", "tiny.en", "--format", "jsonl"])
+            .args(["--nats", &url, "--nats-tls-ca"])
+            .arg(&cert)
+            .arg("--nats-outbox")
+            .arg(dir.path().join("outbox"))
+            .arg("--from-file")
+            .arg(support::repo().join("audio-samples/en_scam_safe_account.wav")),
     );
     let events = support::json_stdout(
         vishguard()
@@ -70,6 +63,19 @@ fn events_reach_a_broker_that_requires_tls() {
         .unwrap();
     assert_eq!(untrusting.status.code(), Some(2));
     assert!(untrusting.stdout.is_empty());
+}
+
+/// Runs `listen` and returns what it printed; it must exit 1 (a scam was found).
+fn listen_finding_a_scam(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 fn count_by_kind(events: &[Value]) -> HashMap<String, usize> {
@@ -95,22 +101,15 @@ fn two_calls_store_every_alert_once_and_a_summary_each() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::new(&dir.path().join("store"));
     broker.start();
-    let out = vishguard()
-        .args(["listen", "--model", "tiny.en", "--format", "jsonl"])
-        .args(["--nats", &broker.url(), "--nats-outbox"])
-        .arg(dir.path().join("outbox"))
-        .arg("--from-file")
-        .arg(support::repo().join("audio-samples/en_scam_safe_account.wav"))
-        .arg("--from-file")
-        .arg(support::repo().join("audio-samples/en_legit_delivery.wav"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = listen_finding_a_scam(
+        vishguard()
+            .args(["listen", "--model", "tiny.en", "--format", "jsonl"])
+            .args(["--nats", &broker.url(), "--nats-outbox"])
+            .arg(dir.path().join("outbox"))
+            .arg("--from-file")
+            .arg(support::repo().join("audio-samples/en_scam_safe_account.wav"))
+            .arg("--from-file")
+            .arg(support::repo().join("audio-samples/en_legit_delivery.wav")),
     );
     let printed = printed_alert_ids(&stdout);
     assert!(!printed.is_empty());
@@ -195,27 +194,20 @@ fn mutual_tls_events_go_with_a_client_certificate_and_not_without() {
             dir.path().join("outbox")
         ),
     );
-    let out = vishguard()
-        .args([
-            "listen",
-            "--model",
-            "tiny.en",
-            "--no-context-check",
-            "--format",
-            "jsonl",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .arg("--from-file")
-        .arg(support::repo().join("audio-samples/en_scam_grandson.wav"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = listen_finding_a_scam(
+        vishguard()
+            .args([
+                "listen",
+                "--model",
+                "tiny.en",
+                "--no-context-check",
+                "--format",
+                "jsonl",
+            ])
+            .arg("--config")
+            .arg(&config)
+            .arg("--from-file")
+            .arg(support::repo().join("audio-samples/en_scam_grandson.wav")),
     );
     let tail = |with_cert: bool| {
         let mut cmd = vishguard();

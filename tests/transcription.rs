@@ -49,16 +49,20 @@ fn telephone_clips() -> Vec<(std::path::PathBuf, String)> {
         .into_iter()
         .map(|(name, reference)| (fixture(&format!("asr/{name}_phone.wav")), reference))
         .collect();
-    let labels = std::fs::read_to_string(repo().join("audio-samples/labels.csv")).unwrap();
-    for line in labels.lines().skip(1) {
-        // path,label,lang,type,voice,"script" (the script is the only quoted field).
-        let (fields, script) = line.split_once(",\"").expect("labels.csv row");
-        let fields: Vec<&str> = fields.split(',').collect();
-        if fields[2] == "en" {
-            clips.push((
-                repo().join("audio-samples").join(fields[0]),
-                script.trim_end_matches('"').to_owned(),
-            ));
+    #[derive(serde::Deserialize)]
+    struct Sample {
+        path: String,
+        lang: String,
+        script: String,
+    }
+    let samples = repo().join("audio-samples");
+    for row in csv::Reader::from_path(samples.join("labels.csv"))
+        .unwrap()
+        .deserialize()
+    {
+        let row: Sample = row.expect("labels.csv row");
+        if row.lang == "en" {
+            clips.push((samples.join(row.path), row.script));
         }
     }
     assert_eq!(clips.len(), 12, "4 channel clips and 8 English samples");

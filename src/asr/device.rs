@@ -9,9 +9,9 @@ use std::str::FromStr;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::model::Quant;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Which device to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
