@@ -50,6 +50,9 @@ pub struct Config {
     pub nats: RelayConfig,
 }
 
+/// What a begun hotword's continuation gains (natural-log units). TUNE
+pub const DEFAULT_HOTWORD_BONUS: f32 = 4.0;
+
 /// `[asr]`: which Whisper model, where it runs, and how it listens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -79,6 +82,45 @@ pub struct AsrConfig {
     /// for recordings, 15 s for live utterances).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub short_context_s: Option<f64>,
+    /// Phrases the decoder is pushed to finish once it has begun one (contextual biasing, see
+    /// `asr::bias`): a UTF-8 file, one phrase of two characters or more per line, `#` starts
+    /// a comment line. `models/hotwords/zh.txt` lists Mandarin scam vocabulary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hotwords: Option<PathBuf>,
+    /// Added to the logits of the tokens that continue a begun phrase (natural-log units).
+    pub hotword_bonus: f32,
+}
+
+/// A hotword file this large is not a phrase list.
+const MAX_HOTWORDS_BYTES: u64 = 1 << 20;
+
+/// The phrases of a hotword file (see [`AsrConfig::hotwords`]).
+pub fn read_hotwords(path: &std::path::Path) -> Result<Vec<String>> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("hotwords {}: cannot read it", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("hotwords {}: not a regular file", path.display());
+    }
+    if meta.len() > MAX_HOTWORDS_BYTES {
+        anyhow::bail!(
+            "hotwords {}: {} bytes, more than a phrase list of {} bytes",
+            path.display(),
+            meta.len(),
+            MAX_HOTWORDS_BYTES
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("hotwords {}: not UTF-8 text", path.display()))?;
+    let phrases: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    if phrases.is_empty() {
+        anyhow::bail!("hotwords {}: no phrases in it", path.display());
+    }
+    Ok(phrases)
 }
 
 impl Default for AsrConfig {
@@ -92,6 +134,8 @@ impl Default for AsrConfig {
             initial_prompt: None,
             vad: true,
             short_context_s: None,
+            hotwords: None,
+            hotword_bonus: DEFAULT_HOTWORD_BONUS,
         }
     }
 }
@@ -103,7 +147,13 @@ impl AsrConfig {
         let files = store.resolve(self.model.as_deref())?;
         let device = self.device.open()?;
         tracing::info!(model = %files.name, dir = %files.dir.display(), device = ?device, "loading model");
-        Transcriber::load_as(&files, device, self.compute_type)
+        let mut transcriber = Transcriber::load_as(&files, device, self.compute_type)?;
+        if let Some(path) = &self.hotwords {
+            transcriber
+                .set_hotwords(&read_hotwords(path)?, self.hotword_bonus)
+                .with_context(|| format!("hotwords {}", path.display()))?;
+        }
+        Ok(transcriber)
     }
 
     /// Decoding options. With a multilingual model and no language chosen, detection is
@@ -130,6 +180,12 @@ impl AsrConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.hotword_bonus.is_finite() && (0.0..=20.0).contains(&self.hotword_bonus)) {
+            return Err(format!(
+                "hotword_bonus must be between 0 and 20, not {}",
+                self.hotword_bonus
+            ));
+        }
         if let Some(s) = self.short_context_s {
             if !(s.is_finite() && s > 0.0 && s <= 30.0) {
                 return Err(format!(

@@ -275,3 +275,39 @@ fn a_recording_heard_in_pieces_matches_the_whole() {
             .any(|s| s.start_s >= a - 0.3 && s.end_s <= b + 0.3));
     }
 }
+
+/// Contextual biasing (`--hotwords`) on Mandarin through the 8 kHz channel: where base,
+/// unbiased, finishes 支付宝 as a sound-alike, the scam vocabulary list makes it write the
+/// phrase; an English call, which begins none of the phrases, is heard word for word as
+/// before.
+#[test]
+fn hotwords_finish_begun_mandarin_phrases_and_leave_english_alone() {
+    let mut m = load_as("base", ComputeType::F32);
+    let zh = TranscribeOptions {
+        language: Some("zh".into()),
+        ..Default::default()
+    };
+    let en = TranscribeOptions {
+        language: Some("en".into()),
+        ..Default::default()
+    };
+    let clip = fixture("asr/zh_refund_phone.wav");
+    let english = fixture("asr/pharmacy_phone.wav");
+    let has_alipay = |t: &str| t.contains("支付宝") || t.contains("支付寶");
+    let plain = transcribe_file(&m, &clip, &zh);
+    let english_plain = transcribe_file(&m, &english, &en);
+    let phrases = vishguard::config::read_hotwords(&repo().join("models/hotwords/zh.txt")).unwrap();
+    m.set_hotwords(&phrases, vishguard::config::DEFAULT_HOTWORD_BONUS)
+        .unwrap();
+    let biased = transcribe_file(&m, &clip, &zh);
+    eprintln!("plain:  {plain}\nbiased: {biased}");
+    assert!(
+        !has_alipay(&plain),
+        "the clip no longer tests anything: {plain}"
+    );
+    assert!(has_alipay(&biased), "{biased}");
+    assert_eq!(transcribe_file(&m, &english, &en), english_plain);
+    // A phrase of one character has nothing to continue, and a bonus must be a number.
+    assert!(m.set_hotwords(&["钱".into()], 4.0).is_err());
+    assert!(m.set_hotwords(&phrases, f32::NAN).is_err());
+}

@@ -7,6 +7,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 
+use super::bias::HotwordBias;
 use super::model::Whisper;
 use super::tokens::SpecialTokens;
 
@@ -65,6 +66,8 @@ pub struct LogitRules<'a> {
     pub with_timestamps: bool,
     /// Latest first timestamp allowed, in 20 ms steps (openai-whisper: 1.0 s).
     pub max_initial_timestamp_steps: Option<u32>,
+    /// Phrases whose continuation gets a bonus once begun ([`HotwordBias`]).
+    pub bias: Option<&'a HotwordBias>,
 }
 
 /// One sequence of a batched decode: what the single-window `decode` takes, per row.
@@ -289,6 +292,23 @@ impl WindowDecoder<'_> {
         // The original row of each row still in the batch.
         let mut active: Vec<usize> = (0..b).collect();
         loop {
+            if let Some(bias) = self.rules.bias.filter(|b| b.bonus > 0.0) {
+                let vocab = logits.dim(1)?;
+                let mut add = vec![0f32; active.len() * vocab];
+                let mut any = false;
+                for (i, &r) in active.iter().enumerate() {
+                    for t in bias.continuing(&sampled[r]) {
+                        if let Some(a) = add.get_mut(i * vocab + t as usize) {
+                            *a = bias.bonus;
+                            any = true;
+                        }
+                    }
+                }
+                if any {
+                    let add = Tensor::from_vec(add, (active.len(), vocab), device)?;
+                    logits = (logits + add)?;
+                }
+            }
             let histories: Vec<&[u32]> = active.iter().map(|&r| sampled[r].as_slice()).collect();
             let picks = if temperature <= 0.0 {
                 picker.pick(&self.rules, &logits, &histories)?
@@ -786,6 +806,7 @@ mod tests {
             suppress: &[7],
             with_timestamps: true,
             max_initial_timestamp_steps: Some(2),
+            bias: None,
         };
         let flat = vec![0.0f32; 30];
         // First token: a timestamp no later than the initial maximum.
@@ -831,6 +852,7 @@ mod tests {
             suppress: &[],
             with_timestamps: true,
             max_initial_timestamp_steps: None,
+            bias: None,
         };
         // Text token 0 is the single best, but the timestamps together outweigh it.
         let mut logits = vec![-10.0f32; 30];
@@ -862,6 +884,7 @@ mod tests {
                 suppress: &[7, 16],
                 with_timestamps,
                 max_initial_timestamp_steps: Some(2),
+                bias: None,
             };
             let picker = rules
                 .picker(30, histories.len(), &candle_core::Device::Cpu)

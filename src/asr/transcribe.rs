@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use super::bias::HotwordBias;
 use super::decode::{BatchRow, FallbackPolicy, LogitRules, WindowDecoder, WindowResult};
 use super::device::ComputeType;
 use super::mel::{LogMel, MelSpectrogram, HOP, SAMPLE_RATE, WINDOW_FRAMES};
@@ -89,6 +90,8 @@ pub struct Transcriber {
     pub device: Device,
     pub dtype: DType,
     suppress: Vec<u32>,
+    /// Phrases whose continuation the decoder is pushed towards (none unless set).
+    hotwords: Option<HotwordBias>,
     pub name: String,
 }
 
@@ -137,8 +140,20 @@ impl Transcriber {
             device,
             dtype,
             suppress,
+            hotwords: None,
             name: files.name.clone(),
         })
+    }
+
+    /// Pushes the decoder to finish `phrases` once it has begun one, with `bonus` added to the
+    /// logits of the tokens that continue it ([`HotwordBias`]); an empty list turns it off.
+    pub fn set_hotwords(&mut self, phrases: &[String], bonus: f32) -> Result<()> {
+        self.hotwords = if phrases.is_empty() {
+            None
+        } else {
+            Some(HotwordBias::new(phrases, &self.tokenizer, bonus)?)
+        };
+        Ok(())
     }
 
     pub fn is_multilingual(&self) -> bool {
@@ -154,6 +169,7 @@ impl Transcriber {
                 suppress: &self.suppress,
                 with_timestamps,
                 max_initial_timestamp_steps: Some((1.0 / TIME_PRECISION).round() as u32),
+                bias: self.hotwords.as_ref(),
             },
         }
     }

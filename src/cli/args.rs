@@ -71,6 +71,13 @@ pub struct AsrArgs {
     /// [default: 30 for recordings, 15 for live utterances].
     #[arg(long)]
     pub short_context_s: Option<f64>,
+    /// Phrases the decoder is pushed to finish once it has begun one (contextual biasing): a
+    /// file, one phrase per line (e.g. models/hotwords/zh.txt, Mandarin scam vocabulary).
+    #[arg(long)]
+    pub hotwords: Option<PathBuf>,
+    /// What a begun phrase's continuing tokens gain, added to their logits [default: 4].
+    #[arg(long)]
+    pub hotword_bonus: Option<f32>,
 }
 
 impl AsrArgs {
@@ -99,6 +106,12 @@ impl AsrArgs {
         }
         if let Some(s) = self.short_context_s {
             config.short_context_s = Some(s);
+        }
+        if let Some(h) = &self.hotwords {
+            config.hotwords = Some(h.clone());
+        }
+        if let Some(b) = self.hotword_bonus {
+            config.hotword_bonus = b;
         }
     }
 
