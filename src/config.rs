@@ -50,7 +50,8 @@ pub struct Config {
     pub nats: RelayConfig,
 }
 
-/// What a begun hotword's continuation gains (natural-log units). TUNE
+/// What a begun hotword's continuation gains (natural-log units). On the Mandarin tuning
+/// audio 4 finished more phrases than 2, and 8 flagged no more calls than 4.
 pub const DEFAULT_HOTWORD_BONUS: f32 = 4.0;
 
 /// `[asr]`: which Whisper model, where it runs, and how it listens.
@@ -180,12 +181,8 @@ impl AsrConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
-        if !(self.hotword_bonus.is_finite() && (0.0..=20.0).contains(&self.hotword_bonus)) {
-            return Err(format!(
-                "hotword_bonus must be between 0 and 20, not {}",
-                self.hotword_bonus
-            ));
-        }
+        crate::asr::bias::check_bonus(self.hotword_bonus)
+            .map_err(|e| format!("hotword_bonus {e}"))?;
         if let Some(s) = self.short_context_s {
             if !(s.is_finite() && s > 0.0 && s <= 30.0) {
                 return Err(format!(

@@ -21,6 +21,20 @@ use std::collections::HashMap;
 use anyhow::{bail, Result};
 use tokenizers::Tokenizer;
 
+/// The largest bonus taken: 20 on a logit outweighs anything the audio says.
+pub const MAX_BONUS: f32 = 20.0;
+
+/// Whether `bonus` is a bonus [`HotwordBias`] takes: a number from 0 to [`MAX_BONUS`].
+pub fn check_bonus(bonus: f32) -> Result<(), String> {
+    if bonus.is_finite() && (0.0..=MAX_BONUS).contains(&bonus) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the hotword bonus must be between 0 and {MAX_BONUS}, not {bonus}"
+        ))
+    }
+}
+
 /// A list of phrases and the bonus for the tokens that continue them.
 #[derive(Debug, Clone)]
 pub struct HotwordBias {
@@ -57,8 +71,8 @@ fn unicode_to_byte() -> HashMap<char, u8> {
     map
 }
 
-/// Traditional forms of a simplified character (the reverse of `fast2s`), for the CJK
-/// Unified Ideographs block.
+/// Traditional forms of a simplified character (the reverse of [`super::simplified`], so 帳
+/// is a form of 账), for the CJK Unified Ideographs block.
 fn traditional_forms() -> &'static HashMap<char, Vec<char>> {
     static MAP: std::sync::OnceLock<HashMap<char, Vec<char>>> = std::sync::OnceLock::new();
     MAP.get_or_init(|| {
@@ -67,12 +81,9 @@ fn traditional_forms() -> &'static HashMap<char, Vec<char>> {
             let Some(t) = char::from_u32(cp) else {
                 continue;
             };
-            let s = fast2s::convert(&t.to_string());
+            let s = super::language::simplified(t);
             let mut chars = s.chars();
             if let (Some(simple), None) = (chars.next(), chars.next()) {
-                // fast2s gives 帳 -> 帐, a variant the mainland writes 账 (as the detector's
-                // normaliser does): 帳戶 is Taiwan's spelling of 账户.
-                let simple = if simple == '帐' { '账' } else { simple };
                 if simple != t {
                     map.entry(simple).or_default().push(t);
                 }
@@ -105,12 +116,10 @@ fn spellings(phrase: &str) -> Vec<String> {
 
 impl HotwordBias {
     /// Biasing towards `phrases` (each at least two characters; shorter ones are refused: a
-    /// phrase of one character has nothing to continue) with `bonus` added per continuing
-    /// token. The tokenizer's vocabulary gives each token's bytes.
+    /// phrase of one character has nothing to continue) with `bonus` ([`check_bonus`]) added
+    /// per continuing token. The tokenizer's vocabulary gives each token's bytes.
     pub fn new(phrases: &[String], tokenizer: &Tokenizer, bonus: f32) -> Result<Self> {
-        if !(bonus.is_finite() && bonus >= 0.0) {
-            bail!("the hotword bonus must be a number of 0 or more, not {bonus}");
-        }
+        check_bonus(bonus).map_err(anyhow::Error::msg)?;
         let to_byte = unicode_to_byte();
         let mut by_bytes: HashMap<Vec<u8>, u32> = HashMap::new();
         for (piece, id) in tokenizer.get_vocab(true) {
@@ -178,11 +187,6 @@ impl HotwordBias {
             }
         }
         let written: Vec<u8> = pieces.into_iter().rev().flatten().copied().collect();
-        self.continuing_bytes(&written)
-    }
-
-    /// [`Self::continuing`] for text already in bytes.
-    pub fn continuing_bytes(&self, written: &[u8]) -> Vec<u32> {
         let tail = &written[written.len().saturating_sub(self.longest)..];
         let mut out = Vec::new();
         for (phrase, conts) in self.phrases.iter().zip(&self.continuations) {
@@ -195,15 +199,6 @@ impl HotwordBias {
         out.sort_unstable();
         out.dedup();
         out
-    }
-
-    /// How many spellings are listed (phrases and their traditional forms).
-    pub fn len(&self) -> usize {
-        self.phrases.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.phrases.is_empty()
     }
 }
 

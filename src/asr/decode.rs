@@ -293,18 +293,20 @@ impl WindowDecoder<'_> {
         let mut active: Vec<usize> = (0..b).collect();
         loop {
             if let Some(bias) = self.rules.bias.filter(|b| b.bonus > 0.0) {
-                let vocab = logits.dim(1)?;
-                let mut add = vec![0f32; active.len() * vocab];
-                let mut any = false;
-                for (i, &r) in active.iter().enumerate() {
-                    for t in bias.continuing(&sampled[r]) {
-                        if let Some(a) = add.get_mut(i * vocab + t as usize) {
-                            *a = bias.bonus;
-                            any = true;
+                // Most steps continue no phrase: the vocabulary-wide bonus row is only built
+                // when one does.
+                let boosts: Vec<Vec<u32>> = active
+                    .iter()
+                    .map(|&r| bias.continuing(&sampled[r]))
+                    .collect();
+                if boosts.iter().any(|b| !b.is_empty()) {
+                    let vocab = logits.dim(1)?;
+                    let mut add = vec![0f32; active.len() * vocab];
+                    for (i, tokens) in boosts.iter().enumerate() {
+                        for &t in tokens.iter().filter(|&&t| (t as usize) < vocab) {
+                            add[i * vocab + t as usize] = bias.bonus;
                         }
                     }
-                }
-                if any {
                     let add = Tensor::from_vec(add, (active.len(), vocab), device)?;
                     logits = (logits + add)?;
                 }

@@ -21,6 +21,19 @@ pub fn written_language(text: &str) -> &'static str {
     }
 }
 
+/// The simplified form of a Han character (fast2s), with the variants simplification keeps
+/// apart but mainland usage treats as one folded in: 帐 is written 账 (帳戶 and 账户 are one
+/// word). The detector's normaliser and the hotword spellings (`asr::bias`) both read
+/// characters through this, so they agree on what a character is.
+pub fn simplified(c: char) -> String {
+    let s = fast2s::convert(&c.to_string());
+    if s == "帐" {
+        "账".to_owned()
+    } else {
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

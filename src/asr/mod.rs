@@ -12,5 +12,5 @@ pub mod tokens;
 pub mod transcribe;
 
 pub use device::{ComputeType, DeviceChoice};
-pub use language::written_language;
+pub use language::{simplified, written_language};
 pub use transcribe::{Segment, TranscribeOptions, Transcriber, Transcript};

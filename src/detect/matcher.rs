@@ -122,9 +122,6 @@ pub struct Fuzziness {
     /// Mandarin: characters that sound alike (same or near pinyin) may stand in for the
     /// pattern's, see [`han_similarity`] and [`Tally::acceptable`].
     pub pinyin: bool,
-    /// The least mean [`han_similarity`] over a pattern's characters for a match with
-    /// stand-ins.
-    pub pinyin_min_similarity: f32,
 }
 
 impl Default for Fuzziness {
@@ -136,7 +133,6 @@ impl Default for Fuzziness {
             edit_distance: true,
             phonetic: false,
             pinyin: true,
-            pinyin_min_similarity: PINYIN_MIN_SIMILARITY,
         }
     }
 }
@@ -319,13 +315,13 @@ impl Tally {
 
     /// Whether a whole pattern's match may stand: Han stand-ins only in a pattern of three
     /// characters or more, with at least one character right and a mean similarity of
-    /// `min_similarity`. Two characters that merely sound alike are too common by chance
+    /// [`PINYIN_MIN_SIMILARITY`]. Two characters that merely sound alike are too common by chance
     /// (客服 "customer service" and 克服 "overcome").
-    fn acceptable(&self, min_similarity: f32) -> bool {
+    fn acceptable(&self) -> bool {
         self.han_exact == self.han
             || (self.han >= 3
                 && self.han_exact >= 1
-                && self.han_similarity / self.han as f32 >= min_similarity)
+                && self.han_similarity / self.han as f32 >= PINYIN_MIN_SIMILARITY)
     }
 }
 
@@ -478,7 +474,7 @@ pub fn find(tokens: &[Token], pattern: &Pattern, max_gap: usize, fz: Fuzziness) 
         if let Some((end, c1)) = search.slot_in_sentence(first, head, sentence) {
             if let Some((fin, c2)) = search.rest(tail, end, sentence) {
                 let tally = c1.add(c2);
-                if tally.acceptable(fz.pinyin_min_similarity) {
+                if tally.acceptable() {
                     return Some(Found {
                         first,
                         end: fin,
@@ -575,7 +571,6 @@ mod tests {
             edit_distance: false,
             phonetic: false,
             pinyin: false,
-            ..Fuzziness::default()
         };
         assert_eq!(
             found(

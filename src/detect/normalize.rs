@@ -7,6 +7,8 @@
 
 use std::ops::Range;
 
+use crate::asr::simplified;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Token {
     pub text: String,
@@ -115,12 +117,7 @@ pub fn tokenize(text: &str) -> Vec<Token> {
         }
         if is_han(c) {
             flush(&mut word, start, i, false, sentence, &mut raw);
-            let mut simplified = fast2s::convert(&c.to_string());
-            // Variant forms that simplification keeps apart but usage treats as one.
-            if simplified == "帐" {
-                simplified = "账".to_owned();
-            }
-            raw.push((simplified, i..i + c0.len_utf8(), true, false, sentence));
+            raw.push((simplified(c), i..i + c0.len_utf8(), true, false, sentence));
         } else if c.is_alphanumeric() || (c == '\'' && !word.is_empty()) {
             if word.is_empty() {
                 start = i;
