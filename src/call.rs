@@ -317,7 +317,10 @@ pub struct Alert {
 pub struct Utterance {
     pub call_id: CallId,
     pub party: usize,
-    /// Seconds of audio time.
+    /// Seconds of audio time. Where the words begin: after a cut at the maximum utterance
+    /// length inside speech, the next utterance is heard with the end of the one before it,
+    /// and a sentence running across the cut is written whole, so `start_s` can fall before
+    /// the previous utterance's `end_s` and its first words repeat that one's last words.
     pub start_s: f64,
     pub end_s: f64,
     pub text: String,

@@ -90,6 +90,18 @@ fn collected(recogniser: Arc<ScriptedRecogniser>, config: EngineConfig) -> (Engi
     (e, events)
 }
 
+/// Where each transcript's words start (seconds of audio time), in the order sent.
+fn transcript_starts(events: &Collector) -> Vec<f64> {
+    events
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Transcript(u) => Some(u.start_s),
+            _ => None,
+        })
+        .collect()
+}
+
 fn summaries(events: &[Event]) -> Vec<&CallSummary> {
     events
         .iter()
@@ -120,14 +132,7 @@ fn a_gap_in_the_audio_stays_a_gap_in_the_times() {
     play(ingest.as_ref(), &id, 0, (&narrow, 8_000), resume_s, true);
     ingest.send(Ingress::Close(id)).unwrap();
     e.shutdown();
-    let starts: Vec<f64> = events
-        .events()
-        .iter()
-        .filter_map(|e| match e {
-            Event::Transcript(u) => Some(u.start_s),
-            _ => None,
-        })
-        .collect();
+    let starts = transcript_starts(&events);
     let after: Vec<f64> = starts.iter().copied().filter(|&s| s > len_s).collect();
     assert!(!after.is_empty(), "{starts:?}");
     // The first words after the gap start where they were spoken (less the 0.3 s pre-roll),
@@ -137,6 +142,66 @@ fn a_gap_in_the_audio_stays_a_gap_in_the_times() {
         "{starts:?} (resumed at {resume_s})"
     );
     assert!(after[0] <= resume_s + 2.0, "{starts:?}");
+}
+
+#[test]
+fn speech_cut_at_the_maximum_is_heard_again_before_the_words_that_follow_it() {
+    // Each answer is a new word, so a prompt shows which answers it holds.
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let recogniser = ScriptedRecogniser::new(Duration::ZERO, move |_| {
+        Some(format!("word{}", n.fetch_add(1, Ordering::SeqCst)))
+    });
+    // Cuts at 1.5 s fall inside the clip's sentences; its pauses still end some utterances.
+    let config = EngineConfig {
+        partials: false,
+        utterances: vishguard::audio::utterance::UtteranceConfig {
+            max_utterance_s: 1.5,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (e, events) = collected(recogniser.clone(), config);
+    let ingest = e.ingest();
+    let id = CallId::new("cut");
+    ingest.send(Ingress::Open(call("cut", 1, 16_000))).unwrap();
+    // The clip twice, a second of silence between: the first utterance after it follows a
+    // pause.
+    let clip = fixture_speech("asr/pharmacy.flac");
+    let mut speech = clip.clone();
+    speech.extend(vec![0.0; 16_000]);
+    speech.extend(&clip);
+    play(ingest.as_ref(), &id, 0, (&speech, 16_000), 0.0, true);
+    ingest.send(Ingress::Close(id)).unwrap();
+    e.shutdown();
+    let heard = recogniser.hearings();
+    let with_context: Vec<usize> = (0..heard.len())
+        .filter(|&i| heard[i].context_s > 0.0)
+        .collect();
+    assert!(!with_context.is_empty(), "{heard:?}");
+    assert!(heard[0].context_s == 0.0);
+    assert!(
+        with_context.len() < heard.len() - 1,
+        "an utterance after a pause is heard alone: {heard:?}"
+    );
+    for &i in &with_context {
+        let (before, now) = (&heard[i - 1], &heard[i]);
+        // The whole previous utterance (1.5 s, under the 3 s kept), then this one's own audio.
+        let previous_own = before.seconds - before.context_s;
+        assert!(
+            (now.context_s - previous_own).abs() < 1e-6,
+            "{before:?} then {now:?}"
+        );
+        assert!(now.seconds > now.context_s);
+        // The prompt is what was said before the audio heard again, not its words.
+        let prompt = now.prompt.as_deref().unwrap_or("");
+        let said = |k: usize| prompt.split_whitespace().any(|w| w == format!("word{k}"));
+        assert!(!said(i - 1), "{now:?}");
+        assert!(i < 2 || said(i - 2), "{now:?}");
+    }
+    // Transcript times: the utterance's own start when the words did not reach back.
+    let starts = transcript_starts(&events);
+    assert_eq!(starts.len(), heard.len());
+    assert!(starts.windows(2).all(|w| w[0] < w[1]), "{starts:?}");
 }
 
 #[test]

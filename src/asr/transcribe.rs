@@ -63,6 +63,11 @@ pub struct TranscribeOptions {
     /// frames instead of the full 30 s: the encoder's cost falls with its input. For the
     /// short utterances of live calls; `None` always encodes 30 s, as Whisper was trained.
     pub short_context_frames: Option<usize>,
+    /// The audio is speech already (a live utterance voice activity cut out): as with `vad`,
+    /// Whisper's no-speech guess never throws a window of it away whole, and the confidence
+    /// floor decides whether its words count as evidence. Without it, the live path lost a
+    /// whole 6 s utterance of the police scam sample (base, no-speech above 0.6).
+    pub known_speech: bool,
 }
 
 impl Default for TranscribeOptions {
@@ -77,6 +82,7 @@ impl Default for TranscribeOptions {
             seed: 0,
             vad: Some(VadConfig::default()),
             short_context_frames: None,
+            known_speech: false,
         }
     }
 }
@@ -337,7 +343,7 @@ impl Transcriber {
             uncovered_language: None,
             settled: false,
             stops: Vec::new(),
-            speech_only: false,
+            speech_only: opts.known_speech,
             sot_sequence: vec![self.special.sot],
             prompt_tokens,
             prompt_reset_since: 0,

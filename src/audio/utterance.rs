@@ -106,11 +106,17 @@ impl UtteranceConfig {
 }
 
 /// A finished (or, for a partial hypothesis, still open) stretch of speech at 16 kHz.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct UtteranceAudio {
     /// Seconds of audio time from the start of the stream.
     pub start_s: f64,
     pub samples: Vec<f32>,
+    /// Voice activity chose this audio as speech (false with voice activity off, where the
+    /// stream is cut into fixed pieces, silence and all).
+    pub voiced: bool,
+    /// The speaker was still talking when this utterance was cut at `max_utterance_s`: the
+    /// next utterance starts mid-phrase, at this one's end.
+    pub cut_in_speech: bool,
 }
 
 impl UtteranceAudio {
@@ -247,6 +253,10 @@ impl UtteranceCutter {
                         let rest = samples.split_off(cut);
                         self.current = Some((begin + cut as u64, rest));
                         self.onset_at = begin + cut as u64;
+                        return self.finish(begin, samples).map(|u| UtteranceAudio {
+                            cut_in_speech: true,
+                            ..u
+                        });
                     }
                     return self.finish(begin, samples);
                 }
@@ -259,6 +269,8 @@ impl UtteranceCutter {
         (samples.len() as f64 >= self.cfg.min_utterance_s * RATE).then(|| UtteranceAudio {
             start_s: begin as f64 / RATE,
             samples,
+            voiced: self.cfg.vad,
+            cut_in_speech: false,
         })
     }
 
@@ -352,6 +364,16 @@ mod tests {
         assert_eq!(after[0].start_s, 10.0);
     }
 
+    /// A real speech clip at 16 kHz (a pharmacy's reminder, 6 s, no pause of 0.5 s).
+    fn pharmacy_clip() -> Vec<f32> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/asr/pharmacy.flac");
+        crate::audio::load_16k(&path, crate::audio::ChannelMode::Mix)
+            .unwrap()
+            .remove(0)
+            .samples
+    }
+
     /// Hold-music beeps: 1 kHz, 0.4 s on, 0.6 s off.
     fn beeps(seconds: usize) -> Vec<f32> {
         (0..seconds * 16_000)
@@ -368,12 +390,7 @@ mod tests {
 
     #[test]
     fn hold_music_beeps_between_speech_are_not_utterances() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/asr/pharmacy.flac");
-        let speech = crate::audio::load_16k(&path, crate::audio::ChannelMode::Mix)
-            .unwrap()
-            .remove(0)
-            .samples;
+        let speech = pharmacy_clip();
         let mut stream = speech.clone();
         let beeps_from = stream.len();
         stream.extend(beeps(10));
@@ -402,6 +419,40 @@ mod tests {
             "{speech_s:.1} of {spoken:.1} s heard"
         );
         assert!(utterances.iter().any(|u| u.start_s > to_s - 0.5));
+    }
+
+    #[test]
+    fn an_utterance_cut_at_the_maximum_says_so_and_the_next_starts_at_its_end() {
+        let speech = pharmacy_clip();
+        let cfg = UtteranceConfig {
+            max_utterance_s: 1.5,
+            ..Default::default()
+        };
+        let mut cutter = UtteranceCutter::new(cfg);
+        let mut stream = speech;
+        stream.extend(vec![0.0; 16_000]);
+        let utterances = cutter.push(&stream);
+        assert!(utterances.iter().all(|u| u.voiced));
+        let cut: Vec<_> = utterances.iter().filter(|u| u.cut_in_speech).collect();
+        assert!(!cut.is_empty(), "1.5 s of speech without a pause is cut");
+        for pair in utterances.windows(2) {
+            if pair[0].cut_in_speech {
+                assert!(
+                    (pair[1].start_s - pair[0].end_s()).abs() < 1e-9,
+                    "{:.3} then {:.3}",
+                    pair[0].end_s(),
+                    pair[1].start_s
+                );
+            }
+        }
+        // The last ends at the pause after the speech.
+        assert!(!utterances.last().unwrap().cut_in_speech);
+        let mut off = UtteranceCutter::new(UtteranceConfig {
+            vad: false,
+            ..Default::default()
+        });
+        let pieces = off.push(&vec![0.0; 100_000]);
+        assert!(pieces.iter().all(|u| !u.voiced && u.cut_in_speech));
     }
 
     #[test]

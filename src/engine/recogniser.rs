@@ -17,6 +17,13 @@ pub struct HearRequest<'a> {
     pub party: usize,
     /// 16 kHz mono samples.
     pub samples: &'a [f32],
+    /// Seconds at the start of `samples` that were heard already: the end of the previous
+    /// utterance, which was cut inside speech at the maximum length. They are context for the
+    /// words at the cut; what ends within them is not heard again (see [`CONTEXT_MARGIN_S`]).
+    /// 0 for an utterance that starts after a pause.
+    pub context_s: f64,
+    /// Voice activity chose these samples as speech (false with voice activity off).
+    pub speech: bool,
     /// The utterance is still being spoken: its last word may be cut; one quick pass is enough.
     pub partial: bool,
     /// What this party said before (the end of it), as context.
@@ -35,7 +42,16 @@ pub struct Heard {
     pub settled: bool,
     pub avg_logprob: f32,
     pub no_speech_prob: f32,
+    /// Seconds before the utterance's own audio (before `context_s`) where the words begin:
+    /// above 0 when a sentence runs across the cut and was heard whole, its first words then
+    /// repeating the end of the previous utterance's text; else 0.
+    pub reaches_back_s: f64,
 }
+
+/// A segment heard in a request with context is kept only if it ends this many seconds past
+/// the context: Whisper's timestamps are 20 ms steps but land a few tenths off, and a
+/// sentence that ends right at the cut was heard whole with the previous utterance.
+pub const CONTEXT_MARGIN_S: f64 = 0.3;
 
 /// Speech recognition for the engine: one instance serves every call, from several threads.
 pub trait Recogniser: Send + Sync {
@@ -80,6 +96,7 @@ impl WhisperRecogniser {
         if let Some(p) = request.prompt {
             heard.initial_prompt = Some(p.to_owned());
         }
+        heard.known_speech = request.speech;
         // Speech runs at 3-5 tokens a second; far more is a hallucination loop.
         let seconds = request.samples.len() as f64 / 16_000.0;
         heard.policy.max_tokens = Some(16 + (seconds * 10.0) as usize);
@@ -118,6 +135,11 @@ impl WhisperRecogniser {
                 }
             }
         }
+        if request.context_s > 0.0 {
+            // The words that end inside the context were the previous utterance's.
+            t.segments
+                .retain(|s| s.end_s > request.context_s + CONTEXT_MARGIN_S);
+        }
         let text = t.text();
         if text.trim().is_empty() {
             return Ok(None);
@@ -134,6 +156,7 @@ impl WhisperRecogniser {
             settled,
             avg_logprob: first.map_or(0.0, |s| s.avg_logprob),
             no_speech_prob: first.map_or(0.0, |s| s.no_speech_prob),
+            reaches_back_s: first.map_or(0.0, |s| (request.context_s - s.start_s).max(0.0)),
             language: t.language,
             text,
         }))

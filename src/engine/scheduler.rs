@@ -252,8 +252,8 @@ mod tests {
             info: info.clone(),
             party,
             audio: UtteranceAudio {
-                start_s: 0.0,
                 samples: vec![0.0; len],
+                ..Default::default()
             },
         }
     }

@@ -32,6 +32,33 @@ struct PartyState {
     /// (category, pattern) of the alerts already sent: each piece of evidence is sent once,
     /// whether a partial or the finished utterance found it first.
     sent: HashSet<(String, String)>,
+    /// The end of the last utterance, when it was cut inside speech: the next one is heard
+    /// with it before it.
+    cut_tail: Option<CutTail>,
+}
+
+/// Seconds of the previous utterance heard again before the next one when a cut at the
+/// maximum length fell inside speech. A phrase split by the cut ("Do not | tell anyone",
+/// 验证 | 码告诉我) is then heard whole, with the words before it; the request stays within
+/// the live encoder window (6 s + 3 s < 15 s), so it costs decoding only.
+pub const CUT_CONTEXT_S: f64 = 3.0;
+
+/// The end of an utterance that was cut inside speech.
+struct CutTail {
+    /// Audio time (seconds) where it ended: the next utterance must start here.
+    end_s: f64,
+    /// Its last [`CUT_CONTEXT_S`] seconds at 16 kHz.
+    samples: Vec<f32>,
+    /// The party's recent words before it: the prompt for hearing its end again with what
+    /// follows (the prompt must not already hold the words about to be heard again).
+    prompt: String,
+}
+
+impl CutTail {
+    /// Whether `audio` is what followed this cut, with nothing lost between them.
+    fn continues_into(&self, audio: &crate::audio::utterance::UtteranceAudio) -> bool {
+        (audio.start_s - self.end_s).abs() < 1e-3
+    }
 }
 
 impl PartyState {
@@ -140,21 +167,46 @@ impl Workers {
             return out;
         }
         let empty = PartyState::default();
+        let spoken = |i: usize| -> (&scheduler::Speech, &PartyState) {
+            let (work, call) = &items[i];
+            let sp = match work {
+                Work::Job(Job::Utterance(sp)) | Work::Partial(sp) => sp,
+                Work::Job(Job::Close(_)) => unreachable!("closes are not heard"),
+            };
+            (sp, call.parties.get(&sp.party).unwrap_or(&empty))
+        };
+        // Speech that follows a cut inside speech is heard after the end of the audio before
+        // the cut.
+        let joined: Vec<Option<Vec<f32>>> = speech
+            .iter()
+            .map(|&(i, _)| {
+                let (sp, party) = spoken(i);
+                let tail = party.cut_tail.as_ref()?;
+                tail.continues_into(&sp.audio)
+                    .then(|| [tail.samples.as_slice(), &sp.audio.samples].concat())
+            })
+            .collect();
         let requests: Vec<HearRequest<'_>> = speech
             .iter()
-            .map(|&(i, partial)| {
-                let (work, call) = &items[i];
-                let sp = match work {
-                    Work::Job(Job::Utterance(sp)) | Work::Partial(sp) => sp,
-                    Work::Job(Job::Close(_)) => unreachable!("closes are not heard"),
+            .zip(&joined)
+            .map(|(&(i, partial), joined)| {
+                let (sp, party) = spoken(i);
+                let (samples, context_s, prompt) = match (joined, &party.cut_tail) {
+                    (Some(j), Some(tail)) => (
+                        j.as_slice(),
+                        tail.samples.len() as f64 / 16_000.0,
+                        tail.prompt.as_str(),
+                    ),
+                    _ => (sp.audio.samples.as_slice(), 0.0, party.recent.as_str()),
                 };
-                let party = call.parties.get(&sp.party).unwrap_or(&empty);
                 HearRequest {
                     call_id: &sp.info.call.id,
                     party: sp.party,
-                    samples: &sp.audio.samples,
+                    samples,
+                    context_s,
+                    speech: sp.audio.voiced,
                     partial,
-                    prompt: (!party.recent.is_empty()).then_some(party.recent.as_str()),
+                    prompt: (!prompt.is_empty()).then_some(prompt),
                     language: party.language.as_deref(),
                 }
             })
@@ -192,7 +244,11 @@ impl Workers {
                 EngineStats::add(&stats.partials_heard, 1);
             } else {
                 EngineStats::add(&stats.utterances_heard, 1);
-                EngineStats::add(&stats.utterance_audio, request.samples.len() as u64);
+                let context = (request.context_s * 16_000.0).round() as usize;
+                EngineStats::add(
+                    &stats.utterance_audio,
+                    request.samples.len().saturating_sub(context) as u64,
+                );
             }
             out[i] = match result {
                 Ok(heard) => heard.filter(|h| !h.text.trim().is_empty()),
@@ -275,6 +331,16 @@ impl Workers {
     ) {
         call.utterances += 1;
         let party = call.parties.entry(work.party).or_default();
+        // Kept whether or not anything was heard: the audio is context all the same.
+        party.cut_tail = work.audio.cut_in_speech.then(|| {
+            let samples = &work.audio.samples;
+            let keep = ((CUT_CONTEXT_S * 16_000.0) as usize).min(samples.len());
+            CutTail {
+                end_s: work.audio.end_s(),
+                samples: samples[samples.len() - keep..].to_vec(),
+                prompt: party.recent.clone(),
+            }
+        });
         let Some(heard) = heard else {
             return;
         };
@@ -291,7 +357,7 @@ impl Workers {
         out.push(Event::Transcript(Utterance {
             call_id: call_id.clone(),
             party: work.party,
-            start_s: work.audio.start_s,
+            start_s: work.audio.start_s - heard.reaches_back_s,
             end_s: work.audio.end_s(),
             text: heard.text,
             language: Some(timeline.language().to_owned()),
@@ -328,7 +394,7 @@ impl Workers {
 
 fn segment(work: &scheduler::Speech, heard: &Heard) -> Segment {
     Segment::heard(
-        work.audio.start_s,
+        work.audio.start_s - heard.reaches_back_s,
         work.audio.end_s(),
         heard.text.clone(),
         heard.avg_logprob,

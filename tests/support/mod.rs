@@ -81,8 +81,12 @@ pub fn fixture_speech(name: &str) -> Vec<f32> {
 pub struct Hearing {
     pub call: CallId,
     pub party: usize,
+    /// All the samples heard, context included.
     pub seconds: f64,
+    /// Seconds of them that were the previous utterance's end.
+    pub context_s: f64,
     pub partial: bool,
+    pub prompt: Option<String>,
 }
 
 /// What a [`ScriptedRecogniser`] says it heard for a request.
@@ -143,7 +147,9 @@ impl Recogniser for ScriptedRecogniser {
                     call: r.call_id.clone(),
                     party: r.party,
                     seconds: r.samples.len() as f64 / 16_000.0,
+                    context_s: r.context_s,
                     partial: r.partial,
+                    prompt: r.prompt.map(str::to_owned),
                 });
                 *self.in_flight.lock().unwrap().get_mut(r.call_id).unwrap() -= 1;
                 Ok((self.script)(r).map(|text| Heard {
@@ -152,6 +158,7 @@ impl Recogniser for ScriptedRecogniser {
                     settled: true,
                     avg_logprob: -0.1,
                     no_speech_prob: 0.0,
+                    reaches_back_s: 0.0,
                 }))
             })
             .collect()
