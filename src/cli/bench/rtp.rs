@@ -63,7 +63,8 @@ struct Clip {
 
 fn clips(audio: &BenchAudio) -> Result<Vec<Clip>> {
     let mut out = Vec::new();
-    for path in super::recording_paths(audio)? {
+    // The model is the server's choice: every recording asked for is sent.
+    for path in super::recording_paths(audio, false)? {
         let decoded = decode_file(&path).with_context(|| format!("reading {}", path.display()))?;
         let samples = to_8k(&decoded.mixed(), decoded.sample_rate)
             .with_context(|| format!("resampling {}", path.display()))?;
