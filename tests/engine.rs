@@ -160,7 +160,7 @@ fn speech_cut_at_the_maximum_is_heard_again_before_the_words_that_follow_it() {
         },
         ..Default::default()
     };
-    let (e, events) = collected(recogniser.clone(), config);
+    let (e, events) = collected(recogniser.clone(), config.clone());
     let ingest = e.ingest();
     let id = CallId::new("cut");
     ingest.send(Ingress::Open(call("cut", 1, 16_000))).unwrap();
@@ -202,6 +202,35 @@ fn speech_cut_at_the_maximum_is_heard_again_before_the_words_that_follow_it() {
     let starts = transcript_starts(&events);
     assert_eq!(starts.len(), heard.len());
     assert!(starts.windows(2).all(|w| w[0] < w[1]), "{starts:?}");
+
+    // With partials on, only finished utterances get the context: a partial is heard alone,
+    // as quickly as it can be.
+    let recogniser = ScriptedRecogniser::new(Duration::from_millis(5), |_| Some("words".into()));
+    let (e, _) = collected(
+        recogniser.clone(),
+        EngineConfig {
+            partials: true,
+            ..config
+        },
+    );
+    let ingest = e.ingest();
+    let id = CallId::new("cut-partials");
+    ingest
+        .send(Ingress::Open(call("cut-partials", 1, 16_000)))
+        .unwrap();
+    play(ingest.as_ref(), &id, 0, (&speech, 16_000), 0.0, true);
+    ingest.send(Ingress::Close(id)).unwrap();
+    e.shutdown();
+    let heard = recogniser.hearings();
+    assert!(heard.iter().any(|h| h.partial), "{heard:?}");
+    assert!(
+        heard.iter().any(|h| !h.partial && h.context_s > 0.0),
+        "{heard:?}"
+    );
+    assert!(
+        heard.iter().all(|h| !h.partial || h.context_s == 0.0),
+        "{heard:?}"
+    );
 }
 
 #[test]
