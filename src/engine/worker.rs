@@ -179,7 +179,7 @@ impl Workers {
         // audio before the cut. Partials are heard alone: with the 3 s more to decode, tiny.en's
         // alert latency at one call rose from p50 1.05 / p95 6.14 s to 1.88 / 8.14 s (the four
         // English scam samples at real speed), and the finished utterance still hears it whole.
-        let joined: Vec<Option<Vec<f32>>> = speech
+        let joined: Vec<Option<(Vec<f32>, &CutTail)>> = speech
             .iter()
             .map(|&(i, partial)| {
                 if partial {
@@ -188,7 +188,7 @@ impl Workers {
                 let (sp, party) = spoken(i);
                 let tail = party.cut_tail.as_ref()?;
                 tail.continues_into(&sp.audio)
-                    .then(|| [tail.samples.as_slice(), &sp.audio.samples].concat())
+                    .then(|| ([tail.samples.as_slice(), &sp.audio.samples].concat(), tail))
             })
             .collect();
         let requests: Vec<HearRequest<'_>> = speech
@@ -196,13 +196,13 @@ impl Workers {
             .zip(&joined)
             .map(|(&(i, partial), joined)| {
                 let (sp, party) = spoken(i);
-                let (samples, context_s, prompt) = match (joined, &party.cut_tail) {
-                    (Some(j), Some(tail)) => (
+                let (samples, context_s, prompt) = match joined {
+                    Some((j, tail)) => (
                         j.as_slice(),
                         tail.samples.len() as f64 / 16_000.0,
                         tail.prompt.as_str(),
                     ),
-                    _ => (sp.audio.samples.as_slice(), 0.0, party.recent.as_str()),
+                    None => (sp.audio.samples.as_slice(), 0.0, party.recent.as_str()),
                 };
                 HearRequest {
                     call_id: &sp.info.call.id,
@@ -249,11 +249,9 @@ impl Workers {
                 EngineStats::add(&stats.partials_heard, 1);
             } else {
                 EngineStats::add(&stats.utterances_heard, 1);
-                let context = (request.context_s * 16_000.0).round() as usize;
-                EngineStats::add(
-                    &stats.utterance_audio,
-                    request.samples.len().saturating_sub(context) as u64,
-                );
+                // The utterance's own audio, not the context heard again before it.
+                let own = spoken(i).0.audio.samples.len();
+                EngineStats::add(&stats.utterance_audio, own as u64);
             }
             out[i] = match result {
                 Ok(heard) => heard.filter(|h| !h.text.trim().is_empty()),
