@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Live as good as scan? Hears the calls of a labelled folder twice with the same model: once
 # as `vishguard scan` hears a recording (whole 30 s windows), once as `vishguard listen` hears
-# a live call (cut into utterances at pauses and at 6 s of speech, each heard alone, fed as
-# fast as the engine takes it). Prints recall and false positives of both, and each call
-# where they disagree with what each heard.
+# a live call (cut into utterances at pauses and at 6 s of speech, each heard alone, runs of
+# them heard again joined before the close, fed as fast as the engine takes it). Prints recall and false positives of both (live: by the calls'
+# summaries, and by any alert during the call), and each call where they disagree with what
+# live heard.
 # DIR holds labels.csv (`path,label,...`, paths relative to DIR, label scam|legit), as the
 # folders benches/mandarin_phone.sh and benches/heldout_voices.sh render.
 # Extra arguments go to both commands (e.g. --no-context-check); VISHGUARD_BIN picks the
@@ -38,6 +39,7 @@ for line in open(f"{d}/labels.csv").read().split("\n")[1:]:
     if line:
         path, label = line.split(",")[:2]
         labels[key(path)] = label
+alerted = set()
 def verdicts(name, tag):
     v, heard = {}, collections.defaultdict(list)
     calls = {}
@@ -47,6 +49,8 @@ def verdicts(name, tag):
             calls[r["id"]] = key(r["metadata"]["file"])
         elif r.get("event") == "transcript":
             heard[calls.get(r["call_id"], "?")].append(r["text"])
+        elif r.get("event") == "alert":
+            alerted.add(calls.get(r["call_id"], "?"))
         elif r.get("event", "call_ended") == "call_ended" and "risk" in r:
             # listen's call summary, or scan's per-call record (the same fields, no event).
             v[key(r["metadata"]["file"])] = (r["risk"] in ("suspected", "high"), r["score"])
@@ -61,6 +65,10 @@ for name, v in (("scan", scan), ("live", live)):
     missing = [k for k in labels if k not in v]
     print(f"{name}: scams flagged {tp}/{len(scams)}, legitimate flagged {fp}/{len(legit)}"
           + (f", no verdict for {missing}" if missing else ""))
+# What a person watching live sees: any alert during the call, whether or not the call's
+# summary bears it out (an early alert can be withdrawn by words that came later).
+print(f"live, any alert during the call: scams {sum(k in alerted for k in scams)}/{len(scams)}, "
+      f"legitimate {sum(k in alerted for k in legit)}/{len(legit)}")
 for k in sorted(labels):
     s, l = scan.get(k, (None, None)), live.get(k, (None, None))
     if s[0] != l[0]:

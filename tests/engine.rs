@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{fixture_speech, ScriptedRecogniser};
+use support::{fixture_speech, Hearing, ScriptedRecogniser};
 use vishguard::call::{AudioChunk, Call, CallId, CallSummary, Event, Party};
 use vishguard::detect::Classifier;
 use vishguard::engine::{Engine, EngineConfig, SinkSpec};
@@ -154,6 +154,7 @@ fn speech_cut_at_the_maximum_is_heard_again_before_the_words_that_follow_it() {
     // Cuts at 1.5 s fall inside the clip's sentences; its pauses still end some utterances.
     let config = EngineConfig {
         partials: false,
+        reviews: false,
         utterances: vishguard::audio::utterance::UtteranceConfig {
             max_utterance_s: 1.5,
             ..Default::default()
@@ -231,6 +232,71 @@ fn speech_cut_at_the_maximum_is_heard_again_before_the_words_that_follow_it() {
         heard.iter().all(|h| !h.partial || h.context_s == 0.0),
         "{heard:?}"
     );
+}
+
+#[test]
+fn speech_across_cuts_is_heard_again_joined_and_those_words_decide_the_verdict() {
+    // The pieces are heard as harmless words; only the joined hearing hears the scam, as a
+    // phrase split by cuts is heard whole when joined.
+    let scam = "This is the IRS. There is a warrant for your arrest. \
+                Pay the fine today with Google Play gift cards.";
+    let recogniser = ScriptedRecogniser::new(Duration::from_millis(5), move |r| {
+        Some(if r.review { scam } else { "hello there" }.into())
+    });
+    let config = EngineConfig {
+        partials: false,
+        utterances: vishguard::audio::utterance::UtteranceConfig {
+            max_utterance_s: 1.5,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // The clip twice with 3 s of silence between: two runs of speech, each cut at 1.5 s.
+    let clip = fixture_speech("asr/pharmacy.flac");
+    let mut speech = clip.clone();
+    speech.extend(vec![0.0; 48_000]);
+    speech.extend(&clip);
+    let hear = |config: EngineConfig| {
+        let (e, events) = collected(recogniser.clone(), config);
+        let ingest = e.ingest();
+        let id = CallId::new("joined");
+        ingest
+            .send(Ingress::Open(call("joined", 1, 16_000)))
+            .unwrap();
+        play(ingest.as_ref(), &id, 0, (&speech, 16_000), 0.0, true);
+        ingest.send(Ingress::Close(id)).unwrap();
+        e.shutdown();
+        events.events()
+    };
+    let events = hear(config.clone());
+    let heard = recogniser.hearings();
+    let reviews: Vec<&Hearing> = heard.iter().filter(|h| h.review).collect();
+    assert!(!reviews.is_empty(), "{heard:?}");
+    let clip_s = clip.len() as f64 / 16_000.0;
+    for r in &reviews {
+        // Several utterances of one run joined, never across the 3 s pause.
+        assert!(r.seconds > 1.6 && r.seconds < clip_s + 1.0, "{r:?}");
+        assert_eq!((r.partial, r.context_s), (false, 0.0), "{r:?}");
+    }
+    // The close waited for the last review: the summary counts its words.
+    let summary = summaries(&events)[0];
+    assert!(summary.risk.is_flagged(), "{summary:?}");
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::Alert(a) if !a.partial)));
+    // The transcript holds the pieces' own words only.
+    assert!(events
+        .iter()
+        .all(|e| !matches!(e, Event::Transcript(u) if u.text.contains("IRS"))));
+
+    // Without reviews, the pieces alone: nothing flagged.
+    let before = recogniser.hearings().len();
+    let events = hear(EngineConfig {
+        reviews: false,
+        ..config
+    });
+    assert!(recogniser.hearings()[before..].iter().all(|h| !h.review));
+    assert!(!summaries(&events)[0].risk.is_flagged());
 }
 
 #[test]

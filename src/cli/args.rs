@@ -203,6 +203,10 @@ pub struct EngineArgs {
     /// the idle-time work that partial hypotheses take).
     #[arg(long)]
     pub no_partials: bool,
+    /// Never hear a party's last utterances again as one recording (saves the idle-time
+    /// work of reviews; a phrase split by a 6 s cut may then be missed).
+    #[arg(long)]
+    pub no_reviews: bool,
 }
 
 impl EngineArgs {
@@ -218,6 +222,9 @@ impl EngineArgs {
         }
         if self.no_partials {
             config.partials = false;
+        }
+        if self.no_reviews {
+            config.reviews = false;
         }
     }
 }

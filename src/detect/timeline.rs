@@ -107,6 +107,32 @@ impl Timeline {
     /// must be the one the timeline was made with (its pack is found by language).
     pub fn push(&mut self, classifier: &Classifier, segment: Segment) -> &[Raised] {
         self.segments.push(segment);
+        self.rescore(classifier)
+    }
+
+    /// Replaces what was heard between `from_s` and `to_s` (seconds of audio time) with a new
+    /// hearing of that stretch: segments whose middle falls in it are dropped, `heard` takes
+    /// their place, in time order. Returns the evidence this raised (evidence raised before
+    /// stays raised: it was sent). Used when a live party's last utterances are heard again
+    /// as one recording, which hears a phrase an utterance cut split.
+    pub fn revise(
+        &mut self,
+        classifier: &Classifier,
+        from_s: f64,
+        to_s: f64,
+        heard: Vec<Segment>,
+    ) -> &[Raised] {
+        self.segments.retain(|s| {
+            let middle = (s.start_s + s.end_s) / 2.0;
+            !(from_s..=to_s).contains(&middle)
+        });
+        self.segments.extend(heard);
+        self.segments
+            .sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
+        self.rescore(classifier)
+    }
+
+    fn rescore(&mut self, classifier: &Classifier) -> &[Raised] {
         let before = self.raised.len();
         let Some(pack) = classifier.pack(&self.language) else {
             tracing::error!(language = %self.language, "timeline used with a classifier that lacks its pack");
@@ -179,6 +205,49 @@ mod tests {
         sure.avg_logprob = -0.4;
         let t = Timeline::of_segments(&c, pack, 0, &[sure]);
         assert!(t.verdict.risk.is_flagged());
+    }
+
+    #[test]
+    fn a_revision_replaces_the_words_of_its_stretch_and_keeps_the_rest() {
+        let c = Classifier::builtin();
+        let pack = c.pack("en").unwrap();
+        let pieces = [
+            seg(
+                0.0,
+                6.0,
+                "This is the tax office calling about your return.",
+            ),
+            seg(6.0, 12.0, "You must pay today with Google"),
+            seg(12.0, 18.0, "ply cards or"),
+            seg(20.0, 24.0, "Thank you for your time."),
+        ];
+        let mut t = Timeline::of_segments(&c, pack, 0, &pieces);
+        let before = t.verdict.score;
+        let raised = t
+            .revise(
+                &c,
+                6.0,
+                18.0,
+                vec![
+                    seg(6.0, 11.0, "You must pay today with Google Play cards"),
+                    seg(11.0, 18.0, "or you will be arrested."),
+                ],
+            )
+            .to_vec();
+        assert!(raised
+            .iter()
+            .any(|r| r.evidence.category == "unusual_payment"));
+        assert!(t.verdict.score > before);
+        let texts: Vec<&str> = t.segments().iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "This is the tax office calling about your return.",
+                "You must pay today with Google Play cards",
+                "or you will be arrested.",
+                "Thank you for your time."
+            ]
+        );
     }
 
     #[test]

@@ -59,6 +59,12 @@ pub struct EngineConfig {
     pub partials: bool,
     /// ... each time it has grown this much (seconds of audio).
     pub partial_every_s: f64,
+    /// When a party talks on across utterance cuts, their last utterances are heard again
+    /// joined into one recording, in idle time and before the call's summary, and those words
+    /// count instead of the pieces' (a phrase a cut split is then heard whole).
+    pub reviews: bool,
+    /// ... at most this many seconds of audio (whole utterances; at most 29 s, one window).
+    pub review_max_s: f64,
     pub utterances: UtteranceConfig,
     /// Where sinks' queues spill when full: a private folder is made inside it (default: the
     /// system's temporary folder).
@@ -76,6 +82,8 @@ impl Default for EngineConfig {
             max_calls: 1000,
             partials: true,
             partial_every_s: 0.25,
+            reviews: true,
+            review_max_s: 28.0,
             utterances: UtteranceConfig::default(),
             spill_dir: None,
         }
@@ -114,6 +122,12 @@ impl EngineConfig {
                 self.partial_every_s
             ));
         }
+        if !(self.review_max_s.is_finite() && (1.0..=29.0).contains(&self.review_max_s)) {
+            return Err(format!(
+                "review_max_s must be between 1 and 29 seconds, not {}",
+                self.review_max_s
+            ));
+        }
         self.utterances
             .validate()
             .map_err(|e| format!("utterances.{e}"))
@@ -137,6 +151,8 @@ pub struct EngineStats {
     pub utterances_heard: AtomicU64,
     pub utterance_audio: AtomicU64,
     pub partials_heard: AtomicU64,
+    /// Reviews heard: a party's last utterances heard again as one recording.
+    pub reviews_heard: AtomicU64,
     /// Utterances dropped because the recognisers' queue was full.
     pub utterances_dropped: AtomicU64,
     /// Microseconds the recogniser spent hearing (all workers together).
@@ -306,6 +322,7 @@ impl Engine {
             stats: stats.clone(),
             calls: Mutex::default(),
             batch: config.asr_batch,
+            review_max_s: config.reviews.then_some(config.review_max_s),
         });
         let workers = (0..config.asr_workers)
             .map(|i| {

@@ -40,6 +40,8 @@ pub(super) enum Work {
     Job(Job),
     /// An utterance still being spoken, heard early.
     Partial(Speech),
+    /// A party's last few utterances of unbroken speech, heard again as one recording.
+    Review(Review),
 }
 
 impl Work {
@@ -47,14 +49,32 @@ impl Work {
         match self {
             Work::Job(j) => j.call_id(),
             Work::Partial(p) => &p.info.call.id,
+            Work::Review(r) => &r.speech.info.call.id,
         }
     }
+}
+
+/// A second hearing of one party's recent speech, joined across the utterance cuts (the
+/// worker's `Chain`): Whisper then hears a phrase a cut split with the words around it, as
+/// `scan` hears a file.
+pub(super) struct Review {
+    pub speech: Speech,
+    /// What the party said before this audio (the prompt).
+    pub prompt: String,
+    /// Seconds at the start that are context only (the first utterance, when the review
+    /// starts at a cut inside speech): their words stay as first heard.
+    pub context_s: f64,
+    /// Worth idle time now (enough new speech since the last review); a review that is not
+    /// due is heard only before the call's close.
+    pub due: bool,
 }
 
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Job>,
     partials: VecDeque<Speech>,
+    /// At most one per party: a newer review covers what an older one would hear.
+    reviews: VecDeque<Review>,
     busy: HashSet<CallId>,
     open_calls: usize,
     shutting_down: bool,
@@ -158,6 +178,24 @@ impl Scheduler {
         self.changed.notify_one();
     }
 
+    /// Replaces the party's earlier review: the newer one hears the same speech and more (and
+    /// is due if either was).
+    pub fn offer_review(&self, mut review: Review) {
+        let mut s = self.lock();
+        let (call, party) = (&review.speech.info.call.id, review.speech.party);
+        if let Some(slot) = s
+            .reviews
+            .iter_mut()
+            .find(|r| &r.speech.info.call.id == call && r.speech.party == party)
+        {
+            review.due |= slot.due;
+            *slot = review;
+        } else {
+            s.reviews.push_back(review);
+        }
+        self.changed.notify_one();
+    }
+
     /// After the last call closes, workers finish what is queued and stop.
     pub fn shut_down(&self) {
         self.lock().shutting_down = true;
@@ -175,10 +213,11 @@ impl Scheduler {
 
     /// Up to `max` pieces of work of different calls, to be heard together; waits for at
     /// least one; `None` when the worker should stop. Finished utterances and closes come
-    /// first, in arrival order per call (an earlier job of a call blocks its later ones); rows
-    /// left over take partials of other calls only when no finished utterance is waiting and
-    /// no other worker is busy: under load a partial would take time from finished
-    /// utterances, which every call needs.
+    /// first, in arrival order per call (an earlier job of a call blocks its later ones),
+    /// except that a call's waiting review is heard before its close, so the call's verdict
+    /// has it. Rows left over take due reviews, then partials, of other calls only when no
+    /// finished utterance is waiting and no other worker is busy: under load they would take
+    /// time from finished utterances, which every call needs.
     pub fn next_batch(&self, max: usize) -> Option<Vec<Work>> {
         let max = max.max(1);
         let mut s = self.lock();
@@ -186,14 +225,29 @@ impl Scheduler {
             let mut held: HashSet<CallId> = s.busy.iter().cloned().collect();
             let mut picks = Vec::new();
             let mut blocked = false;
+            // A close whose call has a review waiting yields to the review.
+            let mut closing_reviews = Vec::new();
             for (i, j) in s.jobs.iter().enumerate() {
-                if picks.len() == max {
+                if picks.len() + closing_reviews.len() == max {
                     break;
                 }
-                if held.insert(j.call_id().clone()) {
-                    picks.push(i);
-                } else {
+                if !held.insert(j.call_id().clone()) {
                     blocked = true;
+                    continue;
+                }
+                let review = match j {
+                    Job::Close(info) => s
+                        .reviews
+                        .iter()
+                        .position(|r| r.speech.info.call.id == info.call.id),
+                    Job::Utterance(_) => None,
+                };
+                match review {
+                    Some(r) => {
+                        closing_reviews.push(r);
+                        blocked = true;
+                    }
+                    None => picks.push(i),
                 }
             }
             let mut batch: Vec<Work> = Vec::with_capacity(picks.len());
@@ -202,8 +256,22 @@ impl Scheduler {
                 batch.push(Work::Job(job));
             }
             batch.reverse();
+            closing_reviews.sort_unstable();
+            for &r in closing_reviews.iter().rev() {
+                let review = s.reviews.remove(r).expect("index in range");
+                batch.push(Work::Review(review));
+            }
             let others_busy = !s.busy.is_empty();
             if !blocked && s.jobs.is_empty() && !others_busy {
+                let mut k = 0;
+                while batch.len() < max && k < s.reviews.len() {
+                    if s.reviews[k].due && held.insert(s.reviews[k].speech.info.call.id.clone()) {
+                        let r = s.reviews.remove(k).expect("index in range");
+                        batch.push(Work::Review(r));
+                    } else {
+                        k += 1;
+                    }
+                }
                 let mut k = 0;
                 while batch.len() < max && k < s.partials.len() {
                     if held.insert(s.partials[k].info.call.id.clone()) {
@@ -327,6 +395,62 @@ mod tests {
         assert!(matches!(q.next(), Some(Work::Job(Job::Close(_)))));
         q.release(&a.call.id);
         assert!(q.next().is_none());
+    }
+
+    fn review(info: &Arc<CallInfo>, party: usize, len: usize, due: bool) -> Review {
+        Review {
+            speech: utt(info, party, len),
+            prompt: String::new(),
+            context_s: 0.0,
+            due,
+        }
+    }
+
+    #[test]
+    fn a_review_is_heard_before_its_calls_close_and_in_idle_time_before_partials() {
+        let q = Scheduler::new(8);
+        let (a, b, c) = (info("a"), info("b"), info("c"));
+        for _ in 0..3 {
+            q.call_opened();
+        }
+        q.offer_partial(utt(&c, 0, 100));
+        q.offer_review(review(&b, 0, 16_000, true));
+        // A newer review of the same party replaces the older one, due as it was.
+        q.offer_review(review(&b, 0, 32_000, false));
+        // Not due: heard only before the close.
+        q.offer_review(review(&a, 1, 48_000, false));
+        q.push_utterance(utt(&b, 0, 160)).ok().unwrap();
+        q.push_close(a.clone());
+        // The close of "a" yields to a's review; b's utterance comes first, as a job.
+        let batch = q.next_batch(8).unwrap();
+        assert_eq!(batch.len(), 2);
+        assert!(matches!(&batch[0], Work::Job(Job::Utterance(s)) if s.info.call.id == b.call.id));
+        assert!(
+            matches!(&batch[1], Work::Review(r) if r.speech.info.call.id == a.call.id && r.speech.party == 1)
+        );
+        q.release(&a.call.id);
+        q.release(&b.call.id);
+        // Then a's close, and in the spare rows b's newest review before c's partial.
+        let batch = q.next_batch(8).unwrap();
+        assert_eq!(batch.len(), 3);
+        assert!(matches!(&batch[0], Work::Job(Job::Close(_))));
+        assert!(matches!(&batch[1], Work::Review(r) if r.speech.audio.samples.len() == 32_000));
+        assert!(matches!(&batch[2], Work::Partial(_)));
+        for w in &batch {
+            q.release(w.call_id());
+        }
+        // One row at a time: a due review before a partial; a review not due waits.
+        q.offer_partial(utt(&c, 0, 100));
+        q.offer_review(review(&b, 0, 16_000, true));
+        q.offer_review(review(&c, 1, 16_000, false));
+        assert!(matches!(q.next(), Some(Work::Review(_))));
+        q.release(&b.call.id);
+        assert!(matches!(q.next(), Some(Work::Partial(_))));
+        q.release(&c.call.id);
+        q.push_close(c.clone());
+        assert!(matches!(q.next(), Some(Work::Review(r)) if r.speech.party == 1));
+        q.release(&c.call.id);
+        assert!(matches!(q.next(), Some(Work::Job(Job::Close(_)))));
     }
 
     #[test]

@@ -204,6 +204,11 @@ fn engine_metrics(r: &mut Registry, engine: &crate::engine::EngineMonitor) {
             get(&s.partials_heard),
         ),
         (
+            "reviews_heard",
+            "A party's last utterances heard again as one recording",
+            get(&s.reviews_heard),
+        ),
+        (
             "utterances_dropped",
             "Utterances dropped because the recogniser's queue was full",
             get(&s.utterances_dropped),

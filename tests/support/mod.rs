@@ -86,6 +86,8 @@ pub struct Hearing {
     /// Seconds of them that were the previous utterance's end.
     pub context_s: f64,
     pub partial: bool,
+    /// A review: the party's last utterances joined.
+    pub review: bool,
     pub prompt: Option<String>,
 }
 
@@ -149,6 +151,7 @@ impl Recogniser for ScriptedRecogniser {
                     seconds: r.samples.len() as f64 / 16_000.0,
                     context_s: r.context_s,
                     partial: r.partial,
+                    review: r.review,
                     prompt: r.prompt.map(str::to_owned),
                 });
                 *self.in_flight.lock().unwrap().get_mut(r.call_id).unwrap() -= 1;
@@ -159,6 +162,7 @@ impl Recogniser for ScriptedRecogniser {
                     avg_logprob: -0.1,
                     no_speech_prob: 0.0,
                     reaches_back_s: 0.0,
+                    segments: Vec::new(),
                 }))
             })
             .collect()

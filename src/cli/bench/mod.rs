@@ -93,6 +93,9 @@ pub struct LiveArgs {
     /// Also hear partial hypotheses (they use idle time only).
     #[arg(long)]
     pub partials: bool,
+    /// Also hear reviews: runs of speech across cuts heard again joined (idle time only).
+    #[arg(long)]
+    pub reviews: bool,
     /// Threads feeding the simulated calls.
     #[arg(long, default_value_t = 8)]
     pub feeders: usize,
@@ -170,11 +173,10 @@ fn utterances(recordings: &[(String, Vec<f32>)]) -> Vec<Vec<f32>> {
     out
 }
 
-/// The options the live recogniser hears with, as `listen` and `serve` run it (the
+/// The options the live recogniser is made with, as `listen` and `serve` make it (the
 /// `[asr]` settings, detection limited to the languages with phrase packs).
 fn live_options(config: &AsrConfig, t: &Transcriber) -> TranscribeOptions {
-    let options = config.options(t.is_multilingual(), &Classifier::builtin().languages());
-    WhisperRecogniser::utterance_options(options)
+    config.options(t.is_multilingual(), &Classifier::builtin().languages())
 }
 
 fn throughput(args: ThroughputArgs) -> Result<i32> {
@@ -184,7 +186,7 @@ fn throughput(args: ThroughputArgs) -> Result<i32> {
     if clips.is_empty() {
         bail!("the recordings hold no speech");
     }
-    let base = live_options(&config, &t);
+    let base = WhisperRecogniser::utterance_options(live_options(&config, &t));
     let options: Vec<TranscribeOptions> = clips
         .iter()
         .map(|c| {
@@ -367,6 +369,7 @@ fn live(args: LiveArgs) -> Result<i32> {
             asr_queue: (2 * n).max(16),
             max_calls: n + 8,
             partials: args.partials,
+            reviews: args.reviews,
             ..EngineConfig::default()
         };
         let recogniser = Arc::new(WhisperRecogniser::new(t.clone(), live_options(&config, &t)));
