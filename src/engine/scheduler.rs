@@ -69,11 +69,16 @@ pub(super) struct Review {
     pub due: bool,
 }
 
+/// Reviews a party may have waiting (the current run of speech and the one before it): the
+/// audio they hold stays bounded when the recognisers are never idle.
+pub(super) const REVIEWS_PER_PARTY: usize = 2;
+
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Job>,
     partials: VecDeque<Speech>,
-    /// At most one per party: a newer review covers what an older one would hear.
+    /// At most [`REVIEWS_PER_PARTY`] per party: a newer review of the same run of speech
+    /// replaces the older one.
     reviews: VecDeque<Review>,
     busy: HashSet<CallId>,
     open_calls: usize,
@@ -178,20 +183,31 @@ impl Scheduler {
         self.changed.notify_one();
     }
 
-    /// Replaces the party's earlier review: the newer one hears the same speech and more (and
-    /// is due if either was).
+    /// Queues a review. One of the same run of speech (their audio overlaps) is replaced: the
+    /// newer hears the same speech and more, and is due if either was. The review of a run
+    /// that ended (the party paused) stays, due now, as it will not grow; beyond
+    /// [`REVIEWS_PER_PARTY`] the oldest is dropped (its words stay as first heard).
     pub fn offer_review(&self, mut review: Review) {
         let mut s = self.lock();
-        let (call, party) = (&review.speech.info.call.id, review.speech.party);
+        let (call, party) = (review.speech.info.call.id.clone(), review.speech.party);
+        let start_s = review.speech.audio.start_s;
+        let same = |r: &Review| r.speech.info.call.id == call && r.speech.party == party;
         if let Some(slot) = s
             .reviews
             .iter_mut()
-            .find(|r| &r.speech.info.call.id == call && r.speech.party == party)
+            .find(|r| same(r) && start_s < r.speech.audio.end_s())
         {
             review.due |= slot.due;
             *slot = review;
         } else {
+            for r in s.reviews.iter_mut().filter(|r| same(r)) {
+                r.due = true;
+            }
             s.reviews.push_back(review);
+            if s.reviews.iter().filter(|r| same(r)).count() > REVIEWS_PER_PARTY {
+                let oldest = s.reviews.iter().position(same).expect("counted above");
+                s.reviews.remove(oldest);
+            }
         }
         self.changed.notify_one();
     }
@@ -450,6 +466,30 @@ mod tests {
         q.push_close(c.clone());
         assert!(matches!(q.next(), Some(Work::Review(r)) if r.speech.party == 1));
         q.release(&c.call.id);
+        assert!(matches!(q.next(), Some(Work::Job(Job::Close(_)))));
+        q.release(&c.call.id);
+
+        // A run that ended keeps its review (due now) when the party's next run offers one;
+        // at most two wait per party, the oldest dropped.
+        let d = info("d");
+        q.call_opened();
+        let at = |start_s: f64| {
+            let mut r = review(&d, 0, 16_000, false);
+            r.speech.audio.start_s = start_s;
+            r
+        };
+        q.offer_review(at(0.0));
+        q.offer_review(at(0.5)); // the same run, grown: replaces
+        q.offer_review(at(5.0)); // after a pause: a new run
+        q.offer_review(at(10.0));
+        match q.next() {
+            Some(Work::Review(r)) => assert_eq!((r.speech.audio.start_s, r.due), (5.0, true)),
+            _ => panic!("expected the review of the run that ended"),
+        }
+        q.release(&d.call.id);
+        q.push_close(d.clone());
+        assert!(matches!(q.next(), Some(Work::Review(r)) if r.speech.audio.start_s == 10.0));
+        q.release(&d.call.id);
         assert!(matches!(q.next(), Some(Work::Job(Job::Close(_)))));
     }
 

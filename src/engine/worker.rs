@@ -88,7 +88,9 @@ impl Chain {
         max_s: f64,
     ) -> Chain {
         let mut chain = match chain {
-            Some(c) if (0.0..=CHAIN_GAP_S).contains(&(audio.start_s - c.end_s())) => c,
+            // The tolerance: an utterance that starts at a cut has the same start as the
+            // chain's end, computed from other sums of samples (seconds, rounded).
+            Some(c) if (-1e-3..=CHAIN_GAP_S).contains(&(audio.start_s - c.end_s())) => c,
             _ => Chain {
                 start_s: audio.start_s,
                 samples: Vec::new(),
@@ -574,9 +576,9 @@ impl Workers {
                 })
                 .collect()
         };
-        // The words heard in the context stay as first heard, save a sentence that ran on
-        // across its end and was heard whole.
-        let from_s = at + context_s - heard.reaches_back_s;
+        // The words heard in the context stay as first heard. A sentence that runs on across
+        // its end is kept whole, so a few of its words may repeat; none are lost.
+        let from_s = at + context_s;
         timeline.revise(&self.classifier, from_s, work.audio.end_s(), segments);
         alerts(&mut party.sent, &work, timeline, false, out);
     }
@@ -702,13 +704,17 @@ mod tests {
         assert_eq!(c.starts, vec![0, 104_000, 136_000]);
         assert!((c.start_s - 7.0).abs() < 1e-9);
         assert_eq!(c.samples[0], 0.2);
+        // Rounding: an utterance at the cut may start a hair before the chain's end.
+        let end = c.end_s();
+        let c = Chain::extend(Some(c), &utterance(end - 1e-7, 0.5, 0.45), "", 28.0);
+        assert_eq!(c.starts.len(), 4);
         // A long pause starts a new chain; so does an utterance longer than the length.
-        let c = Chain::extend(Some(c), &utterance(23.0, 2.0, 0.5), "new", 28.0);
+        let c = Chain::extend(Some(c), &utterance(23.5, 2.0, 0.5), "new", 28.0);
         assert_eq!(
             (c.start_s, c.starts.len(), c.prompt.as_str()),
-            (23.0, 1, "new")
+            (23.5, 1, "new")
         );
-        let c = Chain::extend(Some(c), &utterance(25.0, 6.0, 0.6), "", 4.0);
-        assert_eq!((c.start_s, c.starts.len()), (25.0, 1));
+        let c = Chain::extend(Some(c), &utterance(25.5, 6.0, 0.6), "", 4.0);
+        assert_eq!((c.start_s, c.starts.len()), (25.5, 1));
     }
 }
