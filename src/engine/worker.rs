@@ -298,6 +298,7 @@ impl Workers {
             };
             (sp, call.parties.get(&sp.party).unwrap_or(&empty))
         };
+        let is_review = |i: usize| matches!(items[i].0, Work::Review(_));
         // A finished utterance that follows a cut inside speech is heard after the end of the
         // audio before the cut. Partials are heard alone: with the 3 s more to decode, tiny.en's
         // alert latency at one call rose from p50 1.05 / p95 6.14 s to 1.88 / 8.14 s (the four
@@ -305,10 +306,7 @@ impl Workers {
         let joined: Vec<Option<(Vec<f32>, &CutTail)>> = speech
             .iter()
             .map(|&(i, partial)| {
-                if partial {
-                    return None;
-                }
-                if matches!(items[i].0, Work::Review(_)) {
+                if partial || is_review(i) {
                     return None;
                 }
                 let (sp, party) = spoken(i);
@@ -342,7 +340,7 @@ impl Workers {
                     context_s,
                     speech: sp.audio.voiced,
                     partial,
-                    review: matches!(items[i].0, Work::Review(_)),
+                    review: is_review(i),
                     prompt: (!prompt.is_empty()).then_some(prompt),
                     language: party.language.as_deref(),
                 }
@@ -379,7 +377,7 @@ impl Workers {
         for ((&(i, partial), request), result) in speech.iter().zip(&requests).zip(results) {
             if partial {
                 EngineStats::add(&stats.partials_heard, 1);
-            } else if matches!(items[i].0, Work::Review(_)) {
+            } else if is_review(i) {
                 EngineStats::add(&stats.reviews_heard, 1);
             } else {
                 EngineStats::add(&stats.utterances_heard, 1);
@@ -535,9 +533,7 @@ impl Workers {
         trial.push(&self.classifier, segment(&work, &heard));
         alerts(&mut party.sent, &work, &trial, true, out);
     }
-}
 
-impl Workers {
     /// A party's recent utterances heard again as one: its words replace theirs in the
     /// party's timeline (the verdict the call ends with), and new evidence that flags the
     /// party is alerted. No transcript event: the utterances' own lines stand.
