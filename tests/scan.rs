@@ -94,14 +94,7 @@ fn a_call_in_a_language_no_pack_covers_is_reported_unchecked_not_clean() {
         rows[0]
     );
     assert!(rows[1].get("uncovered_language").is_none(), "{}", rows[1]);
-    let table = support::vishguard()
-        .arg("scan")
-        .arg(&french)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&table.stdout);
-    assert!(
-        text.contains("unchecked") && text.contains("no phrase pack covers it"),
-        "{text}"
-    );
+    // The table's "unchecked ... no phrase pack covers it" row is `table_rows`' unit test
+    // (src/cli/scan.rs): scanning the French clip again for it cost about 45 s of base's
+    // hallucination loops on 2 cores.
 }

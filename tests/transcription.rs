@@ -71,8 +71,15 @@ fn telephone_clips() -> Vec<(std::path::PathBuf, String)> {
 
 /// WER on the real 30 s call and mean WER on the 12 telephone-channel clips, for one model in
 /// F32 and in int8 (`--compute-type int8`): each within its bound,
-/// and int8 no more than 0.01 above F32 on either (the bound issue 16 set).
-fn real_call_and_telephone_clips_in_f32_and_int8(name: &str, real_bound: f64, phone_bound: f64) {
+/// and int8 no more than 0.01 above F32 on either (the bound issue 16 set). With `int8_clips`
+/// false, int8 is heard on the real call only: the int8 path is the same code for both models,
+/// and base's 12 clips in int8 took about 60 s of the suite on 2 cores.
+fn real_call_and_telephone_clips_in_f32_and_int8(
+    name: &str,
+    real_bound: f64,
+    phone_bound: f64,
+    int8_clips: bool,
+) {
     let (wav, reference) = pyannote_call();
     let opts = TranscribeOptions {
         language: Some("en".into()),
@@ -84,6 +91,14 @@ fn real_call_and_telephone_clips_in_f32_and_int8(name: &str, real_bound: f64, ph
         let text = transcribe_file(&m, &wav, &TranscribeOptions::default());
         let real = wer(&reference, &text);
         eprintln!("{name} {compute:?}: real call WER {real:.3}: {text}");
+        assert!(
+            real <= real_bound,
+            "{name} {compute:?}: WER {real:.3} > {real_bound} on the real call: {text}"
+        );
+        if compute == ComputeType::Int8 && !int8_clips {
+            results.push((real, None));
+            continue;
+        }
         // Robotic TTS through a noisy 8 kHz channel is hard (see the notes); these bounds are
         // what the models reach with margin (means of 0.44-0.45 measured for both models and
         // compute types), so a regression in the audio path or decoder shows.
@@ -100,31 +115,28 @@ fn real_call_and_telephone_clips_in_f32_and_int8(name: &str, real_bound: f64, ph
             / clips.len() as f64;
         eprintln!("{name} {compute:?}: telephone mean WER {phone:.3}");
         assert!(
-            real <= real_bound,
-            "{name} {compute:?}: WER {real:.3} > {real_bound} on the real call: {text}"
-        );
-        assert!(
             phone <= phone_bound,
             "{name} {compute:?}: telephone mean WER {phone:.3} > {phone_bound}"
         );
-        results.push((real, phone));
+        results.push((real, Some(phone)));
     }
     let ((f32_real, f32_phone), (int8_real, int8_phone)) = (results[0], results[1]);
     assert!(
-        int8_real <= f32_real + 0.01 && int8_phone <= f32_phone + 0.01,
-        "{name}: int8 WER (real call {int8_real:.3}, telephone {int8_phone:.3}) more than 0.01 \
-         above F32 (real call {f32_real:.3}, telephone {f32_phone:.3})"
+        int8_real <= f32_real + 0.01
+            && int8_phone.zip(f32_phone).is_none_or(|(i, f)| i <= f + 0.01),
+        "{name}: int8 WER (real call {int8_real:.3}, telephone {int8_phone:?}) more than 0.01 \
+         above F32 (real call {f32_real:.3}, telephone {f32_phone:?})"
     );
 }
 
 #[test]
 fn tiny_en_real_call_and_telephone_clips_in_f32_and_int8() {
-    real_call_and_telephone_clips_in_f32_and_int8("tiny.en", 0.25, 0.50);
+    real_call_and_telephone_clips_in_f32_and_int8("tiny.en", 0.25, 0.50, true);
 }
 
 #[test]
-fn base_real_call_and_telephone_clips_in_f32_and_int8() {
-    real_call_and_telephone_clips_in_f32_and_int8("base", 0.25, 0.50);
+fn base_real_call_and_telephone_clips_in_f32_and_real_call_in_int8() {
+    real_call_and_telephone_clips_in_f32_and_int8("base", 0.25, 0.50, false);
 }
 
 fn white_noise(seconds: usize, amplitude: f32) -> Vec<f32> {
