@@ -479,8 +479,8 @@ impl Transcriber {
             // Temperature fallback, level by level: every row first decodes at its first
             // temperature, together with the rows of the same temperature and timestamp rule;
             // the rows the policy rejects decode again together at their next temperature,
-            // and so on. A row never accepted keeps its last result, as `decode_with_fallback`.
-            let mut last: Vec<Option<WindowResult>> = vec![None; rows.len()];
+            // and so on. A row never accepted keeps its best result, as `decode_with_fallback`.
+            let mut best: Vec<Option<WindowResult>> = vec![None; rows.len()];
             let mut pending: Vec<usize> = (0..rows.len()).collect();
             for level in 0.. {
                 let mut groups: std::collections::BTreeMap<(u32, bool), Vec<usize>> =
@@ -520,21 +520,25 @@ impl Transcriber {
                     };
                     for (&k, result) in ks.iter().zip(results) {
                         let policy = &items[rows[k]].1.policy;
-                        if !decoder.accepts(&result, policy) {
-                            tracing::debug!(
-                                temperature = result.temperature,
-                                compression_ratio = result.compression_ratio,
-                                avg_logprob = result.avg_logprob,
-                                "window rejected, falling back"
-                            );
-                            rejected.push(k);
+                        if decoder.accepts(&result, policy) {
+                            best[k] = Some(result);
+                            continue;
                         }
-                        last[k] = Some(result);
+                        tracing::debug!(
+                            temperature = result.temperature,
+                            compression_ratio = result.compression_ratio,
+                            avg_logprob = result.avg_logprob,
+                            "window rejected, falling back"
+                        );
+                        rejected.push(k);
+                        if best[k].as_ref().is_none_or(|b| policy.prefer(&result, b)) {
+                            best[k] = Some(result);
+                        }
                     }
                 }
                 pending = rejected;
             }
-            for (k, result) in last.into_iter().enumerate() {
+            for (k, result) in best.into_iter().enumerate() {
                 let i = rows[k];
                 let f = forms[i].as_mut().expect("good");
                 match result {

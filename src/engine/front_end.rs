@@ -85,6 +85,9 @@ impl FrontEnd {
             self.push(chunk);
         }
         for party in 0..self.parties.len() {
+            for u in Self::flush_and_cut(&mut self.parties[party]) {
+                self.send(party, u);
+            }
             if let Some(u) = self.parties[party].cutter.flush() {
                 self.send(party, u);
             }
@@ -121,10 +124,8 @@ impl FrontEnd {
                 done = Self::resample_and_cut(p, &vec![0.0; gap as usize]);
             } else {
                 tracing::debug!(call = %self.info.call.id, party, gap_s = gap as f64 / rate, "gap in the audio");
-                // 40 ms of silence pushes the resampler's last block and filter tail out
-                // before it starts afresh.
-                done = Self::resample_and_cut(p, &vec![0.0; (rate / 25.0) as usize]);
-                p.resampler.reset();
+                // The resampler's last block and filter tail go out before it starts afresh.
+                done = Self::flush_and_cut(p);
                 let resumed = (start as f64 * 16_000.0 / rate).round() as u64;
                 done.extend(p.cutter.jump_to(resumed));
             }
@@ -163,6 +164,13 @@ impl FrontEnd {
         }
         p.at_16k.clear();
         p.resampler.push(samples, &mut p.at_16k);
+        p.cutter.push(&p.at_16k)
+    }
+
+    /// The resampler's rest (its last block and filter tail), cut: at a gap or the call's end.
+    fn flush_and_cut(p: &mut PartyFront) -> Vec<UtteranceAudio> {
+        p.at_16k.clear();
+        p.resampler.flush(&mut p.at_16k);
         p.cutter.push(&p.at_16k)
     }
 

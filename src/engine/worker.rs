@@ -575,6 +575,14 @@ impl Workers {
         // The words heard in the context stay as first heard. A sentence that runs on across
         // its end is kept whole, so a few of its words may repeat; none are lost.
         let from_s = at + context_s;
+        tracing::debug!(
+            call = %work.info.call.id,
+            party = work.party,
+            from_s,
+            to_s = work.audio.end_s(),
+            text = %heard.text,
+            "review heard"
+        );
         timeline.revise(&self.classifier, from_s, work.audio.end_s(), segments);
         alerts(&mut party.sent, &work, timeline, false, out);
     }
