@@ -65,6 +65,11 @@ pub struct WindowResult {
     pub no_speech_prob: f32,
     pub temperature: f32,
     pub compression_ratio: f32,
+    /// The last temperature tried for this window: `temperature`, or the policy's last when
+    /// no temperature passed and an earlier decode was kept. openai-whisper clears the prompt
+    /// after a window whose last temperature is above 0.5, so that a rejected window's words
+    /// (a loop, say) do not steer the next one.
+    pub final_temperature: f32,
 }
 
 pub struct WindowDecoder<'a> {
@@ -139,7 +144,9 @@ impl WindowDecoder<'_> {
                 _ => r,
             });
         }
-        Ok(best.expect("the policy has at least one temperature"))
+        let mut best = best.expect("the policy has at least one temperature");
+        best.final_temperature = *policy.temperatures.last().expect("tried");
+        Ok(best)
     }
 
     /// Whether a window's decode passes the policy (openai-whisper's rule): not a loop, not
@@ -216,6 +223,7 @@ impl WindowDecoder<'_> {
             text,
             no_speech_prob,
             temperature: 0.0,
+            final_temperature: 0.0,
         })
     }
 
@@ -410,6 +418,7 @@ impl WindowDecoder<'_> {
             .map(|((s, lp), ns)| {
                 Ok(WindowResult {
                     temperature,
+                    final_temperature: temperature,
                     ..self.result(s, lp, ns)?
                 })
             })
@@ -791,6 +800,7 @@ mod tests {
             no_speech_prob: 0.1,
             temperature,
             compression_ratio,
+            final_temperature: temperature,
         };
         // What a bundled sample's piece gave: greedy just under the log-probability line,
         // the samples above it worse and worse. The last is openai-whisper's pick.

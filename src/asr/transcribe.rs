@@ -481,6 +481,7 @@ impl Transcriber {
             // the rows the policy rejects decode again together at their next temperature,
             // and so on. A row never accepted keeps its best result, as `decode_with_fallback`.
             let mut best: Vec<Option<WindowResult>> = vec![None; rows.len()];
+            let mut accepted = vec![false; rows.len()];
             let mut pending: Vec<usize> = (0..rows.len()).collect();
             for level in 0.. {
                 let mut groups: std::collections::BTreeMap<(u32, bool), Vec<usize>> =
@@ -521,6 +522,7 @@ impl Transcriber {
                     for (&k, result) in ks.iter().zip(results) {
                         let policy = &items[rows[k]].1.policy;
                         if decoder.accepts(&result, policy) {
+                            accepted[k] = true;
                             best[k] = Some(result);
                             continue;
                         }
@@ -537,6 +539,15 @@ impl Transcriber {
                     }
                 }
                 pending = rejected;
+            }
+            // A row no temperature passed keeps its best decode but counts as tried at its
+            // policy's last temperature (see `WindowResult::final_temperature`).
+            for (k, result) in best.iter_mut().enumerate() {
+                if let Some(r) = result.as_mut().filter(|_| !accepted[k]) {
+                    if let Some(&t) = items[rows[k]].1.policy.temperatures.last() {
+                        r.final_temperature = t;
+                    }
+                }
             }
             for (k, result) in best.into_iter().enumerate() {
                 let i = rows[k];
@@ -645,7 +656,7 @@ impl Transcriber {
         }
         form.prompt_tokens
             .extend(tokens.iter().copied().filter(|&t| t < sp.eot));
-        if !opts.condition_on_previous_text || result.temperature > 0.5 {
+        if !opts.condition_on_previous_text || result.final_temperature > 0.5 {
             form.prompt_reset_since = form.prompt_tokens.len();
         }
         Ok(())
