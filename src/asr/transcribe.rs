@@ -540,20 +540,20 @@ impl Transcriber {
                 }
                 pending = rejected;
             }
-            // A row no temperature passed keeps its best decode but counts as tried at its
-            // policy's last temperature (see `WindowResult::final_temperature`).
-            for (k, result) in best.iter_mut().enumerate() {
-                if let Some(r) = result.as_mut().filter(|_| !accepted[k]) {
-                    if let Some(&t) = items[rows[k]].1.policy.temperatures.last() {
-                        r.final_temperature = t;
-                    }
-                }
-            }
             for (k, result) in best.into_iter().enumerate() {
                 let i = rows[k];
                 let f = forms[i].as_mut().expect("good");
                 match result {
-                    Some(result) => self.take_window(f, result, items[i].1)?,
+                    Some(mut result) => {
+                        // A row no temperature passed keeps its best decode but counts as
+                        // tried at its policy's last (see `WindowResult::final_temperature`).
+                        if !accepted[k] {
+                            if let Some(&t) = items[i].1.policy.temperatures.last() {
+                                result.final_temperature = t;
+                            }
+                        }
+                        self.take_window(f, result, items[i].1)?
+                    }
                     // A policy without temperatures: heard alone, which says why.
                     None => self.next_window(f, items[i].1)?,
                 }

@@ -148,7 +148,6 @@ impl AlignedResampler {
 /// tell anyone" for "Do not tell anyone"), and the live call was missed where `scan` flags it.
 /// [`flush`](Self::flush) pushes the rest out at a gap or the end of the stream.
 pub struct StreamResampler {
-    rate: u32,
     inner: AlignedResampler,
 }
 
@@ -156,14 +155,13 @@ impl StreamResampler {
     /// A resampler from `rate` Hz; errors for rates outside 1 kHz..384 kHz.
     pub fn new(rate: u32) -> Result<Self, ResampleError> {
         Ok(Self {
-            rate,
             inner: AlignedResampler::new(rate)?,
         })
     }
 
     /// The input rate (Hz).
     pub fn rate(&self) -> u32 {
-        self.rate
+        self.inner.rate
     }
 
     /// Feeds samples at the input rate; appends what is ready at 16 kHz to `out`.
@@ -175,7 +173,7 @@ impl StreamResampler {
     /// Ends the stream so far: appends the rest of its 16 kHz samples (`round(len * 16000 /
     /// rate)` in all since the start or the last flush) and starts afresh, as after a gap.
     pub fn flush(&mut self, out: &mut Vec<f32>) {
-        let fresh = AlignedResampler::new(self.rate).expect("the rate was checked");
+        let fresh = AlignedResampler::new(self.rate()).expect("the rate was checked");
         let _ = std::mem::replace(&mut self.inner, fresh).finish(out);
     }
 }
