@@ -514,6 +514,7 @@ impl Transcriber {
                                     sot_sequence: &f.sot_sequence,
                                     max_tokens: opts.policy.max_tokens,
                                     seed: opts.seed,
+                                    stop_loop_above: opts.policy.compression_ratio_threshold,
                                 }
                             })
                             .collect();
