@@ -141,16 +141,15 @@ impl WindowDecoder<'_> {
         seed: u64,
     ) -> Result<WindowResult> {
         let mut best: Option<WindowResult> = None;
+        let row = BatchRow {
+            prompt,
+            sot_sequence: sample_begin_tokens,
+            max_tokens: policy.max_tokens,
+            seed,
+            stop_loop_above: policy.compression_ratio_threshold,
+        };
         for &t in &policy.temperatures {
-            let r = self.decode(
-                audio,
-                prompt,
-                sample_begin_tokens,
-                t,
-                seed,
-                policy.max_tokens,
-                policy.compression_ratio_threshold,
-            )?;
+            let r = self.decode(audio, &row, t)?;
             if self.accepts(&r, policy) {
                 return Ok(r);
             }
@@ -188,27 +187,16 @@ impl WindowDecoder<'_> {
         is_silence || !(too_repetitive || too_unlikely)
     }
 
-    /// One decode at one temperature (0 = greedy): the batched decoder with one row, so a
-    /// window heard alone and in a batch go through the same rules in the same arithmetic.
+    /// One decode of `row` at one temperature (0 = greedy): the batched decoder with one row,
+    /// so a window heard alone and in a batch go through the same rules in the same arithmetic.
     pub fn decode(
         &self,
         audio: &Tensor,
-        prompt: &[u32],
-        sot_sequence: &[u32],
+        row: &BatchRow<'_>,
         temperature: f32,
-        seed: u64,
-        max_tokens: Option<usize>,
-        stop_loop_above: Option<f32>,
     ) -> Result<WindowResult> {
-        let row = BatchRow {
-            prompt,
-            sot_sequence,
-            max_tokens,
-            seed,
-            stop_loop_above,
-        };
         Ok(self
-            .decode_batch(audio, std::slice::from_ref(&row), temperature)?
+            .decode_batch(audio, std::slice::from_ref(row), temperature)?
             .remove(0))
     }
 
