@@ -96,5 +96,5 @@ fn a_call_in_a_language_no_pack_covers_is_reported_unchecked_not_clean() {
     assert!(rows[1].get("uncovered_language").is_none(), "{}", rows[1]);
     // The table's "unchecked ... no phrase pack covers it" row is `table_rows`' unit test
     // (src/cli/scan.rs): scanning the French clip again for it cost about 45 s of base's
-    // hallucination loops on 2 cores.
+    // hallucination loops on 2 cores (before decodes stopped at a loop).
 }

@@ -129,11 +129,28 @@ impl AlignedResampler {
     /// Ends the input: pushes the tail and the delay out with silence and appends the rest of
     /// the output.
     pub fn finish(mut self, out: &mut Vec<f32>) -> Result<(), ResampleError> {
+        self.finish_and_restart(out)
+    }
+
+    /// [`finish`](Self::finish), then starts afresh as a new resampler would, keeping the
+    /// filter and FFT plans (rubato's `reset`) instead of building them again at every gap of
+    /// a live call.
+    pub fn finish_and_restart(&mut self, out: &mut Vec<f32>) -> Result<(), ResampleError> {
         let expected = self.expected();
         while self.inner.is_some() && self.output_len < expected {
             self.pending.resize(ALIGNED_BLOCK, 0.0);
             self.process_block(out, expected)?;
         }
+        self.pending.clear();
+        self.input_len = 0;
+        self.output_len = 0;
+        self.skip = match &mut self.inner {
+            Some(r) => {
+                r.reset();
+                r.output_delay()
+            }
+            None => 0,
+        };
         Ok(())
     }
 }
@@ -173,8 +190,7 @@ impl StreamResampler {
     /// Ends the stream so far: appends the rest of its 16 kHz samples (`round(len * 16000 /
     /// rate)` in all since the start or the last flush) and starts afresh, as after a gap.
     pub fn flush(&mut self, out: &mut Vec<f32>) {
-        let fresh = AlignedResampler::new(self.rate()).expect("the rate was checked");
-        let _ = std::mem::replace(&mut self.inner, fresh).finish(out);
+        let _ = self.inner.finish_and_restart(out);
     }
 }
 
