@@ -67,8 +67,7 @@ pub struct AsrArgs {
     #[arg(long)]
     pub no_vad: bool,
     /// Encode audio shorter than this many seconds in a window this long instead of 30 s
-    /// (faster; Whisper was trained on 30 s windows, so check accuracy on your audio)
-    /// [default: 30 for recordings, 15 for live utterances].
+    /// (faster; Whisper was trained on 30 s windows: 30 turns it off) [default: 15].
     #[arg(long)]
     pub short_context_s: Option<f64>,
     /// Phrases the decoder is pushed to finish once it has begun one (contextual biasing): a
