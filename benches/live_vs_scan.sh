@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Live as good as scan? Hears the calls of a labelled folder twice with the same model: once
-# as `vishguard scan` hears a recording (whole 30 s windows), once as `vishguard listen` hears
+# as `vishguard scan` hears a recording (its speech pieces, in 15 s windows where they fit), once as `vishguard listen` hears
 # a live call (cut into utterances at pauses and at 6 s of speech, each heard alone, runs of
 # them heard again joined before the close, fed as fast as the engine takes it). Prints recall and false positives of both (live: by the calls'
 # summaries, and by any alert during the call), and each call where they disagree with what

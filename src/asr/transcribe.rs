@@ -60,8 +60,9 @@ pub struct TranscribeOptions {
     /// Transcribe only what voice activity detection calls speech (`None`: everything).
     pub vad: Option<VadConfig>,
     /// Audio this short (in mel frames, 100 per second) is encoded in a window of this many
-    /// frames instead of the full 30 s: the encoder's cost falls with its input. For the
-    /// short utterances of live calls; `None` always encodes 30 s, as Whisper was trained.
+    /// frames instead of the full 30 s: the encoder's cost falls with its input. For live
+    /// utterances and the short speech pieces of recordings (the CLI's default, see
+    /// `config::DEFAULT_SHORT_CONTEXT_S`); `None` always encodes 30 s, as Whisper was trained.
     pub short_context_frames: Option<usize>,
     /// The audio is speech already (a live utterance voice activity cut out): as with `vad`,
     /// Whisper's no-speech guess never throws a window of it away whole, and the confidence
@@ -515,6 +516,7 @@ impl Transcriber {
                                     max_tokens: opts.policy.max_tokens,
                                     seed: opts.seed,
                                     stop_loop_above: opts.policy.compression_ratio_threshold,
+                                    no_speech_threshold: opts.policy.no_speech_threshold,
                                 }
                             })
                             .collect();

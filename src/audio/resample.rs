@@ -137,10 +137,12 @@ impl AlignedResampler {
     /// a live call.
     pub fn finish_and_restart(&mut self, out: &mut Vec<f32>) -> Result<(), ResampleError> {
         let expected = self.expected();
-        while self.inner.is_some() && self.output_len < expected {
+        let mut ended = Ok(());
+        while ended.is_ok() && self.inner.is_some() && self.output_len < expected {
             self.pending.resize(ALIGNED_BLOCK, 0.0);
-            self.process_block(out, expected)?;
+            ended = self.process_block(out, expected);
         }
+        // Afresh even after an error, as a new resampler would be.
         self.pending.clear();
         self.input_len = 0;
         self.output_len = 0;
@@ -151,7 +153,7 @@ impl AlignedResampler {
             }
             None => 0,
         };
-        Ok(())
+        ended
     }
 }
 
