@@ -94,20 +94,18 @@ pub struct LogitRules<'a> {
 pub struct BatchRow<'a> {
     pub prompt: &'a [u32],
     pub sot_sequence: &'a [u32],
-    pub max_tokens: Option<usize>,
+    /// The row's token budget (`max_tokens`) and loop stop. A row ends early once it has
+    /// fallen into a loop whose text is already more repetitive than the policy's
+    /// `compression_ratio_threshold`: Whisper seldom leaves a loop before its token budget
+    /// (224 tokens) runs out, so such a decode would almost always be rejected anyway. base on
+    /// a 4 s French clip: 24.1 -> 7.8 s for `scan` (release build, 2 cores), with the same
+    /// output. When every temperature loops, the decode kept is the shorter loop. A row whose
+    /// no-speech probability is above the policy's `no_speech_threshold` is never stopped
+    /// early: the policy may accept it as silence on its average log-probability, which a
+    /// shorter loop would change.
+    pub policy: &'a FallbackPolicy,
     /// Seeds the row's sampling above temperature 0 (with the temperature, as `decode`).
     pub seed: u64,
-    /// Ends the row early once it has fallen into a loop whose text is already more
-    /// repetitive than this gzip ratio (the policy's `compression_ratio_threshold`). Whisper
-    /// seldom leaves a loop before its token budget (224 tokens) runs out, so such a decode
-    /// would almost always be rejected anyway. base on a 4 s French clip: 24.1 -> 7.8 s for
-    /// `scan` (release build, 2 cores), with the same output. When every temperature loops,
-    /// the decode kept is the shorter loop.
-    pub stop_loop_above: Option<f32>,
-    /// A row whose no-speech probability is above this (the policy's `no_speech_threshold`)
-    /// is never stopped early: the policy may accept it as silence on its average
-    /// log-probability, which a shorter loop would change.
-    pub no_speech_threshold: Option<f32>,
 }
 
 /// Whether `tokens` end in the same run of tokens three times over ("I'm sorry. I'm sorry.
@@ -149,10 +147,8 @@ impl WindowDecoder<'_> {
         let row = BatchRow {
             prompt,
             sot_sequence: sample_begin_tokens,
-            max_tokens: policy.max_tokens,
+            policy,
             seed,
-            stop_loop_above: policy.compression_ratio_threshold,
-            no_speech_threshold: policy.no_speech_threshold,
         };
         for &t in &policy.temperatures {
             let r = self.decode(audio, &row, t)?;
@@ -336,7 +332,12 @@ impl WindowDecoder<'_> {
         let mut logits = first.narrow(0, b, b)?;
         let budget: Vec<usize> = rows
             .iter()
-            .map(|r| r.max_tokens.unwrap_or(usize::MAX).min(dec.max_len() / 2))
+            .map(|r| {
+                r.policy
+                    .max_tokens
+                    .unwrap_or(usize::MAX)
+                    .min(dec.max_len() / 2)
+            })
             .collect();
         let mut sampled: Vec<Vec<u32>> = vec![Vec::new(); b];
         let mut sum_logprob = vec![0f64; b];
@@ -408,12 +409,13 @@ impl WindowDecoder<'_> {
                 sum_logprob[r] += logprob as f64;
                 sampled[r].push(next);
                 let context = starts[r].0.len() + sampled[r].len() - 1;
-                let may_stop = rows[r]
+                let policy = rows[r].policy;
+                let may_stop = policy
                     .no_speech_threshold
                     .is_none_or(|th| no_speech[r] <= th);
                 let looping = may_stop
-                    && rows[r]
-                        .stop_loop_above
+                    && policy
+                        .compression_ratio_threshold
                         .is_some_and(|th| self.in_loop_beyond(&sampled[r], th));
                 if looping {
                     tracing::debug!(tokens = sampled[r].len(), "decode stopped in a loop");

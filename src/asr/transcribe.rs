@@ -513,10 +513,8 @@ impl Transcriber {
                                 BatchRow {
                                     prompt: &f.prompt_tokens[f.prompt_reset_since..],
                                     sot_sequence: &f.sot_sequence,
-                                    max_tokens: opts.policy.max_tokens,
+                                    policy: &opts.policy,
                                     seed: opts.seed,
-                                    stop_loop_above: opts.policy.compression_ratio_threshold,
-                                    no_speech_threshold: opts.policy.no_speech_threshold,
                                 }
                             })
                             .collect();
