@@ -2,7 +2,8 @@
 """Times vishguard against faster-whisper on the same clips, in one run, and prints ratios.
 
 Both load the same CTranslate2 weights from disk (vishguard through its converted copy),
-decode greedily with the same temperature fallback, on the same number of CPU threads, with
+decode greedily (or both with --beam-size N, beam search at temperature 0) with the same
+temperature fallback, on the same number of CPU threads, with
 no voice-activity filter; vishguard as users run it, so a clip that fits in 14 s is encoded
 in a 15 s window (its default since 2026-12-02) where faster-whisper encodes 30 s: the error
 rates beside the times show what that costs. Each engine is timed two ways:
@@ -21,7 +22,7 @@ in its .stm), the bundled English samples (8 kHz mu-law) and the telephone-chann
 clips; with base also the Mandarin samples (character error rate).
 
 Usage: benches/compare_faster_whisper.py [--threads 2] [--models tiny.en,base]
-                                         [--compute-types f32,int8] [CLIP...]
+                                         [--compute-types f32,int8] [--beam-size 1] [CLIP...]
 Needs: `pip install faster-whisper`, a release build (cargo build --release, or VISHGUARD_BIN),
 models fetched.
 """
@@ -117,10 +118,12 @@ def error_rate(ref, hyp, lang):
     return prev[-1] / max(1, len(r))
 
 
-def time_vishguard(model, clip, threads, compute_type, lang):
+def time_vishguard(model, clip, threads, compute_type, lang, beam):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     cmd = [str(BIN), "transcribe", "--model", model, "--compute-type", compute_type,
            "--timing", "--no-vad", "--channels", "mix", "--format", "json", clip]
+    if beam > 1:
+        cmd[-1:-1] = ["--beam-size", str(beam)]
     if model != "tiny.en":
         cmd[-1:-1] = ["--language", lang]
     start = time.perf_counter()
@@ -138,9 +141,9 @@ def load_faster_whisper(model_dir, threads, compute_type):
     return m, time.perf_counter() - start
 
 
-def time_faster_whisper(m, clip, lang, multilingual):
+def time_faster_whisper(m, clip, lang, multilingual, beam):
     start = time.perf_counter()
-    segs, _ = m.transcribe(clip, beam_size=1, best_of=1, vad_filter=False,
+    segs, _ = m.transcribe(clip, beam_size=beam, best_of=1, vad_filter=False,
                            language=lang if multilingual else None,
                            temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     text = " ".join(s.text.strip() for s in segs)
@@ -162,6 +165,8 @@ def main():
     ap.add_argument("--models", default="tiny.en,base")
     ap.add_argument("--compute-types", default="f32,int8",
                     help="vishguard's compute types to time (comma-separated)")
+    ap.add_argument("--beam-size", type=int, default=1,
+                    help="beam search width for both engines (1: greedy)")
     ap.add_argument("clips", nargs="*", help="clips to time instead of the default set "
                     "(no reference: error rates are not printed)")
     a = ap.parse_args()
@@ -169,7 +174,7 @@ def main():
                              os.path.join(tempfile.gettempdir(), "vishguard-bench"))
     cts = a.compute_types.split(",")
     load = os.getloadavg()[0]
-    print(f"threads {a.threads}, load average at start {load:.2f}")
+    print(f"threads {a.threads}, beam size {a.beam_size}, load average at start {load:.2f}")
     for model in a.models.split(","):
         folder = ct2_folder(model, scratch)
         clips = ([(pathlib.Path(c).name, c, None, "en") for c in a.clips] if a.clips
@@ -191,12 +196,14 @@ def main():
         for name, clip, ref, lang in clips:
             times, texts = {}, {}
             for ct in cts:
-                warm, whole, text = time_vishguard(model, clip, a.threads, ct, lang)
+                warm, whole, text = time_vishguard(model, clip, a.threads, ct, lang,
+                                                   a.beam_size)
                 times[ct], texts[ct] = warm, text
                 wholes[ct] += whole
             for label, ct in (("fw f32", "float32"), ("fw int8", "int8")):
                 m, _ = fw[ct]
-                times[label], texts[label] = time_faster_whisper(m, clip, lang, multilingual)
+                times[label], texts[label] = time_faster_whisper(m, clip, lang, multilingual,
+                                                                 a.beam_size)
             line = times_line(model, name, times, cts)
             if ref is not None:
                 rates = []

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::asr::decode::FallbackPolicy;
 use crate::asr::{ComputeType, DeviceChoice, TranscribeOptions, Transcriber};
 use crate::detect::script_context::ContextCheck;
 use crate::detect::{Classifier, PhrasePack};
@@ -99,7 +100,14 @@ pub struct AsrConfig {
     pub hotwords: Option<PathBuf>,
     /// Added to the logits of the tokens that continue a begun phrase (natural-log units).
     pub hotword_bonus: f32,
+    /// Hypotheses kept at temperature 0 (beam search; 1 is greedy decoding), 1 to
+    /// [`MAX_BEAM_SIZE`].
+    pub beam_size: usize,
 }
+
+/// The widest beam accepted: each hypothesis is a decoder row with its own copy of the
+/// window's cross-attention keys (base, 15 s window: 18 MB each).
+pub const MAX_BEAM_SIZE: usize = 16;
 
 /// A hotword file this large is not a phrase list.
 const MAX_HOTWORDS_BYTES: u64 = 1 << 20;
@@ -146,6 +154,7 @@ impl Default for AsrConfig {
             short_context_s: None,
             hotwords: None,
             hotword_bonus: DEFAULT_HOTWORD_BONUS,
+            beam_size: 1,
         }
     }
 }
@@ -153,6 +162,8 @@ impl Default for AsrConfig {
 impl AsrConfig {
     /// Fetches the model on first use (see `model_store`) and loads it.
     pub fn load(&self) -> Result<Transcriber> {
+        // A config file is checked when parsed; flags are checked here.
+        self.validate().map_err(anyhow::Error::msg)?;
         let store = ModelStore::open()?;
         let files = store.resolve(self.model.as_deref())?;
         let device = self.device.open()?;
@@ -186,6 +197,10 @@ impl AsrConfig {
             } else {
                 None
             },
+            policy: FallbackPolicy {
+                beam_size: self.beam_size,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -193,6 +208,12 @@ impl AsrConfig {
     fn validate(&self) -> std::result::Result<(), String> {
         crate::asr::bias::check_bonus(self.hotword_bonus)
             .map_err(|e| format!("hotword_bonus {e}"))?;
+        if !(1..=MAX_BEAM_SIZE).contains(&self.beam_size) {
+            return Err(format!(
+                "beam_size must be between 1 and {MAX_BEAM_SIZE}, not {}",
+                self.beam_size
+            ));
+        }
         if let Some(s) = self.short_context_s {
             if !(s.is_finite() && s > 0.0 && s <= 30.0) {
                 return Err(format!(

@@ -1,6 +1,7 @@
 //! Batched recognition hears what unbatched recognition hears: utterances of different calls
-//! (different lengths, prompts and languages) through the encoder and the greedy decoder
-//! together give the same words as each heard alone, on real speech and both models, in F32.
+//! (different lengths, prompts and languages) through the encoder and the greedy decoder (and
+//! beam search) together give the same words as each heard alone, on real speech and both
+//! models, in F32.
 //! With int8 (the vocabulary projection in q8_0) the words stay close but need not be the
 //! same: a prompt's F32 pass rounds differently in a batch (padding, gemm blocking), and the
 //! q8_0 steps quantize their inputs, so a last-bit difference can move a value to the next
@@ -42,8 +43,9 @@ fn utterances(files: &[&str], per_file: usize) -> Vec<Vec<f32>> {
 }
 
 /// The options the live recogniser hears utterances with, and a prompt of a different length
-/// for every other utterance (so rows are padded differently).
-fn options(n: usize, candidates: &[&str]) -> Vec<TranscribeOptions> {
+/// for every other utterance (so rows are padded differently); `beam` hypotheses at
+/// temperature 0 (1: greedy).
+fn options(n: usize, candidates: &[&str], beam: usize) -> Vec<TranscribeOptions> {
     let prompts = [
         None,
         Some("Hello, this is"),
@@ -59,6 +61,7 @@ fn options(n: usize, candidates: &[&str]) -> Vec<TranscribeOptions> {
                 ..Default::default()
             };
             o.policy.max_tokens = Some(100);
+            o.policy.beam_size = beam;
             o
         })
         .collect()
@@ -69,8 +72,9 @@ fn alone_and_batched(
     model: &Transcriber,
     clips: &[Vec<f32>],
     candidates: &[&str],
+    beam: usize,
 ) -> (Vec<Transcript>, Vec<Transcript>) {
-    let opts = options(clips.len(), candidates);
+    let opts = options(clips.len(), candidates, beam);
     let alone = clips
         .iter()
         .zip(&opts)
@@ -101,8 +105,13 @@ fn english_utterances() -> Vec<Vec<f32>> {
     clips
 }
 
-fn same_words_batched_and_alone(model: &Transcriber, clips: &[Vec<f32>], candidates: &[&str]) {
-    let (alone, together) = alone_and_batched(model, clips, candidates);
+fn same_words_batched_and_alone(
+    model: &Transcriber,
+    clips: &[Vec<f32>],
+    candidates: &[&str],
+    beam: usize,
+) {
+    let (alone, together) = alone_and_batched(model, clips, candidates, beam);
     let mut words = 0;
     let mut compared = 0;
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
@@ -156,14 +165,39 @@ fn same_words_batched_and_alone(model: &Transcriber, clips: &[Vec<f32>], candida
 #[test]
 fn tiny_en_batched_decoding_gives_the_same_words() {
     let clips = english_utterances();
-    same_words_batched_and_alone(&support::load_as("tiny.en", ComputeType::F32), &clips, &[]);
+    same_words_batched_and_alone(
+        &support::load_as("tiny.en", ComputeType::F32),
+        &clips,
+        &[],
+        1,
+    );
+}
+
+/// Beam search keeps several sequences per window, trading rows of the decoder's cache at each
+/// step; windows of different lengths and prompts beamed together end where each ends alone.
+#[test]
+fn tiny_en_beam_search_batched_gives_the_same_words() {
+    let clips = utterances(
+        &[
+            "en_scam_irs_warrant.wav",
+            "en_legit_pharmacy.wav",
+            "en_scam_safe_account.wav",
+        ],
+        2,
+    );
+    same_words_batched_and_alone(
+        &support::load_as("tiny.en", ComputeType::F32),
+        &clips,
+        &[],
+        5,
+    );
 }
 
 #[test]
 fn tiny_en_int8_batched_decoding_stays_close() {
     let clips = english_utterances();
     let model = support::load_as("tiny.en", ComputeType::Int8);
-    let (alone, together) = alone_and_batched(&model, &clips, &[]);
+    let (alone, together) = alone_and_batched(&model, &clips, &[], 1);
     let text = |ts: Vec<Transcript>| ts.iter().map(Transcript::text).collect::<Vec<_>>();
     let (alone, together) = (text(alone).join(" "), text(together).join(" "));
     let w = wer(&alone, &together);
@@ -192,5 +226,6 @@ fn base_batched_decoding_gives_the_same_words_and_languages() {
         &support::load_as("base", ComputeType::F32),
         &clips,
         &["en", "zh"],
+        1,
     );
 }

@@ -161,3 +161,23 @@ fn what_was_said_stays_out_of_the_logs_even_at_debug_level() {
     }
     assert!(!said.is_empty());
 }
+
+/// A beam the decoder cannot keep is refused before any model loads, naming the setting and
+/// the allowed range.
+#[test]
+fn a_beam_size_out_of_range_is_refused_with_the_reason() {
+    for beam in ["0", "17"] {
+        let out = vishguard()
+            .args(["transcribe", "--model", "tiny.en", "--beam-size", beam])
+            .arg(support::fixture("asr/gift_cards.flac"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+        assert!(
+            stderr.contains(&format!("beam_size must be between 1 and 16, not {beam}")),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}

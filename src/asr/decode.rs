@@ -1,5 +1,5 @@
-//! Decoding one 30 s window: the token loop, openai-whisper's logit rules (blank and token
-//! suppression, timestamp pairing), and temperature fallback.
+//! Decoding one 30 s window: the token loop (greedy, sampled, or beam search), openai-whisper's
+//! logit rules (blank and token suppression, timestamp pairing), and temperature fallback.
 
 use std::io::Write;
 
@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 
 use super::bias::HotwordBias;
-use super::model::Whisper;
+use super::model::{DecoderState, Whisper};
 use super::tokens::SpecialTokens;
 
 /// Thresholds that decide whether a window's decode is trusted, as openai-whisper's defaults.
@@ -25,6 +25,11 @@ pub struct FallbackPolicy {
     /// At most this many tokens per window (`None`: half the decoder's context, as Whisper).
     /// A caller that knows how little audio there is can stop a hallucination loop early.
     pub max_tokens: Option<usize>,
+    /// At temperature 0, keep this many hypotheses (beam search, as openai-whisper's and
+    /// faster-whisper's `beam_size`); 1 is greedy decoding. Temperatures above 0 sample one.
+    /// Each hypothesis is a decoder row with its own copy of the window's cross-attention keys
+    /// and values (base, 15 s window: 18 MB), so a batch of `n` windows holds `n * beam_size`.
+    pub beam_size: usize,
 }
 
 impl FallbackPolicy {
@@ -40,6 +45,22 @@ impl FallbackPolicy {
         };
         (loop_free(a), a.avg_logprob) > (loop_free(b), b.avg_logprob)
     }
+
+    /// Keeps rejected decode `r` in `best` when [`Self::prefer`] ranks it above what is there.
+    pub fn keep_best(&self, best: &mut Option<WindowResult>, r: WindowResult) {
+        if best.as_ref().is_none_or(|b| self.prefer(&r, b)) {
+            *best = Some(r);
+        }
+    }
+
+    /// The decode kept for a window no temperature passed: counted as tried at the policy's
+    /// last temperature (see [`WindowResult::final_temperature`]).
+    pub fn gave_up(&self, mut best: WindowResult) -> WindowResult {
+        if let Some(&t) = self.temperatures.last() {
+            best.final_temperature = t;
+        }
+        best
+    }
 }
 
 impl Default for FallbackPolicy {
@@ -51,6 +72,7 @@ impl Default for FallbackPolicy {
             no_speech_threshold: Some(0.6),
             certain_no_speech_threshold: Some(0.9),
             max_tokens: None,
+            beam_size: 1,
         }
     }
 }
@@ -108,6 +130,53 @@ pub struct BatchRow<'a> {
     pub seed: u64,
 }
 
+/// Each row's prompt run through the decoder ([`WindowDecoder::decode_batch`]'s first step).
+struct Started {
+    state: DecoderState,
+    /// The logits of each row's first token, `[b, vocab]` (F32).
+    logits: Tensor,
+    rows: RowInfo,
+}
+
+/// What the decoding loops need to know of each row.
+struct RowInfo {
+    no_speech: Vec<f32>,
+    /// Tokens before the first sampled one (previous text and start sequence).
+    prompt_len: Vec<usize>,
+    /// Left padding of each row's prompt in the batch.
+    pads: Vec<usize>,
+    picker: Picker,
+    budget: Vec<usize>,
+    device: candle_core::Device,
+}
+
+/// Damaged weights (flipped bytes, NaN in the cache) give NaN scores, and the argmax of NaN is
+/// token 0 ("!"): a transcript of "!!!!" that looks like a result.
+fn damaged_weights() -> anyhow::Error {
+    anyhow::anyhow!(
+        "the model produced NaN scores: its weights are damaged; fetch it again \
+         (`vishguard models fetch --force <model>`)"
+    )
+}
+
+/// The `k` largest finite values of `v` with their indices, largest first (ties: lower index
+/// first).
+fn top_k(v: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return best;
+    }
+    for (i, &x) in v.iter().enumerate() {
+        if !x.is_finite() || (best.len() == k && x <= best[k - 1].1) {
+            continue;
+        }
+        let at = best.partition_point(|&(_, y)| y >= x);
+        best.insert(at, (i as u32, x));
+        best.truncate(k);
+    }
+    best
+}
+
 /// Whether `tokens` end in the same run of tokens three times over ("I'm sorry. I'm sorry.
 /// I'm sorry."), the shape of a decode fallen into a loop. Timestamp tokens differ between
 /// the turns of a loop, so callers pass text tokens only.
@@ -161,14 +230,10 @@ impl WindowDecoder<'_> {
                 avg_logprob = r.avg_logprob,
                 "window rejected, falling back"
             );
-            best = Some(match best {
-                Some(b) if !policy.prefer(&r, &b) => b,
-                _ => r,
-            });
+            policy.keep_best(&mut best, r);
         }
-        let mut best = best.expect("the policy has at least one temperature");
-        best.final_temperature = *policy.temperatures.last().expect("tried");
-        Ok(best)
+        let best = best.ok_or_else(|| anyhow::anyhow!("the decoding policy has no temperature"))?;
+        Ok(policy.gave_up(best))
     }
 
     /// Whether a window's decode passes the policy (openai-whisper's rule): not a loop, not
@@ -254,23 +319,19 @@ impl WindowDecoder<'_> {
         })
     }
 
-    /// Decodes a batch of windows at once at one temperature (0: greedy; above: sampled, each
-    /// row with its own seeded generator): `audio [b, frames, d]` holds one encoded window per
-    /// row of `rows`. Each row keeps its own prompt, start sequence, token budget and logit
-    /// rules; prompts of different lengths are left-padded and masked, each row at its own
-    /// positions, and a row that ends leaves the batch while the others go on. Gives each
-    /// row the tokens it gets alone (up to rounding in the batched matrix products; tested on
-    /// real speech in tests/batch.rs).
+    /// Decodes a batch of windows at once at one temperature (0: greedy, or beam search when a
+    /// row's policy asks for beams; above: sampled, each row with its own seeded generator):
+    /// `audio [b, frames, d]` holds one encoded window per row of `rows`. Each row keeps its
+    /// own prompt, start sequence, token budget and logit rules; prompts of different lengths
+    /// are left-padded and masked, each row at its own positions, and a row that ends leaves
+    /// the batch while the others go on. Gives each row the tokens it gets alone (up to
+    /// rounding in the batched matrix products; tested on real speech in tests/batch.rs).
     pub fn decode_batch(
         &self,
         audio: &Tensor,
         rows: &[BatchRow<'_>],
         temperature: f32,
     ) -> Result<Vec<WindowResult>> {
-        use candle_core::DType;
-        let sp = self.rules.special;
-        let dec = &self.model.decoder;
-        let device = audio.device();
         let b = rows.len();
         if b == 0 {
             return Ok(Vec::new());
@@ -278,12 +339,42 @@ impl WindowDecoder<'_> {
         if audio.dim(0)? != b {
             anyhow::bail!("{} rows for {} encoded windows", b, audio.dim(0)?);
         }
+        let beams: Vec<usize> = rows
+            .iter()
+            .map(|r| {
+                if temperature <= 0.0 {
+                    r.policy.beam_size.max(1)
+                } else {
+                    1
+                }
+            })
+            .collect();
+        let run = self.start_rows(audio, rows, beams.iter().sum())?;
+        if beams.iter().any(|&k| k > 1) {
+            return self.beam_search(rows, &beams, run);
+        }
+        self.greedy_or_sampled(rows, temperature, run)
+    }
+
+    /// Runs every row's prompt through the decoder: the state after it, the logits of each
+    /// row's first token and its no-speech probability.
+    fn start_rows(
+        &self,
+        audio: &Tensor,
+        rows: &[BatchRow<'_>],
+        most_rows: usize,
+    ) -> Result<Started> {
+        use candle_core::DType;
+        let sp = self.rules.special;
+        let dec = &self.model.decoder;
+        let device = audio.device();
+        let b = rows.len();
         let starts: Vec<(Vec<u32>, usize)> = rows
             .iter()
             .map(|r| self.initial_tokens(r.prompt, r.sot_sequence))
             .collect();
         let width = starts.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
-        let mut pads: Vec<usize> = starts.iter().map(|(t, _)| width - t.len()).collect();
+        let pads: Vec<usize> = starts.iter().map(|(t, _)| width - t.len()).collect();
         let mut tokens = Vec::with_capacity(b * width);
         let mut positions = Vec::with_capacity(b * width);
         let mut mask = Vec::with_capacity(b * width * width);
@@ -328,9 +419,8 @@ impl WindowDecoder<'_> {
             .narrow(1, sp.no_speech as usize, 1)?
             .flatten_all()?
             .to_vec1()?;
-        let picker = self.rules.picker(first.dim(1)?, b, device)?;
-        let mut logits = first.narrow(0, b, b)?;
-        let budget: Vec<usize> = rows
+        let picker = self.rules.picker(first.dim(1)?, most_rows, device)?;
+        let budget = rows
             .iter()
             .map(|r| {
                 r.policy
@@ -339,6 +429,108 @@ impl WindowDecoder<'_> {
                     .min(dec.max_len() / 2)
             })
             .collect();
+        Ok(Started {
+            logits: first.narrow(0, b, b)?,
+            state,
+            rows: RowInfo {
+                no_speech,
+                prompt_len: starts.iter().map(|(t, _)| t.len()).collect(),
+                pads,
+                picker,
+                budget,
+                device: device.clone(),
+            },
+        })
+    }
+
+    /// `logits [n, vocab]` with the hotword bonus added for the rows whose history has begun
+    /// a phrase.
+    fn biased(&self, logits: Tensor, histories: &[&[u32]]) -> Result<Tensor> {
+        let Some(bias) = self.rules.bias.filter(|b| b.bonus > 0.0) else {
+            return Ok(logits);
+        };
+        // Most steps continue no phrase: the vocabulary-wide bonus row is only built when one
+        // does.
+        let boosts: Vec<Vec<u32>> = histories.iter().map(|h| bias.continuing(h)).collect();
+        if boosts.iter().all(|b| b.is_empty()) {
+            return Ok(logits);
+        }
+        let vocab = logits.dim(1)?;
+        let mut add = vec![0f32; histories.len() * vocab];
+        for (i, tokens) in boosts.iter().enumerate() {
+            for &t in tokens.iter().filter(|&&t| (t as usize) < vocab) {
+                add[i * vocab + t as usize] = bias.bonus;
+            }
+        }
+        let add = Tensor::from_vec(add, (histories.len(), vocab), logits.device())?;
+        Ok((logits + add)?)
+    }
+
+    /// Whether a sequence of `row` stops where it is: its token budget or the decoder's
+    /// context is spent, or it has fallen into a loop (see [`BatchRow::policy`]).
+    fn must_stop(&self, row: &BatchRow<'_>, run: &RowInfo, r: usize, sampled: &[u32]) -> bool {
+        let context = run.prompt_len[r] + sampled.len() - 1;
+        if sampled.len() >= run.budget[r] || context >= self.model.decoder.max_len() {
+            return true;
+        }
+        let policy = row.policy;
+        let may_stop = policy
+            .no_speech_threshold
+            .is_none_or(|th| run.no_speech[r] <= th);
+        let looping = may_stop
+            && policy
+                .compression_ratio_threshold
+                .is_some_and(|th| self.in_loop_beyond(sampled, th));
+        if looping {
+            tracing::debug!(tokens = sampled.len(), "decode stopped in a loop");
+        }
+        looping
+    }
+
+    /// One decoder step for the sequences in `state`: `last` is each one's newest token and
+    /// `pads` its row's left padding. Returns the next logits `[n, vocab]` (F32).
+    fn step(
+        &self,
+        state: &mut DecoderState,
+        last: Vec<u32>,
+        pads: &[usize],
+        device: &candle_core::Device,
+    ) -> Result<Tensor> {
+        let dec = &self.model.decoder;
+        let n = last.len();
+        let cols = state.len + 1;
+        let pos: Vec<u32> = pads.iter().map(|&p| (state.len - p) as u32).collect();
+        let mask: Vec<f32> = pads
+            .iter()
+            .flat_map(|&p| (0..cols).map(move |k| if k >= p { 0f32 } else { f32::NEG_INFINITY }))
+            .collect();
+        let hidden = dec.forward_rows(
+            &Tensor::from_vec(last, (n, 1), device)?,
+            &Tensor::from_vec(pos, (n, 1), device)?,
+            &Tensor::from_vec(mask, (n, 1, 1, cols), device)?,
+            state,
+        )?;
+        Ok(dec
+            .logits(&hidden)?
+            .squeeze(1)?
+            .to_dtype(candle_core::DType::F32)?)
+    }
+
+    fn greedy_or_sampled(
+        &self,
+        rows: &[BatchRow<'_>],
+        temperature: f32,
+        run: Started,
+    ) -> Result<Vec<WindowResult>> {
+        let sp = self.rules.special;
+        let b = rows.len();
+        let Started {
+            mut state,
+            mut logits,
+            rows: run,
+        } = run;
+        let picker = &run.picker;
+        let mut pads = run.pads.clone();
         let mut sampled: Vec<Vec<u32>> = vec![Vec::new(); b];
         let mut sum_logprob = vec![0f64; b];
         let mut rngs: Vec<rand::rngs::StdRng> = rows
@@ -348,26 +540,8 @@ impl WindowDecoder<'_> {
         // The original row of each row still in the batch.
         let mut active: Vec<usize> = (0..b).collect();
         loop {
-            if let Some(bias) = self.rules.bias.filter(|b| b.bonus > 0.0) {
-                // Most steps continue no phrase: the vocabulary-wide bonus row is only built
-                // when one does.
-                let boosts: Vec<Vec<u32>> = active
-                    .iter()
-                    .map(|&r| bias.continuing(&sampled[r]))
-                    .collect();
-                if boosts.iter().any(|b| !b.is_empty()) {
-                    let vocab = logits.dim(1)?;
-                    let mut add = vec![0f32; active.len() * vocab];
-                    for (i, tokens) in boosts.iter().enumerate() {
-                        for &t in tokens.iter().filter(|&&t| (t as usize) < vocab) {
-                            add[i * vocab + t as usize] = bias.bonus;
-                        }
-                    }
-                    let add = Tensor::from_vec(add, (active.len(), vocab), device)?;
-                    logits = (logits + add)?;
-                }
-            }
             let histories: Vec<&[u32]> = active.iter().map(|&r| sampled[r].as_slice()).collect();
+            logits = self.biased(logits, &histories)?;
             let picks = if temperature <= 0.0 {
                 picker.pick(&self.rules, &logits, &histories)?
             } else {
@@ -392,13 +566,8 @@ impl WindowDecoder<'_> {
                     })
                     .collect()
             };
-            // Damaged weights (flipped bytes, NaN in the cache) give NaN scores, and the
-            // argmax of NaN is token 0 ("!"): a transcript of "!!!!" that looks like a result.
             if picks.iter().any(|&(_, lp)| lp.is_nan()) {
-                anyhow::bail!(
-                    "the model produced NaN scores: its weights are damaged; fetch it again \
-                     (`vishguard models fetch --force <model>`)"
-                );
+                return Err(damaged_weights());
             }
             let mut keep = Vec::with_capacity(active.len());
             for (i, &r) in active.iter().enumerate() {
@@ -408,19 +577,7 @@ impl WindowDecoder<'_> {
                 }
                 sum_logprob[r] += logprob as f64;
                 sampled[r].push(next);
-                let context = starts[r].0.len() + sampled[r].len() - 1;
-                let policy = rows[r].policy;
-                let may_stop = policy
-                    .no_speech_threshold
-                    .is_none_or(|th| no_speech[r] <= th);
-                let looping = may_stop
-                    && policy
-                        .compression_ratio_threshold
-                        .is_some_and(|th| self.in_loop_beyond(&sampled[r], th));
-                if looping {
-                    tracing::debug!(tokens = sampled[r].len(), "decode stopped in a loop");
-                }
-                if !looping && sampled[r].len() < budget[r] && context < dec.max_len() {
+                if !self.must_stop(&rows[r], &run, r, &sampled[r]) {
                     keep.push(i);
                 }
             }
@@ -429,40 +586,176 @@ impl WindowDecoder<'_> {
             }
             if keep.len() < active.len() {
                 let idx: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
-                state.select_rows(&Tensor::new(idx.as_slice(), device)?)?;
+                state.select_rows(&Tensor::new(idx.as_slice(), &run.device)?)?;
                 active = keep.iter().map(|&i| active[i]).collect();
                 pads = keep.iter().map(|&i| pads[i]).collect();
             }
-            let n = active.len();
-            let cols = state.len + 1;
-            let step: Vec<u32> = active
+            let last = active
                 .iter()
                 .map(|&r| *sampled[r].last().expect("sampled"))
                 .collect();
-            let pos: Vec<u32> = pads.iter().map(|&p| (state.len - p) as u32).collect();
-            let mask: Vec<f32> = pads
-                .iter()
-                .flat_map(|&p| {
-                    (0..cols).map(move |k| if k >= p { 0f32 } else { f32::NEG_INFINITY })
-                })
-                .collect();
-            let hidden = dec.forward_rows(
-                &Tensor::from_vec(step, (n, 1), device)?,
-                &Tensor::from_vec(pos, (n, 1), device)?,
-                &Tensor::from_vec(mask, (n, 1, 1, cols), device)?,
-                &mut state,
-            )?;
-            logits = dec.logits(&hidden)?.squeeze(1)?.to_dtype(DType::F32)?;
+            logits = self.step(&mut state, last, &pads, &run.device)?;
         }
         sampled
             .into_iter()
             .zip(sum_logprob)
-            .zip(no_speech)
-            .map(|((s, lp), ns)| {
+            .zip(&run.no_speech)
+            .map(|((s, lp), &ns)| {
                 Ok(WindowResult {
                     temperature,
                     final_temperature: temperature,
                     ..self.result(s, lp, ns)?
+                })
+            })
+            .collect()
+    }
+
+    /// Beam search at temperature 0, as openai-whisper's `BeamSearchDecoder` (decoding.py,
+    /// patience 1) and faster-whisper's `beam_size`: each row `r` keeps its `beams[r]` likeliest
+    /// sequences by summed log-probability; at each step every sequence offers its
+    /// `beams[r] + 1` best next tokens (under the same logit rules as greedy decoding), a
+    /// candidate ending in end-of-text joins the row's finished sequences, and the row is done
+    /// once it has `beams[r]` of them. Of those, the one with the highest log-probability per
+    /// token wins (openai's `MaximumLikelihoodRanker` without a length penalty). A sequence
+    /// that reaches its token budget or falls into a loop stops, and counts only when fewer
+    /// than `beams[r]` sequences finished. The sequences of one row share the row's encoded
+    /// audio (its cross-attention keys are copied only when the rows' layout changes).
+    fn beam_search(
+        &self,
+        rows: &[BatchRow<'_>],
+        beams: &[usize],
+        run: Started,
+    ) -> Result<Vec<WindowResult>> {
+        #[derive(Clone)]
+        struct Hyp {
+            row: usize,
+            tokens: Vec<u32>,
+            /// Summed log-probability of `tokens`.
+            sum: f64,
+            /// `sum` plus the end-of-text's log-probability, for finished sequences.
+            ranked: f64,
+        }
+        let eot = self.rules.special.eot;
+        let b = rows.len();
+        let Started {
+            mut state,
+            mut logits,
+            rows: run,
+        } = run;
+        let device = &run.device;
+        let mut live: Vec<Hyp> = (0..b)
+            .map(|row| Hyp {
+                row,
+                tokens: Vec::new(),
+                sum: 0.0,
+                ranked: 0.0,
+            })
+            .collect();
+        let mut finished: Vec<Vec<Hyp>> = vec![Vec::new(); b];
+        let mut stopped: Vec<Vec<Hyp>> = vec![Vec::new(); b];
+        loop {
+            let histories: Vec<&[u32]> = live.iter().map(|h| h.tokens.as_slice()).collect();
+            logits = self.biased(logits, &histories)?;
+            let masked = run.picker.masked(&self.rules, &logits, &histories)?;
+            let lse = log_sum_exp_rows(&masked)?;
+            if lse.to_vec2::<f32>()?.iter().any(|v| v[0].is_nan()) {
+                return Err(damaged_weights());
+            }
+            let logprobs: Vec<Vec<f32>> = masked.broadcast_sub(&lse)?.to_vec2()?;
+            let mut next: Vec<Hyp> = Vec::new();
+            let mut parents: Vec<u32> = Vec::new();
+            let mut i = 0;
+            while i < live.len() {
+                let row = live[i].row;
+                let end = i + live[i..].iter().take_while(|h| h.row == row).count();
+                let mut candidates: Vec<(f64, usize, u32, f32)> = Vec::new();
+                for (j, h) in live.iter().enumerate().take(end).skip(i) {
+                    for (t, lp) in top_k(&logprobs[j], beams[row] + 1) {
+                        candidates.push((h.sum + lp as f64, j, t, lp));
+                    }
+                }
+                // Stable: equal scores keep the parent's order, then the token's.
+                candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let mut saved = 0;
+                for (score, j, t, _) in candidates {
+                    if t == eot {
+                        if finished[row].len() < beams[row] {
+                            finished[row].push(Hyp {
+                                ranked: score,
+                                ..live[j].clone()
+                            });
+                        }
+                        continue;
+                    }
+                    let mut tokens = live[j].tokens.clone();
+                    tokens.push(t);
+                    next.push(Hyp {
+                        row,
+                        tokens,
+                        sum: score,
+                        ranked: score,
+                    });
+                    parents.push(j as u32);
+                    saved += 1;
+                    if saved == beams[row] {
+                        break;
+                    }
+                }
+                i = end;
+            }
+            let mut keep: Vec<Hyp> = Vec::with_capacity(next.len());
+            let mut keep_parents: Vec<u32> = Vec::with_capacity(next.len());
+            for (h, p) in next.into_iter().zip(parents) {
+                let row = h.row;
+                if finished[row].len() >= beams[row] {
+                    continue;
+                }
+                if self.must_stop(&rows[row], &run, row, &h.tokens) {
+                    stopped[row].push(h);
+                } else {
+                    keep.push(h);
+                    keep_parents.push(p);
+                }
+            }
+            if keep.is_empty() {
+                break;
+            }
+            // The cross-attention rows are the audio's: while each row keeps the same number of
+            // sequences they stay where they are; otherwise each sequence takes its parent's.
+            let same_layout =
+                keep.len() == live.len() && keep.iter().zip(&live).all(|(a, b)| a.row == b.row);
+            let self_rows = Tensor::new(keep_parents.as_slice(), device)?;
+            if same_layout {
+                state.select_self_rows(&self_rows)?;
+            } else {
+                state.select_rows(&self_rows)?;
+            }
+            let pads: Vec<usize> = keep.iter().map(|h| run.pads[h.row]).collect();
+            let last = keep
+                .iter()
+                .map(|h| *h.tokens.last().expect("one"))
+                .collect();
+            live = keep;
+            logits = self.step(&mut state, last, &pads, device)?;
+        }
+        (0..b)
+            .map(|row| {
+                let mut pool = std::mem::take(&mut finished[row]);
+                if pool.len() < beams[row] {
+                    let mut rest = std::mem::take(&mut stopped[row]);
+                    rest.sort_by(|a, b| b.sum.total_cmp(&a.sum));
+                    pool.extend(rest.into_iter().take(beams[row] - pool.len()));
+                }
+                let best = pool
+                    .into_iter()
+                    .map(|h| (h.ranked / h.tokens.len().max(1) as f64, h))
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, h)| h);
+                let (tokens, sum) = best.map_or((Vec::new(), 0.0), |h| (h.tokens, h.sum));
+                Ok(WindowResult {
+                    temperature: 0.0,
+                    final_temperature: 0.0,
+                    ..self.result(tokens, sum, run.no_speech[row])?
                 })
             })
             .collect()
@@ -1042,5 +1335,14 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let logits = [0.0, 5.0, 1.0];
         assert!((0..50).all(|_| sample(&logits, 0.05, &mut rng) == 1));
+    }
+
+    #[test]
+    fn top_k_keeps_the_largest_finite_values_in_order() {
+        let v = [0.5, f32::NEG_INFINITY, 2.0, f32::NAN, 2.0, -1.0, 3.0];
+        assert_eq!(top_k(&v, 3), vec![(6, 3.0), (2, 2.0), (4, 2.0)]);
+        assert_eq!(top_k(&v, 10).len(), 5, "-inf and NaN are never candidates");
+        assert!(top_k(&v, 0).is_empty());
+        assert!(top_k(&[f32::NEG_INFINITY; 4], 2).is_empty());
     }
 }

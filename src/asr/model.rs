@@ -273,6 +273,17 @@ impl DecoderState {
         Ok(())
     }
 
+    /// Reorders the cached tokens only: sequence `i` takes the tokens of `rows[i]`, and the
+    /// audio of row `i` stays where it is (beam search: the sequences of one window trade
+    /// places, the window's audio does not move).
+    pub fn select_self_rows(&mut self, rows: &Tensor) -> Result<()> {
+        for (k, v) in self.self_kv.iter_mut().flatten() {
+            *k = k.index_select(rows, 0)?;
+            *v = v.index_select(rows, 0)?;
+        }
+        Ok(())
+    }
+
     /// Keeps only the batch rows `rows` (indices into the current batch, in the new order):
     /// a sequence that finished leaves the batch and the others go on.
     pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {

@@ -534,9 +534,7 @@ impl Transcriber {
                             "window rejected, falling back"
                         );
                         rejected.push(k);
-                        if best[k].as_ref().is_none_or(|b| policy.prefer(&result, b)) {
-                            best[k] = Some(result);
-                        }
+                        policy.keep_best(&mut best[k], result);
                     }
                 }
                 pending = rejected;
@@ -545,14 +543,12 @@ impl Transcriber {
                 let i = rows[k];
                 let f = forms[i].as_mut().expect("good");
                 match result {
-                    Some(mut result) => {
-                        // A row no temperature passed keeps its best decode but counts as
-                        // tried at its policy's last (see `WindowResult::final_temperature`).
-                        if !accepted[k] {
-                            if let Some(&t) = items[i].1.policy.temperatures.last() {
-                                result.final_temperature = t;
-                            }
-                        }
+                    Some(result) => {
+                        let result = if accepted[k] {
+                            result
+                        } else {
+                            items[i].1.policy.gave_up(result)
+                        };
                         self.take_window(f, result, items[i].1)?
                     }
                     // A policy without temperatures: heard alone, which says why.

@@ -77,6 +77,10 @@ pub struct AsrArgs {
     /// What a begun phrase's continuing tokens gain, added to their logits [default: 4].
     #[arg(long)]
     pub hotword_bonus: Option<f32>,
+    /// Beam search with this many hypotheses at temperature 0 (as faster-whisper's
+    /// beam_size; 1 is greedy decoding) [default: 1].
+    #[arg(long)]
+    pub beam_size: Option<usize>,
 }
 
 impl AsrArgs {
@@ -111,6 +115,9 @@ impl AsrArgs {
         }
         if let Some(b) = self.hotword_bonus {
             config.hotword_bonus = b;
+        }
+        if let Some(b) = self.beam_size {
+            config.beam_size = b;
         }
     }
 

@@ -120,9 +120,10 @@ impl WhisperRecogniser {
         let seconds = request.samples.len() as f64 / 16_000.0;
         heard.policy.max_tokens = Some(16 + (seconds * 10.0) as usize);
         if request.partial {
-            // Its last word is cut anyway, and a fallback's extra passes would hold up the
-            // finished utterances behind it.
+            // Its last word is cut anyway, and a fallback's extra passes (or a beam's extra
+            // rows) would hold up the finished utterances behind it.
             heard.policy.temperatures.truncate(1);
+            heard.policy.beam_size = 1;
         }
         heard
     }
