@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::asr::decode::FallbackPolicy;
+use crate::asr::decode::{FallbackPolicy, MAX_BEAM_SIZE};
 use crate::asr::{ComputeType, DeviceChoice, TranscribeOptions, Transcriber};
 use crate::detect::script_context::ContextCheck;
 use crate::detect::{Classifier, PhrasePack};
@@ -104,10 +104,6 @@ pub struct AsrConfig {
     /// [`MAX_BEAM_SIZE`].
     pub beam_size: usize,
 }
-
-/// The widest beam accepted: each hypothesis is a decoder row with its own copy of the
-/// window's cross-attention keys (base, 15 s window: 18 MB each).
-pub const MAX_BEAM_SIZE: usize = 16;
 
 /// A hotword file this large is not a phrase list.
 const MAX_HOTWORDS_BYTES: u64 = 1 << 20;

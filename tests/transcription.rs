@@ -291,8 +291,8 @@ fn a_recording_heard_in_pieces_matches_the_whole() {
 /// Beam search (`--beam-size 5`) keeps five hypotheses at temperature 0 and returns the one
 /// likeliest per token. On Mandarin through the 8 kHz channel, where greedy decoding commits
 /// early to a sound-alike, it writes other words with a higher mean log-probability (base on
-/// these two: -0.74 -> -0.52 and -0.65 -> -0.58 when written). Greedy and beam must differ, so
-/// the test fails if the beam is ignored.
+/// this clip: -0.65 -> -0.58 when written; on the bundled zh_scam_bank_code, -0.74 -> -0.52).
+/// Greedy and beam must differ, so the test fails if the beam is ignored.
 #[test]
 fn beam_search_finds_likelier_words_for_mandarin_telephone_calls() {
     let m = base();
@@ -311,32 +311,16 @@ fn beam_search_finds_likelier_words_for_mandarin_telephone_calls() {
         );
         t.segments.iter().map(|s| s.avg_logprob).sum::<f32>() / t.segments.len() as f32
     };
-    for clip in [
-        repo().join("audio-samples/zh_scam_bank_code.wav"),
-        fixture("asr/zh_refund_phone.wav"),
-    ] {
-        let samples = load_16k(&clip, ChannelMode::Mix).unwrap().remove(0).samples;
-        let g = m.transcribe(&samples, &greedy).unwrap();
-        let b = m.transcribe(&samples, &beam).unwrap();
-        let (lg, lb) = (mean_logprob(&g), mean_logprob(&b));
-        eprintln!(
-            "{}: greedy {lg:.3} {}\nbeam 5 {lb:.3} {}",
-            clip.display(),
-            g.text(),
-            b.text()
-        );
-        assert_ne!(
-            g.text(),
-            b.text(),
-            "{}: the beam changed nothing",
-            clip.display()
-        );
-        assert!(
-            lb > lg,
-            "{}: beam {lb:.3} <= greedy {lg:.3}",
-            clip.display()
-        );
-    }
+    // One clip: the beam's host-side search runs unoptimised in the test build (about 20 s
+    // a clip on 2 cores).
+    let clip = fixture("asr/zh_refund_phone.wav");
+    let samples = load_16k(&clip, ChannelMode::Mix).unwrap().remove(0).samples;
+    let g = m.transcribe(&samples, &greedy).unwrap();
+    let b = m.transcribe(&samples, &beam).unwrap();
+    let (lg, lb) = (mean_logprob(&g), mean_logprob(&b));
+    eprintln!("greedy {lg:.3} {}\nbeam 5 {lb:.3} {}", g.text(), b.text());
+    assert_ne!(g.text(), b.text(), "the beam changed nothing");
+    assert!(lb > lg, "beam {lb:.3} <= greedy {lg:.3}");
 }
 
 /// Contextual biasing (`--hotwords`) on Mandarin through the 8 kHz channel: where base,

@@ -112,7 +112,8 @@ pub struct LogitRules<'a> {
     pub bias: Option<&'a HotwordBias>,
 }
 
-/// One sequence of a batched decode: what the single-window `decode` takes, per row.
+/// One window of a batched decode: what the single-window `decode` takes, per row (a row holds
+/// one sequence, or `policy.beam_size` of them in beam search).
 pub struct BatchRow<'a> {
     pub prompt: &'a [u32],
     pub sot_sequence: &'a [u32],
@@ -129,6 +130,10 @@ pub struct BatchRow<'a> {
     /// Seeds the row's sampling above temperature 0 (with the temperature, as `decode`).
     pub seed: u64,
 }
+
+/// The widest beam accepted: each hypothesis is a decoder row with its own copy of the
+/// window's cross-attention keys and values (base, 15 s window: 18 MB each).
+pub const MAX_BEAM_SIZE: usize = 16;
 
 /// Each row's prompt run through the decoder ([`WindowDecoder::decode_batch`]'s first step).
 struct Started {
@@ -254,7 +259,8 @@ impl WindowDecoder<'_> {
         is_silence || !(too_repetitive || too_unlikely)
     }
 
-    /// One decode of `row` at one temperature (0 = greedy): the batched decoder with one row,
+    /// One decode of `row` at one temperature (0 = greedy or beam search): the batched decoder
+    /// with one row,
     /// so a window heard alone and in a batch go through the same rules in the same arithmetic.
     pub fn decode(
         &self,
@@ -338,6 +344,12 @@ impl WindowDecoder<'_> {
         }
         if audio.dim(0)? != b {
             anyhow::bail!("{} rows for {} encoded windows", b, audio.dim(0)?);
+        }
+        if let Some(r) = rows.iter().find(|r| r.policy.beam_size > MAX_BEAM_SIZE) {
+            anyhow::bail!(
+                "beam_size must be between 1 and {MAX_BEAM_SIZE}, not {}",
+                r.policy.beam_size
+            );
         }
         let beams: Vec<usize> = rows
             .iter()
@@ -657,11 +669,9 @@ impl WindowDecoder<'_> {
             let histories: Vec<&[u32]> = live.iter().map(|h| h.tokens.as_slice()).collect();
             logits = self.biased(logits, &histories)?;
             let masked = run.picker.masked(&self.rules, &logits, &histories)?;
-            let lse = log_sum_exp_rows(&masked)?;
-            if lse.to_vec2::<f32>()?.iter().any(|v| v[0].is_nan()) {
-                return Err(damaged_weights());
-            }
-            let logprobs: Vec<Vec<f32>> = masked.broadcast_sub(&lse)?.to_vec2()?;
+            let logprobs: Vec<Vec<f32>> = masked
+                .broadcast_sub(&log_sum_exp_rows(&masked)?)?
+                .to_vec2()?;
             let mut next: Vec<Hyp> = Vec::new();
             let mut parents: Vec<u32> = Vec::new();
             let mut i = 0;
@@ -670,7 +680,13 @@ impl WindowDecoder<'_> {
                 let end = i + live[i..].iter().take_while(|h| h.row == row).count();
                 let mut candidates: Vec<(f64, usize, u32, f32)> = Vec::new();
                 for (j, h) in live.iter().enumerate().take(end).skip(i) {
-                    for (t, lp) in top_k(&logprobs[j], beams[row] + 1) {
+                    let top = top_k(&logprobs[j], beams[row] + 1);
+                    // A NaN anywhere in a row makes its log-sum NaN, and so every entry: no
+                    // candidate at all (as when every logit is -inf).
+                    if top.is_empty() {
+                        return Err(damaged_weights());
+                    }
+                    for (t, lp) in top {
                         candidates.push((h.sum + lp as f64, j, t, lp));
                     }
                 }
@@ -689,12 +705,19 @@ impl WindowDecoder<'_> {
                     }
                     let mut tokens = live[j].tokens.clone();
                     tokens.push(t);
-                    next.push(Hyp {
+                    let h = Hyp {
                         row,
                         tokens,
                         sum: score,
                         ranked: score,
-                    });
+                    };
+                    // A sequence that stops here (budget, context, loop) leaves its place in
+                    // the beam to the next candidate.
+                    if self.must_stop(&rows[row], &run, row, &h.tokens) {
+                        stopped[row].push(h);
+                        continue;
+                    }
+                    next.push(h);
                     parents.push(j as u32);
                     saved += 1;
                     if saved == beams[row] {
@@ -706,13 +729,7 @@ impl WindowDecoder<'_> {
             let mut keep: Vec<Hyp> = Vec::with_capacity(next.len());
             let mut keep_parents: Vec<u32> = Vec::with_capacity(next.len());
             for (h, p) in next.into_iter().zip(parents) {
-                let row = h.row;
-                if finished[row].len() >= beams[row] {
-                    continue;
-                }
-                if self.must_stop(&rows[row], &run, row, &h.tokens) {
-                    stopped[row].push(h);
-                } else {
+                if finished[h.row].len() < beams[h.row] {
                     keep.push(h);
                     keep_parents.push(p);
                 }
@@ -725,8 +742,14 @@ impl WindowDecoder<'_> {
             let same_layout =
                 keep.len() == live.len() && keep.iter().zip(&live).all(|(a, b)| a.row == b.row);
             let self_rows = Tensor::new(keep_parents.as_slice(), device)?;
+            let in_place = keep_parents
+                .iter()
+                .enumerate()
+                .all(|(i, &p)| p as usize == i);
             if same_layout {
-                state.select_self_rows(&self_rows)?;
+                if !in_place {
+                    state.select_self_rows(&self_rows)?;
+                }
             } else {
                 state.select_rows(&self_rows)?;
             }
@@ -751,7 +774,9 @@ impl WindowDecoder<'_> {
                     .map(|h| (h.ranked / h.tokens.len().max(1) as f64, h))
                     .max_by(|a, b| a.0.total_cmp(&b.0))
                     .map(|(_, h)| h);
-                let (tokens, sum) = best.map_or((Vec::new(), 0.0), |h| (h.tokens, h.sum));
+                let Some(Hyp { tokens, sum, .. }) = best else {
+                    return Err(damaged_weights());
+                };
                 Ok(WindowResult {
                     temperature: 0.0,
                     final_temperature: 0.0,

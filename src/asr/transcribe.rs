@@ -243,7 +243,7 @@ impl Transcriber {
     }
 
     /// Transcribes several recordings at once: windows of different recordings go through the
-    /// encoder and the greedy decoder together (`batch` rows per model call; the rest of each
+    /// encoder and the decoder (greedy or beam search) together (`batch` rows per model call; the rest of each
     /// recording, and any window that needs a temperature fallback, is heard alone). One answer
     /// per recording, in order. For the short utterances of live calls each recording is one
     /// window, so the whole batch is one encoder call and one batched decode.
@@ -418,8 +418,8 @@ impl Transcriber {
         self.take_window(form, result, opts)
     }
 
-    /// The first window of each recording in `rows`, through the encoder and the greedy
-    /// decoder together; windows of different lengths go in separate batches.
+    /// The first window of each recording in `rows`, through the encoder and the decoder
+    /// (greedy or beam search) together; windows of different lengths go in separate batches.
     fn first_windows_together(
         &self,
         forms: &mut [Result<LongForm>],
