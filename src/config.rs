@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::asr::decode::{FallbackPolicy, MAX_BEAM_SIZE};
+use crate::asr::decode::FallbackPolicy;
 use crate::asr::{ComputeType, DeviceChoice, TranscribeOptions, Transcriber};
 use crate::detect::script_context::ContextCheck;
 use crate::detect::{Classifier, PhrasePack};
@@ -101,7 +101,7 @@ pub struct AsrConfig {
     /// Added to the logits of the tokens that continue a begun phrase (natural-log units).
     pub hotword_bonus: f32,
     /// Hypotheses kept at temperature 0 (beam search; 1 is greedy decoding), 1 to
-    /// [`MAX_BEAM_SIZE`].
+    /// [`crate::asr::decode::MAX_BEAM_SIZE`].
     pub beam_size: usize,
 }
 
@@ -204,12 +204,7 @@ impl AsrConfig {
     fn validate(&self) -> std::result::Result<(), String> {
         crate::asr::bias::check_bonus(self.hotword_bonus)
             .map_err(|e| format!("hotword_bonus {e}"))?;
-        if !(1..=MAX_BEAM_SIZE).contains(&self.beam_size) {
-            return Err(format!(
-                "beam_size must be between 1 and {MAX_BEAM_SIZE}, not {}",
-                self.beam_size
-            ));
-        }
+        crate::asr::decode::check_beam_size(self.beam_size)?;
         if let Some(s) = self.short_context_s {
             if !(s.is_finite() && s > 0.0 && s <= 30.0) {
                 return Err(format!(

@@ -26,7 +26,8 @@ pub struct FallbackPolicy {
     /// A caller that knows how little audio there is can stop a hallucination loop early.
     pub max_tokens: Option<usize>,
     /// At temperature 0, keep this many hypotheses (beam search, as openai-whisper's and
-    /// faster-whisper's `beam_size`); 1 is greedy decoding. Temperatures above 0 sample one.
+    /// faster-whisper's `beam_size`); 1 is greedy decoding, 0 and above [`MAX_BEAM_SIZE`] are
+    /// refused ([`check_beam_size`]). Temperatures above 0 sample one.
     /// Each hypothesis is a decoder row with its own copy of the window's cross-attention keys
     /// and values (base, 15 s window: 18 MB), so a batch of `n` windows holds `n * beam_size`.
     pub beam_size: usize,
@@ -134,6 +135,17 @@ pub struct BatchRow<'a> {
 /// The widest beam accepted: each hypothesis is a decoder row with its own copy of the
 /// window's cross-attention keys and values (base, 15 s window: 18 MB each).
 pub const MAX_BEAM_SIZE: usize = 16;
+
+/// Whether `beam_size` is one the decoder keeps (1 to [`MAX_BEAM_SIZE`]); the reason when not.
+pub fn check_beam_size(beam_size: usize) -> std::result::Result<(), String> {
+    if (1..=MAX_BEAM_SIZE).contains(&beam_size) {
+        Ok(())
+    } else {
+        Err(format!(
+            "beam_size must be between 1 and {MAX_BEAM_SIZE}, not {beam_size}"
+        ))
+    }
+}
 
 /// Each row's prompt run through the decoder ([`WindowDecoder::decode_batch`]'s first step).
 struct Started {
@@ -345,17 +357,14 @@ impl WindowDecoder<'_> {
         if audio.dim(0)? != b {
             anyhow::bail!("{} rows for {} encoded windows", b, audio.dim(0)?);
         }
-        if let Some(r) = rows.iter().find(|r| r.policy.beam_size > MAX_BEAM_SIZE) {
-            anyhow::bail!(
-                "beam_size must be between 1 and {MAX_BEAM_SIZE}, not {}",
-                r.policy.beam_size
-            );
+        for r in rows {
+            check_beam_size(r.policy.beam_size).map_err(anyhow::Error::msg)?;
         }
         let beams: Vec<usize> = rows
             .iter()
             .map(|r| {
                 if temperature <= 0.0 {
-                    r.policy.beam_size.max(1)
+                    r.policy.beam_size
                 } else {
                     1
                 }
@@ -678,7 +687,8 @@ impl WindowDecoder<'_> {
             while i < live.len() {
                 let row = live[i].row;
                 let end = i + live[i..].iter().take_while(|h| h.row == row).count();
-                let mut candidates: Vec<(f64, usize, u32, f32)> = Vec::new();
+                // (summed log-probability, parent, token)
+                let mut candidates: Vec<(f64, usize, u32)> = Vec::new();
                 for (j, h) in live.iter().enumerate().take(end).skip(i) {
                     let top = top_k(&logprobs[j], beams[row] + 1);
                     // A NaN anywhere in a row makes its log-sum NaN, and so every entry: no
@@ -687,13 +697,13 @@ impl WindowDecoder<'_> {
                         return Err(damaged_weights());
                     }
                     for (t, lp) in top {
-                        candidates.push((h.sum + lp as f64, j, t, lp));
+                        candidates.push((h.sum + lp as f64, j, t));
                     }
                 }
                 // Stable: equal scores keep the parent's order, then the token's.
                 candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
                 let mut saved = 0;
-                for (score, j, t, _) in candidates {
+                for (score, j, t) in candidates {
                     if t == eot {
                         if finished[row].len() < beams[row] {
                             finished[row].push(Hyp {

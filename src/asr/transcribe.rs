@@ -243,10 +243,10 @@ impl Transcriber {
     }
 
     /// Transcribes several recordings at once: windows of different recordings go through the
-    /// encoder and the decoder (greedy or beam search) together (`batch` rows per model call; the rest of each
-    /// recording, and any window that needs a temperature fallback, is heard alone). One answer
-    /// per recording, in order. For the short utterances of live calls each recording is one
-    /// window, so the whole batch is one encoder call and one batched decode.
+    /// encoder and the decoder (greedy or beam search) together (`batch` rows per model call;
+    /// the rest of each recording, and any window that needs a temperature fallback, is heard
+    /// alone). One answer per recording, in order. For the short utterances of live calls each
+    /// recording is one window, so the whole batch is one encoder call and one batched decode.
     pub fn transcribe_batch(
         &self,
         items: &[(&[f32], &TranscribeOptions)],
