@@ -13,7 +13,10 @@
 # MODEL go to `vishguard scan`; TAG=x keeps the results apart (scan_x.jsonl).
 # benches/mandarin_calls/tune_a.txt is the set the rules were tuned on (voice 3);
 # unseen_b.txt was written by someone else and is measured once per round (voice 3 raised by
-# 3 semitones and 10% faster).
+# 3 semitones and 10% faster). unseen_c.txt (18 scams of other families, 18 honest calls that
+# name codes, accounts and courts to warn or reassure) was written by a helper that never saw
+# the packs, and measured once before and after the negation round (VOICE_EFFECT="pitch -250
+# tempo 0.95": voice 3 lowered and 5% slower); all three are read now.
 # Usage: [RENDERINGS=N] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -360,6 +360,39 @@ fn a_warning_about_codes_is_not_a_request_for_one() {
 }
 
 #[test]
+fn a_reassurance_negates_only_its_own_clause() {
+    let c = Classifier::builtin();
+    let cue = |text: &str, category: &str| {
+        let v = c.classify(text, Some("zh")).unwrap();
+        v.evidence.iter().any(|e| e.category == category)
+    };
+    // An honest shop and an anti-fraud talk name the code and the "safe account" to say no.
+    assert!(!cue(
+        "退款会自动原路退回，您这边不需要做任何操作，也不用提供什么验证码。",
+        "credentials_and_control"
+    ));
+    assert!(!cue(
+        "公检法机关从来不会在电话里让您转钱，也没有什么安全账户。",
+        "unusual_payment"
+    ));
+    // A list is one clause: 、 separates its items, not clauses.
+    assert!(!cue(
+        "我们不会问您密码、验证码。",
+        "credentials_and_control"
+    ));
+    // A scammer's calming words before the request do not hide it: the comma ends the
+    // negation, "不用担心" negates a feeling (transcripts often drop the comma), and "只要"
+    // starts what is asked for.
+    for ask in [
+        "不用担心，您把钱转到安全账户就行。",
+        "不用担心您把钱转到安全账户就行",
+        "您不需要去银行只要把钱转到安全账户",
+    ] {
+        assert!(cue(ask, "unusual_payment"), "{ask}");
+    }
+}
+
+#[test]
 fn crime_talk_about_others_counts_less_than_a_threat_aimed_at_the_listener() {
     let c = Classifier::builtin();
     let chat = c
@@ -413,6 +446,18 @@ patterns = ["press (1|9)", "press (one|nine)"]
         .unwrap();
     assert_eq!(v.evidence.len(), 1, "{:?}", v.evidence);
     assert!((v.score - 0.35).abs() < 1e-6, "{v:?}");
+    // A reading inside another of the same kind is the same cue: "售后客服" inside
+    // "京东的售后客服" had counted twice and, with a refund, flagged an honest shop.
+    let shop = c
+        .classify("您好，我是京东的售后客服。", Some("zh"))
+        .unwrap();
+    let company: Vec<_> = shop
+        .evidence
+        .iter()
+        .filter(|e| e.category == "company_impersonation")
+        .collect();
+    assert_eq!(company.len(), 1, "{company:?}");
+    assert_eq!(company[0].matched_text, "京东的售后客服");
 }
 
 #[test]
@@ -463,7 +508,9 @@ fn classic_scripts_are_flagged_high_with_evidence() {
         .filter(|e| e.category == "unusual_payment")
         .map(|e| e.matched_text.as_str())
         .collect();
-    assert!(quoted.contains(&"gift cards"), "{quoted:?}");
+    // The act is quoted whole ("Pay today with gift cards"), the bare noun inside it once.
+    assert_eq!(quoted.len(), 1, "{quoted:?}");
+    assert!(quoted[0].contains("gift cards"), "{quoted:?}");
     let zh = c
         .classify(
             "我是公安局的警官，你的账户涉嫌洗钱，必须马上转到安全账户，不要告诉任何人。",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::matcher::{find, Closeness, Fuzziness};
-use super::normalize::tokenize;
+use super::normalize::{tokenize, Token};
 use super::pack::PhrasePack;
 use super::script_context::ContextCheck;
 
@@ -113,11 +113,23 @@ impl Classifier {
             let Some(n) = &pack.negation else {
                 return false;
             };
-            let before = &tokens[first.saturating_sub(n.window)..first];
-            n.tokens.iter().any(|neg| {
-                before
-                    .windows(neg.len())
-                    .any(|w| w.iter().zip(neg).all(|(t, n)| t.text == *n))
+            let starts_with = |at: usize, words: &[String]| {
+                tokens.len() >= at + words.len()
+                    && tokens[at..at + words.len()]
+                        .iter()
+                        .zip(words)
+                        .all(|(t, w)| t.text == *w)
+            };
+            (first.saturating_sub(n.window)..first).any(|at| {
+                n.tokens.iter().any(|neg| {
+                    let after = at + neg.len();
+                    after <= first
+                        && starts_with(at, neg)
+                        && !n.except_tokens.iter().any(|e| starts_with(after, e))
+                        && same_clause(text, &tokens[after - 1], &tokens[first], &n.clause_marks)
+                        && !(after..first)
+                            .any(|k| n.ends_at_tokens.iter().any(|e| starts_with(k, e)))
+                })
             })
         };
         #[derive(Clone, Copy)]
@@ -166,17 +178,29 @@ impl Classifier {
         }
         // One stretch of words is one cue: "social security number" names an agency and asks for
         // a credential, and "press 1" is read by "press (1|9)" and "press (one|nine)" alike, but
-        // said once it must count once. The stronger reading stays. Done before the context
-        // check, which would give both readings the same window and so the same discount.
+        // said once it must count once. The stronger reading stays. Within one category a
+        // reading inside another's words is the same cue too ("售后客服" inside "京东的售后客服",
+        // "验证码" inside "验证码告诉我"). Done before the context check, which would give both
+        // readings the same window and so the same discount.
         let mut hits: Vec<Hit> = hits
             .iter()
             .enumerate()
             .filter(|&(i, a)| {
                 let said_by_stronger = a.weight > 0.0
                     && hits.iter().enumerate().any(|(j, b)| {
+                        let same = (b.first, b.end) == (a.first, a.end);
+                        let nested = b.category == a.category
+                            && ((b.first <= a.first && a.end <= b.end)
+                                || (a.first <= b.first && b.end <= a.end));
+                        // At equal weight the longer reading stays, or the first of two alike.
+                        let tie_won_by_b = if same {
+                            j < i
+                        } else {
+                            b.end - b.first > a.end - a.first
+                        };
                         j != i
-                            && (b.first, b.end) == (a.first, a.end)
-                            && (b.weight > a.weight || (b.weight == a.weight && j < i))
+                            && (same || nested)
+                            && (b.weight > a.weight || (b.weight == a.weight && tie_won_by_b))
                     });
                 !said_by_stronger
             })
@@ -253,4 +277,16 @@ impl Classifier {
             evidence,
         }
     }
+}
+
+/// Whether nothing between two tokens ends a clause: the same sentence and none of `marks` in
+/// the text between them. A negation word governs the verb phrase after it up to the end of its
+/// clause.
+fn same_clause(text: &str, from: &Token, to: &Token, marks: &str) -> bool {
+    from.sentence == to.sentence
+        && !text
+            .get(from.span.end..to.span.start)
+            .unwrap_or("")
+            .chars()
+            .any(|c| marks.contains(c))
 }

@@ -28,9 +28,13 @@ struct PackFile {
     categories: Vec<CategoryFile>,
 }
 
-/// Honest callers name the things scammers ask for in order to warn: "we will never ask for
-/// your PIN", "不要把验证码告诉任何人". In a `negatable` category, a match with a negation
-/// word shortly before it is such a warning, not evidence.
+/// Honest callers name the things scammers ask for in order to warn or reassure: "we will
+/// never ask for your PIN", "不要把验证码告诉任何人", "也不用提供什么验证码". In a `negatable`
+/// category, a match with a negation word shortly before it, in the same clause, is such a
+/// warning, not evidence. A clause ends at a sentence end and at the pack's `clause_marks`
+/// (Mandarin: the comma, which lists do not use, 、 being theirs): in "不用担心，您把钱转到
+/// 安全账户" the negation is over before the request, while in "不会问您卡号、密码和验证码" it
+/// reaches the whole list.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Negation {
@@ -38,9 +42,27 @@ pub struct Negation {
     pub words: Vec<String>,
     /// How many tokens before a match are searched (Chinese: characters).
     pub window: usize,
+    /// Words that, right after a negation word, show it negates a feeling and not the request
+    /// that follows: "不用担心您把钱转到安全账户" (transcripts often lack the comma).
+    #[serde(default)]
+    pub except_before: Vec<String>,
+    /// Punctuation that ends a clause, and so a negation's reach (none by default: English
+    /// commas also separate the items of a list, "never your PIN, password or code").
+    #[serde(default)]
+    pub clause_marks: String,
+    /// Words that end a negation's reach as a clause mark does: "您不需要去银行只要下载这个软件"
+    /// (只, 但是, "but", "instead"): what follows them is asked for.
+    #[serde(default)]
+    pub ends_at: Vec<String>,
     /// `words` normalised as transcripts are, once at load.
     #[serde(skip)]
     pub tokens: Vec<Vec<String>>,
+    /// `except_before` normalised, once at load.
+    #[serde(skip)]
+    pub except_tokens: Vec<Vec<String>>,
+    /// `ends_at` normalised, once at load.
+    #[serde(skip)]
+    pub ends_at_tokens: Vec<Vec<String>>,
 }
 
 /// Scam scripts speak to the listener ("your account will be suspended"); people chatting
@@ -198,15 +220,25 @@ impl PhrasePack {
             }
         }
         if let Some(n) = &mut raw.negation {
-            n.tokens = n
-                .words
-                .iter()
-                .map(|w| tokenize(w).into_iter().map(|t| t.text).collect::<Vec<_>>())
-                .collect();
-            if n.words.is_empty() || n.window > 50 || n.tokens.iter().any(Vec::is_empty) {
+            let normalise = |words: &[String]| -> Vec<Vec<String>> {
+                words
+                    .iter()
+                    .map(|w| tokenize(w).into_iter().map(|t| t.text).collect())
+                    .collect()
+            };
+            n.tokens = normalise(&n.words);
+            n.except_tokens = normalise(&n.except_before);
+            n.ends_at_tokens = normalise(&n.ends_at);
+            if n.words.is_empty()
+                || n.window > 50
+                || [&n.tokens, &n.except_tokens, &n.ends_at_tokens]
+                    .into_iter()
+                    .flatten()
+                    .any(Vec::is_empty)
+            {
                 return Err(fail(
                     line_of("[negation]"),
-                    "negation needs words (each with a letter or character) and a window of at most 50".into(),
+                    "negation needs words, and a window of at most 50; each of words, except_before and ends_at needs a letter or character".into(),
                 ));
             }
         }
