@@ -16,7 +16,8 @@
 # 3 semitones and 10% faster). unseen_c.txt (18 scams of other families, 18 honest calls that
 # name codes, accounts and courts to warn or reassure) was written by a helper that never saw
 # the packs, and measured once before and after the negation round (VOICE_EFFECT="pitch -250
-# tempo 0.95": voice 3 lowered and 5% slower); all three are read now.
+# tempo 0.95": voice 3 lowered and 5% slower); unseen_d.txt likewise by another helper for the
+# next round (VOICE_EFFECT="pitch 150 tempo 1.05"). All four are read now.
 # Usage: [RENDERINGS=N] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -380,6 +380,24 @@ fn a_reassurance_negates_only_its_own_clause() {
         "我们不会问您密码、验证码。",
         "credentials_and_control"
     ));
+    // A warning may name its object first, as a topic; a bare 不要 after a request is the
+    // secrecy that follows it, not a negation of it.
+    assert!(!cue(
+        "短信验证码您千万别告诉任何人。",
+        "credentials_and_control"
+    ));
+    assert!(cue(
+        "您把验证码发给我不要告诉别人",
+        "credentials_and_control"
+    ));
+    // Or inside the words a pattern reads across ("验证码 告诉"): what is left is the bare
+    // noun, weighed as a mention (0.45), not the request.
+    let warns = c.classify("验证码不要发给任何人。", Some("zh")).unwrap();
+    assert!(
+        warns.evidence.iter().all(|e| e.matched_text == "验证码"),
+        "{:?}",
+        warns.evidence
+    );
     // A scammer's calming words before the request do not hide it: the comma ends the
     // negation, "不用担心" negates a feeling (transcripts often drop the comma), and "只要"
     // starts what is asked for.

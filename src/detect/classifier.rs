@@ -109,7 +109,7 @@ impl Classifier {
         let mut strength: BTreeMap<&str, f32> = BTreeMap::new();
         let mut negative = 0f32;
         let mut standalone_hit = false;
-        let negated = |first: usize| {
+        let negated = |first: usize, end: usize| {
             let Some(n) = &pack.negation else {
                 return false;
             };
@@ -120,17 +120,35 @@ impl Classifier {
                         .zip(words)
                         .all(|(t, w)| t.text == *w)
             };
-            (first.saturating_sub(n.window)..first).any(|at| {
+            let scope_ends_within = |from: usize, to: usize| {
+                (from..to).any(|k| n.ends_at_tokens.iter().any(|e| starts_with(k, e)))
+            };
+            let before = (first.saturating_sub(n.window)..first).any(|at| {
                 n.tokens.iter().any(|neg| {
                     let after = at + neg.len();
                     after <= first
                         && starts_with(at, neg)
                         && !n.except_tokens.iter().any(|e| starts_with(after, e))
                         && same_clause(text, &tokens[after - 1], &tokens[first], &n.clause_marks)
-                        && !(after..first)
-                            .any(|k| n.ends_at_tokens.iter().any(|e| starts_with(k, e)))
+                        && !scope_ends_within(after, first)
                 })
-            })
+            });
+            // Inside a match's gap: "验证码千万别告诉任何人", "验证码不要告诉别人" read by
+            // "验证码 告诉".
+            let inside = (first + 1..end).any(|at| {
+                n.tokens
+                    .iter()
+                    .chain(&n.after_tokens)
+                    .any(|neg| at + neg.len() < end && starts_with(at, neg))
+            });
+            let after = (end..(end + n.after_window).min(tokens.len())).any(|at| {
+                n.after_tokens.iter().any(|neg| {
+                    starts_with(at, neg)
+                        && same_clause(text, &tokens[end - 1], &tokens[at], &n.clause_marks)
+                        && !scope_ends_within(end, at)
+                })
+            });
+            before || inside || after
         };
         #[derive(Clone, Copy)]
         struct Hit<'p> {
@@ -146,7 +164,7 @@ impl Classifier {
                 let Some(f) = find(&tokens, p, gap, self.fuzziness) else {
                     continue;
                 };
-                if cat.negatable && negated(f.first) {
+                if cat.negatable && negated(f.first, f.end) {
                     continue;
                 }
                 let mut w = if f.closeness == Closeness::Exact {

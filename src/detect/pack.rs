@@ -46,6 +46,14 @@ pub struct Negation {
     /// that follows: "不用担心您把钱转到安全账户" (transcripts often lack the comma).
     #[serde(default)]
     pub except_before: Vec<String>,
+    /// Negations said after their object, as Mandarin puts a topic first: "验证码您千万别告诉
+    /// 任何人", "密码这些我们是不会问的". Only adverb-led forms (都不, 千万别, 是不会...): a bare
+    /// 不要 after a request is usually the secrecy that follows it ("验证码发给我不要告诉别人").
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// How many tokens after a match are searched for `after` (Chinese: characters).
+    #[serde(default)]
+    pub after_window: usize,
     /// Punctuation that ends a clause, and so a negation's reach (none by default: English
     /// commas also separate the items of a list, "never your PIN, password or code").
     #[serde(default)]
@@ -63,6 +71,9 @@ pub struct Negation {
     /// `ends_at` normalised, once at load.
     #[serde(skip)]
     pub ends_at_tokens: Vec<Vec<String>>,
+    /// `after` normalised, once at load.
+    #[serde(skip)]
+    pub after_tokens: Vec<Vec<String>>,
 }
 
 /// Scam scripts speak to the listener ("your account will be suspended"); people chatting
@@ -229,16 +240,23 @@ impl PhrasePack {
             n.tokens = normalise(&n.words);
             n.except_tokens = normalise(&n.except_before);
             n.ends_at_tokens = normalise(&n.ends_at);
+            n.after_tokens = normalise(&n.after);
             if n.words.is_empty()
                 || n.window > 50
-                || [&n.tokens, &n.except_tokens, &n.ends_at_tokens]
-                    .into_iter()
-                    .flatten()
-                    .any(Vec::is_empty)
+                || n.after_window > 50
+                || [
+                    &n.tokens,
+                    &n.except_tokens,
+                    &n.ends_at_tokens,
+                    &n.after_tokens,
+                ]
+                .into_iter()
+                .flatten()
+                .any(Vec::is_empty)
             {
                 return Err(fail(
                     line_of("[negation]"),
-                    "negation needs words, and a window of at most 50; each of words, except_before and ends_at needs a letter or character".into(),
+                    "negation needs words, and windows of at most 50; each of words, except_before, ends_at and after needs a letter or character".into(),
                 ));
             }
         }
