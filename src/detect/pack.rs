@@ -34,7 +34,8 @@ struct PackFile {
 /// warning, not evidence. A clause ends at a sentence end and at the pack's `clause_marks`
 /// (Mandarin: the comma, which lists do not use, 、 being theirs): in "不用担心，您把钱转到
 /// 安全账户" the negation is over before the request, while in "不会问您卡号、密码和验证码" it
-/// reaches the whole list.
+/// reaches the whole list. A negation word inside the gap of a match ("验证码不要发给任何人"
+/// read by "验证码 发给") negates it too, and so does one of `after` just after it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Negation {
@@ -387,5 +388,19 @@ mod tests {
         let line = bad_context.lines().position(|l| l == "[context]").unwrap() + 1;
         assert_eq!(err.line, line, "{err}");
         assert!(err.problem.contains("min_similarity"), "{err}");
+
+        // Negation words that normalise to nothing would negate everything or nothing.
+        for (field, bad) in [
+            ("ends_at = [", "ends_at = [\"，\", "),
+            ("after = [", "after = [\"!!\", "),
+            ("after_window = ", "after_window = 5"),
+        ] {
+            let hostile = BUILTIN_ZH.replacen(field, bad, 1);
+            assert_ne!(hostile, BUILTIN_ZH, "{field}");
+            let err = PhrasePack::parse("zh.toml", &hostile).unwrap_err();
+            let line = hostile.lines().position(|l| l == "[negation]").unwrap() + 1;
+            assert_eq!(err.line, line, "{err}");
+            assert!(err.problem.contains("negation"), "{err}");
+        }
     }
 }
