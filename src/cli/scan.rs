@@ -391,6 +391,7 @@ mod tests {
             end_char: 0,
             weight: 0.9,
             context_similarity: None,
+            honest_similarity: None,
             spoken: Some(Spoken {
                 party: 1,
                 t_s,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::matcher::{find, Closeness, Fuzziness};
 use super::normalize::{tokenize, Token};
 use super::pack::PhrasePack;
-use super::script_context::ContextCheck;
+use super::script_context::{ContextCheck, WindowReading};
 
 pub use crate::call::{Evidence, Risk};
 
@@ -63,6 +63,16 @@ impl Classifier {
 
     pub fn pack(&self, language: &str) -> Option<&PhrasePack> {
         self.packs.get(language)
+    }
+
+    /// Turns the context check on, with every encoder the packs name loaded now (by default
+    /// each loads when its pack is first used).
+    ///
+    /// Errors: an encoder a pack names cannot be fetched or loaded.
+    pub fn set_context_check_loaded(&mut self, check: Arc<ContextCheck>) -> anyhow::Result<()> {
+        check.prepare(self.packs.values())?;
+        self.context_check = Some(check);
+        Ok(())
     }
 
     /// Chinese when a good share of the letters are Han characters, else English
@@ -224,7 +234,7 @@ impl Classifier {
             })
             .map(|(_, &h)| h)
             .collect();
-        let mut context_similarity = vec![None; hits.len()];
+        let mut readings = vec![None; hits.len()];
         if let (Some(check), Some(ctx)) = (&self.context_check, &pack.context) {
             let scam_cues: Vec<usize> = (0..hits.len()).filter(|&i| hits[i].weight > 0.0).collect();
             let windows: Vec<String> = scam_cues
@@ -232,14 +242,21 @@ impl Classifier {
                 .map(|&i| {
                     let from = hits[i].first.saturating_sub(ctx.window);
                     let to = (hits[i].end + ctx.window).min(tokens.len());
-                    text[tokens[from].span.start..tokens[to - 1].span.end].to_owned()
+                    // Simplified, as the pack's lines are written: e5 puts 轉到 and 转到 apart.
+                    text[tokens[from].span.start..tokens[to - 1].span.end]
+                        .chars()
+                        .map(crate::asr::simplified)
+                        .collect::<String>()
                 })
                 .collect();
-            match check.best_similarities(pack, &windows) {
-                Ok(Some(sims)) => {
-                    for (&i, sim) in scam_cues.iter().zip(sims) {
-                        context_similarity[i] = Some((sim * 1000.0).round() / 1000.0);
-                        if sim < ctx.min_similarity {
+            match check.read_windows(pack, &windows) {
+                Ok(Some(read)) => {
+                    for (&i, r) in scam_cues.iter().zip(read) {
+                        readings[i] = Some(r);
+                        let unlike_a_scam = r.scam < ctx.min_similarity;
+                        let like_an_honest_call =
+                            r.honest.is_some_and(|h| h >= r.scam + ctx.honest_margin);
+                        if unlike_a_scam || like_an_honest_call {
                             hits[i].weight *= ctx.discount;
                         }
                     }
@@ -249,7 +266,8 @@ impl Classifier {
             }
         }
         let mut miss_by_category = vec![1f32; pack.categories.len()];
-        for (hit, similarity) in hits.iter().zip(context_similarity) {
+        let rounded = |x: f32| (x * 1000.0).round() / 1000.0;
+        for (hit, reading) in hits.iter().zip(readings) {
             let (start, end) = (tokens[hit.first].span.start, tokens[hit.end - 1].span.end);
             evidence.push(Evidence {
                 category: pack.categories[hit.category].name.clone(),
@@ -258,7 +276,8 @@ impl Classifier {
                 start_char: char_of(start),
                 end_char: char_of(end),
                 weight: (hit.weight * 1000.0).round() / 1000.0,
-                context_similarity: similarity,
+                context_similarity: reading.map(|r| rounded(r.scam)),
+                honest_similarity: reading.and_then(|r| r.honest).map(rounded),
                 spoken: None,
             });
             miss_by_category[hit.category] *= 1.0 - hit.weight.abs();
@@ -275,11 +294,25 @@ impl Classifier {
                 standalone_hit |= cat.standalone;
             }
         }
-        let mut score = 1.0 - strength.values().map(|s| 1.0 - s).product::<f32>();
-        if strength.len() == 1 && !standalone_hit {
-            score = score.min(pack.single_category_cap);
+        let score_of = |strength: &BTreeMap<&str, f32>| {
+            let mut score = 1.0 - strength.values().map(|s| 1.0 - s).product::<f32>();
+            if strength.len() == 1 && !standalone_hit {
+                score = score.min(pack.single_category_cap);
+            }
+            score * (1.0 - negative)
+        };
+        let mut score = score_of(&strength);
+        // The scam-line check reads the whole transcript (about 1 s of CPU per 400 characters
+        // of Mandarin with e5-small), and it can only add to a call that has other evidence and
+        // is not yet high: a call with none stays under the single-category cap, and a high one
+        // cannot rise. Others are not read.
+        if strength.values().any(|&s| s > 0.0) && score < pack.levels.high {
+            if let Some((e, s)) = self.scam_line(pack, text, &tokens) {
+                evidence.push(e);
+                strength.insert(SCAM_LINE, s);
+                score = score_of(&strength);
+            }
         }
-        score *= 1.0 - negative;
         let risk = if score >= pack.levels.high {
             Risk::High
         } else if score >= pack.levels.suspected {
@@ -294,6 +327,78 @@ impl Classifier {
             categories: strength.keys().map(|s| s.to_string()).collect(),
             evidence,
         }
+    }
+}
+
+/// The category of evidence from [`crate::detect::pack::LineCheck`].
+pub const SCAM_LINE: &str = "scam_line";
+
+impl Classifier {
+    /// The window of the transcript that reads most like one of the pack's scam lines, when
+    /// one qualifies ([`crate::detect::pack::LineCheck`]), as evidence quoting that line, with
+    /// the category's strength.
+    fn scam_line(
+        &self,
+        pack: &PhrasePack,
+        text: &str,
+        tokens: &[Token],
+    ) -> Option<(Evidence, f32)> {
+        let (check, ctx) = (self.context_check.as_ref()?, pack.context.as_ref()?);
+        let lines = ctx.lines.as_ref()?;
+        if tokens.is_empty() {
+            return None;
+        }
+        let mut spans = Vec::new();
+        let mut first = 0;
+        loop {
+            let end = (first + lines.window).min(tokens.len());
+            spans.push((first, end));
+            if end == tokens.len() {
+                break;
+            }
+            first += lines.stride;
+        }
+        let windows: Vec<String> = spans
+            .iter()
+            .map(|&(a, b)| {
+                text[tokens[a].span.start..tokens[b - 1].span.end]
+                    .chars()
+                    .map(crate::asr::simplified)
+                    .collect()
+            })
+            .collect();
+        let readings = match check.read_windows(pack, &windows) {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!("scam-line check skipped: {e:#}");
+                return None;
+            }
+        };
+        let lead = |r: &WindowReading| r.scam - r.honest.unwrap_or(-1.0);
+        let (best, r) = readings
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.scam >= lines.min_similarity && lead(r) >= lines.margin)
+            .max_by(|a, b| lead(a.1).total_cmp(&lead(b.1)))?;
+        let (a, b) = spans[best];
+        let (start, end) = (tokens[a].span.start, tokens[b - 1].span.end);
+        let char_of = |byte: usize| text[..byte].chars().count();
+        let rounded = |x: f32| (x * 1000.0).round() / 1000.0;
+        Some((
+            Evidence {
+                category: SCAM_LINE.to_owned(),
+                pattern: ctx.sentences[r.nearest].clone(),
+                matched_text: text[start..end].to_owned(),
+                start_char: char_of(start),
+                end_char: char_of(end),
+                weight: lines.weight,
+                context_similarity: Some(rounded(r.scam)),
+                honest_similarity: r.honest.map(rounded),
+                spoken: None,
+            },
+            lines.weight,
+        ))
     }
 }
 

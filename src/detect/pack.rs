@@ -106,6 +106,44 @@ pub struct ScriptContext {
     pub min_similarity: f32,
     /// Weight factor for such evidence (0..1).
     pub discount: f32,
+    /// The sentence encoder these sentences and thresholds are for: a catalog name or model
+    /// folder; absent, the one `--encoder` names (MiniLM, English only).
+    #[serde(default)]
+    pub encoder: Option<String>,
+    /// Put before every text embedded: multilingual-e5 was trained to see `"query: "` before
+    /// texts compared with each other.
+    #[serde(default)]
+    pub prefix: String,
+    /// Canonical lines of honest calls that share the scam's words (a bank's warning never to
+    /// tell anyone the code, a court asking you to come in person). Evidence whose words are
+    /// at least `honest_margin` closer to one of these than to every scam line is discounted
+    /// too: sentence embeddings place "请把验证码告诉我" and "请不要把验证码告诉任何人" close
+    /// together (0.955 with e5-small), so only a margin against both tells them apart.
+    #[serde(default)]
+    pub honest_sentences: Vec<String>,
+    #[serde(default)]
+    pub honest_margin: f32,
+    /// Scam lines said in words no pattern names: see [`LineCheck`].
+    #[serde(default)]
+    pub lines: Option<LineCheck>,
+}
+
+/// The whole transcript, window by window, against the canonical lines: a window close to a
+/// scam line (and clearly closer to it than to any honest line) is evidence of its own kind,
+/// `scam_line`, quoting the line it resembles. Like any one category it cannot alert alone
+/// (the pack's `single_category_cap`); it corroborates keywords the channel garbled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineCheck {
+    /// Window length and step, in tokens (a Han character or a word).
+    pub window: usize,
+    pub stride: usize,
+    /// Cosine similarity to the closest scam line a window needs ...
+    pub min_similarity: f32,
+    /// ... and how much closer to it than to the closest honest line.
+    pub margin: f32,
+    /// The category's strength when a window qualifies (0..1).
+    pub weight: f32,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -262,14 +300,33 @@ impl PhrasePack {
             }
         }
         if let Some(c) = &raw.context {
-            if c.sentences.iter().all(|s| s.trim().is_empty())
+            let bad_lines = c.lines.as_ref().is_some_and(|l| {
+                !(2..=200).contains(&l.window)
+                    || !(1..=l.window).contains(&l.stride)
+                    || !(-1.0..=1.0).contains(&l.min_similarity)
+                    || !(0.0..=2.0).contains(&l.margin)
+                    || !(0.0..1.0).contains(&l.weight)
+            });
+            if bad_lines {
+                return Err(fail(
+                    line_of("[context.lines]"),
+                    "context.lines needs a window of 2..200 tokens, a stride of 1..window, min_similarity in -1..1, a margin in 0..2 and a weight in 0..1".into(),
+                ));
+            }
+            if c.sentences.is_empty()
+                || c.sentences
+                    .iter()
+                    .chain(&c.honest_sentences)
+                    .any(|s| s.trim().is_empty())
                 || !(1..=50).contains(&c.window)
                 || !(-1.0..=1.0).contains(&c.min_similarity)
                 || !(0.0..=1.0).contains(&c.discount)
+                || !(0.0..=2.0).contains(&c.honest_margin)
+                || c.encoder.as_deref().is_some_and(|e| e.trim().is_empty())
             {
                 return Err(fail(
                     line_of("[context]"),
-                    "context needs sentences, a window of 1..50 words, min_similarity in -1..1 and a discount in 0..1".into(),
+                    "context needs sentences (none empty), a window of 1..50 words, min_similarity in -1..1, a discount in 0..1, an honest_margin in 0..2 and a non-empty encoder name if one is named".into(),
                 ));
             }
         }
@@ -401,6 +458,29 @@ mod tests {
             let line = hostile.lines().position(|l| l == "[negation]").unwrap() + 1;
             assert_eq!(err.line, line, "{err}");
             assert!(err.problem.contains("negation"), "{err}");
+        }
+
+        // The Mandarin context check: honest lines and the scam-line windows are checked too.
+        for (section, field, bad) in [
+            ("[context]", "honest_margin = ", "honest_margin = -"),
+            (
+                "[context]",
+                "honest_sentences = [",
+                "honest_sentences = [\" \", ",
+            ),
+            ("[context]", "encoder = \"e5-small\"", "encoder = \" \""),
+            ("[context.lines]", "stride = ", "stride = 9"),
+            ("[context.lines]", "weight = ", "weight = 1"),
+        ] {
+            let hostile = BUILTIN_ZH.replacen(field, bad, 1);
+            assert_ne!(hostile, BUILTIN_ZH, "{field}");
+            let err = PhrasePack::parse("zh.toml", &hostile).unwrap_err();
+            let line = hostile.lines().position(|l| l == section).unwrap() + 1;
+            assert_eq!(err.line, line, "{field}: {err}");
+            assert!(
+                err.problem.contains(&section[1..section.len() - 1]),
+                "{err}"
+            );
         }
     }
 }

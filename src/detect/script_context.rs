@@ -1,6 +1,7 @@
 //! The context check: how much the words around a keyword match sound like a line of a scam
-//! script, by sentence embeddings. Packs name the canonical lines (`[context]`); this holds the
-//! encoder, their vectors, and a cache, because a live call's growing transcript is classified
+//! script, by sentence embeddings. Packs name the canonical lines (`[context]`), scam lines and
+//! optionally honest ones, and the encoder they were tuned with (MiniLM for English,
+//! multilingual-e5-small for Mandarin); this holds the encoders, the lines' vectors, and a cache, because a live call's growing transcript is classified
 //! again after every utterance and would otherwise embed the same windows again and again.
 
 use std::collections::HashMap;
@@ -14,67 +15,145 @@ use super::sentence_encoder::{cosine, SentenceEncoder};
 /// Windows remembered per pack before its cache starts over: a few hours of live calls.
 const CACHE_LIMIT: usize = 50_000;
 
+/// How a window reads against a pack's canonical lines.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowReading {
+    /// Cosine similarity of the closest canonical scam line ...
+    pub scam: f32,
+    /// ... and its index in the pack's `sentences`.
+    pub nearest: usize,
+    /// Of the closest honest line; `None` when the pack names none.
+    pub honest: Option<f32>,
+}
+
+/// The canonical lines of one pack, embedded.
+struct Canon {
+    scam: Vec<Vec<f32>>,
+    honest: Vec<Vec<f32>>,
+}
+
 pub struct ContextCheck {
-    encoder: SentenceEncoder,
+    /// The encoder of packs that name none (`--encoder`).
+    default_name: String,
+    /// Encoders by the name packs (or `--encoder`) give them, loaded on first use.
+    encoders: Mutex<HashMap<String, Option<Arc<SentenceEncoder>>>>,
     /// Canonical sentence vectors per pack (keyed by the pack's source).
-    canon: Mutex<HashMap<String, Arc<Vec<Vec<f32>>>>>,
-    /// Per pack (keyed by its source), the best similarity of each window seen.
-    best_by_window: Mutex<HashMap<String, HashMap<String, f32>>>,
+    canon: Mutex<HashMap<String, Arc<Canon>>>,
+    /// Per pack (keyed by its source), how each window seen read.
+    seen_by_window: Mutex<HashMap<String, HashMap<String, WindowReading>>>,
 }
 
 impl ContextCheck {
-    pub fn new(encoder: SentenceEncoder) -> Self {
+    /// A check whose default encoder is `encoder`, known as `name`.
+    pub fn new(name: &str, encoder: SentenceEncoder) -> Self {
         Self {
-            encoder,
+            default_name: name.to_owned(),
+            encoders: Mutex::new(HashMap::from([(name.to_owned(), Some(Arc::new(encoder)))])),
             canon: Mutex::new(HashMap::new()),
-            best_by_window: Mutex::new(HashMap::new()),
+            seen_by_window: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Loads a sentence encoder from the model store: a catalog name (fetched on first use), a
-    /// model folder, or `None` for the catalog's default encoder.
+    /// Loads the default sentence encoder from the model store: a catalog name (fetched on
+    /// first use), a model folder, or `None` for the catalog's default encoder (MiniLM).
     pub fn load(spec: Option<&str>) -> Result<Self> {
-        let files = crate::model_store::ModelStore::open()?.resolve_encoder(spec)?;
-        let encoder = SentenceEncoder::load(&files, &candle_core::Device::Cpu)
-            .with_context(|| format!("loading sentence encoder {}", files.dir.display()))?;
-        Ok(Self::new(encoder))
+        let name = spec.unwrap_or("minilm");
+        Ok(Self::new(name, load_encoder(name)?))
     }
 
-    fn canonical(&self, pack: &PhrasePack) -> Result<Option<Arc<Vec<Vec<f32>>>>> {
+    /// Loads now the encoders these packs name (otherwise each is loaded when its pack first
+    /// needs it: multilingual-e5-small takes about 3 s and 800 MB, which an English-only run
+    /// need not pay).
+    ///
+    /// Errors: an encoder cannot be fetched or loaded.
+    pub fn prepare<'a>(&self, packs: impl IntoIterator<Item = &'a PhrasePack>) -> Result<()> {
+        for pack in packs {
+            if pack.context.is_some() {
+                self.encoder_for(pack)?
+                    .context("the sentence encoder failed to load before")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The pack's encoder, loaded on first use; `None` once it has failed to load (the first
+    /// attempt's error was returned, and the check is off for its packs from then on, so a
+    /// missing model is neither fetched nor warned about on every call).
+    fn encoder_for(&self, pack: &PhrasePack) -> Result<Option<Arc<SentenceEncoder>>> {
+        let name = pack
+            .context
+            .as_ref()
+            .and_then(|c| c.encoder.as_deref())
+            .unwrap_or(&self.default_name);
+        if let Some(e) = lock(&self.encoders).get(name) {
+            return Ok(e.clone());
+        }
+        // Loaded outside the lock: a first Mandarin call must not stall English ones. Two
+        // threads may both load it once; the second copy is dropped.
+        match load_encoder(name) {
+            Ok(e) => Ok(lock(&self.encoders)
+                .entry(name.to_owned())
+                .or_insert(Some(Arc::new(e)))
+                .clone()),
+            Err(e) => {
+                lock(&self.encoders).insert(name.to_owned(), None);
+                Err(e.context(format!(
+                    "the sentence encoder of {}; its context check is off",
+                    pack.source
+                )))
+            }
+        }
+    }
+
+    fn canonical(
+        &self,
+        pack: &PhrasePack,
+        encoder: &SentenceEncoder,
+    ) -> Result<Option<Arc<Canon>>> {
         let Some(ctx) = &pack.context else {
             return Ok(None);
         };
         if let Some(v) = lock(&self.canon).get(&pack.source) {
             return Ok(Some(v.clone()));
         }
-        let sentences: Vec<&str> = ctx
-            .sentences
-            .iter()
-            .map(String::as_str)
-            .filter(|s| !s.trim().is_empty())
-            .collect();
-        let vectors = Arc::new(self.encoder.embed(&sentences)?);
-        lock(&self.canon).insert(pack.source.clone(), vectors.clone());
-        Ok(Some(vectors))
+        let embed = |lines: &[String]| -> Result<Vec<Vec<f32>>> {
+            let texts: Vec<String> = lines.iter().map(|s| format!("{}{s}", ctx.prefix)).collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            encoder.embed(&refs)
+        };
+        let canon = Arc::new(Canon {
+            scam: embed(&ctx.sentences)?,
+            honest: embed(&ctx.honest_sentences)?,
+        });
+        lock(&self.canon).insert(pack.source.clone(), canon.clone());
+        Ok(Some(canon))
     }
 
     /// Forgets the windows seen so far (a benchmark measures the cost of new ones).
     pub fn clear_cache(&self) {
-        lock(&self.best_by_window).clear();
+        lock(&self.seen_by_window).clear();
     }
 
-    /// For each window, the cosine similarity of its closest canonical sentence; `None` when
-    /// the pack has no canonical sentences.
-    pub fn best_similarities(
+    /// For each window, how close its nearest canonical scam line (and honest line) is, by
+    /// cosine similarity of sentence embeddings; `None` when the pack has no `[context]`.
+    ///
+    /// Errors: the pack's encoder cannot be loaded (fetched), or embedding fails.
+    pub fn read_windows(
         &self,
         pack: &PhrasePack,
         windows: &[String],
-    ) -> Result<Option<Vec<f32>>> {
-        let Some(canon) = self.canonical(pack)? else {
+    ) -> Result<Option<Vec<WindowReading>>> {
+        let Some(ctx) = &pack.context else {
             return Ok(None);
         };
-        let mut known: Vec<Option<f32>> = {
-            let cache = lock(&self.best_by_window);
+        let Some(encoder) = self.encoder_for(pack)? else {
+            return Ok(None);
+        };
+        let Some(canon) = self.canonical(pack, &encoder)? else {
+            return Ok(None);
+        };
+        let mut known: Vec<Option<WindowReading>> = {
+            let cache = lock(&self.seen_by_window);
             let seen = cache.get(&pack.source);
             windows
                 .iter()
@@ -83,26 +162,48 @@ impl ContextCheck {
         };
         let missing: Vec<usize> = (0..windows.len()).filter(|&i| known[i].is_none()).collect();
         if !missing.is_empty() {
-            let texts: Vec<&str> = missing.iter().map(|&i| windows[i].as_str()).collect();
-            let vectors = self.encoder.embed(&texts)?;
-            let mut cache = lock(&self.best_by_window);
+            let texts: Vec<String> = missing
+                .iter()
+                .map(|&i| format!("{}{}", ctx.prefix, windows[i]))
+                .collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let vectors = encoder.embed(&refs)?;
+            let nearest = |v: &[f32], lines: &[Vec<f32>]| {
+                lines.iter().map(|c| cosine(v, c)).enumerate().fold(
+                    (0, f32::NEG_INFINITY),
+                    |best, (i, s)| {
+                        if s > best.1 {
+                            (i, s)
+                        } else {
+                            best
+                        }
+                    },
+                )
+            };
+            let mut cache = lock(&self.seen_by_window);
             let seen = cache.entry(pack.source.clone()).or_default();
             if seen.len() + missing.len() > CACHE_LIMIT {
                 seen.clear();
             }
             for (&i, v) in missing.iter().zip(&vectors) {
-                let best = canon
-                    .iter()
-                    .map(|c| cosine(v, c))
-                    .fold(f32::NEG_INFINITY, f32::max);
-                known[i] = Some(best);
-                seen.insert(windows[i].clone(), best);
+                let (line, scam) = nearest(v, &canon.scam);
+                let reading = WindowReading {
+                    scam,
+                    nearest: line,
+                    honest: (!canon.honest.is_empty()).then(|| nearest(v, &canon.honest).1),
+                };
+                known[i] = Some(reading);
+                seen.insert(windows[i].clone(), reading);
             }
         }
-        Ok(Some(
-            known.into_iter().map(Option::unwrap_or_default).collect(),
-        ))
+        Ok(Some(known.into_iter().flatten().collect()))
     }
+}
+
+fn load_encoder(spec: &str) -> Result<SentenceEncoder> {
+    let files = crate::model_store::ModelStore::open()?.resolve_encoder(Some(spec))?;
+    SentenceEncoder::load(&files, &candle_core::Device::Cpu)
+        .with_context(|| format!("loading sentence encoder {}", files.dir.display()))
 }
 
 /// A poisoned lock only means another thread panicked mid-insert; the maps stay usable.

