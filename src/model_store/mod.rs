@@ -318,7 +318,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("--encoder") && err.contains("(minilm)"),
+            err.starts_with("--encoder") && err.contains("(minilm, e5-small)"),
             "{err}"
         );
         assert!(!dir.join("models").exists(), "nothing may be fetched");
