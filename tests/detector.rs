@@ -410,6 +410,18 @@ fn a_reassurance_negates_only_its_own_clause() {
     ] {
         assert!(cue(ask, "unusual_payment"), "{ask}");
     }
+    // The same inside a match's gap: a calmed feeling there leaves the request whole.
+    let calmed = c
+        .classify("验证码您别担心发给我就行。", Some("zh"))
+        .unwrap();
+    assert!(
+        calmed
+            .evidence
+            .iter()
+            .any(|e| e.matched_text.contains("发给")),
+        "{:?}",
+        calmed.evidence
+    );
 }
 
 #[test]

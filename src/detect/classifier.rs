@@ -144,12 +144,15 @@ impl Classifier {
                 })
             });
             // Inside a match's gap: "验证码千万别告诉任何人", "验证码不要告诉别人" read by
-            // "验证码 告诉".
+            // "验证码 告诉"; as before a match, a negated feeling ("验证码您别担心发给我")
+            // leaves the request standing.
             let inside = (first + 1..end).any(|at| {
-                n.tokens
-                    .iter()
-                    .chain(&n.after_tokens)
-                    .any(|neg| at + neg.len() < end && starts_with(at, neg))
+                n.tokens.iter().chain(&n.after_tokens).any(|neg| {
+                    let after = at + neg.len();
+                    after < end
+                        && starts_with(at, neg)
+                        && !n.except_tokens.iter().any(|e| starts_with(after, e))
+                })
             });
             let after = (end..(end + n.after_window).min(tokens.len())).any(|at| {
                 n.after_tokens.iter().any(|neg| {
