@@ -114,7 +114,7 @@ impl Classifier {
         } else {
             pack.max_gap
         };
-        let char_of = |byte: usize| text[..byte].chars().count();
+        let char_of = |byte: usize| char_index(text, byte);
         let mut evidence = Vec::new();
         let mut strength: BTreeMap<&str, f32> = BTreeMap::new();
         let mut negative = 0f32;
@@ -245,11 +245,7 @@ impl Classifier {
                 .map(|&i| {
                     let from = hits[i].first.saturating_sub(ctx.window);
                     let to = (hits[i].end + ctx.window).min(tokens.len());
-                    // Simplified, as the pack's lines are written: e5 puts 轉到 and 转到 apart.
-                    text[tokens[from].span.start..tokens[to - 1].span.end]
-                        .chars()
-                        .map(crate::asr::simplified)
-                        .collect::<String>()
+                    window_text(text, &tokens[from..to])
                 })
                 .collect();
             match check.read_windows(pack, &windows) {
@@ -269,7 +265,6 @@ impl Classifier {
             }
         }
         let mut miss_by_category = vec![1f32; pack.categories.len()];
-        let rounded = |x: f32| (x * 1000.0).round() / 1000.0;
         for (hit, reading) in hits.iter().zip(readings) {
             let (start, end) = (tokens[hit.first].span.start, tokens[hit.end - 1].span.end);
             evidence.push(Evidence {
@@ -278,7 +273,7 @@ impl Classifier {
                 matched_text: text[start..end].to_owned(),
                 start_char: char_of(start),
                 end_char: char_of(end),
-                weight: (hit.weight * 1000.0).round() / 1000.0,
+                weight: rounded(hit.weight),
                 context_similarity: reading.map(|r| rounded(r.scam)),
                 honest_similarity: reading.and_then(|r| r.honest).map(rounded),
                 spoken: None,
@@ -326,7 +321,7 @@ impl Classifier {
         evidence.sort_by_key(|e| e.start_char);
         Verdict {
             risk,
-            score: (score * 1000.0).round() / 1000.0,
+            score: rounded(score),
             categories: strength.keys().map(|s| s.to_string()).collect(),
             evidence,
         }
@@ -363,12 +358,7 @@ impl Classifier {
         }
         let windows: Vec<String> = spans
             .iter()
-            .map(|&(a, b)| {
-                text[tokens[a].span.start..tokens[b - 1].span.end]
-                    .chars()
-                    .map(crate::asr::simplified)
-                    .collect()
-            })
+            .map(|&(a, b)| window_text(text, &tokens[a..b]))
             .collect();
         let readings = match check.read_windows(pack, &windows) {
             Ok(Some(r)) => r,
@@ -386,15 +376,13 @@ impl Classifier {
             .max_by(|a, b| lead(a.1).total_cmp(&lead(b.1)))?;
         let (a, b) = spans[best];
         let (start, end) = (tokens[a].span.start, tokens[b - 1].span.end);
-        let char_of = |byte: usize| text[..byte].chars().count();
-        let rounded = |x: f32| (x * 1000.0).round() / 1000.0;
         Some((
             Evidence {
                 category: SCAM_LINE.to_owned(),
                 pattern: ctx.sentences[r.nearest].clone(),
                 matched_text: text[start..end].to_owned(),
-                start_char: char_of(start),
-                end_char: char_of(end),
+                start_char: char_index(text, start),
+                end_char: char_index(text, end),
                 weight: lines.weight,
                 context_similarity: Some(rounded(r.scam)),
                 honest_similarity: r.honest.map(rounded),
@@ -403,6 +391,26 @@ impl Classifier {
             lines.weight,
         ))
     }
+}
+
+/// Scores, weights and similarities are reported to three decimals.
+fn rounded(x: f32) -> f32 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// The character (not byte) offset of a byte offset in `text`.
+fn char_index(text: &str, byte: usize) -> usize {
+    text[..byte].chars().count()
+}
+
+/// The words of a run of tokens (non-empty) as the sentence encoder reads them: in simplified
+/// characters, as the packs' lines are written (e5 puts 轉到 and 转到 apart, and telephone
+/// transcripts are half traditional).
+fn window_text(text: &str, run: &[Token]) -> String {
+    text[run[0].span.start..run[run.len() - 1].span.end]
+        .chars()
+        .map(crate::asr::simplified)
+        .collect()
 }
 
 /// Whether nothing between two tokens ends a clause: the same sentence and none of `marks` in

@@ -1,15 +1,16 @@
 //! The context check: how much the words around a keyword match sound like a line of a scam
 //! script, by sentence embeddings. Packs name the canonical lines (`[context]`), scam lines and
 //! optionally honest ones, and the encoder they were tuned with (MiniLM for English,
-//! multilingual-e5-small for Mandarin); this holds the encoders, the lines' vectors, and a cache, because a live call's growing transcript is classified
-//! again after every utterance and would otherwise embed the same windows again and again.
+//! multilingual-e5-small for Mandarin); this holds the encoders, the lines' vectors, and a
+//! cache, because a live call's growing transcript is classified again after every utterance
+//! and would otherwise embed the same windows again and again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
-use super::pack::PhrasePack;
+use super::pack::{PhrasePack, ScriptContext};
 use super::sentence_encoder::{cosine, SentenceEncoder};
 
 /// Windows remembered per pack before its cache starts over: a few hours of live calls.
@@ -108,25 +109,18 @@ impl ContextCheck {
     fn canonical(
         &self,
         pack: &PhrasePack,
+        ctx: &ScriptContext,
         encoder: &SentenceEncoder,
-    ) -> Result<Option<Arc<Canon>>> {
-        let Some(ctx) = &pack.context else {
-            return Ok(None);
-        };
+    ) -> Result<Arc<Canon>> {
         if let Some(v) = lock(&self.canon).get(&pack.source) {
-            return Ok(Some(v.clone()));
+            return Ok(v.clone());
         }
-        let embed = |lines: &[String]| -> Result<Vec<Vec<f32>>> {
-            let texts: Vec<String> = lines.iter().map(|s| format!("{}{s}", ctx.prefix)).collect();
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            encoder.embed(&refs)
-        };
         let canon = Arc::new(Canon {
-            scam: embed(&ctx.sentences)?,
-            honest: embed(&ctx.honest_sentences)?,
+            scam: embed(encoder, &ctx.prefix, &ctx.sentences)?,
+            honest: embed(encoder, &ctx.prefix, &ctx.honest_sentences)?,
         });
         lock(&self.canon).insert(pack.source.clone(), canon.clone());
-        Ok(Some(canon))
+        Ok(canon)
     }
 
     /// Forgets the windows seen so far (a benchmark measures the cost of new ones).
@@ -149,9 +143,7 @@ impl ContextCheck {
         let Some(encoder) = self.encoder_for(pack)? else {
             return Ok(None);
         };
-        let Some(canon) = self.canonical(pack, &encoder)? else {
-            return Ok(None);
-        };
+        let canon = self.canonical(pack, ctx, &encoder)?;
         let mut known: Vec<Option<WindowReading>> = {
             let cache = lock(&self.seen_by_window);
             let seen = cache.get(&pack.source);
@@ -162,12 +154,8 @@ impl ContextCheck {
         };
         let missing: Vec<usize> = (0..windows.len()).filter(|&i| known[i].is_none()).collect();
         if !missing.is_empty() {
-            let texts: Vec<String> = missing
-                .iter()
-                .map(|&i| format!("{}{}", ctx.prefix, windows[i]))
-                .collect();
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let vectors = encoder.embed(&refs)?;
+            let texts: Vec<&String> = missing.iter().map(|&i| &windows[i]).collect();
+            let vectors = embed(&encoder, &ctx.prefix, texts)?;
             let nearest = |v: &[f32], lines: &[Vec<f32>]| {
                 lines.iter().map(|c| cosine(v, c)).enumerate().fold(
                     (0, f32::NEG_INFINITY),
@@ -198,6 +186,20 @@ impl ContextCheck {
         }
         Ok(Some(known.into_iter().flatten().collect()))
     }
+}
+
+/// Embeds texts with the pack's prefix before each (`"query: "` for e5).
+fn embed<S: AsRef<str>>(
+    encoder: &SentenceEncoder,
+    prefix: &str,
+    texts: impl IntoIterator<Item = S>,
+) -> Result<Vec<Vec<f32>>> {
+    let texts: Vec<String> = texts
+        .into_iter()
+        .map(|t| format!("{prefix}{}", t.as_ref()))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    encoder.embed(&refs)
 }
 
 fn load_encoder(spec: &str) -> Result<SentenceEncoder> {

@@ -1,6 +1,7 @@
 //! A sentence-embedding model (a BERT: all-MiniLM-L6-v2 for English, multilingual-e5-small for
 //! Mandarin and English): text in, one unit vector out, so that two sentences that mean the same
-//! thing land close together even when they share no word. The paraphrase layer compares transcript windows with canonical scam sentences.
+//! thing land close together even when they share no word. The context check compares
+//! transcript windows with canonical scam sentences.
 
 use crate::model_store::weights::WeightFile;
 use anyhow::{bail, Context, Result};

@@ -316,16 +316,30 @@ impl<'a> E5S1<'a> {
         let s = &self.shape;
         let (h, ff) = (s.hidden, s.feed_forward);
         let mut out = Vec::new();
-        let mut half = |name: String, src: &str, dims: Vec<usize>| -> Result<()> {
-            let values = self.f16_values(src, dims.iter().product())?;
-            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            out.push((name, safetensors::Dtype::F16, dims, bytes));
+        // A 4-bit source becomes f16, an f32 one stays f32.
+        let mut add = |name: String, src: &str, dims: Vec<usize>, half: bool| -> Result<()> {
+            let n = dims.iter().product();
+            let (dtype, data): (_, Vec<u8>) = if half {
+                let v = self.f16_values(src, n)?;
+                (
+                    safetensors::Dtype::F16,
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            } else {
+                let v = self.f32_values(src, n)?;
+                (
+                    safetensors::Dtype::F32,
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            };
+            out.push((name, OwnedTensor { dtype, dims, data }));
             Ok(())
         };
-        half(
+        add(
             "embeddings.word_embeddings.weight".into(),
             "emb.word",
             vec![s.vocab_rows, h],
+            true,
         )?;
         for l in 0..s.layers {
             let p = format!("encoder.layer.{l}");
@@ -337,27 +351,38 @@ impl<'a> E5S1<'a> {
                 ("intermediate.dense", "fi", vec![ff, h]),
                 ("output.dense", "fo", vec![h, ff]),
             ] {
-                half(format!("{p}.{hf}.weight"), &format!("l{l}.{src}.w"), dims)?;
+                add(
+                    format!("{p}.{hf}.weight"),
+                    &format!("l{l}.{src}.w"),
+                    dims,
+                    true,
+                )?;
             }
         }
-        let mut full = |name: String, src: &str, dims: Vec<usize>| -> Result<()> {
-            let values = self.f32_values(src, dims.iter().product())?;
-            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            out.push((name, safetensors::Dtype::F32, dims, bytes));
-            Ok(())
-        };
-        full(
+        add(
             "embeddings.position_embeddings.weight".into(),
             "emb.pos",
             vec![s.positions, h],
+            false,
         )?;
-        full(
+        add(
             "embeddings.token_type_embeddings.weight".into(),
             "emb.type",
             vec![s.token_types, h],
+            false,
         )?;
-        full("embeddings.LayerNorm.weight".into(), "emb.ln.w", vec![h])?;
-        full("embeddings.LayerNorm.bias".into(), "emb.ln.b", vec![h])?;
+        add(
+            "embeddings.LayerNorm.weight".into(),
+            "emb.ln.w",
+            vec![h],
+            false,
+        )?;
+        add(
+            "embeddings.LayerNorm.bias".into(),
+            "emb.ln.b",
+            vec![h],
+            false,
+        )?;
         for l in 0..s.layers {
             let p = format!("encoder.layer.{l}");
             for (hf, src, n) in [
@@ -372,13 +397,10 @@ impl<'a> E5S1<'a> {
                 ("output.LayerNorm.weight", "oln.w", h),
                 ("output.LayerNorm.bias", "oln.b", h),
             ] {
-                full(format!("{p}.{hf}"), &format!("l{l}.{src}"), vec![n])?;
+                add(format!("{p}.{hf}"), &format!("l{l}.{src}"), vec![n], false)?;
             }
         }
-        Ok(out
-            .into_iter()
-            .map(|(name, dtype, dims, data)| (name, OwnedTensor { dtype, dims, data }))
-            .collect())
+        Ok(out)
     }
 
     /// `config.json` as the hub's copy of multilingual-e5-small has it (BERT, absolute
