@@ -362,6 +362,76 @@ fn a_warning_about_codes_is_not_a_request_for_one() {
 }
 
 #[test]
+fn an_anti_fraud_warning_retells_the_script_without_raising_it() {
+    let c = Classifier::builtin();
+    let flagged = |text: &str, lang: &str| c.classify(text, Some(lang)).unwrap().risk != Risk::None;
+    // Police and banks retell the script to warn against it: a hypothetical ended by a
+    // verdict, or what scammers "will say".
+    let retold_zh = "您好，我是派出所反诈中心的民警。对方如果说您涉嫌洗钱，让您把钱转到安全账户，\
+        那都是骗子。骗子会冒充检察院说您名下的银行卡被冻结了，请您千万不要转账。";
+    assert!(!flagged(retold_zh, "zh"));
+    let retold_en = "This is officer Grant with the county sheriff's fraud unit. If anyone calls \
+        saying your grandson is in jail and you must pay his bail with gift cards today, \
+        that's a scam. Scammers will tell you to keep it secret and not to tell your family.";
+    assert!(!flagged(retold_en, "en"));
+    // The same words said to the listener are the scam; so is a request after the warning.
+    let told_zh = "您好，我是检察院的。您涉嫌洗钱，名下的银行卡被冻结了，您需要把钱转到安全账户。";
+    assert!(flagged(told_zh, "zh"));
+    let after = format!("{retold_zh}我们是真的公安，您涉嫌洗钱，现在需要把钱转到安全账户核查。");
+    assert!(flagged(&after, "zh"));
+    // A verdict denied ("我怎么知道不是诈骗") ends no retelling: the pitch before it stands.
+    let denied = "您要是感兴趣，最好尽快决定，先充值一万试试，收益稳赚不赔。\
+        我怎么知道不是诈骗呢？我们是正规投资平台。";
+    let v = c.classify(denied, Some("zh")).unwrap();
+    assert!(
+        v.evidence.iter().any(|e| e.category == "urgency"),
+        "{:?}",
+        v.evidence
+    );
+}
+
+#[test]
+fn a_familiar_voice_on_a_new_number_asking_for_a_transfer_is_flagged() {
+    let c = Classifier::builtin();
+    let verdict = |text: &str, lang: &str| c.classify(text, Some(lang)).unwrap();
+    // The boss and the "guess who" friend: no agency, no threat, only a voice the listener
+    // should know, a new number and an errand with money.
+    for (text, lang) in [
+        (
+            "小王，我是陈总，我换了个新号，你记一下。我在外面谈事情不方便，你先帮我给客户转五万过去，这事先别跟别人说。",
+            "zh",
+        ),
+        (
+            "喂，猜猜我是谁？听不出来啦？我是你表哥啊。我这边车被扣了，你先帮我转八千，回去就还你。",
+            "zh",
+        ),
+        (
+            "Hi grandma, guess who this is? It's me, I got a new phone. I was in an accident and I need you to send bail money today, please don't tell mom.",
+            "en",
+        ),
+    ] {
+        let v = verdict(text, lang);
+        assert_ne!(v.risk, Risk::None, "{text}: {v:?}");
+        assert!(v.categories.iter().any(|c| c == "familiar_impersonation"), "{v:?}");
+    }
+    // A code asked for by its length, with no word for it.
+    let code = verdict(
+        "您好，我们给您手机发了一个四位数的码，您念给我听一下，我给您登记。",
+        "zh",
+    );
+    assert_ne!(code.risk, Risk::None, "{code:?}");
+    // A brother's new number, said twice, is not an errand.
+    for (text, lang) in [
+        ("哥，我换了个新号，这个是我的新号码，你存一下。周末妈过生日，我们一起回去吃饭吧。", "zh"),
+        ("Hey, it's Sam, I got a new phone so save this number. Are we still on for dinner Friday?", "en"),
+    ] {
+        let v = verdict(text, lang);
+        assert_eq!(v.risk, Risk::None, "{text}: {v:?}");
+        assert!(v.score <= 0.4, "{v:?}");
+    }
+}
+
+#[test]
 fn a_reassurance_negates_only_its_own_clause() {
     let c = Classifier::builtin();
     let cue = |text: &str, category: &str| {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::matcher::{find, Closeness, Fuzziness};
+use super::matcher::{find_from, Closeness, Fuzziness};
 use super::normalize::{tokenize, Token};
 use super::pack::PhrasePack;
 use super::script_context::{ContextCheck, WindowReading};
@@ -123,13 +123,7 @@ impl Classifier {
             let Some(n) = &pack.negation else {
                 return false;
             };
-            let starts_with = |at: usize, words: &[String]| {
-                tokens.len() >= at + words.len()
-                    && tokens[at..at + words.len()]
-                        .iter()
-                        .zip(words)
-                        .all(|(t, w)| t.text == *w)
-            };
+            let starts_with = |at: usize, words: &[String]| starts_with(&tokens, at, words);
             let scope_ends_within = |from: usize, to: usize| {
                 (from..to).any(|k| n.ends_at_tokens.iter().any(|e| starts_with(k, e)))
             };
@@ -171,15 +165,34 @@ impl Classifier {
             end: usize,
             weight: f32,
         }
+        let retold = retellings(pack, &tokens);
         let mut hits = Vec::new();
         for (ci, cat) in pack.categories.iter().enumerate() {
             for p in &cat.patterns {
-                let Some(f) = find(&tokens, p, gap, self.fuzziness) else {
+                // The first match that is neither negated nor inside a retelling: a warning
+                // about the code may come before the request for it. A match soon after a
+                // negated one goes on its list ("never ask for your PIN or your online
+                // banking password").
+                let mut from = 0;
+                let mut list_until = 0;
+                let found = loop {
+                    let Some(f) = find_from(&tokens, p, gap, self.fuzziness, from) else {
+                        break None;
+                    };
+                    let negated_here =
+                        cat.negatable && (f.first < list_until || negated(f.first, f.end));
+                    if negated_here {
+                        list_until = f.end + pack.negation.as_ref().map_or(0, |n| n.window);
+                    }
+                    let retold_here = cat.weight > 0.0 && within(&retold, f.first, f.end);
+                    if !negated_here && !retold_here {
+                        break Some(f);
+                    }
+                    from = f.end;
+                };
+                let Some(f) = found else {
                     continue;
                 };
-                if cat.negatable && negated(f.first, f.end) {
-                    continue;
-                }
                 let mut w = if f.closeness == Closeness::Exact {
                     p.weight
                 } else {
@@ -305,7 +318,7 @@ impl Classifier {
         // is not yet high: a call with none stays under the single-category cap, and a high one
         // cannot rise. Others are not read.
         if strength.values().any(|&s| s > 0.0) && score < pack.levels.high {
-            if let Some((e, s)) = self.scam_line(pack, text, &tokens) {
+            if let Some((e, s)) = self.scam_line(pack, text, &tokens, &retold) {
                 evidence.push(e);
                 strength.insert(SCAM_LINE, s);
                 score = score_of(&strength);
@@ -340,6 +353,7 @@ impl Classifier {
         pack: &PhrasePack,
         text: &str,
         tokens: &[Token],
+        retold: &[(usize, usize)],
     ) -> Option<(Evidence, f32)> {
         let (check, ctx) = (self.context_check.as_ref()?, pack.context.as_ref()?);
         let lines = ctx.lines.as_ref()?;
@@ -350,11 +364,18 @@ impl Classifier {
         let mut first = 0;
         loop {
             let end = (first + lines.window).min(tokens.len());
-            spans.push((first, end));
+            // A window mostly inside a retold script is the warning, not the script.
+            let inside = (first..end).filter(|&t| within(retold, t, t + 1)).count();
+            if inside * 2 <= end - first {
+                spans.push((first, end));
+            }
             if end == tokens.len() {
                 break;
             }
             first += lines.stride;
+        }
+        if spans.is_empty() {
+            return None;
         }
         let windows: Vec<String> = spans
             .iter()
@@ -391,6 +412,63 @@ impl Classifier {
             lines.weight,
         ))
     }
+}
+
+/// Whether `words` (normalised tokens) start at token `at`.
+fn starts_with(tokens: &[Token], at: usize, words: &[String]) -> bool {
+    tokens.len() >= at + words.len()
+        && tokens[at..at + words.len()]
+            .iter()
+            .zip(words)
+            .all(|(t, w)| t.text == *w)
+}
+
+/// The token ranges `[first, end)` of the transcript that retell a scam in order to warn
+/// against it ([`crate::detect::pack::Reported`]): from an opener to the end of the first
+/// verdict after it within the window, the opener nearest the verdict; from a narrator to the
+/// end of its sentence, within the window.
+fn retellings(pack: &PhrasePack, tokens: &[Token]) -> Vec<(usize, usize)> {
+    let Some(r) = &pack.reported else {
+        return Vec::new();
+    };
+    let any_at = |at: usize, list: &[Vec<String>]| {
+        list.iter()
+            .filter(|w| starts_with(tokens, at, w))
+            .map(Vec::len)
+            .max()
+    };
+    let mut spans = Vec::new();
+    for at in 0..tokens.len() {
+        let denied = |at: usize| {
+            r.denial_tokens
+                .iter()
+                .any(|d| at >= d.len() && starts_with(tokens, at - d.len(), d))
+        };
+        if let Some(len) = any_at(at, &r.verdict_tokens).filter(|_| !denied(at)) {
+            let end = at + len;
+            let earliest = end.saturating_sub(r.window);
+            let opener = (earliest..at).rev().find(|&o| {
+                any_at(o, &r.opener_tokens).is_some()
+                    && tokens[o].sentence + 1 >= tokens[at].sentence
+            });
+            if let Some(open) = opener {
+                spans.push((open, end));
+            }
+        }
+        if any_at(at, &r.narrator_tokens).is_some() {
+            let limit = (at + r.window).min(tokens.len());
+            let end = (at..limit)
+                .find(|&t| tokens[t].sentence != tokens[at].sentence)
+                .unwrap_or(limit);
+            spans.push((at, end));
+        }
+    }
+    spans
+}
+
+/// Whether tokens `[first, end)` lie inside one of `spans`.
+fn within(spans: &[(usize, usize)], first: usize, end: usize) -> bool {
+    spans.iter().any(|&(a, b)| a <= first && end <= b)
 }
 
 /// Scores, weights and similarities are reported to three decimals.

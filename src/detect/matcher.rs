@@ -498,6 +498,17 @@ impl Search<'_> {
 
 /// The first place the pattern occurs within one sentence, if any.
 pub fn find(tokens: &[Token], pattern: &Pattern, max_gap: usize, fz: Fuzziness) -> Option<Found> {
+    find_from(tokens, pattern, max_gap, fz, 0)
+}
+
+/// As [`find`], for the first match that starts at token `from` or later.
+pub fn find_from(
+    tokens: &[Token],
+    pattern: &Pattern,
+    max_gap: usize,
+    fz: Fuzziness,
+    from: usize,
+) -> Option<Found> {
     let (head, tail) = pattern.slots.split_first()?;
     let mut search = Search {
         tokens,
@@ -506,7 +517,7 @@ pub fn find(tokens: &[Token], pattern: &Pattern, max_gap: usize, fz: Fuzziness) 
         memo: HashMap::new(),
     };
     // Chinese text has one token per character, so gaps are counted in characters: allow more.
-    for (first, token) in tokens.iter().enumerate() {
+    for (first, token) in tokens.iter().enumerate().skip(from) {
         let sentence = token.sentence;
         if let Some((end, c1)) = search.slot_in_sentence(first, head, sentence) {
             if let Some((fin, c2)) = search.rest(tail, end, sentence) {

@@ -23,6 +23,8 @@ struct PackFile {
     #[serde(default)]
     negation: Option<Negation>,
     #[serde(default)]
+    reported: Option<Reported>,
+    #[serde(default)]
     context: Option<ScriptContext>,
     #[serde(rename = "category")]
     categories: Vec<CategoryFile>,
@@ -75,6 +77,43 @@ pub struct Negation {
     /// `after` normalised, once at load.
     #[serde(skip)]
     pub after_tokens: Vec<Vec<String>>,
+}
+
+/// Anti-fraud warnings retell the script in order to warn against it: "对方如果说您涉嫌洗钱，
+/// 让您转到安全账户，那都是骗子", "if anyone calls saying your grandson is in jail and needs bail,
+/// it's a scam", "scammers will tell you to buy gift cards". The cues in such a retelling are
+/// quoted, not said to the listener, and count for nothing. A retelling runs from an `opener`
+/// to a `verdict` within `window` tokens and at most one sentence later (one not denied: "我怎么
+/// 知道不是诈骗"), or from a `narrator` to the end of its sentence (at most `window` tokens). Cues outside it count as ever, so a scammer who
+/// warns about scams first and then asks for the transfer is still heard asking.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reported {
+    /// Words that open a hypothetical or reported clause: 如果, 要是, "if", "anyone who".
+    pub openers: Vec<String>,
+    /// Words that close it with a verdict on what was retold: 都是骗子, "it's a scam".
+    pub verdicts: Vec<String>,
+    /// Words that, just before a verdict, deny it: "不是诈骗", "how do I know it's not a scam".
+    #[serde(default)]
+    pub denials: Vec<String>,
+    /// Words after which the rest of the sentence is a retelling: 骗子会说, "scammers will".
+    #[serde(default)]
+    pub narrators: Vec<String>,
+    /// Most tokens from an opener to the end of its verdict, or after a narrator
+    /// (Chinese: characters).
+    pub window: usize,
+    /// `openers` normalised as transcripts are, once at load.
+    #[serde(skip)]
+    pub opener_tokens: Vec<Vec<String>>,
+    /// `verdicts` normalised, once at load.
+    #[serde(skip)]
+    pub verdict_tokens: Vec<Vec<String>>,
+    /// `denials` normalised, once at load.
+    #[serde(skip)]
+    pub denial_tokens: Vec<Vec<String>>,
+    /// `narrators` normalised, once at load.
+    #[serde(skip)]
+    pub narrator_tokens: Vec<Vec<String>>,
 }
 
 /// Scam scripts speak to the listener ("your account will be suspended"); people chatting
@@ -198,6 +237,7 @@ pub struct PhrasePack {
     pub single_category_cap: f32,
     pub addressee: Option<Addressee>,
     pub negation: Option<Negation>,
+    pub reported: Option<Reported>,
     pub context: Option<ScriptContext>,
     pub categories: Vec<Category>,
     pub source: String,
@@ -269,13 +309,39 @@ impl PhrasePack {
                 ));
             }
         }
+        let normalise = |words: &[String]| -> Vec<Vec<String>> {
+            words
+                .iter()
+                .map(|w| tokenize(w).into_iter().map(|t| t.text).collect())
+                .collect()
+        };
+        if let Some(r) = &mut raw.reported {
+            r.opener_tokens = normalise(&r.openers);
+            r.verdict_tokens = normalise(&r.verdicts);
+            r.narrator_tokens = normalise(&r.narrators);
+            r.denial_tokens = normalise(&r.denials);
+            let no_verdict = r.openers.is_empty() != r.verdicts.is_empty();
+            let nothing = r.openers.is_empty() && r.narrators.is_empty();
+            if no_verdict
+                || nothing
+                || !(1..=200).contains(&r.window)
+                || [
+                    &r.opener_tokens,
+                    &r.verdict_tokens,
+                    &r.narrator_tokens,
+                    &r.denial_tokens,
+                ]
+                .into_iter()
+                .flatten()
+                .any(Vec::is_empty)
+            {
+                return Err(fail(
+                    line_of("[reported]"),
+                    "reported needs openers with verdicts, or narrators, and a window of 1..200 tokens; each word needs a letter or character".into(),
+                ));
+            }
+        }
         if let Some(n) = &mut raw.negation {
-            let normalise = |words: &[String]| -> Vec<Vec<String>> {
-                words
-                    .iter()
-                    .map(|w| tokenize(w).into_iter().map(|t| t.text).collect())
-                    .collect()
-            };
             n.tokens = normalise(&n.words);
             n.except_tokens = normalise(&n.except_before);
             n.ends_at_tokens = normalise(&n.ends_at);
@@ -387,6 +453,7 @@ impl PhrasePack {
             single_category_cap: raw.single_category_cap,
             addressee: raw.addressee,
             negation: raw.negation,
+            reported: raw.reported,
             context: raw.context,
             categories,
             source: file.to_owned(),
@@ -471,6 +538,11 @@ mod tests {
             ("[context]", "encoder = \"e5-small\"", "encoder = \" \""),
             ("[context.lines]", "stride = ", "stride = 9"),
             ("[context.lines]", "weight = ", "weight = 1"),
+            // A retelling's words that normalise to nothing, openers with no verdict to end
+            // them, a window longer than a call's worth of reach.
+            ("[reported]", "verdicts = [", "verdicts = [\"。\", "),
+            ("[reported]", "verdicts = [", "verdicts = [] #"),
+            ("[reported]", "window = 60", "window = 600"),
         ] {
             let hostile = BUILTIN_ZH.replacen(field, bad, 1);
             assert_ne!(hostile, BUILTIN_ZH, "{field}");
