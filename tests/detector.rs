@@ -742,7 +742,9 @@ fn a_mandarin_scam_line_no_pattern_names_lifts_a_call_with_a_cue() {
 /// keywords alone flag the call, the context check does not.
 #[test]
 fn a_mandarin_warning_about_the_code_reads_as_an_honest_line() {
-    let text = "这里是工商银行，提醒您，验证码千万不要告诉任何人，包括自称银行工作人员的人。";
+    // (Not "包括自称银行工作人员的人": 自称 now opens a retelling, and keywords alone leave that
+    // one alone.)
+    let text = "这里是工商银行，提醒您，验证码千万不要告诉任何人，包括银行工作人员。";
     let keywords_only = Classifier::builtin().classify(text, Some("zh")).unwrap();
     assert!(keywords_only.risk >= Risk::Suspected, "{keywords_only:?}");
     let v = support::detector().classify(text, Some("zh")).unwrap();
