@@ -166,6 +166,8 @@ impl Classifier {
             weight: f32,
         }
         let retold = retellings(pack, &tokens);
+        // How far a negated match's list reaches: the negation's own window.
+        let list_reach = pack.negation.as_ref().map_or(0, |n| n.window);
         let mut hits = Vec::new();
         for (ci, cat) in pack.categories.iter().enumerate() {
             for p in &cat.patterns {
@@ -182,7 +184,7 @@ impl Classifier {
                     let negated_here =
                         cat.negatable && (f.first < list_until || negated(f.first, f.end));
                     if negated_here {
-                        list_until = f.end + pack.negation.as_ref().map_or(0, |n| n.window);
+                        list_until = f.end + list_reach;
                     }
                     let retold_here = cat.weight > 0.0 && within(&retold, f.first, f.end);
                     if !negated_here && !retold_here {
@@ -424,9 +426,9 @@ fn starts_with(tokens: &[Token], at: usize, words: &[String]) -> bool {
 }
 
 /// The token ranges `[first, end)` of the transcript that retell a scam in order to warn
-/// against it ([`crate::detect::pack::Reported`]): from an opener to the end of the first
-/// verdict after it within the window, the opener nearest the verdict; from a narrator to the
-/// end of its sentence, within the window.
+/// against it ([`crate::detect::pack::Reported`]): for each verdict not denied, from the
+/// opener nearest before it (within the window, at most one sentence earlier) to the verdict's
+/// end; from a narrator to the end of its sentence, within the window.
 fn retellings(pack: &PhrasePack, tokens: &[Token]) -> Vec<(usize, usize)> {
     let Some(r) = &pack.reported else {
         return Vec::new();
@@ -437,13 +439,13 @@ fn retellings(pack: &PhrasePack, tokens: &[Token]) -> Vec<(usize, usize)> {
             .map(Vec::len)
             .max()
     };
+    let denied = |at: usize| {
+        r.denial_tokens
+            .iter()
+            .any(|d| at >= d.len() && starts_with(tokens, at - d.len(), d))
+    };
     let mut spans = Vec::new();
     for at in 0..tokens.len() {
-        let denied = |at: usize| {
-            r.denial_tokens
-                .iter()
-                .any(|d| at >= d.len() && starts_with(tokens, at - d.len(), d))
-        };
         if let Some(len) = any_at(at, &r.verdict_tokens).filter(|_| !denied(at)) {
             let end = at + len;
             let earliest = end.saturating_sub(r.window);

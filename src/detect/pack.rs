@@ -84,8 +84,9 @@ pub struct Negation {
 /// it's a scam", "scammers will tell you to buy gift cards". The cues in such a retelling are
 /// quoted, not said to the listener, and count for nothing. A retelling runs from an `opener`
 /// to a `verdict` within `window` tokens and at most one sentence later (one not denied: "我怎么
-/// 知道不是诈骗"), or from a `narrator` to the end of its sentence (at most `window` tokens). Cues outside it count as ever, so a scammer who
-/// warns about scams first and then asks for the transfer is still heard asking.
+/// 知道不是诈骗"), or from a `narrator` to the end of its sentence (at most `window` tokens).
+/// Cues outside it count as ever, so a scammer who warns about scams first and then asks for
+/// the transfer is still heard asking.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reported {
