@@ -22,6 +22,8 @@ fn speech_like(seconds: usize) -> Vec<f32> {
 }
 
 fn bench(c: &mut Criterion) {
+    // As the binary does at start (see its docs).
+    vishguard::asr::allocator::keep_freed_buffers();
     let audio = speech_like(30);
     let mel = MelSpectrogram::new(80);
     c.bench_function("mel/30s", |b| b.iter(|| mel.log_mel(&audio)));

@@ -1,6 +1,7 @@
 //! Speech recognition with Whisper on candle: mel features, the model, decoding, long-form
 //! transcription.
 
+pub mod allocator;
 pub mod bias;
 pub mod decode;
 pub mod device;

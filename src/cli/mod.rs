@@ -75,6 +75,7 @@ pub(crate) fn file_error(name: &str, e: &anyhow::Error) -> String {
 }
 
 pub fn run(cli: Cli) -> i32 {
+    crate::asr::allocator::keep_freed_buffers();
     if let Some(n) = cli.threads {
         // candle's CPU kernels size their pool from this variable.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
