@@ -1,6 +1,7 @@
 //! Whisper as plain tensor code: encoder, decoder with a self-attention KV cache, nothing else.
 //! Streaming, batching and decoding policy live in the files beside this one.
 
+use super::fast_ops::{gelu_erf, softmax_last_dim};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Conv1d, Conv1dConfig, Embedding, LayerNorm, Linear, VarBuilder};
@@ -93,8 +94,11 @@ impl Attention {
 
     fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
-        let q = self.heads(&self.q.forward(x)?)?;
+        // The 1/sqrt(head width) scale goes on the queries ([t, d]) rather than on the
+        // scores ([heads, t, t_k]): the same product, one pass over far fewer elements (a
+        // 30-s window of tiny.en: 0.6 M instead of 13.5 M per layer).
         let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
+        let q = self.heads(&(self.q.forward(x)? * scale)?)?;
         let t_k = k.dim(2)?;
         // On the CPU the weights of one encoder layer over a 30-s window are
         // [b, heads, 1500, 1500]: 72 MB each for base, and three copies live at once
@@ -114,7 +118,7 @@ impl Attention {
             } else {
                 q.narrow(2, start, len)?.contiguous()?
             };
-            let mut w = (q.matmul(&k.t()?)? * scale)?;
+            let mut w = q.matmul(&k.t()?)?;
             if let Some(mask) = mask {
                 // The query rows are the mask's second-last dimension ([n, m] or [b, 1, n, m]).
                 let rows_dim = mask.rank() - 2;
@@ -125,7 +129,7 @@ impl Attention {
                 };
                 w = w.broadcast_add(&mask)?;
             }
-            let w = candle_nn::ops::softmax_last_dim(&w)?;
+            let w = softmax_last_dim(&w)?;
             blocks.push(w.matmul(v)?);
         }
         let o = if blocks.len() == 1 {
@@ -152,7 +156,7 @@ impl Mlp {
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // Whisper was trained with the exact (erf) GELU, not the tanh approximation.
-        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+        self.fc2.forward(&gelu_erf(&self.fc1.forward(x)?)?)
     }
 }
 
@@ -225,8 +229,8 @@ impl Encoder {
 
     /// mel [b, n_mels, frames] -> audio features [b, frames/2, d]
     pub fn forward(&self, mel: &Tensor) -> Result<Tensor> {
-        let x = self.conv1.forward(mel)?.gelu_erf()?;
-        let x = self.conv2.forward(&x)?.gelu_erf()?;
+        let x = gelu_erf(&self.conv1.forward(mel)?)?;
+        let x = gelu_erf(&self.conv2.forward(&x)?)?;
         let x = x.transpose(1, 2)?;
         let t = x.dim(1)?;
         let mut x = x.broadcast_add(&self.positions.narrow(0, 0, t)?)?;

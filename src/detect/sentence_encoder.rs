@@ -190,7 +190,7 @@ impl Bert {
             layers,
             heads: c.num_attention_heads,
             activation: match c.hidden_act {
-                HiddenAct::Gelu => Tensor::gelu_erf,
+                HiddenAct::Gelu => crate::asr::fast_ops::gelu_erf,
                 HiddenAct::GeluApproximate => Tensor::gelu,
                 HiddenAct::Relu => Tensor::relu,
             },
@@ -235,7 +235,7 @@ impl Bert {
             let k = split(l.key.forward(&x)?)?;
             let v = split(l.value.forward(&x)?)?;
             let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&blocked)?;
-            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+            let weights = crate::asr::fast_ops::softmax_last_dim(&scores)?;
             let context = weights
                 .matmul(&v)?
                 .transpose(1, 2)?
