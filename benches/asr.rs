@@ -24,6 +24,7 @@ fn speech_like(seconds: usize) -> Vec<f32> {
 fn bench(c: &mut Criterion) {
     // As the binary does at start (see its docs).
     vishguard::asr::allocator::keep_freed_buffers();
+    vishguard::asr::threads::settle_cpu_threads(None);
     let audio = speech_like(30);
     let mel = MelSpectrogram::new(80);
     c.bench_function("mel/30s", |b| b.iter(|| mel.log_mel(&audio)));

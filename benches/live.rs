@@ -161,6 +161,7 @@ fn main() {
     }
     // As the binary does at start (see its docs).
     vishguard::asr::allocator::keep_freed_buffers();
+    vishguard::asr::threads::settle_cpu_threads(None);
     let samples_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("audio-samples");
     let scams: Vec<(String, Vec<f32>)> = std::fs::read_dir(&samples_dir)
         .unwrap()

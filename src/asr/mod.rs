@@ -10,6 +10,7 @@ pub mod language;
 pub mod mel;
 pub mod model;
 pub mod pieces;
+pub mod threads;
 pub mod tokens;
 pub mod transcribe;
 

@@ -27,7 +27,7 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// CPU threads for inference (default: all cores).
+    /// CPU threads for inference (default: the physical cores).
     #[arg(long, global = true, env = "VISHGUARD_THREADS")]
     pub threads: Option<usize>,
     #[command(subcommand)]
@@ -76,10 +76,7 @@ pub(crate) fn file_error(name: &str, e: &anyhow::Error) -> String {
 
 pub fn run(cli: Cli) -> i32 {
     crate::asr::allocator::keep_freed_buffers();
-    if let Some(n) = cli.threads {
-        // candle's CPU kernels size their pool from this variable.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
+    crate::asr::threads::settle_cpu_threads(cli.threads);
     let result = match cli.command {
         Command::Transcribe(args) => transcribe::run(args),
         Command::Models(cmd) => models::run(cmd),
