@@ -35,13 +35,17 @@ fn bench(c: &mut Criterion) {
     let w = Tensor::randn(0f32, 0.05, (51864, 384), &Device::Cpu).unwrap();
     let q = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap();
     let wt = w.t().unwrap();
-    for rows in [1, 2, 4, 8, 16] {
+    let w16 = w.to_dtype(candle_core::DType::F16).unwrap();
+    for rows in [1, 2, 4, 8, 16, 32] {
         let x = Tensor::randn(0f32, 1.0, (1, rows, 384), &Device::Cpu).unwrap();
         group.bench_function(format!("f32/{rows}-rows"), |b| {
             b.iter(|| x.broadcast_matmul(&wt).unwrap())
         });
         group.bench_function(format!("q8_0/{rows}-rows"), |b| {
             b.iter(|| q.forward(&x).unwrap())
+        });
+        group.bench_function(format!("f16-weights/{rows}-rows"), |b| {
+            b.iter(|| vishguard::asr::f16_weights::matmul_f16_weights(&x, &w16).unwrap())
         });
     }
     group.finish();

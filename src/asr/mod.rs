@@ -5,6 +5,7 @@ pub mod allocator;
 pub mod bias;
 pub mod decode;
 pub mod device;
+pub mod f16_weights;
 pub mod fast_ops;
 pub mod language;
 pub mod mel;

@@ -307,6 +307,9 @@ pub struct Decoder {
     embed: Embedding,
     /// The q8_0 copy of the token embedding, for the output projection ([`Quant::Int8`]).
     logits_int8: Option<QMatMul>,
+    /// The token embedding as stored (f16), for the output projection of a few rows in f32 on
+    /// the CPU (see [`Decoder::logits`]); `None` elsewhere, or when f16 would round it.
+    logits_f16: Option<Tensor>,
     positions: Tensor,
     blocks: Vec<DecoderBlock>,
     ln: LayerNorm,
@@ -341,9 +344,25 @@ impl Decoder {
                 GgmlDType::Q8_0,
             )?)?),
         };
+        let table = embed.embeddings();
+        let logits_f16 = if logits_int8.is_none()
+            && table.device().is_cpu()
+            && table.dtype() == DType::F32
+            && super::f16_weights::exact_in_f16(table)?
+        {
+            Some(table.to_dtype(DType::F16)?)
+        } else {
+            None
+        };
+        tracing::debug!(
+            f16 = logits_f16.is_some(),
+            int8 = logits_int8.is_some(),
+            "vocabulary projection"
+        );
         Ok(Self {
             embed,
             logits_int8,
+            logits_f16,
             positions: vb.get((cfg.max_target_positions, d), "embed_positions.weight")?,
             blocks,
             ln: layer_norm(d, vb.pp("layer_norm"))?,
@@ -449,6 +468,9 @@ impl Decoder {
     /// layers stay F32: q8_0 copies of them were measured too and cost accuracy (base on the
     /// real call: WER 0.173 -> 0.210, a phrase lost), where this copy alone changed no word
     /// there (see the README's Measured section).
+    ///
+    /// In f32 on the CPU, up to [`F16_LOGITS_MAX_ROWS`] rows read the embedding as the model
+    /// file stores it, in f16 ([`super::f16_weights`]): half the bytes, the same f32 products.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.logits_int8 {
             Some(q) => {
@@ -468,10 +490,22 @@ impl Decoder {
                     logits.affine(f64::NAN, 0.0)
                 }
             }
-            None => hidden.broadcast_matmul(&self.embed.embeddings().t()?),
+            None => match &self.logits_f16 {
+                Some(w) if hidden.elem_count() <= F16_LOGITS_MAX_ROWS * w.dim(1)? => {
+                    super::f16_weights::matmul_f16_weights(hidden, w)
+                }
+                _ => hidden.broadcast_matmul(&self.embed.embeddings().t()?),
+            },
         }
     }
 }
+
+/// Up to this many rows, [`Decoder::logits`] reads the f16 copy of the vocabulary projection
+/// in f32 on the CPU ([`super::f16_weights`]); more rows go to f32 gemm, which reuses each
+/// weight across rows. tiny.en's projection (`cargo bench --bench asr`, `vocab-projection`, 2
+/// cores): 1 row 2.7 ms against 6.8 ms in f32 gemm, 2 rows 2.4 / 8.3, 4 rows 5.3 / 9.1, 8 rows
+/// 11.9 / 10.6.
+const F16_LOGITS_MAX_ROWS: usize = 4;
 
 fn causal_mask(n: usize, offset: usize, device: &Device, dtype: DType) -> Result<Tensor> {
     let total = offset + n;

@@ -1,0 +1,384 @@
+//! A matrix product that reads its weights as f16, the way the bundled models store them,
+//! for the few rows of a decoder step on the CPU.
+//!
+//! Why: a decoder step multiplies one row per sequence by the whole vocabulary projection
+//! (tiny.en: 51,864 x 384 weights, 80 MB in f32; base: 106 MB), about half of the step, and
+//! that product is bound by memory bandwidth, not arithmetic. The weights are f16 in the model
+//! files and widened to f32 at load, so reading the f16 copy loses nothing: every product and
+//! sum is still f32; only the bytes read halve. Each output is one dot product whose order
+//! does not depend on how many rows come with it, so a sequence gets the same logits alone or
+//! in a batch.
+//!
+//! On x86-64 with F16C, eight weights at a time are widened in registers and multiplied into
+//! two input rows at once ([`rows_f16c`]); elsewhere four weight rows at a time are widened
+//! into a buffer that stays in L1 and multiplied with 8-lane fused multiply-adds compiled for
+//! the CPU found at run time (`pulp`, as [`super::fast_ops`]).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Weight rows widened together: each chunk of an input row is loaded once for this many dot
+/// products.
+const BLOCK_ROWS: usize = 4;
+
+/// Weight rows per parallel task (tiny.en's vocabulary makes 203 tasks).
+const TASK_ROWS: usize = 256;
+
+/// Dot products of input row `x [k]` with `BLOCK_ROWS` widened weight rows `w [BLOCK_ROWS, k]`.
+#[inline(always)]
+fn dots(x: &[f32], w: &[f32], k: usize) -> [f32; BLOCK_ROWS] {
+    let (xc, xr) = x.as_chunks::<8>();
+    let rows: [&[f32]; BLOCK_ROWS] = std::array::from_fn(|r| &w[r * k..(r + 1) * k]);
+    // Cut to the length of `xc` (both are k / 8 chunks), so the loop has no bounds checks.
+    let wc: [&[[f32; 8]]; BLOCK_ROWS] =
+        std::array::from_fn(|r| &rows[r].as_chunks::<8>().0[..xc.len()]);
+    let mut acc = [[0f32; 8]; BLOCK_ROWS];
+    for (c, xv) in xc.iter().enumerate() {
+        for (a, w) in acc.iter_mut().zip(&wc) {
+            let wv = &w[c];
+            for l in 0..8 {
+                a[l] = xv[l].mul_add(wv[l], a[l]);
+            }
+        }
+    }
+    let tail = xc.len() * 8;
+    std::array::from_fn(|r| {
+        let mut sum = acc[r].iter().sum::<f32>();
+        for (&xv, &wv) in xr.iter().zip(&rows[r][tail..]) {
+            sum = xv.mul_add(wv, sum);
+        }
+        sum
+    })
+}
+
+/// Every input row against one block of widened weight rows, the first `rows` of them real,
+/// into `out [rows, m]`. A `pulp::WithSimd`, so the loop is compiled inside pulp's
+/// target-feature function (a closure may stay baseline code, where `mul_add` is a libm call).
+struct Block<'a> {
+    x: &'a [f32],
+    w: &'a [f32],
+    k: usize,
+    rows: usize,
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for Block<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let m = self.x.len() / self.k;
+        for (i, x) in self.x.chunks_exact(self.k).enumerate() {
+            let d = dots(x, self.w, self.k);
+            for (r, v) in d.iter().enumerate().take(self.rows) {
+                self.out[r * m + i] = *v;
+            }
+        }
+    }
+}
+
+/// Whether this CPU has what [`rows_f16c`] uses: F16C, AVX2 and FMA.
+fn has_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("f16c")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `x [m, k]` times the transpose of `w [n, k]`, into `[n, m]`: transposed, so that each
+/// task owns whole rows of the output. `fused`: the F16C kernel ([`rows_f16c`]; only when
+/// [`has_f16c`]), else the portable one (widen a block, then [`Block`]).
+fn product(x: &[f32], w: &[half::f16], n: usize, k: usize, fused: bool) -> Vec<f32> {
+    let m = x.len() / k;
+    let mut out = vec![0f32; n * m];
+    if m == 0 {
+        return out;
+    }
+    let arch = pulp::Arch::new();
+    out.par_chunks_mut(TASK_ROWS * m)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let first = task * TASK_ROWS;
+            let mut buf = vec![0f32; BLOCK_ROWS * k];
+            for (block, out) in out.chunks_mut(BLOCK_ROWS * m).enumerate() {
+                let row = first + block * BLOCK_ROWS;
+                let rows = (n - row).min(BLOCK_ROWS);
+                let w = &w[row * k..(row + rows) * k];
+                #[cfg(target_arch = "x86_64")]
+                if fused {
+                    // SAFETY: `fused` is only asked for when the CPU has AVX2, FMA and F16C
+                    // (`has_f16c`); `w` holds `rows` rows of `k`, `x` m rows of `k`, and `out`
+                    // rows * m values.
+                    unsafe { rows_f16c(x, w, k, rows, out) };
+                    continue;
+                }
+                let _ = fused;
+                buf[rows * k..].fill(0.0);
+                use half::slice::HalfFloatSliceExt;
+                w.convert_to_f32_slice(&mut buf[..rows * k]);
+                arch.dispatch(Block {
+                    x,
+                    w: &buf,
+                    k,
+                    rows,
+                    out,
+                });
+            }
+        });
+    out
+}
+
+/// A block of f16 weight rows `w [rows, k]` against every input row of `x [m, k]`, into
+/// `out [rows, m]`. The weights are read once, row after row in memory order (one stream the
+/// prefetcher follows), each chunk of eight widened in registers (`vcvtph2ps`) and multiplied
+/// into two input rows at a time, with four partial sums per output so that the fused
+/// multiply-adds do not wait on each other. Each output's sum runs in the same order (chunk
+/// `c` into partial sum `c % 4`, the four added pairwise, then across the lanes, then the
+/// tail) whatever `m` is.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `w.len() == rows * k`, `x.len()` a multiple of `k`,
+/// `out.len() >= rows * m`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_f16c(x: &[f32], w: &[half::f16], k: usize, rows: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    #[inline(always)]
+    unsafe fn total(a: [__m256; 4]) -> f32 {
+        let v = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_hadd_ps(s, s);
+        _mm_cvtss_f32(_mm_hadd_ps(s, s))
+    }
+    let m = x.len() / k;
+    let chunks = k / 8;
+    for r in 0..rows {
+        let wr = w.as_ptr().add(r * k);
+        let mut i = 0;
+        while i < m {
+            // Two input rows share each widened chunk; an odd last row is paired with itself.
+            let j = if i + 1 < m { i + 1 } else { i };
+            let (x0, x1) = (x.as_ptr().add(i * k), x.as_ptr().add(j * k));
+            let mut a0 = [_mm256_setzero_ps(); 4];
+            let mut a1 = [_mm256_setzero_ps(); 4];
+            for c in 0..chunks {
+                let wv = _mm256_cvtph_ps(_mm_loadu_si128(wr.add(c * 8).cast::<__m128i>()));
+                let p = c % 4;
+                a0[p] = _mm256_fmadd_ps(_mm256_loadu_ps(x0.add(c * 8)), wv, a0[p]);
+                a1[p] = _mm256_fmadd_ps(_mm256_loadu_ps(x1.add(c * 8)), wv, a1[p]);
+            }
+            let (mut s0, mut s1) = (total(a0), total(a1));
+            for t in chunks * 8..k {
+                let wv = (*wr.add(t)).to_f32();
+                s0 = (*x0.add(t)).mul_add(wv, s0);
+                s1 = (*x1.add(t)).mul_add(wv, s1);
+            }
+            out[r * m + i] = s0;
+            out[r * m + j] = s1;
+            i += 2;
+        }
+    }
+}
+
+/// `x [m, k]` (f32) times the transpose of `w [n, k]` (f16), into `[n, m]`.
+struct MatmulF16Weights;
+
+impl CustomOp2 for MatmulF16Weights {
+    fn name(&self) -> &'static str {
+        "vishguard-matmul-f16-weights"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        x_layout: &Layout,
+        ws: &CpuStorage,
+        w_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = xs else {
+            candle_core::bail!("{}: f32 input only, got {:?}", self.name(), xs.dtype())
+        };
+        let CpuStorage::F16(w) = ws else {
+            candle_core::bail!("{}: f16 weights only, got {:?}", self.name(), ws.dtype())
+        };
+        let (Some((xa, xb)), Some((wa, wb))) =
+            (x_layout.contiguous_offsets(), w_layout.contiguous_offsets())
+        else {
+            candle_core::bail!("{}: input and weights must be contiguous", self.name())
+        };
+        let (x, w) = (&x[xa..xb], &w[wa..wb]);
+        let (n, k) = w_layout.shape().dims2()?;
+        if k == 0 || x.len() % k != 0 {
+            candle_core::bail!(
+                "{}: input {:?} against weights [{n}, {k}]",
+                self.name(),
+                x_layout.dims()
+            );
+        }
+        let out = product(x, w, n, k, has_f16c());
+        let m = x.len() / k;
+        Ok((CpuStorage::F32(out), Shape::from((n, m))))
+    }
+}
+
+/// `x [.., k]` (f32, CPU) times the transpose of `weight [n, k]` (f16, CPU): `[.., n]` in f32,
+/// as `x.matmul(&weight.to_dtype(F32)?.t()?)` with f32 products and sums, reading the weights
+/// at half the bytes. Within a few f32 rounding steps of that product (sums in another order);
+/// a row gives exactly the same outputs alone as in a batch.
+///
+/// Errors: `x` not f32 or `weight` not f16 (or either not on the CPU), inner sizes that differ.
+pub fn matmul_f16_weights(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let k = x.dim(candle_core::D::Minus1)?;
+    let (n, wk) = weight.dims2()?;
+    if k != wk {
+        candle_core::bail!("matmul_f16_weights: input width {k}, weights [{n}, {wk}]");
+    }
+    if x.dtype() != DType::F32 || weight.dtype() != DType::F16 {
+        candle_core::bail!(
+            "matmul_f16_weights: f32 input and f16 weights, got {:?} and {:?}",
+            x.dtype(),
+            weight.dtype()
+        );
+    }
+    let mut out_dims = x.dims().to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = n;
+    let t = x
+        .contiguous()?
+        .apply_op2_no_bwd(weight, &MatmulF16Weights)?;
+    if t.dim(1)? == 1 {
+        t.reshape(out_dims)
+    } else {
+        t.t()?.contiguous()?.reshape(out_dims)
+    }
+}
+
+/// Whether every element of an f32 tensor is exactly an f16 value (so an f16 copy of it loses
+/// nothing): true for the bundled models, which are stored in f16 and widened at load.
+pub fn exact_in_f16(t: &Tensor) -> Result<bool> {
+    Ok(t.flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .all(|&v| half::f16::from_f32(v).to_f32() == v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn products_match_f32_and_a_row_gives_the_same_alone_as_in_a_batch() {
+        let dev = Device::Cpu;
+        // Whisper's widths and one with a remainder after the 8-wide chunks; output counts
+        // that make several tasks and leave a short last block.
+        for (k, n) in [(384, 1037), (7, 5), (512, 300), (40, 3)] {
+            let w = Tensor::randn(0f32, 0.05, (n, k), &dev)
+                .unwrap()
+                .to_dtype(DType::F16)
+                .unwrap();
+            let w32 = w.to_dtype(DType::F32).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (1, 5, k), &dev).unwrap();
+            let got = matmul_f16_weights(&x, &w).unwrap();
+            assert_eq!(got.dims(), &[1, 5, n]);
+            let want = x.broadcast_matmul(&w32.t().unwrap()).unwrap();
+            assert!(max_abs_diff(&got, &want) < 1e-4, "{k}x{n}");
+            for i in 0..5 {
+                let row = x.narrow(1, i, 1).unwrap();
+                let alone = matmul_f16_weights(&row, &w).unwrap();
+                let in_batch = got.narrow(1, i, 1).unwrap();
+                assert_eq!(max_abs_diff(&alone, &in_batch), 0.0, "{k}x{n} row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn both_kernels_agree_and_neither_depends_on_the_batch() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for (k, n, m) in [(384, 600, 5), (19, 9, 3), (512, 257, 4)] {
+            let w: Vec<half::f16> = (0..n * k)
+                .map(|_| half::f16::from_f32(rng.random_range(-0.1..0.1)))
+                .collect();
+            let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let kernels: &[bool] = if has_f16c() { &[false, true] } else { &[false] };
+            let outs: Vec<Vec<f32>> = kernels.iter().map(|&f| product(&x, &w, n, k, f)).collect();
+            for (out, &fused) in outs.iter().zip(kernels) {
+                for i in 0..m {
+                    let alone = product(&x[i * k..(i + 1) * k], &w, n, k, fused);
+                    for r in 0..n {
+                        assert_eq!(alone[r], out[r * m + i], "fused {fused} k {k} row {i}");
+                    }
+                }
+            }
+            let worst = outs[0]
+                .iter()
+                .zip(outs.last().unwrap())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "kernels differ by {worst}");
+        }
+    }
+
+    #[test]
+    fn nan_in_the_input_stays_visible() {
+        let dev = Device::Cpu;
+        let w = Tensor::ones((9, 16), DType::F16, &dev).unwrap();
+        let mut v = vec![0.5f32; 16];
+        v[3] = f32::NAN;
+        let x = Tensor::from_vec(v, (1, 16), &dev).unwrap();
+        let got: Vec<f32> = matmul_f16_weights(&x, &w)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(got.iter().all(|v| v.is_nan()));
+    }
+
+    #[test]
+    fn wrong_shapes_and_dtypes_are_named() {
+        let dev = Device::Cpu;
+        let w = Tensor::zeros((4, 8), DType::F16, &dev).unwrap();
+        let x = Tensor::zeros((1, 9), DType::F32, &dev).unwrap();
+        let err = matmul_f16_weights(&x, &w).unwrap_err().to_string();
+        assert!(err.contains("input width 9"), "{err}");
+        let w32 = Tensor::zeros((4, 8), DType::F32, &dev).unwrap();
+        let x = Tensor::zeros((1, 8), DType::F32, &dev).unwrap();
+        let err = matmul_f16_weights(&x, &w32).unwrap_err().to_string();
+        assert!(err.contains("f16 weights"), "{err}");
+    }
+
+    #[test]
+    fn exactness_in_f16_is_checked_value_by_value() {
+        let dev = Device::Cpu;
+        let stored = Tensor::new(&[0.5f32, -1.25, 3.0e-3], &dev).unwrap();
+        let widened = stored
+            .to_dtype(DType::F16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        assert!(exact_in_f16(&widened).unwrap());
+        let fine = Tensor::new(&[0.1f32 + 1e-7], &dev).unwrap();
+        assert!(!exact_in_f16(&fine).unwrap());
+    }
+}
