@@ -49,6 +49,53 @@ fn linear_no_bias(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
     candle_nn::linear_no_bias(i, o, vb)
 }
 
+/// A linear layer `x W^T + b` that may keep an f16 copy of `W` for calls of a few rows on the
+/// CPU in f32: a decoder step multiplies one row per sequence by every weight of the decoder,
+/// so it is bound by memory bandwidth, and the copy halves the bytes with the same f32
+/// products ([`super::f16_weights`]). More rows (prompts, the encoder) go through `W` in f32.
+struct Projection {
+    dense: Linear,
+    f16: Option<Tensor>,
+}
+
+impl Projection {
+    /// `few_rows`: this layer serves decoder steps, so the copy is worth its memory.
+    fn new(dense: Linear, few_rows: bool) -> Result<Self> {
+        let f16 = if few_rows {
+            super::f16_weights::f16_copy(dense.weight())?
+        } else {
+            None
+        };
+        Ok(Self { dense, f16 })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.f16 {
+            Some(w) if super::f16_weights::few_rows(x, w)? => {
+                let y = super::f16_weights::matmul_f16_weights(x, w)?;
+                match self.dense.bias() {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+            _ => self.dense.forward(x),
+        }
+    }
+}
+
+/// Which layers of an [`Attention`] serve decoder steps (and so get f16 copies, see
+/// [`Projection`]).
+#[derive(Clone, Copy)]
+enum StepLayers {
+    /// The encoder: every call has a window's rows.
+    None,
+    /// The decoder's self-attention: all four.
+    All,
+    /// The decoder's cross-attention: the queries and the output; the keys and values are
+    /// projected once per window from the encoder's rows.
+    QueryAndOutput,
+}
+
 fn layer_norm(d: usize, vb: VarBuilder) -> Result<LayerNorm> {
     candle_nn::layer_norm(d, 1e-5, vb)
 }
@@ -59,20 +106,25 @@ fn layer_norm(d: usize, vb: VarBuilder) -> Result<LayerNorm> {
 const CPU_ATTENTION_ELEMS: usize = 4 << 20;
 
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    q: Projection,
+    k: Projection,
+    v: Projection,
+    out: Projection,
     n_head: usize,
 }
 
 impl Attention {
-    fn load(d: usize, n_head: usize, vb: VarBuilder) -> Result<Self> {
+    fn load(d: usize, n_head: usize, steps: StepLayers, vb: VarBuilder) -> Result<Self> {
+        let (all, qo) = match steps {
+            StepLayers::None => (false, false),
+            StepLayers::All => (true, true),
+            StepLayers::QueryAndOutput => (false, true),
+        };
         Ok(Self {
-            q: linear(d, d, vb.pp("q_proj"))?,
-            k: linear_no_bias(d, d, vb.pp("k_proj"))?,
-            v: linear(d, d, vb.pp("v_proj"))?,
-            out: linear(d, d, vb.pp("out_proj"))?,
+            q: Projection::new(linear(d, d, vb.pp("q_proj"))?, qo)?,
+            k: Projection::new(linear_no_bias(d, d, vb.pp("k_proj"))?, all)?,
+            v: Projection::new(linear(d, d, vb.pp("v_proj"))?, all)?,
+            out: Projection::new(linear(d, d, vb.pp("out_proj"))?, qo)?,
             n_head,
         })
     }
@@ -143,15 +195,16 @@ impl Attention {
 }
 
 struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Projection,
+    fc2: Projection,
 }
 
 impl Mlp {
-    fn load(d: usize, vb: &VarBuilder) -> Result<Self> {
+    /// `steps`: the decoder's (f16 copies for its steps, see [`Projection`]).
+    fn load(d: usize, steps: bool, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            fc1: linear(d, 4 * d, vb.pp("fc1"))?,
-            fc2: linear(4 * d, d, vb.pp("fc2"))?,
+            fc1: Projection::new(linear(d, 4 * d, vb.pp("fc1"))?, steps)?,
+            fc2: Projection::new(linear(4 * d, d, vb.pp("fc2"))?, steps)?,
         })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -211,9 +264,14 @@ impl Encoder {
             .map(|i| {
                 let vb = vb.pp(format!("layers.{i}"));
                 Ok(EncoderBlock {
-                    attn: Attention::load(d, cfg.encoder_attention_heads, vb.pp("self_attn"))?,
+                    attn: Attention::load(
+                        d,
+                        cfg.encoder_attention_heads,
+                        StepLayers::None,
+                        vb.pp("self_attn"),
+                    )?,
                     attn_ln: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
-                    mlp: Mlp::load(d, &vb)?,
+                    mlp: Mlp::load(d, false, &vb)?,
                     mlp_ln: layer_norm(d, vb.pp("final_layer_norm"))?,
                 })
             })
@@ -323,15 +381,21 @@ impl Decoder {
             .map(|i| {
                 let vb = vb.pp(format!("layers.{i}"));
                 Ok(DecoderBlock {
-                    self_attn: Attention::load(d, cfg.decoder_attention_heads, vb.pp("self_attn"))?,
+                    self_attn: Attention::load(
+                        d,
+                        cfg.decoder_attention_heads,
+                        StepLayers::All,
+                        vb.pp("self_attn"),
+                    )?,
                     self_ln: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
                     cross_attn: Attention::load(
                         d,
                         cfg.decoder_attention_heads,
+                        StepLayers::QueryAndOutput,
                         vb.pp("encoder_attn"),
                     )?,
                     cross_ln: layer_norm(d, vb.pp("encoder_attn_layer_norm"))?,
-                    mlp: Mlp::load(d, &vb)?,
+                    mlp: Mlp::load(d, true, &vb)?,
                     mlp_ln: layer_norm(d, vb.pp("final_layer_norm"))?,
                 })
             })
@@ -344,15 +408,9 @@ impl Decoder {
                 GgmlDType::Q8_0,
             )?)?),
         };
-        let table = embed.embeddings();
-        let logits_f16 = if logits_int8.is_none()
-            && table.device().is_cpu()
-            && table.dtype() == DType::F32
-            && super::f16_weights::exact_in_f16(table)?
-        {
-            Some(table.to_dtype(DType::F16)?)
-        } else {
-            None
+        let logits_f16 = match logits_int8 {
+            None => super::f16_weights::f16_copy(embed.embeddings())?,
+            Some(_) => None,
         };
         tracing::debug!(
             f16 = logits_f16.is_some(),
@@ -469,7 +527,7 @@ impl Decoder {
     /// real call: WER 0.173 -> 0.210, a phrase lost), where this copy alone changed no word
     /// there (see the README's Measured section).
     ///
-    /// In f32 on the CPU, up to [`F16_LOGITS_MAX_ROWS`] rows read the embedding as the model
+    /// In f32 on the CPU, up to [`super::f16_weights::MAX_ROWS`] rows read the embedding as the model
     /// file stores it, in f16 ([`super::f16_weights`]): half the bytes, the same f32 products.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.logits_int8 {
@@ -491,7 +549,7 @@ impl Decoder {
                 }
             }
             None => match &self.logits_f16 {
-                Some(w) if hidden.elem_count() <= F16_LOGITS_MAX_ROWS * w.dim(1)? => {
+                Some(w) if super::f16_weights::few_rows(hidden, w)? => {
                     super::f16_weights::matmul_f16_weights(hidden, w)
                 }
                 _ => hidden.broadcast_matmul(&self.embed.embeddings().t()?),
@@ -499,13 +557,6 @@ impl Decoder {
         }
     }
 }
-
-/// Up to this many rows, [`Decoder::logits`] reads the f16 copy of the vocabulary projection
-/// in f32 on the CPU ([`super::f16_weights`]); more rows go to f32 gemm, which reuses each
-/// weight across rows. tiny.en's projection (`cargo bench --bench asr`, `vocab-projection`, 2
-/// cores): 1 row 2.7 ms against 6.8 ms in f32 gemm, 2 rows 2.4 / 8.3, 4 rows 5.3 / 9.1, 8 rows
-/// 11.9 / 10.6.
-const F16_LOGITS_MAX_ROWS: usize = 4;
 
 fn causal_mask(n: usize, offset: usize, device: &Device, dtype: DType) -> Result<Tensor> {
     let total = offset + n;
