@@ -271,9 +271,16 @@ pub fn few_rows(x: &Tensor, weight: &Tensor) -> Result<bool> {
 }
 
 /// An f16 copy of `weights` when it is an f32 tensor on the CPU whose every value f16 holds
-/// exactly (as the bundled models', stored in f16 and widened at load); `None` otherwise.
+/// exactly (as the bundled models', stored in f16 and widened at load); `None` otherwise, and
+/// always in builds without optimisation (the test profile compiles this crate at opt-level
+/// 0, where these kernels run far slower than candle's gemm, which is optimised as a
+/// dependency: a real-speed live test's alert came 13.8 s late that way).
 pub fn f16_copy(weights: &Tensor) -> Result<Option<Tensor>> {
-    if weights.device().is_cpu() && weights.dtype() == DType::F32 && exact_in_f16(weights)? {
+    if !cfg!(debug_assertions)
+        && weights.device().is_cpu()
+        && weights.dtype() == DType::F32
+        && exact_in_f16(weights)?
+    {
         Ok(Some(weights.to_dtype(DType::F16)?))
     } else {
         Ok(None)
