@@ -106,7 +106,12 @@ fn product(x: &[f32], w: &[half::f16], n: usize, k: usize, fused: bool) -> Vec<f
         .enumerate()
         .for_each(|(task, out)| {
             let first = task * TASK_ROWS;
-            let mut buf = vec![0f32; BLOCK_ROWS * k];
+            // The portable kernel widens a block here; the fused one needs no buffer.
+            let mut buf = if fused {
+                Vec::new()
+            } else {
+                vec![0f32; BLOCK_ROWS * k]
+            };
             for (block, out) in out.chunks_mut(BLOCK_ROWS * m).enumerate() {
                 let row = first + block * BLOCK_ROWS;
                 let rows = (n - row).min(BLOCK_ROWS);
@@ -265,9 +270,13 @@ pub fn matmul_f16_weights(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 /// 4 rows 5.3 / 9.1, 8 rows 11.9 / 10.6.
 pub const MAX_ROWS: usize = 4;
 
-/// Whether `x [.., k]` has few enough rows for the f16 copy `weight [n, k]` ([`MAX_ROWS`]).
-pub fn few_rows(x: &Tensor, weight: &Tensor) -> Result<bool> {
-    Ok(x.elem_count() <= MAX_ROWS * weight.dim(1)?)
+/// `x [.., k]` times the transpose of the f16 copy `weight [n, k]` when there is a copy and
+/// `x` has at most [`MAX_ROWS`] rows; `None` when the caller's f32 weights should be used.
+pub fn product_of_few_rows(x: &Tensor, weight: Option<&Tensor>) -> Result<Option<Tensor>> {
+    match weight {
+        Some(w) if x.elem_count() <= MAX_ROWS * w.dim(1)? => matmul_f16_weights(x, w).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// An f16 copy of `weights` when it is an f32 tensor on the CPU whose every value f16 holds
@@ -299,20 +308,8 @@ pub fn exact_in_f16(t: &Tensor) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::asr::fast_ops::tests::max_abs_diff;
     use candle_core::Device;
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     #[test]
     fn products_match_f32_and_a_row_gives_the_same_alone_as_in_a_batch() {

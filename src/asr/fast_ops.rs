@@ -213,7 +213,7 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, D};
 
@@ -270,7 +270,8 @@ mod tests {
         assert_eq!(erf(-20.0), -1.0);
     }
 
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// The largest absolute difference between two tensors of the same shape.
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()

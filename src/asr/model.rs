@@ -70,15 +70,12 @@ impl Projection {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.f16 {
-            Some(w) if super::f16_weights::few_rows(x, w)? => {
-                let y = super::f16_weights::matmul_f16_weights(x, w)?;
-                match self.dense.bias() {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
-                }
-            }
-            _ => self.dense.forward(x),
+        match super::f16_weights::product_of_few_rows(x, self.f16.as_ref())? {
+            Some(y) => match self.dense.bias() {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            },
+            None => self.dense.forward(x),
         }
     }
 }
@@ -548,12 +545,12 @@ impl Decoder {
                     logits.affine(f64::NAN, 0.0)
                 }
             }
-            None => match &self.logits_f16 {
-                Some(w) if super::f16_weights::few_rows(hidden, w)? => {
-                    super::f16_weights::matmul_f16_weights(hidden, w)
+            None => {
+                match super::f16_weights::product_of_few_rows(hidden, self.logits_f16.as_ref())? {
+                    Some(logits) => Ok(logits),
+                    None => hidden.broadcast_matmul(&self.embed.embeddings().t()?),
                 }
-                _ => hidden.broadcast_matmul(&self.embed.embeddings().t()?),
-            },
+            }
         }
     }
 }
