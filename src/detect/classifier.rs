@@ -168,6 +168,35 @@ impl Classifier {
         let retold = retellings(pack, &tokens);
         // How far a negated match's list reaches: the negation's own window.
         let list_reach = pack.negation.as_ref().map_or(0, |n| n.window);
+        // Where negated matches end, of every negatable pattern: the items of one negated list
+        // are often read by different patterns ("will never ask you to withdraw cash, move
+        // money to a safe account, or buy gift cards"), so a match that starts within the
+        // negation's window after one, in the same clause, is on its list too.
+        let mut list_ends: Vec<usize> = Vec::new();
+        if list_reach > 0 {
+            for cat in pack.categories.iter().filter(|c| c.negatable) {
+                for p in &cat.patterns {
+                    let mut from = 0;
+                    while let Some(f) = find_from(&tokens, p, gap, self.fuzziness, from) {
+                        if negated(f.first, f.end) {
+                            list_ends.push(f.end);
+                        }
+                        from = f.end;
+                    }
+                }
+            }
+        }
+        let on_a_negated_list = |first: usize| {
+            let marks = pack
+                .negation
+                .as_ref()
+                .map_or("", |n| n.clause_marks.as_str());
+            list_ends.iter().any(|&e| {
+                e <= first
+                    && first < e + list_reach
+                    && same_clause(text, &tokens[e - 1], &tokens[first], marks)
+            })
+        };
         let mut hits = Vec::new();
         for (ci, cat) in pack.categories.iter().enumerate() {
             for p in &cat.patterns {
@@ -181,8 +210,10 @@ impl Classifier {
                     let Some(f) = find_from(&tokens, p, gap, self.fuzziness, from) else {
                         break None;
                     };
-                    let negated_here =
-                        cat.negatable && (f.first < list_until || negated(f.first, f.end));
+                    let negated_here = cat.negatable
+                        && (f.first < list_until
+                            || negated(f.first, f.end)
+                            || on_a_negated_list(f.first));
                     if negated_here {
                         list_until = f.end + list_reach;
                     }
@@ -427,7 +458,7 @@ fn starts_with(tokens: &[Token], at: usize, words: &[String]) -> bool {
 
 /// The token ranges `[first, end)` of the transcript that retell a scam in order to warn
 /// against it ([`crate::detect::pack::Reported`]): for each verdict not denied, from the
-/// opener nearest before it (within the window, at most one sentence earlier) to the verdict's
+/// opener nearest before it (within the window, at most `sentences` sentences earlier) to the verdict's
 /// end; from a narrator to the end of its sentence, within the window.
 fn retellings(pack: &PhrasePack, tokens: &[Token]) -> Vec<(usize, usize)> {
     let Some(r) = &pack.reported else {
@@ -451,7 +482,7 @@ fn retellings(pack: &PhrasePack, tokens: &[Token]) -> Vec<(usize, usize)> {
             let earliest = end.saturating_sub(r.window);
             let opener = (earliest..at).rev().find(|&o| {
                 any_at(o, &r.opener_tokens).is_some()
-                    && tokens[o].sentence + 1 >= tokens[at].sentence
+                    && tokens[o].sentence + r.sentences >= tokens[at].sentence
             });
             if let Some(open) = opener {
                 spans.push((open, end));

@@ -103,6 +103,11 @@ pub struct Reported {
     /// Most tokens from an opener to the end of its verdict, or after a narrator
     /// (Chinese: characters).
     pub window: usize,
+    /// How many sentences an opener may come before its verdict's sentence (default 1): in a
+    /// call, a caller's "he said my account was compromised." is often answered a sentence
+    /// later ("I understand. That's a very common scam.").
+    #[serde(default = "one_sentence")]
+    pub sentences: usize,
     /// `openers` normalised as transcripts are, once at load.
     #[serde(skip)]
     pub opener_tokens: Vec<Vec<String>>,
@@ -115,6 +120,10 @@ pub struct Reported {
     /// `narrators` normalised, once at load.
     #[serde(skip)]
     pub narrator_tokens: Vec<Vec<String>>,
+}
+
+fn one_sentence() -> usize {
+    1
 }
 
 /// Scam scripts speak to the listener ("your account will be suspended"); people chatting
@@ -326,6 +335,7 @@ impl PhrasePack {
             if no_verdict
                 || nothing
                 || !(1..=200).contains(&r.window)
+                || !(1..=5).contains(&r.sentences)
                 || [
                     &r.opener_tokens,
                     &r.verdict_tokens,
@@ -338,7 +348,7 @@ impl PhrasePack {
             {
                 return Err(fail(
                     line_of("[reported]"),
-                    "reported needs openers with verdicts, or narrators, and a window of 1..200 tokens; each word needs a letter or character".into(),
+                    "reported needs openers with verdicts, or narrators, a window of 1..200 tokens and sentences in 1..5; each word needs a letter or character".into(),
                 ));
             }
         }
