@@ -458,8 +458,8 @@ fn starts_with(tokens: &[Token], at: usize, words: &[String]) -> bool {
 
 /// The token ranges `[first, end)` of the transcript that retell a scam in order to warn
 /// against it ([`crate::detect::pack::Reported`]): for each verdict not denied, from the
-/// opener nearest before it (within the window, at most `sentences` sentences earlier) to the verdict's
-/// end; from a narrator to the end of its sentence, within the window.
+/// opener nearest before it (within the window, at most `sentences` sentences earlier) to the
+/// verdict's end; from a narrator to the end of its sentence, within the window.
 fn retellings(pack: &PhrasePack, tokens: &[Token]) -> Vec<(usize, usize)> {
     let Some(r) = &pack.reported else {
         return Vec::new();

@@ -550,10 +550,11 @@ mod tests {
             ("[context.lines]", "stride = ", "stride = 9"),
             ("[context.lines]", "weight = ", "weight = 1"),
             // A retelling's words that normalise to nothing, openers with no verdict to end
-            // them, a window longer than a call's worth of reach.
+            // them, a window longer than a call's worth of reach, no sentence for a verdict.
             ("[reported]", "verdicts = [", "verdicts = [\"。\", "),
             ("[reported]", "verdicts = [", "verdicts = [] #"),
             ("[reported]", "window = 60", "window = 600"),
+            ("[reported]", "sentences = 2", "sentences = 0"),
         ] {
             let hostile = BUILTIN_ZH.replacen(field, bad, 1);
             assert_ne!(hostile, BUILTIN_ZH, "{field}");
