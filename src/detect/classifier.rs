@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::matcher::{find_from, Closeness, Fuzziness};
+use super::matcher::{find_from, Closeness, Found, Fuzziness, Pattern};
 use super::normalize::{tokenize, Token};
 use super::pack::PhrasePack;
 use super::script_context::{ContextCheck, WindowReading};
@@ -168,24 +168,31 @@ impl Classifier {
         let retold = retellings(pack, &tokens);
         // How far a negated match's list reaches: the negation's own window.
         let list_reach = pack.negation.as_ref().map_or(0, |n| n.window);
-        // Where negated matches end, of every negatable pattern: the items of one negated list
-        // are often read by different patterns ("will never ask you to withdraw cash, move
-        // money to a safe account, or buy gift cards"), so a match that starts within the
-        // negation's window after one, in the same clause, is on its list too.
-        let mut list_ends: Vec<usize> = Vec::new();
-        if list_reach > 0 {
-            for cat in pack.categories.iter().filter(|c| c.negatable) {
-                for p in &cat.patterns {
-                    let mut from = 0;
-                    while let Some(f) = find_from(&tokens, p, gap, self.fuzziness, from) {
-                        if negated(f.first, f.end) {
-                            list_ends.push(f.end);
-                        }
-                        from = f.end;
-                    }
-                }
-            }
-        }
+        let matches_of = |p| matches_of(&tokens, p, gap, self.fuzziness);
+        // The matches of every negatable pattern, found once (the loop below reads them
+        // again), and where the negated ones end: the items of one negated list are often read
+        // by different patterns ("will never ask you to withdraw cash, move money to a safe
+        // account, or buy gift cards"), so a match that starts within the negation's window
+        // after one, in the same clause, is on its list too.
+        let negatable_matches: Vec<Vec<Vec<Found>>> = pack
+            .categories
+            .iter()
+            .map(|cat| match cat.negatable && list_reach > 0 {
+                true => cat
+                    .patterns
+                    .iter()
+                    .map(|p| matches_of(p).collect())
+                    .collect(),
+                false => Vec::new(),
+            })
+            .collect();
+        let list_ends: Vec<usize> = negatable_matches
+            .iter()
+            .flatten()
+            .flatten()
+            .filter(|f| negated(f.first, f.end))
+            .map(|f| f.end)
+            .collect();
         let on_a_negated_list = |first: usize| {
             let marks = pack
                 .negation
@@ -199,17 +206,18 @@ impl Classifier {
         };
         let mut hits = Vec::new();
         for (ci, cat) in pack.categories.iter().enumerate() {
-            for p in &cat.patterns {
+            for (pi, p) in cat.patterns.iter().enumerate() {
                 // The first match that is neither negated nor inside a retelling: a warning
                 // about the code may come before the request for it. A match soon after a
                 // negated one goes on its list ("never ask for your PIN or your online
                 // banking password").
-                let mut from = 0;
                 let mut list_until = 0;
-                let found = loop {
-                    let Some(f) = find_from(&tokens, p, gap, self.fuzziness, from) else {
-                        break None;
+                let mut candidates: Box<dyn Iterator<Item = Found>> =
+                    match negatable_matches[ci].get(pi) {
+                        Some(found) => Box::new(found.iter().cloned()),
+                        None => Box::new(matches_of(p)),
                     };
+                let found = candidates.find(|f| {
                     let negated_here = cat.negatable
                         && (f.first < list_until
                             || negated(f.first, f.end)
@@ -218,11 +226,8 @@ impl Classifier {
                         list_until = f.end + list_reach;
                     }
                     let retold_here = cat.weight > 0.0 && within(&retold, f.first, f.end);
-                    if !negated_here && !retold_here {
-                        break Some(f);
-                    }
-                    from = f.end;
-                };
+                    !negated_here && !retold_here
+                });
                 let Some(f) = found else {
                     continue;
                 };
@@ -445,6 +450,18 @@ impl Classifier {
             lines.weight,
         ))
     }
+}
+
+/// Every match of `pattern` in `tokens`, in order, each starting after the previous one ends.
+fn matches_of<'a>(
+    tokens: &'a [Token],
+    pattern: &'a Pattern,
+    max_gap: usize,
+    fz: Fuzziness,
+) -> impl Iterator<Item = Found> + 'a {
+    std::iter::successors(find_from(tokens, pattern, max_gap, fz, 0), move |f| {
+        find_from(tokens, pattern, max_gap, fz, f.end)
+    })
 }
 
 /// Whether `words` (normalised tokens) start at token `at`.
