@@ -345,6 +345,10 @@ pub struct PartySummary {
     pub score: f32,
     /// When this party first reached `suspected`, in seconds of audio time.
     pub first_alert_s: Option<f64>,
+    /// The call model's probability (0..1) that this party's words follow a scam script,
+    /// when it ran (the pack has one and the party's words had cues).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_model: Option<f32>,
     /// The language this party most likely spoke, when no phrase pack covers it (its risk
     /// then says nothing about the words).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -395,6 +399,11 @@ pub struct CallSummary {
     pub language: Option<String>,
     /// When the call first reached `suspected`, in seconds of audio time (audio only).
     pub first_alert_s: Option<f64>,
+    /// The call model's probability (0..1) that the deciding party's words follow a scam
+    /// script, when it ran: a flagged call it reads below its pack's `gate` is not flagged,
+    /// and one with cues it reads at `lift` or above is (evidence `call_model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_model: Option<f32>,
     pub evidence: Vec<Evidence>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parties: Vec<PartySummary>,

@@ -304,6 +304,7 @@ mod tests {
             categories: vec![],
             language: Some("en".into()),
             first_alert_s: None,
+            call_model: None,
             evidence: vec![],
             parties: vec![p],
             audio_s: Some(8.0),
@@ -408,6 +409,7 @@ mod tests {
             risk,
             score,
             first_alert_s: risk.is_flagged().then_some(11.0),
+            call_model: None,
             uncovered_language: None,
             transcript: Vec::new(),
         }
@@ -423,6 +425,7 @@ mod tests {
             categories: vec![],
             language: Some("en".into()),
             first_alert_s: Some(11.0),
+            call_model: None,
             evidence: vec![
                 evidence(2.5, "authority_impersonation", "Internal Revenue Service"),
                 evidence(11.0, "arrest_threat", "warrant for your arrest"),

@@ -20,6 +20,10 @@ pub struct Verdict {
     pub score: f32,
     pub categories: Vec<String>,
     pub evidence: Vec<Evidence>,
+    /// The call model's probability that the transcript follows a scam script, when it ran
+    /// ([`crate::detect::call_model`]; only for transcripts with keyword evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_model: Option<f32>,
 }
 
 /// Fuzzy matches count for less than exact ones: they are likelier to be coincidences.
@@ -32,6 +36,10 @@ pub struct Classifier {
     pub fuzziness: Fuzziness,
     /// Sentence-embedding check of the words around each match (packs with `[context]`).
     pub context_check: Option<Arc<ContextCheck>>,
+    /// Whether packs' call models run (they need the context check's encoder). Off by
+    /// default: trained on written calls, they veto scams as the recogniser garbles them
+    /// (README, "A model of the whole call").
+    pub call_model: bool,
 }
 
 impl Classifier {
@@ -54,6 +62,7 @@ impl Classifier {
             packs: packs.into_iter().map(|p| (p.language.clone(), p)).collect(),
             fuzziness: Fuzziness::default(),
             context_check: None,
+            call_model: false,
         }
     }
 
@@ -362,6 +371,28 @@ impl Classifier {
                 score = score_of(&strength);
             }
         }
+        let mut call_model = None;
+        if let Some((p, lift)) = self.call_model_reading(pack, text, &tokens, score) {
+            call_model = Some(rounded(p));
+            let m = pack.context.as_ref().and_then(|c| c.call_model.as_ref());
+            let m = m.expect("a reading comes from the pack's settings");
+            if score >= pack.levels.suspected && p < m.gate {
+                // The keywords heard the topic of a scam; the call reads as an honest one.
+                score = p;
+            } else if score < pack.levels.suspected
+                && m.lift_min_score.is_some_and(|s| score >= s)
+                && m.lift.is_some_and(|l| p >= l)
+            {
+                if let Some(e) = lift {
+                    evidence.push(Evidence {
+                        weight: rounded(p),
+                        ..e
+                    });
+                    strength.insert(CALL_MODEL, p);
+                    score = pack.levels.suspected;
+                }
+            }
+        }
         let risk = if score >= pack.levels.high {
             Risk::High
         } else if score >= pack.levels.suspected {
@@ -375,14 +406,96 @@ impl Classifier {
             score: rounded(score),
             categories: strength.keys().map(|s| s.to_string()).collect(),
             evidence,
+            call_model,
         }
     }
 }
 
 /// The category of evidence from [`crate::detect::pack::LineCheck`].
 pub const SCAM_LINE: &str = "scam_line";
+/// The category of evidence from [`crate::detect::call_model`] (a call it lifted).
+pub const CALL_MODEL: &str = "call_model";
 
 impl Classifier {
+    /// The call model's probability for this transcript, with the window it reads as most
+    /// like a scam as evidence (weight to be set), when the pack has a model, the check's
+    /// encoder is the one it was trained on, the transcript has the model's `min_windows`,
+    /// and the keyword score is high enough for the model to move the verdict (it only vetoes
+    /// flagged calls and lifts ones with cues).
+    fn call_model_reading(
+        &self,
+        pack: &PhrasePack,
+        text: &str,
+        tokens: &[Token],
+        score: f32,
+    ) -> Option<(f32, Option<Evidence>)> {
+        let ctx = pack.context.as_ref()?;
+        let (settings, lines) = (ctx.call_model.as_ref()?, ctx.lines.as_ref()?);
+        let model = settings.model.as_ref()?;
+        let check = self.context_check.as_ref().filter(|_| self.call_model)?;
+        let least = settings
+            .lift_min_score
+            .map_or(pack.levels.suspected, |s| s.min(pack.levels.suspected));
+        if score < least || tokens.is_empty() {
+            return None;
+        }
+        if check.encoder_name(pack) != model.encoder {
+            tracing::warn!(
+                "call model of {} skipped: trained on {}, the encoder is {}",
+                pack.source,
+                model.encoder,
+                check.encoder_name(pack)
+            );
+            return None;
+        }
+        let spans = line_spans(tokens.len(), lines.window, lines.stride);
+        if spans.len() < settings.min_windows {
+            return None;
+        }
+        let windows: Vec<String> = spans
+            .iter()
+            .map(|&(a, b)| window_text(text, &tokens[a..b]))
+            .collect();
+        let vectors = match check.window_vectors(pack, &windows) {
+            Ok(Some(v)) => v,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!("call model skipped: {e:#}");
+                return None;
+            }
+        };
+        let p = model.probability(&vectors, score)?;
+        let evidence = model.most_scam_like(&vectors).map(|i| {
+            let (a, b) = spans[i];
+            let (start, end) = (tokens[a].span.start, tokens[b - 1].span.end);
+            Evidence {
+                category: CALL_MODEL.to_owned(),
+                pattern: CALL_MODEL.to_owned(),
+                matched_text: text[start..end].to_owned(),
+                start_char: char_index(text, start),
+                end_char: char_index(text, end),
+                weight: 0.0,
+                context_similarity: None,
+                honest_similarity: None,
+                spoken: None,
+            }
+        });
+        Some((p, evidence))
+    }
+
+    /// The transcript's windows as the scam-line check reads them (`[context.lines]`: its
+    /// window and stride, in tokens), in order; empty when the pack has no line check.
+    pub fn line_windows(&self, pack: &PhrasePack, text: &str) -> Vec<String> {
+        let Some(lines) = pack.context.as_ref().and_then(|c| c.lines.as_ref()) else {
+            return Vec::new();
+        };
+        let tokens = tokenize(text);
+        line_spans(tokens.len(), lines.window, lines.stride)
+            .into_iter()
+            .map(|(a, b)| window_text(text, &tokens[a..b]))
+            .collect()
+    }
+
     /// The window of the transcript that reads most like one of the pack's scam lines, when
     /// one qualifies ([`crate::detect::pack::LineCheck`]), as evidence quoting that line, with
     /// the category's strength.
@@ -398,20 +511,11 @@ impl Classifier {
         if tokens.is_empty() {
             return None;
         }
-        let mut spans = Vec::new();
-        let mut first = 0;
-        loop {
-            let end = (first + lines.window).min(tokens.len());
-            // A window mostly inside a retold script is the warning, not the script.
-            let inside = (first..end).filter(|&t| within(retold, t, t + 1)).count();
-            if inside * 2 <= end - first {
-                spans.push((first, end));
-            }
-            if end == tokens.len() {
-                break;
-            }
-            first += lines.stride;
-        }
+        // A window mostly inside a retold script is the warning, not the script.
+        let spans: Vec<(usize, usize)> = line_spans(tokens.len(), lines.window, lines.stride)
+            .into_iter()
+            .filter(|&(a, b)| (a..b).filter(|&t| within(retold, t, t + 1)).count() * 2 <= b - a)
+            .collect();
         if spans.is_empty() {
             return None;
         }
@@ -450,6 +554,22 @@ impl Classifier {
             lines.weight,
         ))
     }
+}
+
+/// The windows of `window` tokens every `stride` over `n` tokens (the last one ends at `n`),
+/// as `(first, end)`; none for no tokens.
+fn line_spans(n: usize, window: usize, stride: usize) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut first = 0;
+    while first < n {
+        let end = (first + window).min(n);
+        spans.push((first, end));
+        if end == n {
+            break;
+        }
+        first += stride;
+    }
+    spans
 }
 
 /// Every match of `pattern` in `tokens`, in order, each starting after the previous one ends.

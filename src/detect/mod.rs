@@ -1,6 +1,7 @@
 //! The scam detector: phrase packs, normalisation, fuzzy matching, call-level scoring, the
 //! timeline of a call as it unfolds, and the per-call summary.
 
+pub mod call_model;
 pub mod classifier;
 pub mod matcher;
 pub mod normalize;

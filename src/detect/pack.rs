@@ -175,6 +175,35 @@ pub struct ScriptContext {
     /// Scam lines said in words no pattern names: see [`LineCheck`].
     #[serde(default)]
     pub lines: Option<LineCheck>,
+    /// A model of the whole call over the line check's windows: see [`CallModelSettings`].
+    #[serde(default)]
+    pub call_model: Option<CallModelSettings>,
+}
+
+/// How the call model ([`crate::detect::call_model`]) moves the keyword verdict. The keywords
+/// stay the evidence; the model's probability `p` vetoes or corroborates: a call the keywords
+/// flag is not flagged when `p < gate` (its score becomes `p`), and, where the pack sets a
+/// `lift`, one they do not flag is suspected when its keyword score is at least
+/// `lift_min_score` and `p >= lift`. So an alert needs both readings, except where the model
+/// is sure and a strong cue was heard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallModelSettings {
+    /// The weights file: beside the pack's file, else one shipped with the binary by that name.
+    pub weights: String,
+    pub gate: f32,
+    #[serde(default)]
+    pub lift: Option<f32>,
+    #[serde(default)]
+    pub lift_min_score: Option<f32>,
+    /// Transcripts of fewer windows keep the keywords' verdict: the model was trained on
+    /// whole calls, and on one sentence ("请把手机收到的验证码告诉我", one window) it vetoed
+    /// the request the keywords rightly flagged.
+    #[serde(default = "default_min_windows")]
+    pub min_windows: usize,
+    /// The weights, loaded with the pack.
+    #[serde(skip)]
+    pub model: Option<std::sync::Arc<super::call_model::CallModel>>,
 }
 
 /// The whole transcript, window by window, against the canonical lines: a window close to a
@@ -264,6 +293,43 @@ pub struct PackError {
 /// The packs shipped with the binary.
 pub const BUILTIN_EN: &str = include_str!("../../models/phrases/en.toml");
 pub const BUILTIN_ZH: &str = include_str!("../../models/phrases/zh.toml");
+/// The call models shipped with the binary, by file name.
+const BUILTIN_CALL_MODELS: [(&str, &str); 2] = [
+    (
+        "en_call_model.json",
+        include_str!("../../models/phrases/en_call_model.json"),
+    ),
+    (
+        "zh_call_model.json",
+        include_str!("../../models/phrases/zh_call_model.json"),
+    ),
+];
+
+fn default_min_windows() -> usize {
+    3
+}
+
+/// A call model's weights: `name` in `folder` (a pack file's) when it is there, else the one
+/// shipped with the binary by that name.
+fn load_call_model(
+    folder: Option<&Path>,
+    name: &str,
+) -> anyhow::Result<super::call_model::CallModel> {
+    use anyhow::Context;
+    let beside = folder.map(|d| d.join(name)).filter(|p| p.is_file());
+    let text = match beside {
+        Some(path) => std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => BUILTIN_CALL_MODELS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| t.to_string())
+            .with_context(|| {
+                format!("call model {name:?}: no such file beside the pack, nor shipped")
+            })?,
+    };
+    super::call_model::CallModel::parse(&text).with_context(|| format!("call model {name:?}"))
+}
 
 impl PhrasePack {
     pub fn load(path: &Path) -> Result<Self, PackError> {
@@ -272,10 +338,17 @@ impl PhrasePack {
             line: 0,
             problem: format!("cannot read: {e}"),
         })?;
-        Self::parse(&path.display().to_string(), &text)
+        Self::parse_in(&path.display().to_string(), &text, path.parent())
     }
 
+    /// A pack from its text; files it names (a call model's weights) are those shipped with
+    /// the binary.
     pub fn parse(file: &str, text: &str) -> Result<Self, PackError> {
+        Self::parse_in(file, text, None)
+    }
+
+    /// A pack from its text, with the files it names looked for in `folder` first.
+    fn parse_in(file: &str, text: &str, folder: Option<&Path>) -> Result<Self, PackError> {
         let line_of = |needle: &str| {
             text.lines()
                 .position(|l| l.contains(needle))
@@ -390,6 +463,20 @@ impl PhrasePack {
                     "context.lines needs a window of 2..200 tokens, a stride of 1..window, min_similarity in -1..1, a margin in 0..2 and a weight in 0..1".into(),
                 ));
             }
+            if let Some(m) = &c.call_model {
+                let in_range = |x: f32| (0.0..=1.0).contains(&x);
+                if c.lines.is_none()
+                    || !in_range(m.gate)
+                    || m.lift.is_some() != m.lift_min_score.is_some()
+                    || !(1..=1000).contains(&m.min_windows)
+                    || !m.lift.into_iter().chain(m.lift_min_score).all(in_range)
+                {
+                    return Err(fail(
+                        line_of("[context.call_model]"),
+                        "context.call_model needs [context.lines] (it reads its windows), a gate in 0..1, lift and lift_min_score in 0..1 (both or neither), and min_windows in 1..1000".into(),
+                    ));
+                }
+            }
             if c.sentences.is_empty()
                 || c.sentences
                     .iter()
@@ -406,6 +493,15 @@ impl PhrasePack {
                     "context needs sentences (none empty), a window of 1..50 words, min_similarity in -1..1, a discount in 0..1, an honest_margin in 0..2 and a non-empty encoder name if one is named".into(),
                 ));
             }
+        }
+        if let Some(m) = raw.context.as_mut().and_then(|c| c.call_model.as_mut()) {
+            let model = load_call_model(folder, &m.weights).map_err(|e| {
+                fail(
+                    line_of("[context.call_model]"),
+                    format!("context.call_model: {e:#}"),
+                )
+            })?;
+            m.model = Some(std::sync::Arc::new(model));
         }
         let mut categories = Vec::new();
         let mut names = std::collections::HashSet::new();
@@ -494,6 +590,26 @@ mod tests {
     }
 
     #[test]
+    fn a_call_model_beside_a_pack_file_is_read_and_a_broken_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let pack = dir.path().join("en.toml");
+        std::fs::write(&pack, BUILTIN_EN).unwrap();
+        // Not beside it: the one shipped with the binary.
+        let p = PhrasePack::load(&pack).unwrap();
+        let model = p.context.unwrap().call_model.unwrap().model.unwrap();
+        assert_eq!(model.encoder, "minilm");
+        std::fs::write(dir.path().join("en_call_model.json"), "{\"format\": 1").unwrap();
+        let err = PhrasePack::load(&pack).unwrap_err();
+        let line = BUILTIN_EN
+            .lines()
+            .position(|l| l == "[context.call_model]")
+            .unwrap()
+            + 1;
+        assert_eq!(err.line, line, "{err}");
+        assert!(err.problem.contains("en_call_model.json"), "{err}");
+    }
+
+    #[test]
     fn mistakes_name_file_and_line() {
         let bad = BUILTIN_EN.replacen("\"gift (card|cards)\"", "\"gift (card|cards\"", 1);
         let err = PhrasePack::parse("en.toml", &bad).unwrap_err();
@@ -555,6 +671,19 @@ mod tests {
             ("[reported]", "verdicts = [", "verdicts = [] #"),
             ("[reported]", "window = 60", "window = 600"),
             ("[reported]", "sentences = 2", "sentences = 0"),
+            // The call model: thresholds out of range, weights that are nowhere.
+            ("[context.call_model]", "gate = ", "gate = 1"),
+            // A lift needs the keyword score it starts from.
+            (
+                "[context.call_model]",
+                "gate = 0.3",
+                "gate = 0.3\nlift = 0.8",
+            ),
+            (
+                "[context.call_model]",
+                "weights = \"zh_call_model.json\"",
+                "weights = \"missing.json\"",
+            ),
         ] {
             let hostile = BUILTIN_ZH.replacen(field, bad, 1);
             assert_ne!(hostile, BUILTIN_ZH, "{field}");

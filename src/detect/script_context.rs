@@ -13,8 +13,12 @@ use anyhow::{Context, Result};
 use super::pack::{PhrasePack, ScriptContext};
 use super::sentence_encoder::{cosine, SentenceEncoder};
 
-/// Windows remembered per pack before its cache starts over: a few hours of live calls.
-const CACHE_LIMIT: usize = 50_000;
+/// Windows remembered per pack before its cache starts over: a few hours of live calls
+/// (MiniLM and e5-small vectors are 1.5 kB each, so at most 30 MB per pack).
+const CACHE_LIMIT: usize = 20_000;
+
+/// A window's text to its sentence vector.
+type WindowVectors = HashMap<String, Arc<[f32]>>;
 
 /// How a window reads against a pack's canonical lines.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,8 +44,8 @@ pub struct ContextCheck {
     encoders: Mutex<HashMap<String, Option<Arc<SentenceEncoder>>>>,
     /// Canonical sentence vectors per pack (keyed by the pack's source).
     canon: Mutex<HashMap<String, Arc<Canon>>>,
-    /// Per pack (keyed by its source), how each window seen read.
-    seen_by_window: Mutex<HashMap<String, HashMap<String, WindowReading>>>,
+    /// Per pack (keyed by its source), the vector of each window seen.
+    seen_by_window: Mutex<HashMap<String, WindowVectors>>,
 }
 
 impl ContextCheck {
@@ -77,15 +81,20 @@ impl ContextCheck {
         Ok(())
     }
 
+    /// The name of the encoder that reads the pack's windows: the pack's own, else the
+    /// default (`--encoder`).
+    pub fn encoder_name<'a>(&'a self, pack: &'a PhrasePack) -> &'a str {
+        pack.context
+            .as_ref()
+            .and_then(|c| c.encoder.as_deref())
+            .unwrap_or(&self.default_name)
+    }
+
     /// The pack's encoder, loaded on first use; `None` once it has failed to load (the first
     /// attempt's error was returned, and the check is off for its packs from then on, so a
     /// missing model is neither fetched nor warned about on every call).
     fn encoder_for(&self, pack: &PhrasePack) -> Result<Option<Arc<SentenceEncoder>>> {
-        let name = pack
-            .context
-            .as_ref()
-            .and_then(|c| c.encoder.as_deref())
-            .unwrap_or(&self.default_name);
+        let name = self.encoder_name(pack);
         if let Some(e) = lock(&self.encoders).get(name) {
             return Ok(e.clone());
         }
@@ -128,6 +137,59 @@ impl ContextCheck {
         lock(&self.seen_by_window).clear();
     }
 
+    /// `texts` embedded by the default encoder, each after `prefix`.
+    pub fn embed_all(&self, texts: &[String], prefix: &str) -> Result<Vec<Vec<f32>>> {
+        let encoder = lock(&self.encoders)
+            .get(&self.default_name)
+            .cloned()
+            .flatten()
+            .context("the default sentence encoder is not loaded")?;
+        embed(&encoder, prefix, texts)
+    }
+
+    /// The sentence vectors of `windows` by the pack's encoder (with its prefix), unit
+    /// length, remembered: a live call's growing transcript is classified again after every
+    /// utterance, with all but its last windows the same. `None` when the pack has no
+    /// `[context]` or its encoder failed to load before.
+    ///
+    /// Errors: the encoder cannot be loaded (fetched), or embedding fails.
+    pub fn window_vectors(
+        &self,
+        pack: &PhrasePack,
+        windows: &[String],
+    ) -> Result<Option<Vec<Arc<[f32]>>>> {
+        let Some(ctx) = &pack.context else {
+            return Ok(None);
+        };
+        let Some(encoder) = self.encoder_for(pack)? else {
+            return Ok(None);
+        };
+        let mut known: Vec<Option<Arc<[f32]>>> = {
+            let cache = lock(&self.seen_by_window);
+            let seen = cache.get(&pack.source);
+            windows
+                .iter()
+                .map(|w| seen.and_then(|m| m.get(w)).cloned())
+                .collect()
+        };
+        let missing: Vec<usize> = (0..windows.len()).filter(|&i| known[i].is_none()).collect();
+        if !missing.is_empty() {
+            let texts: Vec<&String> = missing.iter().map(|&i| &windows[i]).collect();
+            let vectors = embed(&encoder, &ctx.prefix, texts)?;
+            let mut cache = lock(&self.seen_by_window);
+            let seen = cache.entry(pack.source.clone()).or_default();
+            if seen.len() + missing.len() > CACHE_LIMIT {
+                seen.clear();
+            }
+            for (&i, v) in missing.iter().zip(vectors) {
+                let v: Arc<[f32]> = v.into();
+                seen.insert(windows[i].clone(), v.clone());
+                known[i] = Some(v);
+            }
+        }
+        Ok(Some(known.into_iter().flatten().collect()))
+    }
+
     /// For each window, how close its nearest canonical scam line (and honest line) is, by
     /// cosine similarity of sentence embeddings; `None` when the pack has no `[context]`.
     ///
@@ -140,51 +202,38 @@ impl ContextCheck {
         let Some(ctx) = &pack.context else {
             return Ok(None);
         };
+        let Some(vectors) = self.window_vectors(pack, windows)? else {
+            return Ok(None);
+        };
         let Some(encoder) = self.encoder_for(pack)? else {
             return Ok(None);
         };
         let canon = self.canonical(pack, ctx, &encoder)?;
-        let mut known: Vec<Option<WindowReading>> = {
-            let cache = lock(&self.seen_by_window);
-            let seen = cache.get(&pack.source);
-            windows
-                .iter()
-                .map(|w| seen.and_then(|m| m.get(w)).copied())
-                .collect()
+        let nearest = |v: &[f32], lines: &[Vec<f32>]| {
+            lines.iter().map(|c| cosine(v, c)).enumerate().fold(
+                (0, f32::NEG_INFINITY),
+                |best, (i, s)| {
+                    if s > best.1 {
+                        (i, s)
+                    } else {
+                        best
+                    }
+                },
+            )
         };
-        let missing: Vec<usize> = (0..windows.len()).filter(|&i| known[i].is_none()).collect();
-        if !missing.is_empty() {
-            let texts: Vec<&String> = missing.iter().map(|&i| &windows[i]).collect();
-            let vectors = embed(&encoder, &ctx.prefix, texts)?;
-            let nearest = |v: &[f32], lines: &[Vec<f32>]| {
-                lines.iter().map(|c| cosine(v, c)).enumerate().fold(
-                    (0, f32::NEG_INFINITY),
-                    |best, (i, s)| {
-                        if s > best.1 {
-                            (i, s)
-                        } else {
-                            best
-                        }
-                    },
-                )
-            };
-            let mut cache = lock(&self.seen_by_window);
-            let seen = cache.entry(pack.source.clone()).or_default();
-            if seen.len() + missing.len() > CACHE_LIMIT {
-                seen.clear();
-            }
-            for (&i, v) in missing.iter().zip(&vectors) {
-                let (line, scam) = nearest(v, &canon.scam);
-                let reading = WindowReading {
-                    scam,
-                    nearest: line,
-                    honest: (!canon.honest.is_empty()).then(|| nearest(v, &canon.honest).1),
-                };
-                known[i] = Some(reading);
-                seen.insert(windows[i].clone(), reading);
-            }
-        }
-        Ok(Some(known.into_iter().flatten().collect()))
+        Ok(Some(
+            vectors
+                .iter()
+                .map(|v| {
+                    let (line, scam) = nearest(v, &canon.scam);
+                    WindowReading {
+                        scam,
+                        nearest: line,
+                        honest: (!canon.honest.is_empty()).then(|| nearest(v, &canon.honest).1),
+                    }
+                })
+                .collect(),
+        ))
     }
 }
 

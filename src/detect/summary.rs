@@ -67,6 +67,7 @@ pub fn summarise(
         categories: deciding.map_or_else(Vec::new, |t| t.verdict.categories.clone()),
         language: deciding.map(|t| t.language().to_owned()),
         first_alert_s,
+        call_model: deciding.and_then(|t| t.verdict.call_model),
         evidence,
         parties: parties
             .into_iter()
@@ -77,6 +78,7 @@ pub fn summarise(
                 risk: p.timeline.map_or(Risk::None, |t| t.verdict.risk),
                 score: p.timeline.map_or(0.0, |t| t.verdict.score),
                 first_alert_s: p.timeline.and_then(|t| t.first_alert_s),
+                call_model: p.timeline.and_then(|t| t.verdict.call_model),
                 uncovered_language: p.uncovered_language,
                 transcript: p.transcript,
             })
@@ -105,6 +107,7 @@ pub fn summarise_text(
         categories: verdict.categories,
         language: Some(language.to_owned()),
         first_alert_s: None,
+        call_model: verdict.call_model,
         evidence: verdict.evidence,
         parties: Vec::new(),
         audio_s: None,

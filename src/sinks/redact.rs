@@ -153,6 +153,7 @@ mod tests {
             categories: vec![],
             language: None,
             first_alert_s: None,
+            call_model: None,
             evidence: vec![],
             parties: vec![PartySummary {
                 party: 0,
@@ -161,6 +162,7 @@ mod tests {
                 risk: Risk::High,
                 score: 0.9,
                 first_alert_s: None,
+                call_model: None,
                 uncovered_language: None,
                 transcript: vec![Segment::new(0.0, 4.0, said)],
             }],

@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Trains the call model of a phrase pack (`src/detect/call_model.rs`) and measures it.
+
+    benches/train_call_model.py en|zh [--write] [--logo] [--eval SET...]
+
+The model is a logistic regression over a transcript's window vectors (the pack's sentence
+encoder over the `[context.lines]` windows, pooled by element-wise max and mean) and the
+keyword score. Features come from `target/release/examples/window_vectors` (build it first:
+`cargo build --release --example window_vectors`), cached under `target/call_model_cache/`
+by the digests of the set, the packs and `src/detect/`.
+
+Training sets (the `ID|LABEL|TYPE|TEXT` sets and JSON lines with `label`):
+- the dev set's tuning half (`../shared/eval/dev/LANG.jsonl`, half 0 by sha256 of the id, as
+  `classify_sets.py --half 0`); half 1 stays out, to be measured;
+- `benches/call_model_data/LANG_*.txt`: scams and near-domain honest calls written for this
+  by helper sessions that saw neither the packs nor the other sets;
+- the read sets: English `benches/english_calls/unseen_{f,g,h,i}_en.txt`, Mandarin
+  `benches/mandarin_calls/{tune_a,unseen_b..unseen_i}.txt`.
+Out of training: dev half 1, `unseen_j`, `unseen_k` and the fixtures of `tests/` (casual
+talk, hard honest calls), which measure it.
+
+`--logo` prints leave-one-group-out results (each training set left out in turn, every other
+one trained on), keywords alone against the model with the pack's gate and lift, so each row
+is the model on a set it never saw. `--write` writes `models/phrases/LANG_call_model.json`.
+`--eval` scores more sets with the model trained on everything above.
+
+numpy only; the fit is deterministic (full-batch Adam from zero, class-balanced, L2).
+"""
+import argparse
+import datetime
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEV = os.path.join(ROOT, "..", "shared", "eval", "dev")
+BIN = os.path.join(ROOT, "target", "release", "examples", "window_vectors")
+CACHE = os.path.join(ROOT, "target", "call_model_cache")
+# L2 strength and steps: chosen by leave-one-group-out on the training groups (1, 10, 30 and
+# 100 were tried; 10 and 1 within one call of each other).
+L2 = 10.0
+STEPS = 300
+ENCODERS = {"en": "minilm", "zh": "e5-small"}
+# The packs' `min_windows` (its default).
+MIN_WINDOWS = 3
+# Honest openings (see `honest_openings`) for English only: its model lifts, and short honest
+# calls were what it lifted. Mandarin's only vetoes, and with them it vetoed one-sentence scams
+# ("请您下载这个远程控制软件，我帮您关闭", tests/fixtures/labelled/zh.jsonl: 20 -> 18 of 20).
+OPENINGS = {"en": True, "zh": False}
+
+
+def pack_settings(lang):
+    """gate, lift, lift_min_score and suspected from the built-in pack."""
+    import tomllib
+
+    with open(os.path.join(ROOT, "models", "phrases", f"{lang}.toml"), "rb") as f:
+        pack = tomllib.load(f)
+    m = pack["context"].get("call_model", {"gate": 0.3})
+    # No lift: nothing is lifted (p never exceeds 1).
+    return m["gate"], m.get("lift", 2.0), m.get("lift_min_score", 0.0), pack["levels"]["suspected"]
+
+
+def digest(path):
+    """The set's, the packs' and the detector's sources: what the features depend on."""
+    h = hashlib.sha256()
+    sources = sorted(glob.glob(os.path.join(ROOT, "models", "phrases", "*.toml")))
+    sources += sorted(glob.glob(os.path.join(ROOT, "src", "detect", "*.rs")))
+    for p in [path] + sources:
+        with open(p, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def vectors(path, lang=None):
+    """Per labelled call of `path` (in `lang`, when given): id, y (1 scam), keyword score,
+    window vectors."""
+    os.makedirs(CACHE, exist_ok=True)
+    cached = os.path.join(CACHE, digest(path) + ".jsonl")
+    if not os.path.exists(cached):
+        with open(cached + ".part", "w") as out:
+            subprocess.run([BIN, path], stdout=out, check=True)
+        os.replace(cached + ".part", cached)
+    rows = []
+    default = "legit" if "/tests/fixtures/" in path else None
+    with open(cached) as f:
+        for line in f:
+            r = json.loads(line)
+            label = r["label"] or default
+            if label not in ("scam", "legit") or (lang and r["lang"] != lang):
+                continue
+            vs = np.array(r["vectors"], dtype=np.float32)
+            rows.append(dict(id=r["id"], y=int(label == "scam"), score=r["score"], vs=vs))
+    return rows
+
+
+def half(call_id):
+    return hashlib.sha256(call_id.encode()).digest()[31] & 1
+
+
+def features(r):
+    vs = r["vs"]
+    return np.concatenate([vs.max(0), vs.mean(0), [r["score"]]])
+
+
+def fit(x, y):
+    """Logistic regression on standardised features; returns (weights, bias) on raw ones."""
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    z = (x - mu) / sd
+    n, d = z.shape
+    w, b = np.zeros(d), 0.0
+    pos = y.mean()
+    cw = np.where(y == 1, 0.5 / pos, 0.5 / (1 - pos))
+    m, v, mb, vb = np.zeros(d), np.zeros(d), 0.0, 0.0
+    lr = 0.05
+    for t in range(1, STEPS + 1):
+        p = 1 / (1 + np.exp(-(z @ w + b)))
+        g = cw * (p - y)
+        gw, gb = z.T @ g / n + L2 * w / n, g.mean()
+        m, v = 0.9 * m + 0.1 * gw, 0.999 * v + 0.001 * gw**2
+        mb, vb = 0.9 * mb + 0.1 * gb, 0.999 * vb + 0.001 * gb**2
+        w -= lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        b -= lr * (mb / (1 - 0.9**t)) / (np.sqrt(vb / (1 - 0.999**t)) + 1e-8)
+    return w / sd, b - float((w * mu / sd).sum())
+
+
+def probability(model, rows):
+    w, b = model
+    return 1 / (1 + np.exp(-(np.array([features(r) for r in rows]) @ w + b)))
+
+
+def flags(rows, p, settings):
+    """The verdicts with the model, as `classifier.rs` moves them (transcripts of fewer than
+    `MIN_WINDOWS` windows keep the keywords')."""
+    gate, lift, lift_min, suspected = settings
+    return [
+        r["score"] >= suspected
+        if len(r["vs"]) < MIN_WINDOWS
+        else (r["score"] >= suspected and q >= gate) or (suspected > r["score"] >= lift_min and q >= lift)
+        for r, q in zip(rows, p)
+    ]
+
+
+def counts(rows, flagged):
+    tp = sum(f and r["y"] for r, f in zip(rows, flagged))
+    fp = sum(f and not r["y"] for r, f in zip(rows, flagged))
+    pos = sum(r["y"] for r in rows)
+    return tp, pos, fp, len(rows) - pos
+
+
+def show(c):
+    tp, pos, fp, neg = c
+    f1 = 2 * tp / (tp + pos + fp) if tp else 0.0
+    return f"{tp}/{pos} {fp}/{neg} F1 {f1:.3f}"
+
+
+def honest_openings(path, lang):
+    """The honest calls of an `ID|LABEL|TYPE|TEXT` set cut to their first words (35 English
+    words, 70 Mandarin characters), as a set of its own: the training sets' short calls are
+    nearly all scams (an opener, one demand), and without these the model read shortness as
+    a scam (3 of 13 short honest reminders of tests/fixtures/hard_legit.jsonl were lifted)."""
+    out = os.path.join(CACHE, "openings_" + os.path.basename(path))
+    os.makedirs(CACHE, exist_ok=True)
+    with open(path) as f, open(out, "w") as o:
+        for line in f:
+            parts = line.rstrip("\n").split("|", 3)
+            if len(parts) != 4 or parts[1] != "legit":
+                continue
+            text = parts[3]
+            cut = " ".join(text.split()[:35]) if lang == "en" else text[:70]
+            if cut != text:
+                o.write(f"{parts[0]}_opening|legit|{parts[2]}|{cut}\n")
+    return out
+
+
+def training_groups(lang):
+    groups = {}
+    dev = vectors(os.path.join(DEV, f"{lang}.jsonl"))
+    groups["dev half 0"] = [r for r in dev if half(r["id"]) == 0]
+    for path in sorted(glob.glob(os.path.join(ROOT, "benches", "call_model_data", f"{lang}_*.txt"))):
+        groups[os.path.relpath(path, ROOT)] = vectors(path) + (
+            vectors(honest_openings(path, lang)) if OPENINGS[lang] else []
+        )
+    if lang == "en":
+        read = [f"benches/english_calls/unseen_{s}_en.txt" for s in "fghi"]
+    else:
+        read = ["benches/mandarin_calls/tune_a.txt"] + [
+            f"benches/mandarin_calls/unseen_{s}.txt" for s in "bcdefghi"
+        ]
+    for path in read:
+        groups[path] = vectors(os.path.join(ROOT, path))
+    return groups, [r for r in dev if half(r["id"]) == 1]
+
+
+def held_out_sets(lang):
+    if lang == "en":
+        sets = ["benches/english_calls/unseen_j_en.txt"] + [
+            f"tests/fixtures/{f}.jsonl"
+            for f in ("casual_talk_unseen", "casual_talk_unseen_b", "hard_legit", "hard_legit_unseen")
+        ]
+    else:
+        sets = ["benches/mandarin_calls/unseen_j.txt"] + [
+            f"tests/fixtures/{f}.jsonl"
+            for f in ("casual_talk_zh_unseen", "hard_legit", "hard_legit_unseen")
+        ]
+    return sets
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("lang", choices=["en", "zh"])
+    ap.add_argument("--write", action="store_true")
+    ap.add_argument("--logo", action="store_true")
+    ap.add_argument("--eval", nargs="*", default=[])
+    a = ap.parse_args()
+    if not os.path.exists(BIN):
+        sys.exit(f"{BIN} is missing: cargo build --release --example window_vectors")
+    settings = pack_settings(a.lang)
+    groups, dev1 = training_groups(a.lang)
+    width = max(len(g) for g in groups) + 2
+    print(f"{'set':{width}} {'keywords':>24} {'with the call model':>24}")
+
+    def row(name, rows, p):
+        kw = counts(rows, [r["score"] >= settings[3] for r in rows])
+        print(f"{name:{width}} {show(kw):>24} {show(counts(rows, flags(rows, p, settings))):>24}")
+        return kw, counts(rows, flags(rows, p, settings))
+
+    if a.logo:
+        total = [np.zeros(4, int), np.zeros(4, int)]
+        for g, rows in groups.items():
+            rest = [r for h, rs in groups.items() if h != g for r in rs]
+            model = fit(np.array([features(r) for r in rest]), np.array([r["y"] for r in rest]))
+            kw, cm = row(g + " (left out)", rows, probability(model, rows))
+            total[0] += kw
+            total[1] += cm
+        print(f"{'all left out':{width}} {show(total[0]):>24} {show(total[1]):>24}")
+    everything = [r for rs in groups.values() for r in rs]
+    model = fit(np.array([features(r) for r in everything]), np.array([r["y"] for r in everything]))
+    p_train = probability(model, everything)
+    row("training sets (trained on)", everything, p_train)
+    row("dev half 1", dev1, probability(model, dev1))
+    for path in held_out_sets(a.lang) + a.eval:
+        rows = vectors(os.path.join(ROOT, path) if not os.path.isabs(path) else path, a.lang)
+        row(path, rows, probability(model, rows))
+    if a.write:
+        w, b = model
+        dim = (len(w) - 1) // 2
+        out = os.path.join(ROOT, "models", "phrases", f"{a.lang}_call_model.json")
+        doc = {
+            "format": "vishguard-call-model-1",
+            "encoder": ENCODERS[a.lang],
+            "dim": dim,
+            "weights": [round(float(x), 6) for x in w],
+            "bias": round(float(b), 6),
+            "trained": {
+                "by": "benches/train_call_model.py",
+                "date": datetime.date.today().isoformat(),
+                "sets": {g: len(rs) for g, rs in groups.items()},
+                "scams": int(sum(r["y"] for r in everything)),
+                "honest": int(sum(1 - r["y"] for r in everything)),
+                "l2": L2,
+                "steps": STEPS,
+            },
+        }
+        with open(out, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        print(f"wrote {os.path.relpath(out, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

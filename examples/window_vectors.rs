@@ -1,0 +1,87 @@
+//! Dumps what the call model reads, for training it (`benches/train_call_model.py`): per call,
+//! the keyword verdict (without the call model) and the sentence vectors of the scam-line
+//! check's windows. With ENCODER, the vectors come from that encoder instead (to compare).
+//!
+//! `window_vectors IN.txt|IN.jsonl > OUT.jsonl`; input lines are `ID|LABEL|TYPE|TEXT` or JSON
+//! `{"id", "text", "label"?, "lang"?}`; output lines `{"id", "label", "lang", "score",
+//! "categories", "vectors": [[f32; dim]; windows]}`.
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use vishguard::detect::script_context::ContextCheck;
+use vishguard::detect::Classifier;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let (input, encoder) = match &args[..] {
+        [_, input] => (input, None),
+        [_, input, encoder] => (input, Some(encoder.as_str())),
+        _ => bail!("usage: window_vectors IN.txt|IN.jsonl [ENCODER] > OUT.jsonl"),
+    };
+    let mut classifier = Classifier::builtin();
+    classifier.set_context_check_loaded(Arc::new(ContextCheck::load(None)?))?;
+    // The model reads the keyword score before it moves it (off by default; said here so
+    // that it stays so).
+    classifier.call_model = false;
+    // Another encoder for every pack (its vectors only; the verdict keeps the packs' own).
+    let other = encoder.map(|e| ContextCheck::load(Some(e))).transpose()?;
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(input).with_context(|| format!("{input}: cannot open"))?,
+    );
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    for line in reader.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (id, label, text, lang) = if line.starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+            (
+                v["id"].to_string().trim_matches('"').to_owned(),
+                s("label").unwrap_or_default(),
+                s("text").unwrap_or_default(),
+                s("lang"),
+            )
+        } else {
+            let parts: Vec<&str> = line.splitn(4, '|').collect();
+            let [id, label, _, text] = parts[..] else {
+                bail!("not ID|LABEL|TYPE|TEXT: {line}");
+            };
+            (id.to_owned(), label.to_owned(), text.to_owned(), None)
+        };
+        let lang = lang.unwrap_or_else(|| Classifier::guess_language(&text).to_owned());
+        let Some(pack) = classifier.pack(&lang) else {
+            continue;
+        };
+        let verdict = classifier.classify_with(pack, &text);
+        let windows = classifier.line_windows(pack, &text);
+        let vectors: Vec<Vec<f32>> = match &other {
+            Some(check) => check.embed_all(&windows, "query: ")?,
+            None => classifier
+                .context_check
+                .as_ref()
+                .context("no context check")?
+                .window_vectors(pack, &windows)?
+                .unwrap_or_default()
+                .iter()
+                .map(|v| v.to_vec())
+                .collect(),
+        };
+        let rounded: Vec<Vec<f64>> = vectors
+            .iter()
+            .map(|v| v.iter().map(|&x| (x as f64 * 1e4).round() / 1e4).collect())
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "id": id, "label": label, "lang": lang, "score": verdict.score,
+                "categories": verdict.categories, "vectors": rounded,
+            })
+        )?;
+    }
+    Ok(())
+}
