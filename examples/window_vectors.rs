@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use vishguard::detect::script_context::ContextCheck;
-use vishguard::detect::Classifier;
+use vishguard::detect::{Classifier, PhrasePack};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -24,8 +24,18 @@ fn main() -> Result<()> {
     // The model reads the keyword score before it moves it (off by default; said here so
     // that it stays so).
     classifier.call_model = false;
-    // Another encoder for every pack (its vectors only; the verdict keeps the packs' own).
-    let other = encoder.map(|e| ContextCheck::load(Some(e))).transpose()?;
+    // Another encoder (e5's "query: " prefix) for every pack: its vectors only, read through a
+    // copy of the pack under another name (the check's cache is per pack); the verdict keeps
+    // the packs' own.
+    let with_encoder = |pack: &PhrasePack| {
+        let mut other = pack.clone();
+        if let (Some(e), Some(ctx)) = (encoder, other.context.as_mut()) {
+            ctx.encoder = Some(e.to_owned());
+            ctx.prefix = "query: ".to_owned();
+            other.source = format!("{} read by {e}", pack.source);
+        }
+        other
+    };
     let reader = std::io::BufReader::new(
         std::fs::File::open(input).with_context(|| format!("{input}: cannot open"))?,
     );
@@ -58,18 +68,12 @@ fn main() -> Result<()> {
         };
         let verdict = classifier.classify_with(pack, &text);
         let windows = classifier.line_windows(pack, &text);
-        let vectors: Vec<Vec<f32>> = match &other {
-            Some(check) => check.embed_all(&windows, "query: ")?,
-            None => classifier
-                .context_check
-                .as_ref()
-                .context("no context check")?
-                .window_vectors(pack, &windows)?
-                .unwrap_or_default()
-                .iter()
-                .map(|v| v.to_vec())
-                .collect(),
-        };
+        let vectors = classifier
+            .context_check
+            .as_ref()
+            .context("no context check")?
+            .window_vectors(&with_encoder(pack), &windows)?
+            .unwrap_or_default();
         let rounded: Vec<Vec<f64>> = vectors
             .iter()
             .map(|v| v.iter().map(|&x| (x as f64 * 1e4).round() / 1e4).collect())

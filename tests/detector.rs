@@ -9,6 +9,7 @@ use std::process::Stdio;
 use sha2::{Digest, Sha256};
 use vishguard::detect::{Classifier, PhrasePack, Risk, Verdict};
 
+#[derive(Default)]
 struct Counts {
     tp: usize,
     fp: usize,
@@ -53,12 +54,7 @@ fn dev_counts(c: &Classifier, lang: &str, half: u8) -> Option<Counts> {
 
 fn file_counts(c: &Classifier, path: &std::path::Path, keep: impl Fn(&str) -> bool) -> Counts {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut k = Counts {
-        tp: 0,
-        fp: 0,
-        fn_: 0,
-        tn: 0,
-    };
+    let mut k = Counts::default();
     for line in text.lines() {
         let row: serde_json::Value = serde_json::from_str(line).unwrap();
         let label = row["label"].as_str().unwrap();
@@ -849,12 +845,7 @@ fn a_mandarin_warning_about_the_code_reads_as_an_honest_line() {
 fn set_counts(c: &Classifier, path: &str, lang: &str) -> Counts {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut k = Counts {
-        tp: 0,
-        fp: 0,
-        fn_: 0,
-        tn: 0,
-    };
+    let mut k = Counts::default();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let [_, label, _, said] = line.splitn(4, '|').collect::<Vec<_>>()[..] else {
             panic!("{}: not ID|LABEL|TYPE|TEXT: {line}", path.display());

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::matcher::{find_from, Closeness, Found, Fuzziness, Pattern};
 use super::normalize::{tokenize, Token};
-use super::pack::PhrasePack;
+use super::pack::{CallModelSettings, PhrasePack};
 use super::script_context::{ContextCheck, WindowReading};
 
 pub use crate::call::{Evidence, Risk};
@@ -372,10 +372,8 @@ impl Classifier {
             }
         }
         let mut call_model = None;
-        if let Some((p, lift)) = self.call_model_reading(pack, text, &tokens, score) {
+        if let Some((m, p, lift)) = self.call_model_reading(pack, text, &tokens, score) {
             call_model = Some(rounded(p));
-            let m = pack.context.as_ref().and_then(|c| c.call_model.as_ref());
-            let m = m.expect("a reading comes from the pack's settings");
             if score >= pack.levels.suspected && p < m.gate {
                 // The keywords heard the topic of a scam; the call reads as an honest one.
                 score = p;
@@ -384,10 +382,7 @@ impl Classifier {
                 && m.lift.is_some_and(|l| p >= l)
             {
                 if let Some(e) = lift {
-                    evidence.push(Evidence {
-                        weight: rounded(p),
-                        ..e
-                    });
+                    evidence.push(e);
                     strength.insert(CALL_MODEL, p);
                     score = pack.levels.suspected;
                 }
@@ -417,18 +412,19 @@ pub const SCAM_LINE: &str = "scam_line";
 pub const CALL_MODEL: &str = "call_model";
 
 impl Classifier {
-    /// The call model's probability for this transcript, with the window it reads as most
-    /// like a scam as evidence (weight to be set), when the pack has a model, the check's
+    /// The pack's call-model settings with the model's probability for this transcript and
+    /// the window it reads as most like a scam as evidence (weighing the probability), when
+    /// the pack has a model, the check's
     /// encoder is the one it was trained on, the transcript has the model's `min_windows`,
     /// and the keyword score is high enough for the model to move the verdict (it only vetoes
     /// flagged calls and lifts ones with cues).
-    fn call_model_reading(
+    fn call_model_reading<'p>(
         &self,
-        pack: &PhrasePack,
+        pack: &'p PhrasePack,
         text: &str,
         tokens: &[Token],
         score: f32,
-    ) -> Option<(f32, Option<Evidence>)> {
+    ) -> Option<(&'p CallModelSettings, f32, Option<Evidence>)> {
         let ctx = pack.context.as_ref()?;
         let (settings, lines) = (ctx.call_model.as_ref()?, ctx.lines.as_ref()?);
         let model = settings.model.as_ref()?;
@@ -452,11 +448,7 @@ impl Classifier {
         if spans.len() < settings.min_windows {
             return None;
         }
-        let windows: Vec<String> = spans
-            .iter()
-            .map(|&(a, b)| window_text(text, &tokens[a..b]))
-            .collect();
-        let vectors = match check.window_vectors(pack, &windows) {
+        let vectors = match check.window_vectors(pack, &windows_of(text, tokens, &spans)) {
             Ok(Some(v)) => v,
             Ok(None) => return None,
             Err(e) => {
@@ -474,13 +466,13 @@ impl Classifier {
                 matched_text: text[start..end].to_owned(),
                 start_char: char_index(text, start),
                 end_char: char_index(text, end),
-                weight: 0.0,
+                weight: rounded(p),
                 context_similarity: None,
                 honest_similarity: None,
                 spoken: None,
             }
         });
-        Some((p, evidence))
+        Some((settings, p, evidence))
     }
 
     /// The transcript's windows as the scam-line check reads them (`[context.lines]`: its
@@ -490,10 +482,11 @@ impl Classifier {
             return Vec::new();
         };
         let tokens = tokenize(text);
-        line_spans(tokens.len(), lines.window, lines.stride)
-            .into_iter()
-            .map(|(a, b)| window_text(text, &tokens[a..b]))
-            .collect()
+        windows_of(
+            text,
+            &tokens,
+            &line_spans(tokens.len(), lines.window, lines.stride),
+        )
     }
 
     /// The window of the transcript that reads most like one of the pack's scam lines, when
@@ -519,10 +512,7 @@ impl Classifier {
         if spans.is_empty() {
             return None;
         }
-        let windows: Vec<String> = spans
-            .iter()
-            .map(|&(a, b)| window_text(text, &tokens[a..b]))
-            .collect();
+        let windows = windows_of(text, tokens, &spans);
         let readings = match check.read_windows(pack, &windows) {
             Ok(Some(r)) => r,
             Ok(None) => return None,
@@ -570,6 +560,14 @@ fn line_spans(n: usize, window: usize, stride: usize) -> Vec<(usize, usize)> {
         first += stride;
     }
     spans
+}
+
+/// The words of each `(first, end)` span of tokens, as the sentence encoder reads them.
+fn windows_of(text: &str, tokens: &[Token], spans: &[(usize, usize)]) -> Vec<String> {
+    spans
+        .iter()
+        .map(|&(a, b)| window_text(text, &tokens[a..b]))
+        .collect()
 }
 
 /// Every match of `pattern` in `tokens`, in order, each starting after the previous one ends.

@@ -137,16 +137,6 @@ impl ContextCheck {
         lock(&self.seen_by_window).clear();
     }
 
-    /// `texts` embedded by the default encoder, each after `prefix`.
-    pub fn embed_all(&self, texts: &[String], prefix: &str) -> Result<Vec<Vec<f32>>> {
-        let encoder = lock(&self.encoders)
-            .get(&self.default_name)
-            .cloned()
-            .flatten()
-            .context("the default sentence encoder is not loaded")?;
-        embed(&encoder, prefix, texts)
-    }
-
     /// The sentence vectors of `windows` by the pack's encoder (with its prefix), unit
     /// length, remembered: a live call's growing transcript is classified again after every
     /// utterance, with all but its last windows the same. `None` when the pack has no
