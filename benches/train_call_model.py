@@ -177,14 +177,21 @@ def honest_openings(path, lang):
     return out
 
 
-def training_groups(lang):
+def training_groups(lang, heard_copies=True):
     groups = {}
     dev = vectors(os.path.join(DEV, f"{lang}.jsonl"))
     groups["dev half 0"] = [r for r in dev if half(r["id"]) == 0]
     for path in sorted(glob.glob(os.path.join(ROOT, "benches", "call_model_data", f"{lang}_*.txt"))):
-        groups[os.path.relpath(path, ROOT)] = vectors(path) + (
-            vectors(honest_openings(path, lang)) if OPENINGS[lang] else []
-        )
+        # The set's heard copies (render_heard_sets.py) join its group, so that leaving a set
+        # out leaves out its audio too.
+        stem = os.path.splitext(os.path.basename(path))[0]
+        heard = sorted(glob.glob(os.path.join(ROOT, "benches", "call_model_data", "heard", f"{stem}.*.txt")))
+        heard = heard if heard_copies else []
+        groups[os.path.relpath(path, ROOT)] = [
+            r
+            for p in [path] + heard
+            for r in vectors(p) + (vectors(honest_openings(p, lang)) if OPENINGS[lang] else [])
+        ]
     if lang == "en":
         read = [f"benches/english_calls/unseen_{s}_en.txt" for s in "fghi"]
     else:
@@ -216,11 +223,12 @@ def main():
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--logo", action="store_true")
     ap.add_argument("--eval", nargs="*", default=[])
+    ap.add_argument("--text-only", action="store_true", help="leave out the heard copies (the first model's data)")
     a = ap.parse_args()
     if not os.path.exists(BIN):
         sys.exit(f"{BIN} is missing: cargo build --release --example window_vectors")
     settings = pack_settings(a.lang)
-    groups, dev1 = training_groups(a.lang)
+    groups, dev1 = training_groups(a.lang, not a.text_only)
     width = max(len(g) for g in groups) + 2
     print(f"{'set':{width}} {'keywords':>24} {'with the call model':>24}")
 
