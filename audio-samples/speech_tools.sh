@@ -4,7 +4,8 @@
 # engine; pip install pypinyin for Mandarin (espeak-ng's cmn voice reads Han characters'
 # tone marks aloud, so Mandarin is spoken from pinyin with tone digits).
 # SPEAK_RATE (espeak words per minute, default 155) and SPEAK_PAD (silence before and after,
-# default "0.5 0.5") let a script keep the audio it made before.
+# default "0.5 0.5") let a script keep the audio it made before. SPEAK_EFFECTS (sox effects,
+# e.g. "pitch 150 tempo 1.05") alter the voice in `sample_call`, before the noise.
 
 speak() { # engine:voice text out.wav  -> 16 kHz mono, levelled to about -28 dBFS, padded
   local engine=${1%%:*} voice=${1#*:}
@@ -70,6 +71,11 @@ telephone() { # in16k.wav out.wav : 300-3400 Hz, 8 kHz mu-law
 
 sample_call() { # engine:voice lang text out.wav : a noisy call as the sample sets have them
   speak "$1" "$3" "$tmp/clean.wav"
+  if [[ -n ${SPEAK_EFFECTS:-} ]]; then
+    # shellcheck disable=SC2086 # a list of sox effects
+    sox "$tmp/clean.wav" "$tmp/effects.wav" $SPEAK_EFFECTS
+    mv "$tmp/effects.wav" "$tmp/clean.wav"
+  fi
   noisy "$tmp/clean.wav" "$tmp/mix.wav"
   if [[ $2 == zh && $1 == espeak:* ]]; then
     # espeak-ng's Mandarin through the 8 kHz channel is past what Whisper base recognises

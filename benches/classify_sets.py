@@ -31,7 +31,7 @@ def rows_of(path):
                 parts = line.split("|", 3)
                 if len(parts) != 4:
                     sys.exit(f"{path}:{n}: expected ID|LABEL|TYPE|TEXT")
-                out.append(dict(id=parts[0], label=parts[1], text=parts[3], lang=lang))
+                out.append(dict(id=parts[0], label=parts[1], type=parts[2], text=parts[3], lang=lang))
     return out
 
 

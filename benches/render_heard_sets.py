@@ -9,8 +9,8 @@ Service") made the model trained on text alone veto real scams heard by Whisper.
     benches/render_heard_sets.py SET... [--model base] [--every N --offset K] [--voices V,V]
                                         [--out DIR] [--pitch CENTS,...]
 
-SET is an `ID|LABEL|TYPE|TEXT` file; the language is its name's prefix or suffix (`en_`,
-`_zh`, ...) or `--lang`. Every Nth call from the Kth is rendered (cost: base transcribes this machine's
+SET is an `ID|LABEL|TYPE|TEXT` file, read as `classify_sets.py` reads it (the language from
+the folder or the name, or `--lang`). Every Nth call from the Kth is rendered (cost: base transcribes this machine's
 telephone audio at about 12 audio seconds per wall second on 2 cores, an English call of the
 written sets is ~50 s). Voices are drawn in turn from `--voices` (default: English espeak-ng
 voices that neither `audio-samples/` nor `benches/heldout_voices.sh` use, so those stay
@@ -25,6 +25,8 @@ import os
 import subprocess
 import sys
 import tempfile
+
+from classify_sets import rows_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "vishguard")
@@ -56,41 +58,31 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "call_model_data", "heard"))
     ap.add_argument("--audio", default=os.path.join(ROOT, "target", "heard_audio"))
     a = ap.parse_args()
+    pitches = [int(x) for x in a.pitch.split(",")]
     if not os.path.exists(BIN):
         sys.exit(f"{BIN} is missing: cargo build --release")
     os.makedirs(a.out, exist_ok=True)
     for path in a.sets:
         stem = os.path.splitext(os.path.basename(path))[0]
-        lang = a.lang or next((l for l in ("en", "zh") if stem.startswith(l + "_") or stem.endswith("_" + l)), None)
-        if lang not in ("en", "zh"):
-            sys.exit(f"{path}: cannot tell the language from the name; give --lang en|zh")
+        rows = [r for i, r in enumerate(rows_of(path)) if i % a.every == a.offset]
+        if not rows:
+            sys.exit(f"{path}: no calls to render")
+        lang = a.lang or rows[0]["lang"]
         voices = a.voices.split(",") if a.voices else (EN_VOICES if lang == "en" else ZH_VOICES)
-        pitches = [int(x) for x in a.pitch.split(",")]
-        rows = []
-        with open(path) as f:
-            for i, line in enumerate(line for line in f if line.strip() and not line.startswith("#")):
-                parts = line.rstrip("\n").split("|", 3)
-                if len(parts) == 4 and i % a.every == a.offset:
-                    rows.append(parts)
         audio = os.path.join(a.audio, f"{stem}.{a.model}")
         os.makedirs(audio, exist_ok=True)
         wavs = []
         with tempfile.TemporaryDirectory() as tmp:
-            for n, (cid, label, kind, text) in enumerate(rows):
-                wav = os.path.join(audio, cid + ".wav")
-                voice = voices[n % len(voices)]
+            for n, r in enumerate(rows):
+                wav = os.path.join(audio, r["id"] + ".wav")
                 env = dict(os.environ, tmp=tmp, SPEAK_RATE=str(RATES[n % len(RATES)]))
-                # The written sets mark turns with "..."; a pause is what a listener hears.
-                spoken = text.replace("...", ",")
-                script = f'source "{ROOT}/audio-samples/speech_tools.sh"; sample_call "$1" "$2" "$3" "$4"'
                 if lang == "zh":
                     # A pitch shift (and 5% tempo) makes the one recorded man sound like others.
-                    shift = pitches[n % len(pitches)]
-                    script = (
-                        f'source "{ROOT}/audio-samples/speech_tools.sh"; speak "$1" "$3" "$tmp/s.wav"; '
-                        f'sox "$tmp/s.wav" "$tmp/p.wav" pitch {shift} tempo 1.05; '
-                        'noisy "$tmp/p.wav" "$tmp/mix.wav"; telephone "$tmp/mix.wav" "$4"'
-                    )
+                    env["SPEAK_EFFECTS"] = f"pitch {pitches[n % len(pitches)]} tempo 1.05"
+                # The written sets mark turns with "..."; a pause is what a listener hears.
+                spoken = r["text"].replace("...", ",")
+                script = f'source "{ROOT}/audio-samples/speech_tools.sh"; sample_call "$1" "$2" "$3" "$4"'
+                voice = voices[n % len(voices)]
                 subprocess.run(["bash", "-c", script, "-", voice, lang, spoken, wav], env=env, check=True)
                 wavs.append(wav)
         heard = subprocess.run(
@@ -107,9 +99,9 @@ def main():
             texts[os.path.basename(r["file"])[:-4]] = "".join(s["text"] for s in r["segments"]).strip()
         out = os.path.join(a.out, f"{stem}.{a.model}.txt")
         with open(out, "w") as o:
-            for cid, label, kind, _ in rows:
-                words = " ".join(texts.get(cid, "").split()).replace("|", " ")
-                o.write(f"{cid}_heard|{label}|{kind}|{words}\n")
+            for r in rows:
+                words = " ".join(texts.get(r["id"], "").split()).replace("|", " ")
+                o.write(f"{r['id']}_heard|{r['label']}|{r['type']}|{words}\n")
         print(f"{out}: {len(rows)} calls", file=sys.stderr)
 
 
