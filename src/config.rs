@@ -228,8 +228,8 @@ pub struct DetectConfig {
     /// (about 2x fewer false alarms on casual talk about crime or money); off: keywords only.
     pub context_check: bool,
     /// Read the whole call with the packs' call models (they veto flagged calls that read as
-    /// honest and lift ones with cues that read as scams; they need the context check). Off
-    /// by default: trained on written calls, on recogniser output they vetoed bundled scams.
+    /// honest and lift ones with cues that read as scams; they need the context check, and
+    /// do nothing without it). On by default.
     pub call_model: bool,
 }
 
@@ -239,7 +239,7 @@ impl Default for DetectConfig {
             packs: Vec::new(),
             encoder: "minilm".into(),
             context_check: true,
-            call_model: false,
+            call_model: true,
         }
     }
 }

@@ -234,16 +234,19 @@ fn hard_legitimate_calls_are_not_flagged() {
     // any change (4 of 18 flagged: a bank's "we will never ask for your PIN", rent "transferred
     // to" a landlord, a court's "litigation service centre"); the fixes it led to are in the
     // packs as general rules (negation, weak everyday words), so it is no longer unseen.
-    for (id, v) in fixture_verdicts(
-        support::detector(),
-        &["hard_legit.jsonl", "hard_legit_unseen.jsonl"],
-    ) {
-        assert!(
-            !v.risk.is_flagged(),
-            "{id} flagged at {}: {:?}",
-            v.score,
-            v.evidence
-        );
+    // With the call model too (the CLI's default): one trained on heard copies as well lifted
+    // court-notice-1, a jury-duty reminder (0.84 against the lift of 0.8).
+    for detector in [support::detector(), with_call_model()] {
+        for (id, v) in fixture_verdicts(detector, &["hard_legit.jsonl", "hard_legit_unseen.jsonl"])
+        {
+            assert!(
+                !v.risk.is_flagged(),
+                "{id} flagged at {} (call model {:?}): {:?}",
+                v.score,
+                v.call_model,
+                v.evidence
+            );
+        }
     }
 }
 
@@ -856,7 +859,7 @@ fn set_counts(c: &Classifier, path: &str, lang: &str) -> Counts {
     k
 }
 
-/// The detector as the CLI runs it with `--call-model`, sharing the loaded encoders.
+/// The detector as the CLI runs it by default (with the call models), sharing the loaded encoders.
 fn with_call_model() -> &'static Classifier {
     static C: std::sync::OnceLock<Classifier> = std::sync::OnceLock::new();
     C.get_or_init(|| {
@@ -907,6 +910,30 @@ fn the_call_model_leaves_a_one_sentence_request_to_the_keywords() {
         .unwrap();
     assert_eq!(v.call_model, None, "{v:?}");
     assert!(v.risk.is_flagged(), "{v:?}");
+}
+
+#[test]
+fn the_call_model_does_not_veto_a_short_heard_scam() {
+    // base's transcript of audio-samples' en_scam_irs_warrant through the 8 kHz channel (4
+    // windows). The model, trained on whole calls, reads it as honest (p 0.001 when this
+    // test came); the pack vetoes only from 7 windows (`veto_min_windows`), so the keywords'
+    // alert stands.
+    const HEARD: &str = "This is Officer Daniel Dress with the Oracle Avenue Service. There is more for your REST, for an A-Tax, so avoid REST. Today, you must pay with Google Play. You have to tell anyone about this call.";
+    let v = with_call_model().classify(HEARD, Some("en")).unwrap();
+    assert!(v.call_model.is_some(), "the model ran: {v:?}");
+    assert!(v.risk.is_flagged(), "{v:?}");
+    // The same pack vetoing from 3 windows (the model's `min_windows`) loses it.
+    let from_three = vishguard::detect::pack::BUILTIN_EN.replacen(
+        "veto_min_windows = 7",
+        "veto_min_windows = 3",
+        1,
+    );
+    let pack = PhrasePack::parse("en.toml", &from_three).unwrap();
+    let mut c = Classifier::with_packs(vec![pack]);
+    c.context_check = with_call_model().context_check.clone();
+    c.call_model = true;
+    let vetoed = c.classify(HEARD, Some("en")).unwrap();
+    assert!(!vetoed.risk.is_flagged(), "{vetoed:?}");
 }
 
 #[test]

@@ -372,9 +372,9 @@ impl Classifier {
             }
         }
         let mut call_model = None;
-        if let Some((m, p, lift)) = self.call_model_reading(pack, text, &tokens, score) {
+        if let Some((m, p, lift, windows)) = self.call_model_reading(pack, text, &tokens, score) {
             call_model = Some(rounded(p));
-            if score >= pack.levels.suspected && p < m.gate {
+            if score >= pack.levels.suspected && p < m.gate && windows >= m.veto_from() {
                 // The keywords heard the topic of a scam; the call reads as an honest one.
                 score = p;
             } else if score < pack.levels.suspected
@@ -412,19 +412,19 @@ pub const SCAM_LINE: &str = "scam_line";
 pub const CALL_MODEL: &str = "call_model";
 
 impl Classifier {
-    /// The pack's call-model settings with the model's probability for this transcript and
-    /// the window it reads as most like a scam as evidence (weighing the probability), when
-    /// the pack has a model, the check's
-    /// encoder is the one it was trained on, the transcript has the model's `min_windows`,
-    /// and the keyword score is high enough for the model to move the verdict (it only vetoes
-    /// flagged calls and lifts ones with cues).
+    /// The pack's call-model settings with the model's probability for this transcript, the
+    /// window it reads as most like a scam as evidence (weighing the probability) and the
+    /// number of windows read, when the pack has a model, the check's encoder is the one it
+    /// was trained on, the transcript has the model's `min_windows`, and the keyword score is
+    /// high enough for the model to move the verdict (it only vetoes flagged calls and lifts
+    /// ones with cues).
     fn call_model_reading<'p>(
         &self,
         pack: &'p PhrasePack,
         text: &str,
         tokens: &[Token],
         score: f32,
-    ) -> Option<(&'p CallModelSettings, f32, Option<Evidence>)> {
+    ) -> Option<(&'p CallModelSettings, f32, Option<Evidence>, usize)> {
         let ctx = pack.context.as_ref()?;
         let (settings, lines) = (ctx.call_model.as_ref()?, ctx.lines.as_ref()?);
         let model = settings.model.as_ref()?;
@@ -472,7 +472,7 @@ impl Classifier {
                 spoken: None,
             }
         });
-        Some((settings, p, evidence))
+        Some((settings, p, evidence, spans.len()))
     }
 
     /// The transcript's windows as the scam-line check reads them (`[context.lines]`: its
