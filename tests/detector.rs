@@ -433,6 +433,50 @@ fn a_caller_reporting_what_someone_said_is_retelling_when_a_verdict_follows() {
 }
 
 #[test]
+fn a_message_read_aloud_is_not_a_callers_reassurance() {
+    // The victim reads out the text that just came, warning and all, to a "friend" who wants
+    // the code: the warning is the message's words, not an honest caller's (`quoters`).
+    let read_en = "Hey, it's Olivia, I'm setting up my new phone and the code went to you by \
+        mistake. Did you get a text? ... Yes, six numbers. It says don't share this code with \
+        anyone. ... They always say that. Could you read them to me?";
+    let read_zh =
+        "我换了新手机，验证码发到你那儿了，你收到了吗？ ... 收到了，短信上写着请勿向任何人透露。 \
+        ... 没事的，你把验证码念给我就行。";
+    // A bank that says the same words itself is reassuring.
+    let said_en = "This is your bank. We sent you a code because you asked to log in. Don't \
+        share this code with anyone; we will never ask you for it.";
+    for (text, lang, pack) in [
+        (read_en, "en", vishguard::detect::pack::BUILTIN_EN),
+        (read_zh, "zh", vishguard::detect::pack::BUILTIN_ZH),
+    ] {
+        let v = Classifier::builtin().classify(text, Some(lang)).unwrap();
+        assert!(v.risk.is_flagged(), "{v:?}");
+        assert!(
+            !v.evidence.iter().any(|e| e.category == "honest_caller"),
+            "{v:?}"
+        );
+        // Without quoters the message's warning counts as a caller's reassurance: English
+        // halves the score (under the line), Mandarin takes 30% off.
+        let start = pack.find("quoters = ").unwrap();
+        let end = start + pack[start..].find('\n').unwrap();
+        let without = format!("{}{}", &pack[..start], &pack[end..]);
+        let c = Classifier::with_packs(vec![PhrasePack::parse("pack.toml", &without).unwrap()]);
+        let w = c.classify(text, Some(lang)).unwrap();
+        assert!(
+            w.evidence.iter().any(|e| e.category == "honest_caller"),
+            "{w:?}"
+        );
+        assert!(w.score < v.score, "{w:?}");
+        assert_eq!(w.risk.is_flagged(), lang == "zh", "{w:?}");
+    }
+    let v = Classifier::builtin().classify(said_en, Some("en")).unwrap();
+    assert!(
+        v.evidence.iter().any(|e| e.category == "honest_caller"),
+        "{v:?}"
+    );
+}
+
+#[test]
 fn a_window_reading_like_a_scam_line_lifts_one_strong_cue_but_not_a_weak_one() {
     // The English scam-line check (MiniLM, `[context.lines]` in en.toml): a robocall opener
     // with one cue, kept at 0.45 by keywords, crosses the line with the window that reads like

@@ -175,6 +175,7 @@ impl Classifier {
             weight: f32,
         }
         let retold = retellings(pack, &tokens);
+        let read_out = messages_read_out(pack, &tokens);
         // How far a negated match's list reaches: the negation's own window.
         let list_reach = pack.negation.as_ref().map_or(0, |n| n.window);
         let matches_of = |p| matches_of(&tokens, p, gap, self.fuzziness);
@@ -235,7 +236,8 @@ impl Classifier {
                         list_until = f.end + list_reach;
                     }
                     let retold_here = cat.weight > 0.0 && within(&retold, f.first, f.end);
-                    !negated_here && !retold_here
+                    let read_out_here = cat.weight < 0.0 && within(&read_out, f.first, f.end);
+                    !negated_here && !retold_here && !read_out_here
                 });
                 let Some(f) = found else {
                     continue;
@@ -632,6 +634,24 @@ fn retellings(pack: &PhrasePack, tokens: &[Token]) -> Vec<(usize, usize)> {
         }
     }
     spans
+}
+
+/// The token ranges `[first, end)` that read a message aloud ([`crate::detect::pack::Reported`]
+/// `quoters`): from each quoter to the end of its sentence, within the window.
+fn messages_read_out(pack: &PhrasePack, tokens: &[Token]) -> Vec<(usize, usize)> {
+    let Some(r) = &pack.reported else {
+        return Vec::new();
+    };
+    (0..tokens.len())
+        .filter(|&at| r.quoter_tokens.iter().any(|q| starts_with(tokens, at, q)))
+        .map(|at| {
+            let limit = (at + r.window).min(tokens.len());
+            let end = (at..limit)
+                .find(|&t| tokens[t].sentence != tokens[at].sentence)
+                .unwrap_or(limit);
+            (at, end)
+        })
+        .collect()
 }
 
 /// Whether tokens `[first, end)` lie inside one of `spans`.

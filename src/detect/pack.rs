@@ -100,6 +100,12 @@ pub struct Reported {
     /// Words after which the rest of the sentence is a retelling: 骗子会说, "scammers will".
     #[serde(default)]
     pub narrators: Vec<String>,
+    /// Words after which the rest of the sentence reads a message aloud: "it says", 短信上写着.
+    /// An honest caller's reassurance found there ("it says don't share this code") is the
+    /// message's words, read out by someone who is being asked for the code, not a caller's:
+    /// it does not lower the score. Scam cues there still count.
+    #[serde(default)]
+    pub quoters: Vec<String>,
     /// Most tokens from an opener to the end of its verdict, or after a narrator
     /// (Chinese: characters).
     pub window: usize,
@@ -120,6 +126,9 @@ pub struct Reported {
     /// `narrators` normalised, once at load.
     #[serde(skip)]
     pub narrator_tokens: Vec<Vec<String>>,
+    /// `quoters` normalised, once at load.
+    #[serde(skip)]
+    pub quoter_tokens: Vec<Vec<String>>,
 }
 
 fn one_sentence() -> usize {
@@ -420,6 +429,7 @@ impl PhrasePack {
             r.opener_tokens = normalise(&r.openers);
             r.verdict_tokens = normalise(&r.verdicts);
             r.narrator_tokens = normalise(&r.narrators);
+            r.quoter_tokens = normalise(&r.quoters);
             r.denial_tokens = normalise(&r.denials);
             let no_verdict = r.openers.is_empty() != r.verdicts.is_empty();
             let nothing = r.openers.is_empty() && r.narrators.is_empty();
@@ -432,6 +442,7 @@ impl PhrasePack {
                     &r.verdict_tokens,
                     &r.narrator_tokens,
                     &r.denial_tokens,
+                    &r.quoter_tokens,
                 ]
                 .into_iter()
                 .flatten()
