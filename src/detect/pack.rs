@@ -717,11 +717,7 @@ mod tests {
             // The call model: thresholds out of range, weights that are nowhere.
             ("[context.call_model]", "gate = ", "gate = 1"),
             // A lift needs the keyword score it starts from.
-            (
-                "[context.call_model]",
-                "gate = 0.3",
-                "gate = 0.3\nlift = 0.8",
-            ),
+            ("[context.call_model]", "lift_min_score = 0.15\n", ""),
             (
                 "[context.call_model]",
                 "weights = \"zh_call_model.json\"",
