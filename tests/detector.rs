@@ -888,16 +888,26 @@ fn a_mandarin_warning_about_the_code_reads_as_an_honest_line() {
     );
 }
 
-/// Counts on an `ID|LABEL|TYPE|TEXT` set of `benches/` (scams and near-domain honest calls).
-fn set_counts(c: &Classifier, path: &str, lang: &str) -> Counts {
+/// The rows of an `ID|LABEL|TYPE|TEXT` set of `benches/`: (id, label, text).
+fn set_rows(path: &str) -> Vec<(String, String, String)> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let [id, label, _, said] = line.splitn(4, '|').collect::<Vec<_>>()[..] else {
+                panic!("{}: not ID|LABEL|TYPE|TEXT: {line}", path.display());
+            };
+            (id.to_string(), label.to_string(), said.to_string())
+        })
+        .collect()
+}
+
+/// Counts on an `ID|LABEL|TYPE|TEXT` set of `benches/` (scams and near-domain honest calls).
+fn set_counts(c: &Classifier, path: &str, lang: &str) -> Counts {
     let mut k = Counts::default();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let [_, label, _, said] = line.splitn(4, '|').collect::<Vec<_>>()[..] else {
-            panic!("{}: not ID|LABEL|TYPE|TEXT: {line}", path.display());
-        };
-        let flagged = c.classify(said, Some(lang)).unwrap().risk.is_flagged();
+    for (_, label, said) in set_rows(path) {
+        let flagged = c.classify(&said, Some(lang)).unwrap().risk.is_flagged();
         k.add(label == "scam", flagged);
     }
     k
@@ -1046,15 +1056,12 @@ fn mandarin_heard_through_the_telephone_band_is_matched_by_how_it_sounds() {
     assert!(default.fp <= 10, "{default:?}");
 }
 
-/// The line of a `ID|LABEL|TYPE|TEXT` set with this id: its text.
+/// The text of the row of an `ID|LABEL|TYPE|TEXT` set with this id.
 fn set_line(path: &str, id: &str) -> String {
-    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{id}|")))
-        .and_then(|rest| rest.splitn(3, '|').nth(2))
+    set_rows(path)
+        .into_iter()
+        .find_map(|(i, _, said)| (i == id).then_some(said))
         .unwrap_or_else(|| panic!("{id} not in {path}"))
-        .to_string()
 }
 
 #[test]
