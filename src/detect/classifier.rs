@@ -380,7 +380,8 @@ impl Classifier {
                 // The keywords heard the topic of a scam; the call reads as an honest one.
                 score = p;
             } else if score < pack.levels.suspected
-                && m.lift_min_score.is_some_and(|s| score >= s)
+                && (m.lift_min_score.is_some_and(|s| score >= s)
+                    || m.alone_min_windows.is_some_and(|a| windows >= a))
                 && m.lift.is_some_and(|l| p >= l)
             {
                 if let Some(e) = lift {
@@ -434,7 +435,11 @@ impl Classifier {
         let least = settings
             .lift_min_score
             .map_or(pack.levels.suspected, |s| s.min(pack.levels.suspected));
-        if score < least || tokens.is_empty() {
+        // Below the least score only a long call can move (the model alone lifting it).
+        let alone_from = settings
+            .alone_min_windows
+            .filter(|_| settings.lift.is_some());
+        if (score < least && alone_from.is_none()) || tokens.is_empty() {
             return None;
         }
         if check.encoder_name(pack) != model.encoder {
@@ -447,7 +452,9 @@ impl Classifier {
             return None;
         }
         let spans = line_spans(tokens.len(), lines.window, lines.stride);
-        if spans.len() < settings.min_windows {
+        if spans.len() < settings.min_windows
+            || (score < least && alone_from.is_none_or(|a| spans.len() < a))
+        {
             return None;
         }
         let vectors = match check.window_vectors(pack, &windows_of(text, tokens, &spans)) {

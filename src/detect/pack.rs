@@ -193,8 +193,9 @@ pub struct ScriptContext {
 /// stay the evidence; the model's probability `p` vetoes or corroborates: a call the keywords
 /// flag is not flagged when `p < gate` (its score becomes `p`), and, where the pack sets a
 /// `lift`, one they do not flag is suspected when its keyword score is at least
-/// `lift_min_score` and `p >= lift`. So an alert needs both readings, except where the model
-/// is sure and a strong cue was heard.
+/// `lift_min_score` and `p >= lift`, or, where the pack sets `alone_min_windows`, at any
+/// score when the transcript has that many windows and `p >= lift`. So an alert needs both
+/// readings, except where the model is sure and a strong cue was heard, or the call is long.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallModelSettings {
@@ -221,6 +222,16 @@ pub struct CallModelSettings {
     /// Defaults to `min_windows`.
     #[serde(default)]
     pub veto_min_windows: Option<usize>,
+    /// With a `lift`: transcripts of this many windows or more are lifted at `p >= lift`
+    /// whatever their keyword score (the model alone). For the telephone: base may hear no
+    /// cue at all of a Mandarin scam (keyword score 0) and still enough for the model to read
+    /// the call as one. Short calls are left out because the honest calls the model alone
+    /// lifted were short (benches/train_call_model.py zh, each set left out in turn: from 3
+    /// windows 10 more scams and 2 honest calls lifted, from 10 windows 4 and none). Every
+    /// transcript of this length is then read by the encoder, cue or not (about 1 s of CPU
+    /// per 400 Mandarin characters with e5-small).
+    #[serde(default)]
+    pub alone_min_windows: Option<usize>,
     /// The weights, loaded with the pack.
     #[serde(skip)]
     pub model: Option<std::sync::Arc<super::call_model::CallModel>>,
@@ -502,10 +513,13 @@ impl PhrasePack {
                         .veto_min_windows
                         .is_none_or(|v| (m.min_windows..=1000).contains(&v))
                     || !m.lift.into_iter().chain(m.lift_min_score).all(in_range)
+                    || !m
+                        .alone_min_windows
+                        .is_none_or(|a| m.lift.is_some() && (m.min_windows..=1000).contains(&a))
                 {
                     return Err(fail(
                         line_of("[context.call_model]"),
-                        "context.call_model needs [context.lines] (it reads its windows), a gate in 0..1, lift and lift_min_score in 0..1 (both or neither), min_windows in 1..1000 and veto_min_windows in min_windows..1000".into(),
+                        "context.call_model needs [context.lines] (it reads its windows), a gate in 0..1, lift and lift_min_score in 0..1 (both or neither), min_windows in 1..1000, veto_min_windows in min_windows..1000 and alone_min_windows (with a lift) in min_windows..1000".into(),
                     ));
                 }
             }
@@ -718,6 +732,17 @@ mod tests {
             ("[context.call_model]", "gate = ", "gate = 1"),
             // A lift needs the keyword score it starts from.
             ("[context.call_model]", "lift_min_score = 0.15\n", ""),
+            // The model alone lifts from a length of at least min_windows, and only with a lift.
+            (
+                "[context.call_model]",
+                "alone_min_windows = 10",
+                "alone_min_windows = 1",
+            ),
+            (
+                "[context.call_model]",
+                "lift = 0.96\nlift_min_score = 0.15\n",
+                "",
+            ),
             (
                 "[context.call_model]",
                 "weights = \"zh_call_model.json\"",
