@@ -74,16 +74,20 @@ HEARD_READ = {"en": False, "zh": True}
 
 def pack_settings(lang):
     """gate, lift, lift_min_score, suspected, veto_min_windows and alone_min_windows from the
-    built-in pack."""
+    built-in pack, by name."""
     with open(os.path.join(ROOT, "models", "phrases", f"{lang}.toml"), "rb") as f:
         pack = tomllib.load(f)
     m = pack["context"].get("call_model", {"gate": 0.3})
-    # No lift: nothing is lifted (p never exceeds 1).
-    lift = (m.get("lift", 2.0), m.get("lift_min_score", 0.0))
-    veto_from = m.get("veto_min_windows", m.get("min_windows", MIN_WINDOWS))
-    # No alone_min_windows: the model never lifts alone.
-    alone_from = m.get("alone_min_windows", 10**9)
-    return m["gate"], *lift, pack["levels"]["suspected"], veto_from, alone_from
+    return dict(
+        gate=m["gate"],
+        # No lift: nothing is lifted (p never exceeds 1).
+        lift=m.get("lift", 2.0),
+        lift_min_score=m.get("lift_min_score", 0.0),
+        suspected=pack["levels"]["suspected"],
+        veto_min_windows=m.get("veto_min_windows", m.get("min_windows", MIN_WINDOWS)),
+        # No alone_min_windows: the model never lifts alone.
+        alone_min_windows=m.get("alone_min_windows", 10**9),
+    )
 
 
 def digest(path):
@@ -166,7 +170,10 @@ def flags(rows, p, settings):
     """The verdicts with the model, as `classifier.rs` moves them (transcripts of fewer than
     `MIN_WINDOWS` windows keep the keywords', and those of fewer than `veto_min_windows` are
     not vetoed)."""
-    gate, lift, lift_min, suspected, veto_from, alone_from = settings
+    gate, lift, lift_min, suspected, veto_from, alone_from = (
+        settings[k]
+        for k in ("gate", "lift", "lift_min_score", "suspected", "veto_min_windows", "alone_min_windows")
+    )
     return [
         r["score"] >= suspected
         if len(r["vs"]) < MIN_WINDOWS
@@ -285,20 +292,17 @@ def main():
     if not os.path.exists(BIN):
         sys.exit(f"{BIN} is missing: cargo build --release --example window_vectors")
     settings = pack_settings(a.lang)
-    if a.veto_min_windows is not None:
-        settings = (*settings[:4], a.veto_min_windows, settings[5])
-    if a.lift is not None:
-        settings = (settings[0], a.lift, *settings[2:])
-    if a.lift_min_score is not None:
-        settings = (*settings[:2], a.lift_min_score, *settings[3:])
-    if a.alone_min_windows is not None:
-        settings = (*settings[:5], a.alone_min_windows or 10**9)
+    for key in ("veto_min_windows", "lift", "lift_min_score", "alone_min_windows"):
+        if getattr(a, key) is not None:
+            settings[key] = getattr(a, key)
+    if settings["alone_min_windows"] == 0:
+        settings["alone_min_windows"] = 10**9
     groups, dev1 = training_groups(a.lang, a.heard)
     width = max(len(g) for g in groups) + 2
     print(f"{'set':{width}} {'keywords':>24} {'with the call model':>24}")
 
     def row(name, rows, p):
-        kw = counts(rows, [r["score"] >= settings[3] for r in rows])
+        kw = counts(rows, [r["score"] >= settings["suspected"] for r in rows])
         print(f"{name:{width}} {show(kw):>24} {show(counts(rows, flags(rows, p, settings))):>24}")
         return kw, counts(rows, flags(rows, p, settings))
 

@@ -380,8 +380,7 @@ impl Classifier {
                 // The keywords heard the topic of a scam; the call reads as an honest one.
                 score = p;
             } else if score < pack.levels.suspected
-                && (m.lift_min_score.is_some_and(|s| score >= s)
-                    || m.alone_min_windows.is_some_and(|a| windows >= a))
+                && m.may_lift(score, windows)
                 && m.lift.is_some_and(|l| p >= l)
             {
                 if let Some(e) = lift {
@@ -432,14 +431,10 @@ impl Classifier {
         let (settings, lines) = (ctx.call_model.as_ref()?, ctx.lines.as_ref()?);
         let model = settings.model.as_ref()?;
         let check = self.context_check.as_ref().filter(|_| self.call_model)?;
-        let least = settings
-            .lift_min_score
-            .map_or(pack.levels.suspected, |s| s.min(pack.levels.suspected));
-        // Below the least score only a long call can move (the model alone lifting it).
-        let alone_from = settings
-            .alone_min_windows
-            .filter(|_| settings.lift.is_some());
-        if (score < least && alone_from.is_none()) || tokens.is_empty() {
+        // The reading can move a flagged call (veto) or one the pack may lift.
+        let may_move =
+            |windows: usize| score >= pack.levels.suspected || settings.may_lift(score, windows);
+        if !may_move(usize::MAX) || tokens.is_empty() {
             return None;
         }
         if check.encoder_name(pack) != model.encoder {
@@ -452,9 +447,7 @@ impl Classifier {
             return None;
         }
         let spans = line_spans(tokens.len(), lines.window, lines.stride);
-        if spans.len() < settings.min_windows
-            || (score < least && alone_from.is_none_or(|a| spans.len() < a))
-        {
+        if spans.len() < settings.min_windows || !may_move(spans.len()) {
             return None;
         }
         let vectors = match check.window_vectors(pack, &windows_of(text, tokens, &spans)) {

@@ -242,6 +242,15 @@ impl CallModelSettings {
     pub fn veto_from(&self) -> usize {
         self.veto_min_windows.unwrap_or(self.min_windows)
     }
+
+    /// Whether a transcript of this keyword score and this many windows may be lifted (when
+    /// the model reads `lift` or more): from `lift_min_score`, or at any score from
+    /// `alone_min_windows`. `usize::MAX` windows asks whether any length may be.
+    pub fn may_lift(&self, score: f32, windows: usize) -> bool {
+        self.lift.is_some()
+            && (self.lift_min_score.is_some_and(|s| score >= s)
+                || self.alone_min_windows.is_some_and(|a| windows >= a))
+    }
 }
 
 /// The whole transcript, window by window, against the canonical lines: a window close to a
