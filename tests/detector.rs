@@ -709,6 +709,39 @@ patterns = ["press (1|9)", "press (one|nine)"]
 }
 
 #[test]
+fn an_honest_callers_words_are_not_read_as_cues_inside_them() {
+    let c = Classifier::builtin();
+    let kinds = |text: &str, lang| {
+        let v = c.classify(text, Some(lang)).unwrap();
+        let kinds: Vec<String> = v.evidence.iter().map(|e| e.category.clone()).collect();
+        (v, kinds)
+    };
+    // A bank's warning owns its words: not the secrecy of "不要告诉", not a request for the
+    // password (a customer reading out her own account to her bank was flagged on these).
+    let (warning, cues) = kinds("为了您的资金安全，请不要把密码告诉任何人。", "zh");
+    assert_eq!(cues, ["honest_caller"], "{warning:?}");
+    // The same words asked of the listener are still the request.
+    let (ask, cues) = kinds("这件事不要告诉任何人，把密码告诉我。", "zh");
+    assert!(ask.risk.is_flagged(), "{ask:?}");
+    assert!(cues.iter().any(|k| k == "secrecy"), "{ask:?}");
+    // English skips words inside one clause only: "account, then number" is no account number.
+    let (port_out, _) = kinds(
+        "You can make a transfer PIN in the app under account, then number transfer PIN.",
+        "en",
+    );
+    assert!(
+        port_out
+            .evidence
+            .iter()
+            .all(|e| !e.matched_text.contains(',')),
+        "{port_out:?}"
+    );
+    // A company that will never ask for the PIN, and a call-back on the card's number.
+    let (alert, _) = kinds("This is an automated fraud alert from Capital One. If you made this purchase, press one. Capital One will never ask you for your PIN. Or call us back on the number printed on your card.", "en");
+    assert!(!alert.risk.is_flagged(), "{alert:?}");
+}
+
+#[test]
 fn scripts_outside_the_classic_four_are_flagged_and_their_honest_twins_are_not() {
     let c = support::detector();
     for (script, lang) in [

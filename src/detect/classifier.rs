@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::matcher::{find_from, Closeness, Found, Fuzziness, Pattern};
+use super::matcher::{find_from, Closeness, Found, Fuzziness, Gaps, Pattern};
 use super::normalize::{tokenize, Token};
 use super::pack::{CallModelSettings, PhrasePack};
 use super::script_context::{ContextCheck, WindowReading};
@@ -118,10 +118,13 @@ impl Classifier {
 
     pub fn classify_with(&self, pack: &PhrasePack, text: &str) -> Verdict {
         let tokens = tokenize(text);
-        let gap = if pack.language == "zh" {
-            pack.max_gap * HAN_GAP_FACTOR
-        } else {
-            pack.max_gap
+        let gap = Gaps {
+            max: if pack.language == "zh" {
+                pack.max_gap * HAN_GAP_FACTOR
+            } else {
+                pack.max_gap
+            },
+            cross_commas: pack.gaps_cross_commas,
         };
         let char_of = |byte: usize| char_index(text, byte);
         let mut evidence = Vec::new();
@@ -274,10 +277,19 @@ impl Classifier {
         // said once it must count once. The stronger reading stays. Within one category a
         // reading inside another's words is the same cue too ("售后客服" inside "京东的售后客服",
         // "验证码" inside "验证码告诉我"). Done before the context check, which would give both
-        // readings the same window and so the same discount.
+        // readings the same window and so the same discount. A scam cue inside an honest
+        // caller's words is that caller's: "不要把密码告诉任何人" is a bank's warning, not the
+        // secrecy of "不要告诉" nor a request for the password (a customer's call to her bank,
+        // heard unseen_l).
         let mut hits: Vec<Hit> = hits
             .iter()
             .enumerate()
+            .filter(|&(_, a)| {
+                a.weight < 0.0
+                    || !hits
+                        .iter()
+                        .any(|b| b.weight < 0.0 && b.first <= a.first && a.end <= b.end)
+            })
             .filter(|&(i, a)| {
                 let said_by_stronger = a.weight > 0.0
                     && hits.iter().enumerate().any(|(j, b)| {
@@ -576,11 +588,11 @@ fn windows_of(text: &str, tokens: &[Token], spans: &[(usize, usize)]) -> Vec<Str
 fn matches_of<'a>(
     tokens: &'a [Token],
     pattern: &'a Pattern,
-    max_gap: usize,
+    gaps: Gaps,
     fz: Fuzziness,
 ) -> impl Iterator<Item = Found> + 'a {
-    std::iter::successors(find_from(tokens, pattern, max_gap, fz, 0), move |f| {
-        find_from(tokens, pattern, max_gap, fz, f.end)
+    std::iter::successors(find_from(tokens, pattern, gaps, fz, 0), move |f| {
+        find_from(tokens, pattern, gaps, fz, f.end)
     })
 }
 

@@ -6,7 +6,8 @@
 //! - `(a|b|c)`: alternatives; `_` inside an alternative joins words (`(google_play|itunes)`);
 //! - `*`: any one token; a trailing `?` makes a slot optional.
 //!
-//! Between two slots up to the pack's `max_gap` tokens may be skipped.
+//! Between two slots up to the pack's `max_gap` tokens may be skipped; with
+//! `gaps_cross_commas = false`, only words of one clause ([`Gaps`]).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -457,6 +458,26 @@ fn match_slot(tokens: &[Token], pos: usize, slot: &Slot, fz: Fuzziness) -> Optio
         })
 }
 
+/// How many tokens a match may skip between two slots, and whether the skipped words may run
+/// across a comma. "You can generate a transfer PIN under account, then number transfer PIN"
+/// is not "account number": Whisper's commas fall at phrase breaks, so English keeps a gap in
+/// one clause (adjacent slots still match across a comma). Sentence ends are always barriers.
+#[derive(Debug, Clone, Copy)]
+pub struct Gaps {
+    pub max: usize,
+    pub cross_commas: bool,
+}
+
+impl Gaps {
+    /// Up to `max` tokens, across commas too.
+    pub fn up_to(max: usize) -> Self {
+        Self {
+            max,
+            cross_commas: true,
+        }
+    }
+}
+
 /// A pattern found in the tokens: token range and closeness.
 #[derive(Debug, Clone)]
 pub struct Found {
@@ -472,7 +493,7 @@ pub struct Found {
 /// ((max_gap + 1)^slots) on text they almost match.
 struct Search<'a> {
     tokens: &'a [Token],
-    max_gap: usize,
+    gaps: Gaps,
     fz: Fuzziness,
     memo: HashMap<(usize, usize, usize), Option<(usize, Tally)>>,
 }
@@ -498,12 +519,20 @@ impl Search<'_> {
             return known;
         }
         let mut found = None;
-        for start in pos..=(pos + self.max_gap).min(self.tokens.len()) {
+        for start in pos..=(pos + self.gaps.max).min(self.tokens.len()) {
             // Sentence ends are barriers: a pattern never spans "...arrest. A warrant...".
             if self
                 .tokens
                 .get(start)
                 .is_none_or(|t| t.sentence != sentence)
+            {
+                break;
+            }
+            // Skipped words stay in the clause the previous slot ended in.
+            if start > pos
+                && !self.gaps.cross_commas
+                && pos > 0
+                && self.tokens[pos - 1].clause != self.tokens[start].clause
             {
                 break;
             }
@@ -523,22 +552,22 @@ impl Search<'_> {
 }
 
 /// The first place the pattern occurs within one sentence, if any.
-pub fn find(tokens: &[Token], pattern: &Pattern, max_gap: usize, fz: Fuzziness) -> Option<Found> {
-    find_from(tokens, pattern, max_gap, fz, 0)
+pub fn find(tokens: &[Token], pattern: &Pattern, gaps: Gaps, fz: Fuzziness) -> Option<Found> {
+    find_from(tokens, pattern, gaps, fz, 0)
 }
 
 /// As [`find`], for the first match that starts at token `from` or later.
 pub fn find_from(
     tokens: &[Token],
     pattern: &Pattern,
-    max_gap: usize,
+    gaps: Gaps,
     fz: Fuzziness,
     from: usize,
 ) -> Option<Found> {
     let (head, tail) = pattern.slots.split_first()?;
     let mut search = Search {
         tokens,
-        max_gap,
+        gaps,
         fz,
         memo: HashMap::new(),
     };
@@ -568,7 +597,30 @@ mod tests {
     fn found(text: &str, pattern: &str, lang: &str, fz: Fuzziness) -> Option<Closeness> {
         let p = compile_pattern(pattern, lang, 0.5).unwrap();
         let gap = if lang == "zh" { 6 } else { 2 };
-        find(&tokenize(text), &p, gap, fz).map(|f| f.closeness)
+        find(&tokenize(text), &p, Gaps::up_to(gap), fz).map(|f| f.closeness)
+    }
+
+    #[test]
+    fn words_skipped_in_one_clause_only_when_the_pack_says_so() {
+        let p = compile_pattern("(card|account) number", "en", 0.5).unwrap();
+        let fz = Fuzziness::default();
+        let one_clause = Gaps {
+            max: 2,
+            cross_commas: false,
+        };
+        let at = |text: &str, gaps| find(&tokenize(text), &p, gaps, fz).map(|f| (f.first, f.end));
+        let port_out = "It is in the app under account, then number transfer PIN.";
+        assert_eq!(at(port_out, Gaps::up_to(2)), Some((6, 9)));
+        assert_eq!(at(port_out, one_clause), None);
+        // A gap inside the clause, and adjacent slots across a comma, still match.
+        assert_eq!(at("read me the account, number", one_clause), Some((3, 5)));
+        assert_eq!(at("your account routing number", one_clause), Some((1, 4)));
+        // Clauses are counted over the whole text, full-width commas too.
+        let t = tokenize("好的，卡号, then");
+        assert_eq!(
+            t.iter().map(|t| t.clause).collect::<Vec<_>>(),
+            [0, 0, 1, 1, 2]
+        );
     }
 
     #[test]
@@ -777,9 +829,9 @@ mod tests {
         let p = compile_pattern(&pattern, "en", 0.5).unwrap();
         let text = vec!["a"; 600].join(" ");
         let tokens = tokenize(&text);
-        assert!(find(&tokens, &p, 40, Fuzziness::default()).is_none());
+        assert!(find(&tokens, &p, Gaps::up_to(40), Fuzziness::default()).is_none());
         let text = text + " zebra";
-        let f = find(&tokenize(&text), &p, 40, Fuzziness::default()).unwrap();
+        let f = find(&tokenize(&text), &p, Gaps::up_to(40), Fuzziness::default()).unwrap();
         assert_eq!(f.end, 601);
     }
 }

@@ -21,6 +21,9 @@ pub struct Token {
     /// ("I.R.S.") or one inside a number or name ("3.5", "paypal.com"). Patterns never span
     /// two sentences.
     pub sentence: usize,
+    /// Which clause it is in: the count of commas (`,` `，`) before it in the whole text. A
+    /// pack may keep the words a pattern skips within one clause (`gaps_cross_commas`).
+    pub clause: usize,
 }
 
 fn is_han(c: char) -> bool {
@@ -154,6 +157,7 @@ pub fn tokenize(text: &str) -> Vec<Token> {
                     span: raw[i].1.start..raw[j - 1].1.end,
                     han: false,
                     sentence: raw[i].4,
+                    clause: 0,
                 });
                 i = j;
                 continue;
@@ -168,6 +172,7 @@ pub fn tokenize(text: &str) -> Vec<Token> {
                     span: span.clone(),
                     han: false,
                     sentence: *sentence,
+                    clause: 0,
                 });
             }
         } else {
@@ -180,9 +185,18 @@ pub fn tokenize(text: &str) -> Vec<Token> {
                 span: span.clone(),
                 han: *han,
                 sentence: *sentence,
+                clause: 0,
             });
         }
         i += 1;
+    }
+    let commas: Vec<usize> = text
+        .char_indices()
+        .filter(|&(_, c)| c == ',' || c == '，')
+        .map(|(i, _)| i)
+        .collect();
+    for t in &mut out {
+        t.clause = commas.partition_point(|&at| at < t.span.start);
     }
     out
 }

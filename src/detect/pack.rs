@@ -14,6 +14,9 @@ struct PackFile {
     language: String,
     /// Tokens that may be skipped between two words of a pattern.
     max_gap: usize,
+    /// Whether those skipped tokens may run across a comma (default yes; see `matcher::Gaps`).
+    #[serde(default = "yes")]
+    gaps_cross_commas: bool,
     levels: Levels,
     /// Score ceiling when all evidence is from one category not marked `standalone`: one
     /// kind of cue alone ("your account") is what honest calls say too.
@@ -133,6 +136,10 @@ pub struct Reported {
 
 fn one_sentence() -> usize {
     1
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Scam scripts speak to the listener ("your account will be suspended"); people chatting
@@ -319,6 +326,7 @@ pub struct Category {
 pub struct PhrasePack {
     pub language: String,
     pub max_gap: usize,
+    pub gaps_cross_commas: bool,
     pub levels: Levels,
     pub single_category_cap: f32,
     pub addressee: Option<Addressee>,
@@ -611,6 +619,7 @@ impl PhrasePack {
         Ok(Self {
             language: raw.language,
             max_gap: raw.max_gap,
+            gaps_cross_commas: raw.gaps_cross_commas,
             levels: raw.levels,
             single_category_cap: raw.single_category_cap,
             addressee: raw.addressee,
