@@ -138,11 +138,7 @@ fn stream_events(broker: &Broker) -> Vec<Value> {
         return Vec::new();
     }
     assert!(out.status.success(), "{stderr}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    support::json_lines(&out.stdout)
 }
 
 /// Polls the events stream until `calls` calls have ended; the events then.

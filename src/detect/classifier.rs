@@ -285,12 +285,12 @@ impl Classifier {
         // said once it must count once. The stronger reading stays. Within one category a
         // reading inside another's words is the same cue too ("售后客服" inside "京东的售后客服",
         // "验证码" inside "验证码告诉我"). Done before the context check, which would give both
-        // readings the same window and so the same discount. A scam cue inside an honest
-        // caller's words is that caller's: "不要把密码告诉任何人" is a bank's warning, not the
-        // secrecy of "不要告诉" nor a request for the password (a customer's call to her bank,
-        // heard unseen_l).
-        // The honest caller's words go first, so that a stronger cue dropped with them cannot
-        // then suppress a weaker reading that reaches outside them.
+        // readings the same window and so the same discount.
+        // First, a scam cue inside an honest caller's words is that caller's: "不要把密码告诉任何
+        // 人" is a bank's warning, not the secrecy of "不要告诉" nor a request for the password
+        // (a customer's call to her bank, heard unseen_l). Done before the one-cue filter, so
+        // that a stronger cue dropped with the honest words cannot then suppress a weaker
+        // reading that reaches outside them.
         let hits: Vec<Hit> = hits
             .iter()
             .filter(|a| {

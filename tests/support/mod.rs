@@ -28,7 +28,12 @@ pub fn json_stdout(cmd: &mut Command) -> Vec<serde_json::Value> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
+    json_lines(&out.stdout)
+}
+
+/// A command's standard output read as JSON lines.
+pub fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    std::str::from_utf8(stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
