@@ -5,8 +5,6 @@ pub mod allocator;
 pub mod bias;
 pub mod decode;
 pub mod device;
-pub mod f16_weights;
-pub mod fast_ops;
 pub mod language;
 pub mod mel;
 pub mod model;
@@ -14,6 +12,9 @@ pub mod pieces;
 pub mod threads;
 pub mod tokens;
 pub mod transcribe;
+
+// The CPU kernels live in crates/cpu-ops, compiled with optimisation even in test builds.
+pub use vishguard_cpu_ops::{f16_weights, fast_ops};
 
 pub use device::{ComputeType, DeviceChoice};
 pub use language::{simplified, written_language};

@@ -281,11 +281,11 @@ pub fn product_of_few_rows(x: &Tensor, weight: Option<&Tensor>) -> Result<Option
 
 /// An f16 copy of `weights` when it is an f32 tensor on the CPU whose every value f16 holds
 /// exactly (as the bundled models', stored in f16 and widened at load); `None` otherwise, and
-/// always in builds without optimisation (the test profile compiles this crate at opt-level
-/// 0, where these kernels run far slower than candle's gemm, which is optimised as a
-/// dependency: a real-speed live test's alert came 13.8 s late that way).
+/// always when this crate was compiled without optimisation (`cfg(unoptimised)`, set by
+/// build.rs), where these kernels run far slower than candle's gemm: a real-speed live test's
+/// alert came 13.8 s late that way, when they were part of vishguard's opt-level-0 test build.
 pub fn f16_copy(weights: &Tensor) -> Result<Option<Tensor>> {
-    if cfg!(debug_assertions) || !weights.device().is_cpu() || weights.dtype() != DType::F32 {
+    if cfg!(unoptimised) || !weights.device().is_cpu() || weights.dtype() != DType::F32 {
         return Ok(None);
     }
     // Read in place and narrowed in parallel chunks, the check in the same pass: checking
@@ -351,7 +351,7 @@ fn is_f16_value(v: f32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::asr::fast_ops::tests::max_abs_diff;
+    use crate::fast_ops::tests::max_abs_diff;
     use candle_core::Device;
 
     #[test]
