@@ -8,10 +8,13 @@
 #    samples and the real call; F32 must be word-exact, F16 within 0.01 WER;
 # 2. recognition throughput (audio seconds per wall second) at batch 1, 16, 64, 256;
 # 3. concurrent simulated real-time calls through the whole engine, up to the first number
-#    at which transcript lag p95 passes 1.5 s or audio is dropped.
+#    at which transcript lag p95 passes 1.5 s or audio is dropped;
+# 4. the kernels of kernels/ against the CPU path they replace (`vishguard bench kernels`:
+#    largest difference against its bound, audio seconds per second on both; once, not per
+#    model).
 # Prints one table last. Environment: MODELS (default "tiny.en base"), CALLS_tiny_en,
 # CALLS_base (the steps of 3), CALL_SECONDS (20), ASR_WORKERS (4), SKIP (space-separated:
-# transcripts throughput live), PLAN (MODEL:STEP ..., the order), BUDGET (seconds, 480).
+# transcripts throughput live kernels), PLAN (MODEL:STEP ..., the order), BUDGET (seconds, 480).
 set -u
 BIN=$(readlink -f "$1"); export VISHGUARD_HOME=$(readlink -f "$2"); OUT=$3; REAL=${4:-}
 mkdir -p "$OUT"
@@ -90,9 +93,20 @@ live() {
   cat "$OUT/live.$m.txt"
 }
 
-# PLAN: the steps in order, as MODEL:STEP (default: each model's three steps in turn).
+kernels() {
+  # On the CPU the kernels' references are direct sums, far slower than a GPU: fewer rows.
+  local rows=1,16,64,256
+  [ "$DEV" = cpu ] && rows=1,4
+  (cd "$HERE" && timeout "$(cap 90)" "$BIN" bench kernels --device "$DEV" --rows "$rows" \
+    --frames 3000 --seconds 2) > "$OUT/kernels.txt" 2> "$OUT/kernels.err"
+  echo "kernels: exit $?"
+  cat "$OUT/kernels.txt"
+}
+
+# PLAN: the steps in order, as MODEL:STEP (default: the kernels, then each model's three
+# steps in turn; the kernels take the first model's name but do not use a model).
 if [ -z "${PLAN:-}" ]; then
-  PLAN=""
+  PLAN="none:kernels"
   for m in $MODELS; do PLAN="$PLAN $m:transcripts $m:throughput $m:live"; done
 fi
 for item in $PLAN; do
@@ -107,6 +121,9 @@ kill $SMI 2>/dev/null
 echo "== table"
 python3 "$HERE/benches/compare_transcripts.py" --smi "$OUT/smi.csv" 2>/dev/null
 cat "$OUT"/compare.txt 2>/dev/null
+if [ -s "$OUT/kernels.txt" ]; then cat "$OUT/kernels.txt"
+elif [ -f "$OUT/kernels.err" ]; then echo "(kernels did not finish:)"; tail -n 8 "$OUT/kernels.err"
+fi
 # A step cut short by its timeout left no table: its progress lines (on stderr) stand in.
 for kind in throughput live; do
   for m in $MODELS; do

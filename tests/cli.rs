@@ -181,3 +181,38 @@ fn a_beam_size_out_of_range_is_refused_with_the_reason() {
         assert!(out.stdout.is_empty());
     }
 }
+
+#[test]
+fn bench_kernels_checks_each_kernel_against_the_production_path() {
+    // On the CPU the op runs the kernels' references (the GPU check runs the same command with
+    // --device cuda): every row within its bound, exit 0, one table row per kernel and size.
+    let out = vishguard()
+        .current_dir(support::repo())
+        .args(["bench", "kernels", "--device", "cpu", "--rows", "1,3"])
+        .args(["--frames", "300", "--seconds", "0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    for kernel in ["log-mel", "g711"] {
+        for rows in ["1", "3"] {
+            assert!(
+                stdout.lines().any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() == 7 && f[0] == kernel && f[1] == rows && f[3] == "ok"
+                }),
+                "{kernel} x{rows} missing or failed:\n{stdout}"
+            );
+        }
+    }
+    // A device this build lacks is named, not a panic.
+    let out = vishguard()
+        .current_dir(support::repo())
+        .args(["bench", "kernels", "--device", "metal", "--rows", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.to_lowercase().contains("metal"), "{stderr}");
+}

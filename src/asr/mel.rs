@@ -108,6 +108,16 @@ impl MelSpectrogram {
         self.n_mels
     }
 
+    /// The mel filters, `n_mels` of them, each over its own run of the 201 FFT bins.
+    pub fn filters(&self) -> &[MelFilter] {
+        &self.filters
+    }
+
+    /// The periodic Hann window, `N_FFT` taps.
+    pub fn hann_window(&self) -> &[f32] {
+        &self.window
+    }
+
     /// Mel power spectrum (before the log) of `samples`: `[n_mels][frames]` flattened row-major,
     /// with `frames = samples.len() / HOP`. Frames are centred, with reflection at the edges.
     pub fn power(&self, samples: &[f32]) -> (Vec<f32>, usize) {

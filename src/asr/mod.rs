@@ -7,6 +7,7 @@ pub mod decode;
 pub mod device;
 pub mod language;
 pub mod mel;
+pub mod mel_batch;
 pub mod model;
 pub mod pieces;
 pub mod threads;

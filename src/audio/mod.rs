@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod g711;
+pub mod g711_batch;
 pub mod resample;
 pub mod utterance;
 pub mod vad;

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
 use clap::{Args, Subcommand};
 
 use super::args::AsrArgs;
@@ -38,6 +39,32 @@ pub enum BenchCommand {
     /// BYE. Alert latency against `listen --realtime`, then concurrent calls up to the first
     /// level that falls behind, with the server's CPU and memory.
     Rtp(rtp::RtpArgs),
+    /// The GPU kernels (kernels/) against the CPU path they replace: the largest difference
+    /// of their output from the production CPU computation on the same audio, against the
+    /// bound each promises, and audio seconds per wall second on both. Exits 1 when a kernel
+    /// passes its bound.
+    Kernels(KernelsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KernelsArgs {
+    /// Where the kernels run: cpu (their CPU references), cuda, cuda:N [default: auto].
+    #[arg(long, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<crate::asr::DeviceChoice>()))]
+    pub device: Option<crate::asr::DeviceChoice>,
+    #[command(flatten)]
+    pub audio: BenchAudio,
+    /// Rows (utterances) per batch, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    pub rows: Vec<usize>,
+    /// Frames per row (100 a second; 3000 is Whisper's 30-s window, 1500 the live 15 s one).
+    #[arg(long, default_value_t = 1500)]
+    pub frames: usize,
+    /// Mel bands (80; 128 for large-v3).
+    #[arg(long, default_value_t = 80)]
+    pub n_mels: usize,
+    /// Keep measuring each batch size for at least this many wall seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
 }
 
 /// What both measurements take.
@@ -106,6 +133,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
         BenchCommand::Throughput(a) => throughput(a),
         BenchCommand::Live(a) => live(a),
         BenchCommand::Rtp(a) => rtp::run(a),
+        BenchCommand::Kernels(a) => kernels(a),
     }
 }
 
@@ -251,6 +279,188 @@ fn throughput(args: ThroughputArgs) -> Result<i32> {
         println!("{r}");
     }
     Ok(0)
+}
+
+/// `bench kernels`: the batched log-mel (`asr::mel_batch`, kernels/log_mel.cu) against
+/// `MelSpectrogram::log_mel` row by row on all cores, on the same utterances.
+fn kernels(args: KernelsArgs) -> Result<i32> {
+    use crate::asr::mel::{MelSpectrogram, HOP};
+    use crate::asr::mel_batch::{LogMelBatch, REFERENCE_BOUND};
+    use rayon::prelude::*;
+
+    let device = args.device.unwrap_or_default().open()?;
+    let clips = utterances(&recordings(&args.audio, false)?);
+    if clips.is_empty() {
+        bail!("the recordings hold no speech");
+    }
+    let frames = args.frames.max(1);
+    let samples = frames * HOP;
+    let mel = MelSpectrogram::new(args.n_mels);
+    let op = LogMelBatch::new(&mel);
+    eprintln!(
+        "bench kernels: log-mel on {device:?}, {} utterances, {frames} frames a row",
+        clips.len()
+    );
+    let mut lines = Vec::new();
+    let mut failed = false;
+    let mut next = 0usize;
+    for &rows in &args.rows {
+        let rows = rows.max(1);
+        let batch: Vec<&[f32]> = (0..rows)
+            .map(|k| {
+                let c = &clips[(next + k) % clips.len()];
+                &c[..c.len().min(samples)]
+            })
+            .collect();
+        next += rows;
+        let audio_s = batch.iter().map(|c| c.len()).sum::<usize>() as f64 / 16_000.0;
+        let lens: Vec<usize> = batch.iter().map(|c| c.len()).collect();
+        let mut flat = vec![0f32; rows * samples];
+        for (r, c) in batch.iter().enumerate() {
+            flat[r * samples..r * samples + c.len()].copy_from_slice(c);
+        }
+        // The production path: one recording at a time, rows spread over the cores.
+        let mut want = Vec::new();
+        let cpu_s = time_runs(args.seconds, &mut || {
+            want = batch
+                .par_iter()
+                .map(|c| mel.log_mel(c).window_of(0, frames))
+                .collect::<Vec<_>>();
+            Ok(())
+        })?;
+        let mut got = Vec::new();
+        // Once before timing: the kernel's module is loaded on first use.
+        let run = |out: &mut Vec<f32>| -> Result<()> {
+            let pcm = Tensor::from_slice(&flat, (rows, samples), &device)?;
+            *out = op
+                .compute(&pcm, &lens, frames)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Ok(())
+        };
+        run(&mut got)?;
+        let op_s = time_runs(args.seconds, &mut || run(&mut got))?;
+        let per_row = op.n_mels() * frames;
+        let worst = want
+            .iter()
+            .enumerate()
+            .flat_map(|(r, w)| {
+                w.iter()
+                    .zip(&got[r * per_row..(r + 1) * per_row])
+                    .map(|(a, b)| (a - b).abs())
+            })
+            .fold(
+                0f32,
+                |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+            );
+        let ok = worst <= REFERENCE_BOUND;
+        failed |= !ok;
+        let line = kernel_line("log-mel", rows, worst, ok, audio_s, cpu_s, op_s);
+        eprintln!("{line}");
+        lines.push(line);
+    }
+    // G.711 to 16 kHz: the utterances at 8 kHz (every other sample: the bytes only need to be
+    // the same on both paths) as µ-law.
+    {
+        use crate::audio::g711::{encode_ulaw, Law};
+        use crate::audio::g711_batch::{production_row, relative_rms_difference, G711To16k};
+        let op = G711To16k::new(Law::Mu);
+        let bound = crate::audio::g711_batch::REFERENCE_BOUND;
+        for &rows in &args.rows {
+            let rows = rows.max(1);
+            let batch: Vec<Vec<u8>> = (0..rows)
+                .map(|k| {
+                    let c = &clips[(next + k) % clips.len()];
+                    encode_ulaw(&c.iter().step_by(2).copied().collect::<Vec<_>>())
+                })
+                .collect();
+            next += rows;
+            let n = batch.iter().map(Vec::len).max().unwrap_or(1).max(1);
+            let audio_s = batch.iter().map(Vec::len).sum::<usize>() as f64 / 8_000.0;
+            let lens: Vec<usize> = batch.iter().map(Vec::len).collect();
+            let mut flat = vec![0xffu8; rows * n];
+            for (r, c) in batch.iter().enumerate() {
+                flat[r * n..r * n + c.len()].copy_from_slice(c);
+            }
+            let mut want = Vec::new();
+            let cpu_s = time_runs(args.seconds, &mut || {
+                want = batch
+                    .par_iter()
+                    .map(|c| production_row(c, Law::Mu))
+                    .collect::<Vec<_>>();
+                Ok(())
+            })?;
+            let mut got = Vec::new();
+            let run = |out: &mut Vec<f32>| -> Result<()> {
+                let codes = Tensor::from_slice(&flat, (rows, n), &device)?;
+                *out = op.compute(&codes, &lens)?.flatten_all()?.to_vec1::<f32>()?;
+                Ok(())
+            };
+            run(&mut got)?;
+            let op_s = time_runs(args.seconds, &mut || run(&mut got))?;
+            let worst = want
+                .iter()
+                .enumerate()
+                .map(|(r, w)| relative_rms_difference(&got[r * 2 * n..r * 2 * n + w.len()], w, 320))
+                .fold(
+                    0f32,
+                    |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+                );
+            let ok = worst <= bound;
+            failed |= !ok;
+            let line = kernel_line("g711", rows, worst, ok, audio_s, cpu_s, op_s);
+            eprintln!("{line}");
+            lines.push(line);
+        }
+    }
+    println!(
+        "{:<8} {:>5} {:>10} {:>8} {:>12} {:>12} {:>7}",
+        "kernel", "rows", "max diff", "bound", "cpu audio x", "op audio x", "speedup"
+    );
+    for l in lines {
+        println!("{l}");
+    }
+    println!(
+        "(log-mel: largest difference in normalised log-mel units, bound {REFERENCE_BOUND:.0e}; \
+         g711: RMS difference relative to the production output, bound {:.0e}; cpu = the \
+         production path on all cores, op = the kernel on {device:?}, upload and download \
+         included)",
+        crate::audio::g711_batch::REFERENCE_BOUND
+    );
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// Wall seconds per call of `f`, called until at least `seconds` have passed (at least once).
+fn time_runs(seconds: f64, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    let started = Instant::now();
+    let mut runs = 0u32;
+    while runs == 0 || started.elapsed().as_secs_f64() < seconds {
+        f()?;
+        runs += 1;
+    }
+    Ok(started.elapsed().as_secs_f64() / runs as f64)
+}
+
+/// One row of `bench kernels`' table.
+fn kernel_line(
+    kernel: &str,
+    rows: usize,
+    worst: f32,
+    ok: bool,
+    audio_s: f64,
+    cpu_s: f64,
+    op_s: f64,
+) -> String {
+    format!(
+        "{:<8} {:>5} {:>10.2e} {:>8} {:>12.1} {:>12.1} {:>7.2}",
+        kernel,
+        rows,
+        worst,
+        if ok { "ok" } else { "FAILED" },
+        audio_s / cpu_s,
+        audio_s / op_s,
+        cpu_s / op_s
+    )
 }
 
 /// Records transcript lag and drops from the engine's events.
