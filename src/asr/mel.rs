@@ -121,9 +121,21 @@ impl MelSpectrogram {
     /// Mel power spectrum (before the log) of `samples`: `[n_mels][frames]` flattened row-major,
     /// with `frames = samples.len() / HOP`. Frames are centred, with reflection at the edges.
     pub fn power(&self, samples: &[f32]) -> (Vec<f32>, usize) {
-        let frames = samples.len() / HOP;
+        let (power, frames, _) = self.power_then_silence(samples, 0);
+        (power, frames)
+    }
+
+    /// [`power`](Self::power) of `samples` followed by `silence` zero samples, without making
+    /// them: a frame whose 400 samples are all silence has power exactly 0, so only the frames
+    /// that reach the audio go through the FFT. (openai-whisper appends 30 s of silence to
+    /// every recording; for a 5-s utterance that was six FFTs in seven spent on zeros.)
+    /// Returns the power, the frame count and how many frames from the start may hold more
+    /// than silence (every frame after them is 0).
+    fn power_then_silence(&self, samples: &[f32], silence: usize) -> (Vec<f32>, usize, usize) {
+        let total = samples.len() + silence;
+        let frames = total / HOP;
         let pad = N_FFT / 2;
-        let n = samples.len() as isize;
+        let n = total as isize;
         let at = |i: isize| -> f32 {
             if n == 0 {
                 return 0.0;
@@ -136,13 +148,24 @@ impl MelSpectrogram {
             if i >= n {
                 i = 2 * (n - 1) - i;
             }
-            samples[i.clamp(0, n - 1) as usize]
+            samples
+                .get(i.clamp(0, n - 1) as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        // Frame f reads samples f*HOP - 200 .. f*HOP + 199 (reflected back from the end only
+        // within the last 200 samples): past this frame every read is silence, unless the
+        // silence is shorter than a frame's reach and the end reflects audio back in.
+        let audible = if silence > N_FFT {
+            frames.min((samples.len() + pad).div_ceil(HOP) + 1)
+        } else {
+            frames
         };
         let mut out = vec![0f32; self.n_mels * frames];
         let mut buf = vec![Complex::new(0f32, 0f32); N_FFT];
         let mut scratch = vec![Complex::new(0f32, 0f32); self.fft.get_inplace_scratch_len()];
         let mut power = vec![0f32; N_FFT / 2 + 1];
-        for f in 0..frames {
+        for f in 0..audible {
             let start = (f * HOP) as isize - pad as isize;
             for (j, b) in buf.iter_mut().enumerate() {
                 *b = Complex::new(at(start + j as isize) * self.window[j], 0.0);
@@ -156,7 +179,7 @@ impl MelSpectrogram {
                 out[m * frames + f] = bins.iter().zip(&filt.weights).map(|(p, w)| p * w).sum();
             }
         }
-        (out, frames)
+        (out, frames, audible)
     }
 
     /// The normalised log-mel of a whole recording, as openai-whisper computes it: the audio is
@@ -164,14 +187,22 @@ impl MelSpectrogram {
     /// taken from the loudest frame of the whole recording.
     pub fn log_mel(&self, samples: &[f32]) -> LogMel {
         let content_frames = samples.len() / HOP;
-        let mut padded = Vec::with_capacity(samples.len() + WINDOW_SAMPLES);
-        padded.extend_from_slice(samples);
-        padded.resize(samples.len() + WINDOW_SAMPLES, 0.0);
-        let (mut data, frames) = self.power(&padded);
-        let mut peak = f32::NEG_INFINITY;
-        for v in data.iter_mut() {
-            *v = v.max(1e-10).log10();
-            peak = peak.max(*v);
+        let (mut data, frames, audible) = self.power_then_silence(samples, WINDOW_SAMPLES);
+        // The silent frames' log is one constant: log10 once, not per value (the log was most
+        // of what remained of a 5-s utterance's spectrogram once their FFTs were left out).
+        let silent = 0f32.max(1e-10).log10();
+        let mut peak = if audible < frames {
+            silent
+        } else {
+            f32::NEG_INFINITY
+        };
+        for row in data.chunks_mut(frames.max(1)) {
+            let (heard, quiet) = row.split_at_mut(audible.min(row.len()));
+            for v in heard {
+                *v = v.max(1e-10).log10();
+                peak = peak.max(*v);
+            }
+            quiet.fill(silent);
         }
         for v in data.iter_mut() {
             *v = (v.max(peak - 8.0) + 4.0) / 4.0;
@@ -285,6 +316,50 @@ mod tests {
             .max_by(|&a, &b| bank[a][bin_1k].total_cmp(&bank[b][bin_1k]))
             .unwrap();
         assert_eq!(best, expected);
+    }
+
+    #[test]
+    fn silence_left_out_of_the_fft_gives_the_same_spectrum_bit_for_bit() {
+        // The appended silence is not made nor transformed; the spectrum must be the one of
+        // the padded samples exactly, at lengths around a frame's reach and for no audio.
+        let mel = MelSpectrogram::new(80);
+        for len in [0, 1, 150, 199, 200, 201, 360, 16_000 + 77] {
+            let samples: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
+                .collect();
+            for silence in [0, 100, 401, 4_000] {
+                let mut padded = samples.clone();
+                padded.resize(len + silence, 0.0);
+                let want = mel.power(&padded);
+                let got = mel.power_then_silence(&samples, silence);
+                assert_eq!(got.1, want.1, "{len} + {silence}");
+                assert!(
+                    got.0
+                        .iter()
+                        .zip(&want.0)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{len} + {silence}"
+                );
+            }
+            // And the whole log-mel, against openai-whisper's steps on the padded samples.
+            let mut padded = samples.clone();
+            padded.resize(len + WINDOW_SAMPLES, 0.0);
+            let (mut want, _) = mel.power(&padded);
+            let peak = want.iter_mut().fold(f32::NEG_INFINITY, |p, v| {
+                *v = v.max(1e-10).log10();
+                p.max(*v)
+            });
+            want.iter_mut()
+                .for_each(|v| *v = (v.max(peak - 8.0) + 4.0) / 4.0);
+            let got = mel.log_mel(&samples).data;
+            assert_eq!(got.len(), want.len());
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "log-mel of {len}"
+            );
+        }
     }
 
     #[test]
