@@ -200,7 +200,7 @@ fn bench_kernels_checks_each_kernel_against_the_production_path() {
             assert!(
                 stdout.lines().any(|l| {
                     let f: Vec<&str> = l.split_whitespace().collect();
-                    f.len() == 7 && f[0] == kernel && f[1] == rows && f[3] == "ok"
+                    f.len() == 8 && f[0] == kernel && f[1] == rows && f[4] == "ok"
                 }),
                 "{kernel} x{rows} missing or failed:\n{stdout}"
             );

@@ -11,7 +11,9 @@
 //! after the row's length), within [`REFERENCE_BOUND`] of it: the DFT here is a direct sum,
 //! not rustfft's, so the sums round differently. The 8-decade floor is taken from the loudest
 //! of the `frames` frames, which is the production path's peak whenever the row's audio fits
-//! in them (`len <= frames * 160`), as every window of the recogniser's batches does.
+//! and the 200 samples a frame reaches past its centre (`len <= frames * 160 - 200`); past
+//! that, frames beyond the last one could hold a louder value, which moves only values at the
+//! floor.
 //!
 //! The CPU reference runs wherever the op is applied to a CPU tensor (tests, `vishguard bench
 //! kernels --device cpu`); with the `cuda` feature a CUDA tensor runs the kernel, which
@@ -34,6 +36,16 @@ const N_BINS: usize = N_FFT / 2 + 1;
 /// `the_reference_follows_the_production_log_mel`; the margin is for the GPU's own rounding
 /// (fused multiply-adds, its `log10f`).
 pub const REFERENCE_BOUND: f32 = 1e-3;
+
+/// Largest difference allowed between the GPU kernel and the CPU reference on the same rows
+/// (the same sums in the same order; the GPU fuses multiply-adds and has its own `log10f`).
+pub const KERNEL_BOUND: f32 = 1e-4;
+
+/// Most frames per row (about 2.8 hours): `frame * 160` stays a 32-bit index in the kernel.
+const MAX_FRAMES: usize = 1 << 20;
+/// Most output values per call: the kernels' flat indices stay under 2^31 with room for a
+/// block past the end.
+pub(crate) const MAX_VALUES: usize = 1 << 30;
 
 /// The tables the kernel reads: window, twiddles and the sparse filter bank, as flat arrays.
 #[derive(Debug)]
@@ -98,8 +110,17 @@ impl LogMelBatch {
         if lens.len() != rows {
             candle_core::bail!("log_mel_batch: {} lengths for {rows} rows", lens.len());
         }
-        if frames == 0 || rows * self.tables.n_mels * frames > i32::MAX as usize {
+        // The kernel's grid: frames along x, rows along y (at most 65,535); its indices are
+        // 32-bit, kept well under 2^31.
+        if frames == 0
+            || frames > MAX_FRAMES
+            || rows > 65_535
+            || rows * self.tables.n_mels * frames > MAX_VALUES
+        {
             candle_core::bail!("log_mel_batch: {rows} rows of {frames} frames is out of range");
+        }
+        if rows == 0 {
+            return Tensor::zeros((0, self.tables.n_mels, frames), DType::F32, pcm.device());
         }
         pcm.contiguous()?.apply_op1_no_bwd(&Op {
             tables: &self.tables,
@@ -351,6 +372,13 @@ mod tests {
         let ints = Tensor::zeros((2, 1600), DType::U32, &Device::Cpu).unwrap();
         let e = mel.compute(&ints, &[1, 1], 10).unwrap_err().to_string();
         assert!(e.contains("f32 samples"), "{e}");
+        let e = mel
+            .compute(&pcm, &[1600, 1600], 1 << 21)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("out of range"), "{e}");
+        let none = Tensor::zeros((0, 1600), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(mel.compute(&none, &[], 10).unwrap().dims(), &[0, 80, 10]);
         // Silence gives the floor everywhere, as the production path does.
         let out = mel.compute(&pcm, &[0, 1600], 10).unwrap();
         let want = (((-10f32).max(-18.0)) + 4.0) / 4.0;

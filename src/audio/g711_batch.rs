@@ -33,6 +33,10 @@ pub const KAISER_BETA: f64 = 7.0;
 /// `the_reference_follows_the_production_path`.
 pub const REFERENCE_BOUND: f32 = 0.01;
 
+/// Largest absolute difference allowed between the GPU kernel and the CPU reference (samples in
+/// [-1, 1]; the same 32 products in the same order, fused on the GPU).
+pub const KERNEL_BOUND: f32 = 1e-5;
+
 /// G.711 to 16 kHz for a batch of rows (see the module docs). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct G711To16k {
@@ -97,8 +101,11 @@ impl G711To16k {
         if lens.len() != rows {
             candle_core::bail!("g711_to_16k: {} lengths for {rows} rows", lens.len());
         }
-        if rows * n * 2 > i32::MAX as usize {
+        if rows * n * 2 > crate::asr::mel_batch::MAX_VALUES {
             candle_core::bail!("g711_to_16k: {rows} rows of {n} bytes is out of range");
+        }
+        if rows * n == 0 {
+            return Tensor::zeros((rows, 2 * n), DType::F32, codes.device());
         }
         codes.contiguous()?.apply_op1_no_bwd(&Op { op: self, lens })
     }
@@ -211,6 +218,32 @@ mod cuda {
     }
 }
 
+/// 16 kHz samples to 8 kHz through the same half-band filter (the interpolator's taps,
+/// halved, around the kept sample), so that what comes out has nothing above 4 kHz to fold
+/// back: for tests and benches that make G.711 audio from 16 kHz recordings.
+pub fn half_band_decimate(x: &[f32]) -> Vec<f32> {
+    let taps = half_band_taps();
+    let t = TAPS_PER_SIDE as isize;
+    let at = |i: isize| {
+        if i >= 0 {
+            x.get(i as usize).copied().unwrap_or(0.0)
+        } else {
+            0.0
+        }
+    };
+    (0..x.len() / 2)
+        .map(|n| {
+            let centre = 2 * n as isize;
+            let odd: f32 = taps
+                .iter()
+                .enumerate()
+                .map(|(j, h)| h * at(centre + 2 * (j as isize - t) + 1))
+                .sum();
+            (at(centre) + odd) / 2.0
+        })
+        .collect()
+}
+
 /// The production path for one row, as the network sources run it: decode, then `to_16k`.
 pub fn production_row(row: &[u8], law: Law) -> Vec<f32> {
     let decoded = super::g711::decode(row, law);
@@ -315,6 +348,34 @@ mod tests {
         let floats = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
         let e = op.compute(&floats, &[4, 4]).unwrap_err().to_string();
         assert!(e.contains("u8 codes"), "{e}");
+    }
+
+    #[test]
+    fn decimating_keeps_the_speech_band_and_drops_what_would_fold() {
+        let tone = |f: f32| -> Vec<f32> {
+            (0..16_000)
+                .map(|i| (2.0 * std::f32::consts::PI * f * i as f32 / 16_000.0).sin())
+                .collect()
+        };
+        let rms = |x: &[f32]| {
+            (x[400..x.len() - 400].iter().map(|v| v * v).sum::<f32>() / (x.len() - 800) as f32)
+                .sqrt()
+        };
+        let pass = rms(&half_band_decimate(&tone(1_000.0)));
+        assert!(
+            (pass - std::f32::consts::FRAC_1_SQRT_2).abs() < 0.01,
+            "1 kHz: {pass}"
+        );
+        let folded = rms(&half_band_decimate(&tone(6_000.0)));
+        assert!(folded < 0.01, "6 kHz would fold to 2 kHz: {folded}");
+        assert_eq!(half_band_decimate(&[0.5; 7]).len(), 3);
+        // No rows, or rows of no bytes, are an empty batch, not a launch of nothing.
+        let op = G711To16k::new(Law::Mu);
+        for (rows, n) in [(0, 8), (2, 0)] {
+            let codes = Tensor::zeros((rows, n), DType::U8, &Device::Cpu).unwrap();
+            let out = op.compute(&codes, &vec![n; rows]).unwrap();
+            assert_eq!(out.dims(), &[rows, 2 * n]);
+        }
     }
 
     #[test]
