@@ -45,7 +45,7 @@ pub const KERNEL_BOUND: f32 = 1e-4;
 const MAX_FRAMES: usize = 1 << 20;
 /// Most output values per call: the kernels' flat indices stay under 2^31 with room for a
 /// block past the end.
-pub(crate) const MAX_VALUES: usize = 1 << 30;
+const MAX_VALUES: usize = 1 << 30;
 
 /// The tables the kernel reads: window, twiddles and the sparse filter bank, as flat arrays.
 #[derive(Debug)]

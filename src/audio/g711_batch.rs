@@ -37,6 +37,10 @@ pub const REFERENCE_BOUND: f32 = 0.01;
 /// [-1, 1]; the same 32 products in the same order, fused on the GPU).
 pub const KERNEL_BOUND: f32 = 1e-5;
 
+/// Most output values per call: the kernel's flat index stays under 2^31 with room for a
+/// block past the end.
+const MAX_VALUES: usize = 1 << 30;
+
 /// G.711 to 16 kHz for a batch of rows (see the module docs). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct G711To16k {
@@ -101,7 +105,7 @@ impl G711To16k {
         if lens.len() != rows {
             candle_core::bail!("g711_to_16k: {} lengths for {rows} rows", lens.len());
         }
-        if rows * n * 2 > crate::asr::mel_batch::MAX_VALUES {
+        if rows * n * 2 > MAX_VALUES {
             candle_core::bail!("g711_to_16k: {rows} rows of {n} bytes is out of range");
         }
         if rows * n == 0 {
