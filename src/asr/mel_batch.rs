@@ -143,13 +143,7 @@ impl CustomOp1 for Op<'_> {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (rows, samples) = layout.shape().dims2()?;
-        let CpuStorage::F32(all) = storage else {
-            candle_core::bail!("log_mel_batch: f32 samples");
-        };
-        let (a, b) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("log_mel_batch: contiguous samples".into()))?;
-        let pcm = &all[a..b];
+        let pcm = vishguard_cpu_ops::contiguous_data::<f32>(storage, layout, self.name())?;
         let t = self.tables;
         let per_row = t.n_mels * self.frames;
         let mut out = vec![0f32; rows * per_row];

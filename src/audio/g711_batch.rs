@@ -127,13 +127,7 @@ impl CustomOp1 for Op<'_> {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (rows, n) = layout.shape().dims2()?;
-        let CpuStorage::U8(all) = storage else {
-            candle_core::bail!("g711_to_16k: u8 codes");
-        };
-        let (a, b) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("g711_to_16k: contiguous codes".into()))?;
-        let codes = &all[a..b];
+        let codes = vishguard_cpu_ops::contiguous_data::<u8>(storage, layout, self.name())?;
         let mut out = vec![0f32; rows * 2 * n];
         out.par_chunks_mut((2 * n).max(1))
             .enumerate()

@@ -16,7 +16,6 @@
 //!
 //! Anything else (another dtype, a GPU) goes to candle's own ops.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -137,17 +136,6 @@ impl pulp::WithSimd for Gelu<'_> {
     }
 }
 
-/// The contiguous f32 data of a CPU tensor's layout, or an error naming the op.
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: f32 only, got {:?}", storage.dtype())
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
-}
-
 struct SoftmaxLastDim;
 
 impl CustomOp1 for SoftmaxLastDim {
@@ -156,7 +144,7 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let src = f32_slice(storage, layout, self.name())?;
+        let src = crate::contiguous_data::<f32>(storage, layout, self.name())?;
         let width = layout.dims().last().copied().unwrap_or(1).max(1);
         let mut dst = vec![0f32; src.len()];
         let arch = pulp::Arch::new();
@@ -178,7 +166,7 @@ impl CustomOp1 for GeluErf {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let src = f32_slice(storage, layout, self.name())?;
+        let src = crate::contiguous_data::<f32>(storage, layout, self.name())?;
         let mut dst = vec![0f32; src.len()];
         let arch = pulp::Arch::new();
         src.par_chunks(GELU_CHUNK)

@@ -8,3 +8,25 @@
 
 pub mod f16_weights;
 pub mod fast_ops;
+
+use candle_core::{CpuStorage, Layout, Result, WithDType};
+
+/// The contiguous data of a CPU tensor's layout as `T`, for a custom op's `cpu_fwd`; an error
+/// naming the op when the storage holds another dtype or the layout is not contiguous.
+pub fn contiguous_data<'a, T: WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [T]> {
+    let Ok(data) = storage.as_slice::<T>() else {
+        candle_core::bail!(
+            "{op}: {} only, got {:?}",
+            T::DTYPE.as_str(),
+            candle_core::backend::BackendStorage::dtype(storage)
+        )
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}

@@ -329,42 +329,16 @@ fn kernels(args: KernelsArgs) -> Result<i32> {
                 .collect::<Vec<_>>();
             Ok(())
         })?;
-        let mut got = Vec::new();
-        // Once before timing: the kernel's module is loaded on first use.
-        let run = |out: &mut Vec<f32>| -> Result<()> {
-            let pcm = Tensor::from_slice(&flat, (rows, samples), &device)?;
-            *out = op
-                .compute(&pcm, &lens, frames)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            Ok(())
-        };
-        run(&mut got)?;
-        let op_s = time_runs(args.seconds, &mut || run(&mut got))?;
-        // On another device, the kernel against its CPU reference (the same op on the CPU).
-        let vs_ref = if device.is_cpu() {
-            None
-        } else {
-            let pcm = Tensor::from_slice(&flat, (rows, samples), &candle_core::Device::Cpu)?;
-            let reference = op
-                .compute(&pcm, &lens, frames)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            Some(max_abs_difference(&got, &reference))
-        };
+        let (got, op_s, vs_ref) = measure_op(args.seconds, &device, &|d| {
+            let pcm = Tensor::from_slice(&flat, (rows, samples), d)?;
+            Ok(op.compute(&pcm, &lens, frames)?.flatten_all()?.to_vec1()?)
+        })?;
         let per_row = op.n_mels() * frames;
-        let worst = want
-            .iter()
-            .enumerate()
-            .flat_map(|(r, w)| {
-                w.iter()
-                    .zip(&got[r * per_row..(r + 1) * per_row])
-                    .map(|(a, b)| (a - b).abs())
-            })
-            .fold(
-                0f32,
-                |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-            );
+        let worst = largest(want.iter().enumerate().flat_map(|(r, w)| {
+            w.iter()
+                .zip(&got[r * per_row..(r + 1) * per_row])
+                .map(|(a, b)| (a - b).abs())
+        }));
         let ok = worst <= REFERENCE_BOUND
             && vs_ref.is_none_or(|d| d <= crate::asr::mel_batch::KERNEL_BOUND);
         failed |= !ok;
@@ -403,29 +377,13 @@ fn kernels(args: KernelsArgs) -> Result<i32> {
                     .collect::<Vec<_>>();
                 Ok(())
             })?;
-            let mut got = Vec::new();
-            let run = |out: &mut Vec<f32>| -> Result<()> {
-                let codes = Tensor::from_slice(&flat, (rows, n), &device)?;
-                *out = op.compute(&codes, &lens)?.flatten_all()?.to_vec1::<f32>()?;
-                Ok(())
-            };
-            run(&mut got)?;
-            let op_s = time_runs(args.seconds, &mut || run(&mut got))?;
-            let vs_ref = if device.is_cpu() {
-                None
-            } else {
-                let codes = Tensor::from_slice(&flat, (rows, n), &candle_core::Device::Cpu)?;
-                let reference = op.compute(&codes, &lens)?.flatten_all()?.to_vec1::<f32>()?;
-                Some(max_abs_difference(&got, &reference))
-            };
-            let worst = want
-                .iter()
-                .enumerate()
-                .map(|(r, w)| relative_rms_difference(&got[r * 2 * n..r * 2 * n + w.len()], w, 320))
-                .fold(
-                    0f32,
-                    |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-                );
+            let (got, op_s, vs_ref) = measure_op(args.seconds, &device, &|d| {
+                let codes = Tensor::from_slice(&flat, (rows, n), d)?;
+                Ok(op.compute(&codes, &lens)?.flatten_all()?.to_vec1()?)
+            })?;
+            let worst = largest(want.iter().enumerate().map(|(r, w)| {
+                relative_rms_difference(&got[r * 2 * n..r * 2 * n + w.len()], w, 320)
+            }));
             let ok = worst <= bound
                 && vs_ref.is_none_or(|d| d <= crate::audio::g711_batch::KERNEL_BOUND);
             failed |= !ok;
@@ -465,24 +423,38 @@ fn time_runs(seconds: f64, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64() / runs as f64)
 }
 
-/// The largest absolute difference between two outputs of the same length (NaN: infinite).
-fn max_abs_difference(a: &[f32], b: &[f32]) -> f32 {
-    if a.len() != b.len() {
-        return f32::INFINITY;
-    }
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(
-            0f32,
-            |m, d| {
-                if d.is_nan() {
-                    f32::INFINITY
-                } else {
-                    m.max(d)
-                }
-            },
-        )
+/// The largest of some differences, NaN counting as infinite (0 for none).
+fn largest(differences: impl Iterator<Item = f32>) -> f32 {
+    differences.fold(
+        0f32,
+        |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+    )
+}
+
+/// Runs a kernel's op on `device`: its output (the first run, which also loads the kernel, is
+/// not timed), wall seconds per run, and, on a device other than the CPU, the largest
+/// difference from the same op on the CPU (the kernel's CPU reference).
+fn measure_op(
+    seconds: f64,
+    device: &candle_core::Device,
+    apply: &dyn Fn(&candle_core::Device) -> Result<Vec<f32>>,
+) -> Result<(Vec<f32>, f64, Option<f32>)> {
+    let mut got = apply(device)?;
+    let per_run = time_runs(seconds, &mut || {
+        got = apply(device)?;
+        Ok(())
+    })?;
+    let vs_ref = if device.is_cpu() {
+        None
+    } else {
+        let reference = apply(&candle_core::Device::Cpu)?;
+        Some(if reference.len() == got.len() {
+            largest(got.iter().zip(&reference).map(|(a, b)| (a - b).abs()))
+        } else {
+            f32::INFINITY
+        })
+    };
+    Ok((got, per_run, vs_ref))
 }
 
 /// One row of `bench kernels`' table: the difference from the production CPU path, from the
