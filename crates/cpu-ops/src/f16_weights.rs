@@ -10,7 +10,7 @@
 //! in a batch.
 //!
 //! On x86-64 with F16C, eight weights at a time are widened in registers and multiplied into
-//! two input rows at once ([`rows_f16c`]); elsewhere four weight rows at a time are widened
+//! up to four input rows at once, by register tiles ([`rows_f16c`]); elsewhere four weight rows at a time are widened
 //! into a buffer that stays in L1 and multiplied with 8-lane fused multiply-adds compiled for
 //! the CPU found at run time (`pulp`, as [`super::fast_ops`]).
 
@@ -24,6 +24,11 @@ const BLOCK_ROWS: usize = 4;
 
 /// Weight rows per parallel task (tiny.en's vocabulary makes 203 tasks).
 const TASK_ROWS: usize = 256;
+
+/// Products (`n * k * m` multiply-adds) below which one thread does them all: waking a
+/// second thread costs more than it saves. In a decoder step of tiny.en (2 cores), a
+/// [384, 384] layer took 73 us in two tasks on two threads (it is ~15 us of work).
+const PARALLEL_MIN_PRODUCTS: usize = 1 << 20;
 
 /// Dot products of input row `x [k]` with `BLOCK_ROWS` widened weight rows `w [BLOCK_ROWS, k]`.
 #[inline(always)]
@@ -102,51 +107,59 @@ fn product(x: &[f32], w: &[half::f16], n: usize, k: usize, fused: bool) -> Vec<f
         return out;
     }
     let arch = pulp::Arch::new();
-    out.par_chunks_mut(TASK_ROWS * m)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let first = task * TASK_ROWS;
-            // The portable kernel widens a block here; the fused one needs no buffer.
-            let mut buf = if fused {
-                Vec::new()
-            } else {
-                vec![0f32; BLOCK_ROWS * k]
-            };
-            for (block, out) in out.chunks_mut(BLOCK_ROWS * m).enumerate() {
-                let row = first + block * BLOCK_ROWS;
-                let rows = (n - row).min(BLOCK_ROWS);
-                let w = &w[row * k..(row + rows) * k];
-                #[cfg(target_arch = "x86_64")]
-                if fused {
-                    // SAFETY: `fused` is only asked for when the CPU has AVX2, FMA and F16C
-                    // (`has_f16c`); `w` holds `rows` rows of `k`, `x` m rows of `k`, and `out`
-                    // rows * m values.
-                    unsafe { rows_f16c(x, w, k, rows, out) };
-                    continue;
-                }
-                let _ = fused;
-                buf[rows * k..].fill(0.0);
-                use half::slice::HalfFloatSliceExt;
-                w.convert_to_f32_slice(&mut buf[..rows * k]);
-                arch.dispatch(Block {
-                    x,
-                    w: &buf,
-                    k,
-                    rows,
-                    out,
-                });
-            }
-        });
+    let task = |(task, out): (usize, &mut [f32])| {
+        let first = task * TASK_ROWS;
+        #[cfg(target_arch = "x86_64")]
+        if fused {
+            let rows = (n - first).min(TASK_ROWS);
+            // SAFETY: `fused` is only asked for when the CPU has AVX2, FMA and F16C
+            // (`has_f16c`); `w` holds `rows` rows of `k` from `first`, `x` m rows of `k`,
+            // and `out` rows * m values.
+            unsafe { rows_f16c(x, &w[first * k..(first + rows) * k], k, rows, out) };
+            return;
+        }
+        let _ = fused;
+        let mut buf = vec![0f32; BLOCK_ROWS * k];
+        for (block, out) in out.chunks_mut(BLOCK_ROWS * m).enumerate() {
+            let row = first + block * BLOCK_ROWS;
+            let rows = (n - row).min(BLOCK_ROWS);
+            let w = &w[row * k..(row + rows) * k];
+            buf[rows * k..].fill(0.0);
+            use half::slice::HalfFloatSliceExt;
+            w.convert_to_f32_slice(&mut buf[..rows * k]);
+            arch.dispatch(Block {
+                x,
+                w: &buf,
+                k,
+                rows,
+                out,
+            });
+        }
+    };
+    if n * k * m < PARALLEL_MIN_PRODUCTS {
+        out.chunks_mut(TASK_ROWS * m).enumerate().for_each(task);
+    } else {
+        out.par_chunks_mut(TASK_ROWS * m).enumerate().for_each(task);
+    }
     out
 }
 
 /// A block of f16 weight rows `w [rows, k]` against every input row of `x [m, k]`, into
-/// `out [rows, m]`. The weights are read once, row after row in memory order (one stream the
-/// prefetcher follows), each chunk of eight widened in registers (`vcvtph2ps`) and multiplied
-/// into two input rows at a time, with four partial sums per output so that the fused
-/// multiply-adds do not wait on each other. Each output's sum runs in the same order (chunk
-/// `c` into partial sum `c % 4`, the four added pairwise, then across the lanes, then the
-/// tail) whatever `m` is.
+/// `out [rows, m]`, by register tiles of `R` weight rows by `M` input rows ([`tile_f16c`]):
+/// each chunk of eight weights is widened in registers (`vcvtph2ps`) once for the tile's `M`
+/// input rows, and each chunk of an input row is loaded once for its `R` weight rows. The
+/// input rows go in groups of four (3 x 4 tiles: 12 accumulators, 3 widened chunks and one
+/// input chunk fill AVX2's 16 registers); a last group of one takes 8 x 1 tiles (eight
+/// independent sums hide the fused multiply-add's latency), of two 4 x 2, of three 3 x 3.
+/// The block's weights (at most [`TASK_ROWS`] rows, 196 kB at k = 384) stay in L2 while the
+/// groups pass over them.
+///
+/// Every output is the same sum whatever the tile: one 8-lane accumulator over the chunks in
+/// order, its lanes added in a fixed order ([`lanes_total`]), then the tail, so a row gives
+/// exactly the same outputs alone as in a batch of any size.
+///
+/// Measured at [`MAX_ROWS`]: the tiles take 8 rows of tiny.en's vocabulary projection from
+/// 8.3 to 5.0-6.0 ms.
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `w.len() == rows * k`, `x.len()` a multiple of `k`,
@@ -154,42 +167,108 @@ fn product(x: &[f32], w: &[half::f16], n: usize, k: usize, fused: bool) -> Vec<f
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_f16c(x: &[f32], w: &[half::f16], k: usize, rows: usize, out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    #[inline(always)]
-    unsafe fn total(a: [__m256; 4]) -> f32 {
-        let v = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_hadd_ps(s, s);
-        _mm_cvtss_f32(_mm_hadd_ps(s, s))
-    }
     let m = x.len() / k;
-    let chunks = k / 8;
-    for r in 0..rows {
-        let wr = w.as_ptr().add(r * k);
-        let mut i = 0;
-        while i < m {
-            // Two input rows share each widened chunk; an odd last row is paired with itself.
-            let j = if i + 1 < m { i + 1 } else { i };
-            let (x0, x1) = (x.as_ptr().add(i * k), x.as_ptr().add(j * k));
-            let mut a0 = [_mm256_setzero_ps(); 4];
-            let mut a1 = [_mm256_setzero_ps(); 4];
-            for c in 0..chunks {
-                let wv = _mm256_cvtph_ps(_mm_loadu_si128(wr.add(c * 8).cast::<__m128i>()));
-                let p = c % 4;
-                a0[p] = _mm256_fmadd_ps(_mm256_loadu_ps(x0.add(c * 8)), wv, a0[p]);
-                a1[p] = _mm256_fmadd_ps(_mm256_loadu_ps(x1.add(c * 8)), wv, a1[p]);
+    let mut i = 0;
+    while i < m {
+        let group = (m - i).min(4);
+        match group {
+            4 => tiles_f16c::<3, 4>(x, w, k, rows, i, out),
+            3 => tiles_f16c::<3, 3>(x, w, k, rows, i, out),
+            2 => tiles_f16c::<4, 2>(x, w, k, rows, i, out),
+            _ => tiles_f16c::<8, 1>(x, w, k, rows, i, out),
+        }
+        i += group;
+    }
+}
+
+/// Input rows `first..first + M` of `x` against all `rows` weight rows of `w`, `R` at a time
+/// (the last few one at a time), into their places in `out [rows, m]`.
+///
+/// # Safety
+/// As [`rows_f16c`], and `first + M <= m`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn tiles_f16c<const R: usize, const M: usize>(
+    x: &[f32],
+    w: &[half::f16],
+    k: usize,
+    rows: usize,
+    first: usize,
+    out: &mut [f32],
+) {
+    let m = x.len() / k;
+    let xs: [*const f32; M] = std::array::from_fn(|i| x.as_ptr().add((first + i) * k));
+    let mut r = 0;
+    while r < rows {
+        if rows - r >= R {
+            let sums = tile_f16c::<R, M>(w.as_ptr().add(r * k), k, xs);
+            for (dr, row) in sums.iter().enumerate() {
+                for (i, &v) in row.iter().enumerate() {
+                    out[(r + dr) * m + first + i] = v;
+                }
             }
-            let (mut s0, mut s1) = (total(a0), total(a1));
-            for t in chunks * 8..k {
-                let wv = (*wr.add(t)).to_f32();
-                s0 = (*x0.add(t)).mul_add(wv, s0);
-                s1 = (*x1.add(t)).mul_add(wv, s1);
+            r += R;
+        } else {
+            let sums = tile_f16c::<1, M>(w.as_ptr().add(r * k), k, xs);
+            for (i, &v) in sums[0].iter().enumerate() {
+                out[r * m + first + i] = v;
             }
-            out[r * m + i] = s0;
-            out[r * m + j] = s1;
-            i += 2;
+            r += 1;
         }
     }
+}
+
+/// The `R x M` dot products of weight rows `w .. w + R * k` (f16) with input rows `xs` (f32,
+/// `k` each): one 8-lane fused multiply-add accumulator per product over the chunks of eight
+/// in order, then [`lanes_total`], then the tail after the last whole chunk.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `w` points at `R * k` weights and each of `xs` at `k` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn tile_f16c<const R: usize, const M: usize>(
+    w: *const half::f16,
+    k: usize,
+    xs: [*const f32; M],
+) -> [[f32; M]; R] {
+    use std::arch::x86_64::*;
+    let chunks = k / 8;
+    let mut acc = [[_mm256_setzero_ps(); M]; R];
+    for c in 0..chunks {
+        let wv: [__m256; R] = std::array::from_fn(|r| {
+            _mm256_cvtph_ps(_mm_loadu_si128(w.add(r * k + c * 8).cast::<__m128i>()))
+        });
+        for i in 0..M {
+            let xv = _mm256_loadu_ps(xs[i].add(c * 8));
+            for r in 0..R {
+                acc[r][i] = _mm256_fmadd_ps(xv, wv[r], acc[r][i]);
+            }
+        }
+    }
+    let mut sums = [[0f32; M]; R];
+    for r in 0..R {
+        for i in 0..M {
+            let mut s = lanes_total(acc[r][i]);
+            for t in chunks * 8..k {
+                s = (*xs[i].add(t)).mul_add((*w.add(r * k + t)).to_f32(), s);
+            }
+            sums[r][i] = s;
+        }
+    }
+    sums
+}
+
+/// The eight lanes of `v` added in one fixed order (halves, then pairs, then the last two).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn lanes_total(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_hadd_ps(s, s);
+    _mm_cvtss_f32(_mm_hadd_ps(s, s))
 }
 
 /// `x [m, k]` (f32) times the transpose of `w [n, k]` (f16), into `[n, m]`.
@@ -265,10 +344,13 @@ pub fn matmul_f16_weights(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 }
 
 /// Up to this many rows, a product with an f16 copy beats f32 gemm on the same weights, which
-/// reuses each weight across rows. tiny.en's vocabulary projection (`cargo bench --bench asr`,
-/// `vocab-projection`, 2 cores): 1 row 2.7 ms against 6.8 ms in f32 gemm, 2 rows 2.4 / 8.3,
-/// 4 rows 5.3 / 9.1, 8 rows 11.9 / 10.6.
-pub const MAX_ROWS: usize = 4;
+/// reuses each weight across rows. tiny.en's vocabulary projection (`cargo bench --bench asr
+/// -- vocab-projection`, 2 cores, 2026-12-05), f16 tiles / f32 gemm: 1 row 0.9-1.2 / 6.1 ms,
+/// 8 rows 5.0-6.3 / 10.4-11.3, 16 rows 10.9-11.3 / 13.8, 32 rows 22.7-23.2 / 17.2. Before the
+/// tiles (one weight row by two input rows) it was 1.7, 8.3, 17.0 and 37.6 ms, and this limit
+/// 4. A decoder step reads its weights from memory, not cache (tiny.en's vocabulary took 3.2-4.2
+/// ms for one row inside a transcription against 1 ms here), which favours f16 further.
+pub const MAX_ROWS: usize = 16;
 
 /// `x [.., k]` times the transpose of the f16 copy `weight [n, k]` when there is a copy and
 /// `x` has at most [`MAX_ROWS`] rows; `None` when the caller's f32 weights should be used.
@@ -383,7 +465,17 @@ mod tests {
     fn both_kernels_agree_and_neither_depends_on_the_batch() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for (k, n, m) in [(384, 600, 5), (19, 9, 3), (512, 257, 4)] {
+        // Every tile shape (groups of 4, a last group of 1, 2 or 3 input rows) and weight
+        // counts that leave rows after the last whole tile.
+        for (k, n, m) in [
+            (384, 600, 5),
+            (19, 9, 3),
+            (512, 257, 4),
+            (384, 263, 2),
+            (40, 31, 6),
+            (24, 17, 7),
+            (384, 301, 13),
+        ] {
             let w: Vec<half::f16> = (0..n * k)
                 .map(|_| half::f16::from_f32(rng.random_range(-0.1..0.1)))
                 .collect();
