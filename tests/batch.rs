@@ -222,3 +222,110 @@ fn base_batched_decoding_gives_the_same_words_and_languages() {
         1,
     );
 }
+
+/// A window the policy rejects decodes at all its remaining temperatures at once, from one
+/// prompt pass, and keeps what decoding them one after another keeps: the first accepted, or
+/// the best when none passes, alone and in a batch. First a threshold no decode passes (all six
+/// temperatures decoded, the best kept); then, per utterance, a threshold just above its
+/// greedy decode, which a sampled one passes, so the decodes at the temperatures above it stop
+/// early.
+#[test]
+fn tiny_en_fallback_at_once_keeps_what_one_after_another_keeps() {
+    let model = support::load_as("tiny.en", ComputeType::F32);
+    let clips = utterances(&["en_scam_irs_warrant.wav"], 3);
+    let heard = |thresholds: &[f32], at_once: bool| -> (Vec<Transcript>, Vec<Transcript>) {
+        let opts: Vec<TranscribeOptions> = options(clips.len(), &[], 1)
+            .into_iter()
+            .zip(thresholds)
+            .map(|(mut o, &th)| {
+                o.policy.logprob_threshold = Some(th);
+                o.policy.max_tokens = Some(40);
+                o.policy.fallback_at_once = at_once;
+                o
+            })
+            .collect();
+        let alone = clips
+            .iter()
+            .zip(&opts)
+            .map(|(c, o)| model.transcribe(c, o).unwrap())
+            .collect();
+        let items: Vec<(&[f32], &TranscribeOptions)> =
+            clips.iter().map(|c| c.as_slice()).zip(&opts).collect();
+        let together = model
+            .transcribe_batch(&items)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        (alone, together)
+    };
+    let compare = |thresholds: &[f32]| -> Vec<Transcript> {
+        let (serial_alone, serial_batch) = heard(thresholds, false);
+        let (once_alone, once_batch) = heard(thresholds, true);
+        for (kind, serial, once) in [
+            ("alone", &serial_alone, &once_alone),
+            ("batched", &serial_batch, &once_batch),
+        ] {
+            for (i, (s, o)) in serial.iter().zip(once).enumerate() {
+                let what = format!("threshold {}, {kind}, utterance {i}", thresholds[i]);
+                assert_eq!(s.text(), o.text(), "{what}: words differ");
+                assert_eq!(s.segments.len(), o.segments.len(), "{what}: segments");
+                for (a, b) in s.segments.iter().zip(&o.segments) {
+                    assert_eq!(a.temperature, b.temperature, "{what}: temperature kept");
+                    assert_eq!((a.start_s, a.end_s), (b.start_s, b.end_s), "{what}");
+                    assert!(
+                        (a.avg_logprob - b.avg_logprob).abs() < 1e-4,
+                        "{what}: log-probability {} vs {}",
+                        a.avg_logprob,
+                        b.avg_logprob
+                    );
+                }
+            }
+        }
+        serial_alone
+    };
+    let none_pass = compare(&vec![0.0; clips.len()]);
+    let kept = |t: &Transcript| t.segments.first().map(|s| (s.temperature, s.avg_logprob));
+    let sampled = none_pass
+        .iter()
+        .filter(|t| kept(t).is_some_and(|(temp, _)| temp > 0.0))
+        .count();
+    // The comparison means something only if windows fell back.
+    assert!(
+        sampled >= 2,
+        "only {sampled} utterances kept a sampled decode"
+    );
+    // Per utterance, a threshold just above its greedy decode (heard with no threshold): the
+    // first sampled decode that beats it is kept, not a later one that does too.
+    let greedy = compare(&vec![f32::NEG_INFINITY; clips.len()]);
+    let thresholds: Vec<f32> = none_pass
+        .iter()
+        .zip(&greedy)
+        .map(|(best, g)| match (kept(best), kept(g)) {
+            (Some((temp, lp)), Some((0.0, g))) if temp > 0.0 && lp > g + 1e-3 => g + 1e-3,
+            _ => -1.0,
+        })
+        .collect();
+    let some_pass = compare(&thresholds);
+    let mid_way = some_pass
+        .iter()
+        .zip(&thresholds)
+        .filter(|(t, &th)| kept(t).is_some_and(|(temp, lp)| temp > 0.0 && temp < 1.0 && lp >= th))
+        .count();
+    assert!(
+        mid_way >= 1,
+        "no window accepted between the first and last temperature"
+    );
+    // The first decode that passes is kept, even where a later one scored better.
+    let first_not_best = some_pass
+        .iter()
+        .zip(&none_pass)
+        .filter(|(got, best)| match (kept(got), kept(best)) {
+            (Some((t, _)), Some((best_t, _))) => t > 0.0 && t < best_t,
+            _ => false,
+        })
+        .count();
+    assert!(
+        first_not_best >= 1,
+        "no window kept a first passing decode below its best"
+    );
+}

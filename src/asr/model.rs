@@ -306,7 +306,9 @@ struct DecoderBlock {
 }
 
 /// Per-sequence decoder state: cached keys and values of the tokens so far, and the projected
-/// audio features each cross-attention reads.
+/// audio features each cross-attention reads. Cloning shares the tensors (they are never
+/// written in place: a step makes new ones).
+#[derive(Clone)]
 pub struct DecoderState {
     self_kv: Vec<Option<(Tensor, Tensor)>>,
     cross_kv: Vec<(Tensor, Tensor)>,

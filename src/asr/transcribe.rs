@@ -477,80 +477,49 @@ impl Transcriber {
                 let f = forms[i].as_mut().expect("only good forms are batched");
                 self.settle_language(f, token, items[i].1);
             }
-            // Temperature fallback, level by level: every row first decodes at its first
-            // temperature, together with the rows of the same temperature and timestamp rule;
-            // the rows the policy rejects decode again together at their next temperature,
-            // and so on. A row never accepted keeps its best result, as `decode_with_fallback`.
+            // Temperature fallback: every row first decodes at its first temperature, together
+            // with the rows of the same first temperature and timestamp rule; the rows the
+            // policy rejects decode at all their remaining temperatures at once
+            // (`decode_with_fallback_batch`).
             let mut best: Vec<Option<WindowResult>> = vec![None; rows.len()];
-            let mut accepted = vec![false; rows.len()];
-            let mut pending: Vec<usize> = (0..rows.len()).collect();
-            for level in 0.. {
-                let mut groups: std::collections::BTreeMap<(u32, bool), Vec<usize>> =
-                    Default::default();
-                for &k in &pending {
-                    let opts = items[rows[k]].1;
-                    if let Some(t) = opts.policy.temperatures.get(level) {
-                        groups
-                            .entry((t.to_bits(), opts.with_timestamps))
-                            .or_default()
-                            .push(k);
-                    }
+            let mut groups: std::collections::BTreeMap<(u32, bool), Vec<usize>> =
+                Default::default();
+            for k in 0..rows.len() {
+                let opts = items[rows[k]].1;
+                if let Some(t) = opts.policy.temperatures.first() {
+                    groups
+                        .entry((t.to_bits(), opts.with_timestamps))
+                        .or_default()
+                        .push(k);
                 }
-                if groups.is_empty() {
-                    break;
-                }
-                let mut rejected = Vec::new();
-                for ((temperature, timestamps), ks) in groups {
-                    let idx: Vec<u32> = ks.iter().map(|&k| k as u32).collect();
-                    let sub = audio.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 0)?;
-                    let decoder = self.window_decoder(timestamps);
-                    let results = {
-                        let batch: Vec<BatchRow> = ks
-                            .iter()
-                            .map(|&k| {
-                                let f = good(forms, rows[k]);
-                                let opts = items[rows[k]].1;
-                                BatchRow {
-                                    prompt: &f.prompt_tokens[f.prompt_reset_since..],
-                                    sot_sequence: &f.sot_sequence,
-                                    policy: &opts.policy,
-                                    seed: opts.seed,
-                                }
-                            })
-                            .collect();
-                        decoder.decode_batch(&sub, &batch, f32::from_bits(temperature))?
-                    };
-                    for (&k, result) in ks.iter().zip(results) {
-                        let policy = &items[rows[k]].1.policy;
-                        if decoder.accepts(&result, policy) {
-                            accepted[k] = true;
-                            best[k] = Some(result);
-                            continue;
+            }
+            for ((_, timestamps), ks) in groups {
+                let idx: Vec<u32> = ks.iter().map(|&k| k as u32).collect();
+                let sub = audio.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 0)?;
+                let decoder = self.window_decoder(timestamps);
+                let batch: Vec<BatchRow> = ks
+                    .iter()
+                    .map(|&k| {
+                        let f = good(forms, rows[k]);
+                        let opts = items[rows[k]].1;
+                        BatchRow {
+                            prompt: &f.prompt_tokens[f.prompt_reset_since..],
+                            sot_sequence: &f.sot_sequence,
+                            policy: &opts.policy,
+                            seed: opts.seed,
                         }
-                        tracing::debug!(
-                            temperature = result.temperature,
-                            compression_ratio = result.compression_ratio,
-                            avg_logprob = result.avg_logprob,
-                            "window rejected, falling back"
-                        );
-                        rejected.push(k);
-                        policy.keep_best(&mut best[k], result);
-                    }
+                    })
+                    .collect();
+                let results = decoder.decode_with_fallback_batch(&sub, &batch)?;
+                for (&k, result) in ks.iter().zip(results) {
+                    best[k] = Some(result);
                 }
-                pending = rejected;
             }
             for (k, result) in best.into_iter().enumerate() {
                 let i = rows[k];
                 let f = forms[i].as_mut().expect("good");
                 match result {
-                    Some(result) => {
-                        let result = if accepted[k] {
-                            result
-                        } else {
-                            items[i].1.policy.gave_up(result)
-                        };
-                        self.take_window(f, result, items[i].1)?
-                    }
+                    Some(result) => self.take_window(f, result, items[i].1)?,
                     // A policy without temperatures: heard alone, which says why.
                     None => self.next_window(f, items[i].1)?,
                 }
