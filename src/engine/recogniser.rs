@@ -33,6 +33,12 @@ pub struct HearRequest<'a> {
     pub prompt: Option<&'a str>,
     /// The party's language, once settled; `None` lets the recogniser choose.
     pub language: Option<&'a str>,
+    /// Finished utterances of other calls are waiting for a recogniser: work is worth more
+    /// than latency now. A window Whisper rejects at temperature 0 then decodes its other
+    /// temperatures one after another (less work when an early one passes), else all at once
+    /// (about two decodes' time instead of up to five, see `FallbackPolicy::fallback_at_once`).
+    /// Changes when the words come, never which words.
+    pub others_waiting: bool,
 }
 
 /// What was heard.
@@ -116,6 +122,7 @@ impl WhisperRecogniser {
             heard.initial_prompt = Some(p.to_owned());
         }
         heard.known_speech = request.speech;
+        heard.policy.fallback_at_once = !request.others_waiting;
         // Speech runs at 3-5 tokens a second; far more is a hallucination loop.
         let seconds = request.samples.len() as f64 / 16_000.0;
         heard.policy.max_tokens = Some(16 + (seconds * 10.0) as usize);

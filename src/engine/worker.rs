@@ -315,6 +315,7 @@ impl Workers {
                     .then(|| ([tail.samples.as_slice(), &sp.audio.samples].concat(), tail))
             })
             .collect();
+        let others_waiting = self.scheduler.queued() > 0;
         let requests: Vec<HearRequest<'_>> = speech
             .iter()
             .zip(&joined)
@@ -343,6 +344,7 @@ impl Workers {
                     review: is_review(i),
                     prompt: (!prompt.is_empty()).then_some(prompt),
                     language: party.language.as_deref(),
+                    others_waiting,
                 }
             })
             .collect();
