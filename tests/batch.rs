@@ -74,14 +74,22 @@ fn alone_and_batched(
     candidates: &[&str],
     beam: usize,
 ) -> (Vec<Transcript>, Vec<Transcript>) {
-    let opts = options(clips.len(), candidates, beam);
+    heard_alone_and_batched(model, clips, &options(clips.len(), candidates, beam))
+}
+
+/// Each clip heard alone with its options, then all of them in one batch.
+fn heard_alone_and_batched(
+    model: &Transcriber,
+    clips: &[Vec<f32>],
+    opts: &[TranscribeOptions],
+) -> (Vec<Transcript>, Vec<Transcript>) {
     let alone = clips
         .iter()
-        .zip(&opts)
+        .zip(opts)
         .map(|(c, o)| model.transcribe(c, o).unwrap())
         .collect();
     let items: Vec<(&[f32], &TranscribeOptions)> =
-        clips.iter().map(|c| c.as_slice()).zip(&opts).collect();
+        clips.iter().map(|c| c.as_slice()).zip(opts).collect();
     let together = model
         .transcribe_batch(&items)
         .into_iter()
@@ -244,19 +252,7 @@ fn tiny_en_fallback_at_once_keeps_what_one_after_another_keeps() {
                 o
             })
             .collect();
-        let alone = clips
-            .iter()
-            .zip(&opts)
-            .map(|(c, o)| model.transcribe(c, o).unwrap())
-            .collect();
-        let items: Vec<(&[f32], &TranscribeOptions)> =
-            clips.iter().map(|c| c.as_slice()).zip(&opts).collect();
-        let together = model
-            .transcribe_batch(&items)
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        (alone, together)
+        heard_alone_and_batched(&model, &clips, &opts)
     };
     let compare = |thresholds: &[f32]| -> Vec<Transcript> {
         let (serial_alone, serial_batch) = heard(thresholds, false);

@@ -71,6 +71,49 @@ impl FallbackPolicy {
     }
 }
 
+/// What the temperature fallback has of one window so far: the decode kept once one passes,
+/// else the best rejected one ([`FallbackPolicy::keep_best`]).
+#[derive(Default)]
+struct Fallback {
+    kept: Option<WindowResult>,
+    best: Option<WindowResult>,
+}
+
+impl Fallback {
+    /// Takes the window's next decode in temperature order (ignored once one has passed);
+    /// whether one has passed.
+    fn take(
+        &mut self,
+        decoder: &WindowDecoder<'_>,
+        policy: &FallbackPolicy,
+        r: WindowResult,
+    ) -> bool {
+        if self.kept.is_none() {
+            if decoder.accepts(&r, policy) {
+                self.kept = Some(r);
+            } else {
+                tracing::debug!(
+                    temperature = r.temperature,
+                    compression_ratio = r.compression_ratio,
+                    avg_logprob = r.avg_logprob,
+                    "window rejected, falling back"
+                );
+                policy.keep_best(&mut self.best, r);
+            }
+        }
+        self.kept.is_some()
+    }
+
+    /// The decode kept, or the best when none passed ([`FallbackPolicy::gave_up`]).
+    fn finish(self, policy: &FallbackPolicy) -> Result<WindowResult> {
+        match (self.kept, self.best) {
+            (Some(kept), _) => Ok(kept),
+            (None, Some(best)) => Ok(policy.gave_up(best)),
+            (None, None) => Err(anyhow::anyhow!("the decoding policy has no temperature")),
+        }
+    }
+}
+
 impl Default for FallbackPolicy {
     fn default() -> Self {
         Self {
@@ -290,19 +333,15 @@ impl WindowDecoder<'_> {
         let (run, beams) = self.prepare(audio, rows, t0)?;
         let prompt_pass = run.clone();
         let firsts = self.run_rows(rows, &beams, &vec![t0; b], run, None)?;
-        let mut kept: Vec<Option<WindowResult>> = vec![None; b];
-        let mut best: Vec<Option<WindowResult>> = vec![None; b];
+        let mut windows: Vec<Fallback> = (0..b).map(|_| Fallback::default()).collect();
         // (row, temperature) of every decode still to make, each row's in the policy's order.
         let mut again: Vec<(usize, f32)> = Vec::new();
         for (r, result) in firsts.into_iter().enumerate() {
             let result = result.expect("no decode is stopped without rows to settle");
             let policy = rows[r].policy;
-            if self.accepts(&result, policy) {
-                kept[r] = Some(result);
+            if windows[r].take(self, policy, result) {
                 continue;
             }
-            self.rejected(&result);
-            policy.keep_best(&mut best[r], result);
             let rest = &policy.temperatures[1..];
             let at_once = policy.fallback_at_once || !audio.device().is_cpu();
             if at_once && rest.iter().all(|&t| t > 0.0) {
@@ -311,13 +350,9 @@ impl WindowDecoder<'_> {
                 // One temperature after another: asked for, or a policy that comes back to
                 // temperature 0 (greedy or beam search).
                 for &t in rest {
-                    let result = self.decode(audio, &rows[r], t)?;
-                    if self.accepts(&result, policy) {
-                        kept[r] = Some(result);
+                    if windows[r].take(self, policy, self.decode(audio, &rows[r], t)?) {
                         break;
                     }
-                    self.rejected(&result);
-                    policy.keep_best(&mut best[r], result);
                 }
             }
         }
@@ -334,38 +369,17 @@ impl WindowDecoder<'_> {
                 Some(&pick),
             )?;
             for (&r, result) in pick.iter().zip(results) {
-                // Stopped: a decode at a lower temperature of the same row was accepted.
-                let Some(result) = result else { continue };
-                if kept[r].is_some() {
-                    continue;
-                }
-                let policy = rows[r].policy;
-                if self.accepts(&result, policy) {
-                    kept[r] = Some(result);
-                } else {
-                    self.rejected(&result);
-                    policy.keep_best(&mut best[r], result);
+                // None: stopped, a decode at a lower temperature of the same row was accepted.
+                if let Some(result) = result {
+                    windows[r].take(self, rows[r].policy, result);
                 }
             }
         }
-        kept.into_iter()
-            .zip(best)
+        windows
+            .into_iter()
             .zip(rows)
-            .map(|((kept, best), row)| match (kept, best) {
-                (Some(k), _) => Ok(k),
-                (None, Some(b)) => Ok(row.policy.gave_up(b)),
-                (None, None) => Err(anyhow::anyhow!("the decoding policy has no temperature")),
-            })
+            .map(|(w, row)| w.finish(row.policy))
             .collect()
-    }
-
-    fn rejected(&self, r: &WindowResult) {
-        tracing::debug!(
-            temperature = r.temperature,
-            compression_ratio = r.compression_ratio,
-            avg_logprob = r.avg_logprob,
-            "window rejected, falling back"
-        );
     }
 
     /// Whether a window's decode passes the policy (openai-whisper's rule): not a loop, not

@@ -481,7 +481,7 @@ impl Transcriber {
             // with the rows of the same first temperature and timestamp rule; the rows the
             // policy rejects decode at all their remaining temperatures at once
             // (`decode_with_fallback_batch`).
-            let mut best: Vec<Option<WindowResult>> = vec![None; rows.len()];
+            let mut decoded: Vec<Option<WindowResult>> = vec![None; rows.len()];
             let mut groups: std::collections::BTreeMap<(u32, bool), Vec<usize>> =
                 Default::default();
             for k in 0..rows.len() {
@@ -512,10 +512,10 @@ impl Transcriber {
                     .collect();
                 let results = decoder.decode_with_fallback_batch(&sub, &batch)?;
                 for (&k, result) in ks.iter().zip(results) {
-                    best[k] = Some(result);
+                    decoded[k] = Some(result);
                 }
             }
-            for (k, result) in best.into_iter().enumerate() {
+            for (k, result) in decoded.into_iter().enumerate() {
                 let i = rows[k];
                 let f = forms[i].as_mut().expect("good");
                 match result {
