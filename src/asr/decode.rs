@@ -349,8 +349,9 @@ impl WindowDecoder<'_> {
             } else {
                 // One temperature after another: asked for, or a policy that comes back to
                 // temperature 0 (greedy or beam search).
+                let own = audio.narrow(0, r, 1)?;
                 for &t in rest {
-                    if windows[r].take(self, policy, self.decode(audio, &rows[r], t)?) {
+                    if windows[r].take(self, policy, self.decode(&own, &rows[r], t)?) {
                         break;
                     }
                 }

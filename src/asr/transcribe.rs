@@ -100,6 +100,8 @@ pub struct Transcriber {
     /// Phrases whose continuation the decoder is pushed towards (none unless set).
     hotwords: Option<HotwordBias>,
     pub name: String,
+    /// Batches whose first windows failed together and were heard one by one instead.
+    batches_failed: std::sync::atomic::AtomicU64,
 }
 
 impl Transcriber {
@@ -149,6 +151,7 @@ impl Transcriber {
             suppress,
             hotwords: None,
             name: files.name.clone(),
+            batches_failed: Default::default(),
         })
     }
 
@@ -165,6 +168,13 @@ impl Transcriber {
 
     pub fn is_multilingual(&self) -> bool {
         self.model.config.is_multilingual()
+    }
+
+    /// How many batches [`Self::transcribe_batch`] could not decode together (each was then
+    /// heard one recording at a time, with the same words but none of the batch's saving).
+    pub fn batches_failed(&self) -> u64 {
+        self.batches_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn window_decoder(&self, with_timestamps: bool) -> WindowDecoder<'_> {
@@ -278,6 +288,8 @@ impl Transcriber {
                 // The batch failed as a whole (out of device memory, say): each recording is
                 // heard alone below, so one bad row cannot sink the others.
                 tracing::warn!("batched decode failed, hearing one by one: {e:#}");
+                self.batches_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 for &i in &waiting {
                     forms[i] = self.long_form_of(items[i].0, prepared[i].0.as_ref(), items[i].1);
                 }
