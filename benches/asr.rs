@@ -1,7 +1,8 @@
 //! Speed of the recogniser's parts on this machine: mel features, one encoder window, one
 //! decoder step (with the self-attention cache warm), for tiny.en and base in F32 and int8
-//! (the vocabulary projection in q8_0); and F32 against q8_0 matrix products at the vocabulary
-//! projection's shape for 1 to 16 rows (see `asr::model::Decoder::logits`).
+//! (the vocabulary projection in q8_0); F32 against q8_0 matrix products at the vocabulary
+//! projection's shape for 1 to 16 rows (see `asr::model::Decoder::logits`); a decoder step's
+//! cross-attention through candle's ops against `asr::step_attention`.
 //!
 //! Run with `cargo bench --bench asr`. Models are fetched on first use.
 
@@ -68,6 +69,42 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("f16-weights/{rows}-rows"), |b| {
             b.iter(|| vishguard::asr::f16_weights::matmul_f16_weights(&x, &w16).unwrap())
         });
+    }
+    group.finish();
+
+    // One decoder step's cross-attention over a 15-s window (t = 750, tiny.en's 6 heads of
+    // 64): candle's matmul, softmax, matmul against the kernel that reads keys and values in
+    // place (`asr::step_attention`), and the kernel with every row reading one window's keys
+    // (the decodes of one window at several temperatures).
+    let mut group = c.benchmark_group("step-attention");
+    group.sample_size(20);
+    for rows in [1, 8] {
+        let q = Tensor::randn(0f32, 0.3, (rows, 6, 1, 64), &Device::Cpu).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (rows, 6, 750, 64), &Device::Cpu).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (rows, 6, 750, 64), &Device::Cpu).unwrap();
+        group.bench_function(format!("candle/{rows}-rows"), |b| {
+            b.iter(|| {
+                let w = q.matmul(&k.t().unwrap()).unwrap();
+                vishguard::asr::fast_ops::softmax_last_dim(&w)
+                    .unwrap()
+                    .matmul(&v)
+                    .unwrap()
+            })
+        });
+        group.bench_function(format!("in-place/{rows}-rows"), |b| {
+            b.iter(|| {
+                vishguard::asr::step_attention::attend_one_query(&q, &k, &v, None, None).unwrap()
+            })
+        });
+        if rows > 1 {
+            let one = vec![0u32; rows];
+            group.bench_function(format!("in-place-one-window/{rows}-rows"), |b| {
+                b.iter(|| {
+                    vishguard::asr::step_attention::attend_one_query(&q, &k, &v, Some(&one), None)
+                        .unwrap()
+                })
+            });
+        }
     }
     group.finish();
 

@@ -2,6 +2,7 @@
 //! Streaming, batching and decoding policy live in the files beside this one.
 
 use super::fast_ops::{gelu_erf, softmax_last_dim};
+use super::step_attention;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Conv1d, Conv1dConfig, Embedding, LayerNorm, Linear, VarBuilder};
@@ -141,7 +142,17 @@ impl Attention {
         ))
     }
 
-    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// `x [b, t, d]` attends over `k, v [bk, heads, t_k, d / heads]`; query row `i` reads the
+    /// keys and values of row `kv_rows[i]` (of row `i` when `None`). `mask`: additive,
+    /// `[t, t_k]` or `[b, 1, t, t_k]`.
+    fn attend(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        kv_rows: Option<&[u32]>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         // The 1/sqrt(head width) scale goes on the queries ([t, d]) rather than on the
         // scores ([heads, t, t_k]): the same product, one pass over far fewer elements (a
@@ -149,6 +160,21 @@ impl Attention {
         let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
         let q = self.heads(&(self.q.forward(x)? * scale)?)?;
         let t_k = k.dim(2)?;
+        if t == 1 && step_attention::applies(&q) {
+            // A decoder step: one query per sequence, keys and values read in place.
+            let mask = mask.map(|m| m.reshape((b, t_k))).transpose()?;
+            let o = step_attention::attend_one_query(&q, k, v, kv_rows, mask.as_ref())?;
+            return self.out.forward(&o.reshape((b, 1, d))?);
+        }
+        let shared;
+        let (k, v) = match kv_rows {
+            Some(rows) => {
+                let idx = Tensor::new(rows, k.device())?;
+                shared = (k.index_select(&idx, 0)?, v.index_select(&idx, 0)?);
+                (&shared.0, &shared.1)
+            }
+            None => (k, v),
+        };
         // On the CPU the weights of one encoder layer over a 30-s window are
         // [b, heads, 1500, 1500]: 72 MB each for base, and three copies live at once
         // (scores, scaled, softmax). Query rows are independent, so they are taken a block at
@@ -221,7 +247,7 @@ impl EncoderBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.attn_ln.forward(x)?;
         let (k, v) = self.attn.project_kv(&h)?;
-        let x = (x + self.attn.attend(&h, &k, &v, None)?)?;
+        let x = (x + self.attn.attend(&h, &k, &v, None, None)?)?;
         &x + self.mlp.forward(&self.mlp_ln.forward(&x)?)?
     }
 }
@@ -312,6 +338,10 @@ struct DecoderBlock {
 pub struct DecoderState {
     self_kv: Vec<Option<(Tensor, Tensor)>>,
     cross_kv: Vec<(Tensor, Tensor)>,
+    /// The row of `cross_kv` each sequence reads (`None`: row `i` for sequence `i`). On the
+    /// CPU, sequences that keep or copy a window's audio ([`Self::select_rows`]) read one copy
+    /// of it: decodes of one window at several temperatures, or the beams of a beam search.
+    cross_rows: Option<Vec<u32>>,
     pub len: usize,
 }
 
@@ -352,9 +382,23 @@ impl DecoderState {
             *k = k.index_select(rows, 0)?;
             *v = v.index_select(rows, 0)?;
         }
-        for (k, v) in &mut self.cross_kv {
-            *k = k.index_select(rows, 0)?;
-            *v = v.index_select(rows, 0)?;
+        let in_place = self
+            .cross_kv
+            .first()
+            .is_some_and(|(k, _)| step_attention::applies(k));
+        if in_place {
+            // Each sequence points at the audio row it reads; nothing is copied (9 MB per row
+            // for tiny.en's 15-s window, copied once per decode at a new temperature).
+            let picked: Vec<u32> = rows.to_vec1()?;
+            self.cross_rows = Some(match &self.cross_rows {
+                Some(now) => picked.iter().map(|&r| now[r as usize]).collect(),
+                None => picked,
+            });
+        } else {
+            for (k, v) in &mut self.cross_kv {
+                *k = k.index_select(rows, 0)?;
+                *v = v.index_select(rows, 0)?;
+            }
         }
         Ok(())
     }
@@ -437,6 +481,7 @@ impl Decoder {
         Ok(DecoderState {
             self_kv: vec![None; self.blocks.len()],
             cross_kv,
+            cross_rows: None,
             len: 0,
         })
     }
@@ -501,11 +546,14 @@ impl Decoder {
                 Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
                 None => (k, v),
             };
-            x = (&x + block.self_attn.attend(&h, &k, &v, mask)?)?;
+            x = (&x + block.self_attn.attend(&h, &k, &v, None, mask)?)?;
             state.self_kv[i] = Some((k, v));
             let (ck, cv) = &state.cross_kv[i];
             let h = block.cross_ln.forward(&x)?;
-            x = (&x + block.cross_attn.attend(&h, ck, cv, None)?)?;
+            x = (&x
+                + block
+                    .cross_attn
+                    .attend(&h, ck, cv, state.cross_rows.as_deref(), None)?)?;
             x = (&x + block.mlp.forward(&block.mlp_ln.forward(&x)?)?)?;
         }
         state.len += n;

@@ -71,7 +71,7 @@ pub fn gelu_erf_one(x: f32) -> f32 {
 
 /// Softmax of one row into `out` (same length). A row of all -inf gives NaN, as candle's does.
 #[inline(always)]
-fn softmax_row(row: &[f32], out: &mut [f32]) {
+pub(crate) fn softmax_row(row: &[f32], out: &mut [f32]) {
     // Eight running maxima and sums: a single accumulator is a chain the compiler may not
     // reorder, so it would not vectorise.
     let mut max8 = [f32::NEG_INFINITY; 8];

@@ -8,6 +8,7 @@
 
 pub mod f16_weights;
 pub mod fast_ops;
+pub mod step_attention;
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
 
