@@ -28,15 +28,20 @@ pub struct FallbackPolicy {
     /// At temperature 0, keep this many hypotheses (beam search, as openai-whisper's and
     /// faster-whisper's `beam_size`); 1 is greedy decoding, 0 and above [`MAX_BEAM_SIZE`] are
     /// refused ([`check_beam_size`]). Temperatures above 0 sample one.
-    /// Each hypothesis is a decoder row with its own copy of the window's cross-attention keys
-    /// and values (base, 15 s window: 18 MB), so a batch of `n` windows holds `n * beam_size`.
+    /// Each hypothesis is a decoder row; on a GPU each holds its own copy of the window's
+    /// cross-attention keys and values (base, 15 s window: 18 MB), so a batch of `n` windows
+    /// holds `n * beam_size`; on the CPU the hypotheses of a window read one copy.
     pub beam_size: usize,
-    /// A rejected window decodes at all its remaining temperatures at once (lower latency:
-    /// about two decodes' time however many it takes, but more work when an early one passes)
-    /// instead of one after another (false, the default, as openai-whisper). Always at once on
-    /// a GPU, where the extra rows cost little; the live recogniser asks for it while no other
-    /// utterance waits. The same result either way
-    /// ([`WindowDecoder::decode_with_fallback_batch`]).
+    /// A rejected window decodes at all its remaining temperatures at once (true, the
+    /// default: about two decodes' time however many it takes, but more work when an early one
+    /// passes) instead of one after another (false, as openai-whisper). Always at once on a
+    /// GPU; the live recogniser asks for it while no other utterance waits. The same result
+    /// either way ([`WindowDecoder::decode_with_fallback_batch`]). Since the decodes of a
+    /// window share its audio and its prompt pass, at once was also the faster choice for files
+    /// on 2 cores (2026-12-05, same run, at once / one after another): `bench throughput
+    /// --batch 1,8` tiny.en 11.9-12.3 / 11.8-12.2 and 13.3-14.3 / 12.8-13.0 audio s per s,
+    /// base 4.9-5.5 / 4.1-4.2 and 6.1-6.3 / 4.3; `benches/compare_faster_whisper.py` warm
+    /// calls tiny.en 11.67 / 14.14 s, base 28.83 / 27.79 s.
     pub fallback_at_once: bool,
 }
 
@@ -124,7 +129,7 @@ impl Default for FallbackPolicy {
             certain_no_speech_threshold: Some(0.9),
             max_tokens: None,
             beam_size: 1,
-            fallback_at_once: false,
+            fallback_at_once: true,
         }
     }
 }
