@@ -203,7 +203,19 @@ impl Transcriber {
 
     /// Runs the encoder on one window's log-mel data, `[n_mels * frames]`.
     fn encode_one(&self, data: Vec<f32>, n_mels: usize, frames: usize) -> Result<Tensor> {
-        let x = Tensor::from_vec(data, (1, n_mels, frames), &self.device)?
+        self.encode_windows(data, 1, n_mels, frames)
+    }
+
+    /// Runs the encoder on `windows` windows' log-mel data, `[windows * n_mels * frames]`:
+    /// `[windows, frames / 2, d]`.
+    fn encode_windows(
+        &self,
+        data: Vec<f32>,
+        windows: usize,
+        n_mels: usize,
+        frames: usize,
+    ) -> Result<Tensor> {
+        let x = Tensor::from_vec(data, (windows, n_mels, frames), &self.device)?
             .to_dtype(self.model_dtype())?;
         Ok(self.model.encoder.forward(&x)?)
     }
@@ -463,10 +475,7 @@ impl Transcriber {
                 for &i in &rows {
                     data.extend(good(forms, i).window_data());
                 }
-                let mel =
-                    Tensor::from_vec(data, (rows.len(), self.mel.n_mels(), window), &self.device)?
-                        .to_dtype(self.model_dtype())?;
-                self.model.encoder.forward(&mel)?
+                self.encode_windows(data, rows.len(), self.mel.n_mels(), window)?
             };
             // Languages: known, English-only, or detected for the rows that need it, together.
             let detect: Vec<usize> = (0..rows.len())

@@ -176,7 +176,7 @@ impl CustomOp1 for GeluErf {
     }
 }
 
-fn on_cpu_f32(x: &Tensor) -> bool {
+pub(crate) fn on_cpu_f32(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 

@@ -15,7 +15,7 @@
 //! same output alone as in any batch (tested below), and within a few f32 rounding steps of
 //! `softmax(q k^T + mask) v` computed by candle.
 
-use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
+use candle_core::{Result, Storage, Tensor};
 use rayon::prelude::*;
 
 /// Keys and values read (elements of `k` and `v` over all tasks) below which one thread does
@@ -117,21 +117,14 @@ fn distinct(rows: &[usize]) -> usize {
 
 fn f32_data<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Result<&'a [f32]> {
     match storage {
-        Storage::Cpu(CpuStorage::F32(d)) => match layout.contiguous_offsets() {
-            Some((a, b)) => Ok(&d[a..b]),
-            None => candle_core::bail!("attend_one_query: not contiguous"),
-        },
-        Storage::Cpu(c) => candle_core::bail!(
-            "attend_one_query: f32 only, got {:?}",
-            candle_core::backend::BackendStorage::dtype(c)
-        ),
+        Storage::Cpu(c) => crate::contiguous_data::<f32>(c, layout, "attend_one_query"),
         _ => candle_core::bail!("attend_one_query: CPU tensors only"),
     }
 }
 
 /// Whether [`attend_one_query`] takes these tensors: f32 on the CPU.
 pub fn applies(q: &Tensor) -> bool {
-    q.device().is_cpu() && q.dtype() == DType::F32
+    crate::fast_ops::on_cpu_f32(q)
 }
 
 /// One query row and head: scores, softmax, weighted values. A `pulp::WithSimd` so that the
@@ -194,7 +187,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 mod tests {
     use super::*;
     use crate::fast_ops::tests::max_abs_diff;
-    use candle_core::{Device, D};
+    use candle_core::{DType, Device, D};
 
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
         let mut w = q.matmul(&k.t().unwrap()).unwrap();
