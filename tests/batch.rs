@@ -202,6 +202,23 @@ fn tiny_en_beam_search_batched_gives_the_same_words() {
     );
 }
 
+/// On AMX tiles (`--compute-type bf16`, `auto` there) each row of a product is computed alone,
+/// so batching changes nothing either.
+#[test]
+fn tiny_en_bf16_batched_decoding_gives_the_same_words() {
+    if !vishguard::asr::amx_bf16::available() {
+        eprintln!("skipped: no AMX tiles on this machine");
+        return;
+    }
+    let clips = english_utterances();
+    same_words_batched_and_alone(
+        &support::load_as("tiny.en", ComputeType::Bf16),
+        &clips,
+        &[],
+        1,
+    );
+}
+
 #[test]
 fn tiny_en_int8_batched_decoding_stays_close() {
     let clips = english_utterances();

@@ -130,10 +130,10 @@ impl<'de> Deserialize<'de> for DeviceChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ComputeType {
-    /// F32 on the CPU (half precision is slower there and less accurate), F16 on a GPU.
-    /// `int8` is faster on the CPU at the same WER (README, Measured) but changed which
-    /// bundled sample base flags (en_scam_irs_warrant: "pay with Google Play" became "Google
-    /// PlayCards"), so it is not the default until detection is measured with it.
+    /// On the CPU, `bf16` where it has AMX tiles ([`super::amx_bf16::available`]), else
+    /// `f32`; F16 on a GPU. `int8` is faster than f32 on the CPU at the same WER (README,
+    /// Measured) but changed which bundled sample base flags (en_scam_irs_warrant: "pay with
+    /// Google Play" became "Google PlayCards"), so it is not picked.
     #[default]
     Auto,
     F32,
@@ -141,16 +141,32 @@ pub enum ComputeType {
     /// step) through an int8 (q8_0) copy of its weights; see `asr::model::Decoder::logits`.
     Int8,
     F16,
+    /// On a GPU, bf16 tensors. On the CPU (AMX only), f32 tensors with the encoder's linear
+    /// layers and attention and the decoder's cross-attention keys and values on AMX tiles in
+    /// bf16 ([`super::model::Quant::Bf16Tiles`]): the encoder 2x faster (tiny.en 15-s window
+    /// 138-140 -> 66-72 ms) at the f32 error rates (`benches/compare_faster_whisper.py`:
+    /// tiny.en telephone clips 0.507 -> 0.506, real call 0.160 both; base unchanged).
     Bf16,
 }
 
 impl ComputeType {
     pub const NAMES: [&'static str; 5] = ["auto", "f32", "int8", "f16", "bf16"];
 
-    /// Which weights get int8 copies on `device` (only the CPU has them).
-    pub fn quant_on(self, device: &Device) -> Quant {
+    /// What `auto` means on `device` (other types stay as they are).
+    pub fn resolve_on(self, device: &Device) -> Self {
         match (self, device.is_cpu()) {
+            (Self::Auto, true) if super::amx_bf16::available() => Self::Bf16,
+            (Self::Auto, true) => Self::F32,
+            (Self::Auto, false) => Self::F16,
+            (other, _) => other,
+        }
+    }
+
+    /// Which weights get copies in another format on `device` (only the CPU has them).
+    pub fn quant_on(self, device: &Device) -> Quant {
+        match (self.resolve_on(device), device.is_cpu()) {
             (Self::Int8, true) => Quant::Int8,
+            (Self::Bf16, true) => Quant::Bf16Tiles,
             _ => Quant::None,
         }
     }
@@ -158,15 +174,20 @@ impl ComputeType {
     /// The dtype on `device`; half precision on the CPU is refused (candle's CPU kernels for
     /// it are 2.5-3.5x slower than F32 here and less accurate).
     pub fn dtype_on(self, device: &Device) -> Result<DType> {
-        Ok(match (self, device.is_cpu()) {
+        Ok(match (self.resolve_on(device), device.is_cpu()) {
             (Self::Auto, true) | (Self::F32, _) | (Self::Int8, true) => DType::F32,
+            (Self::Bf16, true) if super::amx_bf16::available() => DType::F32,
+            (Self::Bf16, true) => bail!(
+                "--compute-type bf16 on the CPU needs AMX tiles (Intel Xeon 4th generation or \
+                 later, Linux); this CPU or kernel has none: use f32 or int8"
+            ),
             (Self::Int8, false) => {
                 bail!("--compute-type int8 is for the CPU; a GPU runs f16 (or bf16, f32)")
             }
             (Self::Auto, false) | (Self::F16, false) => DType::F16,
             (Self::Bf16, false) => DType::BF16,
-            (Self::F16 | Self::Bf16, true) => {
-                bail!("--compute-type {self:?} needs a GPU; the CPU runs f32")
+            (Self::F16, true) => {
+                bail!("--compute-type f16 needs a GPU; the CPU runs f32 (or bf16 with AMX)")
             }
         })
     }
@@ -209,7 +230,12 @@ mod tests {
             DType::F32
         );
         assert!(ComputeType::F16.dtype_on(&Device::Cpu).is_err());
-        assert_eq!(ComputeType::Auto.quant_on(&Device::Cpu), Quant::None);
+        let auto = if crate::asr::amx_bf16::available() {
+            Quant::Bf16Tiles
+        } else {
+            Quant::None
+        };
+        assert_eq!(ComputeType::Auto.quant_on(&Device::Cpu), auto);
         assert_eq!(ComputeType::Int8.quant_on(&Device::Cpu), Quant::Int8);
         assert_eq!(ComputeType::F32.quant_on(&Device::Cpu), Quant::None);
         assert_eq!(

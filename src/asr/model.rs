@@ -33,13 +33,17 @@ impl Config {
     }
 }
 
-/// Which weights get an int8 copy.
+/// Which weights get a copy in another format, for the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quant {
     /// The VarBuilder's dtype only.
     None,
     /// Also a q8_0 copy of the vocabulary projection (see [`Decoder::logits`]).
     Int8,
+    /// Also a bf16 copy, packed for AMX tiles, of every layer that only ever sees many rows:
+    /// the encoder's linear layers and the decoder's cross-attention keys and values
+    /// ([`super::amx_bf16`]). Only where [`super::amx_bf16::available`].
+    Bf16Tiles,
 }
 
 fn linear(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
@@ -53,30 +57,71 @@ fn linear_no_bias(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
 /// A linear layer `x W^T + b` that may keep an f16 copy of `W` for calls of a few rows on the
 /// CPU in f32: a decoder step multiplies one row per sequence by every weight of the decoder,
 /// so it is bound by memory bandwidth, and the copy halves the bytes with the same f32
-/// products ([`super::f16_weights`]). More rows (prompts, the encoder) go through `W` in f32.
+/// products ([`super::f16_weights`]). More rows (prompts, the encoder) go through `W` in f32,
+/// or, for a layer that only sees many rows, through a bf16 copy on AMX tiles when the model
+/// was loaded with [`Quant::Bf16Tiles`] ([`super::amx_bf16`]).
 struct Projection {
-    dense: Linear,
+    /// `None` when the layer has `tiles` (the f32 weights would never be read).
+    dense: Option<Linear>,
     f16: Option<Tensor>,
+    tiles: Option<TileWeights>,
+}
+
+/// A layer's weights packed for AMX tiles, both bf16 halves (see
+/// [`super::amx_bf16::PackedWeights`]), with its bias as f32 values.
+struct TileWeights {
+    packed: super::amx_bf16::PackedWeights,
+    bias: Option<Vec<f32>>,
+}
+
+impl TileWeights {
+    /// `weight [n, k]`, `bias [n]`.
+    fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        Ok(Self {
+            packed: super::amx_bf16::PackedWeights::of_tensor(weight, true)?,
+            bias: bias
+                .map(|b| b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
+                .transpose()?,
+        })
+    }
 }
 
 impl Projection {
-    /// `few_rows`: this layer serves decoder steps, so the copy is worth its memory.
-    fn new(dense: Linear, few_rows: bool) -> Result<Self> {
+    /// `few_rows`: this layer serves decoder steps, so the f16 copy is worth its memory.
+    /// `tiles`: it never does, and the model runs with [`Quant::Bf16Tiles`].
+    fn new(dense: Linear, few_rows: bool, tiles: bool) -> Result<Self> {
         let f16 = if few_rows {
             super::f16_weights::f16_copy(dense.weight())?
         } else {
             None
         };
-        Ok(Self { dense, f16 })
+        if tiles && !few_rows && dense.weight().device().is_cpu() {
+            let tiles = TileWeights::new(dense.weight(), dense.bias())?;
+            return Ok(Self {
+                dense: None,
+                f16,
+                tiles: Some(tiles),
+            });
+        }
+        Ok(Self {
+            dense: Some(dense),
+            f16,
+            tiles: None,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dense = match (&self.dense, &self.tiles) {
+            (Some(dense), _) => dense,
+            (None, Some(t)) => return super::amx_bf16::linear(x, &t.packed, t.bias.as_deref()),
+            (None, None) => unreachable!("a projection keeps its f32 weights or tile copies"),
+        };
         match super::f16_weights::product_of_few_rows(x, self.f16.as_ref())? {
-            Some(y) => match self.dense.bias() {
+            Some(y) => match dense.bias() {
                 Some(b) => y.broadcast_add(b),
                 None => Ok(y),
             },
-            None => self.dense.forward(x),
+            None => dense.forward(x),
         }
     }
 }
@@ -112,17 +157,24 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(d: usize, n_head: usize, steps: StepLayers, vb: VarBuilder) -> Result<Self> {
+    /// `tiles`: the layers that never serve steps get AMX tile copies ([`Quant::Bf16Tiles`]).
+    fn load(
+        d: usize,
+        n_head: usize,
+        steps: StepLayers,
+        tiles: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let (all, qo) = match steps {
             StepLayers::None => (false, false),
             StepLayers::All => (true, true),
             StepLayers::QueryAndOutput => (false, true),
         };
         Ok(Self {
-            q: Projection::new(linear(d, d, vb.pp("q_proj"))?, qo)?,
-            k: Projection::new(linear_no_bias(d, d, vb.pp("k_proj"))?, all)?,
-            v: Projection::new(linear(d, d, vb.pp("v_proj"))?, all)?,
-            out: Projection::new(linear(d, d, vb.pp("out_proj"))?, qo)?,
+            q: Projection::new(linear(d, d, vb.pp("q_proj"))?, qo, tiles)?,
+            k: Projection::new(linear_no_bias(d, d, vb.pp("k_proj"))?, all, tiles)?,
+            v: Projection::new(linear(d, d, vb.pp("v_proj"))?, all, tiles)?,
+            out: Projection::new(linear(d, d, vb.pp("out_proj"))?, qo, tiles)?,
             n_head,
         })
     }
@@ -133,6 +185,25 @@ impl Attention {
         x.reshape((b, t, self.n_head, d / self.n_head))?
             .transpose(1, 2)?
             .contiguous()
+    }
+
+    /// Self-attention of `x [b, t, d]` over itself with no mask, in one pass on AMX tiles
+    /// ([`super::amx_bf16::self_attention`]): `Some` only when this layer's projections have
+    /// tile copies ([`Quant::Bf16Tiles`], the encoder).
+    fn self_attention_on_tiles(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if self.q.tiles.is_none() {
+            return Ok(None);
+        }
+        let d = x.dim(2)?;
+        let scale = 1.0 / ((d / self.n_head) as f32).sqrt();
+        let o = super::amx_bf16::self_attention(
+            &self.q.forward(x)?,
+            &self.k.forward(x)?,
+            &self.v.forward(x)?,
+            self.n_head,
+            scale,
+        )?;
+        self.out.forward(&o).map(Some)
     }
 
     fn project_kv(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -223,11 +294,12 @@ struct Mlp {
 }
 
 impl Mlp {
-    /// `steps`: the decoder's (f16 copies for its steps, see [`Projection`]).
-    fn load(d: usize, steps: bool, vb: &VarBuilder) -> Result<Self> {
+    /// `steps`: the decoder's (f16 copies for its steps, see [`Projection`]); `tiles`: AMX
+    /// tile copies for the encoder's ([`Quant::Bf16Tiles`]).
+    fn load(d: usize, steps: bool, tiles: bool, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            fc1: Projection::new(linear(d, 4 * d, vb.pp("fc1"))?, steps)?,
-            fc2: Projection::new(linear(4 * d, d, vb.pp("fc2"))?, steps)?,
+            fc1: Projection::new(linear(d, 4 * d, vb.pp("fc1"))?, steps, tiles)?,
+            fc2: Projection::new(linear(4 * d, d, vb.pp("fc2"))?, steps, tiles)?,
         })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -246,8 +318,14 @@ struct EncoderBlock {
 impl EncoderBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.attn_ln.forward(x)?;
-        let (k, v) = self.attn.project_kv(&h)?;
-        let x = (x + self.attn.attend(&h, &k, &v, None, None)?)?;
+        let a = match self.attn.self_attention_on_tiles(&h)? {
+            Some(a) => a,
+            None => {
+                let (k, v) = self.attn.project_kv(&h)?;
+                self.attn.attend(&h, &k, &v, None, None)?
+            }
+        };
+        let x = (x + a)?;
         &x + self.mlp.forward(&self.mlp_ln.forward(&x)?)?
     }
 }
@@ -276,7 +354,8 @@ pub fn sinusoids(length: usize, channels: usize, device: &Device) -> Result<Tens
 }
 
 impl Encoder {
-    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &Config, vb: VarBuilder, quant: Quant) -> Result<Self> {
+        let tiles = quant == Quant::Bf16Tiles;
         let d = cfg.d_model;
         let conv = |stride| Conv1dConfig {
             padding: 1,
@@ -291,14 +370,18 @@ impl Encoder {
                         d,
                         cfg.encoder_attention_heads,
                         StepLayers::None,
+                        tiles,
                         vb.pp("self_attn"),
                     )?,
                     attn_ln: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
-                    mlp: Mlp::load(d, false, &vb)?,
+                    mlp: Mlp::load(d, false, tiles, &vb)?,
                     mlp_ln: layer_norm(d, vb.pp("final_layer_norm"))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        // The convolutions stay in f32: on AMX tiles (the log-mel input rounded to bf16) they
+        // raised base's WER on the real call 0.173 -> 0.222 and tiny.en's telephone clips
+        // 0.423 -> 0.448 (tests/transcription.rs), for 3-6 ms of a 70 ms window.
         Ok(Self {
             conv1: candle_nn::conv1d(cfg.num_mel_bins, d, 3, conv(1), vb.pp("conv1"))?,
             conv2: candle_nn::conv1d(d, d, 3, conv(2), vb.pp("conv2"))?,
@@ -420,6 +503,7 @@ pub struct Decoder {
 impl Decoder {
     fn load(cfg: &Config, vb: VarBuilder, quant: Quant) -> Result<Self> {
         let d = cfg.d_model;
+        let tiles = quant == Quant::Bf16Tiles;
         let blocks = (0..cfg.decoder_layers)
             .map(|i| {
                 let vb = vb.pp(format!("layers.{i}"));
@@ -428,6 +512,7 @@ impl Decoder {
                         d,
                         cfg.decoder_attention_heads,
                         StepLayers::All,
+                        false,
                         vb.pp("self_attn"),
                     )?,
                     self_ln: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
@@ -435,17 +520,18 @@ impl Decoder {
                         d,
                         cfg.decoder_attention_heads,
                         StepLayers::QueryAndOutput,
+                        tiles,
                         vb.pp("encoder_attn"),
                     )?,
                     cross_ln: layer_norm(d, vb.pp("encoder_attn_layer_norm"))?,
-                    mlp: Mlp::load(d, true, &vb)?,
+                    mlp: Mlp::load(d, true, false, &vb)?,
                     mlp_ln: layer_norm(d, vb.pp("final_layer_norm"))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let embed = candle_nn::embedding(cfg.vocab_size, d, vb.pp("embed_tokens"))?;
         let logits_int8 = match quant {
-            Quant::None => None,
+            Quant::None | Quant::Bf16Tiles => None,
             Quant::Int8 => Some(QMatMul::from_qtensor(QTensor::quantize(
                 &embed.embeddings().to_dtype(DType::F32)?,
                 GgmlDType::Q8_0,
@@ -632,7 +718,7 @@ impl Whisper {
     /// projection's q8_0 copy is made here (about 0.1 s for tiny.en, 0.2 s for base).
     pub fn load(cfg: &Config, vb: VarBuilder, quant: Quant) -> Result<Self> {
         Ok(Self {
-            encoder: Encoder::load(cfg, vb.pp("model.encoder"))?,
+            encoder: Encoder::load(cfg, vb.pp("model.encoder"), quant)?,
             decoder: Decoder::load(cfg, vb.pp("model.decoder"), quant)?,
             config: cfg.clone(),
         })

@@ -96,6 +96,8 @@ pub struct Transcriber {
     pub mel: MelSpectrogram,
     pub device: Device,
     pub dtype: DType,
+    /// The precision it runs in: `compute` as asked, with `auto` resolved for the device.
+    pub compute: ComputeType,
     suppress: Vec<u32>,
     /// Phrases whose continuation the decoder is pushed towards (none unless set).
     hotwords: Option<HotwordBias>,
@@ -120,6 +122,7 @@ impl Transcriber {
             .map_err(|e| anyhow::anyhow!("{}: {e}", files.tokenizer().display()))?;
         let special = SpecialTokens::from_tokenizer(&tokenizer)?;
         let dtype = compute.dtype_on(&device)?;
+        let compute = compute.resolve_on(&device);
         // Read tensor by tensor, not memory-mapped: see model_store::weights.
         let vb = WeightFile::open(&files.weights())
             .with_context(|| format!("{}: unreadable weights", files.weights().display()))?
@@ -148,6 +151,7 @@ impl Transcriber {
             special,
             device,
             dtype,
+            compute,
             suppress,
             hotwords: None,
             name: files.name.clone(),

@@ -105,9 +105,9 @@ pub(crate) fn softmax_row(row: &[f32], out: &mut [f32]) {
 /// target-feature function, so everything it inlines is vectorised for that CPU. (A closure
 /// handed to `dispatch` may stay a function of its own, compiled for the baseline CPU: an
 /// earlier kernel's `mul_add` became a libm call that way.)
-struct Softmax<'a> {
-    row: &'a [f32],
-    out: &'a mut [f32],
+pub(crate) struct Softmax<'a> {
+    pub(crate) row: &'a [f32],
+    pub(crate) out: &'a mut [f32],
 }
 
 impl pulp::WithSimd for Softmax<'_> {

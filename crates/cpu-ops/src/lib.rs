@@ -6,6 +6,7 @@
 //! hot part of the encoders there). Each kernel is tested against candle's own op or an f64
 //! reference in its module.
 
+pub mod amx_bf16;
 pub mod f16_weights;
 pub mod fast_ops;
 pub mod step_attention;

@@ -227,7 +227,7 @@ fn throughput(args: ThroughputArgs) -> Result<i32> {
         "bench throughput: {} on {:?} ({:?}), {} utterances of {:.1} s mean",
         t.name,
         t.device,
-        t.dtype,
+        t.compute,
         clips.len(),
         clips.iter().map(|c| c.len()).sum::<usize>() as f64 / 16_000.0 / clips.len() as f64
     );
@@ -570,7 +570,7 @@ fn live(args: LiveArgs) -> Result<i32> {
     let classifier = Arc::new(Classifier::builtin());
     eprintln!(
         "bench live: {} on {:?} ({:?}), batch {}, {} workers, {:.0} s calls, keyword detection",
-        t.name, t.device, t.dtype, args.asr_batch, args.asr_workers, args.call_seconds
+        t.name, t.device, t.compute, args.asr_batch, args.asr_workers, args.call_seconds
     );
     let mut rows = Vec::new();
     let mut sustained = 0;
