@@ -390,44 +390,31 @@ pub fn f16_copy(weights: &Tensor) -> Result<Option<Tensor>> {
 /// Values per parallel task of [`narrow_exactly`].
 const NARROW_CHUNK: usize = 1 << 16;
 
-/// `x` in f16, when every value is exactly an f16 value; `None` as soon as one is not.
+/// `x` in f16, when every value is exactly an f16 value; `None` as soon as a chunk holds one
+/// that is not. Each chunk is narrowed and widened back with `half`'s slice conversions (F16C
+/// where the CPU has it, 8 values an instruction) and compared bit for bit: a value is exact
+/// when it comes back unchanged (NaN never counts). A scalar test of each value's bits took
+/// 12% of a `transcribe --model base` process that heard one second.
 fn narrow_exactly(x: &[f32]) -> Option<Vec<half::f16>> {
     use half::slice::HalfFloatSliceExt;
+    const BACK: usize = 1024;
     let mut out = vec![half::f16::ZERO; x.len()];
     let exact = out
         .par_chunks_mut(NARROW_CHUNK)
         .zip(x.par_chunks(NARROW_CHUNK))
         .all(|(o, i)| {
-            let exact = i.iter().all(|&v| is_f16_value(v));
-            if exact {
-                o.convert_from_f32_slice(i);
-            }
-            exact
+            o.convert_from_f32_slice(i);
+            let mut back = [0f32; BACK];
+            i.chunks(BACK).zip(o.chunks(BACK)).all(|(i, o)| {
+                let back = &mut back[..i.len()];
+                o.convert_to_f32_slice(back);
+                // No early exit inside, so the comparison vectorises.
+                i.iter().zip(back.iter()).fold(true, |all, (a, b)| {
+                    all & (a.to_bits() == b.to_bits()) & !a.is_nan()
+                })
+            })
         });
     exact.then_some(out)
-}
-
-/// Whether `v` is exactly an f16 value (IEEE 754 binary16: 5 exponent bits, 10 fraction bits,
-/// subnormals down to 2^-24), read from its f32 bits: an f16 normal keeps only the top 10 of
-/// f32's 23 fraction bits, a subnormal fewer. Infinities are; NaN is not (it would not round
-/// trip as equal).
-fn is_f16_value(v: f32) -> bool {
-    let bits = v.to_bits();
-    let exponent = ((bits >> 23) & 0xff) as i32;
-    let fraction = bits & 0x7f_ffff;
-    match exponent {
-        0 => fraction == 0,
-        0xff => fraction == 0,
-        _ => {
-            let e = exponent - 127;
-            if !(-24..=15).contains(&e) {
-                return false;
-            }
-            // Fraction bits below f16's resolution at this exponent must be zero.
-            let dropped = if e >= -14 { 13 } else { 13 + (-14 - e) as u32 };
-            fraction & ((1u32 << dropped) - 1) == 0
-        }
-    }
 }
 
 #[cfg(test)]
@@ -542,7 +529,7 @@ mod tests {
     }
 
     #[test]
-    fn the_bit_test_agrees_with_a_round_trip_through_half() {
+    fn the_exactness_test_agrees_with_a_round_trip_through_half() {
         // Every f16 value widened, each with its neighbours in f32, and values around the
         // limits (largest normal, smallest subnormal, beyond both).
         let mut values = Vec::new();
@@ -563,10 +550,28 @@ mod tests {
             f32::MIN_POSITIVE,
             1e-40,
         ]);
-        for v in values {
+        values.push(f32::NAN);
+        for &v in &values {
             let round_trip = half::f16::from_f32(v).to_f32() == v;
-            assert_eq!(is_f16_value(v), round_trip, "{v:e} ({:#010x})", v.to_bits());
+            let narrowed = narrow_exactly(&[v]);
+            assert_eq!(
+                narrowed.is_some(),
+                round_trip,
+                "{v:e} ({:#010x})",
+                v.to_bits()
+            );
         }
+        // And a long slice of exact values with one inexact among them, in a later chunk.
+        let exact: Vec<f32> = values
+            .iter()
+            .copied()
+            .filter(|&v| half::f16::from_f32(v).to_f32() == v)
+            .collect();
+        assert!(narrow_exactly(&exact).is_some());
+        let mut one_off = exact.clone();
+        let last = one_off.len() - 3;
+        one_off[last] = 0.1;
+        assert!(narrow_exactly(&one_off).is_none());
     }
 
     #[test]
