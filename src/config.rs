@@ -75,8 +75,9 @@ pub struct AsrConfig {
     /// `auto` (a GPU when this build and the machine have one, else the CPU), `cpu`, `cuda`,
     /// `cuda:N`, `metal`.
     pub device: DeviceChoice,
-    /// `auto` (f32 on the CPU, f16 on a GPU), `f32`, `int8` (CPU: f32 with the vocabulary
-    /// projection in q8_0), `f16`, `bf16`.
+    /// `auto` (on the CPU `bf16` where it has AMX tiles, else `f32`; `f16` on a GPU), `f32`,
+    /// `int8` (CPU: f32 with the vocabulary projection in q8_0), `f16`, `bf16` (CPU: the
+    /// encoder on AMX tiles).
     pub compute_type: ComputeType,
     /// The spoken language ("en", "zh"); detected when not given (multilingual models).
     #[serde(skip_serializing_if = "Option::is_none")]

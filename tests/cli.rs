@@ -182,6 +182,37 @@ fn a_beam_size_out_of_range_is_refused_with_the_reason() {
     }
 }
 
+/// bf16 on the CPU needs AMX tiles: without them (`VISHGUARD_NO_AMX` stands in for a CPU that
+/// lacks them) the choice is refused in one line naming what is missing and what to use, exit
+/// 2; `auto` falls back to f32 and transcribes.
+#[test]
+fn bf16_without_amx_tiles_is_refused_and_auto_falls_back() {
+    let clip = support::fixture("asr/gift_cards.flac");
+    let out = vishguard()
+        .env("VISHGUARD_NO_AMX", "1")
+        .args(["transcribe", "--model", "tiny.en", "--compute-type", "bf16"])
+        .arg(&clip)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("needs AMX tiles"), "{stderr}");
+    assert!(stderr.contains("use f32 or int8"), "{stderr}");
+    let out = vishguard()
+        .env("VISHGUARD_NO_AMX", "1")
+        .args(["transcribe", "--model", "tiny.en", "--compute-type", "auto"])
+        .arg(&clip)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("gift card"), "{stdout}");
+}
+
 #[test]
 fn bench_kernels_checks_each_kernel_against_the_production_path() {
     // On the CPU the op runs the kernels' references (the GPU check runs the same command with

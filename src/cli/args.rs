@@ -45,8 +45,9 @@ pub struct AsrArgs {
     /// CPU), cpu, cuda, cuda:N, metal [default: auto].
     #[arg(long, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<DeviceChoice>()))]
     pub device: Option<DeviceChoice>,
-    /// Precision: auto (f32 on the CPU, f16 on a GPU), f32, int8 (CPU: f32 with the
-    /// decoder's vocabulary projection in int8), f16, bf16 [default: auto].
+    /// Precision: auto (on the CPU bf16 where it has AMX tiles, else f32; f16 on a GPU), f32,
+    /// int8 (CPU: f32 with the decoder's vocabulary projection in int8), f16, bf16 (CPU: the
+    /// encoder on AMX tiles) [default: auto].
     #[arg(long, value_parser = choice::<ComputeType>(&ComputeType::NAMES))]
     pub compute_type: Option<ComputeType>,
     /// Stereo recordings: transcribe each channel as its own party, or mix them [default: split].
