@@ -4,8 +4,10 @@
 //!
 //! Why: on the 2-core Sapphire Rapids host the project is measured on, the tiny.en encoder
 //! spent about half of a 15-s window (155 ms) in f32 matrix products at AVX-512 speed, while
-//! one `tdpbf16ps` does 16 x 16 x 32 multiply-adds. The inputs and weights are rounded to bf16
-//! (8 bits of mantissa, as a GPU's bf16 path does) and every product is summed in f32.
+//! one `tdpbf16ps` does 16 x 16 x 32 multiply-adds. The inputs are rounded to bf16 (8 bits
+//! of mantissa, as a GPU's bf16 path does), a layer's weights are kept as two bf16 halves (see
+//! [`PackedWeights`] for why), and every product is summed in f32. With the tiles, one 15-s
+//! tiny.en window went from 138-170 ms to 66-72 ms.
 //!
 //! What it computes: `y [m, n] = x [m, k] . w [n, k]^T (+ bias [n])`, with `w` packed once
 //! ([`PackedWeights`]) into the layout the tile instruction reads ("VNNI": pairs of
