@@ -188,22 +188,26 @@ fn a_beam_size_out_of_range_is_refused_with_the_reason() {
 #[test]
 fn bf16_without_amx_tiles_is_refused_and_auto_falls_back() {
     let clip = support::fixture("asr/gift_cards.flac");
-    let out = vishguard()
-        .env("VISHGUARD_NO_AMX", "1")
-        .args(["transcribe", "--model", "tiny.en", "--compute-type", "bf16"])
-        .arg(&clip)
-        .output()
-        .unwrap();
+    let without_amx = |compute: &str| {
+        vishguard()
+            .env("VISHGUARD_NO_AMX", "1")
+            .args([
+                "transcribe",
+                "--model",
+                "tiny.en",
+                "--compute-type",
+                compute,
+            ])
+            .arg(&clip)
+            .output()
+            .unwrap()
+    };
+    let out = without_amx("bf16");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains("needs AMX tiles"), "{stderr}");
     assert!(stderr.contains("use f32 or int8"), "{stderr}");
-    let out = vishguard()
-        .env("VISHGUARD_NO_AMX", "1")
-        .args(["transcribe", "--model", "tiny.en", "--compute-type", "auto"])
-        .arg(&clip)
-        .output()
-        .unwrap();
+    let out = without_amx("auto");
     let stdout = String::from_utf8_lossy(&out.stdout).to_lowercase();
     assert!(
         out.status.success(),

@@ -60,11 +60,11 @@ fn linear_no_bias(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
 /// products ([`super::f16_weights`]). More rows (prompts, the encoder) go through `W` in f32,
 /// or, for a layer that only sees many rows, through a bf16 copy on AMX tiles when the model
 /// was loaded with [`Quant::Bf16Tiles`] ([`super::amx_bf16`]).
-struct Projection {
-    /// `None` when the layer has `tiles` (the f32 weights would never be read).
-    dense: Option<Linear>,
-    f16: Option<Tensor>,
-    tiles: Option<TileWeights>,
+enum Projection {
+    /// The f32 weights, with the f16 copy for decoder steps where it is kept.
+    Dense { dense: Linear, f16: Option<Tensor> },
+    /// Only the tile copy: the f32 weights would never be read.
+    Tiles(TileWeights),
 }
 
 /// A layer's weights packed for AMX tiles, both bf16 halves (see
@@ -90,33 +90,26 @@ impl Projection {
     /// `few_rows`: this layer serves decoder steps, so the f16 copy is worth its memory.
     /// `tiles`: it never does, and the model runs with [`Quant::Bf16Tiles`].
     fn new(dense: Linear, few_rows: bool, tiles: bool) -> Result<Self> {
-        let f16 = if few_rows {
-            super::f16_weights::f16_copy(dense.weight())?
-        } else {
-            None
-        };
-        if tiles && !few_rows && dense.weight().device().is_cpu() {
-            let tiles = TileWeights::new(dense.weight(), dense.bias())?;
-            return Ok(Self {
-                dense: None,
-                f16,
-                tiles: Some(tiles),
-            });
+        if few_rows {
+            let f16 = super::f16_weights::f16_copy(dense.weight())?;
+            return Ok(Self::Dense { dense, f16 });
         }
-        Ok(Self {
-            dense: Some(dense),
-            f16,
-            tiles: None,
-        })
+        if tiles && dense.weight().device().is_cpu() {
+            return Ok(Self::Tiles(TileWeights::new(dense.weight(), dense.bias())?));
+        }
+        Ok(Self::Dense { dense, f16: None })
+    }
+
+    fn has_tiles(&self) -> bool {
+        matches!(self, Self::Tiles(_))
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dense = match (&self.dense, &self.tiles) {
-            (Some(dense), _) => dense,
-            (None, Some(t)) => return super::amx_bf16::linear(x, &t.packed, t.bias.as_deref()),
-            (None, None) => unreachable!("a projection keeps its f32 weights or tile copies"),
+        let (dense, f16) = match self {
+            Self::Dense { dense, f16 } => (dense, f16),
+            Self::Tiles(t) => return super::amx_bf16::linear(x, &t.packed, t.bias.as_deref()),
         };
-        match super::f16_weights::product_of_few_rows(x, self.f16.as_ref())? {
+        match super::f16_weights::product_of_few_rows(x, f16.as_ref())? {
             Some(y) => match dense.bias() {
                 Some(b) => y.broadcast_add(b),
                 None => Ok(y),
@@ -191,7 +184,7 @@ impl Attention {
     /// ([`super::amx_bf16::self_attention`]): `Some` only when this layer's projections have
     /// tile copies ([`Quant::Bf16Tiles`], the encoder).
     fn self_attention_on_tiles(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        if self.q.tiles.is_none() {
+        if !self.q.has_tiles() {
             return Ok(None);
         }
         let d = x.dim(2)?;

@@ -230,16 +230,6 @@ impl PackedWeights {
             .to_vec1::<f32>()?;
         Self::pack(&v, n, k, split)
     }
-
-    /// Output columns.
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
-    /// Input columns.
-    pub fn k(&self) -> usize {
-        self.k
-    }
 }
 
 /// The tile configuration for palette 1 with all 8 tiles 16 rows of 64 bytes (SDM vol. 1
