@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| q.forward(&x).unwrap())
         });
         group.bench_function(format!("f16-weights/{rows}-rows"), |b| {
-            b.iter(|| vishguard::asr::f16_weights::matmul_f16_weights(&x, &w16).unwrap())
+            b.iter(|| vishguard::asr::step_weights::matmul_f16_weights(&x, &w16).unwrap())
         });
     }
     group.finish();

@@ -131,19 +131,21 @@ impl<'de> Deserialize<'de> for DeviceChoice {
 #[serde(rename_all = "lowercase")]
 pub enum ComputeType {
     /// On the CPU, `bf16` where it has AMX tiles ([`super::amx_bf16::available`]), else
-    /// `f32`; F16 on a GPU. `int8` is faster than f32 on the CPU at the same WER (README,
-    /// Measured) but changed which bundled sample base flags (en_scam_irs_warrant: "pay with
-    /// Google Play" became "Google PlayCards"), so it is not picked.
+    /// `f32`; F16 on a GPU. `int8` keeps the error rates within 0.01 but was not measurably
+    /// faster live or in throughput on this 2-core host (README, Measured), so it is not
+    /// picked.
     #[default]
     Auto,
     F32,
-    /// CPU only: F32, with the decoder's vocabulary projection (about half of each decoder
-    /// step) through an int8 (q8_0) copy of its weights; see `asr::model::Decoder::logits`.
+    /// CPU only: as `auto` there (the encoder on AMX tiles where the CPU has them, else f32),
+    /// and the decoder's vocabulary projection (about half of each decoder step's bytes) reads
+    /// an int8 copy of its weights, a scale per 16 ([`super::step_weights::I8Weights`]), with
+    /// f32 inputs and sums; see `asr::model::Decoder::logits`.
     Int8,
     F16,
     /// On a GPU, bf16 tensors. On the CPU (AMX only), f32 tensors with the encoder's linear
     /// layers and attention and the decoder's cross-attention keys and values on AMX tiles in
-    /// bf16 ([`super::model::Quant::Bf16Tiles`]): the encoder 2x faster (tiny.en 15-s window
+    /// bf16 ([`super::model::Quant::tiles`]): the encoder 2x faster (tiny.en 15-s window
     /// 138-140 -> 66-72 ms) at the f32 error rates (`benches/compare_faster_whisper.py`:
     /// tiny.en telephone clips 0.507 -> 0.506, real call 0.160 both; base unchanged).
     Bf16,
@@ -165,9 +167,15 @@ impl ComputeType {
     /// Which weights get copies in another format on `device` (only the CPU has them).
     pub fn quant_on(self, device: &Device) -> Quant {
         match (self.resolve_on(device), device.is_cpu()) {
-            (Self::Int8, true) => Quant::Int8,
-            (Self::Bf16, true) => Quant::Bf16Tiles,
-            _ => Quant::None,
+            (Self::Int8, true) => Quant {
+                tiles: super::amx_bf16::available(),
+                int8_vocabulary: true,
+            },
+            (Self::Bf16, true) => Quant {
+                tiles: true,
+                int8_vocabulary: false,
+            },
+            _ => Quant::default(),
         }
     }
 
@@ -230,14 +238,18 @@ mod tests {
             DType::F32
         );
         assert!(ComputeType::F16.dtype_on(&Device::Cpu).is_err());
-        let auto = if crate::asr::amx_bf16::available() {
-            Quant::Bf16Tiles
-        } else {
-            Quant::None
+        let amx = crate::asr::amx_bf16::available();
+        let auto = Quant {
+            tiles: amx,
+            int8_vocabulary: false,
         };
         assert_eq!(ComputeType::Auto.quant_on(&Device::Cpu), auto);
-        assert_eq!(ComputeType::Int8.quant_on(&Device::Cpu), Quant::Int8);
-        assert_eq!(ComputeType::F32.quant_on(&Device::Cpu), Quant::None);
+        let int8 = Quant {
+            tiles: amx,
+            int8_vocabulary: true,
+        };
+        assert_eq!(ComputeType::Int8.quant_on(&Device::Cpu), int8);
+        assert_eq!(ComputeType::F32.quant_on(&Device::Cpu), Quant::default());
         assert_eq!(
             ComputeType::Int8.dtype_on(&Device::Cpu).unwrap(),
             DType::F32

@@ -15,7 +15,7 @@ pub mod tokens;
 pub mod transcribe;
 
 // The CPU kernels live in crates/cpu-ops, compiled with optimisation even in test builds.
-pub use vishguard_cpu_ops::{amx_bf16, f16_weights, fast_ops, step_attention};
+pub use vishguard_cpu_ops::{amx_bf16, fast_ops, step_attention, step_weights};
 
 pub use device::{ComputeType, DeviceChoice};
 pub use language::{simplified, written_language};

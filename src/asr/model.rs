@@ -3,7 +3,7 @@
 
 use super::fast_ops::{gelu_erf, softmax_last_dim};
 use super::step_attention;
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use super::step_weights::StepCopy;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Conv1d, Conv1dConfig, Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
@@ -33,17 +33,17 @@ impl Config {
     }
 }
 
-/// Which weights get a copy in another format, for the CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quant {
-    /// The VarBuilder's dtype only.
-    None,
-    /// Also a q8_0 copy of the vocabulary projection (see [`Decoder::logits`]).
-    Int8,
-    /// Also a bf16 copy, packed for AMX tiles, of every layer that only ever sees many rows:
-    /// the encoder's linear layers and the decoder's cross-attention keys and values
+/// Which weights get a copy in another format, for the CPU. The default: none but the exact
+/// f16 copies decoder steps read ([`Projection`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quant {
+    /// A bf16 copy, packed for AMX tiles, of every layer that only ever sees many rows: the
+    /// encoder's linear layers and the decoder's cross-attention keys and values
     /// ([`super::amx_bf16`]). Only where [`super::amx_bf16::available`].
-    Bf16Tiles,
+    pub tiles: bool,
+    /// Decoder steps read an int8 copy of the vocabulary projection (a scale per 16 weights)
+    /// instead of the f16 one ([`StepCopy::I8`], [`Decoder::logits`]).
+    pub int8_vocabulary: bool,
 }
 
 fn linear(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
@@ -54,15 +54,18 @@ fn linear_no_bias(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
     candle_nn::linear_no_bias(i, o, vb)
 }
 
-/// A linear layer `x W^T + b` that may keep an f16 copy of `W` for calls of a few rows on the
-/// CPU in f32: a decoder step multiplies one row per sequence by every weight of the decoder,
-/// so it is bound by memory bandwidth, and the copy halves the bytes with the same f32
-/// products ([`super::f16_weights`]). More rows (prompts, the encoder) go through `W` in f32,
-/// or, for a layer that only sees many rows, through a bf16 copy on AMX tiles when the model
-/// was loaded with [`Quant::Bf16Tiles`] ([`super::amx_bf16`]).
+/// A linear layer `x W^T + b` that may keep a narrow copy of `W` for calls of a few rows on
+/// the CPU in f32: a decoder step multiplies one row per sequence by every weight of the
+/// decoder, so it is bound by memory bandwidth, and the copy (f16, exact) halves the bytes with
+/// the same f32 products ([`super::step_weights`]). More rows (prompts, the encoder) go through `W` in f32, or, for
+/// a layer that only sees many rows, through a bf16 copy on AMX tiles when the model was
+/// loaded with [`Quant::tiles`] ([`super::amx_bf16`]).
 enum Projection {
-    /// The f32 weights, with the f16 copy for decoder steps where it is kept.
-    Dense { dense: Linear, f16: Option<Tensor> },
+    /// The f32 weights, with the copy for decoder steps where it is kept.
+    Dense {
+        dense: Linear,
+        step: Option<StepCopy>,
+    },
     /// Only the tile copy: the f32 weights would never be read.
     Tiles(TileWeights),
 }
@@ -87,17 +90,21 @@ impl TileWeights {
 }
 
 impl Projection {
-    /// `few_rows`: this layer serves decoder steps, so the f16 copy is worth its memory.
-    /// `tiles`: it never does, and the model runs with [`Quant::Bf16Tiles`].
-    fn new(dense: Linear, few_rows: bool, tiles: bool) -> Result<Self> {
+    /// `few_rows`: this layer serves decoder steps, so the step copy is worth its memory.
+    /// Otherwise the tile copy, with [`Quant::tiles`].
+    fn new(dense: Linear, few_rows: bool, quant: Quant) -> Result<Self> {
         if few_rows {
-            let f16 = super::f16_weights::f16_copy(dense.weight())?;
-            return Ok(Self::Dense { dense, f16 });
+            // f16 (exact) even with the int8 vocabulary: int8 copies of these layers as well
+            // took tiny.en's telephone clips from 0.429 (f32) to 0.443, past the 0.01 bound
+            // (tests/transcription.rs; the vocabulary alone 0.435, these layers alone 0.423),
+            // and the vocabulary is 71% of tiny.en's step bytes (55% of base's).
+            let step = StepCopy::of(dense.weight(), false)?;
+            return Ok(Self::Dense { dense, step });
         }
-        if tiles && dense.weight().device().is_cpu() {
+        if quant.tiles && dense.weight().device().is_cpu() {
             return Ok(Self::Tiles(TileWeights::new(dense.weight(), dense.bias())?));
         }
-        Ok(Self::Dense { dense, f16: None })
+        Ok(Self::Dense { dense, step: None })
     }
 
     fn has_tiles(&self) -> bool {
@@ -105,11 +112,11 @@ impl Projection {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (dense, f16) = match self {
-            Self::Dense { dense, f16 } => (dense, f16),
+        let (dense, step) = match self {
+            Self::Dense { dense, step } => (dense, step),
             Self::Tiles(t) => return super::amx_bf16::linear(x, &t.packed, t.bias.as_deref()),
         };
-        match super::f16_weights::product_of_few_rows(x, f16.as_ref())? {
+        match StepCopy::product_of_few_rows(step.as_ref(), x)? {
             Some(y) => match dense.bias() {
                 Some(b) => y.broadcast_add(b),
                 None => Ok(y),
@@ -119,7 +126,7 @@ impl Projection {
     }
 }
 
-/// Which layers of an [`Attention`] serve decoder steps (and so get f16 copies, see
+/// Which layers of an [`Attention`] serve decoder steps (and so get step copies, see
 /// [`Projection`]).
 #[derive(Clone, Copy)]
 enum StepLayers {
@@ -150,12 +157,12 @@ struct Attention {
 }
 
 impl Attention {
-    /// `tiles`: the layers that never serve steps get AMX tile copies ([`Quant::Bf16Tiles`]).
+    /// `quant`: the copies the layers get ([`Projection::new`]).
     fn load(
         d: usize,
         n_head: usize,
         steps: StepLayers,
-        tiles: bool,
+        quant: Quant,
         vb: VarBuilder,
     ) -> Result<Self> {
         let (all, qo) = match steps {
@@ -164,10 +171,10 @@ impl Attention {
             StepLayers::QueryAndOutput => (false, true),
         };
         Ok(Self {
-            q: Projection::new(linear(d, d, vb.pp("q_proj"))?, qo, tiles)?,
-            k: Projection::new(linear_no_bias(d, d, vb.pp("k_proj"))?, all, tiles)?,
-            v: Projection::new(linear(d, d, vb.pp("v_proj"))?, all, tiles)?,
-            out: Projection::new(linear(d, d, vb.pp("out_proj"))?, qo, tiles)?,
+            q: Projection::new(linear(d, d, vb.pp("q_proj"))?, qo, quant)?,
+            k: Projection::new(linear_no_bias(d, d, vb.pp("k_proj"))?, all, quant)?,
+            v: Projection::new(linear(d, d, vb.pp("v_proj"))?, all, quant)?,
+            out: Projection::new(linear(d, d, vb.pp("out_proj"))?, qo, quant)?,
             n_head,
         })
     }
@@ -182,7 +189,7 @@ impl Attention {
 
     /// Self-attention of `x [b, t, d]` over itself with no mask, in one pass on AMX tiles
     /// ([`super::amx_bf16::self_attention`]): `Some` only when this layer's projections have
-    /// tile copies ([`Quant::Bf16Tiles`], the encoder).
+    /// tile copies ([`Quant::tiles`], the encoder).
     fn self_attention_on_tiles(&self, x: &Tensor) -> Result<Option<Tensor>> {
         if !self.q.has_tiles() {
             return Ok(None);
@@ -287,12 +294,11 @@ struct Mlp {
 }
 
 impl Mlp {
-    /// `steps`: the decoder's (f16 copies for its steps, see [`Projection`]); `tiles`: AMX
-    /// tile copies for the encoder's ([`Quant::Bf16Tiles`]).
-    fn load(d: usize, steps: bool, tiles: bool, vb: &VarBuilder) -> Result<Self> {
+    /// `steps`: the decoder's (copies for its steps, see [`Projection`]); `quant`: which.
+    fn load(d: usize, steps: bool, quant: Quant, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            fc1: Projection::new(linear(d, 4 * d, vb.pp("fc1"))?, steps, tiles)?,
-            fc2: Projection::new(linear(4 * d, d, vb.pp("fc2"))?, steps, tiles)?,
+            fc1: Projection::new(linear(d, 4 * d, vb.pp("fc1"))?, steps, quant)?,
+            fc2: Projection::new(linear(4 * d, d, vb.pp("fc2"))?, steps, quant)?,
         })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -348,7 +354,6 @@ pub fn sinusoids(length: usize, channels: usize, device: &Device) -> Result<Tens
 
 impl Encoder {
     fn load(cfg: &Config, vb: VarBuilder, quant: Quant) -> Result<Self> {
-        let tiles = quant == Quant::Bf16Tiles;
         let d = cfg.d_model;
         let conv = |stride| Conv1dConfig {
             padding: 1,
@@ -363,11 +368,11 @@ impl Encoder {
                         d,
                         cfg.encoder_attention_heads,
                         StepLayers::None,
-                        tiles,
+                        quant,
                         vb.pp("self_attn"),
                     )?,
                     attn_ln: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
-                    mlp: Mlp::load(d, false, tiles, &vb)?,
+                    mlp: Mlp::load(d, false, quant, &vb)?,
                     mlp_ln: layer_norm(d, vb.pp("final_layer_norm"))?,
                 })
             })
@@ -482,11 +487,10 @@ impl DecoderState {
 
 pub struct Decoder {
     embed: Embedding,
-    /// The q8_0 copy of the token embedding, for the output projection ([`Quant::Int8`]).
-    logits_int8: Option<QMatMul>,
-    /// The token embedding as stored (f16), for the output projection of a few rows in f32 on
-    /// the CPU (see [`Decoder::logits`]); `None` elsewhere, or when f16 would round it.
-    logits_f16: Option<Tensor>,
+    /// A copy of the token embedding for the output projection of a few rows in f32 on the
+    /// CPU (see [`Decoder::logits`]): as stored (f16), or int8 with [`Quant::int8_vocabulary`];
+    /// `None` elsewhere, or when f16 would round it.
+    logits_step: Option<StepCopy>,
     positions: Tensor,
     blocks: Vec<DecoderBlock>,
     ln: LayerNorm,
@@ -496,7 +500,6 @@ pub struct Decoder {
 impl Decoder {
     fn load(cfg: &Config, vb: VarBuilder, quant: Quant) -> Result<Self> {
         let d = cfg.d_model;
-        let tiles = quant == Quant::Bf16Tiles;
         let blocks = (0..cfg.decoder_layers)
             .map(|i| {
                 let vb = vb.pp(format!("layers.{i}"));
@@ -505,7 +508,7 @@ impl Decoder {
                         d,
                         cfg.decoder_attention_heads,
                         StepLayers::All,
-                        false,
+                        quant,
                         vb.pp("self_attn"),
                     )?,
                     self_ln: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
@@ -513,36 +516,24 @@ impl Decoder {
                         d,
                         cfg.decoder_attention_heads,
                         StepLayers::QueryAndOutput,
-                        tiles,
+                        quant,
                         vb.pp("encoder_attn"),
                     )?,
                     cross_ln: layer_norm(d, vb.pp("encoder_attn_layer_norm"))?,
-                    mlp: Mlp::load(d, true, false, &vb)?,
+                    mlp: Mlp::load(d, true, quant, &vb)?,
                     mlp_ln: layer_norm(d, vb.pp("final_layer_norm"))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let embed = candle_nn::embedding(cfg.vocab_size, d, vb.pp("embed_tokens"))?;
-        let logits_int8 = match quant {
-            Quant::None | Quant::Bf16Tiles => None,
-            Quant::Int8 => Some(QMatMul::from_qtensor(QTensor::quantize(
-                &embed.embeddings().to_dtype(DType::F32)?,
-                GgmlDType::Q8_0,
-            )?)?),
-        };
-        let logits_f16 = match logits_int8 {
-            None => super::f16_weights::f16_copy(embed.embeddings())?,
-            Some(_) => None,
-        };
+        let logits_step = StepCopy::of(embed.embeddings(), quant.int8_vocabulary)?;
         tracing::debug!(
-            f16 = logits_f16.is_some(),
-            int8 = logits_int8.is_some(),
+            copy = logits_step.as_ref().map(StepCopy::name),
             "vocabulary projection"
         );
         Ok(Self {
             embed,
-            logits_int8,
-            logits_f16,
+            logits_step,
             positions: vb.get((cfg.max_target_positions, d), "embed_positions.weight")?,
             blocks,
             ln: layer_norm(d, vb.pp("layer_norm"))?,
@@ -642,44 +633,18 @@ impl Decoder {
     /// Logits over the vocabulary for hidden states `[b, n, d]` (the output projection is tied
     /// to the token embedding).
     ///
-    /// With [`Quant::Int8`], through a q8_0 copy of the embedding (blocks of 32 weights with
-    /// one f16 scale, ggml's format). This product is about half of a decoder step on the CPU
-    /// (tiny.en: 384 x 51864 weights, 80 MB in F32, read once per step) and is bound by memory
-    /// bandwidth: q8_0 reads a quarter of the bytes, 2.0 ms instead of 5.5 ms per row. candle's
-    /// q8_0 product takes each row alone (no tiling), so from about 4 rows on F32 gemm is as
-    /// fast and from 8 rows faster (`cargo bench --bench asr`, `vocab-projection`); the
-    /// decoders ask for 1 or 2 rows per sequence, and CPU batches are small. The decoder's
-    /// layers stay F32: q8_0 copies of them were measured too and cost accuracy (base on the
-    /// real call: WER 0.173 -> 0.210, a phrase lost), where this copy alone changed no word
-    /// there (see the README's Measured section).
-    ///
-    /// In f32 on the CPU, up to [`super::f16_weights::MAX_ROWS`] rows read the embedding as the model
-    /// file stores it, in f16 ([`super::f16_weights`]): half the bytes, the same f32 products.
+    /// On the CPU in f32, up to [`super::step_weights::MAX_ROWS`] rows read a copy of the
+    /// embedding ([`StepCopy`]): as the model file stores it, in f16 (half the bytes of f32,
+    /// the same products), or in int8 with a scale per 16 weights ([`Quant::int8_vocabulary`]).
+    /// This product is about half of a decoder step on the CPU (tiny.en: 384 x 51864 weights,
+    /// read once per step) and is bound by memory bandwidth. candle's q8_0 copy of it (which
+    /// also rounds each input row to int8) was the old `int8`; it changed no word on the real
+    /// call, where q8_0 copies of the decoder's layers cost a phrase (base, WER 0.173 ->
+    /// 0.210); see the README's Measured section for the weight-only int8 copies' numbers.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        match &self.logits_int8 {
-            Some(q) => {
-                let hidden = hidden.contiguous()?;
-                let logits = q.forward(&hidden)?;
-                // q8_0 scales each block of the input by its largest magnitude, found with
-                // f32::max, which passes over NaN: a NaN hidden state (damaged weights) would
-                // come out as finite logits and the decoders' NaN check would never see it.
-                if hidden
-                    .sum_all()?
-                    .to_dtype(DType::F32)?
-                    .to_scalar::<f32>()?
-                    .is_finite()
-                {
-                    Ok(logits)
-                } else {
-                    logits.affine(f64::NAN, 0.0)
-                }
-            }
-            None => {
-                match super::f16_weights::product_of_few_rows(hidden, self.logits_f16.as_ref())? {
-                    Some(logits) => Ok(logits),
-                    None => hidden.broadcast_matmul(&self.embed.embeddings().t()?),
-                }
-            }
+        match StepCopy::product_of_few_rows(self.logits_step.as_ref(), hidden)? {
+            Some(logits) => Ok(logits),
+            None => hidden.broadcast_matmul(&self.embed.embeddings().t()?),
         }
     }
 }
@@ -707,8 +672,7 @@ pub struct Whisper {
 }
 
 impl Whisper {
-    /// Loads the weights `vb` holds (Hugging Face names); with [`Quant::Int8`] the vocabulary
-    /// projection's q8_0 copy is made here (about 0.1 s for tiny.en, 0.2 s for base).
+    /// Loads the weights `vb` holds (Hugging Face names) and makes the copies `quant` asks for.
     pub fn load(cfg: &Config, vb: VarBuilder, quant: Quant) -> Result<Self> {
         Ok(Self {
             encoder: Encoder::load(cfg, vb.pp("model.encoder"), quant)?,

@@ -46,8 +46,8 @@ pub struct AsrArgs {
     #[arg(long, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<DeviceChoice>()))]
     pub device: Option<DeviceChoice>,
     /// Precision: auto (on the CPU bf16 where it has AMX tiles, else f32; f16 on a GPU), f32,
-    /// int8 (CPU: f32 with the decoder's vocabulary projection in int8), f16, bf16 (CPU: the
-    /// encoder on AMX tiles) [default: auto].
+    /// int8 (CPU: as auto, with the decoder's vocabulary projection reading int8 weights),
+    /// f16, bf16 (CPU: the encoder on AMX tiles) [default: auto].
     #[arg(long, value_parser = choice::<ComputeType>(&ComputeType::NAMES))]
     pub compute_type: Option<ComputeType>,
     /// Stereo recordings: transcribe each channel as its own party, or mix them [default: split].

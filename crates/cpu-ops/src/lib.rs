@@ -7,9 +7,9 @@
 //! reference in its module.
 
 pub mod amx_bf16;
-pub mod f16_weights;
 pub mod fast_ops;
 pub mod step_attention;
+pub mod step_weights;
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
 
