@@ -21,7 +21,7 @@
 //! `Documentation/arch/x86/xstate.rst` (a process must ask for the tile data state with
 //! `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)` before its first tile instruction).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Rows of `x` per task: two tiles of 16.
@@ -224,10 +224,17 @@ impl PackedWeights {
     /// Packs a CPU tensor `[n, k]`, with its low half when `split`.
     pub fn of_tensor(w: &Tensor, split: bool) -> Result<Self> {
         let (n, k) = w.dims2()?;
-        let v = w
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        // Read in place when the weights are contiguous f32 on the CPU (the model's own), not
+        // copied out first.
+        {
+            let (storage, layout) = w.storage_and_layout();
+            if let (candle_core::Storage::Cpu(cpu), true) = (&*storage, w.dtype() == DType::F32) {
+                if let Ok(v) = crate::contiguous_data::<f32>(cpu, layout, "pack") {
+                    return Self::pack(v, n, k, split);
+                }
+            }
+        }
+        let v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Self::pack(&v, n, k, split)
     }
 }
