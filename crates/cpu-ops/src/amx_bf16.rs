@@ -226,13 +226,8 @@ impl PackedWeights {
         let (n, k) = w.dims2()?;
         // Read in place when the weights are contiguous f32 on the CPU (the model's own), not
         // copied out first.
-        {
-            let (storage, layout) = w.storage_and_layout();
-            if let (candle_core::Storage::Cpu(cpu), true) = (&*storage, w.dtype() == DType::F32) {
-                if let Ok(v) = crate::contiguous_data::<f32>(cpu, layout, "pack") {
-                    return Self::pack(v, n, k, split);
-                }
-            }
+        if let Some(packed) = crate::with_f32_values(w, |v| Self::pack(v, n, k, split)) {
+            return packed;
         }
         let v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Self::pack(&v, n, k, split)

@@ -11,7 +11,7 @@ pub mod fast_ops;
 pub mod step_attention;
 pub mod step_weights;
 
-use candle_core::{CpuStorage, Layout, Result, WithDType};
+use candle_core::{CpuStorage, Layout, Result, Tensor, WithDType};
 
 /// The contiguous data of a CPU tensor's layout as `T`, for a custom op's `cpu_fwd`; an error
 /// naming the op when the storage holds another dtype or the layout is not contiguous.
@@ -30,5 +30,16 @@ pub fn contiguous_data<'a, T: WithDType>(
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
+/// `f` applied to the values of a contiguous f32 tensor on the CPU, read in place (no copy,
+/// the storage's read lock held while `f` runs); `None` when the tensor is on another device,
+/// of another dtype or not contiguous.
+pub fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(CpuStorage::F32(all)), Some((a, b))) => Some(f(&all[a..b])),
+        _ => None,
     }
 }

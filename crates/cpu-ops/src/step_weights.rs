@@ -437,11 +437,17 @@ pub fn matmul_f16_weights(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
             weight.dtype()
         );
     }
-    let mut out_dims = x.dims().to_vec();
-    *out_dims.last_mut().expect("rank >= 1") = n;
     let t = x
         .contiguous()?
         .apply_op2_no_bwd(weight, &MatmulF16Weights)?;
+    rows_of(&t, x, n)
+}
+
+/// The kernels' output `[n, m]` (transposed: each task owns whole rows of it) as the rows of
+/// `x [.., k]`: `[.., n]`.
+fn rows_of(t: &Tensor, x: &Tensor, n: usize) -> Result<Tensor> {
+    let mut out_dims = x.dims().to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = n;
     if t.dim(1)? == 1 {
         t.reshape(out_dims)
     } else {
@@ -564,14 +570,8 @@ pub fn matmul_i8_weights(x: &Tensor, w: &I8Weights) -> Result<Tensor> {
     if k != wk {
         candle_core::bail!("matmul_i8_weights: input width {k}, weights [{n}, {wk}]");
     }
-    let mut out_dims = x.dims().to_vec();
-    *out_dims.last_mut().expect("rank >= 1") = n;
     let t = x.contiguous()?.apply_op1_no_bwd(&MatmulI8Weights(w))?;
-    if t.dim(1)? == 1 {
-        t.reshape(out_dims)
-    } else {
-        t.t()?.contiguous()?.reshape(out_dims)
-    }
+    rows_of(&t, x, n)
 }
 
 /// A narrow copy of a layer's f32 weights `[n, k]` that decoder steps read instead: they
@@ -593,20 +593,18 @@ impl StepCopy {
         if !int8 {
             return Ok(f16_copy(weights)?.map(Self::F16));
         }
-        if cfg!(unoptimised) || !weights.device().is_cpu() || weights.dtype() != DType::F32 {
+        if !worth_a_copy(weights) {
             return Ok(None);
         }
         let (n, k) = weights.dims2()?;
         if k == 0 || !k.is_multiple_of(I8Weights::GROUP) {
             return Ok(f16_copy(weights)?.map(Self::F16));
         }
-        let (storage, layout) = weights.storage_and_layout();
-        Ok(match (&*storage, layout.contiguous_offsets()) {
-            (candle_core::Storage::Cpu(CpuStorage::F32(all)), Some((a, b))) => {
-                I8Weights::quantize(&all[a..b], n, k).map(Self::I8)
-            }
-            _ => None,
-        })
+        Ok(
+            crate::with_f32_values(weights, |w| I8Weights::quantize(w, n, k))
+                .flatten()
+                .map(Self::I8),
+        )
     }
 
     /// `x [.., k]` times the transpose of the copy; `None` when the caller's f32 weights
@@ -640,24 +638,22 @@ impl StepCopy {
 /// build.rs), where these kernels run far slower than candle's gemm: a real-speed live test's
 /// alert came 13.8 s late that way, when they were part of vishguard's opt-level-0 test build.
 pub fn f16_copy(weights: &Tensor) -> Result<Option<Tensor>> {
-    if cfg!(unoptimised) || !weights.device().is_cpu() || weights.dtype() != DType::F32 {
+    if !worth_a_copy(weights) {
         return Ok(None);
     }
     // Read in place and narrowed in parallel chunks, the check in the same pass: checking
     // value by value through `half` and then narrowing with `to_dtype` took about 0.15 s of
     // tiny.en's 0.47 s start (0.23 s of base's), for every `scan`, `transcribe` and `listen`.
-    let narrowed = {
-        let (storage, layout) = weights.storage_and_layout();
-        match (&*storage, layout.contiguous_offsets()) {
-            (candle_core::Storage::Cpu(CpuStorage::F32(all)), Some((a, b))) => {
-                narrow_exactly(&all[a..b])
-            }
-            _ => return Ok(None),
-        }
-    };
-    narrowed
+    crate::with_f32_values(weights, narrow_exactly)
+        .flatten()
         .map(|v| Tensor::from_vec(v, weights.shape(), weights.device()))
         .transpose()
+}
+
+/// Whether `weights` may get a step copy at all: f32 on the CPU, and this crate compiled with
+/// optimisation (see [`f16_copy`]).
+fn worth_a_copy(weights: &Tensor) -> bool {
+    !cfg!(unoptimised) && weights.device().is_cpu() && weights.dtype() == DType::F32
 }
 
 /// Values per parallel task of [`narrow_exactly`].
