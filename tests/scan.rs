@@ -98,3 +98,122 @@ fn a_call_in_a_language_no_pack_covers_is_reported_unchecked_not_clean() {
     // (src/cli/scan.rs): scanning the French clip again for it cost about 45 s of base's
     // hallucination loops on 2 cores (before decodes stopped at a loop).
 }
+
+/// Files heard together (`scan --batch`) get what each gets heard alone, in the order given:
+/// a file of three clips with pauses between them (three windows, each prompted by the text
+/// before it, batched with other files' first windows), both parties of a stereo call, a
+/// corrupt file in the middle (its error; the files after it go on), silence, and a clip.
+#[test]
+fn files_heard_together_get_what_each_gets_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut three = Vec::new();
+    for name in ["gift_cards", "delivery", "pharmacy"] {
+        three.extend(support::fixture_speech(&format!("asr/{name}.flac")));
+        three.extend(std::iter::repeat_n(0.0, 4 * 16_000));
+    }
+    let pcm = |v: &[f32]| -> Vec<i16> { v.iter().map(|s| (s * 32767.0) as i16).collect() };
+    support::write_pcm16_wav(
+        &dir.path().join("a_three_clips.wav"),
+        1,
+        16_000,
+        pcm(&three),
+    );
+    std::fs::write(
+        dir.path().join("b_corrupt.wav"),
+        b"RIFF\x10\0\0\0WAVEfmt garbage",
+    )
+    .unwrap();
+    std::fs::copy(
+        support::fixture("asr/stereo_call_ulaw.wav"),
+        dir.path().join("c_stereo.wav"),
+    )
+    .unwrap();
+    support::write_pcm16_wav(
+        &dir.path().join("d_silence.wav"),
+        1,
+        8_000,
+        vec![0; 8_000 * 5],
+    );
+    std::fs::copy(
+        support::fixture("asr/irs_warrant_phone.wav"),
+        dir.path().join("e_irs.wav"),
+    )
+    .unwrap();
+    let scan = |batch: &str| {
+        let out = support::vishguard()
+            .args([
+                "scan", "--model", "tiny.en", "--format", "jsonl", "--batch", batch,
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "a file failed: {err}");
+        assert!(
+            err.contains("b_corrupt.wav") && !err.contains("a_three") && !err.contains("e_irs"),
+            "{err}"
+        );
+        support::json_lines(&out.stdout)
+    };
+    let (alone, together) = (scan("1"), scan("4"));
+    let files = |rows: &[serde_json::Value]| -> Vec<String> {
+        rows.iter()
+            .map(|r| {
+                r["metadata"]["file"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(
+        files(&together),
+        [
+            "a_three_clips.wav",
+            "c_stereo.wav",
+            "d_silence.wav",
+            "e_irs.wav"
+        ]
+    );
+    assert_eq!(files(&alone), files(&together));
+    let words = |r: &serde_json::Value| -> Vec<Vec<(String, f64, f64)>> {
+        r["parties"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                // Parties that said nothing have no transcript field.
+                p["transcript"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| {
+                        let at = |k: &str| s[k].as_f64().unwrap();
+                        (
+                            s["text"].as_str().unwrap().to_owned(),
+                            at("start_s"),
+                            at("end_s"),
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    for (a, t) in alone.iter().zip(&together) {
+        let file = &a["metadata"]["file"];
+        assert_eq!(words(a), words(t), "{file}: words differ");
+        assert_eq!(a["risk"], t["risk"], "{file}");
+        assert_eq!(a["score"], t["score"], "{file}");
+        assert_eq!(a["evidence"], t["evidence"], "{file}");
+    }
+    // The three clips were heard as three windows: each clip's words are there.
+    let three_words: String = words(&together[0])[0].iter().map(|w| w.0.clone()).collect();
+    for word in ["gift", "deliver", "pharmacy"] {
+        assert!(three_words.to_lowercase().contains(word), "{three_words}");
+    }
+    assert_eq!(words(&together[1]).len(), 2, "two parties");
+    assert!(words(&together[2]).iter().all(|p| p.is_empty()), "silence");
+}

@@ -300,7 +300,18 @@ impl Transcriber {
             .filter(|&i| forms[i].as_ref().is_ok_and(|f| !f.done()))
             .collect();
         if waiting.len() > 1 {
-            if let Err(e) = self.first_windows_together(&mut forms, items, &waiting) {
+            let mut batch: Vec<&mut LongForm> = Vec::with_capacity(waiting.len());
+            let mut batch_opts: Vec<&TranscribeOptions> = Vec::with_capacity(waiting.len());
+            for (form, (_, opts)) in forms.iter_mut().zip(items) {
+                match form {
+                    Ok(f) if !f.done() => {
+                        batch.push(f);
+                        batch_opts.push(opts);
+                    }
+                    _ => {}
+                }
+            }
+            if let Err(e) = self.windows_together(&mut batch, &batch_opts) {
                 // The batch failed as a whole (out of device memory, say): each recording is
                 // heard alone below, so one bad row cannot sink the others.
                 tracing::warn!("batched decode failed, hearing one by one: {e:#}");
@@ -446,19 +457,19 @@ impl Transcriber {
         self.take_window(form, result, opts)
     }
 
-    /// The first window of each recording in `rows`, through the encoder and the decoder
+    /// The next window of each of `forms` (none done), through the encoder and the decoder
     /// (greedy or beam search) together; windows of different lengths go in separate batches.
-    fn first_windows_together(
+    /// A form's first window also chooses its language (detection of the rows that need it,
+    /// together). `opts[i]` is `forms[i]`'s. Errors: encoding, detection or decoding failed for
+    /// the batch as a whole (a form may then have its language chosen, and no window taken).
+    pub(super) fn windows_together(
         &self,
-        forms: &mut [Result<LongForm>],
-        items: &[(&[f32], &TranscribeOptions)],
-        rows: &[usize],
+        forms: &mut [&mut LongForm],
+        opts: &[&TranscribeOptions],
     ) -> Result<()> {
         let mut by_window: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-        for &i in rows {
-            if let Ok(f) = &forms[i] {
-                by_window.entry(f.window).or_default().push(i);
-            }
+        for (i, f) in forms.iter().enumerate() {
+            by_window.entry(f.window).or_default().push(i);
         }
         for (window, rows) in by_window {
             let audio = if self.device.is_cpu() {
@@ -469,25 +480,29 @@ impl Transcriber {
                 // 14.6-14.8 audio s per s, peak RSS 464 / 381 MB.
                 let one: Vec<Tensor> = rows
                     .iter()
-                    .map(|&i| {
-                        self.encode_one(good(forms, i).window_data(), self.mel.n_mels(), window)
-                    })
+                    .map(|&i| self.encode_one(forms[i].window_data(), self.mel.n_mels(), window))
                     .collect::<Result<_>>()?;
                 Tensor::cat(&one, 0)?
             } else {
                 let mut data = Vec::with_capacity(rows.len() * self.mel.n_mels() * window);
                 for &i in &rows {
-                    data.extend(good(forms, i).window_data());
+                    data.extend(forms[i].window_data());
                 }
                 self.encode_windows(data, rows.len(), self.mel.n_mels(), window)?
             };
-            // Languages: known, English-only, or detected for the rows that need it, together.
-            let detect: Vec<usize> = (0..rows.len())
-                .filter(|&k| matches!(good(forms, rows[k]).plan, LanguagePlan::Detect(_)))
+            // Languages, for the forms still to choose theirs: known, English-only, or
+            // detected for the rows that need it, together.
+            let unsettled: Vec<usize> = (0..rows.len())
+                .filter(|&k| !forms[rows[k]].settled)
+                .collect();
+            let detect: Vec<usize> = unsettled
+                .iter()
+                .copied()
+                .filter(|&k| matches!(forms[rows[k]].plan, LanguagePlan::Detect(_)))
                 .collect();
             let mut tokens: Vec<Option<u32>> = rows
                 .iter()
-                .map(|&i| match good(forms, i).plan {
+                .map(|&i| match forms[i].plan {
                     LanguagePlan::Known(t) => Some(t),
                     _ => None,
                 })
@@ -497,7 +512,7 @@ impl Transcriber {
                 let sub = audio.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 0)?;
                 let candidates: Vec<&[u32]> = detect
                     .iter()
-                    .map(|&k| match &good(forms, rows[k]).plan {
+                    .map(|&k| match &forms[rows[k]].plan {
                         LanguagePlan::Detect(c) => c.as_slice(),
                         _ => &[],
                     })
@@ -507,15 +522,12 @@ impl Transcriber {
                     .detect_languages(&sub, &candidates)?;
                 for (&k, guess) in detect.iter().zip(found) {
                     tokens[k] = Some(guess.token);
-                    let f = forms[rows[k]]
-                        .as_mut()
-                        .expect("only good forms are batched");
-                    self.note_uncovered(f, &guess);
+                    self.note_uncovered(forms[rows[k]], &guess);
                 }
             }
-            for (&i, token) in rows.iter().zip(tokens) {
-                let f = forms[i].as_mut().expect("only good forms are batched");
-                self.settle_language(f, token, items[i].1);
+            for &k in &unsettled {
+                let i = rows[k];
+                self.settle_language(forms[i], tokens[k], opts[i]);
             }
             // Temperature fallback: every row first decodes at its first temperature, together
             // with the rows of the same first temperature and timestamp rule; the rows the
@@ -524,11 +536,11 @@ impl Transcriber {
             let mut decoded: Vec<Option<WindowResult>> = vec![None; rows.len()];
             let mut groups: std::collections::BTreeMap<(u32, bool), Vec<usize>> =
                 Default::default();
-            for k in 0..rows.len() {
-                let opts = items[rows[k]].1;
-                if let Some(t) = opts.policy.temperatures.first() {
+            for (k, &i) in rows.iter().enumerate() {
+                let o = opts[i];
+                if let Some(t) = o.policy.temperatures.first() {
                     groups
-                        .entry((t.to_bits(), opts.with_timestamps))
+                        .entry((t.to_bits(), o.with_timestamps))
                         .or_default()
                         .push(k);
                 }
@@ -540,13 +552,14 @@ impl Transcriber {
                 let batch: Vec<BatchRow> = ks
                     .iter()
                     .map(|&k| {
-                        let f = good(forms, rows[k]);
-                        let opts = items[rows[k]].1;
+                        let f = &forms[rows[k]];
+                        let o = opts[rows[k]];
                         BatchRow {
                             prompt: &f.prompt_tokens[f.prompt_reset_since..],
                             sot_sequence: &f.sot_sequence,
-                            policy: &opts.policy,
-                            seed: opts.seed,
+                            policy: &o.policy,
+                            // As `next_window` seeds a window heard alone.
+                            seed: o.seed.wrapping_add(f.seek as u64),
                         }
                     })
                     .collect();
@@ -557,11 +570,10 @@ impl Transcriber {
             }
             for (k, result) in decoded.into_iter().enumerate() {
                 let i = rows[k];
-                let f = forms[i].as_mut().expect("good");
                 match result {
-                    Some(result) => self.take_window(f, result, items[i].1)?,
+                    Some(result) => self.take_window(forms[i], result, opts[i])?,
                     // A policy without temperatures: heard alone, which says why.
-                    None => self.next_window(f, items[i].1)?,
+                    None => self.next_window(forms[i], opts[i])?,
                 }
             }
         }
@@ -693,10 +705,6 @@ impl Transcriber {
             result.temperature,
         ))
     }
-}
-
-fn good(forms: &[Result<LongForm>], i: usize) -> &LongForm {
-    forms[i].as_ref().expect("only good forms are batched")
 }
 
 /// How a recording's language is chosen.

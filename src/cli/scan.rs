@@ -33,7 +33,14 @@ pub struct ScanArgs {
     /// Also write each transcript as JSON and WebVTT into this folder.
     #[arg(long)]
     pub save_transcripts: Option<PathBuf>,
+    /// Files heard at once: the next window of each goes through the recogniser in one batch
+    /// (results still print in file order).
+    #[arg(long, default_value_t = DEFAULT_FILE_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub batch: usize,
 }
+
+/// Files heard at once by default.
+pub const DEFAULT_FILE_BATCH: usize = 8;
 
 /// Audio files under the given paths, in a stable order, each once.
 ///
@@ -124,10 +131,14 @@ pub fn run(args: ScanArgs) -> Result<i32> {
             "file", "ch", "lang", "risk", "score", "alert_s"
         );
     }
-    for path in &files {
-        bar.set_message(path.display().to_string());
+    let calls: Vec<(PathBuf, CallId)> = files
+        .iter()
+        .map(|p| (p.clone(), CallId::new(p.display().to_string())))
+        .collect();
+    job.analyse_all(&calls, args.batch, |i, outcome| {
+        let path = &files[i];
         let name = path.display().to_string();
-        let outcome = job.analyse(path, CallId::new(name.clone())).and_then(|a| {
+        let outcome = outcome.and_then(|a| {
             if let Some(dir) = &args.save_transcripts {
                 for (channel, t) in &a.transcripts {
                     save_transcript(dir, path, &root, *channel, t)?;
@@ -136,6 +147,9 @@ pub fn run(args: ScanArgs) -> Result<i32> {
             Ok(a.summary)
         });
         bar.inc(1);
+        if let Some(next) = files.get(i + 1) {
+            bar.set_message(next.display().to_string());
+        }
         match outcome {
             Ok(summary) => {
                 if summary.risk.is_flagged() {
@@ -156,7 +170,8 @@ pub fn run(args: ScanArgs) -> Result<i32> {
                 bar.suspend(|| eprintln!("error: {}", super::file_error(&name, &e)));
             }
         }
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     Ok(if errors > 0 {
         2
