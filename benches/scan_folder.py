@@ -12,7 +12,8 @@ greedily with its voice-activity filter: plainly (`WhisperModel.transcribe`) and
 `BatchedInferencePipeline` (batch_size 8; it batches the speech chunks of one file).
 
 Usage: benches/scan_folder.py [--threads 2] [--models tiny.en,base] [--compute-types f32,int8]
-       [--batches 1,8] (vishguard's `--batch`: files heard at once; default 8, as `scan`)
+       [--layouts 1x1,2x8] (vishguard's `--jobs` x `--batch`: threads x files each hears at
+       once; default 2x8, as `scan` on 2 cores)
 Needs: `pip install faster-whisper`, a release build, models fetched (compare_faster_whisper.py
 rebuilds faster-whisper's model folders from the same wheels).
 """
@@ -50,8 +51,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="tiny.en,base")
     ap.add_argument("--compute-types", default="f32,int8")
-    ap.add_argument("--batches", default="8",
-                    help="vishguard's --batch values (files heard at once), comma-separated")
+    ap.add_argument("--layouts", default="2x8",
+                    help="vishguard's --jobs x --batch (threads x files each thread hears at "
+                         "once), comma-separated, e.g. 1x1,2x8")
     a = ap.parse_args()
     scratch = pathlib.Path(os.environ.get("VISHGUARD_BENCH_DIR",
                                           os.path.join(tempfile.gettempdir(), "vishguard-bench")))
@@ -85,9 +87,12 @@ def main():
             list(segs)
         fwb = time.perf_counter() - start
         rows = [("faster-whisper int8", fw), ("faster-whisper int8 batched", fwb)]
-        for ct, batch in [(c, b) for c in a.compute_types.split(",") for b in a.batches.split(",")]:
-            cmd = [str(BIN), "scan", "--model", model, "--compute-type", ct, "--batch", batch,
-                   "--threads", str(a.threads), "--format", "jsonl", str(folder)]
+        for ct, layout in [(c, l) for c in a.compute_types.split(",")
+                           for l in a.layouts.split(",")]:
+            jobs, batch = layout.split("x")
+            cmd = [str(BIN), "scan", "--model", model, "--compute-type", ct, "--jobs", jobs,
+                   "--batch", batch, "--threads", str(a.threads), "--format", "jsonl",
+                   str(folder)]
             if model != "tiny.en":
                 cmd[-1:-1] = ["--language", "en"]
             start = time.perf_counter()
@@ -95,7 +100,7 @@ def main():
             wall = time.perf_counter() - start
             if p.returncode not in (0, 1):
                 sys.exit(f"vishguard scan failed ({p.returncode}): {p.stderr[-2000:]}")
-            rows.append((f"vishguard scan {ct} --batch {batch}", wall))
+            rows.append((f"vishguard scan {ct} {jobs}x{batch}", wall))
         for name, wall in rows:
             print(f"{model:8} {name:34} {wall:8.1f} {audio_s / wall:10.1f} {fw / wall:7.2f} "
                   f"{fwb / wall:14.2f}", flush=True)

@@ -99,7 +99,8 @@ fn a_call_in_a_language_no_pack_covers_is_reported_unchecked_not_clean() {
     // hallucination loops on 2 cores (before decodes stopped at a loop).
 }
 
-/// Files heard together (`scan --batch`) get what each gets heard alone, in the order given:
+/// Files heard together (`scan --jobs 2 --batch 3`: two threads, three files in flight each)
+/// get what each gets heard alone (`--jobs 1 --batch 1`), in the order given:
 /// a file of three clips with pauses between them (three windows, each prompted by the text
 /// before it, batched with other files' first windows), both parties of a stereo call, a
 /// corrupt file in the middle (its error; the files after it go on), silence, and a clip.
@@ -139,11 +140,10 @@ fn files_heard_together_get_what_each_gets_alone() {
         dir.path().join("e_irs.wav"),
     )
     .unwrap();
-    let scan = |batch: &str| {
+    let scan = |jobs: &str, batch: &str| {
         let out = support::vishguard()
-            .args([
-                "scan", "--model", "tiny.en", "--format", "jsonl", "--batch", batch,
-            ])
+            .args(["scan", "--model", "tiny.en", "--format", "jsonl"])
+            .args(["--jobs", jobs, "--batch", batch])
             .arg(dir.path())
             .output()
             .unwrap();
@@ -155,7 +155,7 @@ fn files_heard_together_get_what_each_gets_alone() {
         );
         support::json_lines(&out.stdout)
     };
-    let (alone, together) = (scan("1"), scan("4"));
+    let (alone, together) = (scan("1", "1"), scan("2", "3"));
     let files = |rows: &[serde_json::Value]| -> Vec<String> {
         rows.iter()
             .map(|r| {

@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::args::{AsrArgs, DetectorArgs};
 use crate::call::{json_line, CallId, CallSummary};
-use crate::engine::files::FileJob;
+use crate::engine::files::{FileJob, FileToHear};
 use crate::render::{render, ChannelTranscript, TranscriptFormat};
 
 const AUDIO_EXTENSIONS: &[&str] = &["wav", "wave", "flac", "mp3", "ogg", "oga"];
@@ -33,8 +33,12 @@ pub struct ScanArgs {
     /// Also write each transcript as JSON and WebVTT into this folder.
     #[arg(long)]
     pub save_transcripts: Option<PathBuf>,
-    /// Files heard at once: the next window of each goes through the recogniser in one batch
-    /// (results still print in file order).
+    /// Threads hearing files, each with `--batch` files in flight (default: the number of CPU
+    /// cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Files each thread hears at once: the next window of each goes through the recogniser
+    /// in one batch (results still print in file order).
     #[arg(long, default_value_t = DEFAULT_FILE_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub batch: usize,
 }
@@ -131,11 +135,17 @@ pub fn run(args: ScanArgs) -> Result<i32> {
             "file", "ch", "lang", "risk", "score", "alert_s"
         );
     }
-    let calls: Vec<(PathBuf, CallId)> = files
+    let calls: Vec<FileToHear> = files
         .iter()
-        .map(|p| (p.clone(), CallId::new(p.display().to_string())))
+        .map(|p| FileToHear {
+            path: p.clone(),
+            call_id: CallId::new(p.display().to_string()),
+            language: None,
+        })
         .collect();
-    job.analyse_all(&calls, args.batch, |i, outcome| {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let jobs = args.jobs.unwrap_or(cores);
+    job.analyse_all(&calls, jobs, args.batch, |i, outcome| {
         let path = &files[i];
         let name = path.display().to_string();
         let outcome = outcome.and_then(|a| {

@@ -18,9 +18,14 @@ pub struct ScoreArgs {
     /// Compare two results.jsonl files instead: metric deltas and the calls that flipped.
     #[arg(long, num_args = 2, value_names = ["A", "B"])]
     pub compare: Option<Vec<PathBuf>>,
-    /// Calls scored at once (default: the number of CPU cores).
+    /// Calls scored at once: threads scoring text rows, and threads hearing audio files
+    /// (`--batch` each) (default: the number of CPU cores).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Audio files each thread hears at once: the next window of each goes through the
+    /// recogniser in one batch (as `scan --batch`).
+    #[arg(long, default_value_t = crate::cli::scan::DEFAULT_FILE_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub batch: usize,
     #[command(flatten)]
     pub asr: AsrArgs,
     #[command(flatten)]
@@ -52,7 +57,7 @@ pub fn run(args: ScoreArgs) -> Result<i32> {
         channels: args.asr.channels(),
     };
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let done = score::run(&rows, out, &scorer, args.jobs.unwrap_or(cores))?;
+    let done = score::run(&rows, out, &scorer, args.jobs.unwrap_or(cores), args.batch)?;
     let m = score::write_report(out, manifest)?;
     eprintln!(
         "scored {done} new calls; {} in all. F1 {:.3}, precision {:.3}, recall {:.3}, FPR {:.3}, ROC-AUC {:.3}. Report: {}",

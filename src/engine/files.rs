@@ -1,8 +1,12 @@
 //! Whole recordings (`scan`, `score`): decode, each party to 16 kHz, transcribe (voice activity
-//! inside), score each party's transcript, and summarise the call in the shared record.
+//! inside), score each party's transcript, and summarise the call in the shared record. Many
+//! files are heard together ([`FileJob::analyse_all`]): threads with several files in flight
+//! each, the next window of every party of a thread's files decoded in one batch.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 
@@ -17,6 +21,19 @@ pub struct FileAnalysis {
     pub summary: CallSummary,
     /// Each party's channel in the file (`None`: mono or mixed) and transcript.
     pub transcripts: Vec<(Option<usize>, Transcript)>,
+    /// Wall seconds spent on this file: decoding, hearing and scoring it, and, heard with
+    /// others ([`FileJob::analyse_all`]), an equal share of each batch it was in (so that the
+    /// times of the files one thread heard add up to that thread's wall time, for real-time
+    /// factors).
+    pub busy_s: f64,
+}
+
+/// A file for [`FileJob::analyse_all`].
+pub struct FileToHear {
+    pub path: PathBuf,
+    pub call_id: CallId,
+    /// Score with this language's pack instead of the job's `language` (or the words' choice).
+    pub language: Option<String>,
 }
 
 /// How a file is heard and scored.
@@ -35,24 +52,29 @@ impl FileJob<'_> {
     /// Errors: the file cannot be decoded or resampled, recognition failed, or `language` has
     /// no phrase pack.
     pub fn analyse(&self, path: &Path, call_id: CallId) -> Result<FileAnalysis> {
+        let started = Instant::now();
         if let Some(l) = self.language {
             self.classifier
                 .pack(l)
                 .with_context(|| format!("no phrase pack for language {l:?}"))?;
         }
         let (parties, heard) = hear_file(self.transcriber, self.options, path, self.channels)?;
-        self.score(path, call_id, parties, heard)
+        let mut a = self.score(path, call_id, self.language, parties, heard)?;
+        a.busy_s = started.elapsed().as_secs_f64();
+        Ok(a)
     }
 
-    /// Scores a file's parties (`parties`: their channels) from their transcripts.
+    /// Scores a file's parties (`parties`: their channels) from their transcripts, with
+    /// `language`'s pack when given.
     fn score(
         &self,
         path: &Path,
         call_id: CallId,
+        language: Option<&str>,
         parties: Vec<Option<usize>>,
         heard: Vec<Transcript>,
     ) -> Result<FileAnalysis> {
-        let fixed_pack = match self.language {
+        let fixed_pack = match language {
             Some(l) => Some(
                 self.classifier
                     .pack(l)
@@ -99,19 +121,22 @@ impl FileJob<'_> {
         Ok(FileAnalysis {
             summary,
             transcripts,
+            busy_s: 0.0,
         })
     }
 
-    /// Hears and scores `files` (each with its call id), up to `batch` files at once: the
-    /// next window of each party of each file in flight goes through the recogniser in one
-    /// batch ([`hear_together`]), so the decoder's steps serve several files per read of its
-    /// weights. Each file is decoded as it is heard, in bounded memory (a party's audio is
-    /// read on only while it has nothing waiting to be heard). `done(i, result)` is called
-    /// once per file, in the order of `files`; a file that cannot be decoded or heard gets
-    /// its error there and the others go on. Errors: those `done` returns (which stop it).
+    /// Hears and scores `files`: `workers` threads, each with up to `batch` files in flight,
+    /// the next window of each party of each of its files going through the recogniser in one
+    /// batch ([`hear_together`]), so the decoder's steps serve several files per read of
+    /// their weights. Each file is decoded as it is heard, in bounded memory (a party's audio
+    /// is read on only while it has nothing waiting to be heard). `done(i, result)` is called
+    /// once per file, on this thread, in the order of `files`; a file that cannot be decoded
+    /// or heard gets its error there and the others go on. Errors: those `done` returns (the
+    /// workers then stop taking files).
     pub fn analyse_all(
         &self,
-        files: &[(std::path::PathBuf, CallId)],
+        files: &[FileToHear],
+        workers: usize,
         batch: usize,
         mut done: impl FnMut(usize, Result<FileAnalysis>) -> Result<()>,
     ) -> Result<()> {
@@ -120,25 +145,75 @@ impl FileJob<'_> {
                 .pack(l)
                 .with_context(|| format!("no phrase pack for language {l:?}"))?;
         }
-        let batch = batch.max(1);
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let (send, receive) = std::sync::mpsc::channel::<(usize, Result<FileAnalysis>)>();
+        std::thread::scope(|s| {
+            for _ in 0..workers.clamp(1, files.len().max(1)) {
+                let send = send.clone();
+                let (next, stop) = (&next, &stop);
+                s.spawn(move || {
+                    self.lane(files, batch.max(1), next, stop, |i, r| {
+                        send.send((i, r)).is_ok()
+                    })
+                });
+            }
+            drop(send);
+            let mut finished: BTreeMap<usize, Result<FileAnalysis>> = BTreeMap::new();
+            let mut reported = 0;
+            for (i, result) in receive {
+                finished.insert(i, result);
+                while let Some(result) = finished.remove(&reported) {
+                    if let Err(e) = done(reported, result) {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    reported += 1;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// One worker of [`Self::analyse_all`]: takes the next file from `next` whenever it has
+    /// fewer than `batch` in flight, and gives each result to `report` (false: stop).
+    fn lane(
+        &self,
+        files: &[FileToHear],
+        batch: usize,
+        next: &AtomicUsize,
+        stop: &AtomicBool,
+        report: impl Fn(usize, Result<FileAnalysis>) -> bool,
+    ) {
         let mut flight: Vec<InFlight<'_>> = Vec::new();
-        let mut finished: BTreeMap<usize, Result<FileAnalysis>> = BTreeMap::new();
-        let (mut next, mut reported) = (0, 0);
-        while reported < files.len() {
-            while flight.len() < batch && next < files.len() {
-                match InFlight::open(self, next, &files[next].0) {
+        let mut taking = true;
+        loop {
+            while taking && flight.len() < batch && !stop.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= files.len() {
+                    taking = false;
+                    break;
+                }
+                let opened = Instant::now();
+                match InFlight::open(self, i, &files[i].path, opened) {
                     Ok(f) => flight.push(f),
                     Err(e) => {
-                        finished.insert(next, Err(e));
+                        if !report(i, Err(e)) {
+                            return;
+                        }
                     }
                 }
-                next += 1;
+            }
+            if flight.is_empty() {
+                return;
             }
             let mut failed: Vec<(usize, anyhow::Error)> = Vec::new();
             for f in &mut flight {
+                let fed = Instant::now();
                 if let Err(e) = f.feed() {
                     failed.push((f.index, e));
                 }
+                f.busy_s += fed.elapsed().as_secs_f64();
             }
             flight.retain(|f| !failed.iter().any(|(i, _)| *i == f.index));
             let mut recordings: Vec<(usize, &mut LongRecording<'_>)> = flight
@@ -151,7 +226,15 @@ impl FileJob<'_> {
                 .collect();
             let (owners, mut heard): (Vec<usize>, Vec<&mut LongRecording<'_>>) =
                 recordings.drain(..).unzip();
-            for (owner, result) in owners.iter().zip(hear_together(&mut heard)) {
+            let round = Instant::now();
+            let results = hear_together(&mut heard);
+            let mut in_round = owners.clone();
+            in_round.dedup();
+            let share = round.elapsed().as_secs_f64() / in_round.len().max(1) as f64;
+            for f in flight.iter_mut().filter(|f| in_round.contains(&f.index)) {
+                f.busy_s += share;
+            }
+            for (owner, result) in owners.iter().zip(results) {
                 if let Err(e) = result {
                     if !failed.iter().any(|(i, _)| i == owner) {
                         failed.push((*owner, e));
@@ -160,22 +243,30 @@ impl FileJob<'_> {
             }
             for (i, e) in failed {
                 flight.retain(|f| f.index != i);
-                finished.insert(i, Err(e));
+                if !report(i, Err(e)) {
+                    return;
+                }
             }
             let (complete, going): (Vec<_>, Vec<_>) =
                 flight.into_iter().partition(|f| f.is_complete());
             flight = going;
             for f in complete {
+                let scoring = Instant::now();
+                let busy_s = f.busy_s;
                 let (index, parties, heard) = f.into_transcripts();
-                let (path, id) = &files[index];
-                finished.insert(index, self.score(path, id.clone(), parties, heard));
-            }
-            while let Some(result) = finished.remove(&reported) {
-                done(reported, result)?;
-                reported += 1;
+                let file = &files[index];
+                let language = file.language.as_deref().or(self.language);
+                let scored = self
+                    .score(&file.path, file.call_id.clone(), language, parties, heard)
+                    .map(|a| FileAnalysis {
+                        busy_s: busy_s + scoring.elapsed().as_secs_f64(),
+                        ..a
+                    });
+                if !report(index, scored) {
+                    return;
+                }
             }
         }
-        Ok(())
     }
 }
 
@@ -187,10 +278,13 @@ struct InFlight<'a> {
     /// One per party.
     heard: Vec<LongRecording<'a>>,
     ended: bool,
+    /// See [`FileAnalysis::busy_s`].
+    busy_s: f64,
 }
 
 impl<'a> InFlight<'a> {
-    fn open(job: &FileJob<'a>, index: usize, path: &Path) -> Result<Self> {
+    /// Opens the file (`opened`: when its opening began, counted as its time).
+    fn open(job: &FileJob<'a>, index: usize, path: &Path, opened: Instant) -> Result<Self> {
         let mut stream = audio::PartyStream::open(path, job.channels)?;
         let parties = stream.parties()?.to_vec();
         let heard = parties
@@ -203,6 +297,7 @@ impl<'a> InFlight<'a> {
             parties,
             heard,
             ended: false,
+            busy_s: opened.elapsed().as_secs_f64(),
         })
     }
 

@@ -19,7 +19,7 @@ use crate::asr::{TranscribeOptions, Transcriber};
 use crate::audio::ChannelMode;
 use crate::call::{CallId, CallSummary, Versioned};
 use crate::detect::{summarise_text, Classifier};
-use crate::engine::files::FileJob;
+use crate::engine::files::{FileJob, FileToHear};
 use manifest::ManifestRow;
 use metrics::Scored;
 
@@ -43,9 +43,39 @@ impl Scorer<'_> {
             (None, Some(path)) => self.score_audio(path, row, call_id),
             (None, None) => Err(anyhow::anyhow!("row has neither text nor path")),
         };
+        self.row_line(row, scored, started.elapsed().as_secs_f64())
+    }
+
+    /// The line of an audio row heard with others ([`FileJob::analyse_all`]): its time is the
+    /// file's [`busy_s`](crate::engine::files::FileAnalysis::busy_s).
+    fn heard_row_line(
+        &self,
+        row: &ManifestRow,
+        analysis: Result<crate::engine::files::FileAnalysis>,
+    ) -> Value {
+        let busy_s = analysis.as_ref().map_or(0.0, |a| a.busy_s);
+        self.row_line(row, analysis.map(Self::summary_and_words), busy_s)
+    }
+
+    /// The summary and everything that was heard (all parties, for the word error rate).
+    fn summary_and_words(a: crate::engine::files::FileAnalysis) -> (CallSummary, Option<String>) {
+        let heard = a
+            .transcripts
+            .iter()
+            .map(|(_, t)| t.text())
+            .collect::<Vec<_>>()
+            .join(" ");
+        (a.summary, Some(heard))
+    }
+
+    fn row_line(
+        &self,
+        row: &ManifestRow,
+        scored: Result<(CallSummary, Option<String>)>,
+        elapsed: f64,
+    ) -> Value {
         let mut v = match scored {
             Ok((summary, transcript)) => {
-                let elapsed = started.elapsed().as_secs_f64();
                 let mut v = serde_json::to_value(Versioned::new(&summary))
                     .expect("records serialise to JSON");
                 let obj = v.as_object_mut().expect("records are objects");
@@ -98,14 +128,7 @@ impl Scorer<'_> {
             language: row.lang.as_deref(),
             with_transcript: false,
         };
-        let analysis = job.analyse(path, call_id)?;
-        let heard = analysis
-            .transcripts
-            .iter()
-            .map(|(_, t)| t.text())
-            .collect::<Vec<_>>()
-            .join(" ");
-        Ok((analysis.summary, Some(heard)))
+        Ok(Self::summary_and_words(job.analyse(path, call_id)?))
     }
 }
 
@@ -168,8 +191,16 @@ pub fn finished_ids(results: &Path) -> Result<HashSet<String>> {
     Ok(done)
 }
 
-/// Scores every row of the manifest not yet in `out/results.jsonl`, `jobs` at a time.
-pub fn run(rows: &[ManifestRow], out: &Path, scorer: &Scorer, jobs: usize) -> Result<usize> {
+/// Scores every row of the manifest not yet in `out/results.jsonl`: text rows `jobs` at a
+/// time, then audio rows by `jobs` threads with `batch` files each, heard together
+/// ([`FileJob::analyse_all`]).
+pub fn run(
+    rows: &[ManifestRow],
+    out: &Path,
+    scorer: &Scorer,
+    jobs: usize,
+    batch: usize,
+) -> Result<usize> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let results_path = out.join("results.jsonl");
     let done = finished_ids(&results_path)?;
@@ -192,34 +223,84 @@ pub fn run(rows: &[ManifestRow], out: &Path, scorer: &Scorer, jobs: usize) -> Re
         )
         .expect("valid template"),
     );
+    let write = |line: Value| -> Result<()> {
+        let line = line.to_string() + "\n";
+        let mut f = sink
+            .lock()
+            .map_err(|_| anyhow::anyhow!("writer poisoned"))?;
+        f.write_all(line.as_bytes())?;
+        f.flush()?;
+        bar.inc(1);
+        Ok(())
+    };
+    // Rows with a path and no text are heard; the others (text, or neither) are scored as
+    // they are.
+    let (heard, read): (Vec<&ManifestRow>, Vec<&ManifestRow>) = pending
+        .iter()
+        .partition(|r| r.text.is_none() && r.path.is_some());
     let next = AtomicUsize::new(0);
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(row) = pending.get(i) else { break };
-                let line = scorer.score_row(row).to_string() + "\n";
-                let written = sink
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("writer poisoned"))
-                    .and_then(|mut f| {
-                        f.write_all(line.as_bytes())?;
-                        Ok(f.flush()?)
-                    });
-                if let Err(e) = written {
+                let Some(row) = read.get(i) else { break };
+                if let Err(e) = write(scorer.score_row(row)) {
                     *failure.lock().expect("failure lock") = Some(e);
                     break;
                 }
-                bar.inc(1);
             });
         }
     });
+    let mut failure = failure.into_inner().expect("failure lock");
+    if failure.is_none() && !heard.is_empty() {
+        failure = hear_rows(&heard, scorer, jobs, batch, &write).err();
+    }
     bar.finish_and_clear();
-    if let Some(e) = failure.into_inner().expect("failure lock") {
+    if let Some(e) = failure {
         return Err(e.context(format!("writing {}", results_path.display())));
     }
     Ok(pending.len())
+}
+
+/// Hears and scores audio rows, `jobs` threads with `batch` files each, writing each row's
+/// line.
+fn hear_rows(
+    rows: &[&ManifestRow],
+    scorer: &Scorer,
+    jobs: usize,
+    batch: usize,
+    write: &dyn Fn(Value) -> Result<()>,
+) -> Result<()> {
+    let Some(transcriber) = scorer.transcriber else {
+        for row in rows {
+            write(scorer.row_line(
+                row,
+                Err(anyhow::anyhow!("no model loaded for audio rows")),
+                0.0,
+            ))?;
+        }
+        return Ok(());
+    };
+    let job = FileJob {
+        transcriber,
+        classifier: scorer.classifier,
+        options: &scorer.options,
+        channels: scorer.channels,
+        language: None,
+        with_transcript: false,
+    };
+    let files: Vec<FileToHear> = rows
+        .iter()
+        .map(|r| FileToHear {
+            path: r.path.clone().expect("rows heard have a path"),
+            call_id: CallId::new(r.id.clone().unwrap_or_default()),
+            language: r.lang.clone(),
+        })
+        .collect();
+    job.analyse_all(&files, jobs, batch, |i, analysis| {
+        write(scorer.heard_row_line(rows[i], analysis))
+    })
 }
 
 /// The rows of a `results.jsonl`, one per id (the last written wins), so that nothing is
