@@ -35,6 +35,32 @@ pub fn settle_cpu_threads(requested: Option<usize>) -> usize {
     n
 }
 
+/// Runs `work` on a thread pool of its own, as many threads as the global pool (the count
+/// [`settle_cpu_threads`] chose), so that the parallel parts of candle's kernels and of this
+/// crate's (`par_chunks` and gemm's rayon tasks) called from `work` go to that pool; threads
+/// named `{name}-pool-N`. Without a pool of its own (it could not be built) `work` runs here,
+/// on the global pool.
+///
+/// Why: the live engine's recognisers (and `scan`'s threads) each ask for many small parallel
+/// tasks per decoder step; sharing the global pool, each waited on the other's tasks. `bench
+/// live --model tiny.en --calls 16 --asr-batch 8`, shared / own pools of 1 / own pools of 2,
+/// two runs each alternating (load 1.5-1.8): lag p50 1.48, 1.53 / 1.10, 0.96 / 0.88, 0.95 s,
+/// p95 4.43, 4.68 / 2.80, 2.97 / 3.20, 3.08 s; one call p95 0.74 / 0.85 / 0.64 s.
+pub fn in_own_pool<T: Send>(name: &str, work: impl FnOnce() -> T + Send) -> T {
+    let prefix = name.to_owned();
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .thread_name(move |t| format!("{prefix}-pool-{t}"))
+        .build()
+    {
+        Ok(pool) => pool.install(work),
+        Err(e) => {
+            tracing::warn!("{name}: no thread pool of its own ({e}); sharing the global one");
+            work()
+        }
+    }
+}
+
 /// What candle would use with nothing set: its own rule, asked once with the variable unset.
 fn default_count() -> usize {
     match std::env::var_os(THREADS_VAR) {

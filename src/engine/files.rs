@@ -149,12 +149,15 @@ impl FileJob<'_> {
         let stop = AtomicBool::new(false);
         let (send, receive) = std::sync::mpsc::channel::<(usize, Result<FileAnalysis>)>();
         std::thread::scope(|s| {
-            for _ in 0..workers.clamp(1, files.len().max(1)) {
+            for lane in 0..workers.clamp(1, files.len().max(1)) {
                 let send = send.clone();
                 let (next, stop) = (&next, &stop);
                 s.spawn(move || {
-                    self.lane(files, batch.max(1), next, stop, |i, r| {
-                        send.send((i, r)).is_ok()
+                    // Each thread's kernels on a pool of its own (see `in_own_pool`).
+                    crate::asr::threads::in_own_pool(&format!("files-{lane}"), || {
+                        self.lane(files, batch.max(1), next, stop, |i, r| {
+                            send.send((i, r)).is_ok()
+                        })
                     })
                 });
             }

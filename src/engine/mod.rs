@@ -329,7 +329,11 @@ impl Engine {
                 let shared = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("recogniser-{i}"))
-                    .spawn(move || shared.work())
+                    .spawn(move || {
+                        crate::asr::threads::in_own_pool(&format!("recogniser-{i}"), || {
+                            shared.work()
+                        })
+                    })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         let ingest = Arc::new(ingest::EngineIngest::new(
