@@ -334,7 +334,7 @@ pub fn hear_together(recordings: &mut [&mut LongRecording<'_>]) -> Vec<Result<()
         return results;
     };
     let transcriber = recordings[first].transcriber;
-    // Whether each active recording's window was taken in a batch.
+    // Whether the active recordings' windows were all taken in one batch.
     let mut batched = false;
     if active.len() > 1 {
         let opts: Vec<&TranscribeOptions> = active.iter().map(|&i| recordings[i].opts).collect();

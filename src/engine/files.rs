@@ -53,15 +53,22 @@ impl FileJob<'_> {
     /// no phrase pack.
     pub fn analyse(&self, path: &Path, call_id: CallId) -> Result<FileAnalysis> {
         let started = Instant::now();
-        if let Some(l) = self.language {
-            self.classifier
-                .pack(l)
-                .with_context(|| format!("no phrase pack for language {l:?}"))?;
-        }
+        self.fixed_pack(self.language)?;
         let (parties, heard) = hear_file(self.transcriber, self.options, path, self.channels)?;
         let mut a = self.score(path, call_id, self.language, parties, heard)?;
         a.busy_s = started.elapsed().as_secs_f64();
         Ok(a)
+    }
+
+    /// The phrase pack of `language`, when one is asked for. Errors: it has none.
+    fn fixed_pack(&self, language: Option<&str>) -> Result<Option<&crate::detect::PhrasePack>> {
+        language
+            .map(|l| {
+                self.classifier
+                    .pack(l)
+                    .with_context(|| format!("no phrase pack for language {l:?}"))
+            })
+            .transpose()
     }
 
     /// Scores a file's parties (`parties`: their channels) from their transcripts, with
@@ -74,14 +81,7 @@ impl FileJob<'_> {
         parties: Vec<Option<usize>>,
         heard: Vec<Transcript>,
     ) -> Result<FileAnalysis> {
-        let fixed_pack = match language {
-            Some(l) => Some(
-                self.classifier
-                    .pack(l)
-                    .with_context(|| format!("no phrase pack for language {l:?}"))?,
-            ),
-            None => None,
-        };
+        let fixed_pack = self.fixed_pack(language)?;
         let audio_s = heard.iter().map(|t| t.duration_s).fold(0.0, f64::max);
         let heard: Vec<_> = parties
             .into_iter()
@@ -140,11 +140,7 @@ impl FileJob<'_> {
         batch: usize,
         mut done: impl FnMut(usize, Result<FileAnalysis>) -> Result<()>,
     ) -> Result<()> {
-        if let Some(l) = self.language {
-            self.classifier
-                .pack(l)
-                .with_context(|| format!("no phrase pack for language {l:?}"))?;
-        }
+        self.fixed_pack(self.language)?;
         let next = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
         let (send, receive) = std::sync::mpsc::channel::<(usize, Result<FileAnalysis>)>();
@@ -219,16 +215,14 @@ impl FileJob<'_> {
                 f.busy_s += fed.elapsed().as_secs_f64();
             }
             flight.retain(|f| !failed.iter().any(|(i, _)| *i == f.index));
-            let mut recordings: Vec<(usize, &mut LongRecording<'_>)> = flight
+            let (owners, mut heard): (Vec<usize>, Vec<&mut LongRecording<'_>>) = flight
                 .iter_mut()
                 .flat_map(|f| {
                     let index = f.index;
                     f.heard.iter_mut().map(move |h| (index, h))
                 })
                 .filter(|(_, h)| h.has_work())
-                .collect();
-            let (owners, mut heard): (Vec<usize>, Vec<&mut LongRecording<'_>>) =
-                recordings.drain(..).unzip();
+                .unzip();
             let round = Instant::now();
             let results = hear_together(&mut heard);
             let mut in_round = owners.clone();
