@@ -614,6 +614,43 @@ fn talking_the_listener_out_of_paying_more_is_an_honest_caller() {
 }
 
 #[test]
+fn the_account_or_code_the_caller_will_send_is_a_cue_and_a_retelling_counts_against_one() {
+    // The boss's errand: a new number, then money to an account he will send. Each alone is a
+    // weak cue; together they alert. Wording not taken from the written sets.
+    let c = Classifier::builtin();
+    let boss = c
+        .classify(
+            "小李，我是张总，这是我的新号码。我在外地谈合同，对方要先收一笔押金，\
+             你从公司账上转十五万到我一会儿发你的账户，别声张。",
+            Some("zh"),
+        )
+        .unwrap();
+    assert!(boss.risk.is_flagged(), "{boss:?}");
+    // The fee paid by a code the caller sends is the cue, not a courier's code held up in person.
+    let cue = |text: &str| {
+        c.classify(text, Some("zh"))
+            .unwrap()
+            .evidence
+            .iter()
+            .any(|e| e.pattern.contains("收款码"))
+    };
+    assert!(cue("资料费三百二，您扫一下我发给您的收款码就行。"));
+    assert!(!cue("运费您到了以后扫我手机上的收款码付就行。"));
+    // A daughter telling her father about a call she almost fell for.
+    let retelling = c
+        .classify(
+            "爸，我跟你说，我上周差点被骗了。有人打电话说是银行的，说我的卡被冻结了，\
+             让我把验证码告诉他，还要转到什么安全账户。我挂了打银行电话问，人家说没这回事。",
+            Some("zh"),
+        )
+        .unwrap();
+    assert!(
+        retelling.evidence.iter().any(|e| e.category == "retelling"),
+        "{retelling:?}"
+    );
+}
+
+#[test]
 fn a_reassurance_negates_only_its_own_clause() {
     let c = Classifier::builtin();
     let cue = |text: &str, category: &str| {
