@@ -15,14 +15,30 @@ fn a_bad_file_is_reported_and_the_batch_goes_on() {
     let truncated = dir.path().join("truncated.wav");
     std::fs::write(&truncated, &full[..full.len() * 2 / 3]).unwrap();
     let good = support::fixture("asr/gift_cards.flac");
-    let out = vishguard()
-        .args(["transcribe", "--model", "tiny.en", "--format", "json"])
-        .arg(&corrupt)
-        .arg(&missing)
-        .arg(&truncated)
-        .arg(&good)
-        .output()
-        .unwrap();
+    // Heard together (the default: a thread per core, several files each) and one file at a
+    // time: the same transcripts, in file order, and the same errors.
+    let run = |layout: &[&str]| {
+        vishguard()
+            .args(["transcribe", "--model", "tiny.en", "--format", "json"])
+            .args(layout)
+            .arg(&corrupt)
+            .arg(&missing)
+            .arg(&truncated)
+            .arg(&good)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let alone = run(&["--jobs", "1", "--batch", "1"]);
+    assert_eq!(alone.status.code(), out.status.code());
+    assert_eq!(
+        String::from_utf8_lossy(&alone.stdout),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&alone.stderr),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");

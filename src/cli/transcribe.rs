@@ -1,10 +1,11 @@
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
 
 use super::args::{choice, AsrArgs};
+use crate::engine::files::{hear_files, HeardFile};
 use crate::render::{render, ChannelTranscript, TranscriptFormat};
 
 #[derive(Args, Debug)]
@@ -17,9 +18,18 @@ pub struct TranscribeArgs {
     /// Output format [default: text].
     #[arg(long, value_parser = choice::<TranscriptFormat>(&TranscriptFormat::NAMES))]
     pub format: Option<TranscriptFormat>,
-    /// Print per-file timing (audio length, total time, real-time factor) as JSON on stderr.
+    /// Print per-file timing (audio length, time spent on the file, real-time factor) as JSON
+    /// on stderr. Files heard together share each batch's time equally.
     #[arg(long)]
     pub timing: bool,
+    /// Threads hearing files, each with `--batch` files in flight (default: the number of CPU
+    /// cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Files each thread hears at once: the next window of each goes through the recogniser
+    /// in one batch (transcripts still print in file order, the same as heard alone).
+    #[arg(long, default_value_t = super::scan::DEFAULT_FILE_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub batch: usize,
 }
 
 pub fn run(args: TranscribeArgs) -> Result<i32> {
@@ -27,46 +37,51 @@ pub fn run(args: TranscribeArgs) -> Result<i32> {
     let transcriber = config.load()?;
     let opts = config.options(transcriber.is_multilingual(), &[]);
     let format = args.format.unwrap_or(TranscriptFormat::Text);
+    let paths: Vec<&Path> = args.files.iter().map(PathBuf::as_path).collect();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut failures = 0;
     let stdout = std::io::stdout();
-    for path in &args.files {
-        let name = path.display().to_string();
-        let started = std::time::Instant::now();
-        let outcome = crate::engine::files::hear_file(
-            &transcriber,
-            &opts,
-            path,
-            args.asr.channels(),
-        )
-        .map(|(parties, heard)| {
-            let mut out = String::new();
-            let mut audio_s = 0.0;
-            for (channel, t) in parties.into_iter().zip(heard) {
-                audio_s += t.duration_s;
-                out += &render(&ChannelTranscript::new(&name, channel, &t), format);
-            }
-            if args.timing {
-                // Decoding runs interleaved with recognition, piece by piece: one total.
-                let total = started.elapsed().as_secs_f64();
-                eprintln!(
-                    "{}",
-                    serde_json::json!({"file": name, "model": transcriber.name, "audio_s": audio_s,
-                            "total_s": total, "rtf": total / audio_s.max(1e-9)})
-                );
-            }
-            out
-        });
-        match outcome {
-            Ok(text) => {
-                let mut lock = stdout.lock();
-                lock.write_all(text.as_bytes())?;
-                lock.flush()?;
-            }
-            Err(e) => {
-                failures += 1;
-                eprintln!("error: {}", super::file_error(&name, &e));
-            }
+    let render_file = |i: usize, heard: HeardFile| -> Result<String> {
+        let name = args.files[i].display().to_string();
+        let mut out = String::new();
+        let mut audio_s = 0.0;
+        for (channel, t) in heard.parties.into_iter().zip(&heard.transcripts) {
+            audio_s += t.duration_s;
+            out += &render(&ChannelTranscript::new(&name, channel, t), format);
         }
-    }
+        if args.timing {
+            // Decoding runs interleaved with recognition, piece by piece: one total.
+            eprintln!(
+                "{}",
+                serde_json::json!({"file": name, "model": transcriber.name, "audio_s": audio_s,
+                        "total_s": heard.busy_s, "rtf": heard.busy_s / audio_s.max(1e-9)})
+            );
+        }
+        Ok(out)
+    };
+    hear_files(
+        &transcriber,
+        &opts,
+        args.asr.channels(),
+        &paths,
+        args.jobs.unwrap_or(cores),
+        args.batch,
+        render_file,
+        |i, outcome| {
+            match outcome {
+                Ok(text) => {
+                    let mut lock = stdout.lock();
+                    lock.write_all(text.as_bytes())?;
+                    lock.flush()?;
+                }
+                Err(e) => {
+                    failures += 1;
+                    let name = args.files[i].display().to_string();
+                    eprintln!("error: {}", super::file_error(&name, &e));
+                }
+            }
+            Ok(())
+        },
+    )?;
     Ok(if failures > 0 { 2 } else { 0 })
 }

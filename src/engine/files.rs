@@ -125,76 +125,145 @@ impl FileJob<'_> {
         })
     }
 
-    /// Hears and scores `files`: `workers` threads, each with up to `batch` files in flight,
-    /// the next window of each party of each of its files going through the recogniser in one
-    /// batch ([`hear_together`]), so the decoder's steps serve several files per read of
-    /// their weights. Each file is decoded as it is heard, in bounded memory (a party's audio
-    /// is read on only while it has nothing waiting to be heard). `done(i, result)` is called
-    /// once per file, on this thread, in the order of `files`; a file that cannot be decoded
-    /// or heard gets its error there and the others go on. Errors: those `done` returns (the
-    /// workers then stop taking files).
+    /// Hears and scores `files` with [`hear_files`] (`workers` threads, up to `batch` files in
+    /// flight each, their next windows decoded in one batch); each file is scored on the
+    /// thread that heard it. `done(i, result)` is called once per file, on this thread, in the
+    /// order of `files`; a file that cannot be decoded or heard gets its error there and the
+    /// others go on. Errors: those `done` returns (the workers then stop taking files).
     pub fn analyse_all(
         &self,
         files: &[FileToHear],
         workers: usize,
         batch: usize,
-        mut done: impl FnMut(usize, Result<FileAnalysis>) -> Result<()>,
+        done: impl FnMut(usize, Result<FileAnalysis>) -> Result<()>,
     ) -> Result<()> {
         self.fixed_pack(self.language)?;
-        let next = AtomicUsize::new(0);
-        let stop = AtomicBool::new(false);
-        let (send, receive) = std::sync::mpsc::channel::<(usize, Result<FileAnalysis>)>();
-        std::thread::scope(|s| {
-            for lane in 0..workers.clamp(1, files.len().max(1)) {
-                let send = send.clone();
-                let (next, stop) = (&next, &stop);
-                s.spawn(move || {
-                    // Each thread's kernels on a pool of its own (see `in_own_pool`).
-                    crate::asr::threads::in_own_pool(&format!("files-{lane}"), || {
-                        self.lane(files, batch.max(1), next, stop, |i, r| {
-                            send.send((i, r)).is_ok()
-                        })
-                    })
-                });
-            }
-            drop(send);
-            let mut finished: BTreeMap<usize, Result<FileAnalysis>> = BTreeMap::new();
-            let mut reported = 0;
-            for (i, result) in receive {
-                finished.insert(i, result);
-                while let Some(result) = finished.remove(&reported) {
-                    if let Err(e) = done(reported, result) {
-                        stop.store(true, Ordering::Relaxed);
-                        return Err(e);
-                    }
-                    reported += 1;
-                }
-            }
-            Ok(())
-        })
+        let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+        let score = |index: usize, heard: HeardFile| {
+            let scoring = Instant::now();
+            let file = &files[index];
+            let language = file.language.as_deref().or(self.language);
+            self.score(
+                &file.path,
+                file.call_id.clone(),
+                language,
+                heard.parties,
+                heard.transcripts,
+            )
+            .map(|a| FileAnalysis {
+                busy_s: heard.busy_s + scoring.elapsed().as_secs_f64(),
+                ..a
+            })
+        };
+        hear_files(
+            self.transcriber,
+            self.options,
+            self.channels,
+            &paths,
+            workers,
+            batch,
+            score,
+            done,
+        )
     }
+}
 
-    /// One worker of [`Self::analyse_all`]: takes the next file from `next` whenever it has
-    /// fewer than `batch` in flight, and gives each result to `report` (false: stop).
-    fn lane(
-        &self,
-        files: &[FileToHear],
-        batch: usize,
-        next: &AtomicUsize,
-        stop: &AtomicBool,
-        report: impl Fn(usize, Result<FileAnalysis>) -> bool,
-    ) {
+/// One recording's parties heard, not yet scored.
+pub struct HeardFile {
+    /// Each party's channel in the file (`None`: mono, a mix, or identical channels).
+    pub parties: Vec<Option<usize>>,
+    /// One per party, in the same order.
+    pub transcripts: Vec<Transcript>,
+    /// Wall seconds spent on this file: decoding and hearing it, with an equal share of each
+    /// batch it was in (see [`FileAnalysis::busy_s`]).
+    pub busy_s: f64,
+}
+
+/// Hears `paths`: `workers` threads (at least one, at most one per file), each with up to
+/// `batch` files in flight; each round, the next window of every party of a thread's files
+/// goes through the encoder and decoder together ([`hear_together`]), so each decoder step
+/// serves several recordings per read of the weights. Each file is decoded as it is heard, in
+/// bounded memory (a party's audio is read on only while it has nothing waiting to be heard),
+/// as [`crate::asr::pieces`] describes. A heard file goes through `finish(i, heard)` on the
+/// thread that heard it (scoring, rendering); `done(i, result)` is then called once per file,
+/// on this thread, in the order of `paths`. A file that cannot be decoded or heard gets its
+/// error in `done` and the others go on. Errors: those `done` returns (the workers then stop
+/// taking files).
+#[allow(clippy::too_many_arguments)]
+pub fn hear_files<T: Send>(
+    transcriber: &Transcriber,
+    options: &TranscribeOptions,
+    channels: ChannelMode,
+    paths: &[&Path],
+    workers: usize,
+    batch: usize,
+    finish: impl Fn(usize, HeardFile) -> Result<T> + Sync,
+    mut done: impl FnMut(usize, Result<T>) -> Result<()>,
+) -> Result<()> {
+    let lanes = Lanes {
+        transcriber,
+        options,
+        channels,
+        paths,
+        next: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+    };
+    let (send, receive) = std::sync::mpsc::channel::<(usize, Result<T>)>();
+    std::thread::scope(|s| {
+        for lane in 0..workers.clamp(1, paths.len().max(1)) {
+            let send = send.clone();
+            let (lanes, finish) = (&lanes, &finish);
+            s.spawn(move || {
+                // Each thread's kernels on a pool of its own (see `in_own_pool`).
+                crate::asr::threads::in_own_pool(&format!("files-{lane}"), || {
+                    lanes.lane(batch.max(1), |i, r| {
+                        send.send((i, r.and_then(|h| finish(i, h)))).is_ok()
+                    })
+                })
+            });
+        }
+        drop(send);
+        let mut finished: BTreeMap<usize, Result<T>> = BTreeMap::new();
+        let mut reported = 0;
+        for (i, result) in receive {
+            finished.insert(i, result);
+            while let Some(result) = finished.remove(&reported) {
+                if let Err(e) = done(reported, result) {
+                    lanes.stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                reported += 1;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// What the threads of [`hear_files`] share: the files and the next one to take.
+struct Lanes<'a> {
+    transcriber: &'a Transcriber,
+    options: &'a TranscribeOptions,
+    channels: ChannelMode,
+    paths: &'a [&'a Path],
+    next: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl Lanes<'_> {
+    /// One thread of [`hear_files`]: takes the next file whenever it has fewer than `batch` in
+    /// flight, and gives each result to `report` (false: stop).
+    fn lane(&self, batch: usize, report: impl Fn(usize, Result<HeardFile>) -> bool) {
         let mut flight: Vec<InFlight<'_>> = Vec::new();
         let mut taking = true;
         loop {
-            while taking && flight.len() < batch && !stop.load(Ordering::Relaxed) {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= files.len() {
+            while taking && flight.len() < batch && !self.stop.load(Ordering::Relaxed) {
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
+                if i >= self.paths.len() {
                     taking = false;
                     break;
                 }
                 let opened = Instant::now();
-                match InFlight::open(self, i, &files[i].path, opened) {
+                match InFlight::open(self, i, opened) {
                     Ok(f) => flight.push(f),
                     Err(e) => {
                         if !report(i, Err(e)) {
@@ -248,18 +317,8 @@ impl FileJob<'_> {
                 flight.into_iter().partition(|f| f.is_complete());
             flight = going;
             for f in complete {
-                let scoring = Instant::now();
-                let busy_s = f.busy_s;
-                let (index, parties, heard) = f.into_transcripts();
-                let file = &files[index];
-                let language = file.language.as_deref().or(self.language);
-                let scored = self
-                    .score(&file.path, file.call_id.clone(), language, parties, heard)
-                    .map(|a| FileAnalysis {
-                        busy_s: busy_s + scoring.elapsed().as_secs_f64(),
-                        ..a
-                    });
-                if !report(index, scored) {
+                let (index, heard) = f.into_heard();
+                if !report(index, Ok(heard)) {
                     return;
                 }
             }
@@ -267,7 +326,7 @@ impl FileJob<'_> {
     }
 }
 
-/// A file being heard by [`FileJob::analyse_all`].
+/// A file being heard by [`hear_files`].
 struct InFlight<'a> {
     index: usize,
     stream: audio::PartyStream,
@@ -281,12 +340,12 @@ struct InFlight<'a> {
 
 impl<'a> InFlight<'a> {
     /// Opens the file (`opened`: when its opening began, counted as its time).
-    fn open(job: &FileJob<'a>, index: usize, path: &Path, opened: Instant) -> Result<Self> {
-        let mut stream = audio::PartyStream::open(path, job.channels)?;
+    fn open(lanes: &Lanes<'a>, index: usize, opened: Instant) -> Result<Self> {
+        let mut stream = audio::PartyStream::open(lanes.paths[index], lanes.channels)?;
         let parties = stream.parties()?.to_vec();
         let heard = parties
             .iter()
-            .map(|_| job.transcriber.long_recording(job.options).deferred())
+            .map(|_| lanes.transcriber.long_recording(lanes.options).deferred())
             .collect();
         Ok(Self {
             index,
@@ -326,41 +385,46 @@ impl<'a> InFlight<'a> {
         self.ended && self.heard.iter().all(|h| !h.has_work())
     }
 
-    fn into_transcripts(self) -> (usize, Vec<Option<usize>>, Vec<Transcript>) {
-        let heard = self
+    fn into_heard(self) -> (usize, HeardFile) {
+        let transcripts = self
             .heard
             .into_iter()
             .map(|h| h.into_transcript())
             .collect();
-        (self.index, self.parties, heard)
+        let heard = HeardFile {
+            parties: self.parties,
+            transcripts,
+            busy_s: self.busy_s,
+        };
+        (self.index, heard)
     }
 }
 
-/// Hears each party of a file as it is decoded, in bounded memory (see
-/// [`crate::asr::pieces`]): the parties' channels (`None`: mono, a mix, or identical
-/// channels) and their transcripts. Errors: the file cannot be decoded or resampled, or
-/// recognition failed.
+/// Hears each party of one file as it is decoded, in bounded memory (see
+/// [`crate::asr::pieces`]; [`hear_files`] with one file: a stereo call's two parties are
+/// decoded in one batch): the parties' channels (`None`: mono, a mix, or identical channels)
+/// and their transcripts. Errors: the file cannot be decoded or resampled, or recognition
+/// failed.
 pub fn hear_file(
     transcriber: &Transcriber,
     options: &TranscribeOptions,
     path: &Path,
     channels: ChannelMode,
 ) -> Result<(Vec<Option<usize>>, Vec<Transcript>)> {
-    let mut stream = audio::PartyStream::open(path, channels)?;
-    let parties = stream.parties()?.to_vec();
-    let mut heard: Vec<_> = parties
-        .iter()
-        .map(|_| transcriber.long_recording(options))
-        .collect();
-    while let Some(chunk) = stream.next_chunk()? {
-        for (h, c) in heard.iter_mut().zip(&chunk) {
-            h.push(c)?;
-        }
-    }
-    stream.finish()?;
-    let transcripts = heard
-        .into_iter()
-        .map(|h| h.finish())
-        .collect::<Result<Vec<_>>>()?;
-    Ok((parties, transcripts))
+    let mut outcome = None;
+    hear_files(
+        transcriber,
+        options,
+        channels,
+        &[path],
+        1,
+        1,
+        |_, heard| Ok(heard),
+        |_, result| {
+            outcome = Some(result);
+            Ok(())
+        },
+    )?;
+    let heard = outcome.context("the file was not heard")??;
+    Ok((heard.parties, heard.transcripts))
 }
