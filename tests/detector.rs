@@ -599,6 +599,23 @@ fn talking_the_listener_out_of_paying_more_is_an_honest_caller() {
             .any(|e| e.category == "dissuasion"),
         "{dissuasion:?}"
     );
+    // Without 再, and the remote session ended: wording not taken from the written sets.
+    let stop_sharing = c
+        .classify(
+            "喂，您好，我是区公安分局反诈中心的，系统显示您正在和一个自称网店客服的人通话。\
+             您千万别转，马上把共享屏幕关掉，然后把那个软件删了。",
+            Some("zh"),
+        )
+        .unwrap();
+    assert!(
+        stop_sharing
+            .evidence
+            .iter()
+            .filter(|e| e.category == "dissuasion")
+            .count()
+            >= 2,
+        "{stop_sharing:?}"
+    );
     let refusal = c
         .classify(
             "我是市公安局刑侦支队的民警，你的身份证涉嫌一起洗钱案件，需要把名下存款转到安全账户核查。\
