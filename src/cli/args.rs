@@ -35,6 +35,32 @@ fn parse_name<T: DeserializeOwned>(name: &str) -> Result<T, serde_json::Error> {
     serde_json::from_value(serde_json::Value::String(name.to_owned()))
 }
 
+/// How many recordings are heard at once (`scan`, `transcribe`; `score` has its own `--jobs`,
+/// which also counts text rows).
+#[derive(Args, Debug, Clone)]
+pub struct FileBatchArgs {
+    /// Threads hearing files, each with `--batch` files in flight (default: the number of CPU
+    /// cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Files each thread hears at once: the next window of each goes through the recogniser
+    /// in one batch (results still print in file order, the same as heard alone).
+    #[arg(long, default_value_t = super::scan::DEFAULT_FILE_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub batch: usize,
+}
+
+impl FileBatchArgs {
+    /// `--jobs`, or [`default_jobs`].
+    pub fn jobs(&self) -> usize {
+        self.jobs.unwrap_or_else(default_jobs)
+    }
+}
+
+/// Threads for a batch of files or rows when none are asked for: the CPU cores.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// Options of every command that runs speech recognition.
 #[derive(Args, Debug, Clone, Default)]
 pub struct AsrArgs {

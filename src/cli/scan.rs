@@ -33,14 +33,8 @@ pub struct ScanArgs {
     /// Also write each transcript as JSON and WebVTT into this folder.
     #[arg(long)]
     pub save_transcripts: Option<PathBuf>,
-    /// Threads hearing files, each with `--batch` files in flight (default: the number of CPU
-    /// cores).
-    #[arg(long)]
-    pub jobs: Option<usize>,
-    /// Files each thread hears at once: the next window of each goes through the recogniser
-    /// in one batch (results still print in file order).
-    #[arg(long, default_value_t = DEFAULT_FILE_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
-    pub batch: usize,
+    #[command(flatten)]
+    pub files_at_once: super::args::FileBatchArgs,
 }
 
 /// Files heard at once by default.
@@ -143,9 +137,8 @@ pub fn run(args: ScanArgs) -> Result<i32> {
             language: None,
         })
         .collect();
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let jobs = args.jobs.unwrap_or(cores);
-    job.analyse_all(&calls, jobs, args.batch, |i, outcome| {
+    let at_once = &args.files_at_once;
+    job.analyse_all(&calls, at_once.jobs(), at_once.batch, |i, outcome| {
         let path = &files[i];
         let name = path.display().to_string();
         let outcome = outcome.and_then(|a| {

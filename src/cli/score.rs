@@ -56,8 +56,8 @@ pub fn run(args: ScoreArgs) -> Result<i32> {
         options,
         channels: args.asr.channels(),
     };
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let done = score::run(&rows, out, &scorer, args.jobs.unwrap_or(cores), args.batch)?;
+    let jobs = args.jobs.unwrap_or_else(super::args::default_jobs);
+    let done = score::run(&rows, out, &scorer, jobs, args.batch)?;
     let m = score::write_report(out, manifest)?;
     eprintln!(
         "scored {done} new calls; {} in all. F1 {:.3}, precision {:.3}, recall {:.3}, FPR {:.3}, ROC-AUC {:.3}. Report: {}",

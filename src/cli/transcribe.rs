@@ -22,14 +22,8 @@ pub struct TranscribeArgs {
     /// on stderr. Files heard together share each batch's time equally.
     #[arg(long)]
     pub timing: bool,
-    /// Threads hearing files, each with `--batch` files in flight (default: the number of CPU
-    /// cores).
-    #[arg(long)]
-    pub jobs: Option<usize>,
-    /// Files each thread hears at once: the next window of each goes through the recogniser
-    /// in one batch (transcripts still print in file order, the same as heard alone).
-    #[arg(long, default_value_t = super::scan::DEFAULT_FILE_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
-    pub batch: usize,
+    #[command(flatten)]
+    pub files_at_once: super::args::FileBatchArgs,
 }
 
 pub fn run(args: TranscribeArgs) -> Result<i32> {
@@ -38,7 +32,6 @@ pub fn run(args: TranscribeArgs) -> Result<i32> {
     let opts = config.options(transcriber.is_multilingual(), &[]);
     let format = args.format.unwrap_or(TranscriptFormat::Text);
     let paths: Vec<&Path> = args.files.iter().map(PathBuf::as_path).collect();
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut failures = 0;
     let stdout = std::io::stdout();
     let render_file = |i: usize, heard: HeardFile| -> Result<String> {
@@ -64,8 +57,8 @@ pub fn run(args: TranscribeArgs) -> Result<i32> {
         &opts,
         args.asr.channels(),
         &paths,
-        args.jobs.unwrap_or(cores),
-        args.batch,
+        args.files_at_once.jobs(),
+        args.files_at_once.batch,
         render_file,
         |i, outcome| {
             match outcome {
