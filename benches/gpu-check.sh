@@ -13,7 +13,8 @@
 #    largest difference against its bound, audio seconds per second on both; once, not per
 #    model).
 # Prints one table last. Environment: MODELS (default "tiny.en base"), CALLS_tiny_en,
-# CALLS_base (the steps of 3), CALL_SECONDS (20), ASR_WORKERS (4), SKIP (space-separated:
+# CALLS_base (the steps of 3), CALL_SECONDS (20), ASR_WORKERS (4), JOINT (1: step 3 with
+# `--joint-decoding`, each worker's batch joining one running decode), SKIP (space-separated:
 # transcripts throughput live kernels), PLAN (MODEL:STEP ..., the order), BUDGET (seconds, 480).
 set -u
 BIN=$(readlink -f "$1"); export VISHGUARD_HOME=$(readlink -f "$2"); OUT=$3; REAL=${4:-}
@@ -89,7 +90,8 @@ live() {
   [ -z "$calls" ] && { [ "$m" = tiny.en ] && calls=250,1000,3000,6000 || calls=250,1000,2000,4000; }
   (cd "$HERE" && timeout "$(cap 160)" "$BIN" bench live --model "$m" --device "$DEV" $prefix \
     --calls "$calls" --call-seconds "$CALL_SECONDS" --stagger-s 5 --asr-batch 256 \
-    --asr-workers "${ASR_WORKERS:-4}" --feeders 16) > "$OUT/live.$m.txt" 2> "$OUT/live.$m.err"
+    --asr-workers "${ASR_WORKERS:-4}" --feeders 16 ${JOINT:+--joint-decoding}) \
+    > "$OUT/live.$m.txt" 2> "$OUT/live.$m.err"
   cat "$OUT/live.$m.txt"
 }
 

@@ -342,3 +342,99 @@ fn tiny_en_fallback_at_once_keeps_what_one_after_another_keeps() {
         "no window kept a first passing decode below its best"
     );
 }
+
+/// Continuous batching (`join_running`, the live engine's `joint_decoding`): utterances
+/// heard from several threads at staggered times join one running greedy decode, each at
+/// the step after it arrives, with prompts of different lengths (rows padded differently,
+/// the batch's cache left-padded as rows join and trimmed as they leave), and each gets the
+/// words it gets alone.
+#[test]
+fn tiny_en_utterances_joining_a_running_decode_give_the_same_words() {
+    let model = support::load_as("tiny.en", ComputeType::F32);
+    let clips = english_utterances();
+    let opts = options(clips.len(), &[], 1);
+    let alone: Vec<Transcript> = clips
+        .iter()
+        .zip(&opts)
+        .map(|(c, o)| model.transcribe(c, o).unwrap())
+        .collect();
+    let joined_before = model.rows_joined();
+    let joined: Vec<Transcript> = std::thread::scope(|s| {
+        let handles: Vec<_> = clips
+            .iter()
+            .zip(&opts)
+            .enumerate()
+            .map(|(i, (c, o))| {
+                let model = &model;
+                let mut o = o.clone();
+                o.join_running = true;
+                s.spawn(move || {
+                    // Arrivals spread over a few decoder steps' time, as live cuts arrive.
+                    std::thread::sleep(std::time::Duration::from_millis(15 * i as u64));
+                    model.transcribe(c, &o).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let rows_joined = model.rows_joined() - joined_before;
+    assert!(
+        rows_joined >= 3,
+        "only {rows_joined} utterances joined a running decode"
+    );
+    let mut compared = 0;
+    for (i, (a, j)) in alone.iter().zip(&joined).enumerate() {
+        if a.segments.iter().any(|s| s.temperature > 0.0) {
+            continue;
+        }
+        compared += 1;
+        assert_eq!(a.text(), j.text(), "utterance {i}: joined words differ");
+        for (sa, sj) in a.segments.iter().zip(&j.segments) {
+            assert_eq!(
+                (sa.start_s, sa.end_s),
+                (sj.start_s, sj.end_s),
+                "utterance {i}"
+            );
+            assert!(
+                (sa.avg_logprob - sj.avg_logprob).abs() < 1e-3,
+                "utterance {i}: log-probability {} vs {}",
+                sa.avg_logprob,
+                sj.avg_logprob
+            );
+        }
+    }
+    assert!(compared * 3 >= clips.len() * 2, "only {compared} greedy");
+}
+
+/// `loop_temperatures` are tried only when every decode so far is a loop: with a gzip-ratio
+/// threshold no text meets, every decode counts as a loop and each window (heard alone, then
+/// batched) is decoded at the loop temperatures too; with the usual threshold and a
+/// log-probability threshold no decode meets, the same windows are rejected on confidence
+/// alone and none is.
+#[test]
+fn tiny_en_loop_temperatures_are_tried_only_after_loops() {
+    use vishguard::asr::decode::loop_rounds;
+    let model = support::load_as("tiny.en", ComputeType::F32);
+    let clips = utterances(&["en_scam_irs_warrant.wav", "en_legit_pharmacy.wav"], 2);
+    let heard = |ratio: f32, logprob: f32| -> u64 {
+        let opts: Vec<TranscribeOptions> = options(clips.len(), &[], 1)
+            .into_iter()
+            .map(|mut o| {
+                o.policy.temperatures = vec![0.0, 0.2];
+                o.policy.loop_temperatures = vec![0.6, 1.0];
+                o.policy.compression_ratio_threshold = Some(ratio);
+                o.policy.logprob_threshold = Some(logprob);
+                o.policy.max_tokens = Some(40);
+                o
+            })
+            .collect();
+        let before = loop_rounds();
+        heard_alone_and_batched(&model, &clips, &opts);
+        loop_rounds() - before
+    };
+    assert_eq!(heard(2.4, 0.0), 0, "windows that did not loop went on");
+    // Heard alone and batched: at least two windows each (a window Whisper hears as silence
+    // is accepted as such).
+    let went_on = heard(0.01, -1.0);
+    assert!(went_on >= 4, "only {went_on} looping windows went on");
+}

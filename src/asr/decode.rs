@@ -11,10 +11,19 @@ use super::bias::HotwordBias;
 use super::model::{DecoderState, Whisper};
 use super::tokens::SpecialTokens;
 
+mod joint;
+pub use joint::{JointDecodes, MAX_JOINED_ROWS};
+
 /// Thresholds that decide whether a window's decode is trusted, as openai-whisper's defaults.
 #[derive(Debug, Clone)]
 pub struct FallbackPolicy {
     pub temperatures: Vec<f32>,
+    /// Temperatures tried after `temperatures` only for a window whose every decode so far
+    /// fell into a loop (empty: none; openai-whisper tries all its temperatures for any
+    /// rejection). Live utterances stop at 0.4 when a loop-free decode was rejected on its
+    /// log-probability alone (see `engine::recogniser::UTTERANCE_TEMPERATURES`), and go on here
+    /// when there is none: a loop is where a higher temperature finds the words.
+    pub loop_temperatures: Vec<f32>,
     /// Text this repetitive (gzip ratio) is a loop, not speech.
     pub compression_ratio_threshold: Option<f32>,
     pub logprob_threshold: Option<f32>,
@@ -35,7 +44,7 @@ pub struct FallbackPolicy {
     /// A rejected window decodes at all its remaining temperatures at once (true, the
     /// default: about two decodes' time however many it takes, but more work when an early one
     /// passes) instead of one after another (false, as openai-whisper). Always at once on a
-    /// GPU; the live recogniser asks for it while no other utterance waits. The same result
+    /// GPU and for the live recogniser's utterances. The same result
     /// either way ([`WindowDecoder::decode_with_fallback_batch`]). Since the decodes of a
     /// window share its audio and its prompt pass, at once was also the faster choice for files
     /// on 2 cores (2026-12-05, same run, at once / one after another): `bench throughput
@@ -121,6 +130,11 @@ impl Fallback {
         }
     }
 
+    /// Whether no decode passed and every one was a loop.
+    fn only_loops(&self, policy: &FallbackPolicy) -> bool {
+        self.kept.is_none() && self.best.as_ref().is_some_and(|b| !policy.loop_free(b))
+    }
+
     /// The decode kept, or the best when none passed ([`FallbackPolicy::gave_up`]).
     fn finish(self, policy: &FallbackPolicy) -> Result<WindowResult> {
         match (self.kept, self.best) {
@@ -135,6 +149,7 @@ impl Default for FallbackPolicy {
     fn default() -> Self {
         Self {
             temperatures: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            loop_temperatures: Vec::new(),
             compression_ratio_threshold: Some(2.4),
             logprob_threshold: Some(-1.0),
             no_speech_threshold: Some(0.6),
@@ -167,6 +182,9 @@ pub struct WindowDecoder<'a> {
     pub model: &'a Whisper,
     pub tokenizer: &'a tokenizers::Tokenizer,
     pub rules: LogitRules<'a>,
+    /// The model's running batch: when set, a window's greedy decode at temperature 0 joins
+    /// it ([`JointDecodes`]) instead of stepping a batch of its own.
+    pub joint: Option<&'a JointDecodes>,
 }
 
 /// The constraints on which token may come next.
@@ -199,6 +217,14 @@ pub struct BatchRow<'a> {
     pub policy: &'a FallbackPolicy,
     /// Seeds the row's sampling above temperature 0 (with the temperature, as `decode`).
     pub seed: u64,
+}
+
+static LOOP_ROUNDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many windows this process has decoded at their policy's `loop_temperatures` (every
+/// decode at its `temperatures` was a loop).
+pub fn loop_rounds() -> u64 {
+    LOOP_ROUNDS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The widest beam accepted: each hypothesis is a decoder row with its own copy of the
@@ -347,9 +373,22 @@ impl WindowDecoder<'_> {
         {
             anyhow::bail!("rows decoded together must start at the same temperature");
         }
-        let (run, beams) = self.prepare(audio, rows, t0)?;
-        let prompt_pass = run.clone();
-        let firsts = self.run_rows(rows, &beams, &vec![t0; b], run, None, &vec![None; b])?;
+        let joint = self
+            .joint
+            .filter(|_| t0 <= 0.0 && rows.iter().all(|r| r.policy.beam_size <= 1));
+        let (firsts, prompt_pass) = match joint {
+            Some(joint) => {
+                let firsts = joint.decode(self, audio, rows)?;
+                (firsts.into_iter().map(Some).collect(), None)
+            }
+            None => {
+                let (run, beams) = self.prepare(audio, rows, t0)?;
+                let prompt_pass = run.clone();
+                let firsts =
+                    self.run_rows(rows, &beams, &vec![t0; b], run, None, &vec![None; b])?;
+                (firsts, Some(prompt_pass))
+            }
+        };
         let mut windows: Vec<Fallback> = (0..b).map(|_| Fallback::default()).collect();
         // (row, temperature) of every decode still to make, each row's in the policy's order.
         let mut again: Vec<(usize, f32)> = Vec::new();
@@ -379,35 +418,90 @@ impl WindowDecoder<'_> {
             }
         }
         if !again.is_empty() {
-            let pick: Vec<usize> = again.iter().map(|&(r, _)| r).collect();
-            let floors: Vec<Option<f32>> = pick
+            self.decode_again(audio, rows, &mut windows, &again, prompt_pass)?;
+        }
+        // Windows whose every decode so far fell into a loop go on at the policy's
+        // `loop_temperatures`, all at once.
+        let looping: Vec<(usize, f32)> = (0..b)
+            .filter(|&r| windows[r].only_loops(rows[r].policy))
+            .flat_map(|r| {
+                rows[r]
+                    .policy
+                    .loop_temperatures
+                    .iter()
+                    .map(move |&t| (r, t))
+            })
+            .collect();
+        if !looping.is_empty() {
+            let windows_looping = looping
                 .iter()
-                .map(|&r| windows[r].floor(rows[r].policy))
-                .collect();
-            let run = self.select_started(prompt_pass, &pick)?;
-            let sampled_rows: Vec<BatchRow<'_>> = pick.iter().map(|&r| rows[r]).collect();
-            let temperatures: Vec<f32> = again.iter().map(|&(_, t)| t).collect();
-            let results = self.run_rows(
-                &sampled_rows,
-                &vec![1; pick.len()],
-                &temperatures,
-                run,
-                Some(&pick),
-                &floors,
-            )?;
-            for (&r, result) in pick.iter().zip(results) {
-                // None: stopped, as a decode of the same window at a lower temperature was
-                // accepted, or as it could no longer be the one kept.
-                if let Some(result) = result {
-                    windows[r].take(self, rows[r].policy, result);
-                }
-            }
+                .map(|&(r, _)| r)
+                .collect::<std::collections::BTreeSet<_>>();
+            LOOP_ROUNDS.fetch_add(
+                windows_looping.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            self.decode_again(audio, rows, &mut windows, &looping, None)?;
         }
         windows
             .into_iter()
             .zip(rows)
             .map(|(w, row)| w.finish(row.policy))
             .collect()
+    }
+
+    /// Decodes `again` ((row, temperature) pairs, each row's in temperature order, all above
+    /// 0) at once and takes the results into `windows`. `prompt_pass`: the rows' prompt pass,
+    /// when one was kept from their first decode; else it is made here, once per row.
+    fn decode_again(
+        &self,
+        audio: &Tensor,
+        rows: &[BatchRow<'_>],
+        windows: &mut [Fallback],
+        again: &[(usize, f32)],
+        prompt_pass: Option<Started>,
+    ) -> Result<()> {
+        let pick: Vec<usize> = again.iter().map(|&(r, _)| r).collect();
+        let floors: Vec<Option<f32>> = pick
+            .iter()
+            .map(|&r| windows[r].floor(rows[r].policy))
+            .collect();
+        let run = match prompt_pass {
+            Some(pass) => self.select_started(pass, &pick)?,
+            None => {
+                // None kept: the first decodes ran in the shared batch
+                // ([`JointDecodes`]), or an earlier round took it.
+                let mut distinct = pick.clone();
+                distinct.dedup();
+                let idx: Vec<u32> = distinct.iter().map(|&r| r as u32).collect();
+                let own = audio.index_select(&Tensor::new(idx.as_slice(), audio.device())?, 0)?;
+                let own_rows: Vec<BatchRow<'_>> = distinct.iter().map(|&r| rows[r]).collect();
+                let (pass, _) = self.prepare(&own, &own_rows, again[0].1)?;
+                let local: Vec<usize> = pick
+                    .iter()
+                    .map(|r| distinct.iter().position(|d| d == r).expect("a picked row"))
+                    .collect();
+                self.select_started(pass, &local)?
+            }
+        };
+        let sampled_rows: Vec<BatchRow<'_>> = pick.iter().map(|&r| rows[r]).collect();
+        let temperatures: Vec<f32> = again.iter().map(|&(_, t)| t).collect();
+        let results = self.run_rows(
+            &sampled_rows,
+            &vec![1; pick.len()],
+            &temperatures,
+            run,
+            Some(&pick),
+            &floors,
+        )?;
+        for (&r, result) in pick.iter().zip(results) {
+            // None: stopped, as a decode of the same window at a lower temperature was
+            // accepted, or as it could no longer be the one kept.
+            if let Some(result) = result {
+                windows[r].take(self, rows[r].policy, result);
+            }
+        }
+        Ok(())
     }
 
     /// Whether a window's decode passes the policy (openai-whisper's rule): not a loop, not

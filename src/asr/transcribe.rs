@@ -8,7 +8,9 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use super::bias::HotwordBias;
-use super::decode::{BatchRow, FallbackPolicy, LogitRules, WindowDecoder, WindowResult};
+use super::decode::{
+    BatchRow, FallbackPolicy, JointDecodes, LogitRules, WindowDecoder, WindowResult,
+};
 use super::device::ComputeType;
 use super::mel::{LogMel, MelSpectrogram, HOP, SAMPLE_RATE, WINDOW_FRAMES};
 
@@ -69,6 +71,10 @@ pub struct TranscribeOptions {
     /// floor decides whether its words count as evidence. Without it, the live path lost a
     /// whole 6 s utterance of the police scam sample (base, no-speech above 0.6).
     pub known_speech: bool,
+    /// A window's greedy decode joins the model's running batch of other callers' windows
+    /// (continuous batching, [`JointDecodes`]) instead of stepping a batch of its own: for
+    /// the live engine, whose recognisers hear one or two utterances each at a time.
+    pub join_running: bool,
 }
 
 impl Default for TranscribeOptions {
@@ -84,6 +90,7 @@ impl Default for TranscribeOptions {
             vad: Some(VadConfig::default()),
             short_context_frames: None,
             known_speech: false,
+            join_running: false,
         }
     }
 }
@@ -104,6 +111,8 @@ pub struct Transcriber {
     pub name: String,
     /// Batches whose first windows failed together and were heard one by one instead.
     batches_failed: std::sync::atomic::AtomicU64,
+    /// The decodes running now, which windows heard with `join_running` join.
+    joint: JointDecodes,
 }
 
 impl Transcriber {
@@ -156,6 +165,7 @@ impl Transcriber {
             hotwords: None,
             name: files.name.clone(),
             batches_failed: Default::default(),
+            joint: JointDecodes::default(),
         })
     }
 
@@ -174,6 +184,12 @@ impl Transcriber {
         self.model.config.is_multilingual()
     }
 
+    /// Windows heard with `join_running` that joined a decode already running for others
+    /// ([`JointDecodes::rows_joined`]).
+    pub fn rows_joined(&self) -> u64 {
+        self.joint.rows_joined()
+    }
+
     /// How many batches [`Self::transcribe_batch`] could not decode together (each was then
     /// heard one recording at a time, with the same words but none of the batch's saving).
     pub fn batches_failed(&self) -> u64 {
@@ -181,7 +197,7 @@ impl Transcriber {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn window_decoder(&self, with_timestamps: bool) -> WindowDecoder<'_> {
+    fn window_decoder(&self, with_timestamps: bool, join: bool) -> WindowDecoder<'_> {
         WindowDecoder {
             model: &self.model,
             tokenizer: &self.tokenizer,
@@ -192,6 +208,7 @@ impl Transcriber {
                 max_initial_timestamp_steps: Some((1.0 / TIME_PRECISION).round() as u32),
                 bias: self.hotwords.as_ref(),
             },
+            joint: join.then_some(&self.joint),
         }
     }
 
@@ -432,7 +449,7 @@ impl Transcriber {
                 LanguagePlan::Known(t) => Some(*t),
                 LanguagePlan::Detect(candidates) => {
                     let guess = self
-                        .window_decoder(true)
+                        .window_decoder(true, false)
                         .detect_language(&audio, candidates)?;
                     tracing::debug!(
                         language = self.special.language_code(guess.token),
@@ -446,7 +463,7 @@ impl Transcriber {
             self.settle_language(form, token, opts);
         }
         let result = self
-            .window_decoder(opts.with_timestamps)
+            .window_decoder(opts.with_timestamps, opts.join_running)
             .decode_with_fallback(
                 &audio,
                 &form.prompt_tokens[form.prompt_reset_since..],
@@ -518,7 +535,7 @@ impl Transcriber {
                     })
                     .collect();
                 let found = self
-                    .window_decoder(true)
+                    .window_decoder(true, false)
                     .detect_languages(&sub, &candidates)?;
                 for (&k, guess) in detect.iter().zip(found) {
                     tokens[k] = Some(guess.token);
@@ -534,21 +551,21 @@ impl Transcriber {
             // policy rejects decode at all their remaining temperatures at once
             // (`decode_with_fallback_batch`).
             let mut decoded: Vec<Option<WindowResult>> = vec![None; rows.len()];
-            let mut groups: std::collections::BTreeMap<(u32, bool), Vec<usize>> =
+            let mut groups: std::collections::BTreeMap<(u32, bool, bool), Vec<usize>> =
                 Default::default();
             for (k, &i) in rows.iter().enumerate() {
                 let o = opts[i];
                 if let Some(t) = o.policy.temperatures.first() {
                     groups
-                        .entry((t.to_bits(), o.with_timestamps))
+                        .entry((t.to_bits(), o.with_timestamps, o.join_running))
                         .or_default()
                         .push(k);
                 }
             }
-            for ((_, timestamps), ks) in groups {
+            for ((_, timestamps, join), ks) in groups {
                 let idx: Vec<u32> = ks.iter().map(|&k| k as u32).collect();
                 let sub = audio.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 0)?;
-                let decoder = self.window_decoder(timestamps);
+                let decoder = self.window_decoder(timestamps, join);
                 let batch: Vec<BatchRow> = ks
                     .iter()
                     .map(|&k| {

@@ -250,6 +250,11 @@ pub struct EngineArgs {
     /// [default: 1].
     #[arg(long)]
     pub asr_batch: Option<usize>,
+    /// Each utterance's decode joins the running decode of other calls' utterances
+    /// (continuous batching; pays where one row leaves the hardware idle, as on a GPU; slower
+    /// on a 2-core CPU).
+    #[arg(long)]
+    pub joint_decoding: bool,
     /// Hear only finished utterances: no early alerts from words still being spoken (saves
     /// the idle-time work that partial hypotheses take).
     #[arg(long)]
@@ -270,6 +275,9 @@ impl EngineArgs {
         }
         if let Some(n) = self.asr_batch {
             config.asr_batch = n;
+        }
+        if self.joint_decoding {
+            config.joint_decoding = true;
         }
         if self.no_partials {
             config.partials = false;

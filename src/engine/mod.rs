@@ -52,6 +52,17 @@ pub struct EngineConfig {
     /// batched decode). Batching pays where one utterance leaves the hardware idle (a GPU);
     /// on a 2-core CPU one at a time with two workers measured best.
     pub asr_batch: usize,
+    /// Each utterance's greedy decode joins the one the recognisers are running for other
+    /// calls' utterances, at its next step (continuous batching, `asr::decode::JointDecodes`),
+    /// instead of stepping a batch of its own. Off by default: on the 2-core CPU it was slower
+    /// (`bench live --model tiny.en --calls 16 --stagger-s 3`, fallback off to steady the
+    /// tail, alternating, load 1.6-2.1: lag p50 / p95 0.49 / 1.12, 0.47 / 1.11 s apart; joined
+    /// with 2 recognisers 0.75 / 1.65, 0.70 / 1.54 s; with 4, 0.78 / 1.43, 0.81 / 1.66 s).
+    /// There two recognisers already keep both cores busy, and a step's cost per row falls
+    /// only from 5.4 ms alone to 3.0 ms at 4 rows (cross-attention reads 9 MB of audio keys
+    /// per row), while each joined row waits for the others' steps. Where one row leaves the
+    /// hardware idle (a GPU) it is the batching that pays.
+    pub joint_decoding: bool,
     /// Calls open at once; more are refused (rather than every call heard worse).
     pub max_calls: usize,
     /// While an utterance is still being spoken, its audio so far is offered to an idle
@@ -79,6 +90,7 @@ impl Default for EngineConfig {
             asr_queue: 16,
             asr_workers: 2,
             asr_batch: 1,
+            joint_decoding: false,
             max_calls: 1000,
             partials: true,
             partial_every_s: 0.25,
@@ -323,6 +335,7 @@ impl Engine {
             calls: Mutex::default(),
             batch: config.asr_batch,
             review_max_s: config.reviews.then_some(config.review_max_s),
+            joint_decoding: config.joint_decoding,
         });
         let workers = (0..config.asr_workers)
             .map(|i| {

@@ -33,12 +33,10 @@ pub struct HearRequest<'a> {
     pub prompt: Option<&'a str>,
     /// The party's language, once settled; `None` lets the recogniser choose.
     pub language: Option<&'a str>,
-    /// Finished utterances of other calls are waiting for a recogniser: work is worth more
-    /// than latency now. A window Whisper rejects at temperature 0 then decodes its other
-    /// temperatures one after another (less work when an early one passes), else all at once
-    /// (about two decodes' time instead of up to five, see `FallbackPolicy::fallback_at_once`).
-    /// Changes when the words come, never which words.
-    pub others_waiting: bool,
+    /// Decode in the model's running batch with other calls' utterances (continuous
+    /// batching, `EngineConfig::joint_decoding`). Changes when the words come, never which
+    /// words (up to the rounding of batched arithmetic).
+    pub join_running: bool,
 }
 
 /// What was heard.
@@ -65,6 +63,23 @@ pub struct Heard {
 /// the context: Whisper's timestamps are 20 ms steps but land a few tenths off, and a
 /// sentence that ends right at the cut was heard whole with the previous utterance.
 pub const CONTEXT_MARGIN_S: f64 = 0.3;
+
+/// How many of the fallback policy's temperatures an utterance is decoded at: 0, 0.2 and 0.4
+/// of openai-whisper's six, all at once when the greedy decode is rejected; the others only
+/// when every one of those decodes is a loop (`FallbackPolicy::loop_temperatures`).
+///
+/// Why: rejected windows set the live transcript lag's tail. At 16 tiny.en calls 13 of 81
+/// utterances were rejected at temperature 0 (average log-probability -1.01 to -1.22 against
+/// the -1.0 threshold); a decode at 0.2 passed for 4, at 0.4 for 1, and none above, while the
+/// 8 that no temperature passed (their greedy decode kept) paid all six. Truncating changed no
+/// word on 164 live-sized utterances (tiny.en and base on the 12 English telephone clips, base
+/// on 20 Mandarin calls of benches/mandarin_calls/unseen_y, cut at 6 s; 9 fell back; a probe
+/// run once, 2026-12-06); in the bench one utterance of 81 lost its words (its kept decode had
+/// been a 0.6 sample that happened to score above its greedy decode). `bench live --model tiny.en --calls 16 --stagger-s 3`,
+/// alternating (load 1.7-2.4), lag p95: six temperatures, one after another while others
+/// waited (before) 2.63, 2.81 s; three, the same way 1.86, 1.78 s; three at once (now) 1.59,
+/// 1.59 s. Reviews, heard as recordings are, keep all six.
+pub const UTTERANCE_TEMPERATURES: usize = 3;
 
 /// Speech recognition for the engine: one instance serves every call, from several threads.
 pub trait Recogniser: Send + Sync {
@@ -94,6 +109,7 @@ impl WhisperRecogniser {
         // windows flagged the same calls.
         let mut review_options = Self::utterance_options(options.clone());
         review_options.vad = options.vad.clone();
+        review_options.policy = options.policy.clone();
         Self {
             transcriber,
             options: Self::utterance_options(options),
@@ -105,6 +121,11 @@ impl WhisperRecogniser {
     pub fn utterance_options(mut options: TranscribeOptions) -> TranscribeOptions {
         options.vad = None;
         options.short_context_frames.get_or_insert(1500);
+        let policy = &mut options.policy;
+        let first = UTTERANCE_TEMPERATURES.min(policy.temperatures.len());
+        let rest = policy.temperatures.split_off(first);
+        policy.loop_temperatures.splice(0..0, rest);
+        policy.fallback_at_once = true;
         options
     }
 
@@ -122,7 +143,7 @@ impl WhisperRecogniser {
             heard.initial_prompt = Some(p.to_owned());
         }
         heard.known_speech = request.speech;
-        heard.policy.fallback_at_once = !request.others_waiting;
+        heard.join_running = request.join_running;
         // Speech runs at 3-5 tokens a second; far more is a hallucination loop.
         let seconds = request.samples.len() as f64 / 16_000.0;
         heard.policy.max_tokens = Some(16 + (seconds * 10.0) as usize);

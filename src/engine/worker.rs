@@ -237,6 +237,8 @@ pub(super) struct Workers {
     pub batch: usize,
     /// The longest review (seconds of audio); `None`: no reviews.
     pub review_max_s: Option<f64>,
+    /// Utterances join the recogniser's running batch (`EngineConfig::joint_decoding`).
+    pub joint_decoding: bool,
 }
 
 impl Workers {
@@ -315,7 +317,6 @@ impl Workers {
                     .then(|| ([tail.samples.as_slice(), &sp.audio.samples].concat(), tail))
             })
             .collect();
-        let others_waiting = self.scheduler.queued() > 0;
         let requests: Vec<HearRequest<'_>> = speech
             .iter()
             .zip(&joined)
@@ -344,7 +345,7 @@ impl Workers {
                     review: is_review(i),
                     prompt: (!prompt.is_empty()).then_some(prompt),
                     language: party.language.as_deref(),
-                    others_waiting,
+                    join_running: self.joint_decoding,
                 }
             })
             .collect();

@@ -117,6 +117,10 @@ pub struct LiveArgs {
     /// Recogniser threads.
     #[arg(long, default_value_t = 2)]
     pub asr_workers: usize,
+    /// Utterances join the running decode of other calls' utterances (continuous batching,
+    /// the engine's `--joint-decoding`).
+    #[arg(long)]
+    pub joint_decoding: bool,
     /// Also hear partial hypotheses (they use idle time only).
     #[arg(long)]
     pub partials: bool,
@@ -569,8 +573,15 @@ fn live(args: LiveArgs) -> Result<i32> {
     let per_call = (args.call_seconds * 16_000.0) as usize;
     let classifier = Arc::new(Classifier::builtin());
     eprintln!(
-        "bench live: {} on {:?} ({:?}), batch {}, {} workers, {:.0} s calls, keyword detection",
-        t.name, t.device, t.compute, args.asr_batch, args.asr_workers, args.call_seconds
+        "bench live: {} on {:?} ({:?}), batch {}, {} workers, joint decoding {}, {:.0} s calls, \
+         keyword detection",
+        t.name,
+        t.device,
+        t.compute,
+        args.asr_batch,
+        args.asr_workers,
+        if args.joint_decoding { "on" } else { "off" },
+        args.call_seconds
     );
     let mut rows = Vec::new();
     let mut sustained = 0;
@@ -596,6 +607,7 @@ fn live(args: LiveArgs) -> Result<i32> {
         let engine_config = EngineConfig {
             asr_batch: args.asr_batch,
             asr_workers: args.asr_workers,
+            joint_decoding: args.joint_decoding,
             asr_queue: (2 * n).max(16),
             max_calls: n + 8,
             partials: args.partials,
