@@ -209,17 +209,16 @@ impl JointDecodes {
                     MAX_JOINED_ROWS_GPU
                 };
                 let room = most.saturating_sub(running.as_ref().map_or(0, |r| r.members.len()));
-                let mut taken = Vec::new();
-                let mut left = Vec::new();
-                for p in lane.waiting.drain(..) {
-                    if p.key == key && taken.len() < room {
-                        taken.push(p);
-                    } else {
-                        left.push(p);
-                    }
-                }
-                lane.waiting = left;
-                taken
+                // In arrival order, up to the first window that cannot join (another audio
+                // length or timestamp rule): the batch then drains and that window starts the
+                // next, so a steady stream of joiners cannot starve it.
+                let joinable = lane
+                    .waiting
+                    .iter()
+                    .take_while(|p| p.key == key)
+                    .count()
+                    .min(room);
+                lane.waiting.drain(..joinable).collect()
             };
             if !new.is_empty() {
                 let before = running.as_ref().map_or(0, |r| r.members.len());
