@@ -119,6 +119,23 @@ fn english_utterances() -> Vec<Vec<f32>> {
     clips
 }
 
+/// A greedy window heard alone (`a`) and heard with others (`t`): the same words, language,
+/// segments and segment times, and log-probabilities within rounding.
+fn same_greedy_hearing(what: &str, a: &Transcript, t: &Transcript) {
+    assert_eq!(a.text(), t.text(), "{what}: words differ");
+    assert_eq!(a.language, t.language, "{what}: language");
+    assert_eq!(a.segments.len(), t.segments.len(), "{what}: segments");
+    for (sa, st) in a.segments.iter().zip(&t.segments) {
+        assert_eq!((sa.start_s, sa.end_s), (st.start_s, st.end_s), "{what}");
+        assert!(
+            (sa.avg_logprob - st.avg_logprob).abs() < 1e-3,
+            "{what}: log-probability {} vs {}",
+            sa.avg_logprob,
+            st.avg_logprob
+        );
+    }
+}
+
 fn same_words_batched_and_alone(
     model: &Transcriber,
     clips: &[Vec<f32>],
@@ -142,26 +159,7 @@ fn same_words_batched_and_alone(
             continue;
         }
         compared += 1;
-        assert_eq!(a.text(), t.text(), "utterance {i}: batched words differ");
-        assert_eq!(a.language, t.language, "utterance {i}: language");
-        assert_eq!(
-            a.segments.len(),
-            t.segments.len(),
-            "utterance {i}: segments"
-        );
-        for (sa, st) in a.segments.iter().zip(&t.segments) {
-            assert_eq!(
-                (sa.start_s, sa.end_s),
-                (st.start_s, st.end_s),
-                "utterance {i}"
-            );
-            assert!(
-                (sa.avg_logprob - st.avg_logprob).abs() < 1e-3,
-                "utterance {i}: log-probability {} vs {}",
-                sa.avg_logprob,
-                st.avg_logprob
-            );
-        }
+        same_greedy_hearing(&format!("utterance {i}, batched"), a, t);
         words += a.text().split_whitespace().count();
     }
     // The check means nothing if nothing was heard.
@@ -393,20 +391,7 @@ fn tiny_en_utterances_joining_a_running_decode_give_the_same_words() {
             continue;
         }
         compared += 1;
-        assert_eq!(a.text(), j.text(), "utterance {i}: joined words differ");
-        for (sa, sj) in a.segments.iter().zip(&j.segments) {
-            assert_eq!(
-                (sa.start_s, sa.end_s),
-                (sj.start_s, sj.end_s),
-                "utterance {i}"
-            );
-            assert!(
-                (sa.avg_logprob - sj.avg_logprob).abs() < 1e-3,
-                "utterance {i}: log-probability {} vs {}",
-                sa.avg_logprob,
-                sj.avg_logprob
-            );
-        }
+        same_greedy_hearing(&format!("utterance {i}, joined"), a, j);
     }
     assert!(compared * 3 >= clips.len() * 2, "only {compared} greedy");
 }

@@ -12,7 +12,7 @@ use super::model::{DecoderState, Whisper};
 use super::tokens::SpecialTokens;
 
 mod joint;
-pub use joint::{JointDecodes, MAX_JOINED_ROWS};
+pub use joint::JointDecodes;
 
 /// Thresholds that decide whether a window's decode is trusted, as openai-whisper's defaults.
 #[derive(Debug, Clone)]
@@ -264,6 +264,17 @@ struct RowInfo {
     device: candle_core::Device,
 }
 
+impl RowInfo {
+    /// Keeps the rows `pick` (indices into the current rows, in the new order, repeats
+    /// allowed); the picker stays as it is.
+    fn keep_rows(&mut self, pick: &[usize]) {
+        self.no_speech = pick.iter().map(|&r| self.no_speech[r]).collect();
+        self.prompt_len = pick.iter().map(|&r| self.prompt_len[r]).collect();
+        self.pads = pick.iter().map(|&r| self.pads[r]).collect();
+        self.budget = pick.iter().map(|&r| self.budget[r]).collect();
+    }
+}
+
 /// Damaged weights (flipped bytes, NaN in the cache) give NaN scores, and the argmax of NaN is
 /// token 0 ("!"): a transcript of "!!!!" that looks like a result.
 fn damaged_weights() -> anyhow::Error {
@@ -422,26 +433,22 @@ impl WindowDecoder<'_> {
         }
         // Windows whose every decode so far fell into a loop go on at the policy's
         // `loop_temperatures`, all at once.
-        let looping: Vec<(usize, f32)> = (0..b)
-            .filter(|&r| windows[r].only_loops(rows[r].policy))
-            .flat_map(|r| {
-                rows[r]
-                    .policy
-                    .loop_temperatures
-                    .iter()
-                    .map(move |&t| (r, t))
+        let looping: Vec<usize> = (0..b)
+            .filter(|&r| {
+                windows[r].only_loops(rows[r].policy)
+                    && !rows[r].policy.loop_temperatures.is_empty()
             })
             .collect();
         if !looping.is_empty() {
-            let windows_looping = looping
+            LOOP_ROUNDS.fetch_add(looping.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let again: Vec<(usize, f32)> = looping
                 .iter()
-                .map(|&(r, _)| r)
-                .collect::<std::collections::BTreeSet<_>>();
-            LOOP_ROUNDS.fetch_add(
-                windows_looping.len() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            self.decode_again(audio, rows, &mut windows, &looping, None)?;
+                .flat_map(|&r| {
+                    let temperatures = &rows[r].policy.loop_temperatures;
+                    temperatures.iter().map(move |&t| (r, t))
+                })
+                .collect();
+            self.decode_again(audio, rows, &mut windows, &again, None)?;
         }
         windows
             .into_iter()
@@ -695,25 +702,19 @@ impl WindowDecoder<'_> {
         let Started {
             mut state,
             logits,
-            rows,
+            mut rows,
         } = run;
         let idx: Vec<u32> = pick.iter().map(|&r| r as u32).collect();
         let idx = Tensor::new(idx.as_slice(), &rows.device)?;
         state.select_rows(&idx)?;
-        let picker = self
+        rows.keep_rows(pick);
+        rows.picker = self
             .rules
             .picker(logits.dim(1)?, pick.len(), &rows.device)?;
         Ok(Started {
             state,
             logits: logits.index_select(&idx, 0)?,
-            rows: RowInfo {
-                no_speech: pick.iter().map(|&r| rows.no_speech[r]).collect(),
-                prompt_len: pick.iter().map(|&r| rows.prompt_len[r]).collect(),
-                pads: pick.iter().map(|&r| rows.pads[r]).collect(),
-                picker,
-                budget: pick.iter().map(|&r| rows.budget[r]).collect(),
-                device: rows.device,
-            },
+            rows,
         })
     }
 
@@ -827,14 +828,14 @@ impl WindowDecoder<'_> {
         Ok((logits + add)?)
     }
 
-    /// Whether a sequence of `row` stops where it is: its token budget or the decoder's
-    /// context is spent, or it has fallen into a loop (see [`BatchRow::policy`]).
-    fn must_stop(&self, row: &BatchRow<'_>, run: &RowInfo, r: usize, sampled: &[u32]) -> bool {
+    /// Whether a sequence of row `r` (decoded under `policy`) stops where it is: its token
+    /// budget or the decoder's context is spent, or it has fallen into a loop (see
+    /// [`BatchRow::policy`]).
+    fn must_stop(&self, policy: &FallbackPolicy, run: &RowInfo, r: usize, sampled: &[u32]) -> bool {
         let context = run.prompt_len[r] + sampled.len() - 1;
         if sampled.len() >= run.budget[r] || context >= self.model.decoder.max_len() {
             return true;
         }
-        let policy = row.policy;
         let may_stop = policy
             .no_speech_threshold
             .is_none_or(|th| run.no_speech[r] <= th);
@@ -981,7 +982,7 @@ impl WindowDecoder<'_> {
                 let finished = next == sp.eot || {
                     sum_logprob[r] += logprob as f64;
                     sampled[r].push(next);
-                    self.must_stop(&rows[r], &run, r, &sampled[r])
+                    self.must_stop(rows[r].policy, &run, r, &sampled[r])
                 };
                 if finished {
                     let s = std::mem::take(&mut sampled[r]);
@@ -1198,7 +1199,7 @@ impl WindowDecoder<'_> {
                     };
                     // A sequence that stops here (budget, context, loop) leaves its place in
                     // the beam to the next candidate.
-                    if self.must_stop(&rows[row], &run, row, &h.tokens) {
+                    if self.must_stop(rows[row].policy, &run, row, &h.tokens) {
                         stopped[row].push(h);
                         continue;
                     }

@@ -360,13 +360,7 @@ fn advance(
         let finished = next == sp.eot || {
             m.sum_logprob += logprob as f64;
             m.sampled.push(next);
-            let row = BatchRow {
-                prompt: &[],
-                sot_sequence: &[],
-                policy: &m.policy,
-                seed: 0,
-            };
-            dec.must_stop(&row, &run.rows, i, &m.sampled)
+            dec.must_stop(&m.policy, &run.rows, i, &m.sampled)
         };
         if finished {
             let sampled = std::mem::take(&mut m.sampled);
@@ -393,10 +387,7 @@ fn advance(
             .map(|&i| members[i].take().expect("kept once"))
             .collect();
         let info = &mut run.rows;
-        info.no_speech = keep.iter().map(|&i| info.no_speech[i]).collect();
-        info.prompt_len = keep.iter().map(|&i| info.prompt_len[i]).collect();
-        info.pads = keep.iter().map(|&i| info.pads[i]).collect();
-        info.budget = keep.iter().map(|&i| info.budget[i]).collect();
+        info.keep_rows(&keep);
         // Padding every remaining row has is read by none of them.
         let common = info.pads.iter().copied().min().unwrap_or(0);
         if common > 0 {
