@@ -674,6 +674,17 @@ fn an_offer_turned_down_is_honest_and_an_advance_fee_to_the_caller_is_a_cue() {
         )
         .unwrap();
     assert!(!teacher.risk.is_flagged(), "{teacher:?}");
+    // A courier's 当面出示 as base writes it (出事, a homophone) is not trouble; trouble named
+    // whole still is.
+    let flagged = |text: &str| c.classify(text, Some("zh")).unwrap().risk.is_flagged();
+    assert!(!flagged(
+        "喂，您好，快递员小黄，您有个大件到了，我在您楼下。取件码是平台短信发您的那个，\
+         您当面出事给我看一下就行，我核对了才能签收。"
+    ));
+    assert!(flagged(
+        "喂，是王阿姨吗？我是您儿子的同事，您儿子出了点事，现在在医院，\
+         急需五万块钱手术费，您赶紧转到这个账户。"
+    ));
 }
 
 #[test]
