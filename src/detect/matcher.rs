@@ -294,7 +294,7 @@ fn initials_blur(a: &str, b: &str) -> bool {
 /// flagged 128 of the 230 heard tuning scams instead of 118, one more of 226 honest calls, and
 /// changed nothing on the Mandarin text sets or the dev set.
 ///
-/// Later (2026-12-06, 29,360 substituted characters aligned over 936 heard calls of 24 sets),
+/// Later (2026-12-06, 29,360 substituted characters aligned over 936 heard calls of 25 sets),
 /// the final pairs heard for each other most often against chance (count / expected from
 /// the two finals' frequencies): the velar coda -ng for the glide -o after a (账 zhang heard
 /// as 照 zhao: ang/ao 115, 23x; iang/iao 85, 40x) and the -n of ian lost (ian/ie 111, 9x).
