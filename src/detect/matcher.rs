@@ -283,8 +283,13 @@ fn initials_blur(a: &str, b: &str) -> bool {
     if class != 0 && class == initial_class(b) {
         return true;
     }
-    let pair = |x: &str, y: &str| (a == x && b == y) || (a == y && b == x);
+    let pair = |x, y| either_way(a, b, x, y);
     pair("n", "") || pair("m", "n") || pair("m", "b") || pair("m", "f")
+}
+
+/// Whether `a` and `b` are `x` and `y` in either order.
+fn either_way(a: &str, b: &str, x: &str, y: &str) -> bool {
+    (a == x && b == y) || (a == y && b == x)
 }
 
 /// Finals heard for each other through the telephone band (same initial): the other nasal
@@ -304,7 +309,7 @@ fn finals_blur(a: &str, b: &str) -> bool {
     let coda =
         |x: &str, y: &str| y.strip_suffix('n') == Some(x) && x.ends_with(['a', 'e', 'i', 'ü']);
     let round = |x: &str, y: &str| x.contains('ü') && x.replacen('ü', "i", 1) == y;
-    let pair = |x: &str, y: &str| (a == x && b == y) || (a == y && b == x);
+    let pair = |x, y| either_way(a, b, x, y);
     nasal_pair(a, b)
         || coda(a, b)
         || coda(b, a)

@@ -76,9 +76,9 @@ pub const CONTEXT_MARGIN_S: f64 = 0.3;
 /// on 20 Mandarin calls of benches/mandarin_calls/unseen_y, cut at 6 s; 9 fell back; a probe
 /// run once, 2026-12-06); in the bench one utterance of 81 lost its words (its kept decode had
 /// been a 0.6 sample that happened to score above its greedy decode). `bench live --model
-/// tiny.en --calls 16 --stagger-s 3`, alternating (load 1.7-2.4), lag p95: six temperatures, one after another while others
-/// waited (before) 2.63, 2.81 s; three, the same way 1.86, 1.78 s; three at once (now) 1.59,
-/// 1.59 s. Reviews, heard as recordings are, keep all six.
+/// tiny.en --calls 16 --stagger-s 3`, alternating (load 1.7-2.4), lag p95: six temperatures,
+/// one after another while others waited (before) 2.63, 2.81 s; three, the same way 1.86,
+/// 1.78 s; three at once (now) 1.59, 1.59 s. Reviews, heard as recordings are, keep all six.
 pub const UTTERANCE_TEMPERATURES: usize = 3;
 
 /// Speech recognition for the engine: one instance serves every call, from several threads.
