@@ -101,6 +101,14 @@ pub struct AsrConfig {
     pub hotwords: Option<PathBuf>,
     /// Added to the logits of the tokens that continue a begun phrase (natural-log units).
     pub hotword_bonus: f32,
+    /// Phrases tried in place of the spans of each window's transcript that sound partly like
+    /// them, each kept when the decoder, rescoring the window, finds it within
+    /// `rescore_margin` of what it wrote (see `asr::rescore`): a file as for `hotwords`, each
+    /// phrase two Chinese characters or more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rescore: Option<PathBuf>,
+    /// What a rescored transcript may lose against the decoder's own (nats).
+    pub rescore_margin: f32,
     /// Hypotheses kept at temperature 0 (beam search; 1 is greedy decoding), 1 to
     /// [`crate::asr::decode::MAX_BEAM_SIZE`].
     pub beam_size: usize,
@@ -151,6 +159,8 @@ impl Default for AsrConfig {
             short_context_s: None,
             hotwords: None,
             hotword_bonus: DEFAULT_HOTWORD_BONUS,
+            rescore: None,
+            rescore_margin: crate::asr::rescore::DEFAULT_MARGIN,
             beam_size: 1,
         }
     }
@@ -170,6 +180,11 @@ impl AsrConfig {
             transcriber
                 .set_hotwords(&read_hotwords(path)?, self.hotword_bonus)
                 .with_context(|| format!("hotwords {}", path.display()))?;
+        }
+        if let Some(path) = &self.rescore {
+            transcriber
+                .set_rescoring(&read_hotwords(path)?, self.rescore_margin)
+                .with_context(|| format!("rescore {}", path.display()))?;
         }
         Ok(transcriber)
     }
@@ -205,6 +220,8 @@ impl AsrConfig {
     fn validate(&self) -> std::result::Result<(), String> {
         crate::asr::bias::check_bonus(self.hotword_bonus)
             .map_err(|e| format!("hotword_bonus {e}"))?;
+        crate::asr::rescore::check_margin(self.rescore_margin)
+            .map_err(|e| format!("rescore_margin: {e}"))?;
         crate::asr::decode::check_beam_size(self.beam_size)?;
         if let Some(s) = self.short_context_s {
             if !(s.is_finite() && s > 0.0 && s <= 30.0) {

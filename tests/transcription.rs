@@ -366,3 +366,63 @@ fn hotwords_finish_begun_mandarin_phrases_and_leave_english_alone() {
     assert!(m.set_hotwords(&["钱".into()], 4.0).is_err());
     assert!(m.set_hotwords(&phrases, f32::NAN).is_err());
 }
+
+/// Vocabulary rescoring (`--rescore`) on Mandarin through the 8 kHz channel: base writes
+/// 支付宝 as 支付法 and 软件 as 软天 in these two clips; the decoder, teacher-forced over the
+/// same audio, finds the listed phrase within 2.2 nats of its own words there, and every other
+/// proposal on the two clips 3 nats or more below (涉嫌 -3.2, 屏幕共享 -6.4, 银行卡 -13 to -18).
+/// So at 2.65 the two phrases are written and nothing else changes; at 0 nothing does; an
+/// English call is heard as before.
+#[test]
+fn rescoring_writes_listed_phrases_only_where_the_audio_supports_them() {
+    let mut m = load_as("base", ComputeType::F32);
+    let zh = TranscribeOptions {
+        language: Some("zh".into()),
+        ..Default::default()
+    };
+    let en = TranscribeOptions {
+        language: Some("en".into()),
+        ..Default::default()
+    };
+    let english = fixture("asr/pharmacy_phone.wav");
+    let clips = [
+        (fixture("asr/zh_refund_phone.wav"), "支付", ["宝", "寶"]),
+        (
+            repo().join("audio-samples/zh_scam_bank_code.wav"),
+            "软",
+            ["件", "件"],
+        ),
+    ];
+    let plain: Vec<String> = clips
+        .iter()
+        .map(|(c, _, _)| transcribe_file(&m, c, &zh))
+        .collect();
+    let english_plain = transcribe_file(&m, &english, &en);
+    let phrases = vishguard::config::read_hotwords(&repo().join("models/hotwords/zh.txt")).unwrap();
+    m.set_rescoring(&phrases, 0.0).unwrap();
+    for ((c, _, _), p) in clips.iter().zip(&plain) {
+        assert_eq!(&transcribe_file(&m, c, &zh), p, "margin 0 changed a word");
+    }
+    m.set_rescoring(&phrases, 2.65).unwrap();
+    for ((c, stem, ends), p) in clips.iter().zip(&plain) {
+        let rescored = transcribe_file(&m, c, &zh);
+        eprintln!("plain:    {p}\nrescored: {rescored}");
+        let has = |t: &str| ends.iter().any(|e| t.contains(&format!("{stem}{e}")));
+        assert!(!has(p), "the clip no longer tests anything: {p}");
+        assert!(has(&rescored), "{rescored}");
+        // One character changed, in place.
+        assert_eq!(p.chars().count(), rescored.chars().count(), "{rescored}");
+        let changed = p
+            .chars()
+            .zip(rescored.chars())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(changed, 1, "{p} -> {rescored}");
+    }
+    assert_eq!(transcribe_file(&m, &english, &en), english_plain);
+    // A phrase is two Chinese characters or more, and a margin a number of nats.
+    assert!(m.set_rescoring(&["钱".into()], 2.0).is_err());
+    assert!(m.set_rescoring(&["gift card".into()], 2.0).is_err());
+    assert!(m.set_rescoring(&phrases, f32::NAN).is_err());
+    assert!(m.set_rescoring(&phrases, -1.0).is_err());
+}

@@ -71,9 +71,35 @@ fn unicode_to_byte() -> HashMap<char, u8> {
     map
 }
 
+/// Each text token of the tokenizer's vocabulary by its bytes (special tokens, `<|...|>`, are
+/// not byte-level text and are left out).
+pub(super) fn vocabulary_bytes(tokenizer: &Tokenizer) -> HashMap<Vec<u8>, u32> {
+    let to_byte = unicode_to_byte();
+    let mut by_bytes: HashMap<Vec<u8>, u32> = HashMap::new();
+    for (piece, id) in tokenizer.get_vocab(true) {
+        if piece.starts_with("<|") {
+            continue;
+        }
+        let bytes: Option<Vec<u8>> = piece.chars().map(|c| to_byte.get(&c).copied()).collect();
+        if let Some(b) = bytes.filter(|b| !b.is_empty()) {
+            by_bytes.insert(b, id);
+        }
+    }
+    by_bytes
+}
+
+/// The bytes of each token id of `by_bytes` ([`vocabulary_bytes`]); empty for ids it lacks.
+pub(super) fn bytes_by_id(by_bytes: &HashMap<Vec<u8>, u32>) -> Vec<Vec<u8>> {
+    let mut token_bytes = vec![Vec::new(); by_bytes.values().max().map_or(0, |&m| m as usize + 1)];
+    for (b, &id) in by_bytes {
+        token_bytes[id as usize] = b.clone();
+    }
+    token_bytes
+}
+
 /// Traditional forms of a simplified character (the reverse of [`super::simplified`], so 帳
 /// is a form of 账), for the CJK Unified Ideographs block.
-fn traditional_forms() -> &'static HashMap<char, Vec<char>> {
+pub(super) fn traditional_forms() -> &'static HashMap<char, Vec<char>> {
     static MAP: std::sync::OnceLock<HashMap<char, Vec<char>>> = std::sync::OnceLock::new();
     MAP.get_or_init(|| {
         let mut map: HashMap<char, Vec<char>> = HashMap::new();
@@ -120,24 +146,9 @@ impl HotwordBias {
     /// per continuing token. The tokenizer's vocabulary gives each token's bytes.
     pub fn new(phrases: &[String], tokenizer: &Tokenizer, bonus: f32) -> Result<Self> {
         check_bonus(bonus).map_err(anyhow::Error::msg)?;
-        let to_byte = unicode_to_byte();
-        let mut by_bytes: HashMap<Vec<u8>, u32> = HashMap::new();
-        for (piece, id) in tokenizer.get_vocab(true) {
-            // Special tokens (<|...|>) are not byte-level text.
-            if piece.starts_with("<|") {
-                continue;
-            }
-            let bytes: Option<Vec<u8>> = piece.chars().map(|c| to_byte.get(&c).copied()).collect();
-            if let Some(b) = bytes.filter(|b| !b.is_empty()) {
-                by_bytes.insert(b, id);
-            }
-        }
+        let by_bytes = vocabulary_bytes(tokenizer);
         let longest_token = by_bytes.keys().map(Vec::len).max().unwrap_or(1);
-        let mut token_bytes =
-            vec![Vec::new(); by_bytes.values().max().map_or(0, |&m| m as usize + 1)];
-        for (b, &id) in &by_bytes {
-            token_bytes[id as usize] = b.clone();
-        }
+        let token_bytes = bytes_by_id(&by_bytes);
         let mut out = Self {
             phrases: Vec::new(),
             continuations: Vec::new(),

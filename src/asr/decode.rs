@@ -562,7 +562,7 @@ impl WindowDecoder<'_> {
     /// The tokens `decode` would start a window with: the previous text after `sot_prev` (at
     /// most half the context), then the start-of-transcript sequence. Returns them and the
     /// index of `sot` in them.
-    fn initial_tokens(&self, prompt: &[u32], sot_sequence: &[u32]) -> (Vec<u32>, usize) {
+    pub(super) fn initial_tokens(&self, prompt: &[u32], sot_sequence: &[u32]) -> (Vec<u32>, usize) {
         let mut initial: Vec<u32> = Vec::new();
         if !prompt.is_empty() {
             let keep = self.model.decoder.max_len() / 2 - 1;

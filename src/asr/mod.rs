@@ -10,6 +10,7 @@ pub mod mel;
 pub mod mel_batch;
 pub mod model;
 pub mod pieces;
+pub mod rescore;
 pub mod threads;
 pub mod tokens;
 pub mod transcribe;

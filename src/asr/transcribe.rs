@@ -13,6 +13,7 @@ use super::decode::{
 };
 use super::device::ComputeType;
 use super::mel::{LogMel, MelSpectrogram, HOP, SAMPLE_RATE, WINDOW_FRAMES};
+use super::rescore::VocabularyRescorer;
 
 /// Removed gaps at least this long (seconds) end a window: speech on either side is heard in
 /// separate windows, as it would be without voice activity (a robocall played twice 3 s apart
@@ -108,6 +109,8 @@ pub struct Transcriber {
     suppress: Vec<u32>,
     /// Phrases whose continuation the decoder is pushed towards (none unless set).
     hotwords: Option<HotwordBias>,
+    /// Phrases tried in place of the spans that sound like them (none unless set).
+    rescorer: Option<VocabularyRescorer>,
     pub name: String,
     /// Batches whose first windows failed together and were heard one by one instead.
     batches_failed: std::sync::atomic::AtomicU64,
@@ -163,6 +166,7 @@ impl Transcriber {
             compute,
             suppress,
             hotwords: None,
+            rescorer: None,
             name: files.name.clone(),
             batches_failed: Default::default(),
             joint: JointDecodes::default(),
@@ -178,6 +182,58 @@ impl Transcriber {
             Some(HotwordBias::new(phrases, &self.tokenizer, bonus)?)
         };
         Ok(())
+    }
+
+    /// Tries `phrases` in place of the spans of each window's transcript that sound like
+    /// them, keeping those the decoder finds within `margin` nats of its own
+    /// ([`VocabularyRescorer`]); an empty list turns it off.
+    pub fn set_rescoring(&mut self, phrases: &[String], margin: f32) -> Result<()> {
+        self.rescorer = if phrases.is_empty() {
+            None
+        } else {
+            Some(VocabularyRescorer::new(phrases, &self.tokenizer, margin)?)
+        };
+        Ok(())
+    }
+
+    /// `result` with the rescorer's changes, if one is set (see [`Self::set_rescoring`]). A
+    /// rescoring that fails keeps the decode as it was: it is a second opinion, never a reason
+    /// to lose a window.
+    fn rescored(
+        &self,
+        audio: &Tensor,
+        prompt: &[u32],
+        sot_sequence: &[u32],
+        mut result: WindowResult,
+    ) -> WindowResult {
+        let Some(rescorer) = &self.rescorer else {
+            return result;
+        };
+        let (initial, _) = self
+            .window_decoder(false, false)
+            .initial_tokens(prompt, sot_sequence);
+        let eot = self.special.eot;
+        let tokens: Vec<u32> = result
+            .tokens
+            .iter()
+            .copied()
+            .filter(|&t| t != eot)
+            .collect();
+        match rescorer.rescore(&self.model, &self.tokenizer, audio, &initial, &tokens, eot) {
+            Ok(Some(changed)) => {
+                let text: Vec<u32> = changed.iter().copied().filter(|&t| t < eot).collect();
+                match self.tokenizer.decode(&text, true) {
+                    Ok(t) => {
+                        result.text = t;
+                        result.tokens = changed;
+                    }
+                    Err(e) => tracing::warn!("rescoring kept the decode: {e}"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("rescoring kept the decode: {e:#}"),
+        }
+        result
     }
 
     pub fn is_multilingual(&self) -> bool {
@@ -471,6 +527,12 @@ impl Transcriber {
                 &opts.policy,
                 opts.seed.wrapping_add(form.seek as u64),
             )?;
+        let result = self.rescored(
+            &audio,
+            &form.prompt_tokens[form.prompt_reset_since..],
+            &form.sot_sequence,
+            result,
+        );
         self.take_window(form, result, opts)
     }
 
@@ -581,8 +643,15 @@ impl Transcriber {
                     })
                     .collect();
                 let results = decoder.decode_with_fallback_batch(&sub, &batch)?;
-                for (&k, result) in ks.iter().zip(results) {
-                    decoded[k] = Some(result);
+                for ((j, &k), result) in ks.iter().enumerate().zip(results) {
+                    let row = sub.narrow(0, j, 1)?;
+                    let f = &forms[rows[k]];
+                    decoded[k] = Some(self.rescored(
+                        &row,
+                        &f.prompt_tokens[f.prompt_reset_since..],
+                        &f.sot_sequence,
+                        result,
+                    ));
                 }
             }
             for (k, result) in decoded.into_iter().enumerate() {

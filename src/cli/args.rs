@@ -104,6 +104,14 @@ pub struct AsrArgs {
     /// What a begun phrase's continuing tokens gain, added to their logits [default: 4].
     #[arg(long)]
     pub hotword_bonus: Option<f32>,
+    /// Phrases tried in place of the spans of the transcript that sound partly like them,
+    /// each kept when the decoder, rescoring the window, finds it nearly as likely as what it
+    /// wrote: a file, one phrase per line (e.g. models/hotwords/zh.txt).
+    #[arg(long)]
+    pub rescore: Option<PathBuf>,
+    /// What a rescored transcript may lose against the decoder's own, in nats [default: 2].
+    #[arg(long)]
+    pub rescore_margin: Option<f32>,
     /// Beam search with this many hypotheses at temperature 0 (as faster-whisper's
     /// beam_size; 1 is greedy decoding) [default: 1].
     #[arg(long)]
@@ -142,6 +150,12 @@ impl AsrArgs {
         }
         if let Some(b) = self.hotword_bonus {
             config.hotword_bonus = b;
+        }
+        if let Some(r) = &self.rescore {
+            config.rescore = Some(r.clone());
+        }
+        if let Some(m) = self.rescore_margin {
+            config.rescore_margin = m;
         }
         if let Some(b) = self.beam_size {
             config.beam_size = b;

