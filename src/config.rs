@@ -119,21 +119,27 @@ const MAX_HOTWORDS_BYTES: u64 = 1 << 20;
 
 /// The phrases of a hotword file (see [`AsrConfig::hotwords`]).
 pub fn read_hotwords(path: &std::path::Path) -> Result<Vec<String>> {
+    read_phrase_list(path, "hotwords")
+}
+
+/// The phrases of a phrase list file (one per line, `#` starts a comment line), errors named
+/// `what` (the key or flag that gave the file: "hotwords", "rescore").
+pub fn read_phrase_list(path: &std::path::Path, what: &str) -> Result<Vec<String>> {
     let meta = std::fs::metadata(path)
-        .with_context(|| format!("hotwords {}: cannot read it", path.display()))?;
+        .with_context(|| format!("{what} {}: cannot read it", path.display()))?;
     if !meta.is_file() {
-        anyhow::bail!("hotwords {}: not a regular file", path.display());
+        anyhow::bail!("{what} {}: not a regular file", path.display());
     }
     if meta.len() > MAX_HOTWORDS_BYTES {
         anyhow::bail!(
-            "hotwords {}: {} bytes, more than a phrase list of {} bytes",
+            "{what} {}: {} bytes, more than a phrase list of {} bytes",
             path.display(),
             meta.len(),
             MAX_HOTWORDS_BYTES
         );
     }
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("hotwords {}: not UTF-8 text", path.display()))?;
+        .with_context(|| format!("{what} {}: not UTF-8 text", path.display()))?;
     let phrases: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -141,7 +147,7 @@ pub fn read_hotwords(path: &std::path::Path) -> Result<Vec<String>> {
         .map(str::to_owned)
         .collect();
     if phrases.is_empty() {
-        anyhow::bail!("hotwords {}: no phrases in it", path.display());
+        anyhow::bail!("{what} {}: no phrases in it", path.display());
     }
     Ok(phrases)
 }
@@ -183,7 +189,7 @@ impl AsrConfig {
         }
         if let Some(path) = &self.rescore {
             transcriber
-                .set_rescoring(&read_hotwords(path)?, self.rescore_margin)
+                .set_rescoring(&read_phrase_list(path, "rescore")?, self.rescore_margin)
                 .with_context(|| format!("rescore {}", path.display()))?;
         }
         Ok(transcriber)
