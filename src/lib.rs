@@ -5,12 +5,13 @@
 //! a scheduler, the recogniser over [`asr`], the detector in [`detect`], a fan-out) ->
 //! [`sinks`]. The records that cross these rooms, and leave the process, are in [`call`];
 //! [`config`] describes a whole run. [`model_store`] provides the models; [`score`] measures
-//! quality; [`render`] writes transcripts; [`cli`] is the command line.
+//! quality; [`render`] writes transcripts; [`cli`] is the command line. [`phonetics`] is how
+//! Mandarin sounds through a telephone band (the matcher's and the recogniser's rescoring's).
 //!
 //! [`server`] is `serve`'s HTTP side (API, events, metrics, WebSocket media).
 //!
 //! Each room imports only rooms below it: cli > config, score > server > engine > sources,
-//! sinks, render > detect > asr > audio, model_store > call, private_files (`tests/layers.rs`
+//! sinks, render > detect > asr > audio, model_store > call, private_files, phonetics (`tests/layers.rs`
 //! checks it). [`private_files`] creates the files that hold what was said, owner-only.
 
 pub mod asr;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod detect;
 pub mod engine;
 pub mod model_store;
+pub mod phonetics;
 pub mod private_files;
 pub mod relay;
 pub mod render;

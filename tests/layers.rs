@@ -6,7 +6,7 @@ mod support;
 
 /// Lowest floor first; rooms on one floor do not import each other.
 const FLOORS: &[&[&str]] = &[
-    &["call", "private_files"],
+    &["call", "private_files", "phonetics"],
     &["audio", "model_store"],
     &["asr"],
     &["detect"],

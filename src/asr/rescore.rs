@@ -11,7 +11,7 @@
 //! since the decoder judges every change. It is the second pass of keyword spotting on an
 //! ASR's output (propose keyword hypotheses near the first-pass text, verify each with the
 //! acoustic model's likelihood), with the proposal made by pinyin resemblance
-//! ([`crate::detect::matcher::han_resemblance`]).
+//! ([`crate::phonetics::han_resemblance`]).
 //!
 //! Off by default (`--rescore FILE`): it hears the key words better ([`DEFAULT_MARGIN`]) but
 //! flagged no more calls on six Mandarin telephone sets (README, Measured), as the phrases it
@@ -22,7 +22,7 @@ use candle_core::{IndexOp, Tensor};
 use tokenizers::Tokenizer;
 
 use super::model::{log_softmax, Whisper};
-use crate::detect::matcher::{han_resemblance, han_similarity, PINYIN_MIN_SIMILARITY};
+use crate::phonetics::{han_resemblance, han_similarity, PINYIN_MIN_SIMILARITY};
 
 /// Tokens after a changed span whose log-probability counts too: a phrase that fits the
 /// audio but not what follows it should lose.
@@ -187,7 +187,8 @@ impl VocabularyRescorer {
                     .map(|(&t, &p)| han_similarity(t, p))
                     .sum::<f32>()
                     / n as f32;
-                // The phrase packs' matcher hears this span as the phrase already.
+                // The phrase packs' matcher (`detect/matcher.rs`) hears this span as the
+                // phrase already.
                 if strict >= PINYIN_MIN_SIMILARITY {
                     continue;
                 }
