@@ -5,6 +5,12 @@
 
 use std::collections::HashMap;
 
+/// Whether `c` is a Han character: the CJK Unified Ideographs, extension A, the compatibility
+/// ideographs and the supplementary planes' extensions.
+pub fn is_han(c: char) -> bool {
+    matches!(c as u32, 0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0xF900..=0xFAFF | 0x20000..=0x2FA1F)
+}
+
 /// Mean similarity a Mandarin match with stand-ins needs (the phrase matcher's
 /// `Tally::acceptable`, `detect/matcher.rs`): one
 /// near-homophone in three characters passes (1 + 1 + 0.7), two in four do not (0.85).

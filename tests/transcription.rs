@@ -331,6 +331,14 @@ fn beam_search_finds_likelier_words_for_mandarin_telephone_calls() {
     assert!(lb > lg, "beam {lb:.3} <= greedy {lg:.3}");
 }
 
+/// Options that hear `language` (no detection), the rest as default.
+fn in_language(language: &str) -> TranscribeOptions {
+    TranscribeOptions {
+        language: Some(language.into()),
+        ..Default::default()
+    }
+}
+
 /// Contextual biasing (`--hotwords`) on Mandarin through the 8 kHz channel: where base,
 /// unbiased, finishes 支付宝 as a sound-alike, the scam vocabulary list makes it write the
 /// phrase; an English call, which begins none of the phrases, is heard word for word as
@@ -338,14 +346,7 @@ fn beam_search_finds_likelier_words_for_mandarin_telephone_calls() {
 #[test]
 fn hotwords_finish_begun_mandarin_phrases_and_leave_english_alone() {
     let mut m = load_as("base", ComputeType::F32);
-    let zh = TranscribeOptions {
-        language: Some("zh".into()),
-        ..Default::default()
-    };
-    let en = TranscribeOptions {
-        language: Some("en".into()),
-        ..Default::default()
-    };
+    let (zh, en) = (in_language("zh"), in_language("en"));
     let clip = fixture("asr/zh_refund_phone.wav");
     let english = fixture("asr/pharmacy_phone.wav");
     let has_alipay = |t: &str| t.contains("支付宝") || t.contains("支付寶");
@@ -376,14 +377,7 @@ fn hotwords_finish_begun_mandarin_phrases_and_leave_english_alone() {
 #[test]
 fn rescoring_writes_listed_phrases_only_where_the_audio_supports_them() {
     let mut m = load_as("base", ComputeType::F32);
-    let zh = TranscribeOptions {
-        language: Some("zh".into()),
-        ..Default::default()
-    };
-    let en = TranscribeOptions {
-        language: Some("en".into()),
-        ..Default::default()
-    };
+    let (zh, en) = (in_language("zh"), in_language("en"));
     let english = fixture("asr/pharmacy_phone.wav");
     let clips = [
         (fixture("asr/zh_refund_phone.wav"), "支付", ["宝", "寶"]),

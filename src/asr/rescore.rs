@@ -22,7 +22,7 @@ use candle_core::{IndexOp, Tensor};
 use tokenizers::Tokenizer;
 
 use super::model::{log_softmax, Whisper};
-use crate::phonetics::{han_resemblance, han_similarity, PINYIN_MIN_SIMILARITY};
+use crate::phonetics::{han_resemblance, han_similarity, is_han, PINYIN_MIN_SIMILARITY};
 
 /// Tokens after a changed span whose log-probability counts too: a phrase that fits the
 /// audio but not what follows it should lose.
@@ -80,10 +80,6 @@ pub struct VocabularyRescorer {
     token_bytes: Vec<Vec<u8>>,
     /// See the module doc (nats).
     pub margin: f32,
-}
-
-fn is_han(c: char) -> bool {
-    ('\u{4E00}'..='\u{9FFF}').contains(&c)
 }
 
 fn simplified_char(c: char) -> char {
@@ -181,28 +177,22 @@ impl VocabularyRescorer {
                 if !span.iter().all(|&c| is_han(c)) {
                     continue;
                 }
-                let strict: f32 = span
-                    .iter()
-                    .zip(&phrase.chars)
-                    .map(|(&t, &p)| han_similarity(t, p))
-                    .sum::<f32>()
-                    / n as f32;
+                // One pass: the matcher's similarity (its mean, and how many characters are
+                // near-homophones or better) and the looser resemblance.
+                let (mut strict, mut resemblance, mut close) = (0.0f32, 0.0f32, 0usize);
+                for (&t, &p) in span.iter().zip(&phrase.chars) {
+                    let s = han_similarity(t, p);
+                    strict += s;
+                    close += usize::from(s >= 0.7);
+                    resemblance += han_resemblance(t, p);
+                }
+                strict /= n as f32;
+                resemblance /= n as f32;
                 // The phrase packs' matcher (`detect/matcher.rs`) hears this span as the
                 // phrase already.
                 if strict >= PINYIN_MIN_SIMILARITY {
                     continue;
                 }
-                let close = span
-                    .iter()
-                    .zip(&phrase.chars)
-                    .filter(|(&t, &p)| han_similarity(t, p) >= 0.7)
-                    .count();
-                let resemblance: f32 = span
-                    .iter()
-                    .zip(&phrase.chars)
-                    .map(|(&t, &p)| han_resemblance(t, p))
-                    .sum::<f32>()
-                    / n as f32;
                 if resemblance < MIN_RESEMBLANCE || close * 2 < n {
                     continue;
                 }

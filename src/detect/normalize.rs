@@ -8,6 +8,7 @@
 use std::ops::Range;
 
 use crate::asr::simplified;
+use crate::phonetics::is_han;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Token {
@@ -24,10 +25,6 @@ pub struct Token {
     /// Which clause it is in: the count of commas (`,` `，`) before it in the whole text. A
     /// pack may keep the words a pattern skips within one clause (`gaps_cross_commas`).
     pub clause: usize,
-}
-
-fn is_han(c: char) -> bool {
-    matches!(c as u32, 0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0xF900..=0xFAFF | 0x20000..=0x2FA1F)
 }
 
 /// Full-width ASCII forms (Ａ, １, ，) and the ideographic space to their plain forms.
