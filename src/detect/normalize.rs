@@ -28,7 +28,9 @@ pub struct Token {
 }
 
 /// Full-width ASCII forms (Ａ, １, ，) and the ideographic space to their plain forms.
-fn half_width(c: char) -> char {
+/// The ASCII form of a full-width letter, digit or sign (U+FF01..U+FF5E); the ideographic
+/// space is a space. Other characters are returned as they are.
+pub fn half_width(c: char) -> char {
     match c as u32 {
         0xFF01..=0xFF5E => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
         0x3000 => ' ',
