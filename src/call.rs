@@ -45,6 +45,52 @@ impl CallId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// What an id may not be, said plainly: empty, longer than [`MAX_CALL_ID_BYTES`], or
+    /// holding a control character (a NUL, a newline: the id names threads, log lines, URLs,
+    /// NATS subjects and file lines, where they cut or forge what follows; a NUL made the
+    /// engine's thread for the call panic).
+    pub fn check(&self) -> Result<(), String> {
+        if self.0.is_empty() {
+            return Err("an empty call id".into());
+        }
+        if self.0.len() > MAX_CALL_ID_BYTES {
+            return Err(format!(
+                "a call id of {} bytes; at most {MAX_CALL_ID_BYTES}",
+                self.0.len()
+            ));
+        }
+        if let Some((at, c)) = self.0.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(format!(
+                "a call id with a control character (U+{:04X} at byte {at})",
+                c as u32
+            ));
+        }
+        Ok(())
+    }
+
+    /// The id for a log line or a message to a peer: at most 64 characters, the rest shown
+    /// as "…" (a refused id may be 20 KB long), control characters escaped (`\0`, `\n`).
+    pub fn short(&self) -> String {
+        short_id(&self.0)
+    }
+}
+
+/// [`CallId::short`] for an id not yet wrapped.
+pub fn short_id(id: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in id.chars().enumerate() {
+        if n == 64 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl fmt::Display for CallId {
@@ -80,6 +126,9 @@ pub struct Call {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// A call with more parties than this is refused: each party is a voice heard on its own
+/// (a conference bridge's recording is mixed first).
+pub const MAX_PARTIES: usize = 16;
 /// A call id longer than this is refused (bytes): it names subjects, headers and file lines,
 /// which have limits of their own (NATS refuses a subject over 4 KiB and drops the client).
 pub const MAX_CALL_ID_BYTES: usize = 256;
@@ -90,23 +139,18 @@ pub const MAX_METADATA_ENTRIES: usize = 64;
 
 impl Call {
     /// What an engine or an ingest refuses in an opening, said plainly: no party, more than
-    /// 16, an id over [`MAX_CALL_ID_BYTES`], metadata over [`MAX_METADATA_BYTES`].
+    /// 16, an id [`CallId::check`] refuses, metadata over [`MAX_METADATA_BYTES`].
     pub fn check(&self) -> Result<(), String> {
         if self.parties.is_empty() {
             return Err("a call needs at least one party".into());
         }
-        if self.parties.len() > 16 {
+        if self.parties.len() > MAX_PARTIES {
             return Err(format!(
-                "{} parties; at most 16 are heard",
+                "{} parties; at most {MAX_PARTIES} are heard",
                 self.parties.len()
             ));
         }
-        if self.id.0.len() > MAX_CALL_ID_BYTES {
-            return Err(format!(
-                "a call id of {} bytes; at most {MAX_CALL_ID_BYTES}",
-                self.id.0.len()
-            ));
-        }
+        self.id.check()?;
         let bytes: usize = self.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
         if bytes > MAX_METADATA_BYTES || self.metadata.len() > MAX_METADATA_ENTRIES {
             return Err(format!(
@@ -496,6 +540,35 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_ids_that_would_cut_a_log_line_or_a_thread_name_are_refused() {
+        let check = |id: &str| CallId::new(id).check();
+        assert_eq!(check("3f2a@pbx.example"), Ok(()));
+        assert_eq!(check("通话-1"), Ok(()));
+        assert_eq!(check("").unwrap_err(), "an empty call id");
+        assert_eq!(
+            check("nul\0id@x").unwrap_err(),
+            "a call id with a control character (U+0000 at byte 3)"
+        );
+        assert!(check("a\r\nX-Forged: 1").unwrap_err().contains("U+000D"));
+        assert!(check(&"L".repeat(257)).unwrap_err().contains("257 bytes"));
+        let call = |id: &str| Call {
+            id: CallId::new(id),
+            parties: vec![Party {
+                label: "caller".into(),
+                sample_rate: 8000,
+            }],
+            metadata: BTreeMap::new(),
+        };
+        assert!(call("a\u{7f}").check().unwrap_err().contains("U+007F"));
+        assert_eq!(
+            CallId::new("x".repeat(70)).short(),
+            format!("{}…", "x".repeat(64))
+        );
+        assert_eq!(CallId::new("短").short(), "短");
+        assert_eq!(CallId::new("nul\0id\n").short(), "nul\\0id\\n");
+    }
 
     #[test]
     fn events_carry_the_version_and_their_kind_and_read_back() {

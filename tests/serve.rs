@@ -119,6 +119,14 @@ fn media_streams_over_websocket_are_heard_and_the_api_shows_them() {
         204
     );
     assert_eq!(post(&feedback, r#"{"verdict":"maybe"}"#), 422);
+    let not_json = ureq::post(&feedback)
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .set("Content-Type", "text/plain")
+        .send_string(r#"{"verdict":"not_scam"}"#);
+    assert!(
+        matches!(not_json, Err(ureq::Error::Status(415, _))),
+        "{not_json:?}"
+    );
     assert_eq!(
         post(
             &format!("{base}/calls/nobody/feedback"),
@@ -158,15 +166,33 @@ fn a_stream_that_goes_quiet_or_speaks_nonsense_is_closed_without_hurting_the_ser
         ws.send(Message::text("x".repeat(200_000)))
             .await
             .unwrap_or(());
-        let closed = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(Ok(m)) = ws.next().await {
-                if m.is_close() {
-                    break;
-                }
-            }
-        })
-        .await;
-        assert!(closed.is_ok(), "an oversized message closes the stream");
+        let closed = tokio::time::timeout(Duration::from_secs(10), close_frame(&mut ws)).await;
+        let (code, reason) = closed.expect("an oversized message closes the stream");
+        assert_eq!(code, 1009, "{reason}");
+        assert!(reason.contains("bytes"), "{reason}");
+        // A call id with a NUL (it had made the engine's thread panic, left a call that never
+        // ended holding a slot, and hung the server's shutdown): refused, every time.
+        let nul = serde_json::json!({"event": "start", "streamSid": "MZ0",
+            "start": {"callSid": "nul\u{0}sid", "tracks": ["inbound"],
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}});
+        for _ in 0..2 {
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+            ws.send(Message::text(nul.to_string())).await.unwrap();
+            let (code, reason) = close_frame(&mut ws).await;
+            assert_eq!(code, 1008, "{reason}");
+            assert!(reason.contains("control character (U+0000"), "{reason}");
+        }
+        // AudioHook with no medium we can hear: a `disconnect` saying why, then the close.
+        let hook = server.ws_url(&format!("/media/audiohook?token={TOKEN}"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(hook).await.unwrap();
+        let open = serde_json::json!({"version": "2", "type": "open", "seq": 1, "id": "s1",
+            "parameters": {"conversationId": "conv-l16",
+                "media": [{"type": "audio", "format": "L16", "channels": ["external"], "rate": 8000}]}});
+        ws.send(Message::text(open.to_string())).await.unwrap();
+        let goodbye = next_text(&mut ws).await;
+        assert_eq!(goodbye["type"], "disconnect", "{goodbye}");
+        assert_eq!(goodbye["parameters"]["reason"], "error", "{goodbye}");
+        assert_eq!(close_frame(&mut ws).await.0, 1008);
         // Without a token, no stream.
         let refused = tokio_tungstenite::connect_async(server.ws_url("/media/twilio")).await;
         assert!(refused.is_err());
@@ -180,6 +206,29 @@ fn a_stream_that_goes_quiet_or_speaks_nonsense_is_closed_without_hurting_the_ser
     );
     assert!(metrics.contains("kind=\"binary_frame\"} 1"), "{metrics}");
     assert!(metrics.contains("kind=\"unauthorised\"}"), "{metrics}");
+    assert!(metrics.contains("kind=\"call_refused\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("kind=\"unsupported_format\"} 1"),
+        "{metrics}"
+    );
+    // No call was left open by what was refused.
+    assert!(metrics.contains("vishguard_calls_active 0"), "{metrics}");
+    let (_, calls) = get(&format!("{base}/calls"), Some(TOKEN));
+    assert!(!calls.contains("nul"), "{calls}");
+}
+
+/// The code and reason of the socket's close frame (panics if it ends without one).
+async fn close_frame<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Close(frame) = m {
+            let frame = frame.expect("a close frame with a code");
+            return (frame.code.into(), frame.reason.to_string());
+        }
+    }
+    panic!("the socket ended without a close frame")
 }
 
 /// The next text message of a socket, as JSON.

@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -225,6 +226,16 @@ fn bad_sip_and_rtp_are_answered_counted_and_hurt_no_call_and_twenty_calls_all_en
         ),
         (request("INVITE", "bad-sdp", "application/sdp", "v=0\r\nnonsense\r\n"), 488),
         (request("BYE", "nobody", "application/sdp", ""), 481),
+        // A NUL in the Call-ID had made the engine's thread for the call panic and taken the
+        // SIP listener down with it.
+        (request("INVITE", "nul\0id", "application/sdp", SDP), 400),
+        (
+            request("INVITE", "crowded", "application/sdp", &SDP.replace(
+                "m=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+                &"m=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n".repeat(17),
+            )),
+            488,
+        ),
         (request("OPTIONS", "ping", "application/sdp", ""), 200),
         (request("INFO", "info", "application/sdp", ""), 405),
         (
@@ -252,6 +263,45 @@ fn bad_sip_and_rtp_are_answered_counted_and_hurt_no_call_and_twenty_calls_all_en
         .and_then(|p| p.parse().ok())
         .expect("an RTP port in the answer");
     let rtp = ("127.0.0.1", port);
+    // Another peer naming the call (RFC 3261 §12): a BYE with our To tag but another From
+    // tag does not end it, an INVITE with another From tag gets no RTP port of it.
+    let to_tag = answer
+        .lines()
+        .find(|l| l.starts_with("To:"))
+        .and_then(|l| l.split(";tag=").nth(1))
+        .expect("a To tag in the answer")
+        .trim()
+        .to_owned();
+    let intruder = |method: &str, to: &str| {
+        request(
+            method,
+            "quiet",
+            "application/sdp",
+            if method == "BYE" { "" } else { SDP },
+        )
+        .replace(";tag=t1", ";tag=intruder")
+        .replace(
+            "To: <sip:rec@127.0.0.1>",
+            &format!("To: <sip:rec@127.0.0.1>{to}"),
+        )
+    };
+    let spoofed_bye = intruder("BYE", &format!(";tag={to_tag}"));
+    assert_eq!(exchange(&peer, sip, &spoofed_bye).unwrap().0, 481);
+    let (code, text) = exchange(&peer, sip, &intruder("INVITE", "")).unwrap();
+    assert_eq!(code, 400, "{text}");
+    assert!(!text.contains(&format!("m=audio {port}")), "{text}");
+    // A Content-Length that wraps past 2^64 on TCP closes that connection (it had spun the
+    // SIP task at 100% CPU); the call above and the listener go on.
+    let mut tcp = std::net::TcpStream::connect(sip).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(
+        b"OPTIONS sip:rec@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bK-w\r\n\
+          Call-ID: wrap\r\nCSeq: 1 OPTIONS\r\nContent-Length: 18446744073709551516\r\n\r\n",
+    )
+    .unwrap();
+    let mut rest = Vec::new();
+    tcp.read_to_end(&mut rest)
+        .expect("the connection closed, not left hanging");
     let mut good = vec![0x80, 0, 0, 1, 0, 0, 0, 160, 0, 0, 0, 7];
     good.extend([0xFFu8; 160]);
     peer.send_to(&good, rtp).unwrap();
@@ -282,6 +332,10 @@ fn bad_sip_and_rtp_are_answered_counted_and_hurt_no_call_and_twenty_calls_all_en
         "rtp_bad_version",
         "rtp_unknown_payload_type",
         "rtp_timeout",
+        "sip_bad_call_id",
+        "sip_too_many_streams",
+        "sip_wrong_dialog",
+        "sip_oversized",
     ] {
         assert!(
             m.contains(&format!("vishguard_malformed_total{{kind=\"{kind}\"}}")),

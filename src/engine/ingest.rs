@@ -94,7 +94,13 @@ impl EngineIngest {
             self.stats.clone(),
             &self.config,
         );
-        let name: String = format!("call-{}", call.id).chars().take(15).collect();
+        // Checked ids hold no control character; the filter keeps a NUL, which makes
+        // `Builder::spawn` panic, out of the name whatever reaches here.
+        let name: String = format!("call-{}", call.id)
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(15)
+            .collect();
         let spawned = std::thread::Builder::new()
             .name(name)
             .spawn(move || front.run(rx));

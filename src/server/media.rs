@@ -15,9 +15,11 @@ use crate::sources::audiohook::AudioHookSession;
 use crate::sources::twilio::TwilioSession;
 use crate::sources::{IngestError, Ingress, MediaSession};
 
-/// RFC 6455 close codes.
+/// RFC 6455 close codes (§7.4.1).
 const NORMAL: u16 = 1000;
+const PROTOCOL_ERROR: u16 = 1002;
 const POLICY: u16 = 1008;
+const TOO_BIG: u16 = 1009;
 const TRY_AGAIN_LATER: u16 = 1013;
 
 pub(super) async fn twilio(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
@@ -47,6 +49,15 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
+/// Ends a stream the session or the engine refused: the protocol's own goodbye, if it has
+/// one, then the close frame with `code` and `reason`.
+async fn refuse(socket: &mut WebSocket, session: &mut dyn MediaSession, code: u16, reason: &str) {
+    if let Some(goodbye) = session.refusal(reason) {
+        let _ = socket.send(Message::text(goodbye)).await;
+    }
+    close(socket, code, reason).await;
+}
+
 async fn stream(mut socket: WebSocket, state: AppState, mut session: Box<dyn MediaSession>) {
     let idle = Duration::from_secs_f64(state.config.idle_timeout_s);
     loop {
@@ -58,10 +69,22 @@ async fn stream(mut socket: WebSocket, state: AppState, mut session: Box<dyn Med
             }
             Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break,
             Ok(Some(Err(e))) => {
-                // Oversized messages and broken frames end here (tungstenite closes with 1009
-                // or 1002 itself).
+                // Oversized messages and broken frames end here. tungstenite reports them and
+                // sends nothing, so the peer is told why (it had seen only the socket drop).
                 tracing::debug!("media socket error: {e}");
                 state.malformed.count("websocket");
+                let inner = e.into_inner();
+                let told = match inner.downcast_ref::<tungstenite::Error>() {
+                    Some(tungstenite::Error::Capacity(_)) => Some((
+                        TOO_BIG,
+                        format!("a message over {} bytes", state.config.max_message_bytes),
+                    )),
+                    Some(tungstenite::Error::Protocol(p)) => Some((PROTOCOL_ERROR, p.to_string())),
+                    _ => None, // the connection itself broke: nobody to tell
+                };
+                if let Some((code, reason)) = told {
+                    close(&mut socket, code, &reason).await;
+                }
                 break;
             }
             Ok(Some(Ok(m))) => m,
@@ -73,6 +96,11 @@ async fn stream(mut socket: WebSocket, state: AppState, mut session: Box<dyn Med
         };
         let reply = match reply {
             Ok(r) => r,
+            Err(e) if e.fatal => {
+                state.malformed.count(e.kind);
+                refuse(&mut socket, session.as_mut(), POLICY, &e.message).await;
+                break;
+            }
             Err(e) => {
                 tracing::debug!("media stream: {e}");
                 state.malformed.count(e.kind);
@@ -85,12 +113,13 @@ async fn stream(mut socket: WebSocket, state: AppState, mut session: Box<dyn Med
                 Ok(()) | Err(IngestError::QueueFull(_)) => {}
                 Err(e @ IngestError::TooManyCalls(_)) => {
                     state.malformed.count("too_many_calls");
-                    close(&mut socket, TRY_AGAIN_LATER, &e.to_string()).await;
+                    let reason = e.to_string();
+                    refuse(&mut socket, session.as_mut(), TRY_AGAIN_LATER, &reason).await;
                     return;
                 }
                 Err(e) if opening => {
                     state.malformed.count("call_refused");
-                    close(&mut socket, POLICY, &e.to_string()).await;
+                    refuse(&mut socket, session.as_mut(), POLICY, &e.to_string()).await;
                     return;
                 }
                 Err(e) => {

@@ -249,8 +249,14 @@ async fn feedback(
         Ok(b) => b,
         Err(e) => {
             state.malformed.count("bad_feedback");
+            // A body that is not JSON, or too large, says so (415, 413); JSON that is not a
+            // verdict is 422.
+            let status = match e.status() {
+                s @ (StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::PAYLOAD_TOO_LARGE) => s,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
             return problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
+                status,
                 format!(
                     "{e}: expected {{\"verdict\": \"not_scam\"|\"confirmed_scam\", \"note\"?}}"
                 ),

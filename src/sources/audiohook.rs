@@ -23,6 +23,7 @@ fn error(kind: &'static str, message: impl Into<String>) -> ProtocolError {
     ProtocolError {
         kind,
         message: message.into(),
+        fatal: false,
     }
 }
 
@@ -93,7 +94,10 @@ impl AudioHookSession {
                         .is_some_and(|c| (1..=2).contains(&c.len()))
             })
             .cloned()
-            .ok_or_else(|| error("unsupported_format", "no PCMU 8 kHz audio offered"))?;
+            .ok_or_else(|| ProtocolError {
+                fatal: true,
+                ..error("unsupported_format", "no PCMU 8 kHz audio offered")
+            })?;
         let channels: Vec<String> = chosen["channels"]
             .as_array()
             .expect("checked above")
@@ -186,6 +190,13 @@ impl MediaSession for AudioHookSession {
             "update" | "dtmf" | "error" | "discarded" => Ok(MediaReply::default()),
             other => Err(error("unknown_message", format!("message type {other:?}"))),
         }
+    }
+
+    /// `disconnect` with reason `error` (AudioHook's server-initiated end; the client answers
+    /// with `close`, or the socket's close frame follows).
+    fn refusal(&mut self, reason: &str) -> Option<String> {
+        self.state = State::Closed;
+        Some(self.reply("disconnect", json!({"reason": "error", "info": reason})))
     }
 
     fn binary(&mut self, frame: &[u8]) -> Result<MediaReply, ProtocolError> {
@@ -298,10 +309,13 @@ mod tests {
         let kind = |s: &mut AudioHookSession, f: &str| s.text(f).unwrap_err().kind;
         assert_eq!(kind(&mut s, "nope"), "bad_json");
         assert_eq!(s.binary(&[0; 4]).unwrap_err().kind, "media_before_open");
-        assert_eq!(
-            kind(&mut s, &OPEN.replace("PCMU", "L16")),
-            "unsupported_format"
-        );
+        let unheard = s.text(&OPEN.replace("PCMU", "L16")).unwrap_err();
+        assert_eq!((unheard.kind, unheard.fatal), ("unsupported_format", true));
+        let goodbye: Value = serde_json::from_str(&s.refusal("no PCMU").unwrap()).unwrap();
+        assert_eq!(goodbye["type"], "disconnect");
+        assert_eq!(goodbye["parameters"]["reason"], "error");
+        assert_eq!(goodbye["parameters"]["info"], "no PCMU");
+        let mut s = AudioHookSession::new();
         assert_eq!(
             kind(&mut s, r#"{"version":"3","type":"ping"}"#),
             "bad_version"

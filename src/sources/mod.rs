@@ -56,23 +56,23 @@ pub enum Ingress {
 pub enum IngestError {
     /// The call's queue is full: the chunk was dropped and counted (the call's summary reports
     /// `dropped_audio_s`).
-    #[error("call {0}: its audio queue is full; the chunk was dropped")]
+    #[error("call {}: its audio queue is full; the chunk was dropped", .0.short())]
     QueueFull(CallId),
-    #[error("call {0} is not open")]
+    #[error("call {} is not open", .0.short())]
     UnknownCall(CallId),
     /// The id belongs to a call still open, or still being heard after its close.
-    #[error("call {0} is already open (or still being heard)")]
+    #[error("call {} is already open (or still being heard)", .0.short())]
     DuplicateCall(CallId),
     /// The engine holds as many calls as it is configured for (`engine.max_calls`).
     #[error("{0} calls are open, the most this engine takes; try again later")]
     TooManyCalls(usize),
-    #[error("call {call}: no party {party} (the call has {parties})")]
+    #[error("call {}: no party {party} (the call has {parties})", .call.short())]
     UnknownParty {
         call: CallId,
         party: usize,
         parties: usize,
     },
-    #[error("call {call}: {problem}")]
+    #[error("call {}: {problem}", .call.short())]
     BadCall { call: CallId, problem: String },
     /// The engine is shutting down and takes nothing more.
     #[error("the engine is shutting down")]
@@ -145,6 +145,12 @@ pub trait MediaSession: Send {
     fn binary(&mut self, frame: &[u8]) -> Result<MediaReply, twilio::ProtocolError>;
     /// The socket ended: the call's close, if the protocol's own close never came.
     fn finish(&mut self) -> Option<Ingress>;
+    /// The protocol's own word to the peer when its stream cannot go on (the session or the
+    /// engine refused the opening), sent before the socket's close frame: AudioHook's
+    /// `disconnect`; none for Twilio-style streams, whose peers read the close frame.
+    fn refusal(&mut self, _reason: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Malformed input refused or skipped by the network sources and the server, by kind

@@ -20,18 +20,22 @@ use crate::call::{AudioChunk, Call, CallId, Party};
 /// 20 ms at a time.
 const MAX_PAYLOAD_SAMPLES: usize = 16_000;
 
-/// What was wrong with a frame; `kind` names it for the metrics.
+/// What was wrong with a frame; `kind` names it for the metrics. A `fatal` error ends the
+/// stream (the session cannot go on: an opening with nothing it can hear); any other is
+/// counted and skipped.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
 pub struct ProtocolError {
     pub kind: &'static str,
     pub message: String,
+    pub fatal: bool,
 }
 
 fn error(kind: &'static str, message: impl Into<String>) -> ProtocolError {
     ProtocolError {
         kind,
         message: message.into(),
+        fatal: false,
     }
 }
 

@@ -74,13 +74,17 @@ pub fn message_len(buf: &[u8]) -> Result<Option<usize>, SipError> {
         .transpose()
         .map_err(|_| sip_error("sip_bad_content_length", "Content-Length is not a number"))?
         .unwrap_or(0);
-    let total = head_end + 4 + length;
-    if total > MAX_MESSAGE {
-        return Err(sip_error(
-            "sip_oversized",
-            format!("a message of {total} bytes"),
-        ));
-    }
+    // Checked: a Content-Length near 2^64 must not wrap into a short message (it did, and the
+    // connection's loop then spun on an empty remainder).
+    let total = match (head_end + 4).checked_add(length) {
+        Some(total) if total <= MAX_MESSAGE => total,
+        _ => {
+            return Err(sip_error(
+                "sip_oversized",
+                format!("a Content-Length of {length} bytes; at most {MAX_MESSAGE} in all"),
+            ))
+        }
+    };
     Ok((buf.len() >= total).then_some(total))
 }
 
@@ -298,6 +302,12 @@ mod tests {
             Some(INVITE.len() - 6)
         );
         assert_eq!(message_len(&INVITE.as_bytes()[..50]).unwrap(), None);
+        // A length that would wrap the sum around 2^64 is oversized, not a short message.
+        for length in [u64::MAX, u64::MAX - 100, u64::MAX / 2, MAX_MESSAGE as u64] {
+            let head = format!("OPTIONS sip:x SIP/2.0\r\nContent-Length: {length}\r\n\r\n");
+            let e = message_len(head.as_bytes()).unwrap_err();
+            assert_eq!(e.kind, "sip_oversized", "Content-Length {length}");
+        }
     }
 
     #[test]

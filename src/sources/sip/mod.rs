@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::rtp::{is_rtcp, Codec, JitterBuffer, RtpPacket};
 use super::{Ingest, IngestError, Ingress, Malformed, Source, Stop};
-use crate::call::{AudioChunk, Call, CallId, Party};
+use crate::call::{short_id, AudioChunk, Call, CallId, Party, MAX_PARTIES};
 use message::{param, SipMessage, StartLine};
 use session::{read_offer, Offer};
 
@@ -104,6 +104,9 @@ impl Reply {
 /// One call the server holds.
 struct SipCall {
     id: CallId,
+    /// The caller's tag (the INVITE's From), which with the Call-ID and our `to_tag` names
+    /// the dialog (RFC 3261 §12): requests that name another are not this call's.
+    from_tag: Option<String>,
     to_tag: String,
     /// The 200 OK's SDP, given again to retransmissions and re-INVITEs.
     answer: String,
@@ -289,7 +292,14 @@ async fn handle(shared: &Arc<Shared>, bytes: &[u8], reply: Reply, from: SocketAd
         "INVITE" | "UPDATE" => invite(shared, &msg, &call_id, from).await,
         "ACK" => return,
         "BYE" => {
-            if shared.lock().contains_key(&call_id) {
+            let ours = shared
+                .lock()
+                .get(&call_id)
+                .map(|c| in_dialog(c, &msg, true));
+            if ours == Some(false) {
+                shared.malformed.count("sip_wrong_dialog");
+            }
+            if ours == Some(true) {
                 end_call(shared, &call_id).await;
                 msg.response(200, "OK", &new_tag(shared), &[], None)
             } else {
@@ -351,8 +361,19 @@ async fn invite(
     let existing = shared
         .lock()
         .get(call_id)
-        .map(|c| (c.answer.clone(), c.to_tag.clone()));
-    if let Some((answer, tag)) = existing {
+        .map(|c| (c.answer.clone(), c.to_tag.clone(), in_dialog(c, msg, false)));
+    if let Some((answer, tag, ours)) = existing {
+        if !ours {
+            // Another peer, or another dialog, naming a call in progress: it gets neither the
+            // call's RTP ports nor a say in it.
+            shared.malformed.count("sip_wrong_dialog");
+            let tag = new_tag(shared);
+            if request_tag(msg, "To").is_some() {
+                return msg.response(481, "Call/Transaction Does Not Exist", &tag, &[], None);
+            }
+            let problem = "the Call-ID belongs to another dialog in progress";
+            return msg.response(400, "Bad Request", &tag, &[warning(problem)], None);
+        }
         // A retransmission, a re-INVITE or an UPDATE: the session stays as it was answered.
         if let Ok(offer) = read_offer(msg) {
             if offer.metadata.is_some() {
@@ -371,6 +392,10 @@ async fn invite(
     if msg.method() == Some("UPDATE") {
         return msg.response(481, "Call/Transaction Does Not Exist", &tag, &[], None);
     }
+    if let Err(problem) = CallId::new(call_id).check() {
+        shared.malformed.count("sip_bad_call_id");
+        return msg.response(400, "Bad Request", &tag, &[warning(&problem)], None);
+    }
     let offer = match read_offer(msg) {
         Ok(o) => o,
         Err(e) => {
@@ -380,11 +405,7 @@ async fn invite(
                 "sip_no_sdp" | "sip_bad_sdp" => (488, "Not Acceptable Here"),
                 _ => (400, "Bad Request"),
             };
-            let warning = (
-                "Warning",
-                format!("399 vishguard \"{}\"", e.message.replace('"', "'")),
-            );
-            return msg.response(code, reason, &tag, &[warning], None);
+            return msg.response(code, reason, &tag, &[warning(&e.message)], None);
         }
     };
     if offer.streams.iter().all(|s| s.codec.is_none()) {
@@ -394,6 +415,12 @@ async fn invite(
             "305 vishguard \"PCMU, PCMA or L16 audio only\"".to_owned(),
         );
         return msg.response(488, "Not Acceptable Here", &tag, &[warning], None);
+    }
+    let audio_streams = offer.streams.iter().filter(|s| s.codec.is_some()).count();
+    if audio_streams > MAX_PARTIES {
+        shared.malformed.count("sip_too_many_streams");
+        let problem = format!("{audio_streams} audio streams; at most {MAX_PARTIES} are heard");
+        return msg.response(488, "Not Acceptable Here", &tag, &[warning(&problem)], None);
     }
     match open_call(shared, msg, call_id, &offer, from).await {
         Ok(answer) => {
@@ -409,17 +436,81 @@ async fn invite(
             }
             r
         }
-        Err(IngestError::TooManyCalls(_)) => msg.response(
-            503,
-            "Service Unavailable",
-            &tag,
-            &[("Retry-After", "5".to_owned())],
-            None,
-        ),
-        Err(e) => {
-            tracing::warn!(call = %call_id, "call refused: {e}");
-            msg.response(500, "Server Internal Error", &tag, &[], None)
+        Err(refusal) => {
+            tracing::warn!(call = %short_id(call_id), "call refused: {}", refusal.problem);
+            let mut headers = vec![warning(&refusal.problem)];
+            if refusal.code == 503 {
+                headers.push(("Retry-After", "5".to_owned()));
+            }
+            msg.response(refusal.code, refusal.reason, &tag, &headers, None)
         }
+    }
+}
+
+/// A Warning header (RFC 3261 §20.43, code 399: miscellaneous) carrying `problem`.
+fn warning(problem: &str) -> (&'static str, String) {
+    let text: String = problem
+        .chars()
+        .map(|c| if c == '"' { '\'' } else { c })
+        .filter(|c| !c.is_control())
+        .collect();
+    ("Warning", format!("399 vishguard \"{text}\""))
+}
+
+/// Why an INVITE was not taken: the final response's code and reason, and the problem its
+/// Warning names. A peer's mistake is a 4xx, a full engine a 503, only our own fault a 500.
+struct Refusal {
+    code: u16,
+    reason: &'static str,
+    problem: String,
+}
+
+impl Refusal {
+    fn ours(problem: String) -> Self {
+        Self {
+            code: 500,
+            reason: "Server Internal Error",
+            problem,
+        }
+    }
+}
+
+impl From<IngestError> for Refusal {
+    fn from(e: IngestError) -> Self {
+        let (code, reason) = match &e {
+            IngestError::TooManyCalls(_) | IngestError::Stopped => (503, "Service Unavailable"),
+            // What the engine refuses in an opening is the offer's: its streams' rates, the
+            // recording metadata's size.
+            IngestError::BadCall { .. } => (488, "Not Acceptable Here"),
+            _ => (500, "Server Internal Error"),
+        };
+        let problem = match e {
+            IngestError::BadCall { problem, .. } => problem,
+            e => e.to_string(),
+        };
+        Self {
+            code,
+            reason,
+            problem,
+        }
+    }
+}
+
+/// The `tag` parameter of the request's `header` (From or To).
+fn request_tag(msg: &SipMessage, header: &str) -> Option<String> {
+    msg.header(header).and_then(tag_of).map(str::to_owned)
+}
+
+/// Whether `msg` belongs to `call`'s dialog (RFC 3261 §12.2.2): the caller's From tag, and
+/// our To tag where the request carries one. `need_to_tag`: a BYE must carry it (§15.1.1); an
+/// INVITE without it is the first INVITE again (a retransmission, §17.2.1).
+fn in_dialog(call: &SipCall, msg: &SipMessage, need_to_tag: bool) -> bool {
+    if request_tag(msg, "From") != call.from_tag {
+        return false;
+    }
+    match request_tag(msg, "To") {
+        Some(to) => to == call.to_tag,
+        None => !need_to_tag,
     }
 }
 
@@ -438,11 +529,8 @@ async fn open_call(
     call_id: &str,
     offer: &Offer,
     from: SocketAddr,
-) -> Result<String, IngestError> {
-    let refused = |problem: String| IngestError::BadCall {
-        call: CallId::new(call_id),
-        problem,
-    };
+) -> Result<String, Refusal> {
+    let refused = Refusal::ours;
     let mut sockets = Vec::new();
     let mut ports = Vec::new();
     let mut parties = Vec::new();
@@ -520,6 +608,7 @@ async fn open_call(
         call_id.to_owned(),
         SipCall {
             id,
+            from_tag: request_tag(msg, "From"),
             to_tag: String::new(),
             answer: answer.clone(),
             stop_media,

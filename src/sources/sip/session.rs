@@ -163,7 +163,8 @@ pub fn parse_offer(sdp: &str) -> Result<Offer, SipError> {
                 SdpAttribute::Label(l) => Some(l.clone()),
                 _ => None,
             });
-            let audio = matches!(m.get_type(), SdpMediaValue::Audio);
+            // Port 0 offers a stream disabled (RFC 3264 §5.1): it is answered with port 0 too.
+            let audio = matches!(m.get_type(), SdpMediaValue::Audio) && m.get_port() != 0;
             // The first format we decode, in the offer's order of preference.
             let codec = formats.iter().filter(|_| audio).find_map(|&pt| {
                 let pt = u8::try_from(pt).ok()?;
@@ -349,6 +350,13 @@ mod tests {
         assert_eq!(sdp.matches("a=recvonly").count(), 2);
         // Our answer is itself valid SDP.
         assert!(parse_offer(&sdp).is_ok());
+        // A stream offered on port 0 is disabled: not heard, answered with port 0.
+        let disabled = parse_offer(&SDP.replace("m=audio 6000", "m=audio 0")).unwrap();
+        assert_eq!(disabled.streams[0].codec, None);
+        assert_eq!(
+            disabled.streams[1].codec,
+            Some((96, Codec::L16 { rate: 16000 }))
+        );
     }
 
     #[test]
