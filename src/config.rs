@@ -565,5 +565,38 @@ mod tests {
         );
         let empty = Config::parse("").unwrap();
         assert_eq!(empty, Config::default());
+        // Values a validator had let through to a crash at the first call or at start.
+        for (text, key) in [
+            // A queue allocated whole per call: 72 PB at the first call.
+            (
+                "[engine]\ncall_queue_chunks = 1000000000000000\n",
+                "call_queue_chunks",
+            ),
+            // Past what a Duration holds: a panic in the worker's stream setup.
+            (
+                "[nats]\nservers = [\"nats://b:4222\"]\nevents_max_age_days = 1e300\n",
+                "events_max_age_days",
+            ),
+            (
+                "[nats]\nservers = [\"nats://b:4222\"]\nconsumer = \"%s\"\n",
+                "consumer",
+            ),
+            (
+                "[nats]\nservers = [\"nats://b:4222\"]\nspool = \"\"\n",
+                "spool",
+            ),
+            (
+                "[nats]\nservers = [\"nats://b:4222\"]\nevents_outbox = \"\"\n",
+                "events_outbox",
+            ),
+            (
+                "[nats]\nservers = [\"nats://b:4222\"]\ntoken = \"\"\n",
+                "token",
+            ),
+        ] {
+            let text = text.replace("%s", &"c".repeat(300));
+            let e = Config::parse(&text).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

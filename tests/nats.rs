@@ -137,6 +137,41 @@ fn two_calls_store_every_alert_once_and_a_summary_each() {
         })
         .unwrap();
     assert_ne!(scam["risk"], "none", "{scam}");
+
+    // Whoever else publishes into the stream: `alerts tail` prints one JSON object per line,
+    // skips what is not JSON with a warning, and never copies raw bytes to the terminal.
+    let url = broker.url();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+        for body in [
+            b"not json \x1b]0;pwned\x07\x1b[2J".to_vec(),
+            b"{\n  \"event\": \"note\",\n  \"text\": \"pretty\"\n}".to_vec(),
+        ] {
+            js.publish("vishguard.events.junk", body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
+    let out = vishguard()
+        .args(["alerts", "tail", "--nats", &broker.url()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        !out.stdout.contains(&0x1b),
+        "an escape sequence reached stdout"
+    );
+    let lines = support::json_lines(&out.stdout);
+    assert_eq!(
+        lines.len(),
+        events.len() + 1,
+        "the pretty JSON on one line, the junk skipped"
+    );
+    assert_eq!(lines.last().unwrap()["text"], "pretty");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not JSON"), "{stderr}");
 }
 
 #[test]

@@ -286,7 +286,12 @@ fn broker_restart_mid_run_loses_no_audio_or_alert_and_sends_none_twice() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::new(&dir.path().join("store"));
     broker.start();
-    let w = worker(&broker, dir.path(), "w");
+    // A short idle limit: the outage and the read that stalls after it must not count as the
+    // calls' silence (a 12 s outage with `call_idle_s = 6` had closed the call in progress).
+    let config = dir.path().join("w.toml");
+    let text = nats_section(&broker, dir.path(), "w") + "call_idle_s = 5\n";
+    std::fs::write(&config, text).unwrap();
+    let w = Serve::start(&config, "worker");
     // A call opening that is not one, on the workers' subject: dropped, the rest goes on.
     let url = broker.url();
     tokio::runtime::Runtime::new().unwrap().block_on(async {

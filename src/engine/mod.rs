@@ -102,6 +102,10 @@ impl Default for EngineConfig {
     }
 }
 
+/// The most chunks a call's queue may hold (`call_queue_chunks`): 100,000 chunks of 20 ms are
+/// more than half an hour of audio waiting, about 7 MB per call.
+pub const MAX_CALL_QUEUE_CHUNKS: usize = 100_000;
+
 impl EngineConfig {
     /// Errors name the key (relative to `[engine]`) and what is wrong with its value.
     pub fn validate(&self) -> std::result::Result<(), String> {
@@ -115,6 +119,14 @@ impl EngineConfig {
             if v == 0 {
                 return Err(format!("{key} must be at least 1"));
             }
+        }
+        // Each call's queue is allocated whole when the call opens (72 bytes a slot): a
+        // huge value had aborted the process at its first call.
+        if self.call_queue_chunks > MAX_CALL_QUEUE_CHUNKS {
+            return Err(format!(
+                "call_queue_chunks must be at most {MAX_CALL_QUEUE_CHUNKS}, not {}",
+                self.call_queue_chunks
+            ));
         }
         if self.asr_workers > 64 {
             return Err(format!(

@@ -150,7 +150,9 @@ pub struct RelayConfig {
     pub audio_max_age_s: f64,
     /// A worker that has not renewed its claim on a call for this long has lost it (s).
     pub claim_timeout_s: f64,
-    /// A claimed call whose audio has not moved for this long is closed (s): its ingest died.
+    /// A claimed call whose audio has not moved for this long is read again from where it
+    /// stood, and closed if it stays still as long again (s): its ingest died. Time the
+    /// broker is out of reach does not count.
     pub call_idle_s: f64,
     /// Worker: calls held at once; the rest wait in the broker for a worker with room. Size
     /// it to what the machine hears in real time (`vishguard bench rtp`).
@@ -266,7 +268,10 @@ impl RelayConfig {
                 ));
             }
         }
+        // The server refuses names over 255 bytes, and a worker had retried that
+        // refusal every second for good.
         if self.consumer.is_empty()
+            || self.consumer.len() > 255
             || !self
                 .consumer
                 .chars()
@@ -275,10 +280,13 @@ impl RelayConfig {
             return Err((
                 "consumer".into(),
                 format!(
-                    "{:?} is not a consumer name (letters, digits, - and _)",
-                    self.consumer
+                    "{:?} is not a consumer name (1 to 255 letters, digits, - and _)",
+                    self.consumer.chars().take(64).collect::<String>()
                 ),
             ));
+        }
+        if self.spool.as_os_str().is_empty() {
+            return Err(("spool".into(), "must name a folder".into()));
         }
         for (key, v, min) in [
             ("audio_max_age_s", self.audio_max_age_s, 60.0),

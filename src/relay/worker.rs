@@ -120,6 +120,9 @@ impl Source for ClaimSource {
 struct Streams {
     audio: jetstream::stream::Stream,
     events: jetstream::stream::Stream,
+    /// The connection, asked whether the broker is reachable: time it is not is not a call's
+    /// silence.
+    client: async_nats::Client,
 }
 
 impl ClaimSource {
@@ -263,7 +266,15 @@ impl ClaimSource {
             )
             .await
             .map_err(|e| anyhow::anyhow!("consumer {}: {e}", self.config.consumer))?;
-        Ok((Streams { audio, events }, claims))
+        let client = context.client();
+        Ok((
+            Streams {
+                audio,
+                events,
+                client,
+            },
+            claims,
+        ))
     }
 }
 
@@ -402,11 +413,11 @@ async fn hear_call(
     if delivered > 1 {
         match stored_ids(&streams, &events_subject).await {
             Ok(ids) => {
-                tracing::info!(call = %id, "taking the call over: {} events were stored before", ids.len());
+                tracing::info!(call = %id.short(), "taking the call over: {} events were stored before", ids.len());
                 this.handover.stored(&id, ids);
             }
             Err(e) => {
-                tracing::warn!(call = %id, "{e:#}; the call goes back to the broker");
+                tracing::warn!(call = %id.short(), "{e:#}; the call goes back to the broker");
                 let _ = claim.ack_with(AckKind::Nak(Some(renew))).await;
                 return;
             }
@@ -417,7 +428,7 @@ async fn hear_call(
         Err(e @ (IngestError::TooManyCalls(_) | IngestError::DuplicateCall(_))) => {
             // Room or the id comes free later (the same call, still being finished here
             // after it was given back, or too many calls): try again then, or elsewhere.
-            tracing::debug!(call = %id, "{e}; the call waits in the broker");
+            tracing::debug!(call = %id.short(), "{e}; the call waits in the broker");
             let _ = claim
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(1).max(renew))))
                 .await;
@@ -425,7 +436,7 @@ async fn hear_call(
             return;
         }
         Err(e) => {
-            tracing::warn!(call = %id, "the engine refused the call: {e}");
+            tracing::warn!(call = %id.short(), "the engine refused the call: {e}");
             RelayStats::add(&this.stats.malformed, 1);
             let _ = claim.ack_with(AckKind::Term).await;
             this.handover.forget(&id);
@@ -443,7 +454,7 @@ async fn hear_call(
     if fed.is_err() {
         // Stopping: another worker takes the call, and nothing more of it goes out from
         // here (its summary would be partial).
-        tracing::warn!(call = %id, "the worker is stopping; the call goes back to the broker");
+        tracing::warn!(call = %id.short(), "the worker is stopping; the call goes back to the broker");
         this.handover.give_back(&id);
         let _ = claim.ack_with(AckKind::Nak(None)).await;
         let _ = hand(&out, Ingress::Close(id.clone())).await;
@@ -467,7 +478,7 @@ async fn hear_call(
         }
         if closed.elapsed() > SUMMARY_WAIT {
             tracing::error!(
-                call = %id,
+                call = %id.short(),
                 "the call's summary was not stored {} s after its close (see the NATS outbox's \
                  dead letters); the call is let go",
                 SUMMARY_WAIT.as_secs()
@@ -490,6 +501,12 @@ struct Replay {
     malformed: u32,
     /// This call's share of the worker's `audio_behind` gauge.
     behind: u64,
+    /// The stream sequence of the last message read: a read opened again starts after it.
+    read_to: u64,
+    /// The read was opened again because the call seemed idle: if it stays idle, it is.
+    reopened_idle: bool,
+    /// The broker was out of reach since the read was opened.
+    was_away: bool,
 }
 
 /// Feeds the call's audio from its opening to its close (or until it has been idle for
@@ -511,6 +528,9 @@ async fn replay(
         next_seq: vec![0; call.parties.len()],
         malformed: 0,
         behind: 0,
+        read_to: opening.sequence,
+        reopened_idle: false,
+        was_away: false,
     };
     let mut renewed = Instant::now();
     let mut last_audio = Instant::now();
@@ -528,7 +548,7 @@ async fn replay(
                 .create_consumer(consumer::pull::OrderedConfig {
                     filter_subject: subject.clone(),
                     deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                        start_sequence: opening.sequence + 1,
+                        start_sequence: state.read_to + 1,
                     },
                     ..Default::default()
                 })
@@ -542,7 +562,10 @@ async fn replay(
         let mut messages = match messages {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(call = %call.id, "reading the call's audio: {e:#}; trying again");
+                tracing::warn!(call = %call.id.short(), "reading the call's audio: {e:#}; trying again");
+                // The broker out of reach is not the call's silence: what the ingest spooled
+                // meanwhile comes once it is back (a 70 s outage had closed every call).
+                last_audio = Instant::now();
                 if renewed.elapsed() >= renew {
                     let _ = claim.ack_with(AckKind::Progress).await;
                     renewed = Instant::now();
@@ -553,6 +576,7 @@ async fn replay(
         };
         let fed = feed(
             this,
+            streams,
             &mut messages,
             out,
             claim,
@@ -569,7 +593,7 @@ async fn replay(
         match fed {
             Ok(true) => break Ok(()),
             Ok(false) => {
-                tracing::debug!(call = %call.id, "the call's audio read ended; reading on");
+                tracing::debug!(call = %call.id.short(), "the call's audio read ended; reading on");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             Err(e) => break Err(e),
@@ -586,6 +610,7 @@ async fn replay(
 #[allow(clippy::too_many_arguments)]
 async fn feed(
     this: &ClaimSource,
+    streams: &Streams,
     messages: &mut consumer::pull::Ordered,
     out: &Arc<dyn Ingest>,
     claim: &jetstream::Message,
@@ -608,8 +633,26 @@ async fn feed(
             let _ = claim.ack_with(AckKind::Progress).await;
             *renewed = Instant::now();
         }
+        if streams.client.connection_state() != async_nats::connection::State::Connected {
+            *last_audio = Instant::now(); // the broker out of reach: see `replay`
+            state.was_away = true;
+        } else if state.was_away {
+            // Back from an outage: open the read again at once where it stood (the one
+            // open across the restart had stalled, with the ingest's spooled audio waiting).
+            state.was_away = false;
+            return Ok(false);
+        }
+        if last_audio.elapsed() >= idle && !state.reopened_idle {
+            // After a broker restart the read can stall without an error while the ingest's
+            // spooled audio waits in the stream (a 12 s outage closed a call that way): open
+            // the read again once before taking the silence for the call's end.
+            tracing::info!(call = %call.id.short(), "no audio for {:.0} s; reading the call's audio again", idle.as_secs_f64());
+            state.reopened_idle = true;
+            *last_audio = Instant::now();
+            return Ok(false);
+        }
         if last_audio.elapsed() >= idle {
-            tracing::warn!(call = %call.id, "no audio for {:.0} s; the call is closed", idle.as_secs_f64());
+            tracing::warn!(call = %call.id.short(), "no audio for {:.0} s; the call is closed", 2.0 * idle.as_secs_f64());
             let _ = hand(out, Ingress::Close(call.id.clone())).await;
             return Ok(true);
         }
@@ -619,13 +662,13 @@ async fn feed(
             Err(_) => continue,
             Ok(None) => return Ok(false),
             Ok(Some(Err(e))) => {
-                tracing::debug!(call = %call.id, "reading audio: {e}");
+                tracing::debug!(call = %call.id.short(), "reading audio: {e}");
                 return Ok(false);
             }
             Ok(Some(Ok(m))) => m,
         };
-        *last_audio = Instant::now();
         if let Ok(info) = m.info() {
+            state.read_to = info.stream_sequence;
             let now = info.pending;
             let gauge = &this.stats.audio_behind;
             // This call's share of the worker-wide gauge moves from `behind` to `now`.
@@ -637,7 +680,7 @@ async fn feed(
             RelayStats::add(&this.stats.malformed, 1);
             state.malformed += 1;
             if state.malformed <= MALFORMED_LOGGED {
-                tracing::warn!(call = %call.id, "{}: {what}; skipped{}", m.subject,
+                tracing::warn!(call = %call.id.short(), "{}: {what}; skipped{}", m.subject,
                     if state.malformed == MALFORMED_LOGGED { " (more are only counted)" } else { "" });
             }
         };
@@ -650,6 +693,7 @@ async fn feed(
         };
         match incoming {
             Incoming::Close { call: c, instance } if c == call.id && ours(&instance) => {
+                *last_audio = Instant::now();
                 let _ = hand(out, Ingress::Close(c)).await;
                 return Ok(true);
             }
@@ -673,8 +717,14 @@ async fn feed(
                     continue;
                 }
                 state.next_seq[chunk.party] = seq.saturating_add(1);
+                // Only the call's own audio keeps it open: junk, another instance's messages
+                // or another call's on the same subject had held a dead call forever.
+                *last_audio = Instant::now();
+                state.reopened_idle = false;
                 if let Err(e) = hand(out, Ingress::Audio(chunk)).await {
-                    tracing::debug!(call = %call.id, "audio refused: {e}");
+                    // The engine refuses what no call may carry (a NaN or day-late offset):
+                    // said, as malformed headers are.
+                    malformed(format!("audio refused: {e}"));
                 }
             }
             _ => {

@@ -89,6 +89,9 @@ fn default_replicas() -> usize {
     1
 }
 
+/// The longest `max_age_days` taken: a hundred years.
+pub const MAX_AGE_DAYS: f64 = 36_525.0;
+
 fn default_max_age_days() -> f64 {
     30.0
 }
@@ -176,13 +179,27 @@ impl NatsConfig {
             }
             _ => {}
         }
+        if self.outbox.as_os_str().is_empty() {
+            return Err(("outbox".into(), "must name a folder".into()));
+        }
+        if self.token.as_deref() == Some("") {
+            return Err((
+                "token".into(),
+                "is empty (leave it out to connect without one)".into(),
+            ));
+        }
         if self.replicas == 0 || self.replicas > 5 {
             return Err(("replicas".into(), "must be 1 to 5".into()));
         }
-        if !(self.max_age_days.is_finite() && self.max_age_days > 0.0) {
+        // Bounded: JetStream keeps ages in nanoseconds (an i64, 292 years), and a value past
+        // what a Duration holds had panicked the worker's stream setup.
+        if !(self.max_age_days.is_finite()
+            && self.max_age_days > 0.0
+            && self.max_age_days <= MAX_AGE_DAYS)
+        {
             return Err((
                 "max_age_days".into(),
-                "must be a positive number of days".into(),
+                format!("must be a positive number of days, at most {MAX_AGE_DAYS}"),
             ));
         }
         Ok(())
@@ -492,12 +509,25 @@ pub fn tail(
             let mut got = 0;
             while let Some(m) = batch.next().await {
                 let m = m.map_err(|e| anyhow::anyhow!("fetching: {e}"))?;
-                out.write_all(&m.payload)?;
-                out.write_all(b"\n")?;
                 got += 1;
+                // One JSON object per line, whoever published into the stream: what is not
+                // JSON is skipped (it had reached the terminal byte for byte, escape
+                // sequences included), JSON over several lines is put on one.
+                match serde_json::from_slice::<serde_json::Value>(&m.payload) {
+                    Ok(_) if !m.payload.iter().any(|&b| b == b'\n' || b == b'\r') => {
+                        out.write_all(&m.payload)?;
+                    }
+                    Ok(v) => serde_json::to_writer(&mut *out, &v)?,
+                    Err(e) => {
+                        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                        tracing::warn!("event {seq} on {} is not JSON ({e}); skipped", m.subject);
+                        continue;
+                    }
+                }
+                out.write_all(b"\n")?;
+                printed += 1;
             }
             out.flush()?;
-            printed += got;
             if got == 0 && !follow && left_to_deliver(&consumer).await? == 0 {
                 return Ok(printed);
             }
