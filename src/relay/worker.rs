@@ -642,16 +642,16 @@ async fn feed(
             state.was_away = false;
             return Ok(false);
         }
-        if last_audio.elapsed() >= idle && !state.reopened_idle {
-            // After a broker restart the read can stall without an error while the ingest's
-            // spooled audio waits in the stream (a 12 s outage closed a call that way): open
-            // the read again once before taking the silence for the call's end.
-            tracing::info!(call = %call.id.short(), "no audio for {:.0} s; reading the call's audio again", idle.as_secs_f64());
-            state.reopened_idle = true;
-            *last_audio = Instant::now();
-            return Ok(false);
-        }
         if last_audio.elapsed() >= idle {
+            if !state.reopened_idle {
+                // After a broker restart the read can stall without an error while the
+                // ingest's spooled audio waits in the stream (a 12 s outage closed a call that
+                // way): open the read again once before taking the silence for the call's end.
+                tracing::info!(call = %call.id.short(), "no audio for {:.0} s; reading the call's audio again", idle.as_secs_f64());
+                state.reopened_idle = true;
+                *last_audio = Instant::now();
+                return Ok(false);
+            }
             tracing::warn!(call = %call.id.short(), "no audio for {:.0} s; the call is closed", 2.0 * idle.as_secs_f64());
             let _ = hand(out, Ingress::Close(call.id.clone())).await;
             return Ok(true);

@@ -408,15 +408,18 @@ async fn invite(
             return msg.response(code, reason, &tag, &[warning(&e.message)], None);
         }
     };
-    if offer.streams.iter().all(|s| s.codec.is_none()) {
-        shared.malformed.count("sip_no_usable_codec");
-        let warning = (
-            "Warning",
-            "305 vishguard \"PCMU, PCMA or L16 audio only\"".to_owned(),
-        );
-        return msg.response(488, "Not Acceptable Here", &tag, &[warning], None);
-    }
     let audio_streams = offer.streams.iter().filter(|s| s.codec.is_some()).count();
+    if audio_streams == 0 {
+        shared.malformed.count("sip_no_usable_codec");
+        let problem = "PCMU, PCMA or L16 audio only";
+        return msg.response(
+            488,
+            "Not Acceptable Here",
+            &tag,
+            &[warning_coded(305, problem)],
+            None,
+        );
+    }
     if audio_streams > MAX_PARTIES {
         shared.malformed.count("sip_too_many_streams");
         let problem = format!("{audio_streams} audio streams; at most {MAX_PARTIES} are heard");
@@ -449,12 +452,17 @@ async fn invite(
 
 /// A Warning header (RFC 3261 §20.43, code 399: miscellaneous) carrying `problem`.
 fn warning(problem: &str) -> (&'static str, String) {
+    warning_coded(399, problem)
+}
+
+/// A Warning header with its `code` (§20.43: 305 incompatible media format, 399 other).
+fn warning_coded(code: u16, problem: &str) -> (&'static str, String) {
     let text: String = problem
         .chars()
         .map(|c| if c == '"' { '\'' } else { c })
         .filter(|c| !c.is_control())
         .collect();
-    ("Warning", format!("399 vishguard \"{text}\""))
+    ("Warning", format!("{code} vishguard \"{text}\""))
 }
 
 /// Why an INVITE was not taken: the final response's code and reason, and the problem its
