@@ -378,3 +378,61 @@ fn broker_restart_mid_run_loses_no_audio_or_alert_and_sends_none_twice() {
     assert_eq!(settled(&w, "vishguard_relay_calls_finished", 5.0), 5.0);
     assert_eq!(settled(&w, "vishguard_relay_calls_held", 0.0), 0.0);
 }
+
+/// A worker whose claims cannot start (here a credentials file that is no credentials file)
+/// stops at once with exit status 2 and says why, rather than serving /healthz and claiming
+/// nothing until someone sends it a signal.
+#[test]
+fn a_worker_that_cannot_claim_calls_exits_naming_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("worker.creds");
+    std::fs::write(&creds, "not a credentials file\n").unwrap();
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[nats]\nservers = [\"nats://127.0.0.1:1\"]\ncredentials = \"{}\"\n\
+             spool = \"{}\"\nevents_outbox = \"{}\"\n",
+            creds.display(),
+            dir.path().join("spool").display(),
+            dir.path().join("outbox").display()
+        ),
+    )
+    .unwrap();
+    let mut child = vishguard()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--role", "worker", "--http", "127.0.0.1:0"])
+        .args(["--model", "tiny.en", "--no-context-check"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the worker still runs: {:?}", log.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = log.join().unwrap().join("\n");
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("listening on"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("error:") && l.contains("credentials")),
+        "{log}"
+    );
+}

@@ -164,8 +164,17 @@ pub fn run(args: ServeArgs) -> Result<i32> {
     let role = config.server.role;
     let relay_stats = (role != Role::All).then(|| Arc::new(RelayStats::default()));
     let mut relay_ingest = None;
-    type Parts = (Option<Engine>, Arc<dyn Ingest>, Vec<Box<dyn Source>>);
-    let (engine, ingest, sources): Parts = match role {
+    // `sources` are the config's own (files, devices): one that fails is reported when the
+    // server stops. `listeners` are what the process is for (the SIP server, a worker's
+    // claims): one that fails stops the server at once with exit status 2, so a supervisor
+    // restarts it, rather than a worker answering /healthz while it claims no call.
+    type Parts = (
+        Option<Engine>,
+        Arc<dyn Ingest>,
+        Vec<Box<dyn Source>>,
+        Vec<Box<dyn Source>>,
+    );
+    let (engine, ingest, sources, mut listeners): Parts = match role {
         Role::Ingest => {
             let sources = config
                 .sources
@@ -177,7 +186,7 @@ pub fn run(args: ServeArgs) -> Result<i32> {
                 relay_stats.clone().expect("made for this role"),
             )?);
             relay_ingest = Some(relay.clone());
-            (None, relay, sources)
+            (None, relay, sources, Vec::new())
         }
         Role::Worker => {
             let events = config.nats.events();
@@ -194,7 +203,7 @@ pub fn run(args: ServeArgs) -> Result<i32> {
                 &events,
                 Some(handover.clone() as Arc<dyn PublishFilter>),
             )?;
-            let (engine, mut sources) = super::engine::start(
+            let (engine, sources) = super::engine::start(
                 &config,
                 vec![
                     SinkSpec {
@@ -207,14 +216,14 @@ pub fn run(args: ServeArgs) -> Result<i32> {
                     },
                 ],
             )?;
-            sources.push(Box::new(ClaimSource::new(
+            let claims: Box<dyn Source> = Box::new(ClaimSource::new(
                 config.nats.clone(),
                 handover,
                 relay_stats.clone().expect("made for this role"),
                 config.nats.worker_max_calls,
-            )));
+            ));
             let ingest = engine.ingest();
-            (Some(engine), ingest, sources)
+            (Some(engine), ingest, sources, vec![claims])
         }
         Role::All => {
             let (engine, sources) = super::engine::start(
@@ -225,7 +234,7 @@ pub fn run(args: ServeArgs) -> Result<i32> {
                 }],
             )?;
             let ingest = engine.ingest();
-            (Some(engine), ingest, sources)
+            (Some(engine), ingest, sources, Vec::new())
         }
     };
     let address = listener.local_addr()?;
@@ -239,7 +248,6 @@ pub fn run(args: ServeArgs) -> Result<i32> {
         malformed: Arc::default(),
     };
     let stop = Stop::new();
-    let mut sources = sources;
     if let Some(sip) = config.server.sip {
         let (tx, rx) = std::sync::mpsc::channel();
         let source = SipSource::new(
@@ -252,7 +260,7 @@ pub fn run(args: ServeArgs) -> Result<i32> {
             state.malformed.clone(),
         )
         .on_bound(tx);
-        sources.push(Box::new(source));
+        listeners.push(Box::new(source));
         sip_bound = Some(rx);
     }
     let served = std::thread::scope(|scope| {
@@ -261,6 +269,20 @@ pub fn run(args: ServeArgs) -> Result<i32> {
             let (ingest, stop) = (&ingest, stop.clone());
             scope.spawn(move || super::engine::run_sources(ingest, sources, &stop))
         };
+        let listeners_done: Vec<_> = listeners
+            .into_iter()
+            .map(|listener| {
+                let (ingest, stop) = (&ingest, stop.clone());
+                scope.spawn(move || {
+                    let failed = super::engine::run_sources(ingest, vec![listener], &stop);
+                    for f in &failed {
+                        tracing::error!("{f}; stopping the server");
+                    }
+                    stop.request();
+                    failed
+                })
+            })
+            .collect();
         if let Some(rx) = sip_bound.take() {
             match rx.recv_timeout(Duration::from_secs(10)) {
                 Ok(addr) => eprintln!("vishguard serve: SIP on udp and tcp {addr}"),
@@ -296,7 +318,15 @@ pub fn run(args: ServeArgs) -> Result<i32> {
             let stopping = {
                 let stop = stop.clone();
                 async move {
-                    stop_signal().await;
+                    // A signal, or a listener that ended (it requested the stop itself).
+                    tokio::select! {
+                        _ = stop_signal() => {}
+                        _ = async {
+                            while !stop.requested() {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        } => {}
+                    }
                     stop.request();
                     let _ = tx.send(true);
                 }
@@ -322,7 +352,11 @@ pub fn run(args: ServeArgs) -> Result<i32> {
             }
         });
         stop.request();
-        let failures = sources_done.join().unwrap_or_default();
+        let mut failures = Vec::new();
+        for done in listeners_done {
+            failures.extend(done.join().unwrap_or_default());
+        }
+        failures.extend(sources_done.join().unwrap_or_default());
         (served, failures)
     });
     let (served, failures) = served;
