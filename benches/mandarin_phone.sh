@@ -59,6 +59,8 @@ calls_file=$(realpath "$1"); voice=$2; model=${3:-base}; shift $(( $# < 3 ? $# :
 set_name=$(basename "$calls_file" .txt)
 out=${MANDARIN_DIR:-$root/target/mandarin_phone}/$set_name-${voice/:/}${VOICE_EFFECT:+-${VOICE_EFFECT// /_}}
 mkdir -p "$out"
+# The neural voice's kept reading (below) is of the calls file as it was: RERENDER=1 reads anew.
+[[ -n ${RERENDER:-} ]] && rm -rf "$out/tts"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 source "$root/audio-samples/speech_tools.sh"
 bin=${VISHGUARD_BIN:-$root/target/release/vishguard}
