@@ -2,7 +2,7 @@
 //! the keyword verdict (without the call model) and the sentence vectors of the scam-line
 //! check's windows. With ENCODER, the vectors come from that encoder instead (to compare).
 //!
-//! `window_vectors IN.txt|IN.jsonl > OUT.jsonl`; input lines are `ID|LABEL|TYPE|TEXT` or JSON
+//! `[WINDOW=N] window_vectors IN.txt|IN.jsonl > OUT.jsonl`; input lines are `ID|LABEL|TYPE|TEXT` or JSON
 //! `{"id", "text", "label"?, "lang"?}`; output lines `{"id", "label", "lang", "score",
 //! "categories", "vectors": [[f32; dim]; windows]}`.
 use std::io::{BufRead, Write};
@@ -67,6 +67,20 @@ fn main() -> Result<()> {
             continue;
         };
         let verdict = classifier.classify_with(pack, &text);
+        // WINDOW=N: windows of N tokens, side by side (stride N), instead of the pack's, to
+        // measure what the window's length does to the call model (the verdict keeps the
+        // pack's).
+        let mut windowed = pack.clone();
+        if let (Some(n), Some(lines)) = (
+            std::env::var("WINDOW")
+                .ok()
+                .and_then(|w| w.parse::<usize>().ok()),
+            windowed.context.as_mut().and_then(|c| c.lines.as_mut()),
+        ) {
+            lines.window = n.max(1);
+            lines.stride = n.max(1);
+        }
+        let pack = &windowed;
         let windows = classifier.line_windows(pack, &text);
         let vectors = classifier
             .context_check
