@@ -19,6 +19,15 @@ fn main() -> Result<()> {
         [_, input, encoder] => (input, Some(encoder.as_str())),
         _ => bail!("usage: window_vectors IN.txt|IN.jsonl [ENCODER] > OUT.jsonl"),
     };
+    // WINDOW=N: windows of N tokens, side by side (stride N), instead of the pack's, to
+    // measure what the window's length does to the call model (the verdict keeps the pack's).
+    let window = match std::env::var("WINDOW") {
+        Ok(w) => match w.parse::<usize>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => bail!("WINDOW={w}: not a window length in tokens (a whole number above 0)"),
+        },
+        Err(_) => None,
+    };
     let mut classifier = Classifier::builtin();
     classifier.set_context_check_loaded(Arc::new(ContextCheck::load(None)?))?;
     // The model reads the keyword score before it moves it (off by default; said here so
@@ -67,20 +76,19 @@ fn main() -> Result<()> {
             continue;
         };
         let verdict = classifier.classify_with(pack, &text);
-        // WINDOW=N: windows of N tokens, side by side (stride N), instead of the pack's, to
-        // measure what the window's length does to the call model (the verdict keeps the
-        // pack's).
-        let mut windowed = pack.clone();
-        if let (Some(n), Some(lines)) = (
-            std::env::var("WINDOW")
-                .ok()
-                .and_then(|w| w.parse::<usize>().ok()),
-            windowed.context.as_mut().and_then(|c| c.lines.as_mut()),
-        ) {
-            lines.window = n.max(1);
-            lines.stride = n.max(1);
-        }
-        let pack = &windowed;
+        let windowed;
+        let pack = match window {
+            Some(n) => {
+                let mut p = pack.clone();
+                if let Some(lines) = p.context.as_mut().and_then(|c| c.lines.as_mut()) {
+                    lines.window = n;
+                    lines.stride = n;
+                }
+                windowed = p;
+                &windowed
+            }
+            None => pack,
+        };
         let windows = classifier.line_windows(pack, &text);
         let vectors = classifier
             .context_check
