@@ -10,7 +10,7 @@ chunks = []
 seen = set()
 for g in calls.values():
     for c in g:
-        t = "".join(c[5].split())
+        t = "".join(c[1].split())
         for i in range(0, len(t), N):
             s = t[i:i + N]
             if s and s not in seen:

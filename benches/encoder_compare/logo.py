@@ -11,12 +11,14 @@ emb = np.load(f"{OUT}/emb_{N}.npy")
 index = {c: i for i, c in enumerate(chunks)}
 groups, dev1 = T.training_groups("zh")
 extra = {f: T.vectors(os.path.join(T.ROOT, f), "zh") for f in calls if f not in groups and f != "dev half 1"}
-text_of = {c[0]: c[5] for g in calls.values() for c in g}
+text_of = {c[0]: c[1] for g in calls.values() for c in g}
 def gem(r):
+    """EmbeddingGemma's pieces of the call pooled by max and mean; a call that embed.py has
+    not embedded (whole) is an error, not zeros."""
     t = "".join(text_of[r["id"]].split())
-    ix = [index[t[i:i + N]] for i in range(0, len(t), N) if t[i:i + N]]
-    if not ix or emb is None or max(ix) >= len(emb):
-        return None
+    ix = [index[t[i:i + N]] for i in range(0, len(t), N)]
+    if not ix or max(ix) >= len(emb):
+        sys.exit(f"{r['id']}: not embedded (run embed.py {N} to the end)")
     v = emb[ix]
     return np.concatenate([v.max(0), v.mean(0)])
 W = {}
@@ -25,9 +27,6 @@ for f in [os.path.join(OUT, "e5_128", x) for x in os.listdir(os.path.join(OUT, "
         x = json.loads(line)
         if x["vectors"]:
             W[x["id"]] = np.array(x["vectors"], dtype=np.float32)
-allrows = [r for rs in list(groups.values()) + [dev1] + list(extra.values()) for r in rs]
-missing = sum(gem(r) is None for r in allrows)
-print("calls without gemma vectors:", missing, "of", len(allrows))
 S = T.pack_settings("zh")
 for mode in modes:
     def feat(r):
@@ -40,8 +39,7 @@ for mode in modes:
                 v = W[r["id"]]
                 parts.append(np.concatenate([v.max(0), v.mean(0)]))
             else:
-                g = gem(r)
-                parts.append(g if g is not None else np.zeros(1536))
+                parts.append(gem(r))
         return np.concatenate(parts + [[r["score"]]])
     for rs in list(groups.values()) + [dev1] + list(extra.values()):
         for r in rs: r["f_" + mode] = feat(r)
@@ -51,16 +49,17 @@ for mode in modes:
     for g, rows in groups.items():
         rest = [r for h, rs in groups.items() if h != g for r in rs]
         m = T.fit(X(rest), np.array([r["y"] for r in rest]))
-        c = T.counts(rows, T.flags(rows, prob(m, rows), S))
+        flagged = T.flags(rows, prob(m, rows), S)
         kind = "dev0" if g.startswith("dev") else "cmdata" if "call_model_data" in g else "read"
+        parts = {kind: lambda r: True, "all": lambda r: True}
         # The read groups hold each set's text and what base heard of it (ids ending "_heard").
-        for key in (kind, "all"):
-            tot[key] = tot.get(key, np.zeros(4, int)) + np.array(c)
         if kind == "read":
-            for part, sel in (("read text", lambda r: not r["id"].endswith("_heard")), ("read heard", lambda r: r["id"].endswith("_heard"))):
-                sub = [r for r in rows if sel(r)]
-                if sub:
-                    tot[part] = tot.get(part, np.zeros(4, int)) + np.array(T.counts(sub, T.flags(sub, prob(m, sub), S)))
+            parts["read text"] = lambda r: not r["id"].endswith("_heard")
+            parts["read heard"] = lambda r: r["id"].endswith("_heard")
+        for key, sel in parts.items():
+            rf = [(r, f) for r, f in zip(rows, flagged) if sel(r)]
+            c = T.counts([r for r, _ in rf], [f for _, f in rf])
+            tot[key] = tot.get(key, np.zeros(4, int)) + np.array(c)
     everything = [r for rs in groups.values() for r in rs]
     m = T.fit(X(everything), np.array([r["y"] for r in everything]))
     print(f"== {mode}")
