@@ -484,7 +484,19 @@ impl Classifier {
                 return None;
             }
         };
-        let p = model.probability(&vectors, score)?;
+        // The second encoder's pieces (EmbeddingGemma), when the model reads them.
+        let pieces = match &model.pieces {
+            None => Vec::new(),
+            Some(pc) => match check.vectors_by(&pc.encoder, &pack.source, &pc.cut(text)) {
+                Ok(Some(v)) => v,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!("call model skipped: {e:#}");
+                    return None;
+                }
+            },
+        };
+        let p = model.probability(&vectors, &pieces, score)?;
         let evidence = model.most_scam_like(&vectors).map(|i| {
             let (a, b) = spans[i];
             let (start, end) = (tokens[a].span.start, tokens[b - 1].span.end);

@@ -3,6 +3,7 @@
 
 pub mod call_model;
 pub mod classifier;
+pub mod gemma_encoder;
 pub mod matcher;
 pub mod normalize;
 pub mod pack;

@@ -94,7 +94,12 @@ impl ContextCheck {
     /// attempt's error was returned, and the check is off for its packs from then on, so a
     /// missing model is neither fetched nor warned about on every call).
     fn encoder_for(&self, pack: &PhrasePack) -> Result<Option<Arc<SentenceEncoder>>> {
-        let name = self.encoder_name(pack);
+        self.encoder_named(self.encoder_name(pack), &pack.source)
+    }
+
+    /// The encoder `name`, loaded on first use (as [`Self::encoder_for`]); `user` names what
+    /// needs it, for the error.
+    fn encoder_named(&self, name: &str, user: &str) -> Result<Option<Arc<SentenceEncoder>>> {
         if let Some(e) = lock(&self.encoders).get(name) {
             return Ok(e.clone());
         }
@@ -108,8 +113,7 @@ impl ContextCheck {
             Err(e) => {
                 lock(&self.encoders).insert(name.to_owned(), None);
                 Err(e.context(format!(
-                    "the sentence encoder of {}; its context check is off",
-                    pack.source
+                    "the sentence encoder {name} of {user}; what reads it is off"
                 )))
             }
         }
@@ -154,30 +158,62 @@ impl ContextCheck {
         let Some(encoder) = self.encoder_for(pack)? else {
             return Ok(None);
         };
+        self.remembered(&pack.source, &encoder, &ctx.prefix, windows)
+            .map(Some)
+    }
+
+    /// The vectors of `texts` by the encoder `name` (no prefix: EmbeddingGemma puts its own
+    /// prompt), remembered as [`Self::window_vectors`] are; `None` when that encoder failed to
+    /// load before. `user` names what reads them, for the error.
+    ///
+    /// Errors: the encoder cannot be loaded (fetched), or embedding fails.
+    pub fn vectors_by(
+        &self,
+        name: &str,
+        user: &str,
+        texts: &[String],
+    ) -> Result<Option<Vec<Arc<[f32]>>>> {
+        let Some(encoder) = self.encoder_named(name, user)? else {
+            return Ok(None);
+        };
+        // Kept apart from the packs' windows: a key no pack source can be.
+        self.remembered(&format!("\0encoder {name}"), &encoder, "", texts)
+            .map(Some)
+    }
+
+    /// The vectors of `texts` (with `prefix`) by `encoder`, from the cache under `key` where
+    /// seen before; the new ones are embedded and remembered.
+    fn remembered(
+        &self,
+        key: &str,
+        encoder: &SentenceEncoder,
+        prefix: &str,
+        texts: &[String],
+    ) -> Result<Vec<Arc<[f32]>>> {
         let mut known: Vec<Option<Arc<[f32]>>> = {
             let cache = lock(&self.seen_by_window);
-            let seen = cache.get(&pack.source);
-            windows
+            let seen = cache.get(key);
+            texts
                 .iter()
                 .map(|w| seen.and_then(|m| m.get(w)).cloned())
                 .collect()
         };
-        let missing: Vec<usize> = (0..windows.len()).filter(|&i| known[i].is_none()).collect();
+        let missing: Vec<usize> = (0..texts.len()).filter(|&i| known[i].is_none()).collect();
         if !missing.is_empty() {
-            let texts: Vec<&String> = missing.iter().map(|&i| &windows[i]).collect();
-            let vectors = embed(&encoder, &ctx.prefix, texts)?;
+            let new: Vec<&String> = missing.iter().map(|&i| &texts[i]).collect();
+            let vectors = embed(encoder, prefix, new)?;
             let mut cache = lock(&self.seen_by_window);
-            let seen = cache.entry(pack.source.clone()).or_default();
+            let seen = cache.entry(key.to_owned()).or_default();
             if seen.len() + missing.len() > CACHE_LIMIT {
                 seen.clear();
             }
             for (&i, v) in missing.iter().zip(vectors) {
                 let v: Arc<[f32]> = v.into();
-                seen.insert(windows[i].clone(), v.clone());
+                seen.insert(texts[i].clone(), v.clone());
                 known[i] = Some(v);
             }
         }
-        Ok(Some(known.into_iter().flatten().collect()))
+        Ok(known.into_iter().flatten().collect())
     }
 
     /// For each window, how close its nearest canonical scam line (and honest line) is, by

@@ -20,18 +20,27 @@ const MAX_TOKENS: usize = 128;
 const BATCH: usize = 32;
 
 pub struct SentenceEncoder {
-    model: Bert,
+    model: Encoder,
     tokenizer: Tokenizer,
     device: Device,
 }
 
+/// The network behind the vectors: a BERT (mean pooling done here) or EmbeddingGemma (its own
+/// head, prompt put before every text).
+enum Encoder {
+    Bert(Bert),
+    Gemma(Box<super::gemma_encoder::GemmaEncoder>),
+}
+
 impl SentenceEncoder {
+    /// Loads a BERT sentence encoder (MiniLM, multilingual-e5) or EmbeddingGemma, as
+    /// `config.json` says.
+    ///
+    /// Errors: a file is missing or unreadable, or the weights do not fit the config.
     pub fn load(files: &ModelFiles, device: &Device) -> Result<Self> {
-        let config: Config = serde_json::from_str(
-            &std::fs::read_to_string(files.config())
-                .with_context(|| format!("reading {}", files.config().display()))?,
-        )
-        .with_context(|| format!("{}: not a BERT config", files.config().display()))?;
+        let config_text = std::fs::read_to_string(files.config())
+            .with_context(|| format!("reading {}", files.config().display()))?;
+        let gemma = super::gemma_encoder::is_gemma_config(&config_text);
         let mut tokenizer = Tokenizer::from_file(files.tokenizer()).map_err(|e| {
             anyhow::anyhow!(
                 "{}: cannot load tokenizer: {e}",
@@ -40,7 +49,11 @@ impl SentenceEncoder {
         })?;
         tokenizer
             .with_truncation(Some(TruncationParams {
-                max_length: MAX_TOKENS,
+                max_length: if gemma {
+                    super::gemma_encoder::MAX_TOKENS
+                } else {
+                    MAX_TOKENS
+                },
                 ..Default::default()
             }))
             .map_err(|e| anyhow::anyhow!("tokenizer truncation: {e}"))?;
@@ -55,6 +68,16 @@ impl SentenceEncoder {
             pad_token,
             ..Default::default()
         }));
+        if gemma {
+            let model = super::gemma_encoder::GemmaEncoder::load(&files.dir, device)?;
+            return Ok(Self {
+                model: Encoder::Gemma(Box::new(model)),
+                tokenizer,
+                device: device.clone(),
+            });
+        }
+        let config: Config = serde_json::from_str(&config_text)
+            .with_context(|| format!("{}: not a BERT config", files.config().display()))?;
         let weights = files.weights();
         // Read tensor by tensor, not memory-mapped: see model_store::weights.
         let vb = WeightFile::open(&weights)
@@ -67,13 +90,14 @@ impl SentenceEncoder {
             )
         })?;
         Ok(Self {
-            model,
+            model: Encoder::Bert(model),
             tokenizer,
             device: device.clone(),
         })
     }
 
-    /// One L2-normalised vector per text (mean of the token vectors, as the model was trained).
+    /// One L2-normalised vector per text (mean of the token vectors, as the model was trained;
+    /// EmbeddingGemma's after its prompt and dense head).
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(BATCH) {
@@ -86,9 +110,20 @@ impl SentenceEncoder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        let prompted: Vec<String>;
+        let texts = match &self.model {
+            Encoder::Gemma(_) => {
+                prompted = texts
+                    .iter()
+                    .map(|t| format!("{}{t}", super::gemma_encoder::CLASSIFICATION_PROMPT))
+                    .collect();
+                prompted.iter().map(String::as_str).collect()
+            }
+            Encoder::Bert(_) => texts.to_vec(),
+        };
         let encodings = self
             .tokenizer
-            .encode_batch(texts.to_vec(), true)
+            .encode_batch(texts.clone(), true)
             .map_err(|e| anyhow::anyhow!("tokenizing for the sentence encoder: {e}"))?;
         let width = encodings[0].get_ids().len();
         if width == 0 {
@@ -101,7 +136,11 @@ impl SentenceEncoder {
         let ids = Tensor::from_vec(flat(&|e| e.get_ids()), shape, &self.device)?;
         let types = Tensor::from_vec(flat(&|e| e.get_type_ids()), shape, &self.device)?;
         let mask = Tensor::from_vec(flat(&|e| e.get_attention_mask()), shape, &self.device)?;
-        let hidden = self.model.forward(&ids, &types, &mask)?;
+        let model = match &self.model {
+            Encoder::Gemma(g) => return Ok(g.forward(&ids, &mask)?.to_vec2::<f32>()?),
+            Encoder::Bert(b) => b,
+        };
+        let hidden = model.forward(&ids, &types, &mask)?;
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
         let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;

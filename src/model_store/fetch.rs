@@ -108,7 +108,7 @@ pub fn pip_wheels(dir: &Path, wheels: &[PinnedWheel]) -> Result<Vec<PathBuf>> {
 }
 
 #[cfg(feature = "hf-hub")]
-pub fn hf_repo(repo: &str, dest: &Path) -> Result<()> {
+pub fn hf_repo(repo: &str, files: &[String], dest: &Path) -> Result<()> {
     let api = hf_hub::api::sync::ApiBuilder::new()
         .with_progress(true)
         .build()
@@ -131,12 +131,20 @@ pub fn hf_repo(repo: &str, dest: &Path) -> Result<()> {
     ] {
         std::fs::copy(from, staging.join(name))?;
     }
+    for name in files {
+        let from = fetched(name)?;
+        let to = staging.join(name);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(from, to)?;
+    }
     super::import::import_folder(&staging, dest)?;
     std::fs::remove_dir_all(&staging)?;
     Ok(())
 }
 
 #[cfg(not(feature = "hf-hub"))]
-pub fn hf_repo(repo: &str, _dest: &Path) -> Result<()> {
+pub fn hf_repo(repo: &str, _files: &[String], _dest: &Path) -> Result<()> {
     bail!("{repo}: this build has no Hugging Face hub support (build with --features hf-hub)")
 }

