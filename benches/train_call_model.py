@@ -26,7 +26,8 @@ training (unseen_ae on), `benches/call_model_data/held_out/` and the fixtures of
 
 `--logo` prints leave-one-group-out results (each training set left out in turn, every other
 one trained on), keywords alone against the model with the pack's gate and lift, so each row
-is the model on a set it never saw. `--write` writes `models/phrases/LANG_call_model.json`.
+is the model on a set it never saw. `--write` writes `models/phrases/LANG_call_model.json`
+(with `--no-pieces`, Mandarin's fallback `zh_call_model_e5.json`).
 `--eval` scores more sets with the model trained on everything above.
 
 `--heard` adds each set's heard copies (`benches/call_model_data/heard/`, written by
@@ -432,7 +433,9 @@ def main():
     if a.write:
         w, b = model
         dim = everything[0]["vs"].shape[1]
-        out = os.path.join(ROOT, "models", "phrases", f"{a.lang}_call_model.json")
+        # Without the pieces, Mandarin's is the fallback model (zh.toml `fallback_weights`).
+        suffix = "_e5" if a.lang in PIECES and not pieces else ""
+        out = os.path.join(ROOT, "models", "phrases", f"{a.lang}_call_model{suffix}.json")
         doc = {
             "format": "vishguard-call-model-1",
             "encoder": ENCODERS[a.lang],

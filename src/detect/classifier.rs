@@ -484,15 +484,21 @@ impl Classifier {
                 return None;
             }
         };
-        // The second encoder's pieces (EmbeddingGemma), when the model reads them.
-        let pieces = match &model.pieces {
-            None => Vec::new(),
+        // The second encoder's pieces (EmbeddingGemma), when the model reads them; without
+        // that encoder, the fallback model reads the windows alone.
+        let (model, pieces) = match &model.pieces {
+            None => (model, Vec::new()),
             Some(pc) => match check.vectors_by(&pc.encoder, &pack.source, &pc.cut(text)) {
-                Ok(Some(v)) => v,
-                Ok(None) => return None,
-                Err(e) => {
-                    tracing::warn!("call model skipped: {e:#}");
-                    return None;
+                Ok(Some(v)) => (model, v),
+                failed => {
+                    if let Err(e) = failed {
+                        tracing::warn!(
+                            "{}: {e:#}; the call model reads {} alone",
+                            pack.source,
+                            model.encoder
+                        );
+                    }
+                    (settings.fallback.as_ref()?, Vec::new())
                 }
             },
         };

@@ -239,9 +239,17 @@ pub struct CallModelSettings {
     /// per 400 Mandarin characters with e5-small).
     #[serde(default)]
     pub alone_min_windows: Option<usize>,
+    /// Weights read instead when those of `weights` need a second encoder (their `pieces`)
+    /// that cannot be loaded: a machine without EmbeddingGemma (1.2 GB) keeps the model it
+    /// had before, on the first encoder's windows alone. Found as `weights` is.
+    #[serde(default)]
+    pub fallback_weights: Option<String>,
     /// The weights, loaded with the pack.
     #[serde(skip)]
     pub model: Option<std::sync::Arc<super::call_model::CallModel>>,
+    /// The fallback weights, loaded with the pack.
+    #[serde(skip)]
+    pub fallback: Option<std::sync::Arc<super::call_model::CallModel>>,
 }
 
 impl CallModelSettings {
@@ -349,7 +357,7 @@ pub struct PackError {
 pub const BUILTIN_EN: &str = include_str!("../../models/phrases/en.toml");
 pub const BUILTIN_ZH: &str = include_str!("../../models/phrases/zh.toml");
 /// The call models shipped with the binary, by file name.
-const BUILTIN_CALL_MODELS: [(&str, &str); 2] = [
+const BUILTIN_CALL_MODELS: [(&str, &str); 3] = [
     (
         "en_call_model.json",
         include_str!("../../models/phrases/en_call_model.json"),
@@ -357,6 +365,10 @@ const BUILTIN_CALL_MODELS: [(&str, &str); 2] = [
     (
         "zh_call_model.json",
         include_str!("../../models/phrases/zh_call_model.json"),
+    ),
+    (
+        "zh_call_model_e5.json",
+        include_str!("../../models/phrases/zh_call_model_e5.json"),
     ),
 ];
 
@@ -565,6 +577,22 @@ impl PhrasePack {
                 )
             })?;
             m.model = Some(std::sync::Arc::new(model));
+            if let Some(name) = m.fallback_weights.clone() {
+                let fallback = load_call_model(folder, &name)
+                    .and_then(|f| {
+                        if f.pieces.is_some() {
+                            anyhow::bail!("fallback {name:?} reads pieces of a second encoder too");
+                        }
+                        Ok(f)
+                    })
+                    .map_err(|e| {
+                        fail(
+                            line_of("[context.call_model]"),
+                            format!("context.call_model: {e:#}"),
+                        )
+                    })?;
+                m.fallback = Some(std::sync::Arc::new(fallback));
+            }
         }
         let mut categories = Vec::new();
         let mut names = std::collections::HashSet::new();
