@@ -105,6 +105,19 @@ impl CallModel {
         if f.format != FORMAT {
             bail!("format {:?}, expected {FORMAT:?}", f.format);
         }
+        if let Some(p) = &f.pieces {
+            if p.dim == 0 || p.dim > 8192 || p.chars == 0 || p.chars > 4096 {
+                bail!(
+                    "pieces of {} characters and dim {}: expected characters in 1..4096 and \
+                     dim in 1..8192",
+                    p.chars,
+                    p.dim
+                );
+            }
+            if p.encoder.trim().is_empty() {
+                bail!("no encoder named for the pieces");
+            }
+        }
         let piece_dim = f.pieces.as_ref().map_or(0, |p| p.dim);
         if f.dim == 0 || f.dim > 8192 || f.weights.len() != 2 * f.dim + 1 + 2 * piece_dim {
             bail!(
@@ -113,18 +126,6 @@ impl CallModel {
                 f.weights.len(),
                 f.dim
             );
-        }
-        if let Some(p) = &f.pieces {
-            if p.dim == 0 || p.dim > 8192 || p.chars == 0 || p.chars > 4096 {
-                bail!(
-                    "pieces of {} characters and dim {}: expected both in 1..4096",
-                    p.chars,
-                    p.dim
-                );
-            }
-            if p.encoder.trim().is_empty() {
-                bail!("no encoder named for the pieces");
-            }
         }
         if !f.bias.is_finite() || f.weights.iter().any(|w| !w.is_finite()) {
             bail!("a weight is not a finite number");
@@ -287,7 +288,10 @@ mod tests {
             "{:#}",
             CallModel::parse(&text.replace("\"chars\":3", "\"chars\":0")).unwrap_err()
         );
-        assert!(e.contains("1..4096"), "{e}");
+        assert!(e.contains("characters in 1..4096"), "{e}");
+        let huge = text.replace("\"dim\":2", &format!("\"dim\":{}", usize::MAX));
+        let e = format!("{:#}", CallModel::parse(&huge).unwrap_err());
+        assert!(e.contains("dim in 1..8192"), "{e}");
         let e = format!(
             "{:#}",
             CallModel::parse(&text.replace("3.0]", "3.0, 1.0]")).unwrap_err()

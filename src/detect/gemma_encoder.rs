@@ -14,12 +14,12 @@
 //!   MLP `down(gelu_tanh(gate(x)) * up(x))`;
 //! - a final RMSNorm.
 //!
-//! Bidirectional sliding layers see keys with `|i - j| < sliding_window` (512). Texts are cut
-//! at [`MAX_TOKENS`] = 512 tokens, so every pair is within the window and sliding layers
-//! equal full ones: one mask (padding only) serves all layers.
+//! Sliding layers see keys with `|i - j| < sliding_window / 2 + 1` (257 for the config's 512:
+//! transformers' `Gemma3TextConfig` halves the window of a bidirectional model); full layers
+//! see every key. Texts are cut at [`MAX_TOKENS`] = 512 tokens.
 //!
-//! Against sentence-transformers 6.3 with torch on CPU (f32 throughout), vectors of 128-character
-//! Mandarin call pieces agree to cosine > 0.9999 (`tests/gemma_encoder.rs`).
+//! Against sentence-transformers 6.3 with torch on CPU (f32 throughout), vectors agree to
+//! cosine > 0.9999, a text past the sliding window included (`tests/detector.rs`).
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -28,8 +28,8 @@ use serde::Deserialize;
 
 use crate::model_store::weights::WeightFile;
 
-/// Longest input in tokens (the prompt included); longer texts are cut. Equal to the sliding
-/// window, so the bidirectional window never bites (see the module's documentation).
+/// Longest input in tokens (the prompt included); longer texts are cut (the call model's
+/// 128-character pieces are under 200).
 pub const MAX_TOKENS: usize = 512;
 
 /// The prompt the model card gives for classification (`config_sentence_transformers.json`,
@@ -58,6 +58,8 @@ pub struct GemmaConfig {
     pub use_bidirectional_attention: bool,
     #[serde(default)]
     pub attn_logit_softcapping: Option<f64>,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
 }
 
 /// `config.json` names a Gemma 3 text model (as opposed to a BERT).
@@ -122,6 +124,8 @@ pub struct GemmaEncoder {
     heads: usize,
     head_dim: usize,
     query_scale: f64,
+    /// Sliding layers see keys closer than this (`sliding_window / 2 + 1`, see the module).
+    window: usize,
     /// Inverse rotary frequencies `[head_dim / 2]` for sliding and full layers.
     inv_freq_local: Vec<f32>,
     inv_freq_global: Vec<f32>,
@@ -155,22 +159,54 @@ fn read_config(dir: &std::path::Path) -> Result<GemmaConfig> {
             c.hidden_activation
         );
     }
-    if c.num_attention_heads == 0
+    if !(1..=64).contains(&c.num_attention_heads)
         || c.num_key_value_heads != 1
         || c.layer_types.len() != c.num_hidden_layers
-        || c.sliding_window < MAX_TOKENS
+        || c.sliding_window < 2
+        || !(2..=4096).contains(&c.head_dim)
         || !c.head_dim.is_multiple_of(2)
+        || !(1..=16384).contains(&c.hidden_size)
     {
         bail!(
-            "{}: {} query heads over {} key/value heads, {} layer types for {} layers, sliding \
-             window {}: this reader handles one key/value head, a type per layer and a window of \
-             at least {MAX_TOKENS}",
+            "{}: {} query heads over {} key/value heads of {} values, {} layer types for {} \
+             layers, sliding window {}: this reader handles 1..64 heads over one key/value head \
+             of an even size, a type per layer and a window of at least 2",
             path.display(),
             c.num_attention_heads,
             c.num_key_value_heads,
+            c.head_dim,
             c.layer_types.len(),
             c.num_hidden_layers,
             c.sliding_window
+        );
+    }
+    if let Some(t) = c
+        .layer_types
+        .iter()
+        .find(|t| *t != "full_attention" && *t != "sliding_attention")
+    {
+        bail!(
+            "{}: layer type {t:?} is neither full_attention nor sliding_attention",
+            path.display()
+        );
+    }
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    let sound = positive(c.query_pre_attn_scalar)
+        && positive(c.rope_theta)
+        && positive(c.rope_local_base_freq)
+        && c.rms_norm_eps.is_finite()
+        && c.rms_norm_eps >= 0.0;
+    if !sound {
+        bail!(
+            "{}: query_pre_attn_scalar, rope_theta and rope_local_base_freq must be positive and \
+             rms_norm_eps at least 0",
+            path.display()
+        );
+    }
+    if c.rope_scaling.as_ref().is_some_and(|r| !r.is_null()) {
+        bail!(
+            "{}: rope_scaling is not read here; EmbeddingGemma has none",
+            path.display()
         );
     }
     Ok(c)
@@ -291,6 +327,7 @@ impl GemmaEncoder {
             heads: c.num_attention_heads,
             head_dim: c.head_dim,
             query_scale: c.query_pre_attn_scalar.powf(-0.5),
+            window: c.sliding_window / 2 + 1,
             inv_freq_local: inverse_frequencies(c.rope_local_base_freq, c.head_dim),
             inv_freq_global: inverse_frequencies(c.rope_theta, c.head_dim),
             device: device.clone(),
@@ -324,12 +361,33 @@ impl GemmaEncoder {
             * self.scale)?;
         let mask_f = mask.to_dtype(DType::F32)?;
         // Padding keys get a large negative score before the softmax; every query sees every
-        // real key (bidirectional, and within the sliding window: see MAX_TOKENS).
+        // real key on full layers, and those closer than the window on sliding ones.
         let blocked = ((&mask_f - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?;
+        let sliding_blocked = if t > self.window {
+            let far: Vec<f32> = (0..t)
+                .flat_map(|i| {
+                    (0..t).map(move |j| {
+                        if i.abs_diff(j) >= self.window {
+                            -1e9
+                        } else {
+                            0.0
+                        }
+                    })
+                })
+                .collect();
+            let far = Tensor::from_vec(far, (1, 1, t, t), &self.device)?;
+            Some(blocked.broadcast_add(&far)?)
+        } else {
+            None
+        };
         let local = self.rotary(&self.inv_freq_local, t)?;
         let global = self.rotary(&self.inv_freq_global, t)?;
         for l in &self.layers {
             let (cos, sin) = if l.full { &global } else { &local };
+            let blocked = match &sliding_blocked {
+                Some(m) if !l.full => m,
+                _ => &blocked,
+            };
             let y = l.input_norm.forward(&x)?;
             let q =
                 l.q.forward(&y)?
@@ -345,7 +403,7 @@ impl GemmaEncoder {
             let scores = q
                 .matmul(&k.t()?.contiguous()?)?
                 .reshape((b, heads, t, t))?
-                .broadcast_add(&blocked)?;
+                .broadcast_add(blocked)?;
             let weights = crate::asr::fast_ops::softmax_last_dim(&scores)?;
             let context = weights
                 .reshape((b, 1, heads * t, t))?
