@@ -26,6 +26,12 @@ impl Counts {
     fn fpr(&self) -> f64 {
         self.fp as f64 / (self.fp + self.tn).max(1) as f64
     }
+    fn merge(&mut self, k: &Counts) {
+        self.tp += k.tp;
+        self.fp += k.fp;
+        self.fn_ += k.fn_;
+        self.tn += k.tn;
+    }
     fn add(&mut self, scam: bool, flagged: bool) {
         match (scam, flagged) {
             (true, true) => self.tp += 1,
@@ -1010,41 +1016,12 @@ fn bad_input_lines_get_their_own_errors_and_the_batch_goes_on() {
 /// engine's does, and the weights land in the right places.
 #[test]
 fn the_converted_multilingual_encoder_agrees_with_its_reference_engine() {
-    use vishguard::detect::sentence_encoder::{cosine, SentenceEncoder};
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/e5_small_reference.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let files = vishguard::model_store::ModelStore::open()
-        .unwrap()
-        .resolve_encoder(Some("e5-small"))
-        .expect("e5-small (vishguard models fetch e5-small)");
-    let encoder = SentenceEncoder::load(&files, &candle_core::Device::Cpu).unwrap();
-    let texts: Vec<String> = reference["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| format!("query: {}", t.as_str().unwrap()))
-        .collect();
+    let (encoder, texts, vectors) = encoder_and_reference("e5-small", "e5_small_reference.json");
+    let texts: Vec<String> = texts.iter().map(|t| format!("query: {t}")).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let ours = encoder.embed(&refs).unwrap();
-    for (i, (v, r)) in ours
-        .iter()
-        .zip(reference["vectors"].as_array().unwrap())
-        .enumerate()
-    {
-        let r: Vec<f32> = r
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
-        let norm = cosine(&r, &r).sqrt();
-        let sim = cosine(v, &r) / norm;
+    for (i, (v, r)) in ours.iter().zip(&vectors).enumerate() {
+        let sim = similarity_to_reference(v, r);
         eprintln!("text {i}: cosine {sim:.4} with the reference");
         assert!(
             sim > 0.99,
@@ -1054,44 +1031,69 @@ fn the_converted_multilingual_encoder_agrees_with_its_reference_engine() {
     }
 }
 
+/// A sentence encoder from the model store (fetched by `.ci/run`) and a fixture of reference
+/// vectors: `tests/fixtures/FIXTURE` with `texts` and their `vectors`.
+fn encoder_and_reference(
+    name: &str,
+    fixture: &str,
+) -> (
+    vishguard::detect::sentence_encoder::SentenceEncoder,
+    Vec<String>,
+    Vec<Vec<f32>>,
+) {
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(support::fixture(fixture)).unwrap()).unwrap();
+    let files = vishguard::model_store::ModelStore::open()
+        .unwrap()
+        .resolve_encoder(Some(name))
+        .unwrap_or_else(|e| panic!("{name} (vishguard models fetch {name}): {e:#}"));
+    let encoder = vishguard::detect::sentence_encoder::SentenceEncoder::load(
+        &files,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let texts = reference["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    let vectors = reference["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect();
+    (encoder, texts, vectors)
+}
+
+/// Cosine similarity of a unit vector with a reference vector of any length.
+fn similarity_to_reference(v: &[f32], reference: &[f32]) -> f32 {
+    use vishguard::detect::sentence_encoder::cosine;
+    cosine(v, reference) / cosine(reference, reference).sqrt()
+}
+
 /// EmbeddingGemma, joined from its 25 registry pieces and run by `detect::gemma_encoder`
 /// (Gemma 3 read bidirectionally, mean pooling, two dense layers), agrees with
 /// sentence-transformers on Mandarin and English texts, batched (padded to the longest) or
 /// alone; a text past the 512 tokens read is cut, not an error.
 #[test]
 fn embeddinggemma_agrees_with_sentence_transformers_batched_or_alone() {
-    use vishguard::detect::sentence_encoder::{cosine, SentenceEncoder};
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/embeddinggemma_reference.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let files = vishguard::model_store::ModelStore::open()
-        .unwrap()
-        .resolve_encoder(Some("embeddinggemma"))
-        .expect("embeddinggemma (vishguard models fetch embeddinggemma)");
-    let encoder = SentenceEncoder::load(&files, &candle_core::Device::Cpu).unwrap();
-    let texts: Vec<&str> = reference["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
+    use vishguard::detect::sentence_encoder::cosine;
+    let (encoder, texts, vectors) =
+        encoder_and_reference("embeddinggemma", "embeddinggemma_reference.json");
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let batched = encoder.embed(&texts).unwrap();
-    for (i, r) in reference["vectors"].as_array().unwrap().iter().enumerate() {
-        let r: Vec<f32> = r
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
+    for (i, r) in vectors.iter().enumerate() {
         let alone = encoder.embed(&[texts[i]]).unwrap().remove(0);
-        let norm = cosine(&r, &r).sqrt();
         for (how, v) in [("batched", &batched[i]), ("alone", &alone)] {
-            let sim = cosine(v, &r) / norm;
+            let sim = similarity_to_reference(v, r);
             eprintln!("text {i} {how}: cosine {sim:.6} with the reference");
             assert!(sim > 0.9999, "text {i} {how} ({}): cosine {sim}", texts[i]);
         }
@@ -1392,11 +1394,7 @@ fn mandarin_heard_through_the_telephone_band_is_matched_by_how_it_sounds() {
             (&mut plain, &no_pinyin),
             (&mut default, with_e5_call_model()),
         ] {
-            let k = set_counts(c, path, "zh");
-            total.tp += k.tp;
-            total.fp += k.fp;
-            total.fn_ += k.fn_;
-            total.tn += k.tn;
+            total.merge(&set_counts(c, path, "zh"));
         }
     }
     report("heard Mandarin, keywords", &with);
@@ -1423,11 +1421,7 @@ fn embeddinggemma_lifts_more_heard_scams_of_sets_no_model_saw() {
             (&mut e5, with_e5_call_model()),
             (&mut gemma, with_call_model()),
         ] {
-            let k = set_counts(c, path, "zh");
-            total.tp += k.tp;
-            total.fp += k.fp;
-            total.fn_ += k.fn_;
-            total.tn += k.tn;
+            total.merge(&set_counts(c, path, "zh"));
         }
     }
     report("heard ag + ah, e5 call model", &e5);

