@@ -7,6 +7,7 @@ use std::io::Write;
 use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
+use vishguard::detect::script_context::ContextCheck;
 use vishguard::detect::{Classifier, PhrasePack, Risk, Verdict};
 
 #[derive(Debug, Default, Clone)]
@@ -1290,6 +1291,19 @@ fn a_call_model_whose_second_encoder_is_missing_falls_back_to_its_fallback_weigh
     assert_eq!(v.risk, expected.risk);
     let v = without.classify(&call, Some("zh")).unwrap();
     assert_eq!(v.call_model, None, "{v:?}");
+    // Loaded ahead (as `serve` and `listen` do at start), the missing encoder is named with
+    // why, and the call is read as before: by the fallback.
+    let prepared = with_fallback.prepare(&["zh"]);
+    assert_eq!(prepared.loaded.len(), 1, "{prepared:?}");
+    assert_eq!(prepared.loaded[0].0, "e5-small");
+    assert_eq!(prepared.failed.len(), 1, "{prepared:?}");
+    assert_eq!(prepared.failed[0].0, "/no/such/encoder");
+    assert!(
+        prepared.failed[0].1.contains("/no/such/encoder"),
+        "{prepared:?}"
+    );
+    let v = with_fallback.classify(&call, Some("zh")).unwrap();
+    assert_eq!(v.call_model, Some(p), "{v:?}");
     // A fallback that itself needs pieces is refused when the pack loads.
     std::fs::write(
         dir.path().join("zh.toml"),
@@ -1302,6 +1316,49 @@ fn a_call_model_whose_second_encoder_is_missing_falls_back_to_its_fallback_weigh
     .unwrap();
     let err = PhrasePack::load(&dir.path().join("zh.toml")).unwrap_err();
     assert!(err.to_string().contains("second encoder"), "{err}");
+}
+
+/// `serve` and `listen` load at start the encoders of the languages they can hear, so that no
+/// live call waits for one: only MiniLM for English; e5 and EmbeddingGemma (the Mandarin call
+/// model's second encoder) for Mandarin; a classifier without the call model, e5 alone.
+#[test]
+fn the_encoders_a_language_needs_are_loaded_ahead_and_no_others() {
+    let classifier = |call_model: bool| {
+        let mut c = Classifier::builtin();
+        c.context_check = Some(std::sync::Arc::new(
+            ContextCheck::load(Some("minilm")).unwrap(),
+        ));
+        c.call_model = call_model;
+        c
+    };
+    let c = classifier(true);
+    let check = c.context_check.clone().unwrap();
+    let names = |p: &vishguard::detect::classifier::Prepared| {
+        p.loaded.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
+    };
+    let english = c.prepare(&["en"]);
+    assert_eq!(names(&english), ["minilm"], "{english:?}");
+    assert!(english.failed.is_empty(), "{english:?}");
+    assert_eq!(check.loaded(), ["minilm"]);
+    let mandarin = c.prepare(&["zh"]);
+    assert_eq!(
+        names(&mandarin),
+        ["e5-small", "embeddinggemma"],
+        "{mandarin:?}"
+    );
+    assert!(mandarin.failed.is_empty(), "{mandarin:?}");
+    assert_eq!(check.loaded(), ["e5-small", "embeddinggemma", "minilm"]);
+    // Once loaded, a Mandarin call's reading loads nothing more.
+    let call = set_rows("benches/mandarin_calls/unseen_o.txt")
+        .into_iter()
+        .find(|(_, label, said)| label == "scam" && said.chars().count() > 150)
+        .unwrap()
+        .2;
+    assert!(c.classify(&call, Some("zh")).unwrap().call_model.is_some());
+    assert_eq!(check.loaded().len(), 3);
+    let keywords_and_context = classifier(false);
+    let mandarin = keywords_and_context.prepare(&["zh"]);
+    assert_eq!(names(&mandarin), ["e5-small"], "{mandarin:?}");
 }
 
 #[test]

@@ -26,9 +26,45 @@ pub fn start(config: &Config, extra: Vec<SinkSpec>) -> Result<(Engine, Vec<Box<d
     let options = config
         .asr
         .options(transcriber.is_multilingual(), &classifier.languages());
+    prepare_encoders(&classifier, transcriber.is_multilingual(), &options);
     let recogniser = Arc::new(WhisperRecogniser::new(transcriber, options));
     let engine = Engine::start(recogniser, classifier, config.engine.clone(), sinks)?;
     Ok((engine, sources))
+}
+
+/// Loads, before the first call, the sentence encoders of the packs this recogniser can hear
+/// (an English-only model, a forced `--language` or `--languages` rule the others out), so that
+/// no live call waits for one (EmbeddingGemma: about 5 s to load on 2 cores, or its fetch).
+/// One that cannot load is named in a warning and the engine starts without it, as it would
+/// have gone on when a call first needed it.
+fn prepare_encoders(
+    classifier: &crate::detect::Classifier,
+    multilingual: bool,
+    options: &crate::asr::TranscribeOptions,
+) {
+    let mut languages: Vec<&str> = if !multilingual {
+        vec!["en"]
+    } else if let Some(l) = &options.language {
+        vec![l.as_str()]
+    } else {
+        options
+            .candidate_languages
+            .iter()
+            .map(String::as_str)
+            .collect()
+    };
+    if languages.is_empty() {
+        languages = classifier.languages();
+    }
+    let prepared = classifier.prepare(&languages);
+    for (name, s) in &prepared.loaded {
+        tracing::info!("sentence encoder {name} ready ({s:.1} s)");
+    }
+    for (name, why) in &prepared.failed {
+        tracing::warn!(
+            "sentence encoder {name} is not available, its readers are off or fall back: {why}"
+        );
+    }
 }
 
 /// Runs every source on a thread of its own until each is done (or `stop` is requested);

@@ -84,6 +84,50 @@ impl Classifier {
         Ok(())
     }
 
+    /// Loads now every sentence encoder that the packs of `languages` read: the context
+    /// check's, and the second encoder of a call model that reads one (EmbeddingGemma for
+    /// Mandarin). Otherwise each loads when its pack first needs it, and a live server's first
+    /// Mandarin call waits for it: about 5 s for EmbeddingGemma on 2 cores, or its 1.15 GB
+    /// fetch on a machine that has none. Does nothing without the context check.
+    ///
+    /// Returns each encoder that could not be loaded, with why: its readers are then off (the
+    /// context check of its packs) or fall back (a call model to its `fallback_weights`), as
+    /// they would on a first use that fails, and it is not tried again.
+    pub fn prepare(&self, languages: &[&str]) -> Prepared {
+        let mut done = Prepared::default();
+        let Some(check) = &self.context_check else {
+            return done;
+        };
+        for pack in self.packs.values() {
+            if !languages.contains(&pack.language.as_str()) {
+                continue;
+            }
+            let Some(ctx) = &pack.context else { continue };
+            let mut names = vec![check.encoder_name(pack).to_owned()];
+            let pieces = ctx
+                .call_model
+                .as_ref()
+                .filter(|_| self.call_model)
+                .and_then(|s| s.model.as_ref())
+                .and_then(|m| m.pieces.as_ref());
+            names.extend(pieces.map(|p| p.encoder.clone()));
+            for name in names {
+                let seen = |n: &String| *n == name;
+                if done.loaded.iter().any(|(n, _)| seen(n))
+                    || done.failed.iter().any(|(n, _)| seen(n))
+                {
+                    continue;
+                }
+                let t0 = std::time::Instant::now();
+                match check.load_named(&name, &pack.source) {
+                    Ok(()) => done.loaded.push((name, t0.elapsed().as_secs_f64())),
+                    Err(why) => done.failed.push((name, why)),
+                }
+            }
+        }
+        done
+    }
+
     /// Chinese when a good share of the letters are Han characters, else English
     /// ([`crate::asr::written_language`]).
     pub fn guess_language(text: &str) -> &'static str {
@@ -432,6 +476,14 @@ impl Classifier {
             call_model,
         }
     }
+}
+
+/// What [`Classifier::prepare`] loaded: (encoder name, seconds it took, which is near 0 where
+/// it was loaded already), and what it could not: (encoder name, why).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Prepared {
+    pub loaded: Vec<(String, f64)>,
+    pub failed: Vec<(String, String)>,
 }
 
 /// The category of evidence from [`crate::detect::pack::LineCheck`].

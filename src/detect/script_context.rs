@@ -42,6 +42,8 @@ pub struct ContextCheck {
     default_name: String,
     /// Encoders by the name packs (or `--encoder`) give them, loaded on first use.
     encoders: Mutex<HashMap<String, Option<Arc<SentenceEncoder>>>>,
+    /// Why each encoder that failed to load failed (its first error, with its cause).
+    why_failed: Mutex<HashMap<String, String>>,
     /// Canonical sentence vectors per pack (keyed by the pack's source).
     canon: Mutex<HashMap<String, Arc<Canon>>>,
     /// Per pack (keyed by its source), the vector of each window seen.
@@ -54,6 +56,7 @@ impl ContextCheck {
         Self {
             default_name: name.to_owned(),
             encoders: Mutex::new(HashMap::from([(name.to_owned(), Some(Arc::new(encoder)))])),
+            why_failed: Mutex::new(HashMap::new()),
             canon: Mutex::new(HashMap::new()),
             seen_by_window: Mutex::new(HashMap::new()),
         }
@@ -79,6 +82,33 @@ impl ContextCheck {
             }
         }
         Ok(())
+    }
+
+    /// Loads the encoder `name` now unless it is loaded already (or failed before); `user`
+    /// names what needs it, for the error.
+    ///
+    /// Errors: it cannot be fetched or loaded, now or when first tried (the first error, with
+    /// its cause); its readers are then off, or fall back, as on a first use that fails.
+    pub fn load_named(&self, name: &str, user: &str) -> std::result::Result<(), String> {
+        match self.encoder_named(name, user) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(lock(&self.why_failed)
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| format!("the sentence encoder {name} failed to load"))),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
+    /// The names of the encoders loaded so far, sorted.
+    pub fn loaded(&self) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.encoders)
+            .iter()
+            .filter(|(_, e)| e.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        names
     }
 
     /// The name of the encoder that reads the pack's windows: the pack's own, else the
@@ -111,10 +141,12 @@ impl ContextCheck {
                 .or_insert(Some(Arc::new(e)))
                 .clone()),
             Err(e) => {
-                lock(&self.encoders).insert(name.to_owned(), None);
-                Err(e.context(format!(
+                let e = e.context(format!(
                     "the sentence encoder {name} of {user}; what reads it is off"
-                )))
+                ));
+                lock(&self.encoders).insert(name.to_owned(), None);
+                lock(&self.why_failed).insert(name.to_owned(), format!("{e:#}"));
+                Err(e)
             }
         }
     }
