@@ -803,3 +803,109 @@ fn an_alert_the_finished_words_do_not_bear_out_is_counted_as_withdrawn() {
     assert_eq!(stream.alerts, alerts);
     assert_eq!(stream.alerts_withdrawn, alerts);
 }
+
+/// A call flagged only by the call model's lift is alerted once a second finished reading is
+/// lifted too; one lifted for a single utterance is never alerted. The words are what base
+/// heard, utterance by utterance, of an honest bank anti-fraud call and a task-rebate scam
+/// (`tests/fixtures/live_lift_zh.json`): the Mandarin call model (its e5-only form, to keep
+/// EmbeddingGemma out of this test) lifts both at the third utterance, and only the scam at
+/// the fourth.
+#[test]
+fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading() {
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(support::fixture("live_lift_zh.json")).unwrap(),
+    )
+    .unwrap();
+    let utterances = |name: &str| -> Vec<String> {
+        fixture[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let zh = vishguard::detect::pack::BUILTIN_ZH.replacen(
+        "weights = \"zh_call_model.json\"",
+        "weights = \"zh_call_model_e5.json\"",
+        1,
+    );
+    let mut classifier =
+        Classifier::with_packs(vec![
+            vishguard::detect::PhrasePack::parse("zh.toml", &zh).unwrap()
+        ]);
+    classifier.context_check = Some(Arc::new(
+        vishguard::detect::script_context::ContextCheck::load(Some("e5-small")).unwrap(),
+    ));
+    classifier.call_model = true;
+    let script: Arc<Mutex<std::collections::HashMap<String, Vec<String>>>> =
+        Arc::new(Mutex::new(std::collections::HashMap::from([
+            ("honest".to_owned(), utterances("honest_anti_fraud_warning")),
+            ("scam".to_owned(), utterances("scam_task_rebate")),
+        ])));
+    let lines = script.clone();
+    // Each finished utterance hears the call's next line; there is nothing more after them.
+    let recogniser = ScriptedRecogniser::new(Duration::ZERO, move |r| {
+        let mut lines = lines.lock().unwrap();
+        let left = lines.get_mut(r.call_id.as_str())?;
+        (!left.is_empty()).then(|| left.remove(0))
+    });
+    let config = EngineConfig {
+        partials: false,
+        reviews: false,
+        utterances: vishguard::audio::utterance::UtteranceConfig {
+            max_utterance_s: 1.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let events = Collector::new();
+    let e = Engine::start(
+        recogniser,
+        Arc::new(classifier),
+        config,
+        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
+    )
+    .unwrap();
+    let ingest = e.ingest();
+    let speech = fixture_speech("asr/pharmacy.flac");
+    for name in ["honest", "scam"] {
+        let id = CallId::new(name);
+        ingest.send(Ingress::Open(call(name, 1, 16_000))).unwrap();
+        play(ingest.as_ref(), &id, 0, (&speech, 16_000), 0.0, true);
+        ingest.send(Ingress::Close(id)).unwrap();
+    }
+    e.shutdown();
+    assert!(
+        script.lock().unwrap().values().all(Vec::is_empty),
+        "every line was heard"
+    );
+    let events = events.events();
+    // (score of each finished utterance in order, and after how many of them the first alert came)
+    let readings = |name: &str| {
+        let (mut scores, mut first_alert) = (Vec::new(), None);
+        for e in &events {
+            match e {
+                Event::Transcript(u) if u.call_id.as_str() == name => scores.push(u.score),
+                Event::Alert(a) if a.call_id.as_str() == name && first_alert.is_none() => {
+                    first_alert = Some(scores.len())
+                }
+                _ => {}
+            }
+        }
+        (scores, first_alert)
+    };
+    let (honest, alert) = readings("honest");
+    assert_eq!(honest.len(), 4, "{events:?}");
+    assert!(
+        honest[2] >= 0.5 && honest[3] < 0.5,
+        "lifted once: {honest:?}"
+    );
+    assert_eq!(alert, None, "{honest:?}");
+    let (scam, alert) = readings("scam");
+    assert!(scam[2] >= 0.5 && scam[3] >= 0.5, "lifted twice: {scam:?}");
+    assert_eq!(
+        alert,
+        Some(4),
+        "alerted at the second lifted reading: {scam:?}"
+    );
+}
