@@ -34,7 +34,7 @@ pub fn start(config: &Config, extra: Vec<SinkSpec>) -> Result<(Engine, Vec<Box<d
 
 /// Loads, before the first call, the sentence encoders of the packs this recogniser can hear
 /// (an English-only model, a forced `--language` or `--languages` rule the others out), so that
-/// no live call waits for one (EmbeddingGemma: about 5 s to load on 2 cores, or its fetch).
+/// no live call waits for one (EmbeddingGemma: 3-10 s to load on 2 cores, or its fetch).
 /// One that cannot load is named in a warning and the engine starts without it, as it would
 /// have gone on when a call first needed it.
 fn prepare_encoders(
@@ -53,7 +53,9 @@ fn prepare_encoders(
             .map(String::as_str)
             .collect()
     };
-    if languages.is_empty() {
+    // A language with no pack of its own is scored with another (the pack its words are
+    // written in, else English): then any pack may read its calls.
+    if languages.is_empty() || languages.iter().any(|l| classifier.pack(l).is_none()) {
         languages = classifier.languages();
     }
     let prepared = classifier.prepare(&languages);
@@ -62,7 +64,8 @@ fn prepare_encoders(
     }
     for (name, why) in &prepared.failed {
         tracing::warn!(
-            "sentence encoder {name} is not available, its readers are off or fall back: {why}"
+            "sentence encoder {name} could not be loaded (the context check of its packs is \
+             off; a call model that reads it falls back to its fallback_weights): {why}"
         );
     }
 }

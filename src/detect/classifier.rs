@@ -87,7 +87,7 @@ impl Classifier {
     /// Loads now every sentence encoder that the packs of `languages` read: the context
     /// check's, and the second encoder of a call model that reads one (EmbeddingGemma for
     /// Mandarin). Otherwise each loads when its pack first needs it, and a live server's first
-    /// Mandarin call waits for it: about 5 s for EmbeddingGemma on 2 cores, or its 1.15 GB
+    /// Mandarin call waits for it: 3-10 s for EmbeddingGemma on 2 cores, or its 1.15 GB
     /// fetch on a machine that has none. Does nothing without the context check.
     ///
     /// Returns each encoder that could not be loaded, with why: its readers are then off (the
@@ -103,15 +103,25 @@ impl Classifier {
                 continue;
             }
             let Some(ctx) = &pack.context else { continue };
-            let mut names = vec![check.encoder_name(pack).to_owned()];
+            let encoder = check.encoder_name(pack).to_owned();
+            // The second encoder only where the call model will run: on the encoder it was
+            // trained on, once that has loaded.
             let pieces = ctx
                 .call_model
                 .as_ref()
                 .filter(|_| self.call_model)
                 .and_then(|s| s.model.as_ref())
-                .and_then(|m| m.pieces.as_ref());
-            names.extend(pieces.map(|p| p.encoder.clone()));
-            for name in names {
+                .filter(|m| m.encoder == encoder)
+                .and_then(|m| m.pieces.as_ref())
+                .map(|p| p.encoder.clone());
+            for name in std::iter::once(encoder).chain(pieces) {
+                if done
+                    .failed
+                    .iter()
+                    .any(|(n, _)| *n == check.encoder_name(pack))
+                {
+                    break;
+                }
                 let seen = |n: &String| *n == name;
                 if done.loaded.iter().any(|(n, _)| seen(n))
                     || done.failed.iter().any(|(n, _)| seen(n))

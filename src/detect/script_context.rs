@@ -141,9 +141,7 @@ impl ContextCheck {
                 .or_insert(Some(Arc::new(e)))
                 .clone()),
             Err(e) => {
-                let e = e.context(format!(
-                    "the sentence encoder {name} of {user}; what reads it is off"
-                ));
+                let e = e.context(format!("the sentence encoder {name} of {user}"));
                 lock(&self.encoders).insert(name.to_owned(), None);
                 lock(&self.why_failed).insert(name.to_owned(), format!("{e:#}"));
                 Err(e)

@@ -47,22 +47,40 @@ struct PartyState {
     cut_tail: Option<CutTail>,
     /// The party's speech since their last long pause, for reviews.
     chain: Option<Chain>,
-    /// The party's last finished reading (an utterance's or a review's) was flagged by the
-    /// call model's lift alone: see [`held_for_a_second_reading`].
-    lifted_before: bool,
+    /// Where the audio of the first of the party's latest run of finished readings flagged by
+    /// the call model's lift alone ended (seconds of audio time): see [`Lift`].
+    lifted_at: Option<f64>,
 }
 
-/// Whether the alerts of this reading wait for the next one: a call flagged only because the
-/// call model lifted it is alerted once a second finished reading (the next utterance or a
-/// review, some seconds of speech later) is lifted too; evidence the keywords flag is alerted
-/// at once, as before. The models read whole calls, and on what a live call has said so far
-/// they can swing with one utterance: on a Mandarin set of 20 honest calls through the 8 kHz
-/// channel (unseen_ah, base, 2026-12-06), 3 anti-fraud and notice calls were lifted 18-24 s
-/// in, having only introduced themselves, and dropped at the very next utterance; of the 14
-/// of 20 scams first flagged by a lift, 13 were still flagged at the next one (README,
-/// "Live: a lift waits for a second reading").
-fn held_for_a_second_reading(verdict: &Verdict, lifted_before: bool) -> bool {
-    rests_on_the_lift(verdict) && !lifted_before
+/// A call flagged only because the call model lifted it is alerted once a second finished
+/// reading that reaches later audio (the next utterance, or a review that heard more speech)
+/// is lifted too; evidence the keywords flag is alerted at once, as before. Partials, a few
+/// words more of the same reading, never confirm a lift. The models read whole calls, and on
+/// what a live call has said so far they can swing with one utterance: on a Mandarin set of
+/// 20 honest calls through the 8 kHz channel (unseen_ah, base, 2026-12-06), 3 anti-fraud and
+/// notice calls were lifted 18-24 s in, having only introduced themselves, and dropped at the
+/// very next utterance; of the 14 of 20 scams first flagged by a lift, 13 were still flagged
+/// at the next one (README, "Live with the Mandarin call model").
+struct Lift;
+
+impl Lift {
+    /// Whether a finished reading whose audio ends at `end_s` waits to be confirmed, updating
+    /// where the party's run of lifted readings started (`lifted_at`). A reading that is not
+    /// lifted ends the run; a lifted one that reaches no later audio than the run's first (a
+    /// review of the same speech) neither confirms nor ends it.
+    fn held(verdict: &Verdict, end_s: f64, lifted_at: &mut Option<f64>) -> bool {
+        if !rests_on_the_lift(verdict) {
+            *lifted_at = None;
+            return false;
+        }
+        match *lifted_at {
+            Some(first) => end_s <= first + 1e-3,
+            None => {
+                *lifted_at = Some(end_s);
+                true
+            }
+        }
+    }
 }
 
 /// A verdict flagged by the call model's lift, not by the keywords (the lift is the only way a
@@ -522,8 +540,7 @@ impl Workers {
             self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text)
         });
         timeline.push(&self.classifier, segment(&work, &heard));
-        let hold = held_for_a_second_reading(&timeline.verdict, party.lifted_before);
-        party.lifted_before = rests_on_the_lift(&timeline.verdict);
+        let hold = Lift::held(&timeline.verdict, work.audio.end_s(), &mut party.lifted_at);
         let call_id = &work.info.call.id;
         out.push(Event::Transcript(Utterance {
             call_id: call_id.clone(),
@@ -532,7 +549,13 @@ impl Workers {
             end_s: work.audio.end_s(),
             text: heard.text,
             language: Some(timeline.language().to_owned()),
-            risk: timeline.verdict.risk,
+            // A lift waiting for its second reading is not shown as flagged either (the
+            // dashboard and the terminal take a call's risk from these lines).
+            risk: if hold {
+                crate::call::Risk::None
+            } else {
+                timeline.verdict.risk
+            },
             score: timeline.verdict.score,
         }));
         if !hold {
@@ -561,7 +584,8 @@ impl Workers {
             None => self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text),
         };
         trial.push(&self.classifier, segment(&work, &heard));
-        if !held_for_a_second_reading(&trial.verdict, party.lifted_before) {
+        // A lift is alerted by finished readings only (see [`Lift`]).
+        if !rests_on_the_lift(&trial.verdict) {
             alerts(&mut party.sent, &work, &trial, true, out);
         }
     }
@@ -586,9 +610,7 @@ impl Workers {
             let mut timeline =
                 self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text);
             timeline.push(&self.classifier, segment(&work, &heard));
-            let hold = held_for_a_second_reading(&timeline.verdict, party.lifted_before);
-            party.lifted_before = rests_on_the_lift(&timeline.verdict);
-            if !hold {
+            if !Lift::held(&timeline.verdict, work.audio.end_s(), &mut party.lifted_at) {
                 alerts(&mut party.sent, &work, &timeline, false, out);
             }
             party.timeline = Some(timeline);
@@ -620,9 +642,7 @@ impl Workers {
             "review heard"
         );
         timeline.revise(&self.classifier, from_s, work.audio.end_s(), segments);
-        let hold = held_for_a_second_reading(&timeline.verdict, party.lifted_before);
-        party.lifted_before = rests_on_the_lift(&timeline.verdict);
-        if !hold {
+        if !Lift::held(&timeline.verdict, work.audio.end_s(), &mut party.lifted_at) {
             alerts(&mut party.sent, &work, timeline, false, out);
         }
     }
@@ -689,8 +709,14 @@ fn alerts(
         return;
     }
     let call_id = &work.info.call.id;
+    // A lift raised earlier (held, then dropped) is not sent with a later keyword flag: it
+    // goes out only while the verdict rests on it.
+    let lifted = verdict.evidence.iter().any(|e| e.category == CALL_MODEL);
     for raised in &timeline.raised {
         let e = &raised.evidence;
+        if e.category == CALL_MODEL && !lifted {
+            continue;
+        }
         if !sent.insert((e.category.clone(), e.pattern.clone())) {
             continue;
         }
@@ -717,6 +743,56 @@ fn alerts(
 mod tests {
     use super::*;
     use crate::audio::utterance::UtteranceAudio;
+
+    fn verdict(flagged: bool, category: &str) -> Verdict {
+        Verdict {
+            risk: if flagged {
+                crate::call::Risk::Suspected
+            } else {
+                crate::call::Risk::None
+            },
+            score: if flagged { 0.5 } else { 0.2 },
+            categories: vec![category.to_owned()],
+            evidence: vec![crate::call::Evidence {
+                category: category.to_owned(),
+                pattern: category.to_owned(),
+                matched_text: "words".into(),
+                start_char: 0,
+                end_char: 5,
+                weight: 0.5,
+                context_similarity: None,
+                honest_similarity: None,
+                spoken: None,
+            }],
+            call_model: Some(0.99),
+        }
+    }
+
+    #[test]
+    fn a_lift_is_confirmed_only_by_a_later_lifted_reading_that_heard_more() {
+        let (lift, keywords, none) = (
+            verdict(true, CALL_MODEL),
+            verdict(true, "unusual_payment"),
+            verdict(false, "unusual_payment"),
+        );
+        let mut at = None;
+        // Keywords are never held; nothing lifted, nothing pending.
+        assert!(!Lift::held(&keywords, 6.0, &mut at));
+        assert_eq!(at, None);
+        // The first lift waits; a review of the same speech neither confirms nor ends it.
+        assert!(Lift::held(&lift, 12.0, &mut at));
+        assert!(Lift::held(&lift, 12.0, &mut at));
+        assert_eq!(at, Some(12.0));
+        // The next utterance, lifted too, confirms it, and later lifts go out at once.
+        assert!(!Lift::held(&lift, 18.0, &mut at));
+        assert!(!Lift::held(&lift, 24.0, &mut at));
+        // A reading that drops the lift ends the run: the next lift waits again.
+        assert!(!Lift::held(&none, 30.0, &mut at));
+        assert_eq!(at, None);
+        assert!(Lift::held(&lift, 36.0, &mut at));
+        assert!(!Lift::held(&keywords, 42.0, &mut at));
+        assert!(Lift::held(&lift, 48.0, &mut at));
+    }
 
     fn utterance(start_s: f64, seconds: f64, value: f32) -> UtteranceAudio {
         UtteranceAudio {
