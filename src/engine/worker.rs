@@ -711,7 +711,7 @@ fn alerts(
     let call_id = &work.info.call.id;
     // A lift raised earlier (held, then dropped) is not sent with a later keyword flag: it
     // goes out only while the verdict rests on it.
-    let lifted = verdict.evidence.iter().any(|e| e.category == CALL_MODEL);
+    let lifted = rests_on_the_lift(verdict);
     for raised in &timeline.raised {
         let e = &raised.evidence;
         if e.category == CALL_MODEL && !lifted {
