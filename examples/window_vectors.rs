@@ -2,9 +2,14 @@
 //! the keyword verdict (without the call model) and the sentence vectors of the scam-line
 //! check's windows. With ENCODER, the vectors come from that encoder instead (to compare).
 //!
-//! `[WINDOW=N] window_vectors IN.txt|IN.jsonl > OUT.jsonl`; input lines are `ID|LABEL|TYPE|TEXT` or JSON
-//! `{"id", "text", "label"?, "lang"?}`; output lines `{"id", "label", "lang", "score",
-//! "categories", "vectors": [[f32; dim]; windows]}`.
+//! `[WINDOW=N] [PREFIXES=C] window_vectors IN.txt|IN.jsonl > OUT.jsonl`; input lines are
+//! `ID|LABEL|TYPE|TEXT` or JSON `{"id", "text", "label"?, "lang"?}`; output lines `{"id",
+//! "label", "lang", "score", "categories", "vectors": [[f32; dim]; windows]}`.
+//!
+//! With PREFIXES=C, each call is followed by its prefixes (what a live call's reading has
+//! heard so far): its first C, 2C, ... characters but whitespace, each shorter than the call,
+//! as `ID@CHARS` with the call's label. They are read in the same process as the call, so
+//! their windows, the call's own, come from the check's cache.
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
@@ -25,6 +30,13 @@ fn main() -> Result<()> {
         Ok(w) => match w.parse::<usize>() {
             Ok(n) if n > 0 => Some(n),
             _ => bail!("WINDOW={w}: not a window length in tokens (a whole number above 0)"),
+        },
+        Err(_) => None,
+    };
+    let prefix_step = match std::env::var("PREFIXES") {
+        Ok(c) => match c.parse::<usize>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => bail!("PREFIXES={c}: not a length in characters (a whole number above 0)"),
         },
         Err(_) => None,
     };
@@ -72,42 +84,83 @@ fn main() -> Result<()> {
             (id.to_owned(), label.to_owned(), text.to_owned(), None)
         };
         let lang = lang.unwrap_or_else(|| Classifier::guess_language(&text).to_owned());
-        let Some(pack) = classifier.pack(&lang) else {
-            continue;
-        };
-        let verdict = classifier.classify_with(pack, &text);
-        let windowed;
-        let pack = match window {
-            Some(n) => {
-                let mut p = pack.clone();
-                if let Some(lines) = p.context.as_mut().and_then(|c| c.lines.as_mut()) {
-                    lines.window = n;
-                    lines.stride = n;
-                }
-                windowed = p;
-                &windowed
-            }
-            None => pack,
-        };
-        let windows = classifier.line_windows(pack, &text);
-        let vectors = classifier
-            .context_check
-            .as_ref()
-            .context("no context check")?
-            .window_vectors(&with_encoder(pack), &windows)?
-            .unwrap_or_default();
-        let rounded: Vec<Vec<f64>> = vectors
-            .iter()
-            .map(|v| v.iter().map(|&x| (x as f64 * 1e4).round() / 1e4).collect())
-            .collect();
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({
-                "id": id, "label": label, "lang": lang, "score": verdict.score,
-                "categories": verdict.categories, "vectors": rounded,
-            })
-        )?;
+        let mut readings = vec![(id.clone(), text.clone())];
+        if let Some(step) = prefix_step {
+            readings.extend(prefixes(&text, step).map(|(n, t)| (format!("{id}@{n}"), t)));
+        }
+        for (id, text) in readings {
+            write_call(
+                &mut out,
+                &classifier,
+                window,
+                &with_encoder,
+                (&id, &label, &lang, &text),
+            )?;
+        }
     }
     Ok(())
+}
+
+/// One call's (or prefix's) line: its keyword verdict and window vectors. A call in a
+/// language with no pack is left out.
+fn write_call(
+    out: &mut impl Write,
+    classifier: &Classifier,
+    window: Option<usize>,
+    with_encoder: &dyn Fn(&PhrasePack) -> PhrasePack,
+    (id, label, lang, text): (&str, &str, &str, &str),
+) -> Result<()> {
+    let Some(pack) = classifier.pack(lang) else {
+        return Ok(());
+    };
+    let verdict = classifier.classify_with(pack, text);
+    let windowed;
+    let pack = match window {
+        Some(n) => {
+            let mut p = pack.clone();
+            if let Some(lines) = p.context.as_mut().and_then(|c| c.lines.as_mut()) {
+                lines.window = n;
+                lines.stride = n;
+            }
+            windowed = p;
+            &windowed
+        }
+        None => pack,
+    };
+    let windows = classifier.line_windows(pack, text);
+    let vectors = classifier
+        .context_check
+        .as_ref()
+        .context("no context check")?
+        .window_vectors(&with_encoder(pack), &windows)?
+        .unwrap_or_default();
+    let rounded: Vec<Vec<f64>> = vectors
+        .iter()
+        .map(|v| v.iter().map(|&x| (x as f64 * 1e4).round() / 1e4).collect())
+        .collect();
+    writeln!(
+        out,
+        "{}",
+        serde_json::json!({
+            "id": id, "label": label, "lang": lang, "score": verdict.score,
+            "categories": verdict.categories, "vectors": rounded,
+        })
+    )?;
+    Ok(())
+}
+
+/// `text` cut after its first `step`, `2 * step`, ... characters that are not whitespace,
+/// each cut shorter than the text: (characters kept but whitespace, the prefix).
+fn prefixes(text: &str, step: usize) -> impl Iterator<Item = (usize, String)> + '_ {
+    let ends: Vec<(usize, usize)> = text
+        .char_indices()
+        .filter(|(_, c)| !c.is_whitespace())
+        .enumerate()
+        .filter(|(n, _)| (n + 1) % step == 0)
+        .map(|(n, (at, c))| (n + 1, at + c.len_utf8()))
+        .collect();
+    let total = text.chars().filter(|c| !c.is_whitespace()).count();
+    ends.into_iter()
+        .filter(move |&(n, _)| n < total)
+        .map(move |(n, end)| (n, text[..end].to_owned()))
 }

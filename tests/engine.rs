@@ -79,14 +79,20 @@ fn narrowband() -> Vec<f32> {
         .collect()
 }
 
-/// An engine whose every event is kept.
+/// An engine with the built-in packs whose every event is kept.
 fn collected(recogniser: Arc<ScriptedRecogniser>, config: EngineConfig) -> (Engine, Collector) {
+    collected_by(recogniser, Classifier::builtin(), config)
+}
+
+/// An engine reading with `classifier` whose every event is kept.
+fn collected_by(
+    recogniser: Arc<ScriptedRecogniser>,
+    classifier: Classifier,
+    config: EngineConfig,
+) -> (Engine, Collector) {
     let events = Collector::new();
-    let e = engine(
-        recogniser,
-        config,
-        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
-    );
+    let sinks = vec![SinkSpec::new(events.clone(), QueueConfig::default())];
+    let e = Engine::start(recogniser, Arc::new(classifier), config, sinks).unwrap();
     (e, events)
 }
 
@@ -863,14 +869,7 @@ fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading
         },
         ..Default::default()
     };
-    let events = Collector::new();
-    let e = Engine::start(
-        recogniser,
-        Arc::new(classifier),
-        config,
-        vec![SinkSpec::new(events.clone(), QueueConfig::default())],
-    )
-    .unwrap();
+    let (e, events) = collected_by(recogniser, classifier, config);
     let ingest = e.ingest();
     let speech = fixture_speech("asr/pharmacy.flac").repeat(3);
     for name in ["honest", "scam"] {

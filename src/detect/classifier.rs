@@ -114,12 +114,10 @@ impl Classifier {
                 .filter(|m| m.encoder == encoder)
                 .and_then(|m| m.pieces.as_ref())
                 .map(|p| p.encoder.clone());
+            let own = encoder.clone();
             for name in std::iter::once(encoder).chain(pieces) {
-                if done
-                    .failed
-                    .iter()
-                    .any(|(n, _)| *n == check.encoder_name(pack))
-                {
+                // The second encoder is read only beside the pack's own.
+                if done.failed.iter().any(|(n, _)| *n == own) {
                     break;
                 }
                 let seen = |n: &String| *n == name;

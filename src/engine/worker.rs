@@ -48,37 +48,34 @@ struct PartyState {
     /// The party's speech since their last long pause, for reviews.
     chain: Option<Chain>,
     /// Where the audio of the first of the party's latest run of finished readings flagged by
-    /// the call model's lift alone ended (seconds of audio time): see [`Lift`].
+    /// the call model's lift alone ended (seconds of audio time): see [`lift_held`].
     lifted_at: Option<f64>,
 }
 
+/// Whether a finished reading whose audio ends at `end_s` waits to be confirmed, updating
+/// where the party's run of lifted readings started (`lifted_at`, seconds of audio time).
+///
 /// A call flagged only because the call model lifted it is alerted once a second finished
 /// reading that reaches later audio (the next utterance, or a review that heard more speech)
 /// is lifted too; evidence the keywords flag is alerted at once, as before. Partials, a few
-/// words more of the same reading, never confirm a lift. The models read whole calls, and on
-/// what a live call has said so far they can swing with one utterance: on a Mandarin set of
-/// 20 honest calls through the 8 kHz channel (unseen_ah, base, 2026-12-06), 3 anti-fraud and
-/// notice calls were lifted 18-24 s in, having only introduced themselves, and dropped at the
-/// very next utterance; of the 14 of 20 scams first flagged by a lift, 13 were still flagged
-/// at the next one (README, "Live with the Mandarin call model").
-struct Lift;
-
-impl Lift {
-    /// Whether a finished reading whose audio ends at `end_s` waits to be confirmed, updating
-    /// where the party's run of lifted readings started (`lifted_at`). A reading that is not
-    /// lifted ends the run; a lifted one that reaches no later audio than the run's first (a
-    /// review of the same speech) neither confirms nor ends it.
-    fn held(verdict: &Verdict, end_s: f64, lifted_at: &mut Option<f64>) -> bool {
-        if !rests_on_the_lift(verdict) {
-            *lifted_at = None;
-            return false;
-        }
-        match *lifted_at {
-            Some(first) => end_s <= first + 1e-3,
-            None => {
-                *lifted_at = Some(end_s);
-                true
-            }
+/// words more of the same reading, never confirm a lift. A reading that is not lifted ends the
+/// run; a lifted one that reaches no later audio than the run's first (a review of the same
+/// speech) neither confirms nor ends it. The models read whole calls, and on what a live call
+/// has said so far they can swing with one utterance: on a Mandarin set of 20 honest calls
+/// through the 8 kHz channel (unseen_ah, base, 2026-12-06), 3 anti-fraud and notice calls were
+/// lifted 18-24 s in, having only introduced themselves, and dropped at the very next
+/// utterance; of the 14 of 20 scams first flagged by a lift, 13 were still flagged at the next
+/// one (README, "Live with the Mandarin call model").
+fn lift_held(verdict: &Verdict, end_s: f64, lifted_at: &mut Option<f64>) -> bool {
+    if !rests_on_the_lift(verdict) {
+        *lifted_at = None;
+        return false;
+    }
+    match *lifted_at {
+        Some(first) => end_s <= first + 1e-3,
+        None => {
+            *lifted_at = Some(end_s);
+            true
         }
     }
 }
@@ -540,7 +537,7 @@ impl Workers {
             self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text)
         });
         timeline.push(&self.classifier, segment(&work, &heard));
-        let hold = Lift::held(&timeline.verdict, work.audio.end_s(), &mut party.lifted_at);
+        let hold = lift_held(&timeline.verdict, work.audio.end_s(), &mut party.lifted_at);
         let call_id = &work.info.call.id;
         out.push(Event::Transcript(Utterance {
             call_id: call_id.clone(),
@@ -584,7 +581,7 @@ impl Workers {
             None => self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text),
         };
         trial.push(&self.classifier, segment(&work, &heard));
-        // A lift is alerted by finished readings only (see [`Lift`]).
+        // A lift is alerted by finished readings only (see [`lift_held`]).
         if !rests_on_the_lift(&trial.verdict) {
             alerts(&mut party.sent, &work, &trial, true, out);
         }
@@ -610,7 +607,7 @@ impl Workers {
             let mut timeline =
                 self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text);
             timeline.push(&self.classifier, segment(&work, &heard));
-            if !Lift::held(&timeline.verdict, work.audio.end_s(), &mut party.lifted_at) {
+            if !lift_held(&timeline.verdict, work.audio.end_s(), &mut party.lifted_at) {
                 alerts(&mut party.sent, &work, &timeline, false, out);
             }
             party.timeline = Some(timeline);
@@ -642,7 +639,7 @@ impl Workers {
             "review heard"
         );
         timeline.revise(&self.classifier, from_s, work.audio.end_s(), segments);
-        if !Lift::held(&timeline.verdict, work.audio.end_s(), &mut party.lifted_at) {
+        if !lift_held(&timeline.verdict, work.audio.end_s(), &mut party.lifted_at) {
             alerts(&mut party.sent, &work, timeline, false, out);
         }
     }
@@ -777,21 +774,21 @@ mod tests {
         );
         let mut at = None;
         // Keywords are never held; nothing lifted, nothing pending.
-        assert!(!Lift::held(&keywords, 6.0, &mut at));
+        assert!(!lift_held(&keywords, 6.0, &mut at));
         assert_eq!(at, None);
         // The first lift waits; a review of the same speech neither confirms nor ends it.
-        assert!(Lift::held(&lift, 12.0, &mut at));
-        assert!(Lift::held(&lift, 12.0, &mut at));
+        assert!(lift_held(&lift, 12.0, &mut at));
+        assert!(lift_held(&lift, 12.0, &mut at));
         assert_eq!(at, Some(12.0));
         // The next utterance, lifted too, confirms it, and later lifts go out at once.
-        assert!(!Lift::held(&lift, 18.0, &mut at));
-        assert!(!Lift::held(&lift, 24.0, &mut at));
+        assert!(!lift_held(&lift, 18.0, &mut at));
+        assert!(!lift_held(&lift, 24.0, &mut at));
         // A reading that drops the lift ends the run: the next lift waits again.
-        assert!(!Lift::held(&none, 30.0, &mut at));
+        assert!(!lift_held(&none, 30.0, &mut at));
         assert_eq!(at, None);
-        assert!(Lift::held(&lift, 36.0, &mut at));
-        assert!(!Lift::held(&keywords, 42.0, &mut at));
-        assert!(Lift::held(&lift, 48.0, &mut at));
+        assert!(lift_held(&lift, 36.0, &mut at));
+        assert!(!lift_held(&keywords, 42.0, &mut at));
+        assert!(lift_held(&lift, 48.0, &mut at));
     }
 
     fn utterance(start_s: f64, seconds: f64, value: f32) -> UtteranceAudio {
