@@ -24,6 +24,17 @@ Out of training: dev half 1, English `unseen_j`, the Mandarin sets measured afte
 training (unseen_ae on), `benches/call_model_data/held_out/` and the fixtures of `tests/`
 (casual talk, hard honest calls), which measure it.
 
+`--train-prefixes 128` adds each training call's prefixes (its first 128, 256, ... characters
+but whitespace, with the call's label; `--prefix-weight` their weight, 1 by default): a live
+call is read after every utterance, on what it has said so far, and a model that saw only
+whole calls read an honest caller's first 20 s as a scam. The shipped weights are trained so
+(README, "Trained on what a live call has heard so far"). Prefixes of 128 characters keep
+EmbeddingGemma's pieces those of the whole call, so they need no new vectors.
+`--live 40` reads the measured sets' calls 40 characters at a time (about one utterance of
+Mandarin), whole last, and counts the calls alerted at some reading as `engine/worker.rs`
+alerts (keywords at once, a lift at its second lifted reading in a row; not the pack's
+`live_confirm_below`).
+
 `--logo` prints leave-one-group-out results (each training set left out in turn, every other
 one trained on), keywords alone against the model with the pack's gate and lift, so each row
 is the model on a set it never saw. `--write` writes `models/phrases/LANG_call_model.json`
@@ -34,8 +45,8 @@ is the model on a set it never saw. `--write` writes `models/phrases/LANG_call_m
 `render_heard_sets.py`: the set spoken, sent through an 8 kHz channel and transcribed) to its
 group. Measured on held-out sets and their heard copies, the model trained so found fewer
 scams and flagged more honest calls than the one trained on text alone (README, "Trained on
-what the recogniser hears"), so the shipped weights are text-only: `--write` without
-`--heard` reproduces them.
+what the recogniser hears"), so the shipped weights are text-only: `--write
+--train-prefixes 128` without `--heard` reproduces them (`--no-pieces` too for the fallback).
 
 Mandarin's model reads a second encoder too (PIECES: EmbeddingGemma over 128-character pieces
 of the transcript without whitespace, as `CallModel`'s `pieces`). Their vectors come from
@@ -300,7 +311,7 @@ def flags(rows, p, settings):
 
 def live_alerts(rows, p, settings):
     """Per call of `rows` (whole calls and their prefixes, `vectors(prefixes=)`), read prefix
-    by prefix and whole last as a live call's readings: (alerted, y). As `engine/worker.rs`
+    by prefix and whole last as a live call's readings. As `engine/worker.rs`
     alerts: a reading flagged by keywords at once, one flagged by the model's lift alone at
     the second lifted reading in a row."""
     by_call = {}
@@ -310,9 +321,10 @@ def live_alerts(rows, p, settings):
     out = {}
     for call, readings in by_call.items():
         readings.sort(key=lambda x: x[0])
-        alerted, lifted_before = False, False
+        alerted, lifted_before = None, False
         for _, kind, _ in readings:
-            alerted |= kind == "keywords" or (kind == "lift" and lifted_before)
+            if alerted is None and (kind == "keywords" or (kind == "lift" and lifted_before)):
+                alerted = kind
             lifted_before = kind == "lift"
         out[call] = (alerted, readings[0][2])
     return out
@@ -493,10 +505,11 @@ def main():
         live = ""
         if any(r["chars"] is not None for r in rows):
             alerts = live_alerts(rows, p, settings).values()
-            tp = sum(f and y for f, y in alerts)
-            fp = sum(f and not y for f, y in alerts)
+            tp = sum(bool(f) and y for f, y in alerts)
+            fp = sum(bool(f) and not y for f, y in alerts)
             pos = sum(y for _, y in alerts)
-            live = f" {show((tp, pos, fp, len(alerts) - pos)):>24}"
+            lifted = sum(f == "lift" and not y for f, y in alerts)
+            live = f" {show((tp, pos, fp, len(alerts) - pos)):>24} ({lifted} honest by a lift)"
         print(f"{name:{width}} {show(kw):>24} {show(cm):>24}{live}")
         return kw, cm
 
@@ -537,6 +550,8 @@ def main():
                 "honest": int(sum(1 - r["y"] for r in everything)),
                 "l2": L2,
                 "steps": STEPS,
+                "prefixes": a.train_prefixes,
+                "prefix_weight": a.prefix_weight if a.train_prefixes else None,
             },
         }
         with open(out, "w") as f:

@@ -830,15 +830,25 @@ fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading
             .map(|t| t.as_str().unwrap().to_owned())
             .collect()
     };
+    // The e5-only model as trained on whole calls before 2026-12-07 (kept beside the test):
+    // it lifts the honest call's third utterance, which the model trained on prefixes since
+    // does not, and the rule is what this test is about.
     let zh = vishguard::detect::pack::BUILTIN_ZH.replacen(
         "weights = \"zh_call_model.json\"",
-        "weights = \"zh_call_model_e5.json\"",
+        "weights = \"call_model_zh_e5_whole_calls.json\"",
         1,
     );
-    let mut classifier =
-        Classifier::with_packs(vec![
-            vishguard::detect::PhrasePack::parse("zh.toml", &zh).unwrap()
-        ]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        support::fixture("call_model_zh_e5_whole_calls.json"),
+        dir.path().join("call_model_zh_e5_whole_calls.json"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("zh.toml"), zh).unwrap();
+    let mut classifier = Classifier::with_packs(vec![vishguard::detect::PhrasePack::load(
+        &dir.path().join("zh.toml"),
+    )
+    .unwrap()]);
     classifier.context_check = Some(Arc::new(
         vishguard::detect::script_context::ContextCheck::load(Some("e5-small")).unwrap(),
     ));

@@ -47,37 +47,63 @@ struct PartyState {
     cut_tail: Option<CutTail>,
     /// The party's speech since their last long pause, for reviews.
     chain: Option<Chain>,
-    /// Where the audio of the first of the party's latest run of finished readings flagged by
-    /// the call model's lift alone ended (seconds of audio time): see [`lift_held`].
-    lifted_at: Option<f64>,
+    /// Where the audio of the first of the party's latest run of finished readings whose
+    /// flag waits to be confirmed ended (seconds of audio time): see [`held`].
+    held_at: Option<f64>,
 }
 
-/// Whether a finished reading whose audio ends at `end_s` waits to be confirmed, updating
-/// where the party's run of lifted readings started (`lifted_at`, seconds of audio time).
+/// Whether a finished reading whose audio ends at `end_s`, flagged with a flag that `waits`
+/// (see [`waits`]), is held, updating where the party's run of such readings started
+/// (`held_at`, seconds of audio time).
 ///
-/// A call flagged only because the call model lifted it is alerted once a second finished
-/// reading that reaches later audio (the next utterance, or a review that heard more speech)
-/// is lifted too; evidence the keywords flag is alerted at once, as before. Partials, a few
-/// words more of the same reading, never confirm a lift. A reading that is not lifted ends the
-/// run; a lifted one that reaches no later audio than the run's first (a review of the same
-/// speech) neither confirms nor ends it. The models read whole calls, and on what a live call
-/// has said so far they can swing with one utterance: on a Mandarin set of 20 honest calls
-/// through the 8 kHz channel (unseen_ah, base, 2026-12-06), 3 anti-fraud and notice calls were
-/// lifted 18-24 s in, having only introduced themselves, and dropped at the very next
-/// utterance; of the 14 of 20 scams first flagged by a lift, 13 were still flagged at the next
-/// one (README, "Live with the Mandarin call model").
-fn lift_held(verdict: &Verdict, end_s: f64, lifted_at: &mut Option<f64>) -> bool {
-    if !rests_on_the_lift(verdict) {
-        *lifted_at = None;
+/// A flag that waits is alerted once a second finished reading that reaches later audio (the
+/// next utterance, or a review that heard more speech) waits too, or is flagged outright.
+/// Partials, a few words more of the same reading, never confirm one. A reading that does not
+/// wait ends the run; one that reaches no later audio than the run's first (a review of the
+/// same speech) neither confirms nor ends it. The models read whole calls, and on what a live
+/// call has said so far they can swing with one utterance: on a Mandarin set of 20 honest
+/// calls through the 8 kHz channel (unseen_ah, base, 2026-12-06), 3 anti-fraud and notice
+/// calls were lifted 18-24 s in, having only introduced themselves, and dropped at the very
+/// next utterance; of the 14 of 20 scams first flagged by a lift, 13 were still flagged at the
+/// next one (README, "Live with the Mandarin call model").
+fn held(waits: bool, end_s: f64, held_at: &mut Option<f64>) -> bool {
+    if !waits {
+        *held_at = None;
         return false;
     }
-    match *lifted_at {
+    match *held_at {
         Some(first) => end_s <= first + 1e-3,
         None => {
-            *lifted_at = Some(end_s);
+            *held_at = Some(end_s);
             true
         }
     }
+}
+
+/// Whether a flagged verdict of a call heard so far waits for a second reading ([`held`]):
+/// flagged by the call model's lift alone, or by keywords below the pack's `high` level while
+/// the model reads the call below the pack's `live_confirm_below`
+/// ([`crate::detect::pack::CallModelSettings`]; a reading the model did not make counts as
+/// below). Anything else flagged is alerted at once.
+fn waits(classifier: &Classifier, language: &str, verdict: &Verdict) -> bool {
+    if !verdict.risk.is_flagged() {
+        return false;
+    }
+    if rests_on_the_lift(verdict) {
+        return true;
+    }
+    let Some(pack) = classifier.pack(language).filter(|_| classifier.call_model) else {
+        return false;
+    };
+    let below = pack
+        .context
+        .as_ref()
+        .and_then(|c| c.call_model.as_ref())
+        .filter(|m| m.model.is_some())
+        .and_then(|m| m.live_confirm_below);
+    below.is_some_and(|below| {
+        verdict.score < pack.levels.high && verdict.call_model.is_none_or(|p| p < below)
+    })
 }
 
 /// A verdict flagged by the call model's lift, not by the keywords (the lift is the only way a
@@ -537,7 +563,8 @@ impl Workers {
             self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text)
         });
         timeline.push(&self.classifier, segment(&work, &heard));
-        let hold = lift_held(&timeline.verdict, work.audio.end_s(), &mut party.lifted_at);
+        let waiting = waits(&self.classifier, timeline.language(), &timeline.verdict);
+        let hold = held(waiting, work.audio.end_s(), &mut party.held_at);
         let call_id = &work.info.call.id;
         out.push(Event::Transcript(Utterance {
             call_id: call_id.clone(),
@@ -546,7 +573,7 @@ impl Workers {
             end_s: work.audio.end_s(),
             text: heard.text,
             language: Some(timeline.language().to_owned()),
-            // A lift waiting for its second reading is not shown as flagged either (the
+            // A flag waiting for its second reading is not shown as flagged either (the
             // dashboard and the terminal take a call's risk from these lines).
             risk: if hold {
                 crate::call::Risk::None
@@ -581,8 +608,8 @@ impl Workers {
             None => self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text),
         };
         trial.push(&self.classifier, segment(&work, &heard));
-        // A lift is alerted by finished readings only (see [`lift_held`]).
-        if !rests_on_the_lift(&trial.verdict) {
+        // A flag that waits is alerted by finished readings only (see [`held`]).
+        if !waits(&self.classifier, trial.language(), &trial.verdict) {
             alerts(&mut party.sent, &work, &trial, true, out);
         }
     }
@@ -607,7 +634,8 @@ impl Workers {
             let mut timeline =
                 self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text);
             timeline.push(&self.classifier, segment(&work, &heard));
-            if !lift_held(&timeline.verdict, work.audio.end_s(), &mut party.lifted_at) {
+            let waiting = waits(&self.classifier, timeline.language(), &timeline.verdict);
+            if !held(waiting, work.audio.end_s(), &mut party.held_at) {
                 alerts(&mut party.sent, &work, &timeline, false, out);
             }
             party.timeline = Some(timeline);
@@ -639,7 +667,8 @@ impl Workers {
             "review heard"
         );
         timeline.revise(&self.classifier, from_s, work.audio.end_s(), segments);
-        if !lift_held(&timeline.verdict, work.audio.end_s(), &mut party.lifted_at) {
+        let waiting = waits(&self.classifier, timeline.language(), &timeline.verdict);
+        if !held(waiting, work.audio.end_s(), &mut party.held_at) {
             alerts(&mut party.sent, &work, timeline, false, out);
         }
     }
@@ -774,21 +803,53 @@ mod tests {
         );
         let mut at = None;
         // Keywords are never held; nothing lifted, nothing pending.
-        assert!(!lift_held(&keywords, 6.0, &mut at));
+        assert!(!held(rests_on_the_lift(&keywords), 6.0, &mut at));
         assert_eq!(at, None);
         // The first lift waits; a review of the same speech neither confirms nor ends it.
-        assert!(lift_held(&lift, 12.0, &mut at));
-        assert!(lift_held(&lift, 12.0, &mut at));
+        assert!(held(rests_on_the_lift(&lift), 12.0, &mut at));
+        assert!(held(rests_on_the_lift(&lift), 12.0, &mut at));
         assert_eq!(at, Some(12.0));
         // The next utterance, lifted too, confirms it, and later lifts go out at once.
-        assert!(!lift_held(&lift, 18.0, &mut at));
-        assert!(!lift_held(&lift, 24.0, &mut at));
+        assert!(!held(rests_on_the_lift(&lift), 18.0, &mut at));
+        assert!(!held(rests_on_the_lift(&lift), 24.0, &mut at));
         // A reading that drops the lift ends the run: the next lift waits again.
-        assert!(!lift_held(&none, 30.0, &mut at));
+        assert!(!held(rests_on_the_lift(&none), 30.0, &mut at));
         assert_eq!(at, None);
-        assert!(lift_held(&lift, 36.0, &mut at));
-        assert!(!lift_held(&keywords, 42.0, &mut at));
-        assert!(lift_held(&lift, 48.0, &mut at));
+        assert!(held(rests_on_the_lift(&lift), 36.0, &mut at));
+        assert!(!held(rests_on_the_lift(&keywords), 42.0, &mut at));
+        assert!(held(rests_on_the_lift(&lift), 48.0, &mut at));
+    }
+
+    #[test]
+    fn a_weak_keyword_flag_waits_where_the_pack_asks_and_the_model_reads_it_low() {
+        let mut classifier = Classifier::builtin();
+        classifier.call_model = true;
+        let with = |score: f32, model: Option<f32>| Verdict {
+            score,
+            risk: if score >= 0.8 {
+                crate::call::Risk::High
+            } else {
+                crate::call::Risk::Suspected
+            },
+            call_model: model,
+            ..verdict(true, "unusual_payment")
+        };
+        // zh.toml: live_confirm_below = 0.8, high = 0.8.
+        assert!(waits(&classifier, "zh", &with(0.6, Some(0.5))));
+        assert!(waits(&classifier, "zh", &with(0.6, None)));
+        assert!(!waits(&classifier, "zh", &with(0.6, Some(0.85))));
+        assert!(!waits(&classifier, "zh", &with(0.85, Some(0.5))));
+        assert!(!waits(
+            &classifier,
+            "zh",
+            &verdict(false, "unusual_payment")
+        ));
+        // The lift waits in every pack; keywords only where the pack sets the threshold.
+        assert!(waits(&classifier, "en", &verdict(true, CALL_MODEL)));
+        assert!(!waits(&classifier, "en", &with(0.6, Some(0.5))));
+        // Without the call model nothing reads the call as a whole: alerted at once.
+        classifier.call_model = false;
+        assert!(!waits(&classifier, "zh", &with(0.6, Some(0.5))));
     }
 
     fn utterance(start_s: f64, seconds: f64, value: f32) -> UtteranceAudio {
