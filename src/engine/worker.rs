@@ -81,10 +81,9 @@ fn held(waits: bool, end_s: f64, held_at: &mut Option<f64>) -> bool {
 }
 
 /// Whether a flagged verdict of a call heard so far waits for a second reading ([`held`]):
-/// flagged by the call model's lift alone, or by keywords below the pack's `high` level while
-/// the model reads the call below the pack's `live_confirm_below`
-/// ([`crate::detect::pack::CallModelSettings`]; a reading the model did not make counts as
-/// below). Anything else flagged is alerted at once.
+/// flagged by the call model's lift alone, or, where the call model runs (on, with the context
+/// check's encoders), by keywords the pack asks to confirm ([`weak_flag_waits`]). Anything
+/// else flagged is alerted at once.
 fn waits(classifier: &Classifier, language: &str, verdict: &Verdict) -> bool {
     if !verdict.risk.is_flagged() {
         return false;
@@ -92,9 +91,18 @@ fn waits(classifier: &Classifier, language: &str, verdict: &Verdict) -> bool {
     if rests_on_the_lift(verdict) {
         return true;
     }
-    let Some(pack) = classifier.pack(language).filter(|_| classifier.call_model) else {
-        return false;
-    };
+    let model_runs = classifier.call_model && classifier.context_check.is_some();
+    model_runs
+        && classifier
+            .pack(language)
+            .is_some_and(|pack| weak_flag_waits(pack, verdict))
+}
+
+/// Whether the pack asks a keyword flag to be confirmed: below its `high` level, while the
+/// model reads the call below its `live_confirm_below`
+/// ([`crate::detect::pack::CallModelSettings`]; a reading the model did not make, on too few
+/// windows, counts as below).
+fn weak_flag_waits(pack: &crate::detect::PhrasePack, verdict: &Verdict) -> bool {
     let below = pack
         .context
         .as_ref()
@@ -822,8 +830,11 @@ mod tests {
 
     #[test]
     fn a_weak_keyword_flag_waits_where_the_pack_asks_and_the_model_reads_it_low() {
-        let mut classifier = Classifier::builtin();
-        classifier.call_model = true;
+        let classifier = Classifier::builtin();
+        let (zh, en) = (
+            classifier.pack("zh").unwrap(),
+            classifier.pack("en").unwrap(),
+        );
         let with = |score: f32, model: Option<f32>| Verdict {
             score,
             risk: if score >= 0.8 {
@@ -835,21 +846,19 @@ mod tests {
             ..verdict(true, "unusual_payment")
         };
         // zh.toml: live_confirm_below = 0.8, high = 0.8.
-        assert!(waits(&classifier, "zh", &with(0.6, Some(0.5))));
-        assert!(waits(&classifier, "zh", &with(0.6, None)));
-        assert!(!waits(&classifier, "zh", &with(0.6, Some(0.85))));
-        assert!(!waits(&classifier, "zh", &with(0.85, Some(0.5))));
-        assert!(!waits(
-            &classifier,
-            "zh",
-            &verdict(false, "unusual_payment")
-        ));
-        // The lift waits in every pack; keywords only where the pack sets the threshold.
-        assert!(waits(&classifier, "en", &verdict(true, CALL_MODEL)));
-        assert!(!waits(&classifier, "en", &with(0.6, Some(0.5))));
-        // Without the call model nothing reads the call as a whole: alerted at once.
-        classifier.call_model = false;
-        assert!(!waits(&classifier, "zh", &with(0.6, Some(0.5))));
+        assert!(weak_flag_waits(zh, &with(0.6, Some(0.5))));
+        assert!(weak_flag_waits(zh, &with(0.6, None)));
+        assert!(!weak_flag_waits(zh, &with(0.6, Some(0.85))));
+        assert!(!weak_flag_waits(zh, &with(0.85, Some(0.5))));
+        // English sets no threshold.
+        assert!(!weak_flag_waits(en, &with(0.6, Some(0.5))));
+        // Where the model does not run (here: no context check), nothing reads the call as a
+        // whole and keyword flags are alerted at once; the lift waits in every pack.
+        let mut on = Classifier::builtin();
+        on.call_model = true;
+        assert!(!waits(&on, "zh", &with(0.6, Some(0.5))));
+        assert!(!waits(&on, "zh", &verdict(false, "unusual_payment")));
+        assert!(waits(&on, "en", &verdict(true, CALL_MODEL)));
     }
 
     fn utterance(start_s: f64, seconds: f64, value: f32) -> UtteranceAudio {
