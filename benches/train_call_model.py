@@ -32,8 +32,8 @@ whole calls read an honest caller's first 20 s as a scam. The shipped weights ar
 EmbeddingGemma's pieces those of the whole call, so they need no new vectors.
 `--live 40` reads the measured sets' calls 40 characters at a time (about one utterance of
 Mandarin), whole last, and counts the calls alerted at some reading as `engine/worker.rs`
-alerts (keywords at once, a lift at its second lifted reading in a row; not the pack's
-`live_confirm_below`).
+alerts (keywords at once, a lift at its second lifted reading in a row, a keyword flag the
+pack's `live_confirm_below` holds at its second flagged reading in a row).
 
 `--logo` prints leave-one-group-out results (each training set left out in turn, every other
 one trained on), keywords alone against the model with the pack's gate and lift, so each row
@@ -117,6 +117,9 @@ def pack_settings(lang):
         lift=m.get("lift", 2.0),
         lift_min_score=m.get("lift_min_score", 0.0),
         suspected=pack["levels"]["suspected"],
+        high=pack["levels"]["high"],
+        # No live_confirm_below: a keyword flag is alerted live at once.
+        live_confirm_below=m.get("live_confirm_below", 0.0),
         veto_min_windows=m.get("veto_min_windows", m.get("min_windows", MIN_WINDOWS)),
         # No alone_min_windows: the model never lifts alone.
         alone_min_windows=m.get("alone_min_windows", 10**9),
@@ -311,22 +314,30 @@ def flags(rows, p, settings):
 
 def live_alerts(rows, p, settings):
     """Per call of `rows` (whole calls and their prefixes, `vectors(prefixes=)`), read prefix
-    by prefix and whole last as a live call's readings. As `engine/worker.rs`
-    alerts: a reading flagged by keywords at once, one flagged by the model's lift alone at
-    the second lifted reading in a row."""
+    by prefix and whole last as a live call's readings. As `engine/worker.rs` alerts (`waits`,
+    `held`): a reading flagged by keywords at once; one flagged by the model's lift alone, or
+    by keywords below `high` where the model reads under `live_confirm_below` (or did not
+    read: too few windows), at the second such or flagged reading in a row. Per call: (what
+    alerted it first, "keywords" or "lift", or None; y)."""
     by_call = {}
-    for r, k in zip(rows, reading_kinds(rows, p, settings)):
+    for r, q, k in zip(rows, p, reading_kinds(rows, p, settings)):
         at = r["chars"] if r["chars"] is not None else float("inf")
-        by_call.setdefault(r["call"], []).append((at, k, r["y"]))
+        read = len(r["vs"]) >= MIN_WINDOWS
+        waits = k == "lift" or (
+            k == "keywords"
+            and r["score"] < settings["high"]
+            and (not read or q < settings["live_confirm_below"])
+        )
+        by_call.setdefault(r["call"], []).append((at, k, waits, r["y"]))
     out = {}
     for call, readings in by_call.items():
         readings.sort(key=lambda x: x[0])
-        alerted, lifted_before = None, False
-        for _, kind, _ in readings:
-            if alerted is None and (kind == "keywords" or (kind == "lift" and lifted_before)):
+        alerted, waited_before = None, False
+        for _, kind, waits, _ in readings:
+            if alerted is None and kind and (not waits or waited_before):
                 alerted = kind
-            lifted_before = kind == "lift"
-        out[call] = (alerted, readings[0][2])
+            waited_before = bool(kind) and waits
+        out[call] = (alerted, readings[0][3])
     return out
 
 
@@ -455,6 +466,11 @@ def main():
         metavar="CHARS",
         help="read the measured sets as live calls too: a reading every CHARS characters",
     )
+    ap.add_argument(
+        "--live-confirm-below",
+        type=float,
+        help="measure live with this live_confirm_below instead of the pack's (0: alerted at once)",
+    )
     ap.add_argument("--lift", type=float, help="measure with this lift instead of the pack's")
     ap.add_argument(
         "--no-pieces",
@@ -475,7 +491,7 @@ def main():
     if not os.path.exists(BIN):
         sys.exit(f"{BIN} is missing: cargo build --release --example window_vectors")
     settings = pack_settings(a.lang)
-    for key in ("veto_min_windows", "lift", "lift_min_score", "alone_min_windows"):
+    for key in ("veto_min_windows", "lift", "lift_min_score", "alone_min_windows", "live_confirm_below"):
         if getattr(a, key) is not None:
             settings[key] = getattr(a, key)
     if settings["alone_min_windows"] == 0:

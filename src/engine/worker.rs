@@ -107,7 +107,6 @@ fn weak_flag_waits(pack: &crate::detect::PhrasePack, verdict: &Verdict) -> bool 
         .context
         .as_ref()
         .and_then(|c| c.call_model.as_ref())
-        .filter(|m| m.model.is_some())
         .and_then(|m| m.live_confirm_below);
     below.is_some_and(|below| {
         verdict.score < pack.levels.high && verdict.call_model.is_none_or(|p| p < below)
@@ -533,6 +532,13 @@ impl Workers {
         Timeline::new(&self.classifier, pack, party)
     }
 
+    /// Whether the timeline's verdict after a finished reading ending at `end_s` is held
+    /// ([`waits`], [`held`]), updating the party's run of held readings.
+    fn holds(&self, timeline: &Timeline, end_s: f64, held_at: &mut Option<f64>) -> bool {
+        let waiting = waits(&self.classifier, timeline.language(), &timeline.verdict);
+        held(waiting, end_s, held_at)
+    }
+
     fn utterance(
         &self,
         call: &mut CallState,
@@ -571,8 +577,7 @@ impl Workers {
             self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text)
         });
         timeline.push(&self.classifier, segment(&work, &heard));
-        let waiting = waits(&self.classifier, timeline.language(), &timeline.verdict);
-        let hold = held(waiting, work.audio.end_s(), &mut party.held_at);
+        let hold = self.holds(timeline, work.audio.end_s(), &mut party.held_at);
         let call_id = &work.info.call.id;
         out.push(Event::Transcript(Utterance {
             call_id: call_id.clone(),
@@ -642,8 +647,7 @@ impl Workers {
             let mut timeline =
                 self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text);
             timeline.push(&self.classifier, segment(&work, &heard));
-            let waiting = waits(&self.classifier, timeline.language(), &timeline.verdict);
-            if !held(waiting, work.audio.end_s(), &mut party.held_at) {
+            if !self.holds(&timeline, work.audio.end_s(), &mut party.held_at) {
                 alerts(&mut party.sent, &work, &timeline, false, out);
             }
             party.timeline = Some(timeline);
@@ -675,8 +679,7 @@ impl Workers {
             "review heard"
         );
         timeline.revise(&self.classifier, from_s, work.audio.end_s(), segments);
-        let waiting = waits(&self.classifier, timeline.language(), &timeline.verdict);
-        if !held(waiting, work.audio.end_s(), &mut party.held_at) {
+        if !self.holds(timeline, work.audio.end_s(), &mut party.held_at) {
             alerts(&mut party.sent, &work, timeline, false, out);
         }
     }
