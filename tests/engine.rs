@@ -815,7 +815,9 @@ fn an_alert_the_finished_words_do_not_bear_out_is_counted_as_withdrawn() {
 /// heard, utterance by utterance, of an honest bank anti-fraud call and a task-rebate scam
 /// (`tests/fixtures/live_lift_zh.json`): the Mandarin call model (its e5-only form, to keep
 /// EmbeddingGemma out of this test) lifts both at the third utterance, and only the scam at
-/// the fourth.
+/// the fourth. A call that ends on its first lifted reading (the honest call's first three
+/// utterances) is alerted at its close, when its summary is flagged: its last reading heard
+/// the whole call.
 #[test]
 fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading() {
     let fixture: serde_json::Value = serde_json::from_str(
@@ -857,6 +859,10 @@ fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading
         Arc::new(Mutex::new(std::collections::HashMap::from([
             ("honest".to_owned(), utterances("honest_anti_fraud_warning")),
             ("scam".to_owned(), utterances("scam_task_rebate")),
+            (
+                "ends_lifted".to_owned(),
+                utterances("honest_anti_fraud_warning")[..3].to_vec(),
+            ),
         ])));
     let lines = script.clone();
     // Each finished utterance hears the call's next line; there is nothing more after them.
@@ -882,7 +888,7 @@ fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading
     let (e, events) = collected_by(recogniser, classifier, config);
     let ingest = e.ingest();
     let speech = fixture_speech("asr/pharmacy.flac").repeat(3);
-    for name in ["honest", "scam"] {
+    for name in ["honest", "scam", "ends_lifted"] {
         let id = CallId::new(name);
         ingest.send(Ingress::Open(call(name, 1, 16_000))).unwrap();
         play(ingest.as_ref(), &id, 0, (&speech, 16_000), 0.0, true);
@@ -924,4 +930,16 @@ fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading
         Some(4),
         "alerted at the second lifted reading: {scam:?}"
     );
+    let (ends_lifted, alert) = readings("ends_lifted");
+    assert!(
+        ends_lifted.len() == 3 && ends_lifted[2] >= 0.5,
+        "{ends_lifted:?}"
+    );
+    assert_eq!(alert, Some(3), "alerted at the close: {events:?}");
+    let closed = summaries(&events)
+        .into_iter()
+        .find(|s| s.call_id.as_str() == "ends_lifted")
+        .unwrap();
+    assert!(closed.risk.is_flagged(), "{closed:?}");
+    assert!(closed.stream.as_ref().unwrap().alerts > 0, "{closed:?}");
 }

@@ -57,8 +57,9 @@ struct PartyState {
 /// (`held_at`, seconds of audio time).
 ///
 /// A flag that waits is alerted once a second finished reading that reaches later audio (the
-/// next utterance, or a review that heard more speech) waits too, or is flagged outright.
-/// Partials, a few words more of the same reading, never confirm one. A reading that does not
+/// next utterance, or a review that heard more speech) waits too, or is flagged outright, or
+/// when the call closes flagged ([`closing_alerts`]). Partials, a few words more of the same
+/// reading, never confirm one. A reading that does not
 /// wait ends the run; one that reaches no later audio than the run's first (a review of the
 /// same speech) neither confirms nor ends it. The models read whole calls, and on what a live
 /// call has said so far they can swing with one utterance: on a Mandarin set of 20 honest
@@ -486,7 +487,10 @@ impl Workers {
                 Work::Job(Job::Utterance(sp)) => self.utterance(&mut call, sp, heard, &mut out),
                 Work::Partial(sp) => self.partial(&mut call, sp, heard, &mut out),
                 Work::Review(r) => self.review(&mut call, r, heard, &mut out),
-                Work::Job(Job::Close(info)) => out.push(summary(&info, &call)),
+                Work::Job(Job::Close(info)) => {
+                    closing_alerts(&info, &mut call, &mut out);
+                    out.push(summary(&info, &call));
+                }
             }
             (call, out)
         }));
@@ -596,7 +600,14 @@ impl Workers {
             score: timeline.verdict.score,
         }));
         if !hold {
-            alerts(&mut party.sent, &work, timeline, false, out);
+            alerts(
+                &mut party.sent,
+                &work.info,
+                work.party,
+                timeline,
+                false,
+                out,
+            );
         }
     }
 
@@ -623,7 +634,7 @@ impl Workers {
         trial.push(&self.classifier, segment(&work, &heard));
         // A flag that waits is alerted by finished readings only (see [`held`]).
         if !waits(&self.classifier, trial.language(), &trial.verdict) {
-            alerts(&mut party.sent, &work, &trial, true, out);
+            alerts(&mut party.sent, &work.info, work.party, &trial, true, out);
         }
     }
 
@@ -648,7 +659,14 @@ impl Workers {
                 self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text);
             timeline.push(&self.classifier, segment(&work, &heard));
             if !self.holds(&timeline, work.audio.end_s(), &mut party.held_at) {
-                alerts(&mut party.sent, &work, &timeline, false, out);
+                alerts(
+                    &mut party.sent,
+                    &work.info,
+                    work.party,
+                    &timeline,
+                    false,
+                    out,
+                );
             }
             party.timeline = Some(timeline);
             return;
@@ -680,7 +698,14 @@ impl Workers {
         );
         timeline.revise(&self.classifier, from_s, work.audio.end_s(), segments);
         if !self.holds(timeline, work.audio.end_s(), &mut party.held_at) {
-            alerts(&mut party.sent, &work, timeline, false, out);
+            alerts(
+                &mut party.sent,
+                &work.info,
+                work.party,
+                timeline,
+                false,
+                out,
+            );
         }
     }
 }
@@ -732,11 +757,28 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
+/// At the call's close, the evidence of each party that ends flagged and was not alerted yet:
+/// a flag still waiting for its second reading ([`held`]) when the call ended. Its last
+/// reading heard the whole call, which is what the models read best and what the summary (and
+/// `scan`) flag, so there is no later reading to wait for. Without this, a call could end
+/// flagged with no alert sent: on a fresh Mandarin set heard live (unseen_ai, base, 8 kHz,
+/// 2026-12-07), one scam of the 16 whose summaries were flagged.
+fn closing_alerts(info: &CallInfo, call: &mut CallState, out: &mut Vec<Event>) {
+    let mut parties: Vec<_> = call.parties.iter_mut().collect();
+    parties.sort_unstable_by_key(|(party, _)| **party);
+    for (&party, state) in parties {
+        if let Some(timeline) = &state.timeline {
+            alerts(&mut state.sent, info, party, timeline, false, out);
+        }
+    }
+}
+
 /// Once the party is flagged, every piece of its evidence not yet sent, gathered before the
 /// party crossed the line or since, goes out once.
 fn alerts(
     sent: &mut HashSet<(String, String)>,
-    work: &scheduler::Speech,
+    info: &CallInfo,
+    party: usize,
     timeline: &Timeline,
     partial: bool,
     out: &mut Vec<Event>,
@@ -745,7 +787,7 @@ fn alerts(
     if !verdict.risk.is_flagged() {
         return;
     }
-    let call_id = &work.info.call.id;
+    let call_id = &info.call.id;
     // A lift raised earlier (held, then dropped) is not sent with a later keyword flag: it
     // goes out only while the verdict rests on it.
     let lifted = rests_on_the_lift(verdict);
@@ -761,10 +803,10 @@ fn alerts(
         // Wall time for a call heard as it happens; audio time for one fed faster than real
         // time (a file without --realtime), where the wall clock runs behind the audio and
         // would give a negative latency. Both count a queue's backlog.
-        let wall = work.info.started.elapsed().as_secs_f64() - end_s;
-        let audio = work.info.heard_until_s(work.party) - end_s;
+        let wall = info.started.elapsed().as_secs_f64() - end_s;
+        let audio = info.heard_until_s(party) - end_s;
         out.push(Event::Alert(Alert {
-            alert_id: format!("{call_id}/{}/{}/{}", work.party, e.category, e.pattern),
+            alert_id: format!("{call_id}/{party}/{}/{}", e.category, e.pattern),
             call_id: call_id.clone(),
             evidence: e.clone(),
             score: verdict.score,
