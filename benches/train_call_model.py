@@ -3,13 +3,15 @@
 
     benches/train_call_model.py en|zh [--write] [--logo] [--eval SET...] [--heard]
                                       [--veto-min-windows N] [--lift P] [--lift-min-score S]
-                                      [--alone-min-windows N]
+                                      [--alone-min-windows N] [--veto-below S]
 
 The model is a logistic regression over a transcript's window vectors (the pack's sentence
 encoder over the `[context.lines]` windows, pooled by element-wise max and mean) and the
 keyword score. Features come from `target/release/examples/window_vectors` (build it first:
 `cargo build --release --example window_vectors`), cached under `target/call_model_cache/`
-by the digests of the set, the packs (but their `[context.call_model]`) and `src/detect/`.
+by the digests of the set and the packs (but their `[context.call_model]`). When `src/detect/`
+changed since a set's features were made, its first calls are read again and compared with
+the cache (`still_valid`): the cache is kept where they match, remade where they do not.
 
 Training sets (the `ID|LABEL|TYPE|TEXT` sets and JSON lines with `label`):
 - the dev set's tuning half (`../shared/eval/dev/LANG.jsonl`, half 0 by sha256 of the id, as
@@ -34,6 +36,9 @@ EmbeddingGemma's pieces those of the whole call, so they need no new vectors.
 Mandarin), whole last, and counts the calls alerted at some reading as `engine/worker.rs`
 alerts (keywords at once, a lift at its second lifted reading in a row, a keyword flag the
 pack's `live_confirm_below` holds at its second flagged reading in a row).
+
+`--veto-below S` measures a veto that spares keyword scores of S and up (tried 2026-12-07 at
+0.7-0.8 and not kept: README, "A nineteenth fresh voice, heard live").
 
 `--logo` prints leave-one-group-out results (each training set left out in turn, every other
 one trained on), keywords alone against the model with the pack's gate and lift, so each row
@@ -123,14 +128,17 @@ def pack_settings(lang):
         veto_min_windows=m.get("veto_min_windows", m.get("min_windows", MIN_WINDOWS)),
         # No alone_min_windows: the model never lifts alone.
         alone_min_windows=m.get("alone_min_windows", 10**9),
+        # No veto_below: the model vetoes a flag at any keyword score.
+        veto_below=m.get("veto_below", float("inf")),
     )
 
 
 def digest(path):
-    """The set's, the packs' and the detector's sources: what the features depend on. A pack's
-    `[context.call_model]` is left out (the vectors and the keyword score are read without the
-    call model), so that trying another gate or lift reuses the vectors instead of recomputing
-    every set (about 17 min on 2 cores)."""
+    """The set's and the packs' digest. A pack's `[context.call_model]` is left out (the vectors
+    and the keyword score are read without the call model), so that trying another gate or
+    lift reuses the vectors instead of recomputing every set (about 17 min on 2 cores; with
+    the prefixes and EmbeddingGemma, about an hour). The detector's sources are checked apart,
+    by `still_valid`."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         h.update(f.read())
@@ -139,10 +147,65 @@ def digest(path):
             pack = tomllib.load(f)
         pack.get("context", {}).pop("call_model", None)
         h.update(json.dumps(pack, sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def sources_digest():
+    """The digest of `src/detect/`, what the vectors are computed by."""
+    h = hashlib.sha256()
     for p in sorted(glob.glob(os.path.join(ROOT, "src", "detect", "*.rs"))):
         with open(p, "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:16]
+
+
+# Calls read again to check a cache made by other sources (a few seconds a set).
+PROBE_CALLS = 6
+
+
+def run_window_vectors(path, out, prefixes):
+    env = dict(os.environ, **({"PREFIXES": str(prefixes)} if prefixes else {}))
+    subprocess.run([BIN, path], stdout=out, check=True, env=env)
+
+
+def still_valid(cached, path, prefixes):
+    """Whether the features cached for `path` are what `src/detect/` computes now. Keyed by
+    the set and the packs only, they may have been made by other sources: where the sources
+    changed (most edits, like a new pack setting, move no vector), the set's first
+    `PROBE_CALLS` lines are read again and compared with the cache, row by row (ids, keyword
+    scores, vectors within 1e-4). A match is stamped (`CACHED.sources`), so the next run with
+    the same sources reads no call again."""
+    stamp = cached + ".sources"
+    sources = sources_digest()
+    if os.path.exists(stamp) and open(stamp).read().strip() == sources:
+        return True
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()][:PROBE_CALLS]
+    probe = os.path.join(CACHE, "probe" + os.path.splitext(path)[1])
+    with open(probe, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    with open(probe + ".out", "w") as out:
+        run_window_vectors(probe, out, prefixes)
+    with open(probe + ".out") as f:
+        fresh = [json.loads(line) for line in f]
+    os.remove(probe)
+    os.remove(probe + ".out")
+    ids = {r["id"] for r in fresh}
+    with open(cached) as f:
+        old = {r["id"]: r for r in map(json.loads, f) if r["id"] in ids}
+
+    def same(a, b):
+        return (b is not None and a["label"] == b["label"] and abs(a["score"] - b["score"]) < 1e-4
+                and np.array(a["vectors"]).shape == np.array(b["vectors"]).shape
+                and np.allclose(a["vectors"], b["vectors"], atol=1e-4))
+
+    if not fresh or not all(same(r, old.get(r["id"])) for r in fresh):
+        print(f"{os.path.relpath(path, ROOT)}: src/detect/ reads its first calls differently "
+              f"from the cache; reading the set again", file=sys.stderr)
+        return False
+    with open(stamp, "w") as f:
+        f.write(sources + "\n")
+    return True
 
 
 def vectors(path, lang=None, prefixes=None):
@@ -152,11 +215,12 @@ def vectors(path, lang=None, prefixes=None):
     and `chars` the characters heard but whitespace (None for the whole call)."""
     os.makedirs(CACHE, exist_ok=True)
     cached = os.path.join(CACHE, digest(path) + (f"-p{prefixes}" if prefixes else "") + ".jsonl")
-    if not os.path.exists(cached):
-        env = dict(os.environ, **({"PREFIXES": str(prefixes)} if prefixes else {}))
+    if not os.path.exists(cached) or not still_valid(cached, path, prefixes):
         with open(cached + ".part", "w") as out:
-            subprocess.run([BIN, path], stdout=out, check=True, env=env)
+            run_window_vectors(path, out, prefixes)
         os.replace(cached + ".part", cached)
+        with open(cached + ".sources", "w") as f:
+            f.write(sources_digest() + "\n")
     rows = []
     default = "legit" if "/tests/fixtures/" in path else None
     with open(cached) as f:
@@ -289,16 +353,17 @@ def reading_kinds(rows, p, settings):
     """Per row, what flags it as `classifier.rs` moves the verdict with the model: "keywords"
     (transcripts of fewer than `MIN_WINDOWS` windows keep the keywords' verdict, and those of
     fewer than `veto_min_windows` are not vetoed), "lift" (the model lifted it) or None."""
-    gate, lift, lift_min, suspected, veto_from, alone_from = (
+    gate, lift, lift_min, suspected, veto_from, alone_from, veto_below = (
         settings[k]
-        for k in ("gate", "lift", "lift_min_score", "suspected", "veto_min_windows", "alone_min_windows")
+        for k in ("gate", "lift", "lift_min_score", "suspected", "veto_min_windows", "alone_min_windows",
+                  "veto_below")
     )
     kinds = []
     for r, q in zip(rows, p):
         windows, score = len(r["vs"]), r["score"]
         if windows < MIN_WINDOWS:
             kinds.append("keywords" if score >= suspected else None)
-        elif score >= suspected and (q >= gate or windows < veto_from):
+        elif score >= suspected and (q >= gate or windows < veto_from or score >= veto_below):
             kinds.append("keywords")
         elif suspected > score and (score >= lift_min or windows >= alone_from) and q >= lift:
             kinds.append("lift")
@@ -317,7 +382,8 @@ def live_alerts(rows, p, settings):
     by prefix and whole last as a live call's readings. As `engine/worker.rs` alerts (`waits`,
     `held`): a reading flagged by keywords at once; one flagged by the model's lift alone, or
     by keywords below `high` where the model reads under `live_confirm_below` (or did not
-    read: too few windows), at the second such or flagged reading in a row. Per call: (what
+    read: too few windows), at the second such or flagged reading in a row, or at the last
+    reading, the whole call (the engine's close alerts a flag still waiting). Per call: (what
     alerted it first, "keywords" or "lift", or None; y)."""
     by_call = {}
     for r, q, k in zip(rows, p, reading_kinds(rows, p, settings)):
@@ -333,8 +399,9 @@ def live_alerts(rows, p, settings):
     for call, readings in by_call.items():
         readings.sort(key=lambda x: x[0])
         alerted, waited_before = None, False
-        for _, kind, waits, _ in readings:
-            if alerted is None and kind and (not waits or waited_before):
+        for i, (_, kind, waits, _) in enumerate(readings):
+            last = i == len(readings) - 1
+            if alerted is None and kind and (not waits or waited_before or last):
                 alerted = kind
             waited_before = bool(kind) and waits
         out[call] = (alerted, readings[0][3])
@@ -473,6 +540,11 @@ def main():
     )
     ap.add_argument("--lift", type=float, help="measure with this lift instead of the pack's")
     ap.add_argument(
+        "--veto-below",
+        type=float,
+        help="measure with the model vetoing only keyword scores below this (the pack's: any)",
+    )
+    ap.add_argument(
         "--no-pieces",
         action="store_true",
         help="leave out the second encoder's pieces (Mandarin: e5 alone, as before 2026-12-06)",
@@ -491,7 +563,8 @@ def main():
     if not os.path.exists(BIN):
         sys.exit(f"{BIN} is missing: cargo build --release --example window_vectors")
     settings = pack_settings(a.lang)
-    for key in ("veto_min_windows", "lift", "lift_min_score", "alone_min_windows", "live_confirm_below"):
+    for key in ("veto_min_windows", "lift", "lift_min_score", "alone_min_windows", "live_confirm_below",
+                "veto_below"):
         if getattr(a, key) is not None:
             settings[key] = getattr(a, key)
     if settings["alone_min_windows"] == 0:
