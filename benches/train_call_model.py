@@ -271,10 +271,18 @@ def attach_pieces(rows, lang):
     path = os.path.join(CACHE, f"pieces-{encoder}-{chars}.jsonl")
     known = {}
     if os.path.exists(path):
-        with open(path) as f:
+        whole = 0
+        with open(path, "rb") as f:
             for line in f:
+                if not line.endswith(b"\n"):
+                    # The last line of a run stopped while writing it: cut off below, and its
+                    # piece embedded again.
+                    break
                 x = json.loads(line)
                 known[x["t"]] = x["v"]
+                whole += len(line)
+        if whole != os.path.getsize(path):
+            os.truncate(path, whole)
     for r in rows:
         if r.get("text") is None:
             sys.exit(f"{r['id']}: no text to cut into pieces")
@@ -286,14 +294,20 @@ def attach_pieces(rows, lang):
         todo = path + ".todo.json"
         with open(todo, "w") as f:
             json.dump(missing, f, ensure_ascii=False)
-        out = subprocess.run([EMBED_BIN, encoder, todo], stdout=subprocess.PIPE, check=True, text=True)
-        vs = [json.loads(line) for line in out.stdout.splitlines()]
-        if len(vs) != len(missing):
-            sys.exit(f"embed_texts gave {len(vs)} vectors for {len(missing)} pieces")
-        with open(path, "a") as f:
-            for t, v in zip(missing, vs):
+        # Each vector is cached as it comes (embed_texts writes them 64 at a time, in order), so
+        # a run stopped part way (thousands of pieces take most of an hour on 2 cores) keeps
+        # what it embedded.
+        got = 0
+        with open(path, "a") as f, subprocess.Popen([EMBED_BIN, encoder, todo], stdout=subprocess.PIPE,
+                                                    text=True) as embed:
+            for t, line in zip(missing, embed.stdout):
+                v = json.loads(line)
                 f.write(json.dumps({"t": t, "v": v}, ensure_ascii=False) + "\n")
+                f.flush()
                 known[t] = v
+                got += 1
+        if embed.returncode != 0 or got != len(missing):
+            sys.exit(f"embed_texts gave {got} vectors for {len(missing)} pieces (exit {embed.returncode})")
         os.remove(todo)
     for r in rows:
         r["ps"] = np.array([known[p] for p in cut(r["text"], chars)], dtype=np.float32).reshape(-1, dim)
