@@ -59,14 +59,14 @@ struct PartyState {
 /// A flag that waits is alerted once a second finished reading that reaches later audio (the
 /// next utterance, or a review that heard more speech) waits too, or is flagged outright, or
 /// when the call closes flagged ([`closing_alerts`]). Partials, a few words more of the same
-/// reading, never confirm one. A reading that does not
-/// wait ends the run; one that reaches no later audio than the run's first (a review of the
-/// same speech) neither confirms nor ends it. The models read whole calls, and on what a live
-/// call has said so far they can swing with one utterance: on a Mandarin set of 20 honest
-/// calls through the 8 kHz channel (unseen_ah, base, 2026-12-06), 3 anti-fraud and notice
-/// calls were lifted 18-24 s in, having only introduced themselves, and dropped at the very
-/// next utterance; of the 14 of 20 scams first flagged by a lift, 13 were still flagged at the
-/// next one (README, "Live with the Mandarin call model").
+/// reading, never confirm one. A reading that does not wait ends the run; one that reaches no
+/// later audio than the run's first (a review of the same speech) neither confirms nor ends
+/// it. The models read whole calls, and on what a live call has said so far they can swing
+/// with one utterance: on a Mandarin set of 20 honest calls through the 8 kHz channel
+/// (unseen_ah, base, 2026-12-06), 3 anti-fraud and notice calls were lifted 18-24 s in, having
+/// only introduced themselves, and dropped at the very next utterance; of the 14 of 20 scams
+/// first flagged by a lift, 13 were still flagged at the next one (README, "Live with the
+/// Mandarin call model").
 fn held(waits: bool, end_s: f64, held_at: &mut Option<f64>) -> bool {
     if !waits {
         *held_at = None;
