@@ -62,6 +62,7 @@ numpy only; the fit is deterministic (full-batch Adam from zero, class-balanced,
 """
 import argparse
 import datetime
+import functools
 import glob
 import hashlib
 import json
@@ -128,8 +129,8 @@ def pack_settings(lang):
         veto_min_windows=m.get("veto_min_windows", m.get("min_windows", MIN_WINDOWS)),
         # No alone_min_windows: the model never lifts alone.
         alone_min_windows=m.get("alone_min_windows", 10**9),
-        # No veto_below: the model vetoes a flag at any keyword score.
-        veto_below=m.get("veto_below", float("inf")),
+        # Not a pack setting (`--veto-below` only): the model vetoes a flag at any keyword score.
+        veto_below=float("inf"),
     )
 
 
@@ -150,8 +151,9 @@ def digest(path):
     return h.hexdigest()[:16]
 
 
+@functools.cache
 def sources_digest():
-    """The digest of `src/detect/`, what the vectors are computed by."""
+    """The digest of `src/detect/`, what the vectors are computed by (read once a run)."""
     h = hashlib.sha256()
     for p in sorted(glob.glob(os.path.join(ROOT, "src", "detect", "*.rs"))):
         with open(p, "rb") as f:

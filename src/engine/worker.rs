@@ -653,59 +653,54 @@ impl Workers {
             return;
         };
         let party = call.parties.entry(work.party).or_default();
-        let Some(timeline) = party.timeline.as_mut() else {
-            // Nothing of this party was heard the first time: their words choose the pack.
-            let mut timeline =
-                self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text);
-            timeline.push(&self.classifier, segment(&work, &heard));
-            if !self.holds(&timeline, work.audio.end_s(), &mut party.held_at) {
+        match party.timeline.as_mut() {
+            None => {
+                // Nothing of this party was heard the first time: their words choose the pack.
+                let mut timeline =
+                    self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text);
+                timeline.push(&self.classifier, segment(&work, &heard));
+                party.timeline = Some(timeline);
+            }
+            Some(timeline) => {
+                let at = work.audio.start_s;
+                let segments = if heard.segments.is_empty() {
+                    vec![segment(&work, &heard)]
+                } else {
+                    heard
+                        .segments
+                        .iter()
+                        .map(|s| Segment {
+                            start_s: at + s.start_s,
+                            end_s: (at + s.end_s).min(work.audio.end_s()),
+                            ..s.clone()
+                        })
+                        .collect()
+                };
+                // The words heard in the context stay as first heard. A sentence that runs on
+                // across its end is kept whole, so a few of its words may repeat; none are lost.
+                let from_s = at + context_s;
+                tracing::debug!(
+                    call = %work.info.call.id,
+                    party = work.party,
+                    from_s,
+                    to_s = work.audio.end_s(),
+                    text = %heard.text,
+                    "review heard"
+                );
+                timeline.revise(&self.classifier, from_s, work.audio.end_s(), segments);
+            }
+        }
+        if let Some(timeline) = &party.timeline {
+            if !self.holds(timeline, work.audio.end_s(), &mut party.held_at) {
                 alerts(
                     &mut party.sent,
                     &work.info,
                     work.party,
-                    &timeline,
+                    timeline,
                     false,
                     out,
                 );
             }
-            party.timeline = Some(timeline);
-            return;
-        };
-        let at = work.audio.start_s;
-        let segments = if heard.segments.is_empty() {
-            vec![segment(&work, &heard)]
-        } else {
-            heard
-                .segments
-                .iter()
-                .map(|s| Segment {
-                    start_s: at + s.start_s,
-                    end_s: (at + s.end_s).min(work.audio.end_s()),
-                    ..s.clone()
-                })
-                .collect()
-        };
-        // The words heard in the context stay as first heard. A sentence that runs on across
-        // its end is kept whole, so a few of its words may repeat; none are lost.
-        let from_s = at + context_s;
-        tracing::debug!(
-            call = %work.info.call.id,
-            party = work.party,
-            from_s,
-            to_s = work.audio.end_s(),
-            text = %heard.text,
-            "review heard"
-        );
-        timeline.revise(&self.classifier, from_s, work.audio.end_s(), segments);
-        if !self.holds(timeline, work.audio.end_s(), &mut party.held_at) {
-            alerts(
-                &mut party.sent,
-                &work.info,
-                work.party,
-                timeline,
-                false,
-                out,
-            );
         }
     }
 }
