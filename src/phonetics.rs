@@ -19,6 +19,22 @@ pub fn is_han(c: char) -> bool {
 /// and 0.9 gave the same recall.
 pub const PINYIN_MIN_SIMILARITY: f32 = 0.86;
 
+/// How a character sounds through the telephone band, as one token of the call model's sound
+/// n-grams (`detect/call_model.rs`, `Sounds`): its toneless `initial|final`, with `blur` the
+/// initial replaced by its class ([`initial_class`]: `1` the sibilants and affricates, `2`
+/// d t n l, `3` b p f h g k; another initial stays itself, the zero initial is `0`), so that the
+/// confusions of an 8 kHz channel and Whisper base give the same token. `None` for a character
+/// without a reading (not Han).
+pub fn sound_token(c: char, blur: bool) -> Option<String> {
+    let (initial, fin) = syllable(c)?;
+    let initial = match (blur, initial_class(initial), initial) {
+        (true, class @ 1..=3, _) => class.to_string(),
+        (_, _, "") => "0".to_owned(),
+        (_, _, i) => i.to_owned(),
+    };
+    Some(format!("{initial}|{fin}"))
+}
+
 /// A character's toneless pinyin split into initial and final, with the spelling rules undone
 /// (y/w syllables, ü written u after j/q/x) so that finals compare: 言 yan -> ("", "ian").
 ///

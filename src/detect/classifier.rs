@@ -562,7 +562,7 @@ impl Classifier {
                 }
             },
         };
-        let p = model.probability(&vectors, &pieces, score)?;
+        let p = model.probability(&vectors, &pieces, text, score)?;
         let evidence = model.most_scam_like(&vectors).map(|i| {
             let (a, b) = spans[i];
             let (start, end) = (tokens[a].span.start, tokens[b - 1].span.end);

@@ -1,0 +1,31 @@
+//! Prints each text's characters (whitespace removed) as the call model's sound tokens, toneless
+//! `initial|final` with the initial unblurred (`phonetics::sound_token`; null for a character
+//! that is not Han), for training on how a transcript sounds (`benches/train_call_model.py`).
+//!
+//! `han_syllables IN.json > OUT.jsonl`: IN a JSON array of strings, one output line per text.
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use vishguard::phonetics::sound_token;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, input] = &args[..] else {
+        bail!("usage: han_syllables IN.json > OUT.jsonl");
+    };
+    let texts: Vec<String> = serde_json::from_str(
+        &std::fs::read_to_string(input).with_context(|| format!("reading {input}"))?,
+    )
+    .with_context(|| format!("{input}: not a JSON array of strings"))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for t in &texts {
+        let tokens: Vec<Option<String>> = t
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .map(|c| sound_token(c, false))
+            .collect();
+        serde_json::to_writer(&mut out, &tokens)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
