@@ -62,7 +62,8 @@ of the transcript without whitespace, as `CallModel`'s `pieces`). Their vectors 
 Mandarin's model reads how the call sounds too (SOUNDS, `--sound-grams`): pairs of adjacent
 characters as toneless pinyin with the initial blurred to its telephone-band class, hashed into
 2,048 buckets (`call_model.rs` `Sounds`; the tokens come from `target/release/examples/
-han_syllables`, build it too, cached by text under `target/call_model_cache/sounds.jsonl`).
+han_syllables`, build it too, cached by text under `target/call_model_cache/sounds-DIGEST.jsonl`,
+DIGEST that of `src/phonetics.rs` and the pinyin crate's version).
 `--sound-grams 0` measures without them. The shipped weights: `--write --train-prefixes 128`
 (with `--no-pieces` for the fallback).
 
@@ -332,8 +333,9 @@ SOUNDS_BIN = os.path.join(ROOT, "target", "release", "examples", "han_syllables"
 # 17, 61 / 1; pairs unblurred in 2,048 1,180 / 24, 57 / 3. 2,048 blurred pairs: the fewest
 # honest calls for no scam lost (2026-12-07).
 SOUNDS = {"en": 0, "zh": 2048}
-# What `attach_sounds` computes: buckets, tokens per n-gram, whether initials are blurred.
-SOUND_GRAMS = {"d": 0, "n": 2, "blur": True}
+# What `attach_sounds` computes (set from the arguments in `main`): buckets, tokens per n-gram,
+# whether initials are blurred.
+SOUND_GRAMS = {"buckets": 0, "n": 2, "blur": True}
 
 
 def initial_class(i):
@@ -353,40 +355,64 @@ def fnv1a(data):
     return h
 
 
+def tokens_digest():
+    """What the sound tokens depend on: `src/phonetics.rs` and the pinyin crate's version in
+    Cargo.lock. The token cache is named by it, so that a change to either makes new tokens
+    instead of training on tokens the Rust side no longer reads."""
+    h = hashlib.sha256()
+    with open(os.path.join(ROOT, "src", "phonetics.rs"), "rb") as f:
+        h.update(f.read())
+    with open(os.path.join(ROOT, "Cargo.lock"), encoding="utf-8") as f:
+        lock = f.read()
+    at = lock.find('name = "pinyin"\n')
+    h.update(lock[at:lock.find("\n\n", at)].encode() if at >= 0 else b"")
+    return h.hexdigest()[:16]
+
+
 def attach_sounds(rows):
-    """Gives each row `sg`: hashed counts of its sound n-grams (toneless syllables of adjacent
-    Han characters, the initial blurred to its class), log(1 + count), L2-normalised."""
-    d, n, blur = SOUND_GRAMS["d"], SOUND_GRAMS["n"], SOUND_GRAMS["blur"]
-    path = os.path.join(CACHE, "sounds.jsonl")
+    """Gives each row `sg`: hashed counts of its sound n-grams (`SOUND_GRAMS`: toneless
+    syllables of adjacent characters, the initial blurred to its class), log(1 + count),
+    L2-normalised, as `call_model.rs` `Sounds::features` computes them."""
+    buckets, n, blur = SOUND_GRAMS["buckets"], SOUND_GRAMS["n"], SOUND_GRAMS["blur"]
+    path = os.path.join(CACHE, f"sounds-{tokens_digest()}.jsonl")
     known = {}
     if os.path.exists(path):
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             for line in f:
+                if not line.endswith("\n"):
+                    break  # a run stopped while writing it: that text is read again
                 x = json.loads(line)
                 known[x["t"]] = x["s"]
+    for r in rows:
+        if r.get("text") is None:
+            sys.exit(f"{r['id']}: no text to read the sounds of")
     texts = sorted({"".join(r["text"].split()) for r in rows} - known.keys())
     if texts and not os.path.exists(SOUNDS_BIN):
         sys.exit(f"{SOUNDS_BIN} is missing: cargo build --release --example han_syllables")
     if texts:
         todo = path + ".todo.json"
-        with open(todo, "w") as f:
+        with open(todo, "w", encoding="utf-8") as f:
             json.dump(texts, f, ensure_ascii=False)
-        out = subprocess.run([SOUNDS_BIN, todo], stdout=subprocess.PIPE, text=True, check=True).stdout
-        with open(path, "a") as f:
-            for t, line in zip(texts, out.splitlines()):
+        out = subprocess.run([SOUNDS_BIN, todo], stdout=subprocess.PIPE, check=True).stdout
+        lines = out.decode("utf-8").splitlines()
+        if len(lines) != len(texts):
+            sys.exit(f"han_syllables gave {len(lines)} lines for {len(texts)} texts")
+        with open(path, "a", encoding="utf-8") as f:
+            for t, line in zip(texts, lines):
                 known[t] = json.loads(line)
                 f.write(json.dumps({"t": t, "s": known[t]}, ensure_ascii=False) + "\n")
+        os.remove(todo)
     for r in rows:
         toks = known["".join(r["text"].split())]
         # The example's tokens keep the initial; blurred here as `phonetics::sound_token`.
         if blur:
             toks = [None if t is None else initial_class(t.split("|")[0]) + "|" + t.split("|")[1] for t in toks]
-        v = np.zeros(d, dtype=np.float32)
+        v = np.zeros(buckets, dtype=np.float32)
         for i in range(len(toks) - n + 1):
             g = toks[i:i + n]
             if None in g:
                 continue
-            v[fnv1a(" ".join(g).encode()) % d] += 1
+            v[fnv1a(" ".join(g).encode()) % buckets] += 1
         v = np.log1p(v)
         norm = np.linalg.norm(v)
         r["sg"] = v / norm if norm else v
@@ -681,8 +707,12 @@ def main():
         attach_pieces([r for rs in list(groups.values()) + [dev1] + list(held.values()) for r in rs], a.lang)
     if a.sound_grams is None:
         a.sound_grams = SOUNDS[a.lang]
+    # The limits `call_model.rs` accepts at parse.
+    if not 0 <= a.sound_grams <= 1 << 20 or not 1 <= a.sound_n <= 8:
+        sys.exit(f"--sound-grams {a.sound_grams} --sound-n {a.sound_n}: expected buckets in 0..=1048576 "
+                 "(0: none) and runs of 1..=8 characters")
     if a.sound_grams:
-        SOUND_GRAMS.update(d=a.sound_grams, n=a.sound_n, blur=not a.sound_exact)
+        SOUND_GRAMS.update(buckets=a.sound_grams, n=a.sound_n, blur=not a.sound_exact)
         attach_sounds([r for rs in list(groups.values()) + [dev1] + list(held.values()) for r in rs])
     width = max(len(g) for g in groups) + 2
     live_head = f" {'live, any alert':>24}" if a.live else ""

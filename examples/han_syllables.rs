@@ -1,6 +1,6 @@
 //! Prints each text's characters (whitespace removed) as the call model's sound tokens, toneless
 //! `initial|final` with the initial unblurred (`phonetics::sound_token`; null for a character
-//! that is not Han), for training on how a transcript sounds (`benches/train_call_model.py`).
+//! without a pinyin reading), for training on how a transcript sounds (`benches/train_call_model.py`).
 //!
 //! `han_syllables IN.json > OUT.jsonl`: IN a JSON array of strings, one output line per text.
 use std::io::Write;

@@ -6,7 +6,8 @@
 //! [`sinks`]. The records that cross these rooms, and leave the process, are in [`call`];
 //! [`config`] describes a whole run. [`model_store`] provides the models; [`score`] measures
 //! quality; [`render`] writes transcripts; [`cli`] is the command line. [`phonetics`] is how
-//! Mandarin sounds through a telephone band (the matcher's and the recogniser's rescoring's).
+//! Mandarin sounds through a telephone band (the matcher's, the recogniser's rescoring's and the
+//! call model's).
 //!
 //! [`server`] is `serve`'s HTTP side (API, events, metrics, WebSocket media).
 //!

@@ -1,5 +1,6 @@
-//! How Mandarin sounds through a telephone band, for the phrase matcher (`detect/matcher.rs`)
-//! and the recogniser's vocabulary rescoring (`asr/rescore.rs`): toneless pinyin syllables and
+//! How Mandarin sounds through a telephone band, for the phrase matcher (`detect/matcher.rs`),
+//! the recogniser's vocabulary rescoring (`asr/rescore.rs`) and the call model's sound pairs
+//! (`detect/call_model.rs`): toneless pinyin syllables and
 //! the initials and finals that an 8 kHz channel and Whisper base blur into each other, each
 //! pair with the count it was measured at.
 
@@ -23,8 +24,9 @@ pub const PINYIN_MIN_SIMILARITY: f32 = 0.86;
 /// n-grams (`detect/call_model.rs`, `Sounds`): its toneless `initial|final`, with `blur` the
 /// initial replaced by its class ([`initial_class`]: `1` the sibilants and affricates, `2`
 /// d t n l, `3` b p f h g k; another initial stays itself, the zero initial is `0`), so that the
-/// confusions of an 8 kHz channel and Whisper base give the same token. `None` for a character
-/// without a reading (not Han).
+/// commonest confusions of an 8 kHz channel and Whisper base give the same token (the
+/// matcher's other pairs, n and the zero initial, m and n, b, f, are not folded). `None` for a
+/// character without a pinyin reading (not Han; a few others, such as 〇, have one).
 pub fn sound_token(c: char, blur: bool) -> Option<String> {
     let (initial, fin) = syllable(c)?;
     let initial = match (blur, initial_class(initial), initial) {

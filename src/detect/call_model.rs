@@ -11,6 +11,8 @@
 //!
 //! `p = sigmoid(w_max . max_i(v_i) + w_mean . mean_i(v_i) + w_score * score + bias)`
 //!
+//! plus, where the model reads them, the pieces' and the sounds' terms below.
+//!
 //! A model may read a second encoder too (`pieces`): the transcript without whitespace, cut
 //! into pieces of `chars` characters side by side, each embedded by that encoder
 //! (EmbeddingGemma), pooled the same way; its `2 x pieces.dim` weights come after the first
@@ -19,11 +21,12 @@
 //! and 55 (benches/encoder_compare/).
 //!
 //! A model may read how the transcript sounds too (`sounds`): its characters as toneless pinyin
-//! tokens (`phonetics::sound_token`, the initial blurred to the class a telephone band confuses
-//! it with), each run of `n` adjacent tokens hashed into one of `buckets` counts, log(1 + count),
-//! L2-normalised; `buckets` weights after the pieces'. Whisper base through an 8 kHz channel
-//! writes the scam's words as other characters that sound alike (安全账户 as 安全长户), which
-//! the encoders read as other words and the sounds keep. With the Mandarin training groups left
+//! tokens (`phonetics::sound_token`, the initial blurred to its telephone-band class), each run
+//! of `n` adjacent tokens hashed into one of `buckets` counts, log(1 + count), L2-normalised;
+//! `buckets` weights after the pieces' (after the window vectors' without pieces), before the
+//! keyword score's. Whisper base through an 8 kHz channel writes the scam's words as other
+//! characters that sound alike or nearly (账户 zhang-hu as 常户 chang-hu), which the encoders
+//! read as other words and the blurred sounds keep. With the Mandarin training groups left
 //! out in turn, 2,048 buckets of blurred pairs flagged 1,182 of 1,308 scams and 18 of 1,298
 //! honest calls, against 1,178 and 32 without (README, "How the call sounds").
 //!
@@ -83,17 +86,18 @@ struct SoundsFile {
 /// its weights.
 #[derive(Debug, Clone)]
 pub struct Sounds {
-    /// Tokens per n-gram.
-    pub n: usize,
+    /// Tokens per n-gram (1..=8, checked at parse).
+    n: usize,
     /// Whether an initial is read as its class (`phonetics::sound_token`).
-    pub blur: bool,
+    blur: bool,
     weights: Vec<f32>,
 }
 
 impl Sounds {
     /// The transcript's sound features, `[buckets]`: each run of `n` tokens of adjacent
     /// characters (whitespace removed; a run with a character that is not Han is skipped)
-    /// joined by a space, hashed by 64-bit FNV-1a into a bucket; log(1 + count); scaled to
+    /// (a character with a pinyin reading: Han, and a few others such as 〇) joined by a
+    /// space, hashed by 64-bit FNV-1a into a bucket; log(1 + count); scaled to
     /// length 1 (all zeros for a transcript with no run). `benches/train_call_model.py`
     /// (`attach_sounds`) computes the same.
     pub fn features(&self, text: &str) -> Vec<f32> {
@@ -183,7 +187,8 @@ impl CallModel {
     ///
     /// Errors: not JSON of this format, a length that is not `2 * dim + 2 * pieces.dim +
     /// sounds.buckets + 1` (without pieces or sounds, their terms 0), a weight that is not
-    /// finite, pieces of no characters, sounds of no buckets or runs outside 1..8 tokens.
+    /// finite, pieces of no characters, sounds of buckets outside 1..=2^20 or runs outside
+    /// 1..=8 tokens.
     pub fn parse(text: &str) -> Result<Self> {
         let f: ModelFile = serde_json::from_str(text).context("not a call-model file")?;
         if f.format != FORMAT {
@@ -205,8 +210,8 @@ impl CallModel {
         if let Some(s) = &f.sounds {
             if s.buckets == 0 || s.buckets > 1 << 20 || s.n == 0 || s.n > 8 {
                 bail!(
-                    "sounds of {} buckets and runs of {}: expected buckets in 1..1048576 and \
-                     runs of 1..8 tokens",
+                    "sounds of {} buckets and runs of {}: expected buckets in 1..=1048576 and \
+                     runs of 1..=8 tokens",
                     s.buckets,
                     s.n
                 );
@@ -262,7 +267,8 @@ impl CallModel {
     /// (`[windows][dim]`, at least one), its pieces' vectors when the model reads pieces
     /// (`[pieces][pieces.dim]`, at least one; ignored otherwise), its text (read for the
     /// sounds, when the model reads them) and its keyword score (0..1); `None` when there are
-    /// no windows or pieces, or a vector's length is not the model's.
+    /// no windows or pieces, a vector's length is not the model's, or the sum overflows (a
+    /// weights file of huge finite weights: no reading rather than NaN).
     pub fn probability<V: AsRef<[f32]>, P: AsRef<[f32]>>(
         &self,
         vectors: &[V],
@@ -278,6 +284,9 @@ impl CallModel {
         }
         if let Some(s) = &self.sounds {
             z += s.dot(text);
+        }
+        if !z.is_finite() {
+            return None;
         }
         Some(1.0 / (1.0 + (-z).exp()))
     }
@@ -436,7 +445,8 @@ mod tests {
         for (got, want) in v.iter().zip(expected) {
             assert!((got - want).abs() < 1e-6, "{v:?}");
         }
-        // The channel's 长户 for 账户 reads the same; unblurred it does not.
+        // 长 reads zhang in the pinyin crate, a homophone of 账 either way; 常 chang is read as
+        // 账 only with the initial blurred.
         assert_eq!(sounds.features("账户"), sounds.features("长户"));
         let exact = CallModel::parse(&sounds_file(false)).unwrap();
         let exact = exact.sounds.as_ref().unwrap();
@@ -451,13 +461,22 @@ mod tests {
             .probability(&windows, &none, "安全 账户ab长户", 0.3)
             .unwrap();
         assert!((p - 1.0 / (1.0 + (-z).exp())).abs() < 1e-6, "{p}");
-        for (bad, problem) in [("\"buckets\":8", "\"buckets\":0"), ("\"n\":2", "\"n\":9")] {
+        for (good, bad) in [("\"buckets\":8", "\"buckets\":0"), ("\"n\":2", "\"n\":9")] {
             let e = format!(
                 "{:#}",
-                CallModel::parse(&sounds_file(true).replace(bad, problem)).unwrap_err()
+                CallModel::parse(&sounds_file(true).replace(good, bad)).unwrap_err()
             );
-            assert!(e.contains("runs of 1..8 tokens"), "{e}");
+            assert!(e.contains("runs of 1..=8 tokens"), "{e}");
         }
+        // Finite weights whose sum overflows give no reading, not NaN.
+        let huge = sounds_file(true)
+            .replace("[1.0,0.0,", "[3e38,0.0,")
+            .replace(",2.0,", ",3e38,");
+        let m = CallModel::parse(&huge).unwrap();
+        assert_eq!(
+            m.probability(&[vec![1.0]], &none, "安全 账户ab长户", 0.3),
+            None
+        );
         let e = format!(
             "{:#}",
             CallModel::parse(&sounds_file(true).replace("\"buckets\":8", "\"buckets\":7"))
