@@ -95,10 +95,10 @@ pub struct Sounds {
 
 impl Sounds {
     /// The transcript's sound features, `[buckets]`: each run of `n` tokens of adjacent
-    /// characters (whitespace removed; a run with a character that is not Han is skipped)
-    /// (a character with a pinyin reading: Han, and a few others such as 〇) joined by a
-    /// space, hashed by 64-bit FNV-1a into a bucket; log(1 + count); scaled to
-    /// length 1 (all zeros for a transcript with no run). `benches/train_call_model.py`
+    /// characters (whitespace removed; a run through a character without a pinyin reading,
+    /// i.e. not Han but for a few such as 〇, is skipped) joined by a space, hashed by 64-bit
+    /// FNV-1a into a bucket; log(1 + count); scaled to length 1 (all zeros for a transcript
+    /// with no run). `benches/train_call_model.py`
     /// (`attach_sounds`) computes the same.
     pub fn features(&self, text: &str) -> Vec<f32> {
         let tokens: Vec<Option<String>> = text
