@@ -275,25 +275,32 @@ def cut(text, chars):
     return [t[i:i + chars] for i in range(0, len(t), chars)]
 
 
+def read_cache(path, value):
+    """text -> `value` of a cache of JSON lines `{"t": text, value: ...}` (the pieces' vectors,
+    the sound tokens); {} where there is none. A last line cut off by a run stopped while
+    writing it is truncated away, so that its text is made again and appended whole."""
+    known = {}
+    if not os.path.exists(path):
+        return known
+    whole = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            x = json.loads(line)
+            known[x["t"]] = x[value]
+            whole += len(line)
+    if whole != os.path.getsize(path):
+        os.truncate(path, whole)
+    return known
+
+
 def attach_pieces(rows, lang):
     """Gives each row `ps`: its pieces' vectors by the second encoder, embedding the pieces
     not cached yet with `embed_texts` (about 0.2-0.25 s each on 2 cores)."""
     encoder, chars, dim = PIECES[lang]
     path = os.path.join(CACHE, f"pieces-{encoder}-{chars}.jsonl")
-    known = {}
-    if os.path.exists(path):
-        whole = 0
-        with open(path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    # The last line of a run stopped while writing it: cut off below, and its
-                    # piece embedded again.
-                    break
-                x = json.loads(line)
-                known[x["t"]] = x["v"]
-                whole += len(line)
-        if whole != os.path.getsize(path):
-            os.truncate(path, whole)
+    known = read_cache(path, "v")
     for r in rows:
         if r.get("text") is None:
             sys.exit(f"{r['id']}: no text to cut into pieces")
@@ -375,14 +382,7 @@ def attach_sounds(rows):
     L2-normalised, as `call_model.rs` `Sounds::features` computes them."""
     buckets, n, blur = SOUND_GRAMS["buckets"], SOUND_GRAMS["n"], SOUND_GRAMS["blur"]
     path = os.path.join(CACHE, f"sounds-{tokens_digest()}.jsonl")
-    known = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    break  # a run stopped while writing it: that text is read again
-                x = json.loads(line)
-                known[x["t"]] = x["s"]
+    known = read_cache(path, "s")
     for r in rows:
         if r.get("text") is None:
             sys.exit(f"{r['id']}: no text to read the sounds of")
