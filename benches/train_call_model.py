@@ -515,9 +515,13 @@ def live_alerts(rows, p, settings):
     by keywords below `high` where the model reads under `live_confirm_below` (or did not
     read: too few windows), at the second such or flagged reading in a row, or at the last
     reading, the whole call (the engine's close alerts a flag still waiting). Per call: (what
-    alerted it first, "keywords" or "lift", or None; y)."""
+    alerted it first, "keywords" or "lift", or None; y). `settings["live_gate"]`, where set,
+    replaces the gate for the live readings (not the pack's: measured, `--live-gate`), and
+    `settings["live_readings"]` how many flagged readings in a row a waiting flag needs (2)."""
     by_call = {}
-    for r, q, k in zip(rows, p, reading_kinds(rows, p, settings)):
+    live = dict(settings, gate=settings.get("live_gate") or settings["gate"])
+    need = settings.get("live_readings") or 2
+    for r, q, k in zip(rows, p, reading_kinds(rows, p, live)):
         at = r["chars"] if r["chars"] is not None else float("inf")
         read = len(r["vs"]) >= MIN_WINDOWS
         waits = k == "lift" or (
@@ -529,12 +533,12 @@ def live_alerts(rows, p, settings):
     out = {}
     for call, readings in by_call.items():
         readings.sort(key=lambda x: x[0])
-        alerted, waited_before = None, False
+        alerted, waited = None, 0
         for i, (_, kind, waits, _) in enumerate(readings):
             last = i == len(readings) - 1
-            if alerted is None and kind and (not waits or waited_before or last):
+            waited = waited + 1 if kind and waits else 0
+            if alerted is None and kind and (not waits or waited >= need or last):
                 alerted = kind
-            waited_before = bool(kind) and waits
         out[call] = (alerted, readings[0][3])
     return out
 
@@ -669,6 +673,10 @@ def main():
         type=float,
         help="measure live with this live_confirm_below instead of the pack's (0: alerted at once)",
     )
+    ap.add_argument("--live-gate", type=float,
+                    help="measure live alerts with this gate (the summary keeps the pack's)")
+    ap.add_argument("--live-readings", type=int,
+                    help="flagged readings in a row a waiting live flag needs (the engine's: 2)")
     ap.add_argument("--lift", type=float, help="measure with this lift instead of the pack's")
     ap.add_argument(
         "--veto-below",
@@ -701,7 +709,7 @@ def main():
         sys.exit(f"{BIN} is missing: cargo build --release --example window_vectors")
     settings = pack_settings(a.lang)
     for key in ("veto_min_windows", "lift", "lift_min_score", "alone_min_windows", "live_confirm_below",
-                "veto_below"):
+                "veto_below", "live_gate", "live_readings"):
         if getattr(a, key) is not None:
             settings[key] = getattr(a, key)
     if settings["alone_min_windows"] == 0:
