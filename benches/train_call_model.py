@@ -340,15 +340,14 @@ SOUNDS_BIN = os.path.join(ROOT, "target", "release", "examples", "han_syllables"
 # 17, 61 / 1; pairs unblurred in 2,048 1,180 / 24, 57 / 3. 2,048 blurred pairs: the fewest
 # honest calls for no scam lost (2026-12-07).
 SOUNDS = {"en": 0, "zh": 2048}
-# A floor on the sound columns' spread before the fit (`--sound-sd-floor`; 0: none): their
-# spreads run 0.0024 / 0.017 / 0.047 (1st / 50th / 99th percentile), so a rare bucket's raw
-# weight is large. Tried and not kept (2026-12-07, each group left out, `--train-prefixes 128`):
+# A floor on the sound columns' spread before the fit (`--sound-sd-floor`, SOUND_GRAMS
+# `sd_floor`; 0: none): their spreads run 0.0024 / 0.017 / 0.047 (1st / 50th / 99th
+# percentile), so a rare bucket's raw weight is large. Tried and not kept (2026-12-07, each group left out, `--train-prefixes 128`):
 # none 1,182 / 18, floor 0.01 1,187 / 19, 0.02 1,186 / 19 of 1,308 / 1,298; dev half 0 left
 # out 64 / 3, 64 / 3, 65 / 3.
-SOUND_SD_FLOOR = {"floor": 0.0}
-# What `attach_sounds` computes (set from the arguments in `main`): buckets, tokens per n-gram,
-# whether initials are blurred.
-SOUND_GRAMS = {"buckets": 0, "n": 2, "blur": True}
+# What `attach_sounds` computes and `fit` floors (set from the arguments in `main`): buckets,
+# tokens per n-gram, whether initials are blurred, the floor on the columns' spread.
+SOUND_GRAMS = {"buckets": 0, "n": 2, "blur": True, "sd_floor": 0.0}
 
 
 def initial_class(i):
@@ -452,10 +451,10 @@ def fit(x, y, sw=None):
     """Logistic regression on standardised features, each row weighted by `sw` (1 where None)
     within its class's balance; returns (weights, bias) on raw ones."""
     mu, sd = x.mean(0), x.std(0) + 1e-6
-    if SOUND_SD_FLOOR["floor"] and SOUND_GRAMS.get("buckets"):
+    if SOUND_GRAMS["sd_floor"] and SOUND_GRAMS["buckets"]:
         # The sound columns sit just before the keyword score (`features`).
         cols = slice(len(sd) - 1 - SOUND_GRAMS["buckets"], len(sd) - 1)
-        sd[cols] = np.maximum(sd[cols], SOUND_SD_FLOOR["floor"])
+        sd[cols] = np.maximum(sd[cols], SOUND_GRAMS["sd_floor"])
     z = (x - mu) / sd
     n, d = z.shape
     w, b = np.zeros(d), 0.0
@@ -732,10 +731,10 @@ def main():
         sys.exit(f"--sound-grams {a.sound_grams} --sound-n {a.sound_n}: expected buckets in 0..=1048576 "
                  "(0: none) and runs of 1..=8 characters")
     if a.sound_grams:
-        SOUND_GRAMS.update(buckets=a.sound_grams, n=a.sound_n, blur=not a.sound_exact)
         if not a.sound_sd_floor >= 0:
             sys.exit(f"--sound-sd-floor {a.sound_sd_floor}: expected a spread of 0 or more")
-        SOUND_SD_FLOOR["floor"] = a.sound_sd_floor
+        SOUND_GRAMS.update(buckets=a.sound_grams, n=a.sound_n, blur=not a.sound_exact,
+                           sd_floor=a.sound_sd_floor)
         attach_sounds([r for rs in list(groups.values()) + [dev1] + list(held.values()) for r in rs])
     width = max(len(g) for g in groups) + 2
     live_head = f" {'live, any alert':>24}" if a.live else ""

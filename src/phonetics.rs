@@ -27,7 +27,7 @@ pub const PINYIN_MIN_SIMILARITY: f32 = 0.86;
 /// commonest confusions of an 8 kHz channel and Whisper base give the same token (the
 /// matcher's other pairs, n and the zero initial, m and n, b, f, are not folded). `None` for a
 /// character without a pinyin reading (not Han; a few others, such as 〇, have one).
-pub fn sound_token(c: char, blur: bool) -> Option<String> {
+fn sound_token(c: char, blur: bool) -> Option<String> {
     let (initial, fin) = syllable(c)?;
     let initial = match (blur, initial_class(initial), initial) {
         (true, class @ 1..=3, _) => class.to_string(),
@@ -35,6 +35,16 @@ pub fn sound_token(c: char, blur: bool) -> Option<String> {
         (_, _, i) => i.to_owned(),
     };
     Some(format!("{initial}|{fin}"))
+}
+
+/// A text's characters, whitespace removed, as sound tokens (one per character, see
+/// `sound_token`): what the call model's `Sounds` hashes and what `examples/han_syllables.rs`
+/// gives the trainer, so that both read a transcript alike.
+pub fn sound_tokens(text: &str, blur: bool) -> Vec<Option<String>> {
+    text.chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| sound_token(c, blur))
+        .collect()
 }
 
 /// A character's toneless pinyin split into initial and final, with the spelling rules undone

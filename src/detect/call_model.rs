@@ -21,7 +21,7 @@
 //! and 55 (benches/encoder_compare/).
 //!
 //! A model may read how the transcript sounds too (`sounds`): its characters as toneless pinyin
-//! tokens (`phonetics::sound_token`, the initial blurred to its telephone-band class), each run
+//! tokens (`phonetics::sound_tokens`, the initial blurred to its telephone-band class), each run
 //! of `n` adjacent tokens hashed into one of `buckets` counts, log(1 + count), L2-normalised;
 //! `buckets` weights after the pieces' (after the window vectors' without pieces), before the
 //! keyword score's. Whisper base through an 8 kHz channel writes the scam's words as other
@@ -37,7 +37,7 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::phonetics::sound_token;
+use crate::phonetics::sound_tokens;
 
 /// The format name the weights file carries, checked at load.
 pub const FORMAT: &str = "vishguard-call-model-1";
@@ -88,7 +88,7 @@ struct SoundsFile {
 pub struct Sounds {
     /// Tokens per n-gram (1..=8, checked at parse).
     n: usize,
-    /// Whether an initial is read as its class (`phonetics::sound_token`).
+    /// Whether an initial is read as its class (`phonetics::sound_tokens`).
     blur: bool,
     weights: Vec<f32>,
 }
@@ -101,11 +101,7 @@ impl Sounds {
     /// with no run). `benches/train_call_model.py`
     /// (`attach_sounds`) computes the same.
     pub fn features(&self, text: &str) -> Vec<f32> {
-        let tokens: Vec<Option<String>> = text
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .map(|c| sound_token(c, self.blur))
-            .collect();
+        let tokens = sound_tokens(text, self.blur);
         let buckets = self.weights.len() as u64;
         let mut v = vec![0f32; self.weights.len()];
         for run in tokens.windows(self.n) {
