@@ -36,7 +36,15 @@ EmbeddingGemma's pieces those of the whole call, so they need no new vectors.
 `--live 40` reads the measured sets' calls 40 characters at a time (about one utterance of
 Mandarin), whole last, and counts the calls alerted at some reading as `engine/worker.rs`
 alerts (keywords at once, a lift at its second lifted reading in a row, a keyword flag the
-pack's `live_confirm_below` holds at its second flagged reading in a row).
+pack's `live_confirm_below` holds at its second flagged reading in a row). `--live-gate G`
+keeps keyword flags the model reads below G off the live readings but the whole call's (the
+engine's close alerts what the summary flags; `--live-gate-whole` gates that one too),
+`--live-readings N` asks a waiting flag for N readings in a row, `--show-live` names the
+honest calls alerted. `--eval-live RUN.jsonl...` measures the same on what a `vishguard
+listen` run heard (`benches/live_vs_scan.sh`'s `live_TAG.jsonl`, labels from the
+`labels.csv` beside it): each call's transcripts as it cut and heard them, reading K its
+first K (`live_readings`). On unseen_al heard live it gave what the engine did: the same 18
+scams and the same 5 honest calls alerted.
 
 `--veto-below S` measures a veto that spares keyword scores of S and up (tried 2026-12-07 at
 0.7-0.8 and not kept: README, "A nineteenth fresh voice, heard live").
@@ -248,6 +256,42 @@ def vectors(path, lang=None, prefixes=None):
     for r in rows:
         text = texts.get(r["call"])
         r["text"] = text if r["chars"] is None or text is None else "".join(text.split())[:r["chars"]]
+    return rows
+
+
+def live_readings(path, lang=None):
+    """Per call of a `vishguard listen --format jsonl` run (`benches/live_vs_scan.sh`'s
+    `live_TAG.jsonl`, labels from the `labels.csv` beside it), the finished readings as the
+    live call heard them, rows as `vectors(prefixes=)` gives them: reading K is the call's
+    first K transcripts joined with spaces (`chars` K), the whole call the last reading. The
+    engine's reviews, which hear joined utterances again and revise the timeline, and its
+    partials are left out: an approximation of what the engine read. Unlike the prefixes of
+    what `scan` heard, these are cut where live cut the audio and heard as live heard it."""
+    with open(os.path.join(os.path.dirname(path), "labels.csv")) as f:
+        lines = [line.rstrip("\n").split(",") for line in f][1:]
+    labels = {os.path.splitext(os.path.basename(r[0]))[0]: (r[1], r[3] if len(r) > 3 else "")
+              for r in lines if len(r) > 1}
+    names, heard = {}, {}
+    with open(path) as f:
+        for line in f:
+            e = json.loads(line)
+            if e.get("event") == "call_started":
+                names[e["id"]] = os.path.splitext(os.path.basename(e["metadata"]["file"]))[0]
+            elif e.get("event") == "transcript":
+                heard.setdefault(e["call_id"], []).append(" ".join(e["text"].replace("|", " ").split()))
+    os.makedirs(CACHE, exist_ok=True)
+    out = os.path.join(CACHE, "live_readings_" + hashlib.sha256(open(path, "rb").read()).hexdigest()[:16] + ".txt")
+    with open(out, "w", encoding="utf-8") as o:
+        for call_id, texts in heard.items():
+            name = names[call_id]
+            label, kind = labels[name]
+            for k in range(1, len(texts) + 1):
+                o.write(f"{name}@{k}|{label}|{kind}|{' '.join(texts[:k])}\n")
+            o.write(f"{name}|{label}|{kind}|{' '.join(texts)}\n")
+    rows = vectors(out, lang)
+    for r in rows:
+        call, at, k = r["id"].rpartition("@")
+        r["call"], r["chars"] = (call, int(k)) if at else (r["id"], None)
     return rows
 
 
@@ -515,12 +559,19 @@ def live_alerts(rows, p, settings):
     read: too few windows), at the second such or flagged reading in a row, or at the last
     reading, the whole call (the engine's close alerts a flag still waiting). Per call: (what
     alerted it first, "keywords" or "lift", or None; y). `settings["live_gate"]`, where set,
-    replaces the gate for the live readings (not the pack's: measured, `--live-gate`), and
+    replaces the gate for the live readings but the whole call's (`settings["live_gate_whole"]`:
+    that one too), not the pack's (measured, `--live-gate`), and
     `settings["live_readings"]` how many flagged readings in a row a waiting flag needs (2)."""
     by_call = {}
     live = dict(settings, gate=settings.get("live_gate") or settings["gate"])
     need = settings.get("live_readings") or 2
-    for r, q, k in zip(rows, p, reading_kinds(rows, p, live)):
+    # The whole call is read with the pack's gate: the engine's close alerts what the
+    # summary flags (`closing_alerts`), whatever the live gate held back before it.
+    kinds = [
+        k if r["chars"] is not None or settings.get("live_gate_whole") else whole
+        for r, k, whole in zip(rows, reading_kinds(rows, p, live), reading_kinds(rows, p, settings))
+    ]
+    for r, q, k in zip(rows, p, kinds):
         at = r["chars"] if r["chars"] is not None else float("inf")
         read = len(r["vs"]) >= MIN_WINDOWS
         waits = k == "lift" or (
@@ -639,6 +690,8 @@ def main():
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--logo", action="store_true")
     ap.add_argument("--eval", nargs="*", default=[])
+    ap.add_argument("--eval-live", nargs="*", default=[], metavar="LIVE_JSONL",
+                    help="measure live alerts on what a `vishguard listen` run heard (`live_readings`)")
     ap.add_argument(
         "--heard",
         action="store_true",
@@ -674,6 +727,9 @@ def main():
     )
     ap.add_argument("--live-gate", type=float,
                     help="measure live alerts with this gate (the summary keeps the pack's)")
+    ap.add_argument("--live-gate-whole", action="store_true",
+                    help="the live gate holds the whole call's alert too (the engine's close does not)")
+    ap.add_argument("--show-live", action="store_true", help="name the honest calls alerted live")
     ap.add_argument("--live-readings", type=int,
                     help="flagged readings in a row a waiting live flag needs (the engine's: 2)")
     ap.add_argument("--lift", type=float, help="measure with this lift instead of the pack's")
@@ -708,7 +764,7 @@ def main():
         sys.exit(f"{BIN} is missing: cargo build --release --example window_vectors")
     settings = pack_settings(a.lang)
     for key in ("veto_min_windows", "lift", "lift_min_score", "alone_min_windows", "live_confirm_below",
-                "veto_below", "live_gate", "live_readings"):
+                "veto_below", "live_gate", "live_readings", "live_gate_whole"):
         if getattr(a, key) is not None:
             settings[key] = getattr(a, key)
     if settings["alone_min_windows"] == 0:
@@ -722,6 +778,7 @@ def main():
     pieces = PIECES.get(a.lang) if not a.no_pieces else None
     held = {path: vectors(os.path.join(ROOT, path) if not os.path.isabs(path) else path, a.lang, a.live)
             for path in held_out_sets(a.lang) + a.eval}
+    held.update({path: live_readings(path, a.lang) for path in a.eval_live})
     if pieces:
         attach_pieces([r for rs in list(groups.values()) + [dev1] + list(held.values()) for r in rs], a.lang)
     if a.sound_grams is None:
@@ -749,7 +806,12 @@ def main():
         cm = counts(calls, flags(calls, q, settings))
         live = ""
         if any(r["chars"] is not None for r in rows):
-            alerts = live_alerts(rows, p, settings).values()
+            by_call = live_alerts(rows, p, settings)
+            alerts = by_call.values()
+            if a.show_live:
+                for call, (f, y) in sorted(by_call.items()):
+                    if f and not y:
+                        print(f"  honest call alerted live ({f}): {call}")
             tp = sum(bool(f) and y for f, y in alerts)
             fp = sum(bool(f) and not y for f, y in alerts)
             pos = sum(y for _, y in alerts)
