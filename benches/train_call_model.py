@@ -43,8 +43,8 @@ engine's close alerts what the summary flags; `--live-gate-whole` gates that one
 honest calls alerted. `--eval-live RUN.jsonl...` measures the same on what a `vishguard
 listen` run heard (`benches/live_vs_scan.sh`'s `live_TAG.jsonl`, labels from the
 `labels.csv` beside it): each call's transcripts as it cut and heard them, reading K its
-first K (`live_readings`). On unseen_al heard live it gave what the engine did: the same 18
-scams and the same 5 honest calls alerted.
+first K (`live_readings`). On unseen_al and unseen_am heard live it gave what the engine did:
+the same scams and the same honest calls alerted (18 / 5 and 20 / 4 of 20 / 20).
 
 `--veto-below S` measures a veto that spares keyword scores of S and up (tried 2026-12-07 at
 0.7-0.8 and not kept: README, "A nineteenth fresh voice, heard live").
