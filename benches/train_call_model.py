@@ -78,6 +78,7 @@ DIGEST that of `src/phonetics.rs` and the pinyin crate's version).
 numpy only; the fit is deterministic (full-batch Adam from zero, class-balanced, L2).
 """
 import argparse
+import csv
 import datetime
 import functools
 import glob
@@ -267,10 +268,9 @@ def live_readings(path, lang=None):
     engine's reviews, which hear joined utterances again and revise the timeline, and its
     partials are left out: an approximation of what the engine read. Unlike the prefixes of
     what `scan` heard, these are cut where live cut the audio and heard as live heard it."""
-    with open(os.path.join(os.path.dirname(path), "labels.csv")) as f:
-        lines = [line.rstrip("\n").split(",") for line in f][1:]
-    labels = {os.path.splitext(os.path.basename(r[0]))[0]: (r[1], r[3] if len(r) > 3 else "")
-              for r in lines if len(r) > 1}
+    with open(os.path.join(os.path.dirname(path), "labels.csv"), newline="") as f:
+        labels = {os.path.splitext(os.path.basename(r["path"]))[0]: (r["label"], r.get("type") or "")
+                  for r in csv.DictReader(f)}
     names, heard = {}, {}
     with open(path) as f:
         for line in f:
@@ -280,7 +280,8 @@ def live_readings(path, lang=None):
             elif e.get("event") == "transcript":
                 heard.setdefault(e["call_id"], []).append(" ".join(e["text"].replace("|", " ").split()))
     os.makedirs(CACHE, exist_ok=True)
-    out = os.path.join(CACHE, "live_readings_" + hashlib.sha256(open(path, "rb").read()).hexdigest()[:16] + ".txt")
+    with open(path, "rb") as f:
+        out = os.path.join(CACHE, "live_readings_" + hashlib.sha256(f.read()).hexdigest()[:16] + ".txt")
     with open(out, "w", encoding="utf-8") as o:
         for call_id, texts in heard.items():
             name = names[call_id]
@@ -565,12 +566,12 @@ def live_alerts(rows, p, settings):
     by_call = {}
     live = dict(settings, gate=settings.get("live_gate") or settings["gate"])
     need = settings.get("live_readings") or 2
-    # The whole call is read with the pack's gate: the engine's close alerts what the
-    # summary flags (`closing_alerts`), whatever the live gate held back before it.
-    kinds = [
-        k if r["chars"] is not None or settings.get("live_gate_whole") else whole
-        for r, k, whole in zip(rows, reading_kinds(rows, p, live), reading_kinds(rows, p, settings))
-    ]
+    kinds = reading_kinds(rows, p, live)
+    if settings.get("live_gate") and not settings.get("live_gate_whole"):
+        # The whole call is read with the pack's gate: the engine's close alerts what the
+        # summary flags (`closing_alerts`), whatever the live gate held back before it.
+        whole = reading_kinds(rows, p, settings)
+        kinds = [k if r["chars"] is not None else w for r, k, w in zip(rows, kinds, whole)]
     for r, q, k in zip(rows, p, kinds):
         at = r["chars"] if r["chars"] is not None else float("inf")
         read = len(r["vs"]) >= MIN_WINDOWS
