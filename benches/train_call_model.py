@@ -39,8 +39,12 @@ alerts (keywords at once, a lift at its second lifted reading in a row, a keywor
 pack's `live_confirm_below` holds at its second flagged reading in a row). `--live-gate G`
 keeps keyword flags the model reads below G off the live readings but the whole call's (the
 engine's close alerts what the summary flags; `--live-gate-whole` gates that one too),
-`--live-readings N` asks a waiting flag for N readings in a row, `--show-live` names the
-honest calls alerted. `--eval-live RUN.jsonl...` measures the same on what a `vishguard
+`--live-readings N` asks a waiting flag for N readings in a row, `--live-alone-min-windows N`
+and `--live-lift P` replace the pack's `live_alone_min_windows` and `lift` for the live
+readings (the whole call keeps the pack's), `--show-live` names the honest calls alerted (and the scams not) and
+`--show-live-trail` prints their readings (kind, keyword score, model, windows, new words). Each
+live row also counts the scams first alerted only at the close and the mean share of a scam's
+readings made when it was first alerted. `--eval-live RUN.jsonl...` measures the same on what a `vishguard
 listen` run heard (`benches/live_vs_scan.sh`'s `live_TAG.jsonl`, labels from the
 `labels.csv` beside it): each call's transcripts as it cut and heard them, reading K its
 first K (`live_readings`). On unseen_al and unseen_am heard live it gave what the engine did:
@@ -130,8 +134,8 @@ MANDARIN_MEASURED = ["j", "k", "l", "m", "q", "r", "s", "t", "u", "v", "w", "x",
 
 
 def pack_settings(lang):
-    """gate, lift, lift_min_score, suspected, veto_min_windows and alone_min_windows from the
-    built-in pack, by name."""
+    """gate, lift, lift_min_score, suspected, veto_min_windows, alone_min_windows and
+    live_alone_min_windows from the built-in pack, by name."""
     with open(os.path.join(ROOT, "models", "phrases", f"{lang}.toml"), "rb") as f:
         pack = tomllib.load(f)
     m = pack["context"].get("call_model", {"gate": 0.3})
@@ -147,6 +151,8 @@ def pack_settings(lang):
         veto_min_windows=m.get("veto_min_windows", m.get("min_windows", MIN_WINDOWS)),
         # No alone_min_windows: the model never lifts alone.
         alone_min_windows=m.get("alone_min_windows", 10**9),
+        # No live_alone_min_windows: live readings are lifted as the summary is.
+        live_alone_min_windows=m.get("live_alone_min_windows"),
         # Not a pack setting (`--veto-below` only): the model vetoes a flag at any keyword score.
         veto_below=float("inf"),
     )
@@ -552,22 +558,35 @@ def flags(rows, p, settings):
     return [k is not None for k in reading_kinds(rows, p, settings)]
 
 
+def live_settings(settings):
+    """`settings` as a live reading is read with: the `live_` settings in place of theirs."""
+    live = dict(settings, gate=settings.get("live_gate") or settings["gate"])
+    for key in ("alone_min_windows", "lift"):
+        if settings.get("live_" + key) is not None:
+            live[key] = settings["live_" + key]
+    return live
+
+
 def live_alerts(rows, p, settings):
     """Per call of `rows` (whole calls and their prefixes, `vectors(prefixes=)`), read prefix
     by prefix and whole last as a live call's readings. As `engine/worker.rs` alerts (`waits`,
     `held`): a reading flagged by keywords at once; one flagged by the model's lift alone, or
     by keywords below `high` where the model reads under `live_confirm_below` (or did not
     read: too few windows), at the second such or flagged reading in a row, or at the last
-    reading, the whole call (the engine's close alerts a flag still waiting). Per call: (what
-    alerted it first, "keywords" or "lift", or None; y). `settings["live_gate"]`, where set,
-    replaces the gate for the live readings but the whole call's (`settings["live_gate_whole"]`:
-    that one too), not the pack's (measured, `--live-gate`), and
-    `settings["live_readings"]` how many flagged readings in a row a waiting flag needs (2)."""
+    reading, the whole call (the engine's close alerts a flag still waiting).
+    `settings["live_gate"]`, where set, replaces the gate for the live readings but the whole
+    call's (`settings["live_gate_whole"]`: that one too), not the pack's (measured,
+    `--live-gate`); `settings["live_alone_min_windows"]` (the pack's) and `settings["live_lift"]`
+    replace `alone_min_windows` and `lift` for the live readings alone, as the engine's
+    `live_withheld` does; `settings["live_readings"]` is how many flagged readings in a row a
+    waiting flag needs (2). Per call: (what alerted it first,
+    "keywords" or "lift", or None; y; whether that alert came only at the close, on the whole
+    call; the share of the call's readings made by then, or None)."""
     by_call = {}
-    live = dict(settings, gate=settings.get("live_gate") or settings["gate"])
     need = settings.get("live_readings") or 2
-    kinds = reading_kinds(rows, p, live)
-    if settings.get("live_gate") and not settings.get("live_gate_whole"):
+    kinds = reading_kinds(rows, p, live_settings(settings))
+    if any(settings.get(k) is not None for k in ("live_gate", "live_alone_min_windows", "live_lift")) \
+            and not settings.get("live_gate_whole"):
         # The whole call is read with the pack's gate: the engine's close alerts what the
         # summary flags (`closing_alerts`), whatever the live gate held back before it.
         whole = reading_kinds(rows, p, settings)
@@ -584,13 +603,13 @@ def live_alerts(rows, p, settings):
     out = {}
     for call, readings in by_call.items():
         readings.sort(key=lambda x: x[0])
-        alerted, waited = None, 0
-        for i, (_, kind, waits, _) in enumerate(readings):
+        alerted, waited, closing, share = None, 0, False, None
+        for i, (at, kind, waits, _) in enumerate(readings):
             last = i == len(readings) - 1
             waited = waited + 1 if kind and waits else 0
             if alerted is None and kind and (not waits or waited >= need or last):
-                alerted = kind
-        out[call] = (alerted, readings[0][3])
+                alerted, closing, share = kind, at == float("inf"), (i + 1) / len(readings)
+        out[call] = (alerted, readings[0][3], closing, share if alerted else None)
     return out
 
 
@@ -730,7 +749,14 @@ def main():
                     help="measure live alerts with this gate (the summary keeps the pack's)")
     ap.add_argument("--live-gate-whole", action="store_true",
                     help="the live gate holds the whole call's alert too (the engine's close does not)")
-    ap.add_argument("--show-live", action="store_true", help="name the honest calls alerted live")
+    ap.add_argument("--show-live", action="store_true",
+                    help="name the honest calls alerted live and the scams not alerted")
+    ap.add_argument("--show-live-trail", action="store_true",
+                    help="with --show-live, each such call's readings: kind, keyword score, model, the newest words")
+    ap.add_argument("--live-alone-min-windows", type=int,
+                    help="live readings: the model alone lifts from this many windows (0: never; the summary keeps the pack's)")
+    ap.add_argument("--live-lift", type=float,
+                    help="live readings: lift at this model reading (the summary keeps the pack's)")
     ap.add_argument("--live-readings", type=int,
                     help="flagged readings in a row a waiting live flag needs (the engine's: 2)")
     ap.add_argument("--lift", type=float, help="measure with this lift instead of the pack's")
@@ -765,9 +791,12 @@ def main():
         sys.exit(f"{BIN} is missing: cargo build --release --example window_vectors")
     settings = pack_settings(a.lang)
     for key in ("veto_min_windows", "lift", "lift_min_score", "alone_min_windows", "live_confirm_below",
-                "veto_below", "live_gate", "live_readings", "live_gate_whole"):
+                "veto_below", "live_gate", "live_readings", "live_gate_whole", "live_alone_min_windows",
+                "live_lift"):
         if getattr(a, key) is not None:
             settings[key] = getattr(a, key)
+    if settings.get("live_alone_min_windows") == 0:
+        settings["live_alone_min_windows"] = 10**9
     if settings["alone_min_windows"] == 0:
         settings["alone_min_windows"] = 10**9
     groups, dev1 = training_groups(a.lang, a.heard, a.train_prefixes)
@@ -798,6 +827,23 @@ def main():
     live_head = f" {'live, any alert':>24}" if a.live else ""
     print(f"{'set':{width}} {'keywords':>24} {'with the call model':>24}{live_head}")
 
+    def trail(call, rows, p):
+        """Prints `call`'s readings in order: reading, kind (live readings as `live_settings`
+        reads them, the whole call as the pack does), keyword score, model, windows and the
+        words the reading added to the one before it."""
+        mine = sorted(((r, q) for r, q in zip(rows, p) if r["call"] == call),
+                      key=lambda x: x[0]["chars"] if x[0]["chars"] is not None else float("inf"))
+        rs, qs = [r for r, _ in mine], [q for _, q in mine]
+        kinds = [k if r["chars"] is not None else w for r, k, w in
+                 zip(rs, reading_kinds(rs, qs, live_settings(settings)), reading_kinds(rs, qs, settings))]
+        before = ""
+        for (r, q), k in zip(mine, kinds):
+            text = r.get("text") or ""
+            new = text[len(before):] if text.startswith(before) else text
+            before = text
+            at = "whole" if r["chars"] is None else r["chars"]
+            print(f"    {at:>5} {k or '-':8} kw {r['score']:.2f} p {q:.3f} w {len(r['vs']):2} {new.strip()[:90]}")
+
     def row(name, rows, p):
         """Prints the set's whole calls by keywords and with the model, and where `rows` has
         prefixes, the calls alerted at some reading (`live_alerts`)."""
@@ -810,14 +856,22 @@ def main():
             by_call = live_alerts(rows, p, settings)
             alerts = by_call.values()
             if a.show_live:
-                for call, (f, y) in sorted(by_call.items()):
+                for call, (f, y, _, _) in sorted(by_call.items()):
+                    if y and not f:
+                        print(f"  scam not alerted live: {call}")
                     if f and not y:
                         print(f"  honest call alerted live ({f}): {call}")
-            tp = sum(bool(f) and y for f, y in alerts)
-            fp = sum(bool(f) and not y for f, y in alerts)
-            pos = sum(y for _, y in alerts)
-            lifted = sum(f == "lift" and not y for f, y in alerts)
-            live = f" {show((tp, pos, fp, len(alerts) - pos)):>24} ({lifted} honest by a lift)"
+                        if a.show_live_trail:
+                            trail(call, rows, p)
+            tp = sum(bool(f) and y for f, y, _, _ in alerts)
+            fp = sum(bool(f) and not y for f, y, _, _ in alerts)
+            pos = sum(y for _, y, _, _ in alerts)
+            lifted = sum(f == "lift" and not y for f, y, _, _ in alerts)
+            closing = sum(bool(f) and y and c for f, y, c, _ in alerts)
+            heard = [h for f, y, _, h in alerts if f and y]
+            live = (f" {show((tp, pos, fp, len(alerts) - pos)):>24} ({lifted} honest by a lift,"
+                    f" {closing} scams first at the close, scams alerted after"
+                    f" {np.mean(heard) if heard else 0:.0%} of their readings)")
         print(f"{name:{width}} {show(kw):>24} {show(cm):>24}{live}")
         return kw, cm
 

@@ -810,31 +810,10 @@ fn an_alert_the_finished_words_do_not_bear_out_is_counted_as_withdrawn() {
     assert_eq!(stream.alerts_withdrawn, alerts);
 }
 
-/// A call flagged only by the call model's lift is alerted once a second finished reading is
-/// lifted too; one lifted for a single utterance is never alerted. The words are what base
-/// heard, utterance by utterance, of an honest bank anti-fraud call and a task-rebate scam
-/// (`tests/fixtures/live_lift_zh.json`): the Mandarin call model (its e5-only form, to keep
-/// EmbeddingGemma out of this test) lifts both at the third utterance, and only the scam at
-/// the fourth. A call that ends on its first lifted reading (the honest call's first three
-/// utterances) is alerted at its close, when its summary is flagged: its last reading heard
-/// the whole call.
-#[test]
-fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading() {
-    let fixture: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(support::fixture("live_lift_zh.json")).unwrap(),
-    )
-    .unwrap();
-    let utterances = |name: &str| -> Vec<String> {
-        fixture[name]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap().to_owned())
-            .collect()
-    };
-    // The e5-only model as trained on whole calls before 2026-12-07 (kept beside the test):
-    // it lifts the honest call's third utterance, which the model trained on prefixes since
-    // does not, and the rule is what this test is about.
+/// The Mandarin pack with the e5-only call model of `call_model_zh_e5_whole_calls.json` (kept
+/// beside the tests, to keep EmbeddingGemma out of them), its text passed through `edit`, and
+/// the e5 context check; the folder holds the pack's files.
+fn zh_with_fixture_model(edit: impl Fn(String) -> String) -> (Classifier, tempfile::TempDir) {
     let zh = vishguard::detect::pack::BUILTIN_ZH.replacen(
         "weights = \"zh_call_model.json\"",
         "weights = \"call_model_zh_e5_whole_calls.json\"",
@@ -846,7 +825,7 @@ fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading
         dir.path().join("call_model_zh_e5_whole_calls.json"),
     )
     .unwrap();
-    std::fs::write(dir.path().join("zh.toml"), zh).unwrap();
+    std::fs::write(dir.path().join("zh.toml"), edit(zh)).unwrap();
     let mut classifier = Classifier::with_packs(vec![vishguard::detect::PhrasePack::load(
         &dir.path().join("zh.toml"),
     )
@@ -855,18 +834,20 @@ fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading
         vishguard::detect::script_context::ContextCheck::load(Some("e5-small")).unwrap(),
     ));
     classifier.call_model = true;
-    let script: Arc<Mutex<std::collections::HashMap<String, Vec<String>>>> =
-        Arc::new(Mutex::new(std::collections::HashMap::from([
-            ("honest".to_owned(), utterances("honest_anti_fraud_warning")),
-            ("scam".to_owned(), utterances("scam_task_rebate")),
-            (
-                "ends_lifted".to_owned(),
-                utterances("honest_anti_fraud_warning")[..3].to_vec(),
-            ),
-        ])));
-    let lines = script.clone();
-    // Each finished utterance hears the call's next line; there is nothing more after them.
-    // A partial hears a filler word, and a review hears nothing new.
+    (classifier, dir)
+}
+
+/// Plays each call of `script` (call id, the lines its finished utterances hear in order) as
+/// one party's speech, as many utterances long as it has lines, and returns every event.
+/// A partial hears a filler word, and a review hears nothing new.
+fn scripted_calls(classifier: Classifier, script: &[(&str, Vec<String>)]) -> Vec<Event> {
+    let lines: Arc<Mutex<std::collections::HashMap<String, Vec<String>>>> = Arc::new(Mutex::new(
+        script
+            .iter()
+            .map(|(id, l)| (id.to_string(), l.clone()))
+            .collect(),
+    ));
+    let left = lines.clone();
     let recogniser = ScriptedRecogniser::new(Duration::from_millis(2), move |r| {
         if r.partial {
             return Some("嗯".into());
@@ -874,7 +855,7 @@ fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading
         if r.review {
             return None;
         }
-        let mut lines = lines.lock().unwrap();
+        let mut lines = left.lock().unwrap();
         let left = lines.get_mut(r.call_id.as_str())?;
         (!left.is_empty()).then(|| left.remove(0))
     });
@@ -888,33 +869,81 @@ fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading
     let (e, events) = collected_by(recogniser, classifier, config);
     let ingest = e.ingest();
     let speech = fixture_speech("asr/pharmacy.flac").repeat(3);
-    for name in ["honest", "scam", "ends_lifted"] {
-        let id = CallId::new(name);
+    for (name, _) in script {
+        let id = CallId::new(*name);
         ingest.send(Ingress::Open(call(name, 1, 16_000))).unwrap();
         play(ingest.as_ref(), &id, 0, (&speech, 16_000), 0.0, true);
         ingest.send(Ingress::Close(id)).unwrap();
     }
     e.shutdown();
     assert!(
-        script.lock().unwrap().values().all(Vec::is_empty),
+        lines.lock().unwrap().values().all(Vec::is_empty),
         "every line was heard"
     );
-    let events = events.events();
-    // (score of each finished utterance in order, and after how many of them the first alert came)
-    let readings = |name: &str| {
-        let (mut scores, mut first_alert) = (Vec::new(), None);
-        for e in &events {
-            match e {
-                Event::Transcript(u) if u.call_id.as_str() == name => scores.push(u.score),
-                Event::Alert(a) if a.call_id.as_str() == name && first_alert.is_none() => {
-                    first_alert = Some(scores.len())
-                }
-                _ => {}
+    events.events()
+}
+
+/// Of the call `name`: each finished utterance's (score, risk) in order, and after how many of
+/// them the first alert came.
+fn readings(events: &[Event], name: &str) -> (Vec<(f32, vishguard::call::Risk)>, Option<usize>) {
+    let (mut scores, mut first_alert) = (Vec::new(), None);
+    for e in events {
+        match e {
+            Event::Transcript(u) if u.call_id.as_str() == name => scores.push((u.score, u.risk)),
+            Event::Alert(a) if a.call_id.as_str() == name && first_alert.is_none() => {
+                first_alert = Some(scores.len())
             }
+            _ => {}
         }
-        (scores, first_alert)
+    }
+    (scores, first_alert)
+}
+
+/// The lines of `name` in a fixture of utterances (`tests/fixtures/live_*_zh.json`).
+fn fixture_lines(file: &str, name: &str) -> Vec<String> {
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(support::fixture(file)).unwrap()).unwrap();
+    fixture[name]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A call flagged only by the call model's lift is alerted once a second finished reading is
+/// lifted too; one lifted for a single utterance is never alerted. The words are what base
+/// heard, utterance by utterance, of an honest bank anti-fraud call and a task-rebate scam
+/// (`tests/fixtures/live_lift_zh.json`): the Mandarin call model (its e5-only form, to keep
+/// EmbeddingGemma out of this test) lifts both at the third utterance, and only the scam at
+/// the fourth. A call that ends on its first lifted reading (the honest call's first three
+/// utterances) is alerted at its close, when its summary is flagged: its last reading heard
+/// the whole call.
+#[test]
+fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading() {
+    let utterances = |name: &str| fixture_lines("live_lift_zh.json", name);
+    // The e5-only model as trained on whole calls before 2026-12-07: it lifts the honest
+    // call's third utterance, which the model trained on prefixes since does not, and the rule
+    // is what this test is about.
+    // Live readings as long as the summary's (this rule before `live_alone_min_windows`).
+    let (classifier, _dir) =
+        zh_with_fixture_model(|zh| zh.replacen("live_alone_min_windows = 40", "", 1));
+    let events = scripted_calls(
+        classifier,
+        &[
+            ("honest", utterances("honest_anti_fraud_warning")),
+            ("scam", utterances("scam_task_rebate")),
+            (
+                "ends_lifted",
+                utterances("honest_anti_fraud_warning")[..3].to_vec(),
+            ),
+        ],
+    );
+    let scores = |name: &str| {
+        let (r, alert) = readings(&events, name);
+        (r.into_iter().map(|(s, _)| s).collect::<Vec<_>>(), alert)
     };
-    let (honest, alert) = readings("honest");
+    let (honest, alert) = scores("honest");
     assert_eq!(honest.len(), 4, "{events:?}");
     assert!(
         honest[2] >= 0.5 && honest[3] < 0.5,
@@ -923,14 +952,14 @@ fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading
     assert_eq!(alert, None, "{honest:?}");
     // Partials and reviews are on, as by default; whether one runs between two utterances
     // depends on timing, so the rule's cases are tested in engine/worker.rs.
-    let (scam, alert) = readings("scam");
+    let (scam, alert) = scores("scam");
     assert!(scam[2] >= 0.5 && scam[3] >= 0.5, "lifted twice: {scam:?}");
     assert_eq!(
         alert,
         Some(4),
         "alerted at the second lifted reading: {scam:?}"
     );
-    let (ends_lifted, alert) = readings("ends_lifted");
+    let (ends_lifted, alert) = scores("ends_lifted");
     assert!(
         ends_lifted.len() == 3 && ends_lifted[2] >= 0.5,
         "{ends_lifted:?}"
@@ -940,6 +969,62 @@ fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading
         .into_iter()
         .find(|s| s.call_id.as_str() == "ends_lifted")
         .unwrap();
+    assert!(closed.risk.is_flagged(), "{closed:?}");
+    assert!(closed.stream.as_ref().unwrap().alerts > 0, "{closed:?}");
+}
+
+/// The pack's `live_gate`: a keyword flag that the call model reads below it (on enough
+/// windows to veto) is not alerted while the call goes on, and the close alerts what the
+/// summary flags. An honest call where a finance clerk checks a transfer with her boss
+/// (`tests/fixtures/live_gate_zh.json`, written): the keywords flag it from the third
+/// utterance, the e5-only model reads it 0.84 there and 0.30-0.45 at its flagged readings
+/// after, and the whole call stays flagged. The pack's gate (0.5) would let the third
+/// reading through, so the test raises it to 0.9; without one, the third is alerted at once.
+#[test]
+fn a_keyword_flag_the_model_reads_below_the_live_gate_waits_for_the_close() {
+    let lines = fixture_lines("live_gate_zh.json", "honest_transfer_check");
+    let script = [("check", lines.clone())];
+    let (gated, _dir) =
+        zh_with_fixture_model(|zh| zh.replacen("live_gate = 0.5", "live_gate = 0.9", 1));
+    let events = scripted_calls(gated, &script);
+    let (scores, alert) = readings(&events, "check");
+    assert_eq!(scores.len(), lines.len(), "{events:?}");
+    assert!(scores[2].0 >= 0.5, "flagged by the keywords: {scores:?}");
+    assert!(
+        scores.iter().all(|(_, risk)| !risk.is_flagged()),
+        "no reading is shown flagged: {scores:?}"
+    );
+    assert_eq!(alert, Some(lines.len()), "alerted at the close: {scores:?}");
+    let closed = summaries(&events).into_iter().next().unwrap();
+    assert!(closed.risk.is_flagged(), "{closed:?}");
+    let (open, _dir) = zh_with_fixture_model(|zh| zh.replacen("live_gate = 0.5", "", 1));
+    let (scores, alert) = readings(&scripted_calls(open, &script), "check");
+    assert!(scores[2].1.is_flagged(), "{scores:?}");
+    assert_eq!(alert, Some(3), "without the gate, at once: {scores:?}");
+}
+
+/// The pack's `live_alone_min_windows` (40 in zh.toml): the model alone lifts a live reading
+/// only from that many windows. The task-rebate scam of the test above, lifted by the model
+/// alone at its third and fourth utterances (11 and 16 windows), is not alerted while the
+/// call goes on, and no reading is shown flagged; the close alerts it, as its summary is
+/// flagged (the summary keeps `alone_min_windows`, 10).
+#[test]
+fn a_lift_by_the_model_alone_waits_for_a_long_enough_live_reading_or_the_close() {
+    let lines = fixture_lines("live_lift_zh.json", "scam_task_rebate");
+    let (classifier, _dir) = zh_with_fixture_model(|zh| zh);
+    let events = scripted_calls(classifier, &[("scam", lines.clone())]);
+    let (scores, alert) = readings(&events, "scam");
+    assert_eq!(scores.len(), lines.len(), "{events:?}");
+    assert!(
+        scores[2].0 >= 0.5 && scores[3].0 >= 0.5,
+        "lifted twice: {scores:?}"
+    );
+    assert!(
+        scores.iter().all(|(_, risk)| !risk.is_flagged()),
+        "no reading is shown flagged: {scores:?}"
+    );
+    assert_eq!(alert, Some(lines.len()), "alerted at the close: {scores:?}");
+    let closed = summaries(&events).into_iter().next().unwrap();
     assert!(closed.risk.is_flagged(), "{closed:?}");
     assert!(closed.stream.as_ref().unwrap().alerts > 0, "{closed:?}");
 }

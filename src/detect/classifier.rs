@@ -24,6 +24,19 @@ pub struct Verdict {
     /// ([`crate::detect::call_model`]; only for transcripts with keyword evidence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_model: Option<f32>,
+    /// Where the call model's lift flagged the transcript, what the lift stood on; the engine
+    /// asks live readings for more than the summary ([`CallModelSettings::lifts_live`]).
+    #[serde(skip)]
+    pub lift: Option<Lift>,
+}
+
+/// What a call-model lift ([`CallModelSettings::may_lift`]) stood on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lift {
+    /// Windows the model read (the pack's `[context.lines]` windows over the transcript).
+    pub windows: usize,
+    /// The keyword score before the lift, 0..1.
+    pub keyword_score: f32,
 }
 
 /// Fuzzy matches count for less than exact ones: they are likelier to be coincidences.
@@ -451,7 +464,7 @@ impl Classifier {
                 score = score_of(&strength);
             }
         }
-        let mut call_model = None;
+        let (mut call_model, mut lifted) = (None, None);
         if let Some((m, p, lift, windows)) = self.call_model_reading(pack, text, &tokens, score) {
             call_model = Some(rounded(p));
             if score >= pack.levels.suspected && p < m.gate && windows >= m.veto_from() {
@@ -464,6 +477,10 @@ impl Classifier {
                 if let Some(e) = lift {
                     evidence.push(e);
                     strength.insert(CALL_MODEL, p);
+                    lifted = Some(Lift {
+                        windows,
+                        keyword_score: score,
+                    });
                     score = pack.levels.suspected;
                 }
             }
@@ -482,6 +499,7 @@ impl Classifier {
             categories: strength.keys().map(|s| s.to_string()).collect(),
             evidence,
             call_model,
+            lift: lifted,
         }
     }
 }

@@ -114,6 +114,22 @@ fn weak_flag_waits(pack: &crate::detect::PhrasePack, verdict: &Verdict) -> bool 
     })
 }
 
+/// Whether a verdict of a call heard so far is kept off the live alerts: flagged by the call
+/// model's lift on less than the pack asks of a live reading
+/// ([`crate::detect::pack::CallModelSettings::lifts_live`]: the model alone, on fewer windows
+/// than `live_alone_min_windows`). Such a reading counts as not flagged ([`Workers::holds`]);
+/// the call's close alerts what the summary flags ([`closing_alerts`]).
+fn live_withheld(classifier: &Classifier, language: &str, verdict: &Verdict) -> bool {
+    let Some(lift) = verdict.lift.filter(|_| rests_on_the_lift(verdict)) else {
+        return false;
+    };
+    classifier
+        .pack(language)
+        .and_then(|pack| pack.context.as_ref())
+        .and_then(|c| c.call_model.as_ref())
+        .is_some_and(|m| !m.lifts_live(&lift))
+}
+
 /// A verdict flagged by the call model's lift, not by the keywords (the lift is the only way a
 /// `call_model` piece of evidence enters a verdict).
 fn rests_on_the_lift(verdict: &Verdict) -> bool {
@@ -537,10 +553,16 @@ impl Workers {
     }
 
     /// Whether the timeline's verdict after a finished reading ending at `end_s` is held
-    /// ([`waits`], [`held`]), updating the party's run of held readings.
+    /// ([`live_withheld`], or [`waits`] and [`held`]), updating the party's run of held
+    /// readings.
     fn holds(&self, timeline: &Timeline, end_s: f64, held_at: &mut Option<f64>) -> bool {
-        let waiting = waits(&self.classifier, timeline.language(), &timeline.verdict);
-        held(waiting, end_s, held_at)
+        let (language, verdict) = (timeline.language(), &timeline.verdict);
+        if live_withheld(&self.classifier, language, verdict) {
+            // Not flagged, live: a run of waiting readings ends here.
+            *held_at = None;
+            return true;
+        }
+        held(waits(&self.classifier, language, verdict), end_s, held_at)
     }
 
     fn utterance(
@@ -839,7 +861,41 @@ mod tests {
                 spoken: None,
             }],
             call_model: Some(0.99),
+            lift: None,
         }
+    }
+
+    #[test]
+    fn a_lift_by_the_model_alone_on_a_short_live_reading_is_withheld() {
+        let classifier = Classifier::builtin();
+        let lifted = |windows: usize, keyword_score: f32| Verdict {
+            lift: Some(crate::detect::classifier::Lift {
+                windows,
+                keyword_score,
+            }),
+            ..verdict(true, CALL_MODEL)
+        };
+        // zh.toml: lift_min_score = 0.15, alone_min_windows = 10, live_alone_min_windows = 40.
+        assert!(live_withheld(&classifier, "zh", &lifted(39, 0.1)));
+        assert!(!live_withheld(&classifier, "zh", &lifted(40, 0.1)));
+        // A lift from a cue heard stands at any length, as in the summary.
+        assert!(!live_withheld(&classifier, "zh", &lifted(12, 0.15)));
+        // English sets no live length: its lift needs a cue.
+        assert!(!live_withheld(&classifier, "en", &lifted(3, 0.3)));
+        // Only lifts: a keyword flag, or a verdict no longer resting on the lift, is not.
+        let keywords = Verdict {
+            lift: lifted(12, 0.1).lift,
+            ..verdict(true, "unusual_payment")
+        };
+        assert!(!live_withheld(&classifier, "zh", &keywords));
+        assert!(!live_withheld(
+            &classifier,
+            "zh",
+            &Verdict {
+                risk: crate::call::Risk::None,
+                ..lifted(12, 0.1)
+            }
+        ));
     }
 
     #[test]
