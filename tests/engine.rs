@@ -973,36 +973,6 @@ fn a_call_lifted_by_the_call_model_alone_is_alerted_at_its_second_lifted_reading
     assert!(closed.stream.as_ref().unwrap().alerts > 0, "{closed:?}");
 }
 
-/// The pack's `live_gate`: a keyword flag that the call model reads below it (on enough
-/// windows to veto) is not alerted while the call goes on, and the close alerts what the
-/// summary flags. An honest call where a finance clerk checks a transfer with her boss
-/// (`tests/fixtures/live_gate_zh.json`, written): the keywords flag it from the third
-/// utterance, the e5-only model reads it 0.84 there and 0.30-0.45 at its flagged readings
-/// after, and the whole call stays flagged. The pack's gate (0.5) would let the third
-/// reading through, so the test raises it to 0.9; without one, the third is alerted at once.
-#[test]
-fn a_keyword_flag_the_model_reads_below_the_live_gate_waits_for_the_close() {
-    let lines = fixture_lines("live_gate_zh.json", "honest_transfer_check");
-    let script = [("check", lines.clone())];
-    let (gated, _dir) =
-        zh_with_fixture_model(|zh| zh.replacen("live_gate = 0.5", "live_gate = 0.9", 1));
-    let events = scripted_calls(gated, &script);
-    let (scores, alert) = readings(&events, "check");
-    assert_eq!(scores.len(), lines.len(), "{events:?}");
-    assert!(scores[2].0 >= 0.5, "flagged by the keywords: {scores:?}");
-    assert!(
-        scores.iter().all(|(_, risk)| !risk.is_flagged()),
-        "no reading is shown flagged: {scores:?}"
-    );
-    assert_eq!(alert, Some(lines.len()), "alerted at the close: {scores:?}");
-    let closed = summaries(&events).into_iter().next().unwrap();
-    assert!(closed.risk.is_flagged(), "{closed:?}");
-    let (open, _dir) = zh_with_fixture_model(|zh| zh.replacen("live_gate = 0.5", "", 1));
-    let (scores, alert) = readings(&scripted_calls(open, &script), "check");
-    assert!(scores[2].1.is_flagged(), "{scores:?}");
-    assert_eq!(alert, Some(3), "without the gate, at once: {scores:?}");
-}
-
 /// The pack's `live_alone_min_windows` (40 in zh.toml): the model alone lifts a live reading
 /// only from that many windows. The task-rebate scam of the test above, lifted by the model
 /// alone at its third and fourth utterances (11 and 16 windows), is not alerted while the
