@@ -41,11 +41,11 @@ keeps keyword flags the model reads below G off the live readings but the whole 
 engine's close alerts what the summary flags; `--live-gate-whole` gates that one too),
 `--live-readings N` asks a waiting flag for N readings in a row, `--live-alone-min-windows N`
 and `--live-lift P` replace the pack's `live_alone_min_windows` and `lift` for the live
-readings (the whole call keeps the pack's), `--show-live` names the honest calls alerted (and the scams not) and
-`--show-live-trail` prints their readings (kind, keyword score, model, windows, new words). Each
-live row also counts the scams first alerted only at the close and the mean share of a scam's
-readings made when it was first alerted. `--eval-live RUN.jsonl...` measures the same on what a `vishguard
-listen` run heard (`benches/live_vs_scan.sh`'s `live_TAG.jsonl`, labels from the
+readings (the whole call keeps the pack's), `--show-live` names the honest calls alerted
+(and the scams not) and `--show-live-trail` prints their readings (kind, keyword score,
+model, windows, new words). Each live row also counts the scams first alerted only at the
+close and the mean share of a scam's readings made when it was first alerted. `--eval-live
+RUN.jsonl...` measures the same on what a `vishguard listen` run heard (`benches/live_vs_scan.sh`'s `live_TAG.jsonl`, labels from the
 `labels.csv` beside it): each call's transcripts as it cut and heard them, reading K its
 first K (`live_readings`). On unseen_al and unseen_am heard live it gave what the engine did:
 the same scams and the same honest calls alerted (18 / 5 and 20 / 4 of 20 / 20).
@@ -558,13 +558,20 @@ def flags(rows, p, settings):
     return [k is not None for k in reading_kinds(rows, p, settings)]
 
 
-def live_settings(settings):
-    """`settings` as a live reading is read with: the `live_` settings in place of theirs."""
+def live_reading_kinds(rows, p, settings):
+    """`reading_kinds` as a live call reads its rows: a live reading with the `live_` settings
+    in place of the pack's, the whole call with the pack's (the engine's close alerts what the
+    summary flags, `closing_alerts`, whatever was held back before it), or with the live ones
+    too where `settings["live_gate_whole"]` is set."""
     live = dict(settings, gate=settings.get("live_gate") or settings["gate"])
     for key in ("alone_min_windows", "lift"):
         if settings.get("live_" + key) is not None:
             live[key] = settings["live_" + key]
-    return live
+    kinds = reading_kinds(rows, p, live)
+    if live == settings or settings.get("live_gate_whole"):
+        return kinds
+    whole = reading_kinds(rows, p, settings)
+    return [k if r["chars"] is not None else w for r, k, w in zip(rows, kinds, whole)]
 
 
 def live_alerts(rows, p, settings):
@@ -573,25 +580,17 @@ def live_alerts(rows, p, settings):
     `held`): a reading flagged by keywords at once; one flagged by the model's lift alone, or
     by keywords below `high` where the model reads under `live_confirm_below` (or did not
     read: too few windows), at the second such or flagged reading in a row, or at the last
-    reading, the whole call (the engine's close alerts a flag still waiting).
-    `settings["live_gate"]`, where set, replaces the gate for the live readings but the whole
-    call's (`settings["live_gate_whole"]`: that one too), not the pack's (measured,
-    `--live-gate`); `settings["live_alone_min_windows"]` (the pack's) and `settings["live_lift"]`
-    replace `alone_min_windows` and `lift` for the live readings alone, as the engine's
-    `live_withheld` does; `settings["live_readings"]` is how many flagged readings in a row a
-    waiting flag needs (2). Per call: (what alerted it first,
-    "keywords" or "lift", or None; y; whether that alert came only at the close, on the whole
-    call; the share of the call's readings made by then, or None)."""
+    reading, the whole call (the engine's close alerts a flag still waiting), each read as
+    `live_reading_kinds` reads it. `settings["live_gate"]`, where set, replaces the gate for
+    the live readings (measured, `--live-gate`); `settings["live_alone_min_windows"]` (the
+    pack's) and `settings["live_lift"]` replace `alone_min_windows` and `lift` for them, as
+    the engine's `live_withheld` does; `settings["live_readings"]` is how many flagged
+    readings in a row a waiting flag needs (2). Per call: (what alerted it first, "keywords"
+    or "lift", or None; y; whether that alert came only at the close, on the whole call; the
+    share of the call's readings made by then, or None)."""
     by_call = {}
     need = settings.get("live_readings") or 2
-    kinds = reading_kinds(rows, p, live_settings(settings))
-    if any(settings.get(k) is not None for k in ("live_gate", "live_alone_min_windows", "live_lift")) \
-            and not settings.get("live_gate_whole"):
-        # The whole call is read with the pack's gate: the engine's close alerts what the
-        # summary flags (`closing_alerts`), whatever the live gate held back before it.
-        whole = reading_kinds(rows, p, settings)
-        kinds = [k if r["chars"] is not None else w for r, k, w in zip(rows, kinds, whole)]
-    for r, q, k in zip(rows, p, kinds):
+    for r, q, k in zip(rows, p, live_reading_kinds(rows, p, settings)):
         at = r["chars"] if r["chars"] is not None else float("inf")
         read = len(r["vs"]) >= MIN_WINDOWS
         waits = k == "lift" or (
@@ -748,7 +747,7 @@ def main():
     ap.add_argument("--live-gate", type=float,
                     help="measure live alerts with this gate (the summary keeps the pack's)")
     ap.add_argument("--live-gate-whole", action="store_true",
-                    help="the live gate holds the whole call's alert too (the engine's close does not)")
+                    help="the live settings hold the whole call's alert too (the engine's close does not)")
     ap.add_argument("--show-live", action="store_true",
                     help="name the honest calls alerted live and the scams not alerted")
     ap.add_argument("--show-live-trail", action="store_true",
@@ -828,14 +827,11 @@ def main():
     print(f"{'set':{width}} {'keywords':>24} {'with the call model':>24}{live_head}")
 
     def trail(call, rows, p):
-        """Prints `call`'s readings in order: reading, kind (live readings as `live_settings`
-        reads them, the whole call as the pack does), keyword score, model, windows and the
-        words the reading added to the one before it."""
+        """Prints `call`'s readings in order: reading, kind (`live_reading_kinds`), keyword
+        score, model, windows and the words the reading added to the one before it."""
         mine = sorted(((r, q) for r, q in zip(rows, p) if r["call"] == call),
                       key=lambda x: x[0]["chars"] if x[0]["chars"] is not None else float("inf"))
-        rs, qs = [r for r, _ in mine], [q for _, q in mine]
-        kinds = [k if r["chars"] is not None else w for r, k, w in
-                 zip(rs, reading_kinds(rs, qs, live_settings(settings)), reading_kinds(rs, qs, settings))]
+        kinds = live_reading_kinds([r for r, _ in mine], [q for _, q in mine], settings)
         before = ""
         for (r, q), k in zip(mine, kinds):
             text = r.get("text") or ""

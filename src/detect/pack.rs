@@ -284,21 +284,22 @@ impl CallModelSettings {
     /// the model reads `lift` or more): from `lift_min_score`, or at any score from
     /// `alone_min_windows`. `usize::MAX` windows asks whether any length may be.
     pub fn may_lift(&self, score: f32, windows: usize) -> bool {
-        self.lift.is_some()
-            && (self.lift_min_score.is_some_and(|s| score >= s)
-                || self.alone_min_windows.is_some_and(|a| windows >= a))
+        self.may_lift_from(score, windows, self.alone_min_windows)
     }
 
     /// Whether a lift that stood on `lift` (a transcript the model lifted) stands for a live
     /// call heard so far: as [`Self::may_lift`], with `live_alone_min_windows` for
     /// `alone_min_windows` where the pack sets it.
     pub fn lifts_live(&self, lift: &super::classifier::Lift) -> bool {
+        let alone = self.live_alone_min_windows.or(self.alone_min_windows);
+        self.may_lift_from(lift.keyword_score, lift.windows, alone)
+    }
+
+    /// [`Self::may_lift`] with the model alone lifting from `alone_min_windows` windows.
+    fn may_lift_from(&self, score: f32, windows: usize, alone_min_windows: Option<usize>) -> bool {
         self.lift.is_some()
-            && (self.lift_min_score.is_some_and(|s| lift.keyword_score >= s)
-                || self
-                    .live_alone_min_windows
-                    .or(self.alone_min_windows)
-                    .is_some_and(|a| lift.windows >= a))
+            && (self.lift_min_score.is_some_and(|s| score >= s)
+                || alone_min_windows.is_some_and(|a| windows >= a))
     }
 }
 
