@@ -695,6 +695,31 @@ fn an_offer_turned_down_is_honest_and_an_advance_fee_to_the_caller_is_a_cue() {
 }
 
 #[test]
+fn a_fake_procurement_officer_asking_for_an_advance_is_flagged_and_a_soldier_son_is_not() {
+    // The army or armed police as the caller names them, and the advance he asks for: the
+    // goods bought first from his supplier, "paid back with the bill". Each a cue; together an
+    // alert. A son who serves and sends money home names the army only. Wording not taken from
+    // the written sets.
+    let c = Classifier::builtin();
+    let verdict = |text: &str| c.classify(text, Some("zh")).unwrap();
+    let officer = verdict(
+        "老板您好，我是武警支队后勤的小刘，下周我们要在您那儿订二十桌。部队规定酒水统一用一个牌子，\
+         我把供应商的电话发给您，您先帮我们垫一下，到时候跟饭钱一起结。",
+    );
+    assert!(officer.risk.is_flagged(), "{officer:?}");
+    for category in ["authority_impersonation", "unusual_payment"] {
+        assert!(
+            officer.evidence.iter().any(|e| e.category == category),
+            "{category}: {officer:?}"
+        );
+    }
+    let son = verdict(
+        "妈，是我，我在部队挺好的，就是训练累点。这个月津贴发了，给您寄了两千，您买点好吃的，别省着。",
+    );
+    assert!(!son.risk.is_flagged(), "{son:?}");
+}
+
+#[test]
 fn the_account_or_code_the_caller_will_send_is_a_cue_and_a_retelling_counts_against_one() {
     // The boss's errand: a new number, then money to an account he will send. Each alone is a
     // weak cue; together they alert. Wording not taken from the written sets.
