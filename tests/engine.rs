@@ -841,6 +841,14 @@ fn zh_with_fixture_model(edit: impl Fn(String) -> String) -> (Classifier, tempfi
 /// one party's speech, as many utterances long as it has lines, and returns every event.
 /// A partial hears a filler word, and a review hears nothing new.
 fn scripted_calls(classifier: Classifier, script: &[(&str, Vec<String>)]) -> Vec<Event> {
+    scripted_calls_heard(classifier, script).0
+}
+
+/// [`scripted_calls`], with what the recogniser was asked to hear.
+fn scripted_calls_heard(
+    classifier: Classifier,
+    script: &[(&str, Vec<String>)],
+) -> (Vec<Event>, Vec<support::Hearing>) {
     let lines: Arc<Mutex<std::collections::HashMap<String, Vec<String>>>> = Arc::new(Mutex::new(
         script
             .iter()
@@ -866,7 +874,7 @@ fn scripted_calls(classifier: Classifier, script: &[(&str, Vec<String>)]) -> Vec
         },
         ..Default::default()
     };
-    let (e, events) = collected_by(recogniser, classifier, config);
+    let (e, events) = collected_by(recogniser.clone(), classifier, config);
     let ingest = e.ingest();
     let speech = fixture_speech("asr/pharmacy.flac").repeat(3);
     for (name, _) in script {
@@ -880,7 +888,44 @@ fn scripted_calls(classifier: Classifier, script: &[(&str, Vec<String>)]) -> Vec
         lines.lock().unwrap().values().all(Vec::is_empty),
         "every line was heard"
     );
-    events.events()
+    (events.events(), recogniser.hearings())
+}
+
+/// A first utterance that Whisper hears as English ("you", its word for a breath or a click)
+/// neither holds the party to English nor chooses the English pack for the Mandarin that
+/// follows: a language settles on two finished utterances in a row, and until then the
+/// party's words choose the pack again. Held to English after "you", two Mandarin scams of
+/// unseen_ar were heard live as English sentences and not flagged (2026-12-07).
+#[test]
+fn one_utterance_heard_as_english_does_not_hold_a_mandarin_party_to_english() {
+    let lines: Vec<String> = [
+        "you",
+        "您好，我是市公安局刑侦支队的，您的身份证涉嫌一起洗钱案件。",
+        "这个案子要保密，不要告诉任何人，包括您的家人。",
+        "您现在把卡里的钱转到安全账户，核查完就退给您。",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (events, hearings) = scripted_calls_heard(Classifier::builtin(), &[("call", lines)]);
+    let finished: Vec<_> = hearings
+        .iter()
+        .filter(|h| !h.partial && !h.review)
+        .map(|h| h.language.as_deref())
+        .collect();
+    // The speech runs on past the script's lines; those utterances hear nothing.
+    assert_eq!(
+        finished[..3],
+        [None, None, None],
+        "detected until two agree: {finished:?}"
+    );
+    assert!(
+        finished[3..].iter().all(|l| *l == Some("zh")),
+        "then held to Mandarin: {finished:?}"
+    );
+    let (_, alert) = readings(&events, "call");
+    assert!(alert.is_some(), "{events:?}");
+    let closed = summaries(&events).into_iter().next().unwrap();
+    assert!(closed.risk.is_flagged(), "{closed:?}");
 }
 
 /// Of the call `name`: each finished utterance's (score, risk) in order, and after how many of

@@ -31,8 +31,12 @@ use crate::detect::{summarise, Classifier, PartyOutcome, Verdict};
 /// What is kept of one party between its utterances.
 #[derive(Default)]
 struct PartyState {
-    /// The language settled for this party (the recogniser's word: detected, and written in).
+    /// The language settled for this party: detected, and written in, by two finished
+    /// utterances in a row.
     language: Option<String>,
+    /// The language the last finished utterance was detected in and written in, while none is
+    /// settled: the next must agree before it is kept.
+    language_run: Option<String>,
     /// The last language heard, settled or not (for the summary).
     heard_language: Option<String>,
     /// The end of what they said so far, given to the recogniser as context.
@@ -594,11 +598,30 @@ impl Workers {
         let Some(heard) = heard else {
             return;
         };
-        if party.language.is_none() && heard.settled {
-            party.language = heard.language.clone();
+        let unsettled = party.language.is_none();
+        if unsettled {
+            // One utterance is not enough to settle on: Whisper hears a breath or a click as
+            // "you" in English, and a party held to English from then on is heard in English
+            // words, whatever they say (two Mandarin calls of unseen_ar, live, 2026-12-07).
+            if heard.settled && heard.language.is_some() && party.language_run == heard.language {
+                party.language = heard.language.clone();
+            } else {
+                party.language_run = heard.language.clone().filter(|_| heard.settled);
+            }
         }
         party.heard_language = heard.language.clone().or(party.heard_language.take());
         party.remember(&heard.text);
+        if unsettled {
+            // Until the language settles, the party's recent words choose the phrase pack again,
+            // and what they said so far is scored again with it.
+            let language = party.language.as_deref().or(heard.language.as_deref());
+            let pack = self.classifier.pack_for_transcript(language, &party.recent);
+            if let Some(t) = party.timeline.as_mut() {
+                if t.language() != pack.language {
+                    *t = Timeline::of_segments(&self.classifier, pack, work.party, t.segments());
+                }
+            }
+        }
         let timeline = party.timeline.get_or_insert_with(|| {
             self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text)
         });

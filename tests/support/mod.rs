@@ -94,6 +94,8 @@ pub struct Hearing {
     /// A review: the party's last utterances joined.
     pub review: bool,
     pub prompt: Option<String>,
+    /// The language the engine held the party to (`None`: detect it).
+    pub language: Option<String>,
 }
 
 /// What a [`ScriptedRecogniser`] says it heard for a request.
@@ -158,11 +160,24 @@ impl Recogniser for ScriptedRecogniser {
                     partial: r.partial,
                     review: r.review,
                     prompt: r.prompt.map(str::to_owned),
+                    language: r.language.map(str::to_owned),
                 });
                 *self.in_flight.lock().unwrap().get_mut(r.call_id).unwrap() -= 1;
+                // Detected as the language the words are written in, or the one the party is
+                // held to, as Whisper writes what it is told to.
                 Ok((self.script)(r).map(|text| Heard {
+                    language: Some(
+                        r.language
+                            .unwrap_or(
+                                if text.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c)) {
+                                    "zh"
+                                } else {
+                                    "en"
+                                },
+                            )
+                            .into(),
+                    ),
                     text,
-                    language: Some("en".into()),
                     settled: true,
                     avg_logprob: -0.1,
                     no_speech_prob: 0.0,
