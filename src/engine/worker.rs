@@ -611,20 +611,20 @@ impl Workers {
         }
         party.heard_language = heard.language.clone().or(party.heard_language.take());
         party.remember(&heard.text);
-        if unsettled {
-            // Until the language settles, the party's recent words choose the phrase pack again,
-            // and what they said so far is scored again with it.
+        if unsettled || party.timeline.is_none() {
+            // The first words choose the phrase pack; until the language settles, the party's
+            // recent words choose it again, and what they said so far is scored again with it.
             let language = party.language.as_deref().or(heard.language.as_deref());
             let pack = self.classifier.pack_for_transcript(language, &party.recent);
-            if let Some(t) = party.timeline.as_mut() {
-                if t.language() != pack.language {
-                    *t = Timeline::of_segments(&self.classifier, pack, work.party, t.segments());
+            match party.timeline.as_mut() {
+                None => party.timeline = Some(Timeline::new(&self.classifier, pack, work.party)),
+                Some(t) if t.language() != pack.language => {
+                    *t = Timeline::of_segments(&self.classifier, pack, work.party, t.segments())
                 }
+                Some(_) => {}
             }
         }
-        let timeline = party.timeline.get_or_insert_with(|| {
-            self.fresh_timeline(work.party, heard.language.as_deref(), &heard.text)
-        });
+        let timeline = party.timeline.as_mut().expect("made above");
         timeline.push(&self.classifier, segment(&work, &heard));
         let hold = self.holds(timeline, work.audio.end_s(), &mut party.held_at);
         let call_id = &work.info.call.id;

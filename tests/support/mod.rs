@@ -168,13 +168,7 @@ impl Recogniser for ScriptedRecogniser {
                 Ok((self.script)(r).map(|text| Heard {
                     language: Some(
                         r.language
-                            .unwrap_or(
-                                if text.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c)) {
-                                    "zh"
-                                } else {
-                                    "en"
-                                },
-                            )
+                            .unwrap_or(vishguard::asr::written_language(&text))
                             .into(),
                     ),
                     text,
