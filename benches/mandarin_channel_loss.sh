@@ -9,7 +9,7 @@
 # characters: score's WER counts each ideograph as a word) and the scams / honest calls flagged.
 # A recogniser change (a model, a decoding option, a front end) shows here what it recovers of
 # each loss; the detector's counts on 20 + 20 calls move by several calls with the rendering
-# alone (README, "Where Mandarin hearing is lost"), so read the CER first.
+# alone (docs/measured.md, "Where Mandarin hearing is lost"), so read the CER first.
 # Renderings are kept in target/mandarin_channel_loss/ and reused until RERENDER=1; the scores
 # are redone each run.
 # Usage: [VOICE_EFFECT="pitch -50 reverb 55"] benches/mandarin_channel_loss.sh CALLS SPEED [MODEL [score args...]]

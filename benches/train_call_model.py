@@ -31,7 +31,7 @@ training (unseen_ae on), `benches/call_model_data/held_out/` and the fixtures of
 but whitespace, with the call's label; `--prefix-weight` their weight, 1 by default): a live
 call is read after every utterance, on what it has said so far, and a model that saw only
 whole calls read an honest caller's first 20 s as a scam. The shipped weights are trained so
-(README, "Trained on what a live call has heard so far"). Prefixes of 128 characters keep
+(docs/measured.md, "Trained on what a live call has heard so far"). Prefixes of 128 characters keep
 EmbeddingGemma's pieces those of the whole call, so they need no new vectors.
 `--live 40` reads the measured sets' calls 40 characters at a time (about one utterance of
 Mandarin), whole last, and counts the calls alerted at some reading as `engine/worker.rs`
@@ -51,7 +51,7 @@ first K (`live_readings`). On unseen_al and unseen_am heard live it gave what th
 the same scams and the same honest calls alerted (18 / 5 and 20 / 4 of 20 / 20).
 
 `--veto-below S` measures a veto that spares keyword scores of S and up (tried 2026-12-07 at
-0.7-0.8 and not kept: README, "A nineteenth fresh voice, heard live").
+0.7-0.8 and not kept: docs/measured.md, "A nineteenth fresh voice, heard live").
 
 `--logo` prints leave-one-group-out results (each training set left out in turn, every other
 one trained on), keywords alone against the model with the pack's gate and lift, so each row
@@ -62,7 +62,7 @@ is the model on a set it never saw. `--write` writes `models/phrases/LANG_call_m
 `--heard` adds each set's heard copies (`benches/call_model_data/heard/`, written by
 `render_heard_sets.py`: the set spoken, sent through an 8 kHz channel and transcribed) to its
 group. Measured on held-out sets and their heard copies, the model trained so found fewer
-scams and flagged more honest calls than the one trained on text alone (README, "Trained on
+scams and flagged more honest calls than the one trained on text alone (docs/measured.md, "Trained on
 what the recogniser hears"), so the shipped weights are text-only: `--write
 --train-prefixes 128` without `--heard` reproduces them (`--no-pieces` too for the fallback).
 
@@ -107,7 +107,7 @@ STEPS = 300
 ENCODERS = {"en": "minilm", "zh": "e5-small"}
 # The second encoder, its piece length in characters and its vectors' length. Left out in
 # turn, the Mandarin groups went from 1135/1190 scams, 55/1187 honest calls flagged (e5 alone)
-# to 1168 and 35 with EmbeddingGemma's pieces beside it (benches/encoder_compare/, README).
+# to 1168 and 35 with EmbeddingGemma's pieces beside it (benches/encoder_compare/, docs/measured.md).
 PIECES = {"zh": ("embeddinggemma", 128, 768)}
 # The packs' `min_windows` (its default).
 MIN_WINDOWS = 3
@@ -128,7 +128,7 @@ HEARD_READ = {"en": False, "zh": True}
 # `--logo`), what base heard of it went from 215/280 scams, 16/280 honest calls flagged (the
 # model trained without any of them) to 226/280, 10/280: the model learns what garbled scam
 # talk reads like from more than one voice. (Measured after choosing to add them; the
-# alternatives measured with it are in the README.)
+# alternatives measured with it are in docs/measured.md.)
 MANDARIN_MEASURED = ["j", "k", "l", "m", "q", "r", "s", "t", "u", "v", "w", "x", "y", "z",
                      "aa", "ab", "ac", "ad"]
 
@@ -695,7 +695,7 @@ def held_out_sets(lang):
         ]
         # Near-domain sets written on 2026-12-06 (money and accounts; officials, services and
         # family) and kept out of training: as training data they moved the sets no model had
-        # read the wrong way (README, "Two more near-domain sets"), so they measure instead.
+        # read the wrong way (docs/measured.md, "Two more near-domain sets"), so they measure instead.
         sets += sorted(
             os.path.relpath(p, ROOT)
             for p in glob.glob(os.path.join(ROOT, "benches", "call_model_data", "held_out", f"{lang}_*.txt"))

@@ -45,7 +45,7 @@ impl Counts {
 
 /// Half 0 was used to tune the packs. Half 1 was held out through three rounds of tuning; in
 /// the fourth, the misses of half of it (rows whose digest byte 30 is even) were read, and the
-/// other quarter stayed unread until measured once (README, "Measured"). The split is by a hash
+/// other quarter stayed unread until measured once (docs/measured.md). The split is by a hash
 /// of the id.
 fn half_of(id: &str) -> u8 {
     let d = Sha256::digest(id.as_bytes());
@@ -111,7 +111,7 @@ fn report(what: &str, k: &Counts) {
 #[test]
 fn dev_set_quality_holds_on_the_half_not_tuned_on() {
     // The detector as the CLI runs it (keywords and the context check). Floors a little under
-    // what was measured (see the README), so a pack change that makes things worse fails here.
+    // what was measured (docs/measured.md), so a pack change that makes things worse fails here.
     for (lang, half, min_f1, max_fpr) in [
         ("en", 0, 0.95, 0.01),
         // en half 1: 0.955 / 0.000 since the English scam lines (2026-12-03), 0.937 before.
@@ -1540,7 +1540,7 @@ fn the_mandarin_call_model_lifts_a_garbled_scam_but_not_an_honest_fraud_alert() 
     // What base heard of two calls through the 8 kHz channel, from sets kept out of the call
     // model's training when this test came (benches/train_call_model.py; trained on since
     // 2026-12-06, so this now checks the lift's mechanics: how the model does on calls it
-    // never saw is the test above and the README's fresh sets). The campus-loan scam came out as 克服
+    // never saw is the test above and the fresh sets of docs/measured.md). The campus-loan scam came out as 克服
     // (客服), 校園代 (校园贷), 主銷 (注销), 俄圖 (额度): one cue is left (0.30 when this test
     // came), and the model reads the whole as a scam (p 1.000 then) and lifts it.
     let keywords = assert_lifted(

@@ -323,7 +323,7 @@ fn hold_music_is_not_speech_live_and_the_scam_after_it_is_flagged_where_it_is_sa
     // tones, base heard each beep as an utterance and the field case of this kind ended
     // "none" (`listen --from-file`). (The benign line is the delivery notice: the pharmacy's
     // "no payment is needed", once heard right, is an honest caller's cue that outweighs the
-    // scam after it; and the IRS sample is the one base misses live, see the README.)
+    // scam after it; and the IRS sample is the one base misses live, see docs/measured.md.)
     let load = |name: &str| {
         vishguard::audio::load_16k(
             &support::repo().join("audio-samples").join(name),

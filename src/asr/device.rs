@@ -132,7 +132,7 @@ impl<'de> Deserialize<'de> for DeviceChoice {
 pub enum ComputeType {
     /// On the CPU, `bf16` where it has AMX tiles ([`super::amx_bf16::available`]), else
     /// `f32`; F16 on a GPU. `int8` keeps the error rates within 0.01 but was not measurably
-    /// faster live or in throughput on this 2-core host (README, Measured), so it is not
+    /// faster live or in throughput on this 2-core host (docs/measured.md), so it is not
     /// picked.
     #[default]
     Auto,

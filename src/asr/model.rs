@@ -721,7 +721,7 @@ impl Decoder {
     /// read once per step) and is bound by memory bandwidth. candle's q8_0 copy of it (which
     /// also rounds each input row to int8) was the old `int8`; it changed no word on the real
     /// call, where q8_0 copies of the decoder's layers cost a phrase (base, WER 0.173 ->
-    /// 0.210); see the README's Measured section for the weight-only int8 copies' numbers.
+    /// 0.210); see docs/measured.md for the weight-only int8 copies' numbers.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match StepCopy::product_of_few_rows(self.logits_step.as_ref(), hidden)? {
             Some(logits) => Ok(logits),

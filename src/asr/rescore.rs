@@ -14,7 +14,7 @@
 //! ([`crate::phonetics::han_resemblance`]).
 //!
 //! Off by default (`--rescore FILE`): it hears the key words better ([`DEFAULT_MARGIN`]) but
-//! flagged no more calls on six Mandarin telephone sets (README, Measured), as the phrases it
+//! flagged no more calls on six Mandarin telephone sets (docs/measured.md), as the phrases it
 //! mends are mostly in calls the detector flags anyway.
 
 use anyhow::Result;

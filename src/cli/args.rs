@@ -193,7 +193,7 @@ pub struct DetectorArgs {
     /// windows or more with no cue heard too). On by
     /// default: near-domain honest calls flagged 35% -> 5% on a set nobody tuned on, and
     /// short transcripts (under 7 windows, as heard scams often are) are never vetoed
-    /// (README, "A model of the whole call").
+    /// (docs/measured.md, "A model of the whole call").
     #[arg(long, conflicts_with = "call_model")]
     pub no_call_model: bool,
     /// The call models are on by default; kept so that scripts written when they were off

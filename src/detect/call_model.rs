@@ -28,7 +28,7 @@
 //! characters that sound alike or nearly (账户 zhang-hu as 常户 chang-hu), which the encoders
 //! read as other words and the blurred sounds keep. With the Mandarin training groups left
 //! out in turn, 2,048 buckets of blurred pairs flagged 1,182 of 1,308 scams and 18 of 1,298
-//! honest calls, against 1,178 and 32 without (README, "How the call sounds").
+//! honest calls, against 1,178 and 32 without (docs/measured.md, "How the call sounds").
 //!
 //! Trained by `benches/train_call_model.py` on labelled transcripts (the dev set's tuning half
 //! and near-domain calls written for training, see `benches/call_model_data/`); the weights

@@ -51,7 +51,7 @@ pub struct Classifier {
     pub context_check: Option<Arc<ContextCheck>>,
     /// Whether packs' call models run (they need the context check's encoder). Off by
     /// default: trained on written calls, they veto scams as the recogniser garbles them
-    /// (README, "A model of the whole call").
+    /// (docs/measured.md, "A model of the whole call").
     pub call_model: bool,
 }
 

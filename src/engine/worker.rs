@@ -69,7 +69,7 @@ struct PartyState {
 /// with one utterance: on a Mandarin set of 20 honest calls through the 8 kHz channel
 /// (unseen_ah, base, 2026-12-06), 3 anti-fraud and notice calls were lifted 18-24 s in, having
 /// only introduced themselves, and dropped at the very next utterance; of the 14 of 20 scams
-/// first flagged by a lift, 13 were still flagged at the next one (README, "Live with the
+/// first flagged by a lift, 13 were still flagged at the next one (docs/measured.md, "Live with the
 /// Mandarin call model").
 fn held(waits: bool, end_s: f64, held_at: &mut Option<f64>) -> bool {
     if !waits {
