@@ -138,6 +138,8 @@ HEARD_READ = {"en": False, "zh": True}
 MANDARIN_MEASURED = ["j", "k", "l", "m", "q", "r", "s", "t", "u", "v", "w", "x", "y", "z",
                      "aa", "ab", "ac", "ad", "ae", "af", "ag", "ah", "ai", "aj", "ak", "al",
                      "am", "an", "ao", "ap"]
+# Where the shipped weights' measured sets end (`--measured-until`'s default).
+MANDARIN_SHIPPED_UNTIL = "ad"
 
 
 def pack_settings(lang):
@@ -651,10 +653,10 @@ def honest_openings(path, lang):
     return out
 
 
-def training_groups(lang, heard_copies=False, prefixes=None, measured_until=None):
+def training_groups(lang, heard_copies=False, prefixes=None, measured_until=MANDARIN_SHIPPED_UNTIL):
     """The training groups (name -> rows) and dev half 1 (whole calls). With `prefixes`, each
     training call's prefixes (`vectors`) join its group. `measured_until` ends the Mandarin
-    measured sets (`MANDARIN_MEASURED`) at that one (None: all of them)."""
+    measured sets (`MANDARIN_MEASURED`) at that one."""
     groups = {}
     dev = vectors(os.path.join(DEV, f"{lang}.jsonl"), prefixes=prefixes)
     groups["dev half 0"] = [r for r in dev if half(r["call"]) == 0]
@@ -676,9 +678,7 @@ def training_groups(lang, heard_copies=False, prefixes=None, measured_until=None
         read = ["benches/mandarin_calls/tune_a.txt"] + [
             f"benches/mandarin_calls/unseen_{s}.txt" for s in "bcdefghi"
         ]
-        measured = MANDARIN_MEASURED
-        if measured_until is not None:
-            measured = measured[: MANDARIN_MEASURED.index(measured_until) + 1]
+        measured = MANDARIN_MEASURED[: MANDARIN_MEASURED.index(measured_until) + 1]
         read += [f"benches/mandarin_calls/unseen_{s}.txt" for s in measured]
     for path in read:
         groups[path] = vectors(os.path.join(ROOT, path), prefixes=prefixes)
@@ -732,9 +732,10 @@ def main():
         type=int,
         help="measure with this veto_min_windows instead of the pack's",
     )
-    ap.add_argument("--measured-until", choices=MANDARIN_MEASURED, metavar="SET", default="ad",
-                    help="train on the Mandarin measured sets up to unseen_SET (default ad: the "
-                    "shipped weights; ap: with ae..ap too)")
+    ap.add_argument("--measured-until", choices=MANDARIN_MEASURED, metavar="SET",
+                    default=MANDARIN_SHIPPED_UNTIL,
+                    help=f"train on the Mandarin measured sets up to unseen_SET (default "
+                    f"{MANDARIN_SHIPPED_UNTIL}: the shipped recipe; ap: with ae..ap too)")
     ap.add_argument(
         "--train-prefixes",
         type=int,
